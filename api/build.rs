@@ -1,0 +1,16 @@
+//! Compiles the protocol definitions in `proto/` with protox (pure Rust: no `protoc` needed)
+//! and generates the prost messages and tonic services from them.
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let files = ["mesh/discovery/v1/discovery.proto", "mesh/ca/v1/ca.proto"];
+    for f in &files {
+        println!("cargo:rerun-if-changed=proto/{f}");
+    }
+    let fds = protox::compile(files, ["proto"])?;
+    tonic_prost_build::configure()
+        .build_server(true)
+        .build_client(true)
+        .build_transport(false)
+        .compile_fds(fds)?;
+    Ok(())
+}

@@ -1,0 +1,62 @@
+//! Semantic validation, with the rules Istio's validating webhook and CRD schemas apply: ranges,
+//! formats, required and mutually exclusive fields, regular expressions (RE2 syntax) and
+//! durations. Each finding names the field path and what is expected; positions are added by
+//! the loader.
+
+mod checks;
+mod kube;
+mod networking;
+mod security;
+mod virtual_service;
+
+use crate::diagnostic::Diagnostic;
+use crate::resource::Resource;
+
+pub use checks::parse_duration;
+
+/// Collects findings, each at a field path.
+#[derive(Default)]
+pub(crate) struct Findings {
+    out: Vec<Diagnostic>,
+}
+
+impl Findings {
+    /// An error at `field`.
+    pub(crate) fn error(&mut self, field: impl AsRef<str>, message: impl Into<String>) {
+        self.out
+            .push(Diagnostic::error(message).at_field(field.as_ref()));
+    }
+
+    /// A warning at `field`.
+    pub(crate) fn warning(&mut self, field: impl AsRef<str>, message: impl Into<String>) {
+        self.out
+            .push(Diagnostic::warning(message).at_field(field.as_ref()));
+    }
+}
+
+/// Validates one resource on its own (references to other resources are checked by analysis,
+/// not here). Returns errors and warnings; the resource is valid when there is no error.
+pub fn validate(resource: &Resource) -> Vec<Diagnostic> {
+    let mut f = Findings::default();
+    kube::metadata(&mut f, resource);
+    let ns = resource.namespace().unwrap_or("default");
+    match resource {
+        Resource::VirtualService(r) => networking::virtual_service(&mut f, &r.spec),
+        Resource::DestinationRule(r) => networking::destination_rule(&mut f, &r.spec),
+        Resource::Gateway(r) => networking::gateway(&mut f, &r.spec),
+        Resource::ServiceEntry(r) => networking::service_entry(&mut f, &r.spec),
+        Resource::WorkloadEntry(r) => networking::workload_entry(&mut f, "spec", &r.spec, true),
+        Resource::WorkloadGroup(r) => networking::workload_group(&mut f, &r.spec),
+        Resource::Sidecar(r) => networking::sidecar(&mut f, &r.spec),
+        Resource::PeerAuthentication(r) => security::peer_authentication(&mut f, &r.spec),
+        Resource::AuthorizationPolicy(r) => security::authorization_policy(&mut f, ns, &r.spec),
+        Resource::RequestAuthentication(r) => security::request_authentication(&mut f, ns, &r.spec),
+        Resource::Service(r) => kube::service(&mut f, r),
+        Resource::Deployment(r) => kube::deployment(&mut f, r),
+        Resource::Namespace(_)
+        | Resource::ServiceAccount(_)
+        | Resource::Pod(_)
+        | Resource::EndpointSlice(_) => {}
+    }
+    f.out
+}
