@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Runs every check CI runs, on a fresh machine too: formatting, lints, the dependency rules and
+# the whole test suite. Installs what the suite needs from the OS first.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# OS packages the suite needs. None yet beyond the Rust toolchain (pinned in
+# rust-toolchain.toml); the network-namespace suites will add iproute2 and iptables here.
+need_packages=()
+if ((${#need_packages[@]})); then
+  apt-get update -qq && apt-get install -y -qq "${need_packages[@]}"
+fi
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+echo "== cargo clippy"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "== dependency rules"
+if cargo tree --workspace --locked -i aws-lc-rs >/dev/null 2>&1; then
+  echo "aws-lc-rs is in the dependency tree: use the ring provider (see ../shared/CRATES.md)" >&2
+  exit 1
+fi
+echo "== tests"
+cargo test --workspace --locked
