@@ -21,4 +21,8 @@ if cargo tree --workspace --locked -i aws-lc-rs >/dev/null 2>&1; then
   exit 1
 fi
 echo "== tests"
-cargo test --workspace --locked
+if ! cargo nextest --version >/dev/null 2>&1; then
+  cargo install cargo-nextest --locked
+fi
+# nextest runs every test binary in parallel and closes with one summary line.
+cargo nextest run --workspace --locked --no-fail-fast

@@ -23,18 +23,28 @@ pub mod ca {
 mod tests {
     use prost::Message;
 
-    use super::discovery::v1::{on_demand_lookup::Target, DeltaDiscoveryRequest, ErrorDetail, OnDemandLookup};
+    use super::discovery::v1::{
+        DeltaDiscoveryRequest, ErrorDetail, OnDemandLookup, on_demand_lookup::Target,
+    };
 
     #[test]
     fn a_nack_with_an_on_demand_lookup_round_trips() {
         let req = DeltaDiscoveryRequest {
             type_url: "type.mesh.dev/mesh.state.v1.Service".into(),
             response_nonce: "7".into(),
-            error_detail: Some(ErrorDetail { code: 3, message: "bad route".into() }),
-            on_demand: vec![OnDemandLookup { target: Some(Target::Address("10.96.0.12:8080".into())) }],
+            error_detail: Some(ErrorDetail {
+                code: 3,
+                message: "bad route".into(),
+            }),
+            on_demand: vec![OnDemandLookup {
+                target: Some(Target::Address("10.96.0.12:8080".into())),
+            }],
             ..Default::default()
         };
         let bytes = req.encode_to_vec();
-        assert_eq!(DeltaDiscoveryRequest::decode(bytes.as_slice()).unwrap(), req);
+        assert_eq!(
+            DeltaDiscoveryRequest::decode(bytes.as_slice()).unwrap(),
+            req
+        );
     }
 }

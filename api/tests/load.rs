@@ -11,7 +11,11 @@ const TWO_DOCS: &str = "# leading comment\n---\napiVersion: v1\nkind: Namespace\
 #[test]
 fn multi_document_stream_keeps_lines_and_order() {
     let report = load::load_str(TWO_DOCS, Some("in.yaml"));
-    assert_eq!(report.documents.len(), 1, "the Namespace loads, the rule is refused");
+    assert_eq!(
+        report.documents.len(),
+        1,
+        "the Namespace loads, the rule is refused"
+    );
     assert_eq!(report.documents[0].resource.kind(), Kind::Namespace);
     assert_eq!(report.documents[0].origin.line, 2);
     let errs: Vec<String> = report.errors().map(ToString::to_string).collect();
@@ -26,12 +30,22 @@ fn multi_document_stream_keeps_lines_and_order() {
 #[test]
 fn every_served_version_reads_into_one_type() {
     for v in ["v1", "v1beta1", "v1alpha3"] {
-        let text = format!("apiVersion: networking.istio.io/{v}\nkind: Gateway\nmetadata: {{name: gw}}\nspec:\n  servers:\n  - port: {{number: 80, name: http, protocol: HTTP}}\n    hosts: ['*']\n");
+        let text = format!(
+            "apiVersion: networking.istio.io/{v}\nkind: Gateway\nmetadata: {{name: gw}}\nspec:\n  servers:\n  - port: {{number: 80, name: http, protocol: HTTP}}\n    hosts: ['*']\n"
+        );
         let report = load::load_str(&text, None);
-        assert!(report.is_valid(), "{v}: {:?}", report.errors().collect::<Vec<_>>());
-        assert_eq!(report.documents[0].api_version, format!("networking.istio.io/{v}"));
+        assert!(
+            report.is_valid(),
+            "{v}: {:?}",
+            report.errors().collect::<Vec<_>>()
+        );
+        assert_eq!(
+            report.documents[0].api_version,
+            format!("networking.istio.io/{v}")
+        );
     }
-    let text = "apiVersion: security.istio.io/v1alpha1\nkind: PeerAuthentication\nmetadata: {name: p}\n";
+    let text =
+        "apiVersion: security.istio.io/v1alpha1\nkind: PeerAuthentication\nmetadata: {name: p}\n";
     let report = load::load_str(text, None);
     let errs: Vec<String> = report.errors().map(ToString::to_string).collect();
     assert!(errs[0].contains("apiVersion: apiVersion security.istio.io/v1alpha1 is not served for PeerAuthentication; use one of security.istio.io/v1, security.istio.io/v1beta1"), "{errs:?}");
@@ -45,7 +59,11 @@ fn json_and_lists_are_read() {
          "metadata": {"name": "default", "namespace": "istio-system"}, "spec": {"mtls": {"mode": "STRICT"}}}
     ]}"#;
     let report = load::load_str(json, Some("list.json"));
-    assert!(report.is_valid(), "{:?}", report.errors().collect::<Vec<_>>());
+    assert!(
+        report.is_valid(),
+        "{:?}",
+        report.errors().collect::<Vec<_>>()
+    );
     let kinds: Vec<Kind> = report.documents.iter().map(|d| d.resource.kind()).collect();
     assert_eq!(kinds, [Kind::ServiceAccount, Kind::PeerAuthentication]);
 }
@@ -67,8 +85,17 @@ fn unknown_fields_are_errors_with_their_path() {
     let report = load::load_str(text, Some("vs.yaml"));
     let errs: Vec<String> = report.errors().map(ToString::to_string).collect();
     assert_eq!(errs.len(), 2, "{errs:?}");
-    assert!(errs[0].starts_with("vs.yaml:5: VirtualService default/r: metadata.namespcae: unknown field"), "{}", errs[0]);
-    assert!(errs[1].starts_with("vs.yaml:11: VirtualService default/r: spec.http[0].route[0]"), "{}", errs[1]);
+    assert!(
+        errs[0]
+            .starts_with("vs.yaml:5: VirtualService default/r: metadata.namespcae: unknown field"),
+        "{}",
+        errs[0]
+    );
+    assert!(
+        errs[1].starts_with("vs.yaml:11: VirtualService default/r: spec.http[0].route[0]"),
+        "{}",
+        errs[1]
+    );
     assert!(errs[1].contains("unknown field `wieght`"), "{}", errs[1]);
 }
 
@@ -76,9 +103,16 @@ fn unknown_fields_are_errors_with_their_path() {
 fn syntax_errors_point_at_their_line() {
     let text = "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: a\n---\napiVersion: v1\nkind: Namespace\nmetadata: {name: [b\n";
     let report = load::load_str(text, Some("s.yaml"));
-    assert_eq!(report.documents.len(), 1, "the good document before the bad one still loads");
+    assert_eq!(
+        report.documents.len(),
+        1,
+        "the good document before the bad one still loads"
+    );
     let err = report.errors().next().expect("an error").to_string();
-    assert!(err.starts_with("s.yaml:") && err.contains("YAML syntax"), "{err}");
+    assert!(
+        err.starts_with("s.yaml:") && err.contains("YAML syntax"),
+        "{err}"
+    );
 }
 
 /// Inputs that must be refused or skipped without a panic.
@@ -103,7 +137,13 @@ const HOSTILE: [&str; 14] = [
 fn hostile_input_never_panics() {
     for text in HOSTILE {
         let report = load::load_str(text, Some("h.yaml"));
-        assert!(report.documents.iter().all(|d| d.resource.kind() != Kind::VirtualService), "{text:?}");
+        assert!(
+            report
+                .documents
+                .iter()
+                .all(|d| d.resource.kind() != Kind::VirtualService),
+            "{text:?}"
+        );
     }
     let deep = "[".repeat(10_000);
     let _ = load::load_str(&deep, None);
@@ -112,7 +152,11 @@ fn hostile_input_never_panics() {
 /// Byte-level mutations of real documents: whatever they turn into, loading answers.
 #[test]
 fn mutated_documents_never_panic() {
-    let base = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../manifests/samples/order-app/shipping-split.yaml")).expect("sample");
+    let base = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../manifests/samples/order-app/shipping-split.yaml"
+    ))
+    .expect("sample");
     let bytes = base.as_bytes();
     let alphabet = b" \n\t:-[]{}&*!|>'\"#%@`,?0123456789aZ\\";
     let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
@@ -138,7 +182,11 @@ fn mutated_documents_never_panic() {
         }
         let text = String::from_utf8_lossy(&text);
         let report = load::load_str(&text, None);
-        if report.diagnostics.iter().any(|d| d.severity == Severity::Error) {
+        if report
+            .diagnostics
+            .iter()
+            .any(|d| d.severity == Severity::Error)
+        {
             refused += 1;
         }
     }

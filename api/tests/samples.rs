@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use mesh_api::load::{self, LoadReport};
-use mesh_api::{crd, Resource};
+use mesh_api::{Resource, crd};
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -17,7 +17,13 @@ fn resources(report: &LoadReport) -> Vec<(String, String, Resource)> {
     let mut all: Vec<_> = report
         .documents
         .iter()
-        .map(|d| (d.resource.kind().name().to_string(), d.resource.display_name(), d.resource.clone()))
+        .map(|d| {
+            (
+                d.resource.kind().name().to_string(),
+                d.resource.display_name(),
+                d.resource.clone(),
+            )
+        })
         .collect();
     all.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
     all
@@ -26,16 +32,31 @@ fn resources(report: &LoadReport) -> Vec<(String, String, Resource)> {
 #[test]
 fn shipped_sample_matches_the_seed_scenario() {
     let sample = load::load_path(&repo().join("manifests/samples/order-app")).expect("sample");
-    assert!(sample.is_valid(), "{:?}", sample.errors().collect::<Vec<_>>());
+    assert!(
+        sample.is_valid(),
+        "{:?}",
+        sample.errors().collect::<Vec<_>>()
+    );
     assert_eq!(sample.documents.len(), 18);
     let seeds = repo().join("../shared/testdata/seeds");
     if !seeds.is_dir() {
-        assert!(std::env::var("CI").as_deref() != Ok("true"), "{} is missing under CI", seeds.display());
-        eprintln!("SKIPPED: {} is absent; only the sample's validity was checked", seeds.display());
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "{} is missing under CI",
+            seeds.display()
+        );
+        eprintln!(
+            "SKIPPED: {} is absent; only the sample's validity was checked",
+            seeds.display()
+        );
         return;
     }
     let seeds = load::load_path(&seeds).expect("seeds");
-    assert_eq!(resources(&sample), resources(&seeds), "manifests/samples/order-app differs from the seeds");
+    assert_eq!(
+        resources(&sample),
+        resources(&seeds),
+        "manifests/samples/order-app differs from the seeds"
+    );
 }
 
 #[test]
@@ -47,23 +68,36 @@ fn checked_in_crds_are_current() {
         let name = crd::file_name(kind);
         let want = crd::to_yaml(&def).expect("renders");
         let have = std::fs::read_to_string(dir.join(&name)).unwrap_or_default();
-        assert!(have == want, "manifests/crds/{name} is stale or missing: {fix}");
+        assert!(
+            have == want,
+            "manifests/crds/{name} is stale or missing: {fix}"
+        );
         expected.insert(name);
     }
     let present: BTreeSet<String> = std::fs::read_dir(&dir)
         .expect("manifests/crds exists")
         .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
         .collect();
-    assert_eq!(present, expected, "manifests/crds holds files no kind generates: {fix}");
+    assert_eq!(
+        present, expected,
+        "manifests/crds holds files no kind generates: {fix}"
+    );
 }
 
 #[test]
 fn crds_serve_every_istio_version_with_v1_stored() {
     for (kind, def) in crd::all() {
-        let versions: Vec<(&str, bool, bool)> =
-            def.spec.versions.iter().map(|v| (v.name.as_str(), v.served, v.storage)).collect();
-        let want: Vec<(&str, bool, bool)> =
-            kind.versions().iter().map(|v| (*v, true, *v == "v1")).collect();
+        let versions: Vec<(&str, bool, bool)> = def
+            .spec
+            .versions
+            .iter()
+            .map(|v| (v.name.as_str(), v.served, v.storage))
+            .collect();
+        let want: Vec<(&str, bool, bool)> = kind
+            .versions()
+            .iter()
+            .map(|v| (*v, true, *v == "v1"))
+            .collect();
         assert_eq!(versions, want, "{kind}");
         assert_eq!(def.spec.group, kind.group());
         assert_eq!(def.spec.names.kind, kind.name());

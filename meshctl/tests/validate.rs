@@ -15,7 +15,9 @@ fn meshctl(args: &[&str], stdin: Option<&str>) -> Output {
         .spawn()
         .expect("meshctl starts");
     let mut input = child.stdin.take().expect("stdin");
-    input.write_all(stdin.unwrap_or("").as_bytes()).expect("write stdin");
+    input
+        .write_all(stdin.unwrap_or("").as_bytes())
+        .expect("write stdin");
     drop(input);
     child.wait_with_output().expect("meshctl ends")
 }
@@ -31,7 +33,12 @@ fn stdout(o: &Output) -> String {
 #[test]
 fn valid_input_exits_zero_with_a_summary() {
     let out = meshctl(&["validate", "-f", sample().to_str().unwrap()], None);
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(stdout(&out), "18 resources valid\n");
 }
 
@@ -72,7 +79,10 @@ fn unreadable_input_exits_two() {
 #[test]
 fn crds_are_written_to_a_folder() {
     let dir = std::env::temp_dir().join(format!("meshctl-crds-{}", std::process::id()));
-    let out = meshctl(&["manifest", "crds", "--out-dir", dir.to_str().unwrap()], None);
+    let out = meshctl(
+        &["manifest", "crds", "--out-dir", dir.to_str().unwrap()],
+        None,
+    );
     assert_eq!(out.status.code(), Some(0));
     let written = std::fs::read_dir(&dir).unwrap().count();
     assert_eq!(written, 10);
