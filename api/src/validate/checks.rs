@@ -63,11 +63,15 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 pub(crate) fn duration(f: &mut Findings, field: &str, value: Option<&String>) {
     let Some(value) = value else { return };
     match parse_duration(value) {
-        Ok(d) if d >= Duration::from_millis(1) => {}
-        Ok(_) => f.error(
+        Ok(d) if d < Duration::from_millis(1) => f.error(
             field,
             format!("{value:?}: must be a valid duration greater than 1ms"),
         ),
+        Ok(d) if d.subsec_nanos() % 1_000_000 != 0 => f.error(
+            field,
+            format!("{value:?}: only durations to millisecond precision are supported"),
+        ),
+        Ok(_) => {}
         Err(why) => f.error(
             field,
             format!("{why}: must be a valid duration greater than 1ms"),
@@ -213,8 +217,16 @@ pub(crate) fn string_match(f: &mut Findings, field: &str, m: &StringMatch, allow
         0 | 1 => {}
         _ => f.error(field, "only one of exact, prefix or regex may be set"),
     }
-    if let Some(re) = &m.regex {
-        regex(f, &format!("{field}.regex"), re);
+    if m.prefix.as_deref() == Some("") {
+        f.error(
+            format!("{field}.prefix"),
+            "a prefix match must not be empty (leave the match out to match everything)",
+        );
+    }
+    match m.regex.as_deref() {
+        Some("") => f.error(format!("{field}.regex"), "a regex match must not be empty"),
+        Some(re) => regex(f, &format!("{field}.regex"), re),
+        None => {}
     }
 }
 
@@ -241,6 +253,10 @@ fn label_name(s: &str) -> bool {
 }
 
 pub(crate) fn label_key(k: &str) -> Result<(), &'static str> {
+    if k.is_empty() {
+        return Err("key must not be empty");
+    }
+
     if k.contains('*') {
         return Err("wildcard not allowed in label key match");
     }

@@ -86,6 +86,13 @@ fn traffic_policy(f: &mut Findings, at: &str, tp: &TrafficPolicy) {
                 }
             }
         }
+        if p.load_balancer.is_none()
+            && p.connection_pool.is_none()
+            && p.outlier_detection.is_none()
+            && p.tls.is_none()
+        {
+            f.error(&pat, "a port traffic policy must set at least one of loadBalancer, connectionPool, outlierDetection or tls");
+        }
         policy_parts(
             f,
             &pat,
@@ -191,8 +198,13 @@ fn load_balancer(f: &mut Findings, at: &str, lb: &LoadBalancerSettings) {
                     "Required value: cookie name",
                 );
             }
-            if let Some(Err(why)) = c.ttl.as_deref().map(super::parse_duration) {
-                f.error(format!("{cat}.httpCookie.ttl"), why);
+            match c.ttl.as_deref().map(super::parse_duration) {
+                None => f.error(
+                    format!("{cat}.httpCookie.ttl"),
+                    "Required value: the cookie's ttl (0s for a session cookie)",
+                ),
+                Some(Err(why)) => f.error(format!("{cat}.httpCookie.ttl"), why),
+                Some(Ok(_)) => {}
             }
         }
         if let Some(h) = &ch.http_header_name
@@ -373,8 +385,12 @@ pub(crate) fn gateway(f: &mut Findings, spec: &GatewaySpec) {
         } else {
             protocol(f, &format!("{at}.port.protocol"), &p.protocol);
         }
-        if !p.name.is_empty() {
-            port_name(f, &format!("{at}.port.name"), &p.name);
+        port_name(f, &format!("{at}.port.name"), &p.name);
+        if p.target_port.is_some() {
+            f.warning(
+                format!("{at}.port.targetPort"),
+                "targetPort has no effect on gateways",
+            );
         }
         if s.hosts.is_empty() {
             f.error(
@@ -805,6 +821,12 @@ pub(crate) fn sidecar(f: &mut Findings, spec: &SidecarSpec) {
             );
         }
         destination(f, "spec.outboundTrafficPolicy.egressProxy", proxy);
+        if proxy.port.as_ref().and_then(|p| p.number).is_none() {
+            f.error(
+                "spec.outboundTrafficPolicy.egressProxy.port",
+                "Required value: the egress proxy's port",
+            );
+        }
     }
     if let Some(pool) = &spec.inbound_connection_pool {
         connection_pool(f, "spec.inboundConnectionPool", pool);

@@ -196,6 +196,11 @@ pub(crate) fn authorization_policy(
                     format!("{cat}.key"),
                     "Required value: the attribute to test",
                 );
+            } else if bracketed
+                && c.key.contains('[')
+                && !(c.key.ends_with(']') && !c.key.contains("[]"))
+            {
+                f.error(format!("{cat}.key"), format!("{:?}: a bracketed attribute needs a name and a closing ']', e.g. request.headers[x-user]", c.key));
             } else if !(CONDITION_KEYS.contains(&c.key.as_str()) || bracketed || sni) {
                 f.error(format!("{cat}.key"), format!("unknown attribute {:?}: use e.g. request.headers[NAME], source.ip, request.auth.claims[NAME]", c.key));
             }
@@ -365,6 +370,17 @@ pub(crate) fn request_authentication(
                     format!("Duplicate value: header {:?}", c.header),
                 );
             }
+        }
+        if !r.output_payload_to_header.is_empty()
+            && !super::checks::header_name(&r.output_payload_to_header)
+        {
+            f.error(
+                format!("{at}.outputPayloadToHeader"),
+                format!(
+                    "{:?} is not a valid header name",
+                    r.output_payload_to_header
+                ),
+            );
         }
         duration(f, &format!("{at}.timeout"), r.timeout.as_ref());
     }

@@ -308,6 +308,15 @@ fn http_route(f: &mut Findings, at: &str, r: &HttpRoute, in_delegate: bool) {
                 "Invalid value: attempts cannot be negative",
             );
         }
+        let configured = rt.per_try_timeout.is_some()
+            || !rt.retry_on.is_empty()
+            || rt.retry_remote_localities.is_some();
+        if rt.attempts == 0 && configured {
+            f.error(
+                &tat,
+                "retry settings are given but attempts is 0 (retries disabled): set attempts",
+            );
+        }
         duration(
             f,
             &format!("{tat}.perTryTimeout"),
@@ -376,6 +385,12 @@ fn http_route(f: &mut Findings, at: &str, r: &HttpRoute, in_delegate: bool) {
                 f.error(
                     format!("{aat}.httpStatus"),
                     format!("Invalid value: {s}: must be between 200 and 599"),
+                );
+            }
+            if a.http2_error.is_some() {
+                f.error(
+                    format!("{aat}.http2Error"),
+                    "HTTP/2 abort fault injection is not supported; use httpStatus or grpcStatus",
                 );
             }
             opt_percent(f, &format!("{aat}.percentage.value"), a.percentage.as_ref());
@@ -462,6 +477,11 @@ fn headers(f: &mut Findings, at: &str, h: &Headers) {
 pub(crate) fn destination(f: &mut Findings, at: &str, d: &Destination) {
     if d.host.is_empty() {
         f.error(format!("{at}.host"), "Required value: the destination host");
+    } else if d.host == "*" {
+        f.error(
+            format!("{at}.host"),
+            "a destination host cannot be \"*\": name the service",
+        );
     } else {
         host(f, &format!("{at}.host"), &d.host);
     }
