@@ -198,7 +198,7 @@ pub(crate) fn authorization_policy(
                 );
             } else if bracketed
                 && c.key.contains('[')
-                && !(c.key.ends_with(']') && !c.key.contains("[]"))
+                && (!c.key.ends_with(']') || c.key.contains("[]"))
             {
                 f.error(format!("{cat}.key"), format!("{:?}: a bracketed attribute needs a name and a closing ']', e.g. request.headers[x-user]", c.key));
             } else if !(CONDITION_KEYS.contains(&c.key.as_str()) || bracketed || sni) {
