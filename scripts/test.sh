@@ -4,9 +4,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# OS packages the suite needs. None yet beyond the Rust toolchain (pinned in
-# rust-toolchain.toml); the network-namespace suites will add iproute2 and iptables here.
+# OS packages the suite needs beyond the Rust toolchain (pinned in rust-toolchain.toml): the
+# capture tests create network namespaces (iproute2) and write rules in them (iptables).
 need_packages=()
+command -v ip >/dev/null 2>&1 || need_packages+=(iproute2)
+command -v iptables >/dev/null 2>&1 || [ -x /usr/sbin/iptables ] || need_packages+=(iptables)
 if ((${#need_packages[@]})); then
   apt-get update -qq && apt-get install -y -qq "${need_packages[@]}"
 fi

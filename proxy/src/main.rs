@@ -1,0 +1,150 @@
+//! The `mesh-proxy` binary: a thin command line over the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use mesh_proxy::init::{self, CaptureConfig, Iptables, NamespaceCheck, Variant};
+
+/// The mesh's sidecar proxy.
+#[derive(Parser)]
+#[command(name = "mesh-proxy", version, about = "The mesh's sidecar proxy")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Write the traffic-capture rules of this network namespace (as Istio's init container).
+    Init(InitArgs),
+}
+
+#[derive(Args)]
+struct InitArgs {
+    /// User id of the proxy; its traffic is never captured.
+    #[arg(short = 'u', long, default_value_t = 1337)]
+    proxy_uid: u32,
+    /// Group id of the proxy; its traffic is never captured. Defaults to the user id.
+    #[arg(short = 'g', long)]
+    proxy_gid: Option<u32>,
+    /// Port outbound connections are redirected to.
+    #[arg(short = 'p', long, default_value_t = 15001)]
+    outbound_port: u16,
+    /// Port inbound connections are redirected to.
+    #[arg(short = 'z', long, default_value_t = 15006)]
+    inbound_port: u16,
+    /// Inbound ports to capture: `*` for all, a comma-separated list, or empty for none.
+    #[arg(short = 'b', long, default_value = "*")]
+    include_inbound_ports: String,
+    /// Inbound ports never captured.
+    #[arg(short = 'd', long, default_value = "15020,15021,15090")]
+    exclude_inbound_ports: String,
+    /// Outbound destination ranges to capture: `*` for all, a comma-separated list of CIDRs,
+    /// or empty for none.
+    #[arg(short = 'i', long, default_value = "*")]
+    include_outbound_cidrs: String,
+    /// Outbound destination ranges never captured.
+    #[arg(short = 'x', long, default_value = "")]
+    exclude_outbound_cidrs: String,
+    /// Outbound destination ports to capture: `*` for all or a comma-separated list.
+    #[arg(short = 'q', long, default_value = "*")]
+    include_outbound_ports: String,
+    /// Outbound destination ports never captured.
+    #[arg(short = 'o', long, default_value = "")]
+    exclude_outbound_ports: String,
+    /// Print the rules instead of applying them.
+    #[arg(long)]
+    dry_run: bool,
+    /// Remove the rules instead of writing them.
+    #[arg(long, conflicts_with = "dry_run")]
+    cleanup: bool,
+    /// iptables back end.
+    #[arg(long, value_enum, default_value = "auto")]
+    iptables_variant: Variant,
+    /// Write rules even in a namespace not created with `ip netns add` (a Kubernetes pod's
+    /// init container). Never use it on a host: the rules would capture the host's traffic.
+    #[arg(long)]
+    allow_unregistered_namespace: bool,
+    /// Where `ip netns add` registers namespaces.
+    #[arg(long, default_value = "/run/netns", hide = true)]
+    netns_dir: PathBuf,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Init(args) => run_init(&args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("mesh-proxy: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn capture_config(a: &InitArgs) -> anyhow::Result<CaptureConfig> {
+    Ok(CaptureConfig {
+        proxy_uid: a.proxy_uid,
+        proxy_gid: a.proxy_gid.unwrap_or(a.proxy_uid),
+        outbound_port: a.outbound_port,
+        inbound_port: a.inbound_port,
+        include_inbound_ports: init::parse_ports(
+            "--include-inbound-ports",
+            &a.include_inbound_ports,
+        )?,
+        exclude_inbound_ports: init::parse_port_list(
+            "--exclude-inbound-ports",
+            &a.exclude_inbound_ports,
+        )?,
+        include_outbound_cidrs: init::parse_cidrs(
+            "--include-outbound-cidrs",
+            &a.include_outbound_cidrs,
+        )?,
+        exclude_outbound_cidrs: init::parse_cidr_list(
+            "--exclude-outbound-cidrs",
+            &a.exclude_outbound_cidrs,
+        )?,
+        include_outbound_ports: init::parse_ports(
+            "--include-outbound-ports",
+            &a.include_outbound_ports,
+        )?,
+        exclude_outbound_ports: init::parse_port_list(
+            "--exclude-outbound-ports",
+            &a.exclude_outbound_ports,
+        )?,
+    })
+}
+
+fn run_init(args: &InitArgs) -> anyhow::Result<()> {
+    let cfg = capture_config(args)?;
+    let rules = init::render(&cfg);
+    if args.dry_run {
+        print!("{rules}");
+        return Ok(());
+    }
+    match init::check_namespace(&args.netns_dir)? {
+        NamespaceCheck::Created(name) => eprintln!("mesh-proxy init: network namespace {name}"),
+        NamespaceCheck::Unknown if args.allow_unregistered_namespace => {}
+        NamespaceCheck::Unknown => anyhow::bail!(
+            "refusing to write capture rules: this network namespace was not created with `ip netns add` \
+             (it may be the host's own, whose traffic would then be redirected). Run inside a pod's \
+             namespace (`ip netns exec NAME mesh-proxy init`), or pass --allow-unregistered-namespace \
+             in a Kubernetes init container"
+        ),
+    }
+    let iptables = Iptables::select(args.iptables_variant)?;
+    if args.cleanup {
+        iptables.cleanup()?;
+        eprintln!("mesh-proxy init: capture rules removed");
+    } else {
+        iptables.apply(&rules)?;
+        eprintln!(
+            "mesh-proxy init: capture rules written with {}",
+            iptables.restore
+        );
+    }
+    Ok(())
+}
