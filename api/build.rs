@@ -2,7 +2,11 @@
 //! and generates the prost messages and tonic services from them.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let files = ["mesh/discovery/v1/discovery.proto", "mesh/ca/v1/ca.proto"];
+    let files = [
+        "mesh/discovery/v1/discovery.proto",
+        "mesh/ca/v1/ca.proto",
+        "mesh/state/v1/state.proto",
+    ];
     for f in &files {
         println!("cargo:rerun-if-changed=proto/{f}");
     }
@@ -11,6 +15,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_server(true)
         .build_client(true)
         .build_transport(false)
+        // The proxy state is also a file format: readable JSON/YAML with camelCase names.
+        .message_attribute(
+            ".mesh.state.v1",
+            "#[derive(serde::Serialize, serde::Deserialize)] #[serde(rename_all = \"camelCase\", default)]",
+        )
+        .enum_attribute(
+            ".mesh.state.v1",
+            "#[derive(serde::Serialize, serde::Deserialize)] #[serde(rename_all = \"camelCase\")]",
+        )
         .compile_fds(fds)?;
     Ok(())
 }

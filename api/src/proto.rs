@@ -11,6 +11,14 @@ pub mod discovery {
     }
 }
 
+/// The per-proxy state: what one proxy needs, computed by pilot or read from a file.
+pub mod state {
+    /// Version 1.
+    pub mod v1 {
+        tonic::include_proto!("mesh.state.v1");
+    }
+}
+
 /// Certificate signing.
 pub mod ca {
     /// Version 1.

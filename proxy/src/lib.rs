@@ -1,7 +1,177 @@
 //! `mesh-proxy` is the data plane: the sidecar (and gateway) proxy beside every workload. This
-//! crate owns traffic capture (`init`: the iptables rules of a pod's network namespace) and, as
-//! it lands, the inbound and outbound listeners, protocol detection, routing, load balancing
-//! and mTLS between proxies. It owns no configuration types of its own: its state comes from
-//! `mesh-api`, over the discovery stream or from a local file.
+//! crate owns traffic capture (`init`: the iptables rules of a pod's network namespace), the
+//! outbound and inbound listeners, load balancing, the admin and readiness endpoints, and
+//! graceful drain; HTTP routing and mTLS between proxies build on them. It owns no
+//! configuration types of its own: its state is the `mesh.state.v1` message from `mesh-api`,
+//! from the control plane or a local file, reaching the listeners through a watch channel.
 
+pub mod admin;
+pub mod drain;
+pub mod inbound;
 pub mod init;
+pub mod outbound;
+pub mod socket;
+pub mod state;
+pub mod tcp;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+
+use crate::outbound::balance::Loads;
+use crate::socket::OriginalDst;
+use crate::state::State;
+
+/// What every connection handler shares.
+pub struct Inputs {
+    /// The latest state.
+    pub state: watch::Receiver<Arc<State>>,
+    /// Active requests per endpoint, for load balancing.
+    pub loads: Loads,
+    /// The proxy's own listening addresses, so a connection back to them is refused, not looped.
+    pub own_addrs: Vec<SocketAddr>,
+    /// Set once a state was received.
+    has_state: std::sync::atomic::AtomicBool,
+}
+
+impl Inputs {
+    /// Inputs reading states from `state`; `initial` says whether its current value is a real
+    /// state (false when it is only a placeholder until the first state arrives).
+    pub fn new(state: watch::Receiver<Arc<State>>, initial: bool) -> Self {
+        Self {
+            state,
+            loads: Loads::default(),
+            own_addrs: Vec::new(),
+            has_state: initial.into(),
+        }
+    }
+
+    /// True once the proxy has a state to serve with.
+    pub fn ready(&self) -> bool {
+        self.has_state.load(std::sync::atomic::Ordering::Relaxed)
+            || self.state.has_changed().unwrap_or(false)
+    }
+}
+
+/// Where the proxy listens.
+#[derive(Clone, Debug)]
+pub struct Listeners {
+    /// Outbound capture (15001).
+    pub outbound: SocketAddr,
+    /// Inbound capture (15006).
+    pub inbound: SocketAddr,
+    /// Admin (127.0.0.1:15000).
+    pub admin: SocketAddr,
+    /// Readiness (15021).
+    pub readiness: SocketAddr,
+}
+
+impl Default for Listeners {
+    fn default() -> Self {
+        Self {
+            outbound: ([0, 0, 0, 0], 15001).into(),
+            inbound: ([0, 0, 0, 0], 15006).into(),
+            admin: ([127, 0, 0, 1], 15000).into(),
+            readiness: ([0, 0, 0, 0], 15021).into(),
+        }
+    }
+}
+
+/// A running proxy.
+pub struct Proxy {
+    /// The addresses actually bound (useful with port 0 in tests).
+    pub bound: Listeners,
+    trigger: drain::Trigger,
+    drain_requests: mpsc::Receiver<()>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// A listener that could not be bound.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot listen on {addr} ({what}): {source}")]
+pub struct BindError {
+    /// The address.
+    pub addr: SocketAddr,
+    /// Which listener.
+    pub what: &'static str,
+    /// The cause.
+    #[source]
+    pub source: std::io::Error,
+}
+
+async fn bind(addr: SocketAddr, what: &'static str) -> Result<TcpListener, BindError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| BindError { addr, what, source })
+}
+
+impl Proxy {
+    /// Binds every listener and starts serving. `outbound_dst` and `inbound_dst` tell where
+    /// captured connections were headed (the kernel's `SO_ORIGINAL_DST` in production).
+    pub async fn start(
+        listeners: &Listeners,
+        state: watch::Receiver<Arc<State>>,
+        has_state: bool,
+        outbound_dst: Arc<dyn OriginalDst>,
+        inbound_dst: Arc<dyn OriginalDst>,
+    ) -> Result<Self, BindError> {
+        let outbound = bind(listeners.outbound, "outbound").await?;
+        let inbound = bind(listeners.inbound, "inbound").await?;
+        let admin = bind(listeners.admin, "admin").await?;
+        let readiness = bind(listeners.readiness, "readiness").await?;
+        let local = |l: &TcpListener, fallback| l.local_addr().unwrap_or(fallback);
+        let bound = Listeners {
+            outbound: local(&outbound, listeners.outbound),
+            inbound: local(&inbound, listeners.inbound),
+            admin: local(&admin, listeners.admin),
+            readiness: local(&readiness, listeners.readiness),
+        };
+        let mut inputs = Inputs::new(state, has_state);
+        inputs.own_addrs = vec![bound.outbound, bound.inbound, bound.admin, bound.readiness];
+        let inputs = Arc::new(inputs);
+        let (trigger, watch) = drain::channel();
+        let (drain_tx, drain_requests) = mpsc::channel(1);
+        let tasks = vec![
+            tokio::spawn(outbound::serve(
+                outbound,
+                inputs.clone(),
+                outbound_dst,
+                watch.clone(),
+            )),
+            tokio::spawn(inbound::serve(
+                inbound,
+                inputs.clone(),
+                inbound_dst,
+                watch.clone(),
+            )),
+            tokio::spawn(admin::serve(admin, inputs.clone(), drain_tx, watch.clone())),
+            tokio::spawn(admin::serve_readiness(readiness, inputs, watch)),
+        ];
+        Ok(Self {
+            bound,
+            trigger,
+            drain_requests,
+            tasks,
+        })
+    }
+
+    /// Resolves when someone asks the admin endpoint to drain.
+    pub async fn drain_requested(&mut self) {
+        if self.drain_requests.recv().await.is_none() {
+            std::future::pending::<()>().await;
+        }
+    }
+
+    /// Stops accepting, waits for connections in flight up to `deadline`, and returns whether
+    /// they all finished.
+    pub async fn drain(self, deadline: Duration) -> bool {
+        let finished = self.trigger.drain(deadline).await;
+        for t in self.tasks {
+            t.abort();
+        }
+        finished
+    }
+}

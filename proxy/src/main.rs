@@ -3,8 +3,14 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use std::sync::Arc;
+use std::time::Duration;
+
 use clap::{Args, Parser, Subcommand};
 use mesh_proxy::init::{self, CaptureConfig, Iptables, NamespaceCheck, Variant};
+use mesh_proxy::socket::KernelOriginalDst;
+use mesh_proxy::{Listeners, Proxy, state};
+use tokio::signal::unix::{SignalKind, signal};
 
 /// The mesh's sidecar proxy.
 #[derive(Parser)]
@@ -18,6 +24,34 @@ struct Cli {
 enum Command {
     /// Write the traffic-capture rules of this network namespace (as Istio's init container).
     Init(InitArgs),
+    /// Run the proxy: outbound (15001) and inbound (15006) capture listeners, admin (15000),
+    /// readiness (15021). Exits 0 after a graceful drain on SIGTERM or POST /drain.
+    Run(RunArgs),
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// The proxy's state (mesh.state.v1.ProxyState as YAML or JSON); watched for changes.
+    #[arg(long, value_name = "FILE")]
+    state_file: PathBuf,
+    /// How often the state file is checked for changes, in milliseconds.
+    #[arg(long, default_value_t = 500)]
+    state_poll_ms: u64,
+    /// Outbound capture port.
+    #[arg(long, default_value_t = 15001)]
+    outbound_port: u16,
+    /// Inbound capture port.
+    #[arg(long, default_value_t = 15006)]
+    inbound_port: u16,
+    /// Admin port (on 127.0.0.1).
+    #[arg(long, default_value_t = 15000)]
+    admin_port: u16,
+    /// Readiness port (/healthz/ready).
+    #[arg(long, default_value_t = 15021)]
+    readiness_port: u16,
+    /// How long connections in flight may take to finish after a drain begins, in seconds.
+    #[arg(long, default_value_t = 5)]
+    drain_timeout_secs: u64,
 }
 
 #[derive(Args)]
@@ -75,6 +109,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Init(args) => run_init(&args),
+        Command::Run(args) => run_proxy(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -147,4 +182,57 @@ fn run_init(args: &InitArgs) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+fn run_proxy(args: &RunArgs) -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let initial = state::load_file(&args.state_file)?;
+        let (tx, rx) = tokio::sync::watch::channel(Arc::new(initial));
+        tokio::spawn(state::watch_file(
+            args.state_file.clone(),
+            tx,
+            Duration::from_millis(args.state_poll_ms.max(10)),
+        ));
+        let listeners = Listeners {
+            outbound: ([0, 0, 0, 0], args.outbound_port).into(),
+            inbound: ([0, 0, 0, 0], args.inbound_port).into(),
+            admin: ([127, 0, 0, 1], args.admin_port).into(),
+            readiness: ([0, 0, 0, 0], args.readiness_port).into(),
+        };
+        let dst = Arc::new(KernelOriginalDst);
+        let mut proxy = Proxy::start(&listeners, rx, true, dst.clone(), dst).await?;
+        tracing::info!(
+            "mesh-proxy ready: outbound {}, inbound {}, admin {}, readiness {}",
+            proxy.bound.outbound,
+            proxy.bound.inbound,
+            proxy.bound.admin,
+            proxy.bound.readiness
+        );
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: draining"),
+            _ = int.recv() => tracing::info!("SIGINT: draining"),
+            _ = proxy.drain_requested() => tracing::info!("drain requested on the admin port"),
+        }
+        let deadline = Duration::from_secs(args.drain_timeout_secs);
+        if proxy.drain(deadline).await {
+            tracing::info!("drained");
+        } else {
+            tracing::warn!(
+                "drain deadline of {deadline:?} passed with connections still open; closing them"
+            );
+        }
+        Ok(())
+    })
 }

@@ -1,0 +1,130 @@
+//! Admin (127.0.0.1:15000: `/ready`, `/config_dump`, `/drain`) and readiness
+//! (`/healthz/ready` on 15021), served with hyper.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+
+use crate::Inputs;
+use crate::drain;
+
+/// Which paths a listener answers.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Scope {
+    /// Everything (localhost only).
+    Admin,
+    /// Only `/healthz/ready` (reachable from outside the pod).
+    Readiness,
+}
+
+/// Serves admin requests until a drain begins. A POST to `/drain` sends on `drain_request`.
+pub async fn serve(
+    listener: TcpListener,
+    inputs: Arc<Inputs>,
+    drain_request: mpsc::Sender<()>,
+    drain: drain::Watch,
+) {
+    serve_scoped(listener, inputs, drain_request, drain, Scope::Admin).await;
+}
+
+async fn serve_scoped(
+    listener: TcpListener,
+    inputs: Arc<Inputs>,
+    drain_request: mpsc::Sender<()>,
+    mut drain: drain::Watch,
+    scope: Scope,
+) {
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let Ok((conn, _)) = accepted else { continue };
+                let inputs = inputs.clone();
+                let drain_request = drain_request.clone();
+                let draining = drain.clone();
+                tokio::spawn(async move {
+                    let svc = service_fn(move |req| {
+                        let inputs = inputs.clone();
+                        let drain_request = drain_request.clone();
+                        let draining = draining.is_draining();
+                        async move {
+                            if scope == Scope::Readiness && req.uri().path() != "/healthz/ready" {
+                                return Ok::<_, Infallible>(text(StatusCode::NOT_FOUND, "only /healthz/ready here\n"));
+                            }
+                            Ok::<_, Infallible>(route(req, &inputs, &drain_request, draining).await)
+                        }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(conn), svc).await;
+                });
+            }
+            _ = drain.signaled() => return,
+        }
+    }
+}
+
+fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(body.into()));
+    *r.status_mut() = status;
+    r
+}
+
+async fn route(
+    req: Request<Incoming>,
+    inputs: &Inputs,
+    drain_request: &mpsc::Sender<()>,
+    draining: bool,
+) -> Response<Full<Bytes>> {
+    match (req.method(), req.uri().path()) {
+        (&Method::GET, "/ready" | "/healthz/ready") => {
+            if draining {
+                text(StatusCode::SERVICE_UNAVAILABLE, "DRAINING\n")
+            } else if inputs.ready() {
+                text(StatusCode::OK, "LIVE\n")
+            } else {
+                text(StatusCode::SERVICE_UNAVAILABLE, "NOT READY: no state yet\n")
+            }
+        }
+        (&Method::GET, "/config_dump") => {
+            let state = inputs.state.borrow().clone();
+            match serde_json::to_vec_pretty(&state.source) {
+                Ok(body) => {
+                    let mut r = text(StatusCode::OK, body);
+                    r.headers_mut().insert(
+                        hyper::header::CONTENT_TYPE,
+                        hyper::header::HeaderValue::from_static("application/json"),
+                    );
+                    r
+                }
+                Err(e) => text(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("cannot render the state: {e}\n"),
+                ),
+            }
+        }
+        (&Method::POST, "/drain") => {
+            let _ = drain_request.try_send(());
+            text(StatusCode::OK, "draining\n")
+        }
+        (_, "/ready" | "/healthz/ready" | "/config_dump" | "/drain") => text(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "use GET (POST for /drain)\n",
+        ),
+        _ => text(
+            StatusCode::NOT_FOUND,
+            "admin paths: /ready, /config_dump, POST /drain\n",
+        ),
+    }
+}
+
+/// Serves only the readiness path (the 15021 port kubelet probes).
+pub async fn serve_readiness(listener: TcpListener, inputs: Arc<Inputs>, drain: drain::Watch) {
+    let (tx, _rx) = mpsc::channel(1);
+    serve_scoped(listener, inputs, tx, drain, Scope::Readiness).await;
+}

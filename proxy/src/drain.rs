@@ -1,0 +1,141 @@
+//! Graceful drain: stop accepting, let work in flight finish within a deadline, then close.
+//! Listeners hold a [`Watch`]; each connection holds a [`Guard`]; [`Trigger::drain`] signals
+//! and then waits until every guard is gone or the deadline passes.
+
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch};
+
+/// Starts a drain.
+pub struct Trigger {
+    signal: watch::Sender<bool>,
+    done: mpsc::Receiver<()>,
+    _own: mpsc::Sender<()>,
+}
+
+/// Tells listeners and connections that a drain began.
+#[derive(Clone)]
+pub struct Watch {
+    signal: watch::Receiver<bool>,
+    done: mpsc::Sender<()>,
+}
+
+/// Held by work in flight; the drain waits for all guards to drop.
+#[derive(Clone)]
+pub struct Guard {
+    _done: mpsc::Sender<()>,
+}
+
+/// A new drain pair.
+pub fn channel() -> (Trigger, Watch) {
+    let (signal_tx, signal_rx) = watch::channel(false);
+    let (done_tx, done_rx) = mpsc::channel(1);
+    let watch = Watch {
+        signal: signal_rx,
+        done: done_tx.clone(),
+    };
+    (
+        Trigger {
+            signal: signal_tx,
+            done: done_rx,
+            _own: done_tx,
+        },
+        watch,
+    )
+}
+
+impl Trigger {
+    /// True once a drain began.
+    pub fn is_draining(&self) -> bool {
+        *self.signal.borrow()
+    }
+
+    /// A watch to hand to more listeners.
+    pub fn watch(&self) -> Watch {
+        Watch {
+            signal: self.signal.subscribe(),
+            done: self._own.clone(),
+        }
+    }
+
+    /// Signals the drain and waits until all work finished or `deadline` passed; returns true
+    /// when everything finished in time.
+    pub async fn drain(self, deadline: Duration) -> bool {
+        let Trigger {
+            signal,
+            mut done,
+            _own,
+        } = self;
+        let _ = signal.send(true);
+        drop(_own);
+        // recv() returns None once every sender (watch and guard) is gone.
+        tokio::time::timeout(deadline, async { while done.recv().await.is_some() {} })
+            .await
+            .is_ok()
+    }
+}
+
+impl Watch {
+    /// Resolves when a drain begins.
+    pub async fn signaled(&mut self) {
+        while !*self.signal.borrow_and_update() {
+            if self.signal.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+
+    /// True once a drain began.
+    pub fn is_draining(&self) -> bool {
+        *self.signal.borrow()
+    }
+
+    /// A guard for one piece of work.
+    pub fn guard(&self) -> Guard {
+        Guard {
+            _done: self.done.clone(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn drain_waits_for_guards_until_the_deadline() {
+        let (trigger, watch) = channel();
+        let guard = watch.guard();
+        drop(watch);
+        let held = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            drop(guard);
+        });
+        assert!(
+            trigger.drain(Duration::from_secs(5)).await,
+            "work finished within the deadline"
+        );
+        held.await.unwrap();
+
+        let (trigger, watch) = channel();
+        let _stuck = watch.guard();
+        drop(watch);
+        assert!(
+            !trigger.drain(Duration::from_secs(1)).await,
+            "the deadline cuts stuck work"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn listeners_see_the_signal() {
+        let (trigger, watch) = channel();
+        let mut w = watch.clone();
+        let seen = tokio::spawn(async move {
+            w.signaled().await;
+            w.is_draining()
+        });
+        drop(watch);
+        assert!(trigger.drain(Duration::from_secs(1)).await);
+        assert!(seen.await.unwrap());
+    }
+}

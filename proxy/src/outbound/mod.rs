@@ -1,0 +1,118 @@
+//! The outbound listener (15001): connections the workload makes, captured by `init`. Each is
+//! matched to a service by its original destination, then carried to an endpoint chosen by the
+//! service's routes and load balancer. Destinations outside the registry pass through
+//! (ALLOW_ANY) or are refused (REGISTRY_ONLY).
+
+pub mod balance;
+mod pick;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpStream};
+
+pub use pick::{Target, choose_weighted, pick_endpoint};
+
+use crate::Inputs;
+use crate::drain;
+use crate::socket::OriginalDst;
+use crate::state::OutboundPolicy;
+
+/// Default time to wait for an upstream connection.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Accepts until a drain begins; each connection runs in its own task.
+pub async fn serve(
+    listener: TcpListener,
+    inputs: Arc<Inputs>,
+    dst: Arc<dyn OriginalDst>,
+    mut drain: drain::Watch,
+) {
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((conn, peer)) => {
+                    let inputs = inputs.clone();
+                    let dst = dst.clone();
+                    let guard = drain.guard();
+                    tokio::spawn(async move {
+                        handle(conn, peer, &inputs, dst.as_ref()).await;
+                        drop(guard);
+                    });
+                }
+                Err(e) => tracing::warn!("outbound accept: {e}"),
+            },
+            _ = drain.signaled() => return,
+        }
+    }
+}
+
+async fn handle(
+    mut conn: TcpStream,
+    peer: SocketAddr,
+    inputs: &Inputs,
+    resolver: &dyn OriginalDst,
+) {
+    let _ = conn.set_nodelay(true);
+    let dst = match resolver.original_dst(&conn) {
+        Ok(d) => d,
+        Err(e) => {
+            tracing::warn!(%peer, "outbound: no original destination ({e}); closing");
+            return;
+        }
+    };
+    if inputs.own_addrs.contains(&dst) {
+        tracing::warn!(%peer, %dst, "outbound: connection addressed to the proxy itself; closing to avoid a loop");
+        return;
+    }
+    let state = inputs.state.borrow().clone();
+    let target = match state.service_for(dst) {
+        Some(svc) => match pick_endpoint(&state, svc, dst, &inputs.loads) {
+            Some(t) => t,
+            None => {
+                log(peer, dst, None, "UH", 0, 0);
+                return;
+            }
+        },
+        None if state.outbound_policy == OutboundPolicy::AllowAny => Target::passthrough(dst),
+        None => {
+            log(peer, dst, None, "NR", 0, 0);
+            return;
+        }
+    };
+    let _active = inputs.loads.start(target.addr);
+    let upstream =
+        match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(target.addr)).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                tracing::debug!("connect {}: {e}", target.addr);
+                log(peer, dst, Some(&target), "UF", 0, 0);
+                return;
+            }
+            Err(_) => {
+                log(peer, dst, Some(&target), "UF", 0, 0);
+                return;
+            }
+        };
+    let _ = upstream.set_nodelay(true);
+    let mut upstream = upstream;
+    match crate::tcp::splice(&mut conn, &mut upstream).await {
+        Ok((sent, received)) => log(peer, dst, Some(&target), "-", sent, received),
+        Err(_) => log(peer, dst, Some(&target), "DC", 0, 0),
+    }
+}
+
+/// One access-log line per connection, with an Envoy-style response flag.
+fn log(
+    peer: SocketAddr,
+    dst: SocketAddr,
+    target: Option<&Target>,
+    flags: &str,
+    sent: u64,
+    received: u64,
+) {
+    let service = target.map_or("-", |t| t.service.as_str());
+    let upstream = target.map_or_else(|| "-".to_string(), |t| t.addr.to_string());
+    tracing::info!(target: "access", "outbound tcp {peer} -> {dst} service={service} upstream={upstream} flags={flags} sent={sent} received={received}");
+}

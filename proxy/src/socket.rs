@@ -1,0 +1,38 @@
+//! Socket details: the original destination of a redirected connection (`SO_ORIGINAL_DST`).
+
+use std::io;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+
+use nix::sys::socket::{getsockopt, sockopt};
+use tokio::net::TcpStream;
+
+/// Where a redirected connection was headed before the capture rules sent it to the proxy.
+pub trait OriginalDst: Send + Sync + 'static {
+    /// The destination the client connected to.
+    fn original_dst(&self, stream: &TcpStream) -> io::Result<SocketAddr>;
+}
+
+/// The kernel's answer (`SO_ORIGINAL_DST`), for connections redirected by iptables.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct KernelOriginalDst;
+
+impl OriginalDst for KernelOriginalDst {
+    fn original_dst(&self, stream: &TcpStream) -> io::Result<SocketAddr> {
+        let addr = getsockopt(stream, sockopt::OriginalDst).map_err(io::Error::from)?;
+        let ip = Ipv4Addr::from(u32::from_be(addr.sin_addr.s_addr));
+        Ok(SocketAddr::V4(SocketAddrV4::new(
+            ip,
+            u16::from_be(addr.sin_port),
+        )))
+    }
+}
+
+/// A fixed destination: for tests and for listeners that are not behind capture rules.
+#[derive(Clone, Copy, Debug)]
+pub struct FixedDst(pub SocketAddr);
+
+impl OriginalDst for FixedDst {
+    fn original_dst(&self, _: &TcpStream) -> io::Result<SocketAddr> {
+        Ok(self.0)
+    }
+}

@@ -1,0 +1,447 @@
+//! The proxy's state: what it knows of the services its workload calls. A [`ProxyState`]
+//! (the `mesh.state.v1` message, from pilot or a file) is checked and indexed into a
+//! [`State`] once, when it arrives; listeners then read the latest `Arc<State>` from a watch
+//! channel for each new connection, so a change applies without touching connections already
+//! established.
+
+mod file;
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+pub use file::{StateFileError, load_file, parse_state, watch_file};
+pub use mesh_api::proto::state::v1 as proto;
+
+/// Application protocols the proxy tells apart.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Protocol {
+    /// HTTP/1.x (or HTTP/2 when the client speaks it).
+    Http,
+    /// HTTP/2 only (h2c in plaintext).
+    Http2,
+    /// gRPC (HTTP/2).
+    Grpc,
+    /// Opaque TCP.
+    Tcp,
+    /// TLS passed through, routed by SNI.
+    Tls,
+    /// Not declared: detect from the first bytes.
+    Detect,
+}
+
+impl Protocol {
+    /// Parses Istio's protocol names and port-name prefixes (`http`, `http-web`, `grpc`, ...).
+    pub fn from_name(name: &str) -> Option<Self> {
+        let prefix = name.split('-').next().unwrap_or("").to_ascii_lowercase();
+        if name.eq_ignore_ascii_case("grpc-web") {
+            return Some(Protocol::Http);
+        }
+        Some(match prefix.as_str() {
+            "" => Protocol::Detect,
+            "http" => Protocol::Http,
+            "http2" | "h2c" => Protocol::Http2,
+            "grpc" => Protocol::Grpc,
+            "tcp" | "mongo" | "redis" | "mysql" => Protocol::Tcp,
+            "tls" | "https" => Protocol::Tls,
+            _ => return None,
+        })
+    }
+
+    /// True for protocols carried as HTTP requests.
+    pub fn is_http(self) -> bool {
+        matches!(self, Protocol::Http | Protocol::Http2 | Protocol::Grpc)
+    }
+}
+
+/// Load-balancing algorithms.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Balancer {
+    /// Power of two choices on active requests (the default, as Istio's).
+    #[default]
+    LeastRequest,
+    /// In turn.
+    RoundRobin,
+    /// Uniformly at random.
+    Random,
+    /// To the address the caller asked for.
+    Passthrough,
+}
+
+impl Balancer {
+    /// Parses a load balancer name (Istio's `simple` values).
+    pub fn parse_name(name: &str) -> Option<Self> {
+        Self::parse(name)
+    }
+
+    fn parse(name: &str) -> Option<Self> {
+        Some(match name {
+            "" | "LEAST_REQUEST" | "LEAST_CONN" | "UNSPECIFIED" => Balancer::LeastRequest,
+            "ROUND_ROBIN" => Balancer::RoundRobin,
+            "RANDOM" => Balancer::Random,
+            "PASSTHROUGH" => Balancer::Passthrough,
+            _ => return None,
+        })
+    }
+}
+
+/// One port of a service.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Port {
+    /// Service port.
+    pub port: u16,
+    /// Name.
+    pub name: String,
+    /// Protocol.
+    pub protocol: Protocol,
+    /// Port on the endpoints.
+    pub target_port: u16,
+}
+
+/// A checked, indexed service.
+#[derive(Debug)]
+pub struct Service {
+    /// The service as received.
+    pub spec: proto::Service,
+    /// Its ports.
+    pub ports: Vec<Port>,
+    /// Load balancer of the service (subsets may override).
+    pub balancer: Balancer,
+    /// Endpoint addresses, parsed, in `spec.endpoints` order.
+    pub endpoint_ips: Vec<IpAddr>,
+}
+
+impl Service {
+    /// The port numbered `port`.
+    pub fn port(&self, port: u16) -> Option<&Port> {
+        self.ports.iter().find(|p| p.port == port)
+    }
+
+    /// The address of endpoint `index` for service port `port`.
+    pub fn endpoint_addr(&self, index: usize, port: &Port) -> Option<SocketAddr> {
+        let ip = *self.endpoint_ips.get(index)?;
+        let ep = self.spec.endpoints.get(index)?;
+        let p = ep
+            .ports
+            .get(&port.name)
+            .and_then(|p| u16::try_from(*p).ok())
+            .unwrap_or(port.target_port);
+        Some(SocketAddr::new(ip, p))
+    }
+
+    /// Indices of the endpoints in `subset` (all when `subset` is empty or unknown).
+    pub fn subset_members(&self, subset: &str) -> Vec<usize> {
+        let labels = self
+            .spec
+            .subsets
+            .iter()
+            .find(|s| s.name == subset)
+            .map(|s| &s.labels);
+        (0..self.spec.endpoints.len())
+            .filter(|i| match labels {
+                None => true,
+                Some(want) => {
+                    let have = &self.spec.endpoints[*i].labels;
+                    want.iter().all(|(k, v)| have.get(k) == Some(v))
+                }
+            })
+            .collect()
+    }
+}
+
+/// What the outbound listener does with a destination not in the registry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum OutboundPolicy {
+    /// Pass it through to where the workload connected.
+    #[default]
+    AllowAny,
+    /// Refuse it.
+    RegistryOnly,
+}
+
+/// The checked, indexed state the listeners read.
+#[derive(Debug, Default)]
+pub struct State {
+    /// The state as received (for config_dump).
+    pub source: proto::ProxyState,
+    /// Services by fully qualified host name.
+    pub services: HashMap<String, Arc<Service>>,
+    /// Service VIP:port → service host name.
+    by_vip: HashMap<SocketAddr, String>,
+    /// Endpoint IP:port → service host name.
+    by_endpoint: HashMap<SocketAddr, String>,
+    /// Policy for unknown destinations.
+    pub outbound_policy: OutboundPolicy,
+    /// Declared protocols of the workload's own ports.
+    pub inbound_ports: HashMap<u16, Protocol>,
+}
+
+/// A state that cannot be applied; the proxy keeps its previous one.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("service {service}: {field}: {message}")]
+pub struct StateError {
+    /// The service's host name (or `state` for top-level fields).
+    pub service: String,
+    /// The field.
+    pub field: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+fn bad(service: &str, field: impl Into<String>, message: impl Into<String>) -> StateError {
+    StateError {
+        service: service.into(),
+        field: field.into(),
+        message: message.into(),
+    }
+}
+
+fn port16(service: &str, field: &str, value: u32) -> Result<u16, StateError> {
+    u16::try_from(value)
+        .ok()
+        .filter(|p| *p > 0)
+        .ok_or_else(|| bad(service, field, format!("{value} is not a port 1-65535")))
+}
+
+impl State {
+    /// Checks and indexes a received state.
+    pub fn compile(source: proto::ProxyState) -> Result<Self, StateError> {
+        let outbound_policy = match source.outbound_traffic_policy.as_str() {
+            "" | "ALLOW_ANY" => OutboundPolicy::AllowAny,
+            "REGISTRY_ONLY" => OutboundPolicy::RegistryOnly,
+            other => {
+                return Err(bad(
+                    "state",
+                    "outboundTrafficPolicy",
+                    format!("unknown policy {other:?}: use ALLOW_ANY or REGISTRY_ONLY"),
+                ));
+            }
+        };
+        let mut inbound_ports = HashMap::new();
+        for (i, p) in source.inbound_ports.iter().enumerate() {
+            let port = port16("state", &format!("inboundPorts[{i}].port"), p.port)?;
+            let proto = Protocol::from_name(&p.protocol).ok_or_else(|| {
+                bad(
+                    "state",
+                    format!("inboundPorts[{i}].protocol"),
+                    format!("unknown protocol {:?}", p.protocol),
+                )
+            })?;
+            inbound_ports.insert(port, proto);
+        }
+        let mut state = State {
+            outbound_policy,
+            inbound_ports,
+            ..State::default()
+        };
+        for spec in &source.services {
+            let host = spec.hostname.clone();
+            if host.is_empty() {
+                return Err(bad("?", "hostname", "every service needs a hostname"));
+            }
+            let mut ports = Vec::new();
+            for (i, p) in spec.ports.iter().enumerate() {
+                let port = port16(&host, &format!("ports[{i}].port"), p.port)?;
+                let target_port = if p.target_port == 0 {
+                    port
+                } else {
+                    port16(&host, &format!("ports[{i}].targetPort"), p.target_port)?
+                };
+                let declared = if p.protocol.is_empty() {
+                    &p.name
+                } else {
+                    &p.protocol
+                };
+                let protocol = Protocol::from_name(declared).unwrap_or(Protocol::Detect);
+                ports.push(Port {
+                    port,
+                    name: p.name.clone(),
+                    protocol,
+                    target_port,
+                });
+            }
+            let mut endpoint_ips = Vec::new();
+            for (i, ep) in spec.endpoints.iter().enumerate() {
+                let ip: IpAddr = ep.address.parse().map_err(|_| {
+                    bad(
+                        &host,
+                        format!("endpoints[{i}].address"),
+                        format!("{:?} is not an IP address", ep.address),
+                    )
+                })?;
+                endpoint_ips.push(ip);
+            }
+            let balancer_name = spec
+                .traffic_policy
+                .as_ref()
+                .map(|t| t.load_balancer.as_str())
+                .unwrap_or("");
+            let balancer = Balancer::parse(balancer_name).ok_or_else(|| {
+                bad(
+                    &host,
+                    "trafficPolicy.loadBalancer",
+                    format!("unknown load balancer {balancer_name:?}"),
+                )
+            })?;
+            for (i, s) in spec.subsets.iter().enumerate() {
+                let name = s
+                    .traffic_policy
+                    .as_ref()
+                    .map(|t| t.load_balancer.as_str())
+                    .unwrap_or("");
+                Balancer::parse(name).ok_or_else(|| {
+                    bad(
+                        &host,
+                        format!("subsets[{i}].trafficPolicy.loadBalancer"),
+                        format!("unknown load balancer {name:?}"),
+                    )
+                })?;
+            }
+            for (i, vip) in spec.addresses.iter().enumerate() {
+                let ip: IpAddr = vip.parse().map_err(|_| {
+                    bad(
+                        &host,
+                        format!("addresses[{i}]"),
+                        format!("{vip:?} is not an IP address"),
+                    )
+                })?;
+                for p in &ports {
+                    state
+                        .by_vip
+                        .insert(SocketAddr::new(ip, p.port), host.clone());
+                }
+            }
+            let service = Service {
+                spec: spec.clone(),
+                ports,
+                balancer,
+                endpoint_ips,
+            };
+            for i in 0..service.spec.endpoints.len() {
+                for p in &service.ports {
+                    if let Some(addr) = service.endpoint_addr(i, p) {
+                        state
+                            .by_endpoint
+                            .entry(addr)
+                            .or_insert_with(|| host.clone());
+                    }
+                }
+            }
+            state.services.insert(host, Arc::new(service));
+        }
+        state.source = source;
+        Ok(state)
+    }
+
+    /// The service a connection to `dst` is for: by VIP:port, else by endpoint IP:port.
+    pub fn service_for(&self, dst: SocketAddr) -> Option<&Arc<Service>> {
+        let host = self
+            .by_vip
+            .get(&dst)
+            .or_else(|| self.by_endpoint.get(&dst))?;
+        self.services.get(host)
+    }
+
+    /// A service by host name, also resolving short names (`shipping`, `shipping.default`) in
+    /// `namespace`, as Istio does.
+    pub fn service_by_host(&self, host: &str, namespace: &str) -> Option<&Arc<Service>> {
+        if let Some(s) = self.services.get(host) {
+            return Some(s);
+        }
+        let domain = if self.source.domain.is_empty() {
+            "cluster.local"
+        } else {
+            &self.source.domain
+        };
+        let fqdn = match host.matches('.').count() {
+            0 => format!("{host}.{namespace}.svc.{domain}"),
+            1 => format!("{host}.svc.{domain}"),
+            _ => return None,
+        };
+        self.services.get(&fqdn)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn svc() -> proto::Service {
+        proto::Service {
+            hostname: "shipping.default.svc.cluster.local".into(),
+            namespace: "default".into(),
+            addresses: vec!["10.96.0.10".into()],
+            ports: vec![proto::ServicePort {
+                port: 80,
+                name: "http".into(),
+                target_port: 8080,
+                ..Default::default()
+            }],
+            endpoints: vec![
+                proto::Endpoint {
+                    address: "10.0.0.1".into(),
+                    labels: [("version".into(), "v1".into())].into(),
+                    ..Default::default()
+                },
+                proto::Endpoint {
+                    address: "10.0.0.2".into(),
+                    labels: [("version".into(), "v2".into())].into(),
+                    ..Default::default()
+                },
+            ],
+            subsets: vec![proto::Subset {
+                name: "v2".into(),
+                labels: [("version".into(), "v2".into())].into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn services_are_found_by_vip_endpoint_and_short_name() {
+        let state = State::compile(proto::ProxyState {
+            services: vec![svc()],
+            ..Default::default()
+        })
+        .unwrap();
+        let by_vip = state.service_for("10.96.0.10:80".parse().unwrap()).unwrap();
+        assert_eq!(by_vip.spec.hostname, "shipping.default.svc.cluster.local");
+        assert_eq!(by_vip.ports[0].protocol, Protocol::Http);
+        assert!(
+            state
+                .service_for("10.0.0.2:8080".parse().unwrap())
+                .is_some()
+        );
+        assert!(state.service_for("10.0.0.2:80".parse().unwrap()).is_none());
+        assert!(state.service_by_host("shipping", "default").is_some());
+        assert!(state.service_by_host("shipping.default", "other").is_some());
+        assert!(state.service_by_host("shipping", "other").is_none());
+        assert_eq!(by_vip.subset_members("v2"), vec![1]);
+        assert_eq!(
+            by_vip.endpoint_addr(1, &by_vip.ports[0]),
+            Some("10.0.0.2:8080".parse().unwrap())
+        );
+    }
+
+    #[test]
+    fn bad_states_are_refused_with_the_field() {
+        let mut s = svc();
+        s.endpoints[0].address = "ten".into();
+        let err = State::compile(proto::ProxyState {
+            services: vec![s],
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "service shipping.default.svc.cluster.local: endpoints[0].address: \"ten\" is not an IP address"
+        );
+        let err = State::compile(proto::ProxyState {
+            outbound_traffic_policy: "SOMETIMES".into(),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains("outboundTrafficPolicy"));
+    }
+}
