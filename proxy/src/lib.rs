@@ -7,9 +7,11 @@
 
 pub mod admin;
 pub mod drain;
+pub mod http;
 pub mod inbound;
 pub mod init;
 pub mod outbound;
+pub mod sniff;
 pub mod socket;
 pub mod state;
 pub mod tcp;
@@ -31,6 +33,8 @@ pub struct Inputs {
     pub state: watch::Receiver<Arc<State>>,
     /// Active requests per endpoint, for load balancing.
     pub loads: Loads,
+    /// Pooled upstream HTTP connections.
+    pub upstreams: http::Upstreams,
     /// The proxy's own listening addresses, so a connection back to them is refused, not looped.
     pub own_addrs: Vec<SocketAddr>,
     /// Set once a state was received.
@@ -44,6 +48,7 @@ impl Inputs {
         Self {
             state,
             loads: Loads::default(),
+            upstreams: http::Upstreams::default(),
             own_addrs: Vec::new(),
             has_state: initial.into(),
         }

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
 
-pub use pick::{Target, choose_weighted, pick_endpoint};
+pub use pick::{Target, choose_weighted, endpoint_in, pick_endpoint, to_destination};
 
 use crate::Inputs;
 use crate::drain;
@@ -21,6 +21,10 @@ use crate::state::OutboundPolicy;
 
 /// Default time to wait for an upstream connection.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long protocol detection waits for the client's first bytes (Istio's default is 100ms;
+/// a server-first protocol is treated as TCP after it).
+pub const SNIFF_TIMEOUT: Duration = Duration::from_millis(100);
 
 /// Accepts until a drain begins; each connection runs in its own task.
 pub async fn serve(
@@ -51,7 +55,7 @@ pub async fn serve(
 async fn handle(
     mut conn: TcpStream,
     peer: SocketAddr,
-    inputs: &Inputs,
+    inputs: &Arc<Inputs>,
     resolver: &dyn OriginalDst,
 ) {
     let _ = conn.set_nodelay(true);
@@ -67,6 +71,21 @@ async fn handle(
         return;
     }
     let state = inputs.state.borrow().clone();
+    // HTTP is parsed when the port says so, or when the first bytes say so.
+    let declared = state
+        .service_for(dst)
+        .and_then(|svc| crate::http::is_http_port(svc, dst));
+    let http = match declared {
+        Some(h) => h,
+        None => matches!(
+            crate::sniff::detect(&conn, SNIFF_TIMEOUT).await,
+            Ok(crate::sniff::Detected::Http1 | crate::sniff::Detected::Http2)
+        ),
+    };
+    if http {
+        crate::http::serve_outbound(conn, peer, dst, inputs.clone()).await;
+        return;
+    }
     let target = match state.service_for(dst) {
         Some(svc) => match pick_endpoint(&state, svc, dst, &inputs.loads) {
             Some(t) => t,

@@ -149,6 +149,9 @@ impl Service {
     }
 }
 
+/// Keeps rewrite patterns apart from (anchored) match patterns in the regex cache.
+const REWRITE_KEY: &str = "\u{0}rewrite:";
+
 /// What the outbound listener does with a destination not in the registry.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum OutboundPolicy {
@@ -174,6 +177,9 @@ pub struct State {
     pub outbound_policy: OutboundPolicy,
     /// Declared protocols of the workload's own ports.
     pub inbound_ports: HashMap<u16, Protocol>,
+    /// Every regular expression of the routes, compiled once (anchored: a match is a full match,
+    /// as Envoy's RE2 matchers do).
+    regexes: HashMap<String, regex::Regex>,
 }
 
 /// A state that cannot be applied; the proxy keeps its previous one.
@@ -311,6 +317,7 @@ impl State {
                         .insert(SocketAddr::new(ip, p.port), host.clone());
                 }
             }
+            state.compile_route_regexes(&host, spec)?;
             let service = Service {
                 spec: spec.clone(),
                 ports,
@@ -331,6 +338,80 @@ impl State {
         }
         state.source = source;
         Ok(state)
+    }
+
+    /// Compiles every regular expression of `spec`'s routes (anchored, once per pattern).
+    fn compile_route_regexes(
+        &mut self,
+        host: &str,
+        spec: &proto::Service,
+    ) -> Result<(), StateError> {
+        for (i, r) in spec.http_routes.iter().enumerate() {
+            let match_patterns = r.matches.iter().flat_map(|m| {
+                [&m.uri, &m.method, &m.authority, &m.scheme]
+                    .into_iter()
+                    .flatten()
+                    .chain(m.headers.values())
+                    .chain(m.query_params.values())
+                    .chain(m.without_headers.values())
+            });
+            let patterns = match_patterns
+                .chain(r.cors.iter().flat_map(|c| c.allow_origins.iter()))
+                .filter_map(|sm| match &sm.kind {
+                    Some(proto::string_match::Kind::Regex(re)) => Some(re.clone()),
+                    _ => None,
+                });
+            for pattern in patterns {
+                if self.regexes.contains_key(&pattern) {
+                    continue;
+                }
+                let compiled = regex::Regex::new(&format!("^(?:{pattern})$")).map_err(|e| {
+                    let why = e
+                        .to_string()
+                        .lines()
+                        .last()
+                        .unwrap_or("")
+                        .trim()
+                        .to_string();
+                    bad(
+                        host,
+                        format!("httpRoutes[{i}]"),
+                        format!("regex {pattern:?} does not compile: {why}"),
+                    )
+                })?;
+                self.regexes.insert(pattern, compiled);
+            }
+            // A rewrite replaces every match in the path, so its pattern is not anchored.
+            if let Some(rw) = r.rewrite.as_ref().filter(|rw| !rw.uri_regex.is_empty()) {
+                let compiled = regex::Regex::new(&rw.uri_regex).map_err(|e| {
+                    let why = e
+                        .to_string()
+                        .lines()
+                        .last()
+                        .unwrap_or("")
+                        .trim()
+                        .to_string();
+                    bad(
+                        host,
+                        format!("httpRoutes[{i}].rewrite.uriRegex"),
+                        format!("regex {:?} does not compile: {why}", rw.uri_regex),
+                    )
+                })?;
+                self.regexes
+                    .insert(format!("{REWRITE_KEY}{}", rw.uri_regex), compiled);
+            }
+        }
+        Ok(())
+    }
+
+    /// The compiled (unanchored) regex of a path rewrite.
+    pub fn rewrite_regex(&self, pattern: &str) -> Option<&regex::Regex> {
+        self.regexes.get(&format!("{REWRITE_KEY}{pattern}"))
+    }
+
+    /// The compiled form of a route regex (anchored); `None` only for patterns not in the state.
+    pub fn regex(&self, pattern: &str) -> Option<&regex::Regex> {
+        self.regexes.get(pattern)
     }
 
     /// The service a connection to `dst` is for: by VIP:port, else by endpoint IP:port.

@@ -1,0 +1,393 @@
+//! Request and response rewriting: header operations, rewrites, redirects, CORS, the headers
+//! users expect from Envoy (`x-request-id`, `x-forwarded-proto`), hop-by-hop headers, and
+//! protocol upgrades (WebSocket).
+
+use std::net::SocketAddr;
+
+use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode, Uri, Version};
+
+use super::{Body, full, with_path};
+use crate::outbound::Target;
+use crate::state::{State, proto};
+
+/// Headers that belong to one connection and are never forwarded (RFC 9110 §7.6.1).
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+];
+
+/// The request's authority: `:authority` / the URI's, else the Host header.
+pub fn authority<B>(req: &Request<B>) -> String {
+    req.uri()
+        .authority()
+        .map(|a| a.as_str().to_string())
+        .or_else(|| {
+            req.headers()
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(str::to_string)
+        })
+        .unwrap_or_default()
+}
+
+/// Applies set/add/remove operations.
+pub fn apply(headers: &mut HeaderMap, ops: Option<&proto::HeaderOps>) {
+    let Some(ops) = ops else { return };
+    for name in &ops.remove {
+        if let Ok(n) = HeaderName::from_bytes(name.as_bytes()) {
+            headers.remove(n);
+        }
+    }
+    for (name, value) in &ops.set {
+        if let (Ok(n), Ok(v)) = (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_str(value),
+        ) {
+            headers.insert(n, v);
+        }
+    }
+    for (name, value) in &ops.add {
+        if let (Ok(n), Ok(v)) = (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_str(value),
+        ) {
+            headers.append(n, v);
+        }
+    }
+}
+
+/// True when the request asks to switch protocols (WebSocket).
+pub fn is_upgrade<B>(req: &Request<B>) -> bool {
+    req.version() == Version::HTTP_11 && req.headers().contains_key(header::UPGRADE)
+}
+
+/// Headers every forwarded request gets: a request id when absent, the original protocol, and
+/// no hop-by-hop headers (except those an upgrade needs).
+pub fn prepare_upstream<B>(req: &mut Request<B>, _peer: SocketAddr) {
+    let upgrade = is_upgrade(req);
+    let headers = req.headers_mut();
+    if !headers.contains_key("x-request-id") {
+        let id = request_id();
+        if let Ok(v) = HeaderValue::from_str(&id) {
+            headers.insert("x-request-id", v);
+        }
+    }
+    if !headers.contains_key("x-forwarded-proto") {
+        headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+    }
+    // Names listed in Connection are hop-by-hop too.
+    let listed: Vec<String> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(',').map(|s| s.trim().to_ascii_lowercase()))
+        .collect();
+    for name in HOP_BY_HOP.iter().map(|s| s.to_string()).chain(listed) {
+        if upgrade && (name == "connection" || name == "upgrade") {
+            continue;
+        }
+        headers.remove(name.as_str());
+    }
+    if !upgrade {
+        headers.remove(header::UPGRADE);
+    }
+}
+
+/// A random UUID (version 4) for `x-request-id`.
+pub fn request_id() -> String {
+    let mut b: [u8; 16] = std::array::from_fn(|_| fastrand::u8(..));
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
+}
+
+/// The request to send upstream: to `target`'s address, same method, headers and body (taken
+/// out of `req`; a retry resends without a body), as HTTP/2 or HTTP/1.1.
+pub fn upstream_request(
+    req: &mut Request<Body>,
+    target: &Target,
+    h2: bool,
+) -> Result<Request<Body>, String> {
+    let pq = req.uri().path_and_query().map_or("/", |p| p.as_str());
+    let uri: Uri = format!("http://{}{pq}", target.addr)
+        .parse()
+        .map_err(|e| format!("{e}"))?;
+    let body = std::mem::replace(req.body_mut(), full(bytes::Bytes::new()));
+    let mut out = Request::new(body);
+    *out.method_mut() = req.method().clone();
+    *out.uri_mut() = uri;
+    *out.version_mut() = if h2 {
+        Version::HTTP_2
+    } else {
+        Version::HTTP_11
+    };
+    *out.headers_mut() = req.headers().clone();
+    let host = authority(req);
+    if !host.is_empty()
+        && let Ok(v) = HeaderValue::from_str(&host)
+    {
+        out.headers_mut().insert(header::HOST, v);
+    }
+    Ok(out)
+}
+
+/// Joins the client's and the upstream's upgraded connections once the upstream agreed (101).
+pub fn splice_upgrade<B>(req: &mut Request<Body>, resp: &mut Response<B>) {
+    let client = hyper::upgrade::on(req);
+    let upstream = hyper::upgrade::on(resp);
+    tokio::spawn(async move {
+        let (Ok(client), Ok(upstream)) = (client.await, upstream.await) else {
+            return;
+        };
+        let mut client = hyper_util::rt::TokioIo::new(client);
+        let mut upstream = hyper_util::rt::TokioIo::new(upstream);
+        let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+    });
+}
+
+/// Rewrites the path (replacing the matched prefix, or the whole path) and the authority.
+pub fn rewrite(
+    req: &mut Request<Body>,
+    rw: &proto::Rewrite,
+    matched: Option<&proto::HttpMatch>,
+    state: &State,
+) {
+    let path = req.uri().path().to_string();
+    let query = req
+        .uri()
+        .query()
+        .map(|q| format!("?{q}"))
+        .unwrap_or_default();
+    let new_path = if !rw.uri_regex.is_empty() {
+        state.rewrite_regex(&rw.uri_regex).map(|re| {
+            // Every match is replaced, as Envoy's regex_rewrite; `\1` group references become
+            // the regex crate's `${1}`.
+            let sub = backrefs(&rw.uri_regex_substitution);
+            re.replace_all(&path, sub.as_str()).into_owned()
+        })
+    } else if !rw.uri.is_empty() {
+        let prefix = matched
+            .and_then(|m| m.uri.as_ref())
+            .and_then(|u| match &u.kind {
+                Some(proto::string_match::Kind::Prefix(p)) => Some(p.clone()),
+                _ => None,
+            });
+        Some(match prefix {
+            Some(p) if path.starts_with(&p) => format!("{}{}", rw.uri, &path[p.len()..]),
+            _ => rw.uri.clone(),
+        })
+    } else {
+        None
+    };
+    if let Some(p) = new_path
+        && let Some(uri) = with_path(req.uri(), &format!("{p}{query}"))
+    {
+        *req.uri_mut() = uri;
+    }
+    if !rw.authority.is_empty()
+        && let Ok(v) = HeaderValue::from_str(&rw.authority)
+    {
+        req.headers_mut().insert(header::HOST, v);
+        if req.uri().authority().is_some() {
+            let mut parts = req.uri().clone().into_parts();
+            parts.authority = rw.authority.parse().ok();
+            if let Ok(uri) = Uri::from_parts(parts) {
+                *req.uri_mut() = uri;
+            }
+        }
+    }
+}
+
+/// Turns RE2-style `\N` group references into the regex crate's `${N}`.
+fn backrefs(sub: &str) -> String {
+    let mut out = String::new();
+    let mut chars = sub.chars().peekable();
+    while let Some(c) = chars.next() {
+        match (c, chars.peek()) {
+            ('\\', Some(d)) if d.is_ascii_digit() => {
+                out.push_str(&format!("${{{d}}}"));
+                chars.next();
+            }
+            ('$', _) => out.push_str("$$"),
+            _ => out.push(c),
+        }
+    }
+    out
+}
+
+/// The redirect response.
+pub fn redirect(req: &Request<Body>, rd: &proto::Redirect, authority: &str) -> Response<Body> {
+    let scheme = if rd.scheme.is_empty() {
+        req.uri().scheme_str().unwrap_or("http")
+    } else {
+        &rd.scheme
+    };
+    let host = if rd.authority.is_empty() {
+        authority.split(':').next().unwrap_or("")
+    } else {
+        rd.authority.as_str()
+    };
+    let port = match rd.port {
+        0 => authority
+            .split_once(':')
+            .map(|(_, p)| format!(":{p}"))
+            .filter(|_| rd.authority.is_empty())
+            .unwrap_or_default(),
+        p => format!(":{p}"),
+    };
+    let path = if rd.uri.is_empty() {
+        req.uri()
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .to_string()
+    } else {
+        rd.uri.clone()
+    };
+    let code = if rd.code == 0 { 301 } else { rd.code };
+    let mut resp = Response::new(full(bytes::Bytes::new()));
+    *resp.status_mut() = StatusCode::from_u16(u16::try_from(code).unwrap_or(301))
+        .unwrap_or(StatusCode::MOVED_PERMANENTLY);
+    if let Ok(v) = HeaderValue::from_str(&format!("{scheme}://{host}{port}{path}")) {
+        resp.headers_mut().insert(header::LOCATION, v);
+    }
+    resp
+}
+
+fn origin_allowed(origin: &str, cors: &proto::Cors, state: &State) -> bool {
+    cors.allow_origins
+        .iter()
+        .any(|m| super::route::string_match(state, m, origin, false))
+}
+
+/// Answers a CORS preflight (OPTIONS with Origin and Access-Control-Request-Method) itself.
+pub fn cors_preflight(
+    req: &Request<Body>,
+    cors: &proto::Cors,
+    state: &State,
+) -> Option<Response<Body>> {
+    if req.method() != Method::OPTIONS
+        || !req.headers().contains_key("access-control-request-method")
+    {
+        return None;
+    }
+    let origin = req.headers().get(header::ORIGIN)?.to_str().ok()?;
+    if !origin_allowed(origin, cors, state) {
+        return None;
+    }
+    let mut resp = Response::new(full(bytes::Bytes::new()));
+    let h = resp.headers_mut();
+    let set = |h: &mut HeaderMap, name: &'static str, value: String| {
+        if let Ok(v) = HeaderValue::from_str(&value) {
+            h.insert(name, v);
+        }
+    };
+    set(h, "access-control-allow-origin", origin.to_string());
+    if !cors.allow_methods.is_empty() {
+        set(
+            h,
+            "access-control-allow-methods",
+            cors.allow_methods.join(","),
+        );
+    }
+    if !cors.allow_headers.is_empty() {
+        set(
+            h,
+            "access-control-allow-headers",
+            cors.allow_headers.join(","),
+        );
+    }
+    if cors.max_age_seconds > 0 {
+        set(
+            h,
+            "access-control-max-age",
+            cors.max_age_seconds.to_string(),
+        );
+    }
+    if cors.allow_credentials {
+        set(h, "access-control-allow-credentials", "true".into());
+    }
+    Some(resp)
+}
+
+/// Adds CORS headers to a response to an allowed origin.
+pub fn cors_response<B>(
+    resp: &mut Response<B>,
+    req_headers: &HeaderMap,
+    cors: &proto::Cors,
+    state: &State,
+) {
+    let Some(origin) = req_headers
+        .get(header::ORIGIN)
+        .and_then(|o| o.to_str().ok())
+    else {
+        return;
+    };
+    if !origin_allowed(origin, cors, state) {
+        return;
+    }
+    if let Ok(v) = HeaderValue::from_str(origin) {
+        resp.headers_mut().insert("access-control-allow-origin", v);
+    }
+    if !cors.expose_headers.is_empty()
+        && let Ok(v) = HeaderValue::from_str(&cors.expose_headers.join(","))
+    {
+        resp.headers_mut()
+            .insert("access-control-expose-headers", v);
+    }
+    if cors.allow_credentials {
+        resp.headers_mut().insert(
+            "access-control-allow-credentials",
+            HeaderValue::from_static("true"),
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn group_references_translate() {
+        assert_eq!(backrefs(r"/v2/\1"), "/v2/${1}");
+        assert_eq!(backrefs("$x"), "$$x");
+    }
+
+    #[test]
+    fn request_ids_are_v4_uuids() {
+        let id = request_id();
+        assert_eq!(id.len(), 36);
+        assert_eq!(&id[14..15], "4");
+        assert_ne!(id, request_id());
+    }
+
+    #[test]
+    fn header_operations_remove_set_then_add() {
+        let mut h = HeaderMap::new();
+        h.insert("x-old", HeaderValue::from_static("1"));
+        h.insert("x-keep", HeaderValue::from_static("a"));
+        let ops = proto::HeaderOps {
+            set: [("x-keep".to_string(), "b".to_string())].into(),
+            add: [("x-multi".to_string(), "c".to_string())].into(),
+            remove: vec!["x-old".into()],
+        };
+        apply(&mut h, Some(&ops));
+        assert!(!h.contains_key("x-old"));
+        assert_eq!(h["x-keep"], "b");
+        assert_eq!(h["x-multi"], "c");
+    }
+}

@@ -1,0 +1,367 @@
+//! HTTP through the proxy: each request on a captured connection is routed on its own
+//! (VirtualService semantics), sent to an endpoint over pooled upstream connections, and
+//! answered with Envoy's status codes and response flags when something fails.
+
+pub mod headers;
+pub mod route;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Body as _, Incoming};
+
+use hyper::{Request, Response, StatusCode, Uri, Version};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpStream;
+
+use crate::Inputs;
+use crate::outbound::{Target, choose_weighted, endpoint_in, to_destination};
+use crate::state::{OutboundPolicy, Port, Protocol, Service, State, proto};
+
+/// The body type the proxy moves around.
+pub type Body = BoxBody<Bytes, hyper::Error>;
+
+/// Pooled upstream connections, shared by every request of the proxy: HTTP/1.1 with keep-alive,
+/// and HTTP/2 (prior knowledge) for HTTP/2 and gRPC.
+pub struct Upstreams {
+    h1: Client<HttpConnector, Body>,
+    h2: Client<HttpConnector, Body>,
+}
+
+impl Default for Upstreams {
+    fn default() -> Self {
+        let connector = || {
+            let mut c = HttpConnector::new();
+            c.set_nodelay(true);
+            c.set_connect_timeout(Some(crate::outbound::CONNECT_TIMEOUT));
+            c
+        };
+        let h1 = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_max_idle_per_host(usize::MAX)
+            .build(connector());
+        let h2 = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(90))
+            .http2_only(true)
+            .build(connector());
+        Self { h1, h2 }
+    }
+}
+
+/// A fixed response body.
+pub fn full(body: impl Into<Bytes>) -> Body {
+    Full::new(body.into())
+        .map_err(|never| match never {})
+        .boxed()
+}
+
+fn reply(status: StatusCode, body: &str) -> Response<Body> {
+    let mut r = Response::new(full(format!("{body}\n")));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("text/plain"),
+    );
+    r
+}
+
+/// What a connection's requests share.
+struct Conn {
+    inputs: Arc<Inputs>,
+    peer: SocketAddr,
+    dst: SocketAddr,
+}
+
+/// Serves HTTP/1.1 or HTTP/2 (told apart by the preface) on a captured outbound connection.
+pub async fn serve_outbound(
+    conn: TcpStream,
+    peer: SocketAddr,
+    dst: SocketAddr,
+    inputs: Arc<Inputs>,
+) {
+    let ctx = Arc::new(Conn { inputs, peer, dst });
+    let svc = hyper::service::service_fn(move |req| {
+        let ctx = ctx.clone();
+        async move { Ok::<_, Infallible>(outbound_request(req, &ctx).await) }
+    });
+    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    if let Err(e) = builder
+        .serve_connection_with_upgrades(TokioIo::new(conn), svc)
+        .await
+    {
+        tracing::debug!("outbound http connection from {peer}: {e}");
+    }
+}
+
+/// Routes and forwards one request.
+async fn outbound_request(req: Request<Incoming>, ctx: &Conn) -> Response<Body> {
+    let mut req = req.map(BodyExt::boxed);
+    let state = ctx.inputs.state.borrow().clone();
+    let started = tokio::time::Instant::now();
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let (response, target, flags) = decide_and_send(&mut req, ctx, &state).await;
+    let upstream = target
+        .as_ref()
+        .map_or_else(|| "-".to_string(), |t| t.addr.to_string());
+    let service = target.as_ref().map_or("-", |t| t.service.as_str());
+    tracing::info!(
+        target: "access",
+        "outbound http {} {method} {path} {} service={service} upstream={upstream} flags={flags} duration_ms={}",
+        ctx.peer,
+        response.status().as_u16(),
+        started.elapsed().as_millis()
+    );
+    response
+}
+
+async fn decide_and_send(
+    req: &mut Request<Body>,
+    ctx: &Conn,
+    state: &State,
+) -> (Response<Body>, Option<Target>, &'static str) {
+    let Some(svc) = state.service_for(ctx.dst) else {
+        if state.outbound_policy == OutboundPolicy::RegistryOnly {
+            return (
+                reply(
+                    StatusCode::BAD_GATEWAY,
+                    "destination not in the mesh registry (REGISTRY_ONLY)",
+                ),
+                None,
+                "NR",
+            );
+        }
+        let target = Target::passthrough(ctx.dst);
+        let (resp, flags) = forward(req, &target, false, 0, 0, ctx, state, None, None).await;
+        return (resp, Some(target), flags);
+    };
+    let Some(port) = svc
+        .port(ctx.dst.port())
+        .or_else(|| svc.ports.iter().find(|p| p.target_port == ctx.dst.port()))
+        .cloned()
+    else {
+        return (
+            reply(StatusCode::NOT_FOUND, "no such service port"),
+            None,
+            "NR",
+        );
+    };
+    let query = req.uri().query().unwrap_or("").to_string();
+    let path = req.uri().path().to_string();
+    let authority = headers::authority(req);
+    let scheme = req.uri().scheme_str().unwrap_or("http").to_string();
+    let facts = route::RequestFacts {
+        method: req.method().as_str(),
+        path: &path,
+        query: &query,
+        authority: &authority,
+        scheme: &scheme,
+        headers: req.headers(),
+        port: port.port,
+    };
+    let src = route::SourceFacts {
+        labels: None,
+        namespace: &state.source.namespace,
+    };
+    let chosen = if svc.spec.http_routes.is_empty() {
+        None
+    } else {
+        match route::find(state, &svc.spec.http_routes, &facts, &src) {
+            Some(r) => Some((r, route::matching(state, r, &facts, &src).cloned())),
+            None => return (reply(StatusCode::NOT_FOUND, "no route matched"), None, "NR"),
+        }
+    };
+    let Some((route, matched)) = chosen else {
+        let target = endpoint_in(svc, &port, "", &ctx.inputs.loads);
+        return send_to(req, target, &port, None, None, ctx, state).await;
+    };
+    if let Some(dr) = &route.direct_response {
+        let status = StatusCode::from_u16(u16::try_from(dr.status).unwrap_or(500))
+            .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let mut resp = Response::new(full(dr.body.clone()));
+        *resp.status_mut() = status;
+        headers::apply(resp.headers_mut(), route.response_headers.as_ref());
+        return (resp, None, "DR");
+    }
+    if let Some(rd) = &route.redirect {
+        return (headers::redirect(req, rd, &authority), None, "-");
+    }
+    if let Some(cors) = &route.cors
+        && let Some(preflight) = headers::cors_preflight(req, cors, state)
+    {
+        return (preflight, None, "-");
+    }
+    let dest = choose_weighted(&route.destinations, |d| d.weight);
+    let target = match dest {
+        Some(d) => to_destination(state, svc, &port, d, &ctx.inputs.loads),
+        None => endpoint_in(svc, &port, "", &ctx.inputs.loads),
+    };
+    if let Some(rw) = &route.rewrite {
+        headers::rewrite(req, rw, matched.as_ref(), state);
+    }
+    headers::apply(req.headers_mut(), route.request_headers.as_ref());
+    if let Some(d) = dest {
+        headers::apply(req.headers_mut(), d.request_headers.as_ref());
+    }
+    let (mut resp, target, flags) =
+        send_to(req, target, &port, Some(route), dest, ctx, state).await;
+    if let Some(d) = dest {
+        headers::apply(resp.headers_mut(), d.response_headers.as_ref());
+    }
+    headers::apply(resp.headers_mut(), route.response_headers.as_ref());
+    if let Some(cors) = &route.cors {
+        headers::cors_response(&mut resp, req.headers(), cors, state);
+    }
+    (resp, target, flags)
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn send_to(
+    req: &mut Request<Body>,
+    target: Option<Target>,
+    port: &Port,
+    route: Option<&proto::HttpRoute>,
+    dest: Option<&proto::WeightedDestination>,
+    ctx: &Conn,
+    state: &State,
+) -> (Response<Body>, Option<Target>, &'static str) {
+    let Some(target) = target else {
+        return (
+            reply(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream"),
+            None,
+            "UH",
+        );
+    };
+    let h2 = req.version() == Version::HTTP_2
+        || matches!(port.protocol, Protocol::Http2 | Protocol::Grpc);
+    let timeout_ms = route.map_or(0, |r| r.timeout_ms);
+    let retries = route.map_or(0, |r| r.retries);
+    let svc = state.service_for(ctx.dst).cloned();
+    let (resp, flags) = forward(
+        req,
+        &target,
+        h2,
+        timeout_ms,
+        retries,
+        ctx,
+        state,
+        svc.as_ref(),
+        dest.map(|d| (d, port)),
+    )
+    .await;
+    (resp, Some(target), flags)
+}
+
+/// Sends the request to `target`, retrying bodiless requests on connect failures and 503s with
+/// a new endpoint each time.
+#[allow(clippy::too_many_arguments)]
+async fn forward(
+    req: &mut Request<Body>,
+    target: &Target,
+    h2: bool,
+    timeout_ms: u64,
+    retries: u32,
+    ctx: &Conn,
+    state: &State,
+    svc: Option<&Arc<Service>>,
+    dest: Option<(&proto::WeightedDestination, &Port)>,
+) -> (Response<Body>, &'static str) {
+    headers::prepare_upstream(req, ctx.peer);
+    let bodiless = req.body().is_end_stream();
+    let upgrade = headers::is_upgrade(req);
+    let client = if h2 && !upgrade {
+        &ctx.inputs.upstreams.h2
+    } else {
+        &ctx.inputs.upstreams.h1
+    };
+    let mut target = target.clone();
+    let mut attempt = 0;
+    loop {
+        let upstream_req = match headers::upstream_request(req, &target, h2 && !upgrade) {
+            Ok(r) => r,
+            Err(e) => {
+                return (
+                    reply(StatusCode::BAD_REQUEST, &format!("cannot forward: {e}")),
+                    "DPE",
+                );
+            }
+        };
+        let _active = ctx.inputs.loads.start(target.addr);
+        let sent = client.request(upstream_req);
+        let result = if timeout_ms > 0 {
+            match tokio::time::timeout(Duration::from_millis(timeout_ms), sent).await {
+                Ok(r) => r,
+                Err(_) => {
+                    return (
+                        reply(StatusCode::GATEWAY_TIMEOUT, "upstream request timeout"),
+                        "UT",
+                    );
+                }
+            }
+        } else {
+            sent.await
+        };
+        let retryable = match &result {
+            Err(e) => e.is_connect(),
+            Ok(r) => r.status() == StatusCode::SERVICE_UNAVAILABLE,
+        };
+        if retryable && bodiless && attempt < retries {
+            attempt += 1;
+            if let (Some(svc), Some((d, port))) = (svc, dest)
+                && let Some(next) = to_destination(state, svc, port, d, &ctx.inputs.loads)
+            {
+                target = next;
+            }
+            continue;
+        }
+        return match result {
+            Ok(mut resp) => {
+                if upgrade && resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+                    headers::splice_upgrade(req, &mut resp);
+                }
+                (
+                    resp.map(|b| b.boxed()),
+                    if attempt > 0 { "URX" } else { "-" },
+                )
+            }
+            Err(e) if e.is_connect() => (
+                reply(StatusCode::SERVICE_UNAVAILABLE, "upstream connect error"),
+                "UF",
+            ),
+            Err(_) => (
+                reply(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "upstream reset before response",
+                ),
+                "UC",
+            ),
+        };
+    }
+}
+
+/// Where a captured HTTP connection's requests go when the service is known: a hint used by
+/// the outbound listener to decide whether to parse HTTP at all.
+pub fn is_http_port(svc: &Service, dst: SocketAddr) -> Option<bool> {
+    let port = svc
+        .port(dst.port())
+        .or_else(|| svc.ports.iter().find(|p| p.target_port == dst.port()))?;
+    Some(match port.protocol {
+        Protocol::Http | Protocol::Http2 | Protocol::Grpc => true,
+        Protocol::Tcp | Protocol::Tls => false,
+        Protocol::Detect => return None,
+    })
+}
+
+/// The request's URI with a new path and query.
+pub fn with_path(uri: &Uri, path_and_query: &str) -> Option<Uri> {
+    let mut parts = uri.clone().into_parts();
+    parts.path_and_query = Some(path_and_query.parse().ok()?);
+    Uri::from_parts(parts).ok()
+}

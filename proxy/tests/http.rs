@@ -1,0 +1,567 @@
+//! HTTP through the proxy in-process on 127.0.0.1: VirtualService routing, weighted splits,
+//! direct responses, redirects, rewrites, header operations, the headers Envoy users expect,
+//! HTTP/2, failures with Envoy's codes, upstream connection reuse and WebSocket upgrades.
+
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use mesh_proxy::socket::FixedDst;
+use mesh_proxy::state::{State, proto};
+use mesh_proxy::{Listeners, Proxy};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+/// An HTTP server (HTTP/1.1 and h2c) that answers with JSON describing the request it saw, and
+/// echoes WebSocket-style upgrades. Counts the connections it accepted.
+struct Backend {
+    addr: SocketAddr,
+    connections: Arc<AtomicUsize>,
+}
+
+async fn backend(name: &'static str) -> Backend {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let connections = Arc::new(AtomicUsize::new(0));
+    let count = connections.clone();
+    tokio::spawn(async move {
+        loop {
+            let (c, _) = l.accept().await.unwrap();
+            count.fetch_add(1, Ordering::Relaxed);
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(
+                    move |mut req: Request<hyper::body::Incoming>| async move {
+                        if req.headers().contains_key(hyper::header::UPGRADE) {
+                            let upgrade = hyper::upgrade::on(&mut req);
+                            tokio::spawn(async move {
+                                let mut io = TokioIo::new(upgrade.await.unwrap());
+                                let mut buf = [0u8; 64];
+                                while let Ok(n) = io.read(&mut buf).await {
+                                    if n == 0 || io.write_all(&buf[..n]).await.is_err() {
+                                        break;
+                                    }
+                                }
+                            });
+                            let mut r = Response::new(Full::new(Bytes::new()));
+                            *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+                            r.headers_mut()
+                                .insert("upgrade", "websocket".parse().unwrap());
+                            r.headers_mut()
+                                .insert("connection", "upgrade".parse().unwrap());
+                            return Ok::<_, Infallible>(r);
+                        }
+                        let headers: HashMap<String, String> = req
+                            .headers()
+                            .iter()
+                            .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_string()))
+                            .collect();
+                        let body = serde_json::json!({
+                            "server": name,
+                            "method": req.method().as_str(),
+                            "path": req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/"),
+                            "version": format!("{:?}", req.version()),
+                            "headers": headers,
+                        });
+                        let mut r = Response::new(Full::new(Bytes::from(body.to_string())));
+                        r.headers_mut().insert("x-backend", name.parse().unwrap());
+                        Ok::<_, Infallible>(r)
+                    },
+                );
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection_with_upgrades(TokioIo::new(c), svc)
+                    .await;
+            });
+        }
+    });
+    Backend { addr, connections }
+}
+
+fn service(
+    host: &str,
+    vip: &str,
+    eps: &[(SocketAddr, &str)],
+    routes: Vec<proto::HttpRoute>,
+) -> proto::Service {
+    proto::Service {
+        hostname: host.into(),
+        namespace: "default".into(),
+        addresses: vec![vip.into()],
+        ports: vec![proto::ServicePort {
+            port: 80,
+            name: "http".into(),
+            ..Default::default()
+        }],
+        endpoints: eps
+            .iter()
+            .map(|(a, version)| proto::Endpoint {
+                address: a.ip().to_string(),
+                ports: [("http".to_string(), u32::from(a.port()))].into(),
+                labels: [("version".to_string(), (*version).to_string())].into(),
+                ..Default::default()
+            })
+            .collect(),
+        subsets: ["v1", "v2"]
+            .iter()
+            .map(|v| proto::Subset {
+                name: (*v).into(),
+                labels: [("version".to_string(), (*v).to_string())].into(),
+                ..Default::default()
+            })
+            .collect(),
+        http_routes: routes,
+        ..Default::default()
+    }
+}
+
+fn dest(host: &str, subset: &str, weight: u32) -> proto::WeightedDestination {
+    proto::WeightedDestination {
+        host: host.into(),
+        subset: subset.into(),
+        weight,
+        ..Default::default()
+    }
+}
+
+fn prefix(p: &str) -> proto::HttpMatch {
+    proto::HttpMatch {
+        uri: Some(proto::StringMatch {
+            kind: Some(proto::string_match::Kind::Prefix(p.into())),
+        }),
+        ..Default::default()
+    }
+}
+
+async fn proxy_for(services: Vec<proto::Service>, vip: &str) -> (Proxy, watch::Sender<Arc<State>>) {
+    let state = State::compile(proto::ProxyState {
+        version: "h1".into(),
+        services,
+        namespace: "default".into(),
+        ..Default::default()
+    })
+    .unwrap();
+    let (tx, rx) = watch::channel(Arc::new(state));
+    let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    let listeners = Listeners {
+        outbound: any,
+        inbound: any,
+        admin: any,
+        readiness: any,
+    };
+    let proxy = Proxy::start(
+        &listeners,
+        rx,
+        true,
+        Arc::new(FixedDst(vip.parse().unwrap())),
+        Arc::new(FixedDst("10.0.0.1:1".parse().unwrap())),
+    )
+    .await
+    .unwrap();
+    (proxy, tx)
+}
+
+type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
+
+async fn h1(addr: SocketAddr) -> Sender {
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    sender
+}
+
+struct Answer {
+    status: StatusCode,
+    headers: hyper::HeaderMap,
+    json: serde_json::Value,
+    text: String,
+}
+
+async fn get(sender: &mut Sender, path: &str, headers: &[(&str, &str)]) -> Answer {
+    let mut req = Request::builder().uri(path).header("host", "shop.default");
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let resp = sender
+        .send_request(req.body(Full::new(Bytes::new())).unwrap())
+        .await
+        .unwrap();
+    let status = resp.status();
+    let headers = resp.headers().clone();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    let text = String::from_utf8_lossy(&body).into_owned();
+    Answer {
+        status,
+        headers,
+        json: serde_json::from_str(&text).unwrap_or(serde_json::Value::Null),
+        text,
+    }
+}
+
+const SHOP: &str = "shop.default.svc.cluster.local";
+const VIP: &str = "10.96.0.20:80";
+
+#[tokio::test]
+async fn routes_by_path_to_subsets_and_other_services() {
+    let (v1, v2, other) = (
+        backend("v1").await,
+        backend("v2").await,
+        backend("other").await,
+    );
+    let routes = vec![
+        proto::HttpRoute {
+            name: "to-v2".into(),
+            matches: vec![prefix("/v2")],
+            destinations: vec![dest(SHOP, "v2", 100)],
+            ..Default::default()
+        },
+        proto::HttpRoute {
+            name: "to-other".into(),
+            matches: vec![prefix("/other")],
+            destinations: vec![dest("other", "", 100)],
+            ..Default::default()
+        },
+        proto::HttpRoute {
+            name: "default".into(),
+            destinations: vec![dest(SHOP, "v1", 100)],
+            ..Default::default()
+        },
+    ];
+    let shop = service(
+        SHOP,
+        "10.96.0.20",
+        &[(v1.addr, "v1"), (v2.addr, "v2")],
+        routes,
+    );
+    let other_svc = service(
+        "other.default.svc.cluster.local",
+        "10.96.0.21",
+        &[(other.addr, "v1")],
+        vec![],
+    );
+    let (proxy, _tx) = proxy_for(vec![shop, other_svc], VIP).await;
+    let mut c = h1(proxy.bound.outbound).await;
+    assert_eq!(get(&mut c, "/v2/items", &[]).await.json["server"], "v2");
+    assert_eq!(get(&mut c, "/other", &[]).await.json["server"], "other");
+    assert_eq!(get(&mut c, "/anything", &[]).await.json["server"], "v1");
+}
+
+#[tokio::test]
+async fn a_90_10_split_stays_within_statistical_bounds() {
+    let (v1, v2) = (backend("v1").await, backend("v2").await);
+    let routes = vec![proto::HttpRoute {
+        destinations: vec![dest(SHOP, "v1", 90), dest(SHOP, "v2", 10)],
+        ..Default::default()
+    }];
+    let (proxy, _tx) = proxy_for(
+        vec![service(
+            SHOP,
+            "10.96.0.20",
+            &[(v1.addr, "v1"), (v2.addr, "v2")],
+            routes,
+        )],
+        VIP,
+    )
+    .await;
+    let mut c = h1(proxy.bound.outbound).await;
+    let n = 2000;
+    let mut to_v2 = 0;
+    for _ in 0..n {
+        if get(&mut c, "/", &[]).await.json["server"] == "v2" {
+            to_v2 += 1;
+        }
+    }
+    // Expect 200; the standard deviation is sqrt(2000 * 0.1 * 0.9) ≈ 13.4, so ±67 is five.
+    assert!((133..=267).contains(&to_v2), "v2 got {to_v2} of {n}");
+}
+
+#[tokio::test]
+async fn direct_responses_redirects_rewrites_and_header_operations() {
+    let v1 = backend("v1").await;
+    let ops = |set: &str, add: &str, remove: &str| proto::HeaderOps {
+        set: [(set.to_string(), "s".to_string())].into(),
+        add: [(add.to_string(), "a".to_string())].into(),
+        remove: vec![remove.to_string()],
+    };
+    let routes = vec![
+        proto::HttpRoute {
+            matches: vec![prefix("/svc/")],
+            rewrite: Some(proto::Rewrite {
+                uri_regex: r"^/svc/([a-z]+)/(.*)$".into(),
+                uri_regex_substitution: r"/\2/\1".into(),
+                ..Default::default()
+            }),
+            destinations: vec![dest(SHOP, "", 100)],
+            ..Default::default()
+        },
+        proto::HttpRoute {
+            matches: vec![prefix("/down")],
+            direct_response: Some(proto::DirectResponse {
+                status: 503,
+                body: "maintenance".into(),
+            }),
+            ..Default::default()
+        },
+        proto::HttpRoute {
+            matches: vec![prefix("/old")],
+            redirect: Some(proto::Redirect {
+                uri: "/new".into(),
+                authority: "shop.example.com".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+        proto::HttpRoute {
+            matches: vec![prefix("/api/v1/")],
+            rewrite: Some(proto::Rewrite {
+                uri: "/v1/".into(),
+                authority: "internal.shop".into(),
+                ..Default::default()
+            }),
+            request_headers: Some(ops("x-set", "x-added", "x-secret")),
+            response_headers: Some(ops("x-resp-set", "x-resp-added", "x-backend")),
+            destinations: vec![dest(SHOP, "", 100)],
+            ..Default::default()
+        },
+    ];
+    let (proxy, _tx) = proxy_for(
+        vec![service(SHOP, "10.96.0.20", &[(v1.addr, "v1")], routes)],
+        VIP,
+    )
+    .await;
+    let mut c = h1(proxy.bound.outbound).await;
+
+    assert_eq!(
+        get(&mut c, "/svc/users/list", &[]).await.json["path"],
+        "/list/users"
+    );
+
+    let down = get(&mut c, "/down", &[]).await;
+    assert_eq!(
+        (down.status, down.text.as_str()),
+        (StatusCode::SERVICE_UNAVAILABLE, "maintenance")
+    );
+
+    let old = get(&mut c, "/old/x", &[]).await;
+    assert_eq!(old.status, StatusCode::MOVED_PERMANENTLY);
+    assert_eq!(old.headers["location"], "http://shop.example.com/new");
+
+    let api = get(
+        &mut c,
+        "/api/v1/items?page=2",
+        &[("x-secret", "t"), ("x-set", "old")],
+    )
+    .await;
+    assert_eq!(api.json["path"], "/v1/items?page=2");
+    let seen = &api.json["headers"];
+    assert_eq!(seen["host"], "internal.shop");
+    assert_eq!(seen["x-set"], "s");
+    assert_eq!(seen["x-added"], "a");
+    assert!(seen.get("x-secret").is_none());
+    assert_eq!(api.headers["x-resp-set"], "s");
+    assert_eq!(api.headers["x-resp-added"], "a");
+    assert!(!api.headers.contains_key("x-backend"));
+}
+
+#[tokio::test]
+async fn request_ids_and_forwarded_proto_are_added_like_envoy() {
+    let v1 = backend("v1").await;
+    let (proxy, _tx) = proxy_for(
+        vec![service(SHOP, "10.96.0.20", &[(v1.addr, "v1")], vec![])],
+        VIP,
+    )
+    .await;
+    let mut c = h1(proxy.bound.outbound).await;
+    let a = get(&mut c, "/", &[]).await;
+    let id = a.json["headers"]["x-request-id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(id.len(), 36);
+    assert_eq!(a.json["headers"]["x-forwarded-proto"], "http");
+    let b = get(
+        &mut c,
+        "/",
+        &[
+            ("x-request-id", "keep-me"),
+            (
+                "traceparent",
+                "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+            ),
+        ],
+    )
+    .await;
+    assert_eq!(b.json["headers"]["x-request-id"], "keep-me");
+    assert_eq!(
+        b.json["headers"]["traceparent"],
+        "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    );
+}
+
+#[tokio::test]
+async fn failures_answer_with_envoys_codes() {
+    let routes = vec![proto::HttpRoute {
+        matches: vec![prefix("/only")],
+        destinations: vec![dest(SHOP, "", 100)],
+        ..Default::default()
+    }];
+    // An endpoint nobody listens on.
+    let dead: SocketAddr = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let (proxy, tx) = proxy_for(
+        vec![service(SHOP, "10.96.0.20", &[(dead, "v1")], routes)],
+        VIP,
+    )
+    .await;
+    let mut c = h1(proxy.bound.outbound).await;
+    assert_eq!(
+        get(&mut c, "/elsewhere", &[]).await.status,
+        StatusCode::NOT_FOUND,
+        "no route: 404 (NR)"
+    );
+    assert_eq!(
+        get(&mut c, "/only", &[]).await.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "connect failure: 503 (UF)"
+    );
+    let empty = State::compile(proto::ProxyState {
+        services: vec![service(SHOP, "10.96.0.20", &[], vec![])],
+        ..Default::default()
+    })
+    .unwrap();
+    tx.send_replace(Arc::new(empty));
+    let none = get(&mut c, "/", &[]).await;
+    assert_eq!(
+        none.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "no endpoints: 503 (UH)"
+    );
+    assert_eq!(none.text, "no healthy upstream\n");
+}
+
+#[tokio::test]
+async fn http2_clients_are_served_and_forwarded() {
+    let v1 = backend("v1").await;
+    let mut svc = service(SHOP, "10.96.0.20", &[(v1.addr, "v1")], vec![]);
+    svc.ports[0].protocol = "HTTP2".into();
+    let (proxy, _tx) = proxy_for(vec![svc], VIP).await;
+    let stream = TcpStream::connect(proxy.bound.outbound).await.unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let mut answers = Vec::new();
+    for i in 0..20 {
+        let req = Request::builder()
+            .uri(format!("http://shop/stream/{i}"))
+            .body(Empty::<Bytes>::new())
+            .unwrap();
+        answers.push(sender.send_request(req));
+    }
+    for (i, a) in answers.into_iter().enumerate() {
+        let resp = a.await.unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        let body: serde_json::Value =
+            serde_json::from_slice(&resp.into_body().collect().await.unwrap().to_bytes()).unwrap();
+        assert_eq!(body["path"], format!("/stream/{i}"));
+        assert_eq!(body["version"], "HTTP/2.0");
+    }
+}
+
+#[tokio::test]
+async fn upstream_connections_are_reused() {
+    let v1 = backend("v1").await;
+    let (proxy, _tx) = proxy_for(
+        vec![service(SHOP, "10.96.0.20", &[(v1.addr, "v1")], vec![])],
+        VIP,
+    )
+    .await;
+    let mut c = h1(proxy.bound.outbound).await;
+    let n = 1000;
+    for _ in 0..n {
+        assert_eq!(get(&mut c, "/", &[]).await.status, StatusCode::OK);
+    }
+    let opened = v1.connections.load(Ordering::Relaxed);
+    let reuse = 1.0 - opened as f64 / f64::from(n);
+    eprintln!(
+        "{n} requests over {opened} upstream connection(s): {:.1}% reuse",
+        reuse * 100.0
+    );
+    assert!(
+        reuse >= 0.99,
+        "only {:.1}% of requests reused a connection",
+        reuse * 100.0
+    );
+}
+
+#[tokio::test]
+async fn websocket_upgrades_pass_through() {
+    let v1 = backend("v1").await;
+    let (proxy, _tx) = proxy_for(
+        vec![service(SHOP, "10.96.0.20", &[(v1.addr, "v1")], vec![])],
+        VIP,
+    )
+    .await;
+    let mut c = TcpStream::connect(proxy.bound.outbound).await.unwrap();
+    c.write_all(b"GET /ws HTTP/1.1\r\nhost: shop\r\nconnection: upgrade\r\nupgrade: websocket\r\nsec-websocket-version: 13\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n").await.unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        c.read_exact(&mut byte).await.unwrap();
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head);
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    c.write_all(b"frame-1").await.unwrap();
+    let mut buf = [0u8; 7];
+    tokio::time::timeout(Duration::from_secs(5), c.read_exact(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&buf, b"frame-1");
+}
+
+#[tokio::test]
+async fn undeclared_ports_are_detected_as_http() {
+    let v1 = backend("v1").await;
+    let mut svc = service(
+        SHOP,
+        "10.96.0.20",
+        &[(v1.addr, "v1")],
+        vec![
+            proto::HttpRoute {
+                matches: vec![prefix("/x")],
+                direct_response: Some(proto::DirectResponse {
+                    status: 204,
+                    body: String::new(),
+                }),
+                ..Default::default()
+            },
+            proto::HttpRoute {
+                destinations: vec![dest(SHOP, "", 100)],
+                ..Default::default()
+            },
+        ],
+    );
+    svc.ports[0].name = "web".into();
+    let (proxy, _tx) = proxy_for(vec![svc], VIP).await;
+    let mut c = h1(proxy.bound.outbound).await;
+    assert_eq!(
+        get(&mut c, "/x", &[]).await.status,
+        StatusCode::NO_CONTENT,
+        "sniffed as HTTP, so routes apply"
+    );
+}
