@@ -3,7 +3,10 @@
 //! answered with Envoy's status codes and response flags when something fails.
 
 pub mod headers;
+mod inbound;
 pub mod route;
+
+pub use inbound::serve_inbound;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -28,19 +31,19 @@ use crate::state::{OutboundPolicy, Port, Protocol, Service, State, proto};
 /// The body type the proxy moves around.
 pub type Body = BoxBody<Bytes, hyper::Error>;
 
-/// Pooled upstream connections, shared by every request of the proxy: HTTP/1.1 with keep-alive,
-/// and HTTP/2 (prior knowledge) for HTTP/2 and gRPC.
-pub struct Upstreams {
+/// A pool of HTTP/1.1 (keep-alive) connections and one of HTTP/2 connections.
+pub struct Clients {
     h1: Client<HttpConnector, Body>,
     h2: Client<HttpConnector, Body>,
 }
 
-impl Default for Upstreams {
-    fn default() -> Self {
+impl Clients {
+    fn new(local: Option<std::net::IpAddr>) -> Self {
         let connector = || {
             let mut c = HttpConnector::new();
             c.set_nodelay(true);
             c.set_connect_timeout(Some(crate::outbound::CONNECT_TIMEOUT));
+            c.set_local_address(local);
             c
         };
         let h1 = Client::builder(TokioExecutor::new())
@@ -52,6 +55,26 @@ impl Default for Upstreams {
             .http2_only(true)
             .build(connector());
         Self { h1, h2 }
+    }
+
+    fn pick(&self, h2: bool) -> &Client<HttpConnector, Body> {
+        if h2 { &self.h2 } else { &self.h1 }
+    }
+}
+
+/// Pooled upstream connections shared by every request of the proxy: towards other services
+/// (outbound), and towards the local application from 127.0.0.6 (inbound).
+pub struct Upstreams {
+    outbound: Clients,
+    app: Clients,
+}
+
+impl Default for Upstreams {
+    fn default() -> Self {
+        Self {
+            outbound: Clients::new(None),
+            app: Clients::new(Some(crate::inbound::PASSTHROUGH_SOURCE.into())),
+        }
     }
 }
 
@@ -179,7 +202,13 @@ async fn decide_and_send(
         }
     };
     let Some((route, matched)) = chosen else {
-        let target = endpoint_in(svc, &port, "", &ctx.inputs.loads);
+        let target = endpoint_in(
+            svc,
+            &port,
+            "",
+            &ctx.inputs.loads,
+            Some(&hash_key(req, ctx.peer)),
+        );
         return send_to(req, target, &port, None, None, ctx, state).await;
     };
     if let Some(dr) = &route.direct_response {
@@ -199,9 +228,12 @@ async fn decide_and_send(
         return (preflight, None, "-");
     }
     let dest = choose_weighted(&route.destinations, |d| d.weight);
-    let target = match dest {
-        Some(d) => to_destination(state, svc, &port, d, &ctx.inputs.loads),
-        None => endpoint_in(svc, &port, "", &ctx.inputs.loads),
+    let target = {
+        let key = hash_key(req, ctx.peer);
+        match dest {
+            Some(d) => to_destination(state, svc, &port, d, &ctx.inputs.loads, Some(&key)),
+            None => endpoint_in(svc, &port, "", &ctx.inputs.loads, Some(&key)),
+        }
     };
     if let Some(rw) = &route.rewrite {
         headers::rewrite(req, rw, matched.as_ref(), state);
@@ -239,8 +271,11 @@ async fn send_to(
             "UH",
         );
     };
+    // Between two sidecars HTTP rides HTTP/2 whatever the app speaks; the peer's inbound side
+    // restores what the destination app expects. Upgrades (WebSocket) stay HTTP/1.1.
     let h2 = req.version() == Version::HTTP_2
-        || matches!(port.protocol, Protocol::Http2 | Protocol::Grpc);
+        || matches!(port.protocol, Protocol::Http2 | Protocol::Grpc)
+        || (target.mesh && !headers::is_upgrade(req));
     let timeout_ms = route.map_or(0, |r| r.timeout_ms);
     let retries = route.map_or(0, |r| r.retries);
     let svc = state.service_for(ctx.dst).cloned();
@@ -276,11 +311,7 @@ async fn forward(
     headers::prepare_upstream(req, ctx.peer);
     let bodiless = req.body().is_end_stream();
     let upgrade = headers::is_upgrade(req);
-    let client = if h2 && !upgrade {
-        &ctx.inputs.upstreams.h2
-    } else {
-        &ctx.inputs.upstreams.h1
-    };
+    let client = ctx.inputs.upstreams.outbound.pick(h2 && !upgrade);
     let mut target = target.clone();
     let mut attempt = 0;
     loop {
@@ -315,7 +346,7 @@ async fn forward(
         if retryable && bodiless && attempt < retries {
             attempt += 1;
             if let (Some(svc), Some((d, port))) = (svc, dest)
-                && let Some(next) = to_destination(state, svc, port, d, &ctx.inputs.loads)
+                && let Some(next) = to_destination(state, svc, port, d, &ctx.inputs.loads, None)
             {
                 target = next;
             }
@@ -343,6 +374,43 @@ async fn forward(
                 "UC",
             ),
         };
+    }
+}
+
+/// The consistent-hash key of a request under a policy: a header, a cookie, the source IP or a
+/// query parameter. A request without the key is load balanced as usual.
+fn hash_key<B>(
+    req: &Request<B>,
+    peer: SocketAddr,
+) -> impl Fn(&proto::ConsistentHash) -> Option<u64> + '_ {
+    use crate::outbound::hash_str;
+    use proto::consistent_hash::Key;
+    move |policy| {
+        let value = match policy.key.as_ref()? {
+            Key::HttpHeaderName(name) => {
+                req.headers().get(name.as_str())?.to_str().ok()?.to_string()
+            }
+            Key::HttpCookie(name) => req
+                .headers()
+                .get_all(hyper::header::COOKIE)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(';'))
+                .find_map(|c| {
+                    c.trim()
+                        .strip_prefix(name.as_str())?
+                        .strip_prefix('=')
+                        .map(str::to_string)
+                })?,
+            Key::UseSourceIp(true) => peer.ip().to_string(),
+            Key::UseSourceIp(false) => return None,
+            Key::HttpQueryParameterName(name) => req.uri().query()?.split('&').find_map(|p| {
+                p.strip_prefix(name.as_str())?
+                    .strip_prefix('=')
+                    .map(str::to_string)
+            })?,
+        };
+        Some(hash_str(&value))
     }
 }
 

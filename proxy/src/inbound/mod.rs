@@ -11,6 +11,7 @@ use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use crate::Inputs;
 use crate::drain;
 use crate::socket::OriginalDst;
+use crate::state::Protocol;
 
 /// The source address of connections handed to the application.
 pub const PASSTHROUGH_SOURCE: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 6);
@@ -61,7 +62,7 @@ pub async fn connect_app(port: u16) -> std::io::Result<TcpStream> {
 async fn handle(
     mut conn: TcpStream,
     peer: SocketAddr,
-    inputs: &Inputs,
+    inputs: &Arc<Inputs>,
     resolver: &dyn OriginalDst,
 ) {
     let _ = conn.set_nodelay(true);
@@ -74,6 +75,25 @@ async fn handle(
     };
     if inputs.own_addrs.iter().any(|a| a.port() == dst.port()) {
         tracing::warn!(%peer, %dst, "inbound: connection to a proxy port; closing");
+        return;
+    }
+    let declared = inputs
+        .state
+        .borrow()
+        .inbound_ports
+        .get(&dst.port())
+        .copied()
+        .unwrap_or(Protocol::Detect);
+    let http = match declared {
+        Protocol::Http | Protocol::Http2 | Protocol::Grpc => true,
+        Protocol::Tcp | Protocol::Tls => false,
+        Protocol::Detect => matches!(
+            crate::sniff::detect(&conn, crate::outbound::SNIFF_TIMEOUT).await,
+            Ok(crate::sniff::Detected::Http1 | crate::sniff::Detected::Http2)
+        ),
+    };
+    if http {
+        crate::http::serve_inbound(conn, peer, dst, inputs.clone(), declared).await;
         return;
     }
     let mut app = match connect_app(dst.port()).await {

@@ -12,7 +12,10 @@ use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
 
-pub use pick::{Target, choose_weighted, endpoint_in, pick_endpoint, to_destination};
+pub use pick::{
+    HashKey, Target, choose_weighted, endpoint_in, hash_str, pick_endpoint, rendezvous,
+    to_destination,
+};
 
 use crate::Inputs;
 use crate::drain;
@@ -87,13 +90,15 @@ async fn handle(
         return;
     }
     let target = match state.service_for(dst) {
-        Some(svc) => match pick_endpoint(&state, svc, dst, &inputs.loads) {
-            Some(t) => t,
-            None => {
-                log(peer, dst, None, "UH", 0, 0);
-                return;
+        Some(svc) => {
+            match pick_endpoint(&state, svc, dst, &inputs.loads, Some(&source_ip_key(peer))) {
+                Some(t) => t,
+                None => {
+                    log(peer, dst, None, "UH", 0, 0);
+                    return;
+                }
             }
-        },
+        }
         None if state.outbound_policy == OutboundPolicy::AllowAny => Target::passthrough(dst),
         None => {
             log(peer, dst, None, "NR", 0, 0);
@@ -119,6 +124,16 @@ async fn handle(
     match crate::tcp::splice(&mut conn, &mut upstream).await {
         Ok((sent, received)) => log(peer, dst, Some(&target), "-", sent, received),
         Err(_) => log(peer, dst, Some(&target), "DC", 0, 0),
+    }
+}
+
+/// For TCP, only the source IP can key a consistent hash.
+fn source_ip_key(peer: SocketAddr) -> impl Fn(&crate::state::proto::ConsistentHash) -> Option<u64> {
+    move |policy| match policy.key {
+        Some(crate::state::proto::consistent_hash::Key::UseSourceIp(true)) => {
+            Some(hash_str(&peer.ip().to_string()))
+        }
+        _ => None,
     }
 }
 

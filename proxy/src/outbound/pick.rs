@@ -16,6 +16,8 @@ pub struct Target {
     pub subset: String,
     /// The endpoint.
     pub addr: SocketAddr,
+    /// The endpoint has a sidecar: HTTP to it rides the mesh's HTTP/2.
+    pub mesh: bool,
 }
 
 impl Target {
@@ -25,8 +27,32 @@ impl Target {
             service: "PassthroughCluster".into(),
             subset: String::new(),
             addr,
+            mesh: false,
         }
     }
+}
+
+/// Turns a consistent-hash policy into a request's hash, when the request has the key.
+pub type HashKey<'a> = &'a dyn Fn(&proto::ConsistentHash) -> Option<u64>;
+
+/// Rendezvous (highest random weight) hashing: the same key picks the same endpoint, and an
+/// endpoint leaving moves only the keys that were on it.
+pub fn rendezvous(key: u64, addrs: &[SocketAddr]) -> Option<SocketAddr> {
+    use std::hash::{Hash, Hasher};
+    addrs.iter().copied().max_by_key(|a| {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        key.hash(&mut h);
+        a.hash(&mut h);
+        h.finish()
+    })
+}
+
+/// Hashes a string key (header, cookie, query parameter or source IP value).
+pub fn hash_str(value: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    value.hash(&mut h);
+    h.finish()
 }
 
 /// Picks one of `items` with probability proportional to its weight (all equal when every
@@ -62,6 +88,7 @@ pub fn pick_endpoint(
     svc: &Arc<Service>,
     dst: SocketAddr,
     loads: &Loads,
+    key: Option<HashKey<'_>>,
 ) -> Option<Target> {
     let port = port_for(svc, dst)?;
     let route = svc
@@ -70,8 +97,8 @@ pub fn pick_endpoint(
         .iter()
         .find(|r| r.port == 0 || r.port == u32::from(port.port));
     match route.and_then(|r| choose_weighted(&r.destinations, |d| d.weight)) {
-        Some(dest) => to_destination(state, svc, port, dest, loads),
-        None => endpoint_in(svc, port, "", loads),
+        Some(dest) => to_destination(state, svc, port, dest, loads, key),
+        None => endpoint_in(svc, port, "", loads, key),
     }
 }
 
@@ -82,6 +109,7 @@ pub fn to_destination(
     in_port: &Port,
     dest: &proto::WeightedDestination,
     loads: &Loads,
+    key: Option<HashKey<'_>>,
 ) -> Option<Target> {
     let svc = if dest.host.is_empty() {
         from
@@ -92,36 +120,90 @@ pub fn to_destination(
         0 => svc.port(in_port.port).or_else(|| svc.ports.first())?,
         p => svc.port(u16::try_from(p).ok()?)?,
     };
-    endpoint_in(svc, port, &dest.subset, loads)
+    endpoint_in(svc, port, &dest.subset, loads, key)
 }
 
 /// Picks an endpoint of `svc` (optionally of one subset) for `port`.
-pub fn endpoint_in(svc: &Service, port: &Port, subset: &str, loads: &Loads) -> Option<Target> {
+pub fn endpoint_in(
+    svc: &Service,
+    port: &Port,
+    subset: &str,
+    loads: &Loads,
+    key: Option<HashKey<'_>>,
+) -> Option<Target> {
     let members = svc.subset_members(subset);
     let addrs: Vec<SocketAddr> = members
         .iter()
         .filter_map(|i| svc.endpoint_addr(*i, port))
         .collect();
-    let balancer = svc
+    let subset_policy = svc
         .spec
         .subsets
         .iter()
         .find(|s| s.name == subset)
-        .and_then(|s| s.traffic_policy.as_ref())
+        .and_then(|s| s.traffic_policy.as_ref());
+    let balancer = subset_policy
         .and_then(|t| crate::state::Balancer::parse_name(&t.load_balancer))
         .unwrap_or(svc.balancer);
-    let pool = format!("{}|{}|{}", svc.spec.hostname, subset, port.port);
-    let addr = loads.pick(&pool, balancer, &addrs)?;
+    let hash_policy = subset_policy
+        .and_then(|t| t.consistent_hash.as_ref())
+        .or_else(|| {
+            svc.spec
+                .traffic_policy
+                .as_ref()
+                .and_then(|t| t.consistent_hash.as_ref())
+        });
+    let hashed = match (hash_policy, key) {
+        (Some(policy), Some(key)) => key(policy).and_then(|h| rendezvous(h, &addrs)),
+        _ => None,
+    };
+    let addr = match hashed {
+        Some(a) => a,
+        None => {
+            let pool = format!("{}|{}|{}", svc.spec.hostname, subset, port.port);
+            loads.pick(&pool, balancer, &addrs)?
+        }
+    };
+    let mesh = members
+        .iter()
+        .find(|i| svc.endpoint_addr(**i, port) == Some(addr))
+        .is_some_and(|i| svc.spec.endpoints[*i].mesh);
     Some(Target {
         service: svc.spec.hostname.clone(),
         subset: subset.to_string(),
         addr,
+        mesh,
     })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rendezvous_is_stable_and_moves_only_lost_keys() {
+        let addrs: Vec<SocketAddr> = (0..5)
+            .map(|i| SocketAddr::from(([10, 0, 0, i], 80)))
+            .collect();
+        let before: Vec<_> = (0..1000u64)
+            .map(|k| rendezvous(k, &addrs).unwrap())
+            .collect();
+        assert_eq!(
+            before,
+            (0..1000u64)
+                .map(|k| rendezvous(k, &addrs).unwrap())
+                .collect::<Vec<_>>()
+        );
+        let fewer = &addrs[..4];
+        for (k, was) in before.iter().enumerate() {
+            let now = rendezvous(k as u64, fewer).unwrap();
+            if *was != addrs[4] {
+                assert_eq!(now, *was, "key {k} moved although its endpoint stayed");
+            }
+        }
+        let used: std::collections::HashSet<_> = before.iter().collect();
+        assert_eq!(used.len(), 5, "keys spread over every endpoint");
+    }
 
     #[test]
     fn weighted_choice_follows_weights() {

@@ -1,0 +1,124 @@
+//! HTTP arriving at the workload (inbound): from peer proxies over HTTP/2, or from plain
+//! clients over HTTP/1.1 or HTTP/2. Each request is handed to the application on
+//! `127.0.0.1:<port>` in the protocol the application speaks (HTTP/1.1 unless its port is
+//! declared HTTP/2 or gRPC, or the request is gRPC), with `x-forwarded-for` extended by the
+//! caller's address.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper::header::HeaderValue;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpStream;
+
+use super::{Body, headers, reply};
+use crate::Inputs;
+use crate::outbound::Target;
+use crate::state::Protocol;
+
+/// Serves HTTP on an inbound connection headed for `dst` (the workload's address and port).
+pub async fn serve_inbound(
+    conn: TcpStream,
+    peer: SocketAddr,
+    dst: SocketAddr,
+    inputs: Arc<Inputs>,
+    app: Protocol,
+) {
+    let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+        let inputs = inputs.clone();
+        async move {
+            Ok::<_, Infallible>(
+                inbound_request(req.map(BodyExt::boxed), peer, dst, &inputs, app).await,
+            )
+        }
+    });
+    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    if let Err(e) = builder
+        .serve_connection_with_upgrades(TokioIo::new(conn), svc)
+        .await
+    {
+        tracing::debug!("inbound http connection from {peer}: {e}");
+    }
+}
+
+async fn inbound_request(
+    mut req: Request<Body>,
+    peer: SocketAddr,
+    dst: SocketAddr,
+    inputs: &Inputs,
+    app: Protocol,
+) -> Response<Body> {
+    let started = tokio::time::Instant::now();
+    let (method, path) = (req.method().clone(), req.uri().path().to_string());
+    append_forwarded_for(&mut req, peer);
+    headers::prepare_upstream(&mut req, peer);
+    let upgrade = headers::is_upgrade(&req);
+    let grpc = req
+        .headers()
+        .get(hyper::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/grpc"));
+    let h2 = !upgrade && (grpc || matches!(app, Protocol::Http2 | Protocol::Grpc));
+    let target = Target {
+        service: "inbound".into(),
+        subset: String::new(),
+        addr: SocketAddr::from(([127, 0, 0, 1], dst.port())),
+        mesh: false,
+    };
+    let (resp, flags) = match headers::upstream_request(&mut req, &target, h2) {
+        Err(e) => (
+            reply(StatusCode::BAD_REQUEST, &format!("cannot forward: {e}")),
+            "DPE",
+        ),
+        Ok(upstream) => match inputs.upstreams.app.pick(h2).request(upstream).await {
+            Ok(mut resp) => {
+                if upgrade && resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+                    headers::splice_upgrade(&mut req, &mut resp);
+                }
+                (resp.map(BodyExt::boxed), "-")
+            }
+            Err(e) if e.is_connect() => (
+                reply(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "upstream connect error (is the application listening?)",
+                ),
+                "UF",
+            ),
+            Err(_) => (
+                reply(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "upstream reset before response",
+                ),
+                "UC",
+            ),
+        },
+    };
+    tracing::info!(
+        target: "access",
+        "inbound http {peer} {method} {path} {} port={} flags={flags} duration_ms={}",
+        resp.status().as_u16(),
+        dst.port(),
+        started.elapsed().as_millis()
+    );
+    resp
+}
+
+/// Appends the caller's address to `x-forwarded-for`, as Envoy does at the edge of a workload.
+fn append_forwarded_for<B>(req: &mut Request<B>, peer: SocketAddr) {
+    let ip = peer.ip().to_string();
+    let value = match req
+        .headers()
+        .get("x-forwarded-for")
+        .and_then(|v| v.to_str().ok())
+    {
+        Some(existing) if !existing.is_empty() => format!("{existing}, {ip}"),
+        _ => ip,
+    };
+    if let Ok(v) = HeaderValue::from_str(&value) {
+        req.headers_mut().insert("x-forwarded-for", v);
+    }
+}
