@@ -15,6 +15,7 @@ pub mod sniff;
 pub mod socket;
 pub mod state;
 pub mod tcp;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -289,3 +289,51 @@ async fn drain_stops_accepting_and_waits_for_open_connections() {
         .unwrap();
     assert!(finished, "every connection finished before the deadline");
 }
+
+#[tokio::test]
+async fn tls_is_passed_through_and_routed_by_sni() {
+    let (a, b) = (named_echo("a").await, named_echo("b").await);
+    let mut svc_a = service("10.96.0.41", 443, &[a], "");
+    svc_a.hostname = "a.example.com".into();
+    let mut svc_b = service("10.96.0.42", 443, &[b], "");
+    svc_b.hostname = "b.example.com".into();
+    let mut front = service("10.96.0.40", 443, &[a], "");
+    front.hostname = "front.default.svc.cluster.local".into();
+    front.ports[0].protocol = "TLS".into();
+    let to = |host: &str| proto::WeightedDestination {
+        host: host.into(),
+        weight: 100,
+        ..Default::default()
+    };
+    front.tls_routes = vec![
+        proto::TlsRoute {
+            sni_hosts: vec!["a.example.com".into()],
+            port: 443,
+            destinations: vec![to("a.example.com")],
+        },
+        proto::TlsRoute {
+            sni_hosts: vec!["*.b.example.com".into()],
+            port: 0,
+            destinations: vec![to("b.example.com")],
+        },
+    ];
+    let (_tx, rx) = watch::channel(state(vec![front, svc_a, svc_b], ""));
+    let proxy = start(rx, "10.96.0.40:443", "10.0.0.1:1").await;
+    for (sni, want) in [
+        ("a.example.com", "a "),
+        ("api.b.example.com", "b "),
+        ("other.example.com", "a "),
+    ] {
+        let mut c = TcpStream::connect(proxy.bound.outbound).await.unwrap();
+        c.write_all(&mesh_proxy::tls::client_hello(sni))
+            .await
+            .unwrap();
+        let mut buf = vec![0u8; 4096];
+        let n = tokio::time::timeout(Duration::from_secs(5), c.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        let answer = String::from_utf8_lossy(&buf[..n]);
+        assert!(answer.starts_with(want), "{sni}: {answer:?}");
+    }
+}

@@ -414,17 +414,12 @@ fn hash_key<B>(
     }
 }
 
-/// Where a captured HTTP connection's requests go when the service is known: a hint used by
-/// the outbound listener to decide whether to parse HTTP at all.
-pub fn is_http_port(svc: &Service, dst: SocketAddr) -> Option<bool> {
+/// The declared protocol of the service port a connection to `dst` uses.
+pub fn port_protocol(svc: &Service, dst: SocketAddr) -> Option<Protocol> {
     let port = svc
         .port(dst.port())
         .or_else(|| svc.ports.iter().find(|p| p.target_port == dst.port()))?;
-    Some(match port.protocol {
-        Protocol::Http | Protocol::Http2 | Protocol::Grpc => true,
-        Protocol::Tcp | Protocol::Tls => false,
-        Protocol::Detect => return None,
-    })
+    Some(port.protocol)
 }
 
 /// The request's URI with a new path and query.

@@ -13,14 +13,15 @@ use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 
 pub use pick::{
-    HashKey, Target, choose_weighted, endpoint_in, hash_str, pick_endpoint, rendezvous,
-    to_destination,
+    HashKey, Target, choose_weighted, endpoint_in, hash_str, pick_endpoint, pick_tls_endpoint,
+    rendezvous, to_destination,
 };
 
 use crate::Inputs;
 use crate::drain;
+use crate::sniff::Detected;
 use crate::socket::OriginalDst;
-use crate::state::OutboundPolicy;
+use crate::state::{OutboundPolicy, Protocol};
 
 /// Default time to wait for an upstream connection.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -74,24 +75,33 @@ async fn handle(
         return;
     }
     let state = inputs.state.borrow().clone();
-    // HTTP is parsed when the port says so, or when the first bytes say so.
-    let declared = state
-        .service_for(dst)
-        .and_then(|svc| crate::http::is_http_port(svc, dst));
-    let http = match declared {
-        Some(h) => h,
-        None => matches!(
-            crate::sniff::detect(&conn, SNIFF_TIMEOUT).await,
-            Ok(crate::sniff::Detected::Http1 | crate::sniff::Detected::Http2)
-        ),
+    // The port's declared protocol decides; undeclared ports are told apart by their first
+    // bytes (with a bounded wait, so server-first protocols fall back to TCP).
+    let svc = state.service_for(dst);
+    let declared = svc.and_then(|svc| crate::http::port_protocol(svc, dst));
+    let detected = match declared {
+        Some(Protocol::Http | Protocol::Http2 | Protocol::Grpc) => Detected::Http1,
+        Some(Protocol::Tcp) => Detected::Tcp,
+        Some(Protocol::Tls) => Detected::Tls,
+        Some(Protocol::Detect) | None => crate::sniff::detect(&conn, SNIFF_TIMEOUT)
+            .await
+            .unwrap_or(Detected::Tcp),
     };
-    if http {
+    if matches!(detected, Detected::Http1 | Detected::Http2) {
         crate::http::serve_outbound(conn, peer, dst, inputs.clone()).await;
         return;
     }
-    let target = match state.service_for(dst) {
+    let sni = match detected {
+        Detected::Tls => crate::tls::peek_sni(&conn, SNIFF_TIMEOUT).await,
+        _ => None,
+    };
+    let target = match svc {
         Some(svc) => {
-            match pick_endpoint(&state, svc, dst, &inputs.loads, Some(&source_ip_key(peer))) {
+            let picked = match &sni {
+                Some(name) => pick_tls_endpoint(&state, svc, dst, name, &inputs.loads),
+                None => pick_endpoint(&state, svc, dst, &inputs.loads, Some(&source_ip_key(peer))),
+            };
+            match picked {
                 Some(t) => t,
                 None => {
                     log(peer, dst, None, "UH", 0, 0);

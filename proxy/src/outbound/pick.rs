@@ -102,6 +102,26 @@ pub fn pick_endpoint(
     }
 }
 
+/// Chooses the endpoint for a TLS connection by its SNI: the first TLS route (for this port)
+/// naming the server, else the service's own endpoints.
+pub fn pick_tls_endpoint(
+    state: &State,
+    svc: &Arc<Service>,
+    dst: SocketAddr,
+    sni: &str,
+    loads: &Loads,
+) -> Option<Target> {
+    let port = port_for(svc, dst)?;
+    let route = svc.spec.tls_routes.iter().find(|r| {
+        (r.port == 0 || r.port == u32::from(port.port))
+            && r.sni_hosts.iter().any(|h| crate::tls::sni_matches(h, sni))
+    });
+    match route.and_then(|r| choose_weighted(&r.destinations, |d| d.weight)) {
+        Some(dest) => to_destination(state, svc, port, dest, loads, None),
+        None => endpoint_in(svc, port, "", loads, None),
+    }
+}
+
 /// Resolves a weighted destination (another service, a subset, a port) to an endpoint.
 pub fn to_destination(
     state: &State,
