@@ -18,7 +18,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // The proxy state is also a file format: readable JSON/YAML with camelCase names.
         .message_attribute(
             ".mesh.state.v1",
-            "#[derive(serde::Serialize, serde::Deserialize)] #[serde(rename_all = \"camelCase\", default)]",
+            "#[derive(serde::Serialize, serde::Deserialize)] #[serde(rename_all = \"camelCase\", default, deny_unknown_fields)]",
         )
         .enum_attribute(
             ".mesh.state.v1",

@@ -65,7 +65,15 @@ async fn backend(name: &'static str) -> Backend {
                             .iter()
                             .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_string()))
                             .collect();
+                        let (parts, body) = req.into_parts();
+                        let received = body
+                            .collect()
+                            .await
+                            .map(|b| b.to_bytes().len())
+                            .unwrap_or(0);
+                        let req = Request::from_parts(parts, ());
                         let body = serde_json::json!({
+                        "body_len": received,
                             "server": name,
                             "method": req.method().as_str(),
                             "path": req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/"),
@@ -564,4 +572,213 @@ async fn undeclared_ports_are_detected_as_http() {
         StatusCode::NO_CONTENT,
         "sniffed as HTTP, so routes apply"
     );
+}
+
+#[tokio::test]
+async fn chunked_request_bodies_are_streamed_through() {
+    let v1 = backend("v1").await;
+    let (proxy, _tx) = proxy_for(
+        vec![service(SHOP, "10.96.0.20", &[(v1.addr, "v1")], vec![])],
+        VIP,
+    )
+    .await;
+    let mut c = TcpStream::connect(proxy.bound.outbound).await.unwrap();
+    c.write_all(b"POST /upload HTTP/1.1\r\nhost: shop\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n").await.unwrap();
+    for chunk in ["hello ", "chunked ", "world"] {
+        c.write_all(format!("{:x}\r\n{chunk}\r\n", chunk.len()).as_bytes())
+            .await
+            .unwrap();
+    }
+    c.write_all(b"0\r\n\r\n").await.unwrap();
+    let mut out = String::new();
+    tokio::time::timeout(Duration::from_secs(5), c.read_to_string(&mut out))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    assert!(out.contains("\"body_len\":19"), "{out}");
+}
+
+#[tokio::test]
+async fn cors_preflights_are_answered_and_responses_tagged() {
+    let v1 = backend("v1").await;
+    let cors = proto::Cors {
+        allow_origins: vec![proto::StringMatch {
+            kind: Some(proto::string_match::Kind::Exact(
+                "https://shop.example.com".into(),
+            )),
+        }],
+        allow_methods: vec!["GET".into(), "POST".into()],
+        allow_headers: vec!["x-token".into()],
+        max_age_seconds: 600,
+        ..Default::default()
+    };
+    let routes = vec![proto::HttpRoute {
+        cors: Some(cors),
+        destinations: vec![dest(SHOP, "", 100)],
+        ..Default::default()
+    }];
+    let (proxy, _tx) = proxy_for(
+        vec![service(SHOP, "10.96.0.20", &[(v1.addr, "v1")], routes)],
+        VIP,
+    )
+    .await;
+    let mut c = h1(proxy.bound.outbound).await;
+    let pre = Request::builder()
+        .method("OPTIONS")
+        .uri("/cart")
+        .header("host", "shop")
+        .header("origin", "https://shop.example.com")
+        .header("access-control-request-method", "POST")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let resp = c.send_request(pre).await.unwrap();
+    assert_eq!(
+        resp.headers()["access-control-allow-origin"],
+        "https://shop.example.com"
+    );
+    assert_eq!(resp.headers()["access-control-allow-methods"], "GET,POST");
+    assert_eq!(resp.headers()["access-control-max-age"], "600");
+    let _ = resp.into_body().collect().await;
+    let ok = get(&mut c, "/cart", &[("origin", "https://shop.example.com")]).await;
+    assert_eq!(
+        ok.headers["access-control-allow-origin"],
+        "https://shop.example.com"
+    );
+    let other = get(&mut c, "/cart", &[("origin", "https://evil.example.com")]).await;
+    assert!(!other.headers.contains_key("access-control-allow-origin"));
+}
+
+#[tokio::test]
+async fn consistent_hashing_keeps_a_user_on_one_endpoint() {
+    let eps = [
+        backend("e0").await,
+        backend("e1").await,
+        backend("e2").await,
+    ];
+    let mut svc = service(
+        SHOP,
+        "10.96.0.20",
+        &[
+            (eps[0].addr, "v1"),
+            (eps[1].addr, "v1"),
+            (eps[2].addr, "v1"),
+        ],
+        vec![],
+    );
+    svc.traffic_policy = Some(proto::TrafficPolicy {
+        consistent_hash: Some(proto::ConsistentHash {
+            key: Some(proto::consistent_hash::Key::HttpHeaderName("x-user".into())),
+        }),
+        ..Default::default()
+    });
+    let (proxy, _tx) = proxy_for(vec![svc], VIP).await;
+    let mut c = h1(proxy.bound.outbound).await;
+    let mut servers_seen = std::collections::HashSet::new();
+    for user in 0..30 {
+        let name = format!("user-{user}");
+        let first = get(&mut c, "/", &[("x-user", &name)]).await.json["server"].clone();
+        for _ in 0..5 {
+            assert_eq!(
+                get(&mut c, "/", &[("x-user", &name)]).await.json["server"],
+                first,
+                "{name} moved"
+            );
+        }
+        servers_seen.insert(first.to_string());
+    }
+    assert_eq!(servers_seen.len(), 3, "users spread over all endpoints");
+}
+
+#[tokio::test]
+async fn routes_can_match_the_calling_workloads_labels() {
+    let (v1, v2) = (backend("v1").await, backend("v2").await);
+    let routes = vec![
+        proto::HttpRoute {
+            matches: vec![proto::HttpMatch {
+                source_labels: [("app".to_string(), "order".to_string())].into(),
+                ..Default::default()
+            }],
+            destinations: vec![dest(SHOP, "v2", 100)],
+            ..Default::default()
+        },
+        proto::HttpRoute {
+            destinations: vec![dest(SHOP, "v1", 100)],
+            ..Default::default()
+        },
+    ];
+    let svc = service(
+        SHOP,
+        "10.96.0.20",
+        &[(v1.addr, "v1"), (v2.addr, "v2")],
+        routes,
+    );
+    for (labels, want) in [
+        (vec![("app", "order")], "v2"),
+        (vec![("app", "billing")], "v1"),
+    ] {
+        let state = State::compile(proto::ProxyState {
+            services: vec![svc.clone()],
+            namespace: "default".into(),
+            workload_labels: labels
+                .iter()
+                .map(|(k, v)| ((*k).to_string(), (*v).to_string()))
+                .collect(),
+            ..Default::default()
+        })
+        .unwrap();
+        let (_tx, rx) = watch::channel(Arc::new(state));
+        let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let listeners = Listeners {
+            outbound: any,
+            inbound: any,
+            admin: any,
+            readiness: any,
+        };
+        let proxy = Proxy::start(
+            &listeners,
+            rx,
+            true,
+            Arc::new(FixedDst(VIP.parse().unwrap())),
+            Arc::new(FixedDst("10.0.0.1:1".parse().unwrap())),
+        )
+        .await
+        .unwrap();
+        let mut c = h1(proxy.bound.outbound).await;
+        assert_eq!(
+            get(&mut c, "/", &[]).await.json["server"],
+            want,
+            "{labels:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_drain_closes_idle_keepalive_connections_promptly() {
+    let v1 = backend("v1").await;
+    let (proxy, _tx) = proxy_for(
+        vec![service(SHOP, "10.96.0.20", &[(v1.addr, "v1")], vec![])],
+        VIP,
+    )
+    .await;
+    let mut c = h1(proxy.bound.outbound).await;
+    assert_eq!(get(&mut c, "/", &[]).await.status, StatusCode::OK);
+    // The keep-alive connection is idle now; the drain must not wait for its deadline.
+    let started = std::time::Instant::now();
+    let finished = proxy.drain(Duration::from_secs(30)).await;
+    assert!(finished, "every connection finished");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "drain took {:?}",
+        started.elapsed()
+    );
+    // The client sees its connection closed.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while !c.is_closed() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the idle connection was not closed"
+        );
+        tokio::task::yield_now().await;
+    }
 }

@@ -12,7 +12,6 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::header::HeaderValue;
 use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpStream;
 
 use super::{Body, headers, reply};
@@ -27,6 +26,7 @@ pub async fn serve_inbound(
     dst: SocketAddr,
     inputs: Arc<Inputs>,
     app: Protocol,
+    drain: crate::drain::Watch,
 ) {
     let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
         let inputs = inputs.clone();
@@ -36,13 +36,7 @@ pub async fn serve_inbound(
             )
         }
     });
-    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-    if let Err(e) = builder
-        .serve_connection_with_upgrades(TokioIo::new(conn), svc)
-        .await
-    {
-        tracing::debug!("inbound http connection from {peer}: {e}");
-    }
+    super::serve_until_drained(conn, svc, drain, "inbound", peer).await;
 }
 
 async fn inbound_request(

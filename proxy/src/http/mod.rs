@@ -108,18 +108,42 @@ pub async fn serve_outbound(
     peer: SocketAddr,
     dst: SocketAddr,
     inputs: Arc<Inputs>,
+    drain: crate::drain::Watch,
 ) {
     let ctx = Arc::new(Conn { inputs, peer, dst });
     let svc = hyper::service::service_fn(move |req| {
         let ctx = ctx.clone();
         async move { Ok::<_, Infallible>(outbound_request(req, &ctx).await) }
     });
+    serve_until_drained(conn, svc, drain, "outbound", peer).await;
+}
+
+/// Serves one HTTP connection; when a drain begins, asks the client to stop (Connection: close
+/// on HTTP/1.1, GOAWAY on HTTP/2) and lets requests in flight finish.
+pub(crate) async fn serve_until_drained<S>(
+    conn: TcpStream,
+    svc: S,
+    mut drain: crate::drain::Watch,
+    side: &str,
+    peer: SocketAddr,
+) where
+    S: hyper::service::Service<Request<Incoming>, Response = Response<Body>, Error = Infallible>
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
     let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-    if let Err(e) = builder
-        .serve_connection_with_upgrades(TokioIo::new(conn), svc)
-        .await
-    {
-        tracing::debug!("outbound http connection from {peer}: {e}");
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(conn), svc);
+    tokio::pin!(conn);
+    let result = tokio::select! {
+        r = conn.as_mut() => r,
+        () = drain.signaled() => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!("{side} http connection from {peer}: {e}");
     }
 }
 
@@ -190,7 +214,7 @@ async fn decide_and_send(
         port: port.port,
     };
     let src = route::SourceFacts {
-        labels: None,
+        labels: Some(&state.source.workload_labels),
         namespace: &state.source.namespace,
     };
     let chosen = if svc.spec.http_routes.is_empty() {

@@ -29,10 +29,10 @@ pub async fn serve(
                 Ok((conn, peer)) => {
                     let inputs = inputs.clone();
                     let dst = dst.clone();
-                    let guard = drain.guard();
+                    // The connection's own drain watch also holds the drain open until it ends.
+                    let watch = drain.clone();
                     tokio::spawn(async move {
-                        handle(conn, peer, &inputs, dst.as_ref()).await;
-                        drop(guard);
+                        handle(conn, peer, &inputs, dst.as_ref(), watch).await;
                     });
                 }
                 Err(e) => tracing::warn!("inbound accept: {e}"),
@@ -64,6 +64,7 @@ async fn handle(
     peer: SocketAddr,
     inputs: &Arc<Inputs>,
     resolver: &dyn OriginalDst,
+    drain: drain::Watch,
 ) {
     let _ = conn.set_nodelay(true);
     let dst = match resolver.original_dst(&conn) {
@@ -93,7 +94,7 @@ async fn handle(
         ),
     };
     if http {
-        crate::http::serve_inbound(conn, peer, dst, inputs.clone(), declared).await;
+        crate::http::serve_inbound(conn, peer, dst, inputs.clone(), declared, drain).await;
         return;
     }
     let mut app = match connect_app(dst.port()).await {

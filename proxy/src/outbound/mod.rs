@@ -43,10 +43,10 @@ pub async fn serve(
                 Ok((conn, peer)) => {
                     let inputs = inputs.clone();
                     let dst = dst.clone();
-                    let guard = drain.guard();
+                    // The connection's own drain watch also holds the drain open until it ends.
+                    let watch = drain.clone();
                     tokio::spawn(async move {
-                        handle(conn, peer, &inputs, dst.as_ref()).await;
-                        drop(guard);
+                        handle(conn, peer, &inputs, dst.as_ref(), watch).await;
                     });
                 }
                 Err(e) => tracing::warn!("outbound accept: {e}"),
@@ -61,6 +61,7 @@ async fn handle(
     peer: SocketAddr,
     inputs: &Arc<Inputs>,
     resolver: &dyn OriginalDst,
+    drain: drain::Watch,
 ) {
     let _ = conn.set_nodelay(true);
     let dst = match resolver.original_dst(&conn) {
@@ -88,7 +89,7 @@ async fn handle(
             .unwrap_or(Detected::Tcp),
     };
     if matches!(detected, Detected::Http1 | Detected::Http2) {
-        crate::http::serve_outbound(conn, peer, dst, inputs.clone()).await;
+        crate::http::serve_outbound(conn, peer, dst, inputs.clone(), drain).await;
         return;
     }
     let sni = match detected {

@@ -66,28 +66,71 @@ fn stamp(path: &Path) -> Option<(SystemTime, u64)> {
     Some((meta.modified().ok()?, meta.len()))
 }
 
-/// Loads `path` and keeps `tx` current: the file is checked every `every`; a changed file that
-/// fails to load is reported and the last good state stays in force.
-pub async fn watch_file(path: PathBuf, tx: watch::Sender<Arc<State>>, every: Duration) {
-    let mut last = stamp(&path);
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        let now = stamp(&path);
-        if now == last {
-            continue;
+/// What one look at the file found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Poll {
+    /// Unchanged since the last look.
+    Unchanged,
+    /// Changed and applied: the new state's version.
+    Applied(String),
+    /// Changed but refused; the previous state stays in force.
+    Refused(String),
+}
+
+/// Follows one state file, sending each good new version on a watch channel.
+pub struct FileWatch {
+    path: PathBuf,
+    last: Option<(SystemTime, u64)>,
+    tx: watch::Sender<Arc<State>>,
+}
+
+impl FileWatch {
+    /// Starts following `path`, taking its current contents as already applied.
+    pub fn new(path: PathBuf, tx: watch::Sender<Arc<State>>) -> Self {
+        let last = stamp(&path);
+        Self { path, last, tx }
+    }
+
+    /// Looks at the file once.
+    pub fn poll(&mut self) -> Poll {
+        let now = stamp(&self.path);
+        if now == self.last {
+            return Poll::Unchanged;
         }
-        last = now;
-        match load_file(&path) {
+        self.last = now;
+        match load_file(&self.path) {
             Ok(state) => {
-                tracing::info!(version = %state.source.version, "state file changed: applied");
-                tx.send_replace(Arc::new(state));
+                let version = state.source.version.clone();
+                tracing::info!(%version, "state file changed: applied");
+                self.tx.send_replace(Arc::new(state));
+                Poll::Applied(version)
             }
-            Err(e) => tracing::warn!("{e}; keeping the previous state"),
+            Err(e) => {
+                tracing::warn!("{e}; keeping the previous state");
+                Poll::Refused(e.to_string())
+            }
         }
-        if tx.is_closed() {
-            return;
+    }
+}
+
+/// Keeps `tx` current with `path`, looking every `every`, until every receiver is gone. The
+/// file's current contents count as applied from the moment of the call (not of the first
+/// poll), so a change made right after it is never missed.
+pub fn watch_file(
+    path: PathBuf,
+    tx: watch::Sender<Arc<State>>,
+    every: Duration,
+) -> impl Future<Output = ()> + Send {
+    let mut watch = FileWatch::new(path, tx);
+    async move {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            watch.poll();
+            if watch.tx.is_closed() {
+                return;
+            }
         }
     }
 }

@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
-pub use file::{StateFileError, load_file, parse_state, watch_file};
+pub use file::{FileWatch, Poll, StateFileError, load_file, parse_state, watch_file};
 pub use mesh_api::proto::state::v1 as proto;
 
 /// Application protocols the proxy tells apart.
