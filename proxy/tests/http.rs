@@ -782,3 +782,55 @@ async fn a_drain_closes_idle_keepalive_connections_promptly() {
         tokio::task::yield_now().await;
     }
 }
+
+#[tokio::test]
+async fn a_drain_lets_a_request_in_flight_finish() {
+    // A backend that answers only when told to, and says when a request arrived.
+    let (arrived_tx, mut arrived_rx) = tokio::sync::mpsc::channel::<()>(1);
+    let (release_tx, release_rx) = tokio::sync::watch::channel(false);
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let slow = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (c, _) = l.accept().await.unwrap();
+        let svc = hyper::service::service_fn(move |_req| {
+            let arrived = arrived_tx.clone();
+            let mut release = release_rx.clone();
+            async move {
+                let _ = arrived.send(()).await;
+                let _ = release.wait_for(|go| *go).await;
+                Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"finished"))))
+            }
+        });
+        let _ = hyper::server::conn::http1::Builder::new()
+            .serve_connection(TokioIo::new(c), svc)
+            .await;
+    });
+    let (proxy, _tx) = proxy_for(
+        vec![service(SHOP, "10.96.0.20", &[(slow, "v1")], vec![])],
+        VIP,
+    )
+    .await;
+    let mut c = h1(proxy.bound.outbound).await;
+    let in_flight = tokio::spawn(async move { get(&mut c, "/slow", &[]).await });
+    arrived_rx
+        .recv()
+        .await
+        .expect("the request reached the backend");
+    let draining = tokio::spawn(proxy.drain(Duration::from_secs(30)));
+    release_tx.send(true).unwrap();
+    let answer = tokio::time::timeout(Duration::from_secs(10), in_flight)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (answer.status, answer.text.as_str()),
+        (StatusCode::OK, "finished")
+    );
+    assert!(
+        tokio::time::timeout(Duration::from_secs(10), draining)
+            .await
+            .unwrap()
+            .unwrap(),
+        "drain finished in time"
+    );
+}
