@@ -649,45 +649,71 @@ async fn cors_preflights_are_answered_and_responses_tagged() {
     assert!(!other.headers.contains_key("access-control-allow-origin"));
 }
 
+/// Builds the path and headers that carry a user's key.
+type RequestFor = fn(&str) -> (String, Vec<(&'static str, String)>);
+
 #[tokio::test]
 async fn consistent_hashing_keeps_a_user_on_one_endpoint() {
+    use proto::consistent_hash::Key;
     let eps = [
         backend("e0").await,
         backend("e1").await,
         backend("e2").await,
     ];
-    let mut svc = service(
-        SHOP,
-        "10.96.0.20",
-        &[
-            (eps[0].addr, "v1"),
-            (eps[1].addr, "v1"),
-            (eps[2].addr, "v1"),
-        ],
-        vec![],
-    );
-    svc.traffic_policy = Some(proto::TrafficPolicy {
-        consistent_hash: Some(proto::ConsistentHash {
-            key: Some(proto::consistent_hash::Key::HttpHeaderName("x-user".into())),
+    let cases: [(Key, RequestFor); 3] = [
+        (Key::HttpHeaderName("x-user".into()), |u| {
+            ("/".into(), vec![("x-user", u.to_string())])
         }),
-        ..Default::default()
-    });
-    let (proxy, _tx) = proxy_for(vec![svc], VIP).await;
-    let mut c = h1(proxy.bound.outbound).await;
-    let mut servers_seen = std::collections::HashSet::new();
-    for user in 0..30 {
-        let name = format!("user-{user}");
-        let first = get(&mut c, "/", &[("x-user", &name)]).await.json["server"].clone();
-        for _ in 0..5 {
-            assert_eq!(
-                get(&mut c, "/", &[("x-user", &name)]).await.json["server"],
-                first,
-                "{name} moved"
-            );
+        (Key::HttpCookie("session".into()), |u| {
+            (
+                "/".into(),
+                vec![("cookie", format!("theme=dark; session={u}"))],
+            )
+        }),
+        (Key::HttpQueryParameterName("user".into()), |u| {
+            (format!("/?page=1&user={u}"), vec![])
+        }),
+    ];
+    for (key, request) in cases {
+        let mut svc = service(
+            SHOP,
+            "10.96.0.20",
+            &[
+                (eps[0].addr, "v1"),
+                (eps[1].addr, "v1"),
+                (eps[2].addr, "v1"),
+            ],
+            vec![],
+        );
+        svc.traffic_policy = Some(proto::TrafficPolicy {
+            consistent_hash: Some(proto::ConsistentHash {
+                key: Some(key.clone()),
+            }),
+            ..Default::default()
+        });
+        let (proxy, _tx) = proxy_for(vec![svc], VIP).await;
+        let mut c = h1(proxy.bound.outbound).await;
+        let mut servers_seen = std::collections::HashSet::new();
+        for user in 0..30 {
+            let (path, headers) = request(&format!("user-{user}"));
+            let headers: Vec<(&str, &str)> =
+                headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            let first = get(&mut c, &path, &headers).await.json["server"].clone();
+            for _ in 0..5 {
+                assert_eq!(
+                    get(&mut c, &path, &headers).await.json["server"],
+                    first,
+                    "{key:?}: user-{user} moved"
+                );
+            }
+            servers_seen.insert(first.to_string());
         }
-        servers_seen.insert(first.to_string());
+        assert_eq!(
+            servers_seen.len(),
+            3,
+            "{key:?}: users spread over all endpoints"
+        );
     }
-    assert_eq!(servers_seen.len(), 3, "users spread over all endpoints");
 }
 
 #[tokio::test]
