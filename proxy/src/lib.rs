@@ -8,6 +8,7 @@
 pub mod admin;
 pub mod drain;
 pub mod http;
+pub mod identity;
 pub mod inbound;
 pub mod init;
 pub mod outbound;

@@ -1,6 +1,8 @@
 //! TLS passthrough: the server name (SNI) of a ClientHello read without terminating TLS, so
 //! TLS traffic can be routed by name and carried as opaque bytes.
 
+pub mod mtls;
+
 use std::time::Duration;
 
 use tokio::net::TcpStream;

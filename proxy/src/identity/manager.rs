@@ -1,0 +1,67 @@
+//! Keeping the certificate fresh: fetch before reporting ready, renew at half-life (with
+//! jitter, so a fleet does not renew in step), retry with backoff while the CA is away, and keep
+//! serving with the current certificate until it expires.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use tokio::sync::watch;
+
+use super::{CertificateSource, Svid, request_svid};
+
+/// First and longest pause between attempts while the CA fails.
+const BACKOFF: (Duration, Duration) = (Duration::from_millis(500), Duration::from_secs(60));
+
+/// How long to wait before renewing `svid` as of `now`: half its lifetime after it started,
+/// moved by up to ±10% of the lifetime at random.
+pub fn renew_delay(svid: &Svid, now: SystemTime) -> Duration {
+    let life = svid
+        .not_after
+        .duration_since(svid.not_before)
+        .unwrap_or_default();
+    let tenth = life.as_secs_f64() / 10.0;
+    let jitter = (fastrand::f64() * 2.0 - 1.0) * tenth;
+    let at = life.as_secs_f64() / 2.0 + jitter;
+    let renew_at = svid.not_before + Duration::from_secs_f64(at.max(0.0));
+    renew_at.duration_since(now).unwrap_or_default()
+}
+
+/// Fetches the workload's certificate and keeps `tx` current until every receiver is gone.
+pub async fn keep_fresh(
+    source: Arc<dyn CertificateSource>,
+    identity: String,
+    tx: watch::Sender<Option<Arc<Svid>>>,
+) {
+    let mut backoff = BACKOFF.0;
+    loop {
+        match request_svid(source.as_ref(), &identity).await {
+            Ok(svid) => {
+                let delay = renew_delay(&svid, SystemTime::now());
+                tracing::info!(%identity, renew_in = ?delay, "workload certificate issued");
+                tx.send_replace(Some(Arc::new(svid)));
+                backoff = BACKOFF.0;
+                tokio::select! {
+                    () = tokio::time::sleep(delay) => {}
+                    () = tx.closed() => return,
+                }
+            }
+            Err(e) => {
+                let expired = tx
+                    .borrow()
+                    .as_ref()
+                    .is_some_and(|s| s.not_after <= SystemTime::now());
+                if expired {
+                    tracing::error!(%identity, "certificate expired and the CA still fails: {e}");
+                    tx.send_replace(None);
+                } else {
+                    tracing::warn!(%identity, retry_in = ?backoff, "cannot get a certificate: {e}");
+                }
+                tokio::select! {
+                    () = tokio::time::sleep(backoff) => {}
+                    () = tx.closed() => return,
+                }
+                backoff = (backoff * 2).min(BACKOFF.1);
+            }
+        }
+    }
+}
