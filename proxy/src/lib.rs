@@ -28,6 +28,7 @@ use tokio::sync::{mpsc, watch};
 use crate::outbound::balance::Loads;
 use crate::socket::OriginalDst;
 use crate::state::State;
+use crate::tls::mtls::Svids;
 
 /// What every connection handler shares.
 pub struct Inputs {
@@ -41,25 +42,55 @@ pub struct Inputs {
     pub own_addrs: Vec<SocketAddr>,
     /// Set once a state was received.
     has_state: std::sync::atomic::AtomicBool,
+    /// The workload's certificates, when the proxy has an identity.
+    pub svids: Option<Svids>,
+    /// The inbound mTLS configuration, when the proxy has an identity.
+    pub tls_server: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl Inputs {
     /// Inputs reading states from `state`; `initial` says whether its current value is a real
     /// state (false when it is only a placeholder until the first state arrives).
     pub fn new(state: watch::Receiver<Arc<State>>, initial: bool) -> Self {
+        Self::with_identity(state, initial, None)
+    }
+
+    /// Inputs of a proxy with a workload identity: mesh mTLS both ways.
+    pub fn with_identity(
+        state: watch::Receiver<Arc<State>>,
+        initial: bool,
+        svids: Option<Svids>,
+    ) -> Self {
+        let mtls = svids
+            .clone()
+            .map(|s| Arc::new(tls::connect::MtlsClient::new(s)));
+        let tls_server = svids
+            .clone()
+            .and_then(|s| match tls::mtls::server_config(s) {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    tracing::error!("inbound mTLS unavailable: {e}");
+                    None
+                }
+            });
         Self {
             state,
             loads: Loads::default(),
-            upstreams: http::Upstreams::default(),
+            upstreams: http::Upstreams::new(mtls),
             own_addrs: Vec::new(),
             has_state: initial.into(),
+            svids,
+            tls_server,
         }
     }
 
-    /// True once the proxy has a state to serve with.
+    /// True once the proxy has a state to serve with (and its certificate, when it has an
+    /// identity).
     pub fn ready(&self) -> bool {
-        self.has_state.load(std::sync::atomic::Ordering::Relaxed)
-            || self.state.has_changed().unwrap_or(false)
+        let state = self.has_state.load(std::sync::atomic::Ordering::Relaxed)
+            || self.state.has_changed().unwrap_or(false);
+        let identity = self.svids.as_ref().is_none_or(|s| s.borrow().is_some());
+        state && identity
     }
 }
 
@@ -125,6 +156,20 @@ impl Proxy {
         outbound_dst: Arc<dyn OriginalDst>,
         inbound_dst: Arc<dyn OriginalDst>,
     ) -> Result<Self, BindError> {
+        Self::start_with_identity(listeners, state, has_state, outbound_dst, inbound_dst, None)
+            .await
+    }
+
+    /// As [`Proxy::start`], for a workload with an identity: its certificates (kept fresh by
+    /// [`identity::keep_fresh`]) are used for mesh mTLS both ways.
+    pub async fn start_with_identity(
+        listeners: &Listeners,
+        state: watch::Receiver<Arc<State>>,
+        has_state: bool,
+        outbound_dst: Arc<dyn OriginalDst>,
+        inbound_dst: Arc<dyn OriginalDst>,
+        svids: Option<Svids>,
+    ) -> Result<Self, BindError> {
         let outbound = bind(listeners.outbound, "outbound").await?;
         let inbound = bind(listeners.inbound, "inbound").await?;
         let admin = bind(listeners.admin, "admin").await?;
@@ -136,7 +181,7 @@ impl Proxy {
             admin: local(&admin, listeners.admin),
             readiness: local(&readiness, listeners.readiness),
         };
-        let mut inputs = Inputs::new(state, has_state);
+        let mut inputs = Inputs::with_identity(state, has_state, svids);
         inputs.own_addrs = vec![bound.outbound, bound.inbound, bound.admin, bound.readiness];
         let inputs = Arc::new(inputs);
         let (trigger, watch) = drain::channel();

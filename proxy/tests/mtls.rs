@@ -5,62 +5,21 @@
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use mesh_ca::CaConfig;
 use mesh_ca::testing::TestCa;
-use mesh_ca::{CaConfig, Identity};
-use mesh_proxy::identity::{CertificateSource, IdentityError, Svid, keep_fresh, request_svid};
+use mesh_proxy::identity::{Svid, keep_fresh};
 use mesh_proxy::tls::mtls::{self, ALPN_MESH_TCP};
 use rustls_pki_types::ServerName;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
-/// Signs with a test CA for one identity; can be told to fail, counts calls.
-struct TestSource {
-    ca: Arc<mesh_ca::Authority>,
-    identity: Identity,
-    ttl: Duration,
-    calls: AtomicUsize,
-    down: AtomicBool,
-}
+mod support;
 
-impl CertificateSource for TestSource {
-    fn sign(&self, csr: String) -> mesh_proxy::identity::SignFuture<'_> {
-        Box::pin(async move {
-            self.calls.fetch_add(1, Ordering::SeqCst);
-            if self.down.load(Ordering::SeqCst) {
-                return Err(IdentityError::Ca("unavailable".into()));
-            }
-            let signed = self
-                .ca
-                .sign(&csr, &self.identity, Some(self.ttl))
-                .map_err(|e| IdentityError::Ca(e.to_string()))?;
-            Ok((signed.chain, signed.roots))
-        })
-    }
-}
-
-fn source(ca: &TestCa, sa: &str, ttl: Duration) -> Arc<TestSource> {
-    Arc::new(TestSource {
-        ca: ca.authority.clone(),
-        identity: Identity::new("cluster.local", "default", sa),
-        ttl,
-        calls: AtomicUsize::new(0),
-        down: AtomicBool::new(false),
-    })
-}
-
-async fn svids(ca: &TestCa, sa: &str) -> watch::Receiver<Option<Arc<Svid>>> {
-    let src = source(ca, sa, Duration::from_secs(3600));
-    let svid = request_svid(src.as_ref(), &src.identity.uri())
-        .await
-        .unwrap();
-    let (tx, rx) = watch::channel(Some(Arc::new(svid)));
-    std::mem::forget(tx);
-    rx
-}
+use support::{source, svids};
 
 fn clone_svid(s: &Svid) -> Svid {
     Svid {

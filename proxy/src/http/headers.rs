@@ -124,7 +124,9 @@ pub fn upstream_request(
     h2: bool,
 ) -> Result<Request<Body>, String> {
     let pq = req.uri().path_and_query().map_or("/", |p| p.as_str());
-    let uri: Uri = format!("http://{}{pq}", target.addr)
+    // `https` asks the connector for mesh mTLS to this address.
+    let scheme = if target.mtls { "https" } else { "http" };
+    let uri: Uri = format!("{scheme}://{}{pq}", target.addr)
         .parse()
         .map_err(|e| format!("{e}"))?;
     let body = std::mem::replace(req.body_mut(), full(bytes::Bytes::new()));

@@ -12,7 +12,6 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::header::HeaderValue;
 use hyper::{Request, Response, StatusCode};
-use tokio::net::TcpStream;
 
 use super::{Body, headers, reply};
 use crate::Inputs;
@@ -20,20 +19,30 @@ use crate::outbound::Target;
 use crate::state::Protocol;
 
 /// Serves HTTP on an inbound connection headed for `dst` (the workload's address and port).
-pub async fn serve_inbound(
-    conn: TcpStream,
+pub async fn serve_inbound<I>(
+    conn: I,
     peer: SocketAddr,
     dst: SocketAddr,
     inputs: Arc<Inputs>,
     app: Protocol,
     drain: crate::drain::Watch,
-) {
+    peer_identity: Option<String>,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let peer_identity = Arc::new(peer_identity);
     let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
         let inputs = inputs.clone();
+        let peer_identity = peer_identity.clone();
         async move {
-            Ok::<_, Infallible>(
-                inbound_request(req.map(BodyExt::boxed), peer, dst, &inputs, app).await,
-            )
+            let mut req = req.map(BodyExt::boxed);
+            if let Some(id) = peer_identity.as_ref() {
+                forwarded_client_cert(&mut req, &inputs, id);
+            } else {
+                // A plaintext caller cannot speak for anyone's identity.
+                req.headers_mut().remove("x-forwarded-client-cert");
+            }
+            Ok::<_, Infallible>(inbound_request(req, peer, dst, &inputs, app).await)
         }
     });
     super::serve_until_drained(conn, svc, drain, "inbound", peer).await;
@@ -62,6 +71,9 @@ async fn inbound_request(
         subset: String::new(),
         addr: SocketAddr::from(([127, 0, 0, 1], dst.port())),
         mesh: false,
+        mtls: false,
+        mtls_required: false,
+        identity: String::new(),
     };
     let (resp, flags) = match headers::upstream_request(&mut req, &target, h2) {
         Err(e) => (
@@ -99,6 +111,18 @@ async fn inbound_request(
         started.elapsed().as_millis()
     );
     resp
+}
+
+/// Tells the app who called, as Envoy does: `x-forwarded-client-cert: By=<own>;URI=<peer>`.
+fn forwarded_client_cert<B>(req: &mut Request<B>, inputs: &Inputs, peer: &str) {
+    let own = inputs
+        .svids
+        .as_ref()
+        .and_then(|s| s.borrow().as_ref().map(|s| s.identity.clone()))
+        .unwrap_or_default();
+    if let Ok(v) = HeaderValue::from_str(&format!("By={own};URI={peer}")) {
+        req.headers_mut().insert("x-forwarded-client-cert", v);
+    }
 }
 
 /// Appends the caller's address to `x-forwarded-for`, as Envoy does at the edge of a workload.

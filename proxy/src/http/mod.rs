@@ -20,61 +20,76 @@ use hyper::body::{Body as _, Incoming};
 
 use hyper::{Request, Response, StatusCode, Uri, Version};
 use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpStream;
 
 use crate::Inputs;
 use crate::outbound::{Target, choose_weighted, endpoint_in, to_destination};
 use crate::state::{OutboundPolicy, Port, Protocol, Service, State, proto};
+use crate::tls::connect::{MeshConnector, MtlsClient};
 
 /// The body type the proxy moves around.
 pub type Body = BoxBody<Bytes, hyper::Error>;
 
 /// A pool of HTTP/1.1 (keep-alive) connections and one of HTTP/2 connections.
 pub struct Clients {
-    h1: Client<HttpConnector, Body>,
-    h2: Client<HttpConnector, Body>,
+    h1: Client<MeshConnector, Body>,
+    h2: Client<MeshConnector, Body>,
 }
 
 impl Clients {
-    fn new(local: Option<std::net::IpAddr>) -> Self {
-        let connector = || {
-            let mut c = HttpConnector::new();
-            c.set_nodelay(true);
-            c.set_connect_timeout(Some(crate::outbound::CONNECT_TIMEOUT));
-            c.set_local_address(local);
-            c
-        };
+    fn new(local: Option<std::net::IpAddr>, mtls: Option<Arc<MtlsClient>>) -> Self {
         let h1 = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(90))
             .pool_max_idle_per_host(usize::MAX)
-            .build(connector());
+            .build(MeshConnector::new(local, mtls.clone(), ALPN_HTTP1));
         let h2 = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(90))
             .http2_only(true)
-            .build(connector());
+            .build(MeshConnector::new(
+                local,
+                mtls,
+                crate::tls::mtls::ALPN_MESH_H2,
+            ));
         Self { h1, h2 }
     }
 
-    fn pick(&self, h2: bool) -> &Client<HttpConnector, Body> {
+    fn pick(&self, h2: bool) -> &Client<MeshConnector, Body> {
         if h2 { &self.h2 } else { &self.h1 }
     }
 }
 
+/// ALPN of HTTP/1.1 (kept for upgrades, e.g. WebSocket, between proxies).
+pub const ALPN_HTTP1: &[u8] = b"http/1.1";
+
 /// Pooled upstream connections shared by every request of the proxy: towards other services
-/// (outbound), and towards the local application from 127.0.0.6 (inbound).
+/// (outbound, with mesh mTLS where asked), and towards the local application from 127.0.0.6
+/// (inbound).
 pub struct Upstreams {
     outbound: Clients,
     app: Clients,
+    mtls: Option<Arc<MtlsClient>>,
+}
+
+impl Upstreams {
+    /// Pools for a proxy; `mtls` carries the workload's identity when it has one.
+    pub fn new(mtls: Option<Arc<MtlsClient>>) -> Self {
+        Self {
+            outbound: Clients::new(None, mtls.clone()),
+            app: Clients::new(Some(crate::inbound::PASSTHROUGH_SOURCE.into()), None),
+            mtls,
+        }
+    }
+
+    /// Mesh mTLS, when the proxy has an identity.
+    pub fn mtls(&self) -> Option<&Arc<MtlsClient>> {
+        self.mtls.as_ref()
+    }
 }
 
 impl Default for Upstreams {
     fn default() -> Self {
-        Self {
-            outbound: Clients::new(None),
-            app: Clients::new(Some(crate::inbound::PASSTHROUGH_SOURCE.into())),
-        }
+        Self::new(None)
     }
 }
 
@@ -120,8 +135,8 @@ pub async fn serve_outbound(
 
 /// Serves one HTTP connection; when a drain begins, asks the client to stop (Connection: close
 /// on HTTP/1.1, GOAWAY on HTTP/2) and lets requests in flight finish.
-pub(crate) async fn serve_until_drained<S>(
-    conn: TcpStream,
+pub(crate) async fn serve_until_drained<S, I>(
+    conn: I,
     svc: S,
     mut drain: crate::drain::Watch,
     side: &str,
@@ -131,6 +146,7 @@ pub(crate) async fn serve_until_drained<S>(
         + Send
         + 'static,
     S::Future: Send + 'static,
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(conn), svc);
@@ -339,6 +355,24 @@ async fn forward(
     let mut target = target.clone();
     let mut attempt = 0;
     loop {
+        // Auto mTLS needs an identity of our own; without one, plaintext.
+        if target.mtls && !target.mtls_required && ctx.inputs.upstreams.mtls().is_none() {
+            target.mtls = false;
+        }
+        if target.mtls {
+            match ctx.inputs.upstreams.mtls() {
+                Some(mtls) => mtls.expect(target.addr, &target.identity),
+                None => {
+                    return (
+                        reply(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "mTLS to this destination needs a workload certificate, and the proxy has none",
+                        ),
+                        "UF",
+                    );
+                }
+            }
+        }
         let upstream_req = match headers::upstream_request(req, &target, h2 && !upgrade) {
             Ok(r) => r,
             Err(e) => {

@@ -11,7 +11,7 @@ use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use crate::Inputs;
 use crate::drain;
 use crate::socket::OriginalDst;
-use crate::state::Protocol;
+use crate::state::{PeerMode, Protocol};
 
 /// The source address of connections handed to the application.
 pub const PASSTHROUGH_SOURCE: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 6);
@@ -78,13 +78,31 @@ async fn handle(
         tracing::warn!(%peer, %dst, "inbound: connection to a proxy port; closing");
         return;
     }
-    let declared = inputs
-        .state
-        .borrow()
-        .inbound_ports
-        .get(&dst.port())
-        .copied()
-        .unwrap_or(Protocol::Detect);
+    let (declared, mode) = {
+        let state = inputs.state.borrow();
+        (
+            state
+                .inbound_ports
+                .get(&dst.port())
+                .copied()
+                .unwrap_or(Protocol::Detect),
+            state.peer_mode_for(dst.port()),
+        )
+    };
+    // With an identity, peers' mTLS is told from plaintext by the first bytes.
+    if let (Some(tls), true) = (&inputs.tls_server, mode != PeerMode::Disable) {
+        let detected = crate::sniff::detect(&conn, crate::outbound::SNIFF_TIMEOUT)
+            .await
+            .unwrap_or(crate::sniff::Detected::Tcp);
+        if detected == crate::sniff::Detected::Tls {
+            mtls_inbound(conn, peer, dst, inputs, tls.clone(), declared, drain).await;
+            return;
+        }
+        if mode == PeerMode::Strict {
+            tracing::info!(target: "access", "inbound {peer} -> {dst} flags=UAEX plaintext refused: mutual TLS is STRICT on this port");
+            return;
+        }
+    }
     let http = match declared {
         Protocol::Http | Protocol::Http2 | Protocol::Grpc => true,
         Protocol::Tcp | Protocol::Tls => false,
@@ -94,7 +112,7 @@ async fn handle(
         ),
     };
     if http {
-        crate::http::serve_inbound(conn, peer, dst, inputs.clone(), declared, drain).await;
+        crate::http::serve_inbound(conn, peer, dst, inputs.clone(), declared, drain, None).await;
         return;
     }
     let mut app = match connect_app(dst.port()).await {
@@ -110,4 +128,58 @@ async fn handle(
         }
         Err(_) => tracing::info!(target: "access", "inbound tcp {peer} -> {dst} flags=DC"),
     }
+}
+
+/// Terminates a peer's mutual TLS, records who it is, and hands the traffic to the app: HTTP per
+/// request (ALPN h2 or http/1.1), or bytes (ALPN mesh-tcp).
+async fn mtls_inbound(
+    conn: TcpStream,
+    peer: SocketAddr,
+    dst: SocketAddr,
+    inputs: &Arc<Inputs>,
+    tls: Arc<rustls::ServerConfig>,
+    declared: Protocol,
+    drain: drain::Watch,
+) {
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    let stream = match tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        acceptor.accept(conn),
+    )
+    .await
+    {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            tracing::info!(target: "access", "inbound {peer} -> {dst} flags=UAEX mTLS handshake refused: {e}");
+            return;
+        }
+        Err(_) => {
+            tracing::info!(target: "access", "inbound {peer} -> {dst} flags=UAEX mTLS handshake timed out");
+            return;
+        }
+    };
+    let (_, session) = stream.get_ref();
+    let identity = crate::tls::mtls::peer_identity(session);
+    let alpn = session.alpn_protocol().map(<[u8]>::to_vec);
+    if alpn.as_deref() == Some(crate::tls::mtls::ALPN_MESH_TCP) {
+        let mut app = match connect_app(dst.port()).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::info!(target: "access", "inbound mtls tcp {peer} -> {dst} flags=UF error={e}");
+                return;
+            }
+        };
+        let mut stream = stream;
+        let peer_id = identity.unwrap_or_default();
+        match crate::tcp::splice(&mut stream, &mut app).await {
+            Ok((sent, received)) => {
+                tracing::info!(target: "access", "inbound mtls tcp {peer} ({peer_id}) -> {dst} flags=- sent={received} received={sent}")
+            }
+            Err(_) => {
+                tracing::info!(target: "access", "inbound mtls tcp {peer} ({peer_id}) -> {dst} flags=DC")
+            }
+        }
+        return;
+    }
+    crate::http::serve_inbound(stream, peer, dst, inputs.clone(), declared, drain, identity).await;
 }

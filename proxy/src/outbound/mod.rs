@@ -117,22 +117,49 @@ async fn handle(
         }
     };
     let _active = inputs.loads.start(target.addr);
-    let upstream =
-        match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(target.addr)).await {
-            Ok(Ok(s)) => s,
-            Ok(Err(e)) => {
-                tracing::debug!("connect {}: {e}", target.addr);
-                log(peer, dst, Some(&target), "UF", 0, 0);
-                return;
-            }
-            Err(_) => {
-                log(peer, dst, Some(&target), "UF", 0, 0);
-                return;
-            }
+    let upstream = match crate::tls::connect::tcp(target.addr, None).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::debug!("connect {}: {e}", target.addr);
+            log(peer, dst, Some(&target), "UF", 0, 0);
+            return;
+        }
+    };
+    let mut target = target;
+    // Auto mTLS needs an identity of our own; without one, plaintext.
+    if target.mtls && !target.mtls_required && inputs.upstreams.mtls().is_none() {
+        target.mtls = false;
+    }
+    let result = if target.mtls {
+        let Some(mtls) = inputs.upstreams.mtls() else {
+            tracing::warn!(
+                "mTLS to {} needs a workload certificate, and the proxy has none",
+                target.addr
+            );
+            log(peer, dst, Some(&target), "UF", 0, 0);
+            return;
         };
-    let _ = upstream.set_nodelay(true);
-    let mut upstream = upstream;
-    match crate::tcp::splice(&mut conn, &mut upstream).await {
+        match mtls
+            .handshake(
+                upstream,
+                target.addr,
+                Some(&target.identity),
+                crate::tls::mtls::ALPN_MESH_TCP,
+            )
+            .await
+        {
+            Ok(mut tls) => crate::tcp::splice(&mut conn, &mut tls).await,
+            Err(e) => {
+                tracing::warn!("mTLS to {}: {e}", target.addr);
+                log(peer, dst, Some(&target), "UF", 0, 0);
+                return;
+            }
+        }
+    } else {
+        let mut upstream = upstream;
+        crate::tcp::splice(&mut conn, &mut upstream).await
+    };
+    match result {
         Ok((sent, received)) => log(peer, dst, Some(&target), "-", sent, received),
         Err(_) => log(peer, dst, Some(&target), "DC", 0, 0),
     }

@@ -18,6 +18,13 @@ pub struct Target {
     pub addr: SocketAddr,
     /// The endpoint has a sidecar: HTTP to it rides the mesh's HTTP/2.
     pub mesh: bool,
+    /// Connect with mutual TLS (DestinationRule mode, or auto for endpoints with a sidecar).
+    pub mtls: bool,
+    /// mTLS was asked for explicitly (ISTIO_MUTUAL): without an identity the call fails
+    /// rather than falling back to plaintext as auto mTLS does.
+    pub mtls_required: bool,
+    /// The identity the endpoint must prove over mTLS (any mesh identity when empty).
+    pub identity: String,
 }
 
 impl Target {
@@ -28,6 +35,9 @@ impl Target {
             subset: String::new(),
             addr,
             mesh: false,
+            mtls: false,
+            mtls_required: false,
+            identity: String::new(),
         }
     }
 }
@@ -184,15 +194,26 @@ pub fn endpoint_in(
             loads.pick(&pool, balancer, &addrs)?
         }
     };
-    let mesh = members
+    let endpoint = members
         .iter()
         .find(|i| svc.endpoint_addr(**i, port) == Some(addr))
-        .is_some_and(|i| svc.spec.endpoints[*i].mesh);
+        .map(|i| &svc.spec.endpoints[*i]);
+    let mesh = endpoint.is_some_and(|e| e.mesh);
+    let mtls = match svc.tls_mode(subset) {
+        crate::state::TlsMode::IstioMutual => true,
+        crate::state::TlsMode::Disable => false,
+        crate::state::TlsMode::Auto => mesh,
+    };
+    let mtls_required = svc.tls_mode(subset) == crate::state::TlsMode::IstioMutual;
+    let identity = endpoint.map(|e| e.identity.clone()).unwrap_or_default();
     Some(Target {
         service: svc.spec.hostname.clone(),
         subset: subset.to_string(),
         addr,
         mesh,
+        mtls,
+        mtls_required,
+        identity,
     })
 }
 

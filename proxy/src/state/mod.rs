@@ -112,6 +112,21 @@ pub struct Service {
 }
 
 impl Service {
+    /// The client TLS mode towards `subset` (its own, else the service's).
+    pub fn tls_mode(&self, subset: &str) -> TlsMode {
+        let of = |tp: Option<&proto::TrafficPolicy>| {
+            tp.and_then(|t| TlsMode::parse(&t.tls_mode))
+                .filter(|m| *m != TlsMode::Auto)
+        };
+        self.spec
+            .subsets
+            .iter()
+            .find(|s| s.name == subset)
+            .and_then(|s| of(s.traffic_policy.as_ref()))
+            .or_else(|| of(self.spec.traffic_policy.as_ref()))
+            .unwrap_or_default()
+    }
+
     /// The port numbered `port`.
     pub fn port(&self, port: u16) -> Option<&Port> {
         self.ports.iter().find(|p| p.port == port)
@@ -152,6 +167,52 @@ impl Service {
 /// Keeps rewrite patterns apart from (anchored) match patterns in the regex cache.
 const REWRITE_KEY: &str = "\u{0}rewrite:";
 
+/// Client-side TLS towards a destination (DestinationRule `trafficPolicy.tls.mode`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum TlsMode {
+    /// Mutual TLS to endpoints that have a sidecar, plaintext to the others.
+    #[default]
+    Auto,
+    /// Always mutual TLS with mesh certificates.
+    IstioMutual,
+    /// Plaintext.
+    Disable,
+}
+
+impl TlsMode {
+    fn parse(name: &str) -> Option<Self> {
+        Some(match name {
+            "" => TlsMode::Auto,
+            "ISTIO_MUTUAL" => TlsMode::IstioMutual,
+            "DISABLE" => TlsMode::Disable,
+            _ => return None,
+        })
+    }
+}
+
+/// What the inbound side accepts (PeerAuthentication).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum PeerMode {
+    /// Mutual TLS and plaintext, told apart by the ClientHello.
+    #[default]
+    Permissive,
+    /// Mutual TLS only.
+    Strict,
+    /// Plaintext only (TLS is passed to the app untouched).
+    Disable,
+}
+
+impl PeerMode {
+    fn parse(name: &str) -> Option<Self> {
+        Some(match name {
+            "" | "UNSET" | "PERMISSIVE" => PeerMode::Permissive,
+            "STRICT" => PeerMode::Strict,
+            "DISABLE" => PeerMode::Disable,
+            _ => return None,
+        })
+    }
+}
+
 /// What the outbound listener does with a destination not in the registry.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum OutboundPolicy {
@@ -177,6 +238,10 @@ pub struct State {
     pub outbound_policy: OutboundPolicy,
     /// Declared protocols of the workload's own ports.
     pub inbound_ports: HashMap<u16, Protocol>,
+    /// Inbound mTLS mode for ports without their own.
+    pub peer_mode: PeerMode,
+    /// Inbound mTLS mode per workload port.
+    pub peer_port_modes: HashMap<u16, PeerMode>,
     /// Every regular expression of the routes, compiled once (anchored: a match is a full match,
     /// as Envoy's RE2 matchers do).
     regexes: HashMap<String, regex::Regex>,
@@ -235,9 +300,30 @@ impl State {
             })?;
             inbound_ports.insert(port, proto);
         }
+        let pa = source.peer_authentication.clone().unwrap_or_default();
+        let peer_mode = PeerMode::parse(&pa.mode).ok_or_else(|| {
+            bad(
+                "state",
+                "peerAuthentication.mode",
+                format!(
+                    "unknown mode {:?}: use STRICT, PERMISSIVE or DISABLE",
+                    pa.mode
+                ),
+            )
+        })?;
+        let mut peer_port_modes = HashMap::new();
+        for (port, mode) in &pa.port_modes {
+            let field = format!("peerAuthentication.portModes.{port}");
+            let p = port16("state", &field, *port)?;
+            let m = PeerMode::parse(mode)
+                .ok_or_else(|| bad("state", &field, format!("unknown mode {mode:?}")))?;
+            peer_port_modes.insert(p, m);
+        }
         let mut state = State {
             outbound_policy,
             inbound_ports,
+            peer_mode,
+            peer_port_modes,
             ..State::default()
         };
         for spec in &source.services {
@@ -289,6 +375,27 @@ impl State {
                     format!("unknown load balancer {balancer_name:?}"),
                 )
             })?;
+            let policies =
+                std::iter::once(("trafficPolicy".to_string(), spec.traffic_policy.as_ref())).chain(
+                    spec.subsets.iter().enumerate().map(|(i, s)| {
+                        (
+                            format!("subsets[{i}].trafficPolicy"),
+                            s.traffic_policy.as_ref(),
+                        )
+                    }),
+                );
+            for (field, tp) in policies {
+                let mode = tp.map(|t| t.tls_mode.as_str()).unwrap_or("");
+                TlsMode::parse(mode).ok_or_else(|| {
+                    bad(
+                        &host,
+                        format!("{field}.tlsMode"),
+                        format!(
+                            "unknown TLS mode {mode:?}: use ISTIO_MUTUAL, DISABLE or leave empty"
+                        ),
+                    )
+                })?;
+            }
             for (i, s) in spec.subsets.iter().enumerate() {
                 let name = s
                     .traffic_policy
@@ -407,6 +514,14 @@ impl State {
     /// The compiled (unanchored) regex of a path rewrite.
     pub fn rewrite_regex(&self, pattern: &str) -> Option<&regex::Regex> {
         self.regexes.get(&format!("{REWRITE_KEY}{pattern}"))
+    }
+
+    /// The inbound mTLS mode of a workload port.
+    pub fn peer_mode_for(&self, port: u16) -> PeerMode {
+        self.peer_port_modes
+            .get(&port)
+            .copied()
+            .unwrap_or(self.peer_mode)
     }
 
     /// The compiled form of a route regex (anchored); `None` only for patterns not in the state.

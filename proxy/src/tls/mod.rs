@@ -1,6 +1,7 @@
 //! TLS passthrough: the server name (SNI) of a ClientHello read without terminating TLS, so
 //! TLS traffic can be routed by name and carried as opaque bytes.
 
+pub mod connect;
 pub mod mtls;
 
 use std::time::Duration;

@@ -266,7 +266,11 @@ pub fn server_config(svids: Svids) -> Result<Arc<ServerConfig>, ConfigError> {
             provider,
         }))
         .with_cert_resolver(Arc::new(SvidResolver(svids)));
-    cfg.alpn_protocols = vec![ALPN_MESH_H2.to_vec(), ALPN_MESH_TCP.to_vec()];
+    cfg.alpn_protocols = vec![
+        ALPN_MESH_H2.to_vec(),
+        b"http/1.1".to_vec(),
+        ALPN_MESH_TCP.to_vec(),
+    ];
     Ok(Arc::new(cfg))
 }
 

@@ -1,0 +1,237 @@
+//! Connecting to endpoints: plain TCP, or mesh mutual TLS with the identity the destination
+//! must prove. Used directly by the TCP path and, as a hyper connector, by the HTTP clients
+//! (an `https://` URI means mesh mTLS to that address).
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, RwLock};
+use std::task::{Context, Poll};
+
+use hyper::Uri;
+use hyper_util::client::legacy::connect::{Connected, Connection};
+use hyper_util::rt::TokioIo;
+use rustls::ClientConfig;
+use rustls_pki_types::ServerName;
+use tokio::net::{TcpSocket, TcpStream};
+use tokio_rustls::client::TlsStream;
+
+use super::mtls::{self, ALPN_MESH_H2, Svids};
+
+/// Client configurations are cached by expected identity and ALPN.
+type ConfigKey = (String, Vec<u8>);
+
+/// Mesh mTLS towards peers: the workload's SVID, and the identity each address must prove.
+pub struct MtlsClient {
+    svids: Svids,
+    expected: RwLock<HashMap<SocketAddr, String>>,
+    configs: Mutex<HashMap<ConfigKey, Arc<ClientConfig>>>,
+}
+
+impl MtlsClient {
+    /// A client presenting the SVIDs from `svids`.
+    pub fn new(svids: Svids) -> Self {
+        Self {
+            svids,
+            expected: RwLock::default(),
+            configs: Mutex::default(),
+        }
+    }
+
+    /// The workload's SVIDs.
+    pub fn svids(&self) -> &Svids {
+        &self.svids
+    }
+
+    /// Records that `addr` must prove `identity` (any mesh identity when empty).
+    pub fn expect(&self, addr: SocketAddr, identity: &str) {
+        let mut map = self.expected.write().unwrap_or_else(|e| e.into_inner());
+        if map.get(&addr).map(String::as_str) != Some(identity) {
+            map.insert(addr, identity.to_string());
+        }
+    }
+
+    fn config(&self, identity: &str, alpn: &[u8]) -> io::Result<Arc<ClientConfig>> {
+        let key = (identity.to_string(), alpn.to_vec());
+        let mut configs = self.configs.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(c) = configs.get(&key) {
+            return Ok(c.clone());
+        }
+        let expected = if identity.is_empty() {
+            Vec::new()
+        } else {
+            vec![identity.to_string()]
+        };
+        let cfg =
+            mtls::client_config(self.svids.clone(), expected, alpn).map_err(io::Error::other)?;
+        configs.insert(key, cfg.clone());
+        Ok(cfg)
+    }
+
+    /// Runs the mTLS handshake on `tcp` towards `addr`, which must prove `identity` (or the
+    /// identity recorded with [`MtlsClient::expect`] when `identity` is `None`).
+    pub async fn handshake(
+        &self,
+        tcp: TcpStream,
+        addr: SocketAddr,
+        identity: Option<&str>,
+        alpn: &[u8],
+    ) -> io::Result<TlsStream<TcpStream>> {
+        if self.svids.borrow().is_none() {
+            return Err(io::Error::new(
+                io::ErrorKind::NotConnected,
+                "no workload certificate yet",
+            ));
+        }
+        let identity = match identity {
+            Some(i) => i.to_string(),
+            None => self
+                .expected
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(&addr)
+                .cloned()
+                .unwrap_or_default(),
+        };
+        let connector = tokio_rustls::TlsConnector::from(self.config(&identity, alpn)?);
+        connector
+            .connect(ServerName::IpAddress(addr.ip().into()), tcp)
+            .await
+    }
+}
+
+/// Opens a TCP connection, optionally from `local`.
+pub async fn tcp(addr: SocketAddr, local: Option<IpAddr>) -> io::Result<TcpStream> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_nodelay(true)?;
+    if let Some(ip) = local {
+        let _ = socket.bind(SocketAddr::new(ip, 0));
+    }
+    tokio::time::timeout(crate::outbound::CONNECT_TIMEOUT, socket.connect(addr))
+        .await
+        .map_err(|_| {
+            io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("connect to {addr} timed out"),
+            )
+        })?
+}
+
+/// A connection made by [`MeshConnector`].
+pub enum MeshStream {
+    /// Plain TCP.
+    Plain(TokioIo<TcpStream>),
+    /// Mesh mTLS.
+    Tls(Box<TokioIo<TlsStream<TcpStream>>>),
+}
+
+impl hyper::rt::Read for MeshStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: hyper::rt::ReadBufCursor<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            MeshStream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            MeshStream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl hyper::rt::Write for MeshStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            MeshStream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            MeshStream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            MeshStream::Plain(s) => Pin::new(s).poll_flush(cx),
+            MeshStream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            MeshStream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            MeshStream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+impl Connection for MeshStream {
+    fn connected(&self) -> Connected {
+        match self {
+            MeshStream::Plain(_) => Connected::new(),
+            MeshStream::Tls(s) if s.inner().get_ref().1.alpn_protocol() == Some(ALPN_MESH_H2) => {
+                Connected::new().negotiated_h2()
+            }
+            MeshStream::Tls(_) => Connected::new(),
+        }
+    }
+}
+
+/// hyper's connector for upstream HTTP: `http://ADDR` is plain TCP, `https://ADDR` mesh mTLS
+/// offering `alpn`.
+#[derive(Clone)]
+pub struct MeshConnector {
+    local: Option<IpAddr>,
+    mtls: Option<Arc<MtlsClient>>,
+    alpn: &'static [u8],
+}
+
+impl MeshConnector {
+    /// A connector binding `local` (when set), with mesh mTLS when `mtls` is set.
+    pub fn new(local: Option<IpAddr>, mtls: Option<Arc<MtlsClient>>, alpn: &'static [u8]) -> Self {
+        Self { local, mtls, alpn }
+    }
+}
+
+impl tower_service::Service<Uri> for MeshConnector {
+    type Response = MeshStream;
+    type Error = io::Error;
+    type Future = Pin<Box<dyn Future<Output = io::Result<MeshStream>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        let this = self.clone();
+        Box::pin(async move {
+            let authority = uri.authority().ok_or_else(|| {
+                io::Error::new(io::ErrorKind::InvalidInput, "URI without an address")
+            })?;
+            let addr: SocketAddr = authority.as_str().parse().map_err(|_| {
+                io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("{authority} is not IP:port"),
+                )
+            })?;
+            let stream = tcp(addr, this.local).await?;
+            if uri.scheme_str() != Some("https") {
+                return Ok(MeshStream::Plain(TokioIo::new(stream)));
+            }
+            let mtls = this.mtls.as_ref().ok_or_else(|| {
+                io::Error::new(
+                    io::ErrorKind::NotConnected,
+                    "mTLS requested but the proxy has no identity",
+                )
+            })?;
+            let tls = mtls.handshake(stream, addr, None, this.alpn).await?;
+            Ok(MeshStream::Tls(Box::new(TokioIo::new(tls))))
+        })
+    }
+}
