@@ -52,6 +52,25 @@ struct RunArgs {
     /// How long connections in flight may take to finish after a drain begins, in seconds.
     #[arg(long, default_value_t = 5)]
     drain_timeout_secs: u64,
+    /// The CA to get the workload certificate from (e.g. http://127.0.0.1:15012). Without it
+    /// the proxy has no identity: no mTLS, plaintext between proxies.
+    #[arg(long, value_name = "URL", requires = "bootstrap_token_file")]
+    ca_address: Option<String>,
+    /// File holding the workload's bootstrap token (written by the local runtime).
+    #[arg(long, value_name = "FILE")]
+    bootstrap_token_file: Option<PathBuf>,
+    /// The workload's identity.
+    #[arg(long, default_value = "cluster.local")]
+    trust_domain: String,
+    /// The workload's namespace.
+    #[arg(long, default_value = "default")]
+    namespace: String,
+    /// The workload's service account.
+    #[arg(long, default_value = "default")]
+    service_account: String,
+    /// Lifetime asked for the workload certificate, in hours (the CA may cap it).
+    #[arg(long, default_value_t = 24)]
+    cert_ttl_hours: u64,
 }
 
 #[derive(Args)]
@@ -209,8 +228,13 @@ fn run_proxy(args: &RunArgs) -> anyhow::Result<()> {
             admin: ([127, 0, 0, 1], args.admin_port).into(),
             readiness: ([0, 0, 0, 0], args.readiness_port).into(),
         };
+        let svids = match &args.ca_address {
+            None => None,
+            Some(ca) => Some(start_identity(args, ca)?),
+        };
         let dst = Arc::new(KernelOriginalDst);
-        let mut proxy = Proxy::start(&listeners, rx, true, dst.clone(), dst).await?;
+        let mut proxy =
+            Proxy::start_with_identity(&listeners, rx, true, dst.clone(), dst, svids).await?;
         tracing::info!(
             "mesh-proxy ready: outbound {}, inbound {}, admin {}, readiness {}",
             proxy.bound.outbound,
@@ -235,4 +259,38 @@ fn run_proxy(args: &RunArgs) -> anyhow::Result<()> {
         }
         Ok(())
     })
+}
+
+/// Starts fetching and renewing the workload certificate; the proxy reports ready once it has
+/// one.
+fn start_identity(args: &RunArgs, ca: &str) -> anyhow::Result<mesh_proxy::tls::mtls::Svids> {
+    use anyhow::Context;
+    use mesh_api::proto::ca::v1::{Credential, credential::Kind};
+    let token_file = args
+        .bootstrap_token_file
+        .as_ref()
+        .context("--bootstrap-token-file is needed with --ca-address")?;
+    let token = std::fs::read_to_string(token_file)
+        .with_context(|| format!("cannot read the bootstrap token {}", token_file.display()))?
+        .trim()
+        .to_string();
+    let credential = Credential {
+        kind: Some(Kind::BootstrapToken(token)),
+    };
+    let client = mesh_proxy::identity::CaClient::new(
+        ca,
+        credential,
+        Duration::from_secs(args.cert_ttl_hours * 3600),
+    )?;
+    let identity = format!(
+        "spiffe://{}/ns/{}/sa/{}",
+        args.trust_domain, args.namespace, args.service_account
+    );
+    let (tx, rx) = tokio::sync::watch::channel(None);
+    tokio::spawn(mesh_proxy::identity::keep_fresh(
+        Arc::new(client),
+        identity,
+        tx,
+    ));
+    Ok(rx)
 }
