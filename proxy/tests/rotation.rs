@@ -94,7 +94,9 @@ async fn renewal_and_root_rotation_fail_no_request() {
     })
     .unwrap();
     let (_bs, b_rx) = watch::channel(Arc::new(b_state));
-    let (b_certs, b_svids) = watch::channel(Some(svid(&old, "shipping", std::slice::from_ref(&r1)).await));
+    let (b_certs, b_svids) = watch::channel(Some(
+        svid(&old, "shipping", std::slice::from_ref(&r1)).await,
+    ));
     let b = Proxy::start_with_identity(
         &local(),
         b_rx,
@@ -130,7 +132,8 @@ async fn renewal_and_root_rotation_fail_no_request() {
         })
         .unwrap(),
     ));
-    let (a_certs, a_svids) = watch::channel(Some(svid(&old, "order", std::slice::from_ref(&r1)).await));
+    let (a_certs, a_svids) =
+        watch::channel(Some(svid(&old, "order", std::slice::from_ref(&r1)).await));
     let a = Proxy::start_with_identity(
         &local(),
         a_rx,
@@ -190,7 +193,9 @@ async fn renewal_and_root_rotation_fail_no_request() {
     a_certs.send_replace(Some(svid(&new, "order", &both).await));
     settle(ok.clone()).await;
     // 3. The old root leaves the bundles.
-    b_certs.send_replace(Some(svid(&new, "shipping", std::slice::from_ref(&r2)).await));
+    b_certs.send_replace(Some(
+        svid(&new, "shipping", std::slice::from_ref(&r2)).await,
+    ));
     a_certs.send_replace(Some(svid(&new, "order", std::slice::from_ref(&r2)).await));
     settle(ok.clone()).await;
 
