@@ -1,0 +1,3 @@
+//! The mesh model: Istio's semantics applied to validated resources.
+
+pub mod peer_authentication;
