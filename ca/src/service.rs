@@ -50,7 +50,17 @@ impl Certificates for CaService {
     ) -> Result<Response<CertificateResponse>, Status> {
         let req = request.into_inner();
         let credential = req.credential.unwrap_or_default();
-        let proven = self.auth.authenticate(&credential).await?;
+        let proven = match &credential.kind {
+            Some(mesh_api::proto::ca::v1::credential::Kind::Renewal(renewal)) => {
+                crate::auth::renewal::verify(
+                    renewal,
+                    &req.csr_pem,
+                    self.authority.roots(),
+                    &self.authority.config().trust_domain,
+                )?
+            }
+            _ => self.auth.authenticate(&credential).await?,
+        };
         let identity = Identity::new(
             &self.authority.config().trust_domain,
             &proven.namespace,

@@ -192,6 +192,7 @@ impl BootstrapTokens {
             Some(Kind::KubernetesToken(_)) => Err(AuthError::Unauthenticated(
                 "this CA does not check Kubernetes service-account tokens (it runs with local bootstrap tokens)".into(),
             )),
+            Some(Kind::Renewal(_)) => Err(AuthError::Unauthenticated("renewals are checked by the CA, not by the token registry".into())),
             None => Err(AuthError::Unauthenticated("no credential: send the workload's bootstrap token".into())),
         }
     }

@@ -3,6 +3,7 @@
 //! valid workload certificate as they land.
 
 mod bootstrap;
+pub mod renewal;
 
 use std::future::Future;
 use std::pin::Pin;

@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime};
 
 use tokio::sync::watch;
 
-use super::{CertificateSource, Svid, request_svid};
+use super::{CertificateSource, Svid, renew_svid, request_svid};
 
 /// First and longest pause between attempts while the CA fails.
 const BACKOFF: (Duration, Duration) = (Duration::from_millis(500), Duration::from_secs(60));
@@ -34,7 +34,20 @@ pub async fn keep_fresh(
 ) {
     let mut backoff = BACKOFF.0;
     loop {
-        match request_svid(source.as_ref(), &identity).await {
+        // Renew with the current certificate while it is valid; the bootstrap credential is
+        // only needed for the first one (or after an expiry).
+        let current = tx.borrow().clone();
+        let result = match current {
+            Some(cur) => match renew_svid(source.as_ref(), &identity, &cur).await {
+                Ok(s) => Ok(s),
+                Err(e) => {
+                    tracing::debug!(%identity, "renewal with the current certificate failed ({e}); trying the bootstrap credential");
+                    request_svid(source.as_ref(), &identity).await
+                }
+            },
+            None => request_svid(source.as_ref(), &identity).await,
+        };
+        match result {
             Ok(svid) => {
                 let delay = renew_delay(&svid, SystemTime::now());
                 tracing::info!(%identity, renew_in = ?delay, "workload certificate issued");

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use mesh_api::proto::ca::v1::certificates_client::CertificatesClient;
-use mesh_api::proto::ca::v1::{CertificateRequest, Credential};
+use mesh_api::proto::ca::v1::{CertificateRequest, Credential, Renewal, credential::Kind};
 use rcgen::{CertificateParams, KeyPair, PKCS_ECDSA_P256_SHA256, SanType};
 use rustls::sign::CertifiedKey;
 use rustls_pki_types::pem::PemObject;
@@ -61,6 +61,12 @@ pub type SignFuture<'a> =
 pub trait CertificateSource: Send + Sync + 'static {
     /// Signs `csr_pem`; returns the chain and the roots, PEM.
     fn sign(&self, csr_pem: String) -> SignFuture<'_>;
+
+    /// Signs `csr_pem` for a caller proving itself with its current certificate. Sources that
+    /// do not check credentials just sign.
+    fn sign_renewal(&self, csr_pem: String, _renewal: Renewal) -> SignFuture<'_> {
+        self.sign(csr_pem)
+    }
 }
 
 /// The CA's gRPC service, called with this workload's credential.
@@ -90,12 +96,12 @@ impl CaClient {
     }
 }
 
-impl CertificateSource for CaClient {
-    fn sign(&self, csr_pem: String) -> SignFuture<'_> {
+impl CaClient {
+    fn request(&self, csr_pem: String, credential: Credential) -> SignFuture<'_> {
         Box::pin(async move {
             let req = CertificateRequest {
                 csr_pem,
-                credential: Some(self.credential.clone()),
+                credential: Some(credential),
                 validity_seconds: i64::try_from(self.validity.as_secs()).unwrap_or(0),
             };
             let resp = self
@@ -107,6 +113,21 @@ impl CertificateSource for CaClient {
                 .into_inner();
             Ok((resp.cert_chain_pem, resp.root_certs_pem))
         })
+    }
+}
+
+impl CertificateSource for CaClient {
+    fn sign(&self, csr_pem: String) -> SignFuture<'_> {
+        self.request(csr_pem, self.credential.clone())
+    }
+
+    fn sign_renewal(&self, csr_pem: String, renewal: Renewal) -> SignFuture<'_> {
+        self.request(
+            csr_pem,
+            Credential {
+                kind: Some(Kind::Renewal(renewal)),
+            },
+        )
     }
 }
 
@@ -138,6 +159,50 @@ pub async fn request_svid(
     source: &dyn CertificateSource,
     identity: &str,
 ) -> Result<Svid, IdentityError> {
+    obtain(source, identity, None).await
+}
+
+/// As [`request_svid`], proving the identity with `current` (a still valid certificate)
+/// instead of the bootstrap credential.
+pub async fn renew_svid(
+    source: &dyn CertificateSource,
+    identity: &str,
+    current: &Svid,
+) -> Result<Svid, IdentityError> {
+    obtain(source, identity, Some(current)).await
+}
+
+/// The renewal proof: `current`'s chain and its key's signature of the new CSR.
+fn renewal(current: &Svid, csr_pem: &str) -> Result<Renewal, IdentityError> {
+    let signer = current
+        .certified
+        .key
+        .choose_scheme(&[rustls::SignatureScheme::ECDSA_NISTP256_SHA256])
+        .ok_or_else(|| IdentityError::Key("the current key cannot sign with ECDSA P-256".into()))?;
+    let csr_signature = signer
+        .sign(csr_pem.as_bytes())
+        .map_err(|e| IdentityError::Key(e.to_string()))?;
+    let cert_chain_pem = current
+        .chain
+        .iter()
+        .map(|c| {
+            pem::encode_config(
+                &pem::Pem::new("CERTIFICATE", c.to_vec()),
+                pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF),
+            )
+        })
+        .collect();
+    Ok(Renewal {
+        cert_chain_pem,
+        csr_signature,
+    })
+}
+
+async fn obtain(
+    source: &dyn CertificateSource,
+    identity: &str,
+    current: Option<&Svid>,
+) -> Result<Svid, IdentityError> {
     let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)
         .map_err(|e| IdentityError::Key(e.to_string()))?;
     let mut params = CertificateParams::default();
@@ -150,7 +215,13 @@ pub async fn request_svid(
         .serialize_request(&key)
         .and_then(|c| c.pem())
         .map_err(|e| IdentityError::Key(e.to_string()))?;
-    let (chain_pem, roots_pem) = source.sign(csr).await?;
+    let (chain_pem, roots_pem) = match current {
+        Some(cur) if cur.not_after > SystemTime::now() => {
+            let proof = renewal(cur, &csr)?;
+            source.sign_renewal(csr, proof).await?
+        }
+        _ => source.sign(csr).await?,
+    };
     let parse = |pems: &[String]| -> Result<Vec<CertificateDer<'static>>, IdentityError> {
         pems.iter()
             .map(|p| {
