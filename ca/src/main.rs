@@ -42,6 +42,13 @@ enum Command {
         /// The longest lifetime granted, in hours.
         #[arg(long, default_value_t = 90 * 24)]
         max_ttl_hours: u64,
+        /// How callers prove who they are: `local` bootstrap tokens, or `kubernetes`
+        /// service-account tokens checked with a TokenReview (in-cluster credentials).
+        #[arg(long, value_enum, default_value = "local")]
+        auth: AuthKind,
+        /// Audience a Kubernetes token must be valid for (the API server's default when unset).
+        #[arg(long)]
+        token_audience: Vec<String>,
     },
     /// Register a new bootstrap token for a workload and print it (only its hash is stored).
     IssueToken {
@@ -57,7 +64,18 @@ enum Command {
     },
 }
 
+/// Caller authentication.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum AuthKind {
+    /// Bootstrap tokens registered with `mesh-ca issue-token`.
+    Local,
+    /// Kubernetes service-account tokens (TokenReview).
+    Kubernetes,
+}
+
 fn main() -> ExitCode {
+    // kube uses the process-wide rustls provider: make it ring (aws-lc-rs stays out).
+    let _ = rustls::crypto::ring::default_provider().install_default();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -97,6 +115,8 @@ fn run(command: Command) -> anyhow::Result<()> {
             tokens,
             default_ttl_hours,
             max_ttl_hours,
+            auth,
+            token_audience,
         } => {
             let config = CaConfig {
                 trust_domain,
@@ -107,12 +127,20 @@ fn run(command: Command) -> anyhow::Result<()> {
             if created {
                 tracing::info!("created a new root and intermediate in {}", dir.display());
             }
-            let auth = Arc::new(BootstrapTokens::load(&tokens)?);
-            let service = CaService::new(Arc::new(authority), auth);
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?;
             runtime.block_on(async move {
+                let auth: Arc<dyn mesh_ca::auth::Authenticator> = match auth {
+                    AuthKind::Local => Arc::new(BootstrapTokens::load(&tokens)?),
+                    AuthKind::Kubernetes => {
+                        let client = kube::Client::try_default().await.map_err(|e| {
+                            anyhow::anyhow!("--auth kubernetes needs access to the API server: {e}")
+                        })?;
+                        Arc::new(mesh_ca::auth::KubernetesTokens::new(client, token_audience))
+                    }
+                };
+                let service = CaService::new(Arc::new(authority), auth);
                 let listener = tokio::net::TcpListener::bind(listen)
                     .await
                     .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;

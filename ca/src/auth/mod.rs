@@ -3,12 +3,14 @@
 //! valid workload certificate as they land.
 
 mod bootstrap;
+mod kubernetes;
 pub mod renewal;
 
 use std::future::Future;
 use std::pin::Pin;
 
 pub use bootstrap::{BootstrapTokens, TokenFileError};
+pub use kubernetes::KubernetesTokens;
 use mesh_api::proto::ca::v1::Credential;
 
 /// Namespace and service account a credential proves (the CA adds its trust domain).
