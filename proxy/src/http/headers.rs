@@ -125,7 +125,11 @@ pub fn upstream_request(
 ) -> Result<Request<Body>, String> {
     let pq = req.uri().path_and_query().map_or("/", |p| p.as_str());
     // `https` asks the connector for mesh mTLS to this address.
-    let scheme = if target.mtls { "https" } else { "http" };
+    let scheme = if target.mtls || target.originate.is_some() {
+        "https"
+    } else {
+        "http"
+    };
     let uri: Uri = format!("{scheme}://{}{pq}", target.addr)
         .parse()
         .map_err(|e| format!("{e}"))?;

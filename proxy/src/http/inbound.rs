@@ -74,6 +74,7 @@ async fn inbound_request(
         mtls: false,
         mtls_required: false,
         identity: String::new(),
+        originate: None,
     };
     let (resp, flags) = match headers::upstream_request(&mut req, &target, h2) {
         Err(e) => (

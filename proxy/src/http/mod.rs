@@ -26,7 +26,7 @@ use tokio::net::TcpStream;
 use crate::Inputs;
 use crate::outbound::{Target, choose_weighted, endpoint_in, to_destination};
 use crate::state::{OutboundPolicy, Port, Protocol, Service, State, proto};
-use crate::tls::connect::{MeshConnector, MtlsClient};
+use crate::tls::connect::{MeshConnector, MtlsClient, Originations};
 
 /// The body type the proxy moves around.
 pub type Body = BoxBody<Bytes, hyper::Error>;
@@ -38,17 +38,27 @@ pub struct Clients {
 }
 
 impl Clients {
-    fn new(local: Option<std::net::IpAddr>, mtls: Option<Arc<MtlsClient>>) -> Self {
+    fn new(
+        local: Option<std::net::IpAddr>,
+        mtls: Option<Arc<MtlsClient>>,
+        originations: &Originations,
+    ) -> Self {
         let h1 = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(90))
             .pool_max_idle_per_host(usize::MAX)
-            .build(MeshConnector::new(local, mtls.clone(), ALPN_HTTP1));
+            .build(MeshConnector::new(
+                local,
+                mtls.clone(),
+                originations.clone(),
+                ALPN_HTTP1,
+            ));
         let h2 = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(90))
             .http2_only(true)
             .build(MeshConnector::new(
                 local,
                 mtls,
+                originations.clone(),
                 crate::tls::mtls::ALPN_MESH_H2,
             ));
         Self { h1, h2 }
@@ -69,15 +79,34 @@ pub struct Upstreams {
     outbound: Clients,
     app: Clients,
     mtls: Option<Arc<MtlsClient>>,
+    originations: Originations,
 }
 
 impl Upstreams {
     /// Pools for a proxy; `mtls` carries the workload's identity when it has one.
     pub fn new(mtls: Option<Arc<MtlsClient>>) -> Self {
+        let originations = Originations::default();
         Self {
-            outbound: Clients::new(None, mtls.clone()),
-            app: Clients::new(Some(crate::inbound::PASSTHROUGH_SOURCE.into()), None),
+            outbound: Clients::new(None, mtls.clone(), &originations),
+            app: Clients::new(
+                Some(crate::inbound::PASSTHROUGH_SOURCE.into()),
+                None,
+                &Originations::default(),
+            ),
             mtls,
+            originations,
+        }
+    }
+
+    /// Records that the proxy originates TLS to `addr` as `o` says.
+    pub fn originate_to(
+        &self,
+        addr: std::net::SocketAddr,
+        o: &Arc<crate::tls::originate::Originate>,
+    ) {
+        let mut map = self.originations.write().unwrap_or_else(|e| e.into_inner());
+        if !map.get(&addr).is_some_and(|known| Arc::ptr_eq(known, o)) {
+            map.insert(addr, o.clone());
         }
     }
 
@@ -358,6 +387,9 @@ async fn forward(
         // Auto mTLS needs an identity of our own; without one, plaintext.
         if target.mtls && !target.mtls_required && ctx.inputs.upstreams.mtls().is_none() {
             target.mtls = false;
+        }
+        if let Some(o) = &target.originate {
+            ctx.inputs.upstreams.originate_to(target.addr, o);
         }
         if target.mtls {
             match ctx.inputs.upstreams.mtls() {

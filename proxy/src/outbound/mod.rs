@@ -130,7 +130,16 @@ async fn handle(
     if target.mtls && !target.mtls_required && inputs.upstreams.mtls().is_none() {
         target.mtls = false;
     }
-    let result = if target.mtls {
+    let result = if let Some(o) = &target.originate {
+        match crate::tls::connect::originate(o, upstream, &[]).await {
+            Ok(mut tls) => crate::tcp::splice(&mut conn, &mut tls).await,
+            Err(e) => {
+                tracing::warn!("TLS to {}: {e}", target.addr);
+                log(peer, dst, Some(&target), "UF", 0, 0);
+                return;
+            }
+        }
+    } else if target.mtls {
         let Some(mtls) = inputs.upstreams.mtls() else {
             tracing::warn!(
                 "mTLS to {} needs a workload certificate, and the proxy has none",

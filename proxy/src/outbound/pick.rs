@@ -8,7 +8,7 @@ use super::balance::Loads;
 use crate::state::{Port, Service, State, proto};
 
 /// Where a connection or request goes.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub struct Target {
     /// The service host name (`-` for passthrough).
     pub service: String,
@@ -25,6 +25,8 @@ pub struct Target {
     pub mtls_required: bool,
     /// The identity the endpoint must prove over mTLS (any mesh identity when empty).
     pub identity: String,
+    /// TLS the proxy originates to this endpoint (DestinationRule SIMPLE / MUTUAL).
+    pub originate: Option<Arc<crate::tls::originate::Originate>>,
 }
 
 impl Target {
@@ -38,6 +40,7 @@ impl Target {
             mtls: false,
             mtls_required: false,
             identity: String::new(),
+            originate: None,
         }
     }
 }
@@ -203,6 +206,15 @@ pub fn endpoint_in(
         crate::state::TlsMode::IstioMutual => true,
         crate::state::TlsMode::Disable => false,
         crate::state::TlsMode::Auto => mesh,
+        crate::state::TlsMode::Simple | crate::state::TlsMode::Mutual => false,
+    };
+    let originate = match svc.tls_mode(subset) {
+        crate::state::TlsMode::Simple | crate::state::TlsMode::Mutual => svc
+            .originations
+            .get(subset)
+            .or_else(|| svc.originations.get(""))
+            .cloned(),
+        _ => None,
     };
     let mtls_required = svc.tls_mode(subset) == crate::state::TlsMode::IstioMutual;
     let identity = endpoint.map(|e| e.identity.clone()).unwrap_or_default();
@@ -214,6 +226,7 @@ pub fn endpoint_in(
         mtls,
         mtls_required,
         identity,
+        originate,
     })
 }
 

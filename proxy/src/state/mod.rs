@@ -109,6 +109,8 @@ pub struct Service {
     pub balancer: Balancer,
     /// Endpoint addresses, parsed, in `spec.endpoints` order.
     pub endpoint_ips: Vec<IpAddr>,
+    /// TLS originations by subset (`""` for the service's own policy).
+    pub originations: HashMap<String, Arc<crate::tls::originate::Originate>>,
 }
 
 impl Service {
@@ -177,6 +179,10 @@ pub enum TlsMode {
     IstioMutual,
     /// Plaintext.
     Disable,
+    /// TLS originated by the proxy, server verified.
+    Simple,
+    /// TLS originated by the proxy with a client certificate.
+    Mutual,
 }
 
 impl TlsMode {
@@ -185,6 +191,8 @@ impl TlsMode {
             "" => TlsMode::Auto,
             "ISTIO_MUTUAL" => TlsMode::IstioMutual,
             "DISABLE" => TlsMode::Disable,
+            "SIMPLE" => TlsMode::Simple,
+            "MUTUAL" => TlsMode::Mutual,
             _ => return None,
         })
     }
@@ -384,17 +392,28 @@ impl State {
                         )
                     }),
                 );
-            for (field, tp) in policies {
+            let mut originations = HashMap::new();
+            for (i, (field, tp)) in policies.enumerate() {
                 let mode = tp.map(|t| t.tls_mode.as_str()).unwrap_or("");
-                TlsMode::parse(mode).ok_or_else(|| {
-                    bad(
-                        &host,
-                        format!("{field}.tlsMode"),
-                        format!(
-                            "unknown TLS mode {mode:?}: use ISTIO_MUTUAL, DISABLE or leave empty"
-                        ),
-                    )
+                let parsed = TlsMode::parse(mode).ok_or_else(|| {
+                    bad(&host, format!("{field}.tlsMode"), format!("unknown TLS mode {mode:?}: use ISTIO_MUTUAL, DISABLE, SIMPLE, MUTUAL or leave empty"))
                 })?;
+                if matches!(parsed, TlsMode::Simple | TlsMode::Mutual) {
+                    let spec_tls = tp.and_then(|t| t.originate.as_ref()).ok_or_else(|| {
+                        bad(&host, format!("{field}.originate"), "SIMPLE and MUTUAL need the TLS to originate (CA certificates at least)")
+                    })?;
+                    let o =
+                        crate::tls::originate::build(spec_tls, parsed == TlsMode::Mutual, &host)
+                            .map_err(|e| {
+                                bad(&host, format!("{field}.originate.{e}"), "cannot be used")
+                            })?;
+                    let subset = if i == 0 {
+                        String::new()
+                    } else {
+                        spec.subsets[i - 1].name.clone()
+                    };
+                    originations.insert(subset, Arc::new(o));
+                }
             }
             for (i, s) in spec.subsets.iter().enumerate() {
                 let name = s
@@ -430,6 +449,7 @@ impl State {
                 ports,
                 balancer,
                 endpoint_ips,
+                originations,
             };
             for i in 0..service.spec.endpoints.len() {
                 for p in &service.ports {

@@ -19,6 +19,7 @@ use tokio::net::{TcpSocket, TcpStream};
 use tokio_rustls::client::TlsStream;
 
 use super::mtls::{self, ALPN_MESH_H2, Svids};
+use super::originate::Originate;
 
 /// Client configurations are cached by expected identity and ALPN.
 type ConfigKey = (String, Vec<u8>);
@@ -183,20 +184,52 @@ impl Connection for MeshStream {
     }
 }
 
-/// hyper's connector for upstream HTTP: `http://ADDR` is plain TCP, `https://ADDR` mesh mTLS
-/// offering `alpn`.
+/// Addresses the proxy originates TLS to (DestinationRule SIMPLE / MUTUAL), with how.
+pub type Originations = Arc<RwLock<HashMap<SocketAddr, Arc<Originate>>>>;
+
+/// hyper's connector for upstream HTTP: `http://ADDR` is plain TCP; `https://ADDR` is TLS the
+/// proxy originates when the address is in `originations`, else mesh mTLS; both offer `alpn`.
 #[derive(Clone)]
 pub struct MeshConnector {
     local: Option<IpAddr>,
     mtls: Option<Arc<MtlsClient>>,
+    originations: Originations,
     alpn: &'static [u8],
 }
 
 impl MeshConnector {
     /// A connector binding `local` (when set), with mesh mTLS when `mtls` is set.
-    pub fn new(local: Option<IpAddr>, mtls: Option<Arc<MtlsClient>>, alpn: &'static [u8]) -> Self {
-        Self { local, mtls, alpn }
+    pub fn new(
+        local: Option<IpAddr>,
+        mtls: Option<Arc<MtlsClient>>,
+        originations: Originations,
+        alpn: &'static [u8],
+    ) -> Self {
+        Self {
+            local,
+            mtls,
+            originations,
+            alpn,
+        }
     }
+}
+
+/// Originates TLS on `tcp` as `o` says, offering `alpn` (none when empty).
+pub async fn originate(
+    o: &Originate,
+    tcp: TcpStream,
+    alpn: &[u8],
+) -> io::Result<TlsStream<TcpStream>> {
+    let config = if alpn.is_empty() {
+        o.config.clone()
+    } else {
+        let mut c = (*o.config).clone();
+        c.alpn_protocols = vec![alpn.to_vec()];
+        Arc::new(c)
+    };
+    tokio_rustls::TlsConnector::from(config)
+        .connect(o.sni.clone(), tcp)
+        .await
 }
 
 impl tower_service::Service<Uri> for MeshConnector {
@@ -223,6 +256,16 @@ impl tower_service::Service<Uri> for MeshConnector {
             let stream = tcp(addr, this.local).await?;
             if uri.scheme_str() != Some("https") {
                 return Ok(MeshStream::Plain(TokioIo::new(stream)));
+            }
+            let origination = this
+                .originations
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(&addr)
+                .cloned();
+            if let Some(o) = origination {
+                let tls = originate(&o, stream, this.alpn).await?;
+                return Ok(MeshStream::Tls(Box::new(TokioIo::new(tls))));
             }
             let mtls = this.mtls.as_ref().ok_or_else(|| {
                 io::Error::new(

@@ -3,6 +3,7 @@
 
 pub mod connect;
 pub mod mtls;
+pub mod originate;
 
 use std::time::Duration;
 

@@ -1,0 +1,254 @@
+//! TLS the proxy originates to a destination outside the mesh (DestinationRule SIMPLE and
+//! MUTUAL): the app speaks plaintext to the service address, the proxy speaks verified TLS to
+//! the server, with a client certificate for MUTUAL; a server the CA does not vouch for is
+//! refused.
+
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use mesh_proxy::socket::FixedDst;
+use mesh_proxy::state::{State, proto};
+use mesh_proxy::{Listeners, Proxy};
+use rcgen::{CertificateParams, Issuer, KeyPair, PKCS_ECDSA_P256_SHA256};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+/// A CA (root PEM) and a leaf for `name` it signed: (root PEM, leaf PEM, leaf key PEM).
+fn pki(name: &str) -> (String, String, String) {
+    let (root, ca, ca_key) = mesh_ca::testing::external_ca();
+    let issuer = Issuer::from_ca_cert_pem(&ca, KeyPair::from_pem(&ca_key).unwrap()).unwrap();
+    let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
+    let leaf = CertificateParams::new(vec![name.to_string()])
+        .unwrap()
+        .signed_by(&key, &issuer)
+        .unwrap();
+    (root, format!("{}{ca}", leaf.pem()), key.serialize_pem())
+}
+
+/// An HTTPS server for `name`; with `client_ca`, it requires client certificates from it.
+async fn https_server(name: &str, client_ca: Option<&str>) -> (SocketAddr, String) {
+    let (root, chain, key) = pki(name);
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(chain.as_bytes())
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let key = PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .unwrap();
+    let cfg = match client_ca {
+        Some(ca) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for c in CertificateDer::pem_slice_iter(ca.as_bytes()) {
+                roots.add(c.unwrap()).unwrap();
+            }
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider,
+            )
+            .build()
+            .unwrap();
+            builder
+                .with_client_cert_verifier(verifier)
+                .with_single_cert(certs, key)
+                .unwrap()
+        }
+        None => builder
+            .with_no_client_auth()
+            .with_single_cert(certs, key)
+            .unwrap(),
+    };
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (c, _) = l.accept().await.unwrap();
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(c).await else {
+                    return;
+                };
+                let mutual = tls.get_ref().1.peer_certificates().is_some();
+                let svc = hyper::service::service_fn(
+                    move |_req: Request<hyper::body::Incoming>| async move {
+                        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(format!(
+                            "tls ok, client cert: {mutual}"
+                        )))))
+                    },
+                );
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(tls), svc)
+                    .await;
+            });
+        }
+    });
+    (addr, root)
+}
+
+async fn proxy_to(server: SocketAddr, mode: &str, originate: proto::OriginatedTls) -> Proxy {
+    let svc = proto::Service {
+        hostname: "api.example.com".into(),
+        addresses: vec!["10.96.0.80".into()],
+        ports: vec![proto::ServicePort {
+            port: 80,
+            name: "http".into(),
+            protocol: "HTTP".into(),
+            target_port: 0,
+        }],
+        endpoints: vec![proto::Endpoint {
+            address: "127.0.0.1".into(),
+            ports: [("http".to_string(), u32::from(server.port()))].into(),
+            ..Default::default()
+        }],
+        traffic_policy: Some(proto::TrafficPolicy {
+            tls_mode: mode.into(),
+            originate: Some(originate),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let state = State::compile(proto::ProxyState {
+        services: vec![svc],
+        ..Default::default()
+    })
+    .unwrap();
+    let (tx, rx) = watch::channel(Arc::new(state));
+    std::mem::forget(tx);
+    let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    let listeners = Listeners {
+        outbound: any,
+        inbound: any,
+        admin: any,
+        readiness: any,
+    };
+    Proxy::start(
+        &listeners,
+        rx,
+        true,
+        Arc::new(FixedDst("10.96.0.80:80".parse().unwrap())),
+        Arc::new(FixedDst("10.0.0.1:1".parse().unwrap())),
+    )
+    .await
+    .unwrap()
+}
+
+async fn get(addr: SocketAddr) -> (StatusCode, String) {
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let req = Request::builder()
+        .uri("/")
+        .header("host", "api.example.com")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let resp = sender.send_request(req).await.unwrap();
+    let status = resp.status();
+    (
+        status,
+        String::from_utf8_lossy(&resp.into_body().collect().await.unwrap().to_bytes()).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn simple_tls_is_originated_and_verified() {
+    let (server, root) = https_server("api.example.com", None).await;
+    let proxy = proxy_to(
+        server,
+        "SIMPLE",
+        proto::OriginatedTls {
+            ca_certificates_pem: root,
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(
+        get(proxy.bound.outbound).await,
+        (StatusCode::OK, "tls ok, client cert: false".into())
+    );
+}
+
+#[tokio::test]
+async fn mutual_tls_presents_the_client_certificate() {
+    let (client_root, client_chain, client_key) = pki("client.example.com");
+    let (server, root) = https_server("api.example.com", Some(&client_root)).await;
+    let o = proto::OriginatedTls {
+        ca_certificates_pem: root,
+        client_certificate_pem: client_chain,
+        private_key_pem: client_key,
+        ..Default::default()
+    };
+    let proxy = proxy_to(server, "MUTUAL", o).await;
+    assert_eq!(
+        get(proxy.bound.outbound).await,
+        (StatusCode::OK, "tls ok, client cert: true".into())
+    );
+}
+
+#[tokio::test]
+async fn a_server_the_ca_does_not_vouch_for_is_refused() {
+    let (server, _root) = https_server("api.example.com", None).await;
+    let (other_root, _, _) = pki("api.example.com");
+    let proxy = proxy_to(
+        server,
+        "SIMPLE",
+        proto::OriginatedTls {
+            ca_certificates_pem: other_root,
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(
+        get(proxy.bound.outbound).await.0,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    // And a name mismatch is refused too.
+    let (server, root) = https_server("other.example.com", None).await;
+    let proxy = proxy_to(
+        server,
+        "SIMPLE",
+        proto::OriginatedTls {
+            ca_certificates_pem: root,
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(
+        get(proxy.bound.outbound).await.0,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+}
+
+#[test]
+fn origination_without_ca_certificates_refuses_the_state() {
+    let svc = proto::Service {
+        hostname: "api.example.com".into(),
+        traffic_policy: Some(proto::TrafficPolicy {
+            tls_mode: "SIMPLE".into(),
+            originate: Some(proto::OriginatedTls::default()),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let err = State::compile(proto::ProxyState {
+        services: vec![svc],
+        ..Default::default()
+    })
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("caCertificatesPem: no CA certificate"),
+        "{err}"
+    );
+}
