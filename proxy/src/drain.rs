@@ -98,6 +98,30 @@ impl Watch {
     }
 }
 
+/// Accepts connections on `listener` until a drain begins, running `handle` for each in its own
+/// task with a drain watch of its own (which holds the drain open until the connection ends).
+pub async fn accept_loop<H, F>(
+    listener: tokio::net::TcpListener,
+    mut drain: Watch,
+    side: &'static str,
+    handle: H,
+) where
+    H: Fn(tokio::net::TcpStream, std::net::SocketAddr, Watch) -> F,
+    F: std::future::Future<Output = ()> + Send + 'static,
+{
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((conn, peer)) => {
+                    tokio::spawn(handle(conn, peer, drain.clone()));
+                }
+                Err(e) => tracing::warn!("{side} accept: {e}"),
+            },
+            () = drain.signaled() => return,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -16,30 +16,18 @@ use crate::state::{PeerMode, Protocol};
 /// The source address of connections handed to the application.
 pub const PASSTHROUGH_SOURCE: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 6);
 
-/// Accepts until a drain begins.
+/// Accepts until a drain begins; each connection runs in its own task.
 pub async fn serve(
     listener: TcpListener,
     inputs: Arc<Inputs>,
     dst: Arc<dyn OriginalDst>,
-    mut drain: drain::Watch,
+    drain: drain::Watch,
 ) {
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((conn, peer)) => {
-                    let inputs = inputs.clone();
-                    let dst = dst.clone();
-                    // The connection's own drain watch also holds the drain open until it ends.
-                    let watch = drain.clone();
-                    tokio::spawn(async move {
-                        handle(conn, peer, &inputs, dst.as_ref(), watch).await;
-                    });
-                }
-                Err(e) => tracing::warn!("inbound accept: {e}"),
-            },
-            _ = drain.signaled() => return,
-        }
-    }
+    drain::accept_loop(listener, drain, "inbound", move |conn, peer, watch| {
+        let (inputs, dst) = (inputs.clone(), dst.clone());
+        async move { handle(conn, peer, &inputs, dst.as_ref(), watch).await }
+    })
+    .await;
 }
 
 /// Connects to the application's port on loopback from the pass-through source address.

@@ -35,25 +35,13 @@ pub async fn serve(
     listener: TcpListener,
     inputs: Arc<Inputs>,
     dst: Arc<dyn OriginalDst>,
-    mut drain: drain::Watch,
+    drain: drain::Watch,
 ) {
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((conn, peer)) => {
-                    let inputs = inputs.clone();
-                    let dst = dst.clone();
-                    // The connection's own drain watch also holds the drain open until it ends.
-                    let watch = drain.clone();
-                    tokio::spawn(async move {
-                        handle(conn, peer, &inputs, dst.as_ref(), watch).await;
-                    });
-                }
-                Err(e) => tracing::warn!("outbound accept: {e}"),
-            },
-            _ = drain.signaled() => return,
-        }
-    }
+    drain::accept_loop(listener, drain, "outbound", move |conn, peer, watch| {
+        let (inputs, dst) = (inputs.clone(), dst.clone());
+        async move { handle(conn, peer, &inputs, dst.as_ref(), watch).await }
+    })
+    .await;
 }
 
 async fn handle(
