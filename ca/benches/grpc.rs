@@ -27,16 +27,27 @@ fn bench(c: &mut Criterion) {
         .unwrap();
     let ca = TestCa::self_signed("bench-grpc", mesh_ca::CaConfig::default());
     let tokens = Arc::new(BootstrapTokens::default());
-    let token = tokens.issue("default", "order");
+    let external = std::env::var("MESH_CA_BENCH_ENDPOINT").ok();
+    let token = match &external {
+        Some(_) => std::env::var("MESH_CA_BENCH_TOKEN")
+            .expect("MESH_CA_BENCH_TOKEN with MESH_CA_BENCH_ENDPOINT"),
+        None => tokens.issue("default", "order"),
+    };
     let client = rt.block_on(async {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(mesh_ca::service::serve(
-            listener,
-            CaService::new(ca.authority.clone(), tokens),
-            std::future::pending(),
-        ));
-        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        let endpoint = match external {
+            Some(e) => e,
+            None => {
+                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+                let addr = listener.local_addr().unwrap();
+                tokio::spawn(mesh_ca::service::serve(
+                    listener,
+                    CaService::new(ca.authority.clone(), tokens),
+                    std::future::pending(),
+                ));
+                format!("http://{addr}")
+            }
+        };
+        let channel = tonic::transport::Endpoint::from_shared(endpoint)
             .unwrap()
             .connect()
             .await
