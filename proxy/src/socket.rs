@@ -27,6 +27,24 @@ impl OriginalDst for KernelOriginalDst {
     }
 }
 
+/// The original destination of an accepted connection (with Nagle off), or `None` after
+/// logging why there is none.
+pub fn destination(
+    resolver: &dyn OriginalDst,
+    conn: &TcpStream,
+    peer: SocketAddr,
+    side: &str,
+) -> Option<SocketAddr> {
+    let _ = conn.set_nodelay(true);
+    match resolver.original_dst(conn) {
+        Ok(d) => Some(d),
+        Err(e) => {
+            tracing::warn!(%peer, "{side}: no original destination ({e}); closing");
+            None
+        }
+    }
+}
+
 /// A fixed destination: for tests and for listeners that are not behind capture rules.
 #[derive(Clone, Copy, Debug)]
 pub struct FixedDst(pub SocketAddr);

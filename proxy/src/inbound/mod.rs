@@ -54,13 +54,8 @@ async fn handle(
     resolver: &dyn OriginalDst,
     drain: drain::Watch,
 ) {
-    let _ = conn.set_nodelay(true);
-    let dst = match resolver.original_dst(&conn) {
-        Ok(d) => d,
-        Err(e) => {
-            tracing::warn!(%peer, "inbound: no original destination ({e}); closing");
-            return;
-        }
+    let Some(dst) = crate::socket::destination(resolver, &conn, peer, "inbound") else {
+        return;
     };
     if inputs.own_addrs.iter().any(|a| a.port() == dst.port()) {
         tracing::warn!(%peer, %dst, "inbound: connection to a proxy port; closing");

@@ -51,13 +51,8 @@ async fn handle(
     resolver: &dyn OriginalDst,
     drain: drain::Watch,
 ) {
-    let _ = conn.set_nodelay(true);
-    let dst = match resolver.original_dst(&conn) {
-        Ok(d) => d,
-        Err(e) => {
-            tracing::warn!(%peer, "outbound: no original destination ({e}); closing");
-            return;
-        }
+    let Some(dst) = crate::socket::destination(resolver, &conn, peer, "outbound") else {
+        return;
     };
     if inputs.own_addrs.contains(&dst) {
         tracing::warn!(%peer, %dst, "outbound: connection addressed to the proxy itself; closing to avoid a loop");
