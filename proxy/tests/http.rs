@@ -150,14 +150,21 @@ fn prefix(p: &str) -> proto::HttpMatch {
 }
 
 async fn proxy_for(services: Vec<proto::Service>, vip: &str) -> (Proxy, watch::Sender<Arc<State>>) {
-    let state = State::compile(proto::ProxyState {
-        version: "h1".into(),
-        services,
-        namespace: "default".into(),
-        ..Default::default()
-    })
-    .unwrap();
-    let (tx, rx) = watch::channel(Arc::new(state));
+    proxy_with(
+        proto::ProxyState {
+            version: "h1".into(),
+            services,
+            namespace: "default".into(),
+            ..Default::default()
+        },
+        vip,
+    )
+    .await
+}
+
+/// A proxy serving `state`, its captured connections headed for `vip`.
+async fn proxy_with(state: proto::ProxyState, vip: &str) -> (Proxy, watch::Sender<Arc<State>>) {
+    let (tx, rx) = watch::channel(Arc::new(State::compile(state).unwrap()));
     let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
     let listeners = Listeners {
         outbound: any,
@@ -743,7 +750,7 @@ async fn routes_can_match_the_calling_workloads_labels() {
         (vec![("app", "order")], "v2"),
         (vec![("app", "billing")], "v1"),
     ] {
-        let state = State::compile(proto::ProxyState {
+        let state = proto::ProxyState {
             services: vec![svc.clone()],
             namespace: "default".into(),
             workload_labels: labels
@@ -751,25 +758,8 @@ async fn routes_can_match_the_calling_workloads_labels() {
                 .map(|(k, v)| ((*k).to_string(), (*v).to_string()))
                 .collect(),
             ..Default::default()
-        })
-        .unwrap();
-        let (_tx, rx) = watch::channel(Arc::new(state));
-        let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
-        let listeners = Listeners {
-            outbound: any,
-            inbound: any,
-            admin: any,
-            readiness: any,
         };
-        let proxy = Proxy::start(
-            &listeners,
-            rx,
-            true,
-            Arc::new(FixedDst(VIP.parse().unwrap())),
-            Arc::new(FixedDst("10.0.0.1:1".parse().unwrap())),
-        )
-        .await
-        .unwrap();
+        let (proxy, _tx) = proxy_with(state, VIP).await;
         let mut c = h1(proxy.bound.outbound).await;
         assert_eq!(
             get(&mut c, "/", &[]).await.json["server"],
