@@ -1,7 +1,8 @@
 //! `mesh-pilot` is the control plane: config sources (a local folder, Kubernetes), the mesh
-//! model, per-proxy translation into `mesh.state.v1` and the delta discovery server. So far it
-//! holds the first piece of the model, Istio's precedence rules for PeerAuthentication; loading
-//! and validating configuration lives in `mesh-api::load`. Sources, translation and discovery
-//! are issue 5.
+//! model, per-proxy translation into `mesh.state.v1` and the delta discovery server. Loading
+//! and validating single resources lives in `mesh-api`; pilot applies Istio's semantics across
+//! them (which VirtualService routes a host, which DestinationRule and policies apply to a
+//! workload) and decides what each proxy receives.
 
 pub mod model;
+pub mod translate;

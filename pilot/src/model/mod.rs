@@ -1,3 +1,168 @@
-//! The mesh model: Istio's semantics applied to validated resources.
+//! The mesh model: Istio's semantics applied to validated resources. [`Model::build`] indexes
+//! everything once per configuration change; the per-proxy translation (`crate::translate`)
+//! then only reads it.
 
+pub mod host;
 pub mod peer_authentication;
+pub mod policy;
+pub mod registry;
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+use mesh_api::Resource;
+use mesh_api::networking::{DestinationRule, Sidecar, VirtualService};
+use mesh_api::security::{AuthorizationPolicy, PeerAuthentication, RequestAuthentication};
+
+pub use registry::{MeshService, Registry, Workload};
+
+/// Mesh-wide settings.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MeshConfig {
+    /// The cluster domain (`cluster.local`).
+    pub domain: String,
+    /// The trust domain of identities (`cluster.local`).
+    pub trust_domain: String,
+    /// The root namespace, where mesh-wide policies live (`istio-system`).
+    pub root_namespace: String,
+}
+
+impl Default for MeshConfig {
+    fn default() -> Self {
+        MeshConfig {
+            domain: "cluster.local".into(),
+            trust_domain: "cluster.local".into(),
+            root_namespace: peer_authentication::DEFAULT_ROOT_NAMESPACE.into(),
+        }
+    }
+}
+
+/// A resource the model could not use, with the reason.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Rejection {
+    /// `Kind namespace/name`.
+    pub resource: String,
+    /// The field at fault.
+    pub field: String,
+    /// What is wrong and what to do.
+    pub message: String,
+}
+
+impl std::fmt::Display for Rejection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}: {}", self.resource, self.field, self.message)
+    }
+}
+
+/// Everything pilot knows, indexed.
+#[derive(Clone, Debug, Default)]
+pub struct Model {
+    /// Mesh-wide settings.
+    pub config: MeshConfig,
+    /// Services and workloads.
+    pub registry: Registry,
+    /// VirtualServices, oldest first.
+    pub virtual_services: Vec<VirtualService>,
+    /// DestinationRules, oldest first.
+    pub destination_rules: Vec<DestinationRule>,
+    /// Sidecars.
+    pub sidecars: Vec<Sidecar>,
+    /// PeerAuthentications.
+    pub peer_authentications: Vec<PeerAuthentication>,
+    /// AuthorizationPolicies.
+    pub authorization_policies: Vec<AuthorizationPolicy>,
+    /// RequestAuthentications.
+    pub request_authentications: Vec<RequestAuthentication>,
+    /// Contents of files that DestinationRules name (CA certificates, client certificates and
+    /// keys for TLS origination), read by the source; absent files are rejections.
+    pub files: BTreeMap<String, String>,
+}
+
+/// Istio's order of precedence among peers: the oldest first.
+type AgeKey = (bool, Option<Time>, Option<String>, Option<String>);
+
+/// Creation time (undated last) then namespace/name.
+pub fn age_key(meta: &ObjectMeta) -> AgeKey {
+    (
+        meta.creation_timestamp.is_none(),
+        meta.creation_timestamp.clone(),
+        meta.namespace.clone(),
+        meta.name.clone(),
+    )
+}
+
+impl Model {
+    /// Indexes `resources` (already validated).
+    pub fn build(
+        config: MeshConfig,
+        resources: &[Resource],
+        files: BTreeMap<String, String>,
+    ) -> Self {
+        let mut input = registry::RegistryInput {
+            services: Vec::new(),
+            service_entries: Vec::new(),
+            pods: Vec::new(),
+            slices: Vec::new(),
+            workload_entries: Vec::new(),
+        };
+        let mut model = Model {
+            config,
+            files,
+            ..Model::default()
+        };
+        for r in resources {
+            match r {
+                Resource::Service(s) => input.services.push(s),
+                Resource::ServiceEntry(s) => input.service_entries.push(s),
+                Resource::Pod(p) => input.pods.push(p),
+                Resource::EndpointSlice(s) => input.slices.push(s),
+                Resource::WorkloadEntry(w) => input.workload_entries.push(w),
+                Resource::VirtualService(v) => model.virtual_services.push(v.clone()),
+                Resource::DestinationRule(d) => model.destination_rules.push(d.clone()),
+                Resource::Sidecar(s) => model.sidecars.push(s.clone()),
+                Resource::PeerAuthentication(p) => model.peer_authentications.push(p.clone()),
+                Resource::AuthorizationPolicy(p) => model.authorization_policies.push(p.clone()),
+                Resource::RequestAuthentication(p) => {
+                    model.request_authentications.push(p.clone());
+                }
+                Resource::Gateway(_)
+                | Resource::WorkloadGroup(_)
+                | Resource::Namespace(_)
+                | Resource::ServiceAccount(_)
+                | Resource::Deployment(_) => {}
+            }
+        }
+        model.registry = Registry::build(input, &model.config.domain, &model.config.trust_domain);
+        model.virtual_services.sort_by_key(|v| age_key(&v.metadata));
+        model
+            .destination_rules
+            .sort_by_key(|d| age_key(&d.metadata));
+        model.sidecars.sort_by_key(|s| age_key(&s.metadata));
+        model
+    }
+
+    /// The workload at `address`, if the registry knows it.
+    pub fn workload_at(&self, address: &str) -> Option<&Workload> {
+        self.registry
+            .workloads
+            .iter()
+            .find(|w| w.address == address)
+    }
+}
+
+/// The namespace of a resource, `default` when unset.
+pub fn namespace_of(meta: &ObjectMeta) -> &str {
+    meta.namespace
+        .as_deref()
+        .filter(|n| !n.is_empty())
+        .unwrap_or("default")
+}
+
+/// `Kind namespace/name` of a resource's metadata.
+pub fn describe(kind: &str, meta: &ObjectMeta) -> String {
+    format!(
+        "{kind} {}/{}",
+        namespace_of(meta),
+        meta.name.as_deref().unwrap_or("")
+    )
+}

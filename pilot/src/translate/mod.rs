@@ -1,0 +1,274 @@
+//! Per-proxy translation: from the [`Model`] to the `mesh.state.v1` view of one proxy, with only
+//! what its workload may call (exportTo, the Sidecar's egress hosts) and the policies that
+//! select it.
+
+pub mod destination;
+pub mod routes;
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use mesh_api::networking::{OutboundTrafficMode, Sidecar, VirtualService};
+use mesh_api::proto::state::v1 as state;
+use serde::Serialize;
+
+use crate::model::host::{self, Visibility};
+use crate::model::{MeshService, Model, Rejection, namespace_of, peer_authentication, policy};
+
+/// Who a proxy is, from its node metadata (and, over mTLS, its certificate).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct ProxyNode {
+    /// Proxy id.
+    pub id: String,
+    /// Namespace of the workload.
+    pub namespace: String,
+    /// Service account of the workload.
+    pub service_account: String,
+    /// Labels of the workload.
+    pub labels: BTreeMap<String, String>,
+    /// Addresses of the workload.
+    pub ip_addresses: Vec<String>,
+}
+
+/// The Sidecar resource that scopes a workload: one selecting it in its namespace, else its
+/// namespace's default, else the mesh default in the root namespace.
+pub fn sidecar_for<'a>(model: &'a Model, node: &ProxyNode) -> Option<&'a Sidecar> {
+    fn selected(s: &Sidecar) -> Option<&mesh_api::common::LabelSelector> {
+        s.spec
+            .workload_selector
+            .as_ref()
+            .filter(|sel| !sel.labels.is_empty())
+    }
+    let in_ns = |s: &&&Sidecar| namespace_of(&s.metadata) == node.namespace;
+    model
+        .sidecars
+        .iter()
+        .filter(|s| namespace_of(&s.metadata) == node.namespace)
+        .find(|s| {
+            selected(s).is_some_and(|sel| {
+                sel.labels
+                    .iter()
+                    .all(|(k, v)| node.labels.get(k) == Some(v))
+            })
+        })
+        .or_else(|| {
+            model
+                .sidecars
+                .iter()
+                .filter(|s| selected(s).is_none())
+                .find(|s| in_ns(&s))
+        })
+        .or_else(|| {
+            model.sidecars.iter().find(|s| {
+                selected(s).is_none() && namespace_of(&s.metadata) == model.config.root_namespace
+            })
+        })
+}
+
+/// The egress scope of a Sidecar: `(namespace, host)` patterns; `None` means everything.
+fn egress_scope(sidecar: Option<&Sidecar>) -> Option<Vec<(String, String)>> {
+    let sc = sidecar?;
+    let own = namespace_of(&sc.metadata);
+    if sc.spec.egress.is_empty() {
+        return None;
+    }
+    Some(
+        sc.spec
+            .egress
+            .iter()
+            .flat_map(|e| e.hosts.iter())
+            .filter_map(|h| {
+                let (ns, dns) = h.split_once('/')?;
+                let ns = match ns {
+                    "." => own.to_string(),
+                    other => other.to_string(),
+                };
+                Some((ns, dns.to_string()))
+            })
+            .collect(),
+    )
+}
+
+fn in_scope(scope: &Option<Vec<(String, String)>>, svc: &MeshService) -> bool {
+    match scope {
+        None => true,
+        Some(entries) => entries.iter().any(|(ns, dns)| {
+            ns != "~" && (ns == "*" || *ns == svc.namespace) && host::matches(dns, &svc.hostname)
+        }),
+    }
+}
+
+/// The VirtualService that routes `hostname` for `node`: the most specific host, then one in
+/// the proxy's own namespace, then the oldest. VirtualServices bound only to gateways do not
+/// apply to sidecars, nor do delegates (they are reached through their root).
+pub fn virtual_service_for<'a>(
+    model: &'a Model,
+    hostname: &str,
+    node: &ProxyNode,
+) -> Option<&'a VirtualService> {
+    let mut best: Option<(&VirtualService, (usize, bool))> = None;
+    for vs in &model.virtual_services {
+        let ns = namespace_of(&vs.metadata);
+        let mesh_bound =
+            vs.spec.gateways.is_empty() || vs.spec.gateways.iter().any(|g| g == "mesh");
+        if !mesh_bound
+            || vs.spec.hosts.is_empty()
+            || !Visibility::from_export_to(&vs.spec.export_to, ns).visible_to(&node.namespace)
+        {
+            continue;
+        }
+        let Some(spec) = vs
+            .spec
+            .hosts
+            .iter()
+            .map(|h| host::fqdn(h, ns, &model.config.domain))
+            .filter(|p| host::matches(p, hostname))
+            .map(|p| host::specificity(&p))
+            .max()
+        else {
+            continue;
+        };
+        let key = (spec, ns == node.namespace);
+        if best.as_ref().is_none_or(|(_, b)| key > *b) {
+            best = Some((vs, key));
+        }
+    }
+    best.map(|(vs, _)| vs)
+}
+
+/// One proxy's view, and the resources that could not be used for it.
+#[derive(Clone, Debug, Default)]
+pub struct View {
+    /// The state for the proxy (its `version` is set by the discovery server).
+    pub state: state::ProxyState,
+    /// What was left out, with reasons.
+    pub rejections: Vec<Rejection>,
+}
+
+/// Computes the view of `node`.
+pub fn view(model: &Model, node: &ProxyNode) -> View {
+    let sidecar = sidecar_for(model, node);
+    let scope = egress_scope(sidecar);
+    let mut rejections = Vec::new();
+    let mut services = Vec::new();
+    for svc in model.registry.services.values() {
+        if !svc.visibility.visible_to(&node.namespace) || !in_scope(&scope, svc) {
+            continue;
+        }
+        services.push(service_view(model, svc, node, &mut rejections));
+    }
+    let outbound = sidecar
+        .and_then(|s| s.spec.outbound_traffic_policy.as_ref())
+        .and_then(|p| p.mode);
+    let cfg = &model.config;
+    View {
+        state: state::ProxyState {
+            version: String::new(),
+            services,
+            outbound_traffic_policy: match outbound {
+                Some(OutboundTrafficMode::RegistryOnly) => "REGISTRY_ONLY",
+                _ => "ALLOW_ANY",
+            }
+            .to_string(),
+            inbound_ports: inbound_ports(model, node),
+            domain: cfg.domain.clone(),
+            namespace: node.namespace.clone(),
+            workload_labels: node.labels.clone().into_iter().collect(),
+            peer_authentication: Some(peer_authentication::effective(
+                &model.peer_authentications,
+                &cfg.root_namespace,
+                &node.namespace,
+                &node.labels,
+            )),
+            authorization_policies: policy::authorization_for(
+                &model.authorization_policies,
+                &cfg.root_namespace,
+                &node.namespace,
+                &node.labels,
+            )
+            .into_iter()
+            .map(|p| policy_ref(&p.metadata, &p.spec))
+            .collect(),
+            request_authentications: policy::request_authentication_for(
+                &model.request_authentications,
+                &cfg.root_namespace,
+                &node.namespace,
+                &node.labels,
+            )
+            .into_iter()
+            .map(|p| policy_ref(&p.metadata, &p.spec))
+            .collect(),
+        },
+        rejections,
+    }
+}
+
+fn policy_ref(
+    meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+    spec: &impl Serialize,
+) -> state::Policy {
+    state::Policy {
+        name: meta.name.clone().unwrap_or_default(),
+        namespace: namespace_of(meta).to_string(),
+        spec_json: serde_json::to_string(spec).unwrap_or_default(),
+    }
+}
+
+/// The state of one service as `node` sees it.
+pub fn service_view(
+    model: &Model,
+    svc: &MeshService,
+    node: &ProxyNode,
+    rejections: &mut Vec<Rejection>,
+) -> state::Service {
+    let mut out = state::Service {
+        hostname: svc.hostname.clone(),
+        namespace: svc.namespace.clone(),
+        addresses: svc.addresses.clone(),
+        ports: svc.ports.clone(),
+        endpoints: svc.endpoints.clone(),
+        ..Default::default()
+    };
+    let rules = destination::rules_for(model, svc, node);
+    if let Err(r) = destination::apply(model, &rules, &mut out) {
+        rejections.push(r);
+        out.traffic_policy = None;
+        out.subsets.clear();
+    }
+    if svc.passthrough {
+        let tp = out.traffic_policy.get_or_insert_with(Default::default);
+        if tp.load_balancer.is_empty() {
+            tp.load_balancer = "PASSTHROUGH".into();
+        }
+    }
+    if let Some(vs) = virtual_service_for(model, &svc.hostname, node) {
+        out.http_routes = routes::http_routes(model, vs, node);
+        out.tcp_routes = routes::tcp_routes(model, vs, node);
+        out.tls_routes = routes::tls_routes(model, vs, node);
+    }
+    out
+}
+
+/// Ports the workload serves: the target ports of every service that has it as an endpoint.
+fn inbound_ports(model: &Model, node: &ProxyNode) -> Vec<state::WorkloadPort> {
+    let mut seen = BTreeSet::new();
+    let mut out = Vec::new();
+    for svc in model.registry.services.values() {
+        for ep in svc
+            .endpoints
+            .iter()
+            .filter(|e| node.ip_addresses.contains(&e.address))
+        {
+            for p in &svc.ports {
+                let port = ep.ports.get(&p.name).copied().unwrap_or(p.target_port);
+                if seen.insert(port) {
+                    out.push(state::WorkloadPort {
+                        port,
+                        protocol: p.protocol.clone(),
+                    });
+                }
+            }
+        }
+    }
+    out.sort_by_key(|p| p.port);
+    out
+}

@@ -1,0 +1,239 @@
+//! Translation golden tests: Istio YAML in, one proxy's state out. The bookinfo routes come
+//! from Istio's own samples (`../shared/testdata/istio-samples/bookinfo/networking/`), the
+//! order application from the seed; both are compared with the files in `tests/golden/`
+//! (regenerate with `UPDATE_GOLDEN=1` after checking the difference is intended), and the
+//! routing decisions that matter are also asserted one by one.
+
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use mesh_api::load;
+use mesh_api::proto::state::v1 as state;
+use mesh_pilot::model::{MeshConfig, Model};
+use mesh_pilot::translate::{ProxyNode, view};
+
+fn testdata() -> Option<PathBuf> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/testdata");
+    if dir.is_dir() {
+        return Some(dir);
+    }
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "{} is missing: CI must run with shared/ beside the repository",
+        dir.display()
+    );
+    eprintln!(
+        "SKIPPED: {} is absent (tests on shared data need it)",
+        dir.display()
+    );
+    None
+}
+
+fn model_from(paths: &[PathBuf]) -> Model {
+    let mut resources = Vec::new();
+    for p in paths {
+        let report = load::load_path(p).expect("readable");
+        assert!(
+            report.is_valid(),
+            "{}: {:?}",
+            p.display(),
+            report.errors().collect::<Vec<_>>()
+        );
+        resources.extend(report.documents.into_iter().map(|d| d.resource));
+    }
+    Model::build(MeshConfig::default(), &resources, BTreeMap::new())
+}
+
+fn node(ns: &str, labels: &[(&str, &str)], ip: &str) -> ProxyNode {
+    ProxyNode {
+        id: format!("sidecar~{ip}"),
+        namespace: ns.into(),
+        service_account: String::new(),
+        labels: labels
+            .iter()
+            .map(|(k, v)| ((*k).into(), (*v).into()))
+            .collect(),
+        ip_addresses: vec![ip.into()],
+    }
+}
+
+/// Compares `state` with `tests/golden/NAME.json` (keys sorted, so the file is stable).
+fn golden(name: &str, state: &state::ProxyState) {
+    let value = serde_json::to_value(state).unwrap();
+    let text = serde_json::to_string_pretty(&value).unwrap() + "\n";
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/golden/{name}.json"));
+    if std::env::var("UPDATE_GOLDEN").is_ok() {
+        std::fs::write(&path, &text).unwrap();
+        return;
+    }
+    let want = std::fs::read_to_string(&path).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e} (run with UPDATE_GOLDEN=1 to create it)",
+            path.display()
+        )
+    });
+    assert!(
+        want == text,
+        "{name}: the translation differs from {}; run with UPDATE_GOLDEN=1 and review the diff\n{text}",
+        path.display()
+    );
+}
+
+fn bookinfo(data: &Path, routes: &str) -> Model {
+    let samples = data.join("istio-samples/bookinfo");
+    model_from(&[
+        samples.join("platform/kube/bookinfo.yaml"),
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/bookinfo-pods.yaml"),
+        samples.join("networking/destination-rule-all.yaml"),
+        samples.join(format!("networking/{routes}")),
+    ])
+}
+
+fn productpage() -> ProxyNode {
+    node(
+        "default",
+        &[("app", "productpage"), ("version", "v1")],
+        "10.0.0.15",
+    )
+}
+
+fn service<'a>(s: &'a state::ProxyState, short: &str) -> &'a state::Service {
+    let host = format!("{short}.default.svc.cluster.local");
+    s.services
+        .iter()
+        .find(|x| x.hostname == host)
+        .unwrap_or_else(|| panic!("{host} missing"))
+}
+
+fn split(route: &state::HttpRoute) -> Vec<(String, u32)> {
+    route
+        .destinations
+        .iter()
+        .map(|d| (d.subset.clone(), d.weight))
+        .collect()
+}
+
+#[test]
+fn bookinfo_all_v1() {
+    let Some(data) = testdata() else { return };
+    let v = view(
+        &bookinfo(&data, "virtual-service-all-v1.yaml"),
+        &productpage(),
+    );
+    assert!(v.rejections.is_empty(), "{:?}", v.rejections);
+    for svc in ["details", "ratings", "reviews", "productpage"] {
+        let s = service(&v.state, svc);
+        assert_eq!(s.http_routes.len(), 1, "{svc}");
+        assert_eq!(split(&s.http_routes[0]), vec![("v1".into(), 100)], "{svc}");
+    }
+    let reviews = service(&v.state, "reviews");
+    assert_eq!(reviews.endpoints.len(), 3);
+    assert_eq!(reviews.subsets.len(), 3);
+    assert_eq!(
+        reviews.endpoints[0].identity,
+        "spiffe://cluster.local/ns/default/sa/bookinfo-reviews"
+    );
+    assert!(reviews.endpoints.iter().all(|e| e.mesh));
+    // productpage serves 9080 itself.
+    assert_eq!(
+        v.state.inbound_ports,
+        vec![state::WorkloadPort {
+            port: 9080,
+            protocol: "HTTP".into()
+        }]
+    );
+    golden("bookinfo-all-v1", &v.state);
+}
+
+#[test]
+fn bookinfo_50_50_and_80_20() {
+    let Some(data) = testdata() else { return };
+    let v = view(
+        &bookinfo(&data, "virtual-service-reviews-50-v3.yaml"),
+        &productpage(),
+    );
+    let r = &service(&v.state, "reviews").http_routes;
+    assert_eq!(split(&r[0]), vec![("v1".into(), 50), ("v3".into(), 50)]);
+    golden("bookinfo-reviews-50-v3", &v.state);
+
+    let v = view(
+        &bookinfo(&data, "virtual-service-reviews-80-20.yaml"),
+        &productpage(),
+    );
+    let r = &service(&v.state, "reviews").http_routes;
+    assert_eq!(split(&r[0]), vec![("v1".into(), 80), ("v2".into(), 20)]);
+    golden("bookinfo-reviews-80-20", &v.state);
+}
+
+#[test]
+fn bookinfo_jason_goes_to_v2() {
+    let Some(data) = testdata() else { return };
+    let v = view(
+        &bookinfo(&data, "virtual-service-reviews-jason-v2-v3.yaml"),
+        &productpage(),
+    );
+    let r = &service(&v.state, "reviews").http_routes;
+    assert_eq!(r.len(), 2);
+    let m = &r[0].matches[0].headers["end-user"];
+    assert_eq!(
+        m.kind,
+        Some(state::string_match::Kind::Exact("jason".into()))
+    );
+    assert_eq!(split(&r[0]), vec![("v2".into(), 100)]);
+    assert!(r[1].matches.is_empty());
+    assert_eq!(split(&r[1]), vec![("v3".into(), 100)]);
+    golden("bookinfo-reviews-jason-v2-v3", &v.state);
+}
+
+#[test]
+fn seed_order_view() {
+    let Some(data) = testdata() else { return };
+    let mut m = model_from(&[data.join("seeds")]);
+    // The seed has Deployments only; give shipping two endpoints, as the runtime would.
+    let we = |name: &str, ip: &str, version: &str| {
+        format!(
+            "apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {{name: {name}, namespace: default}}\nspec:\n  address: {ip}\n  serviceAccount: shipping\n  labels: {{app: shipping, version: {version}, security.istio.io/tlsMode: istio}}\n---\n"
+        )
+    };
+    let text = we("shipping-v1-0", "10.0.0.31", "v1") + &we("shipping-v2-0", "10.0.0.32", "v2");
+    let mut resources: Vec<_> = load::load_path(&data.join("seeds"))
+        .unwrap()
+        .documents
+        .into_iter()
+        .map(|d| d.resource)
+        .collect();
+    let extra = load::load_str(&text, None);
+    assert!(extra.is_valid(), "{:?}", extra.errors().collect::<Vec<_>>());
+    resources.extend(extra.documents.into_iter().map(|d| d.resource));
+    m = Model::build(m.config, &resources, BTreeMap::new());
+    let v = view(
+        &m,
+        &node(
+            "default",
+            &[("app", "order"), ("version", "v1")],
+            "10.0.0.20",
+        ),
+    );
+    assert!(v.rejections.is_empty(), "{:?}", v.rejections);
+    let shipping = service(&v.state, "shipping-service");
+    let weights: Vec<u32> = shipping.http_routes[0]
+        .destinations
+        .iter()
+        .map(|d| d.weight)
+        .collect();
+    assert_eq!(weights, vec![90, 10]);
+    assert_eq!(shipping.endpoints.len(), 2);
+    assert_eq!(v.state.peer_authentication.as_ref().unwrap().mode, "STRICT");
+    let inventory = service(&v.state, "inventory-service");
+    assert!(
+        inventory
+            .traffic_policy
+            .as_ref()
+            .unwrap()
+            .outlier_detection
+            .is_some()
+    );
+    golden("seed-order", &v.state);
+}
