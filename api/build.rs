@@ -15,6 +15,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_server(true)
         .build_client(true)
         .build_transport(false)
+        // Ordered maps: the same state always encodes to the same bytes, so a resource's
+        // version (a hash of its bytes) changes only when its content does.
+        .btree_map(".mesh.state.v1")
         // The proxy state is also a file format: readable JSON/YAML with camelCase names.
         .message_attribute(
             ".mesh.state.v1",

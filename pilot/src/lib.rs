@@ -4,5 +4,7 @@
 //! them (which VirtualService routes a host, which DestinationRule and policies apply to a
 //! workload) and decides what each proxy receives.
 
+pub mod discovery;
 pub mod model;
+pub mod source;
 pub mod translate;

@@ -193,6 +193,10 @@ pub struct Registry {
     pub services: BTreeMap<String, MeshService>,
     /// Every workload.
     pub workloads: Vec<Workload>,
+    /// Host names of the services of each namespace.
+    pub by_namespace: BTreeMap<String, Vec<String>>,
+    /// Host name of the service at each virtual IP.
+    pub by_address: BTreeMap<String, String>,
 }
 
 impl Registry {
@@ -229,9 +233,24 @@ impl Registry {
                 services.entry(s.hostname.clone()).or_insert(s);
             }
         }
+        let mut by_namespace: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        let mut by_address = BTreeMap::new();
+        for s in services.values() {
+            by_namespace
+                .entry(s.namespace.clone())
+                .or_default()
+                .push(s.hostname.clone());
+            for a in &s.addresses {
+                by_address
+                    .entry(a.clone())
+                    .or_insert_with(|| s.hostname.clone());
+            }
+        }
         Registry {
             services,
             workloads,
+            by_namespace,
+            by_address,
         }
     }
 }

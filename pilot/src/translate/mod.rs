@@ -144,61 +144,90 @@ pub struct View {
     pub rejections: Vec<Rejection>,
 }
 
-/// Computes the view of `node`.
-pub fn view(model: &Model, node: &ProxyNode) -> View {
+/// What a proxy may see: exportTo, then its Sidecar's egress hosts.
+#[derive(Clone, Debug, Default)]
+pub struct Scope<'a> {
+    /// The Sidecar resource that applies, if any.
+    pub sidecar: Option<&'a Sidecar>,
+    egress: Option<Vec<(String, String)>>,
+    namespace: String,
+}
+
+impl Scope<'_> {
+    /// True when the proxy may call `svc`.
+    pub fn allows(&self, svc: &MeshService) -> bool {
+        svc.visibility.visible_to(&self.namespace) && in_scope(&self.egress, svc)
+    }
+}
+
+/// The scope of `node`.
+pub fn scope<'a>(model: &'a Model, node: &ProxyNode) -> Scope<'a> {
     let sidecar = sidecar_for(model, node);
-    let scope = egress_scope(sidecar);
+    Scope {
+        sidecar,
+        egress: egress_scope(sidecar),
+        namespace: node.namespace.clone(),
+    }
+}
+
+/// Computes the whole view of `node`: every service it may call.
+pub fn view(model: &Model, node: &ProxyNode) -> View {
+    let scope = scope(model, node);
     let mut rejections = Vec::new();
     let mut services = Vec::new();
     for svc in model.registry.services.values() {
-        if !svc.visibility.visible_to(&node.namespace) || !in_scope(&scope, svc) {
-            continue;
+        if scope.allows(svc) {
+            services.push(service_view(model, svc, node, &mut rejections));
         }
-        services.push(service_view(model, svc, node, &mut rejections));
     }
-    let outbound = sidecar
+    let mut state = workload_state(model, node, &scope);
+    state.services = services;
+    View { state, rejections }
+}
+
+/// The proxy's own part of its state: everything but the services.
+pub fn workload_state(model: &Model, node: &ProxyNode, scope: &Scope<'_>) -> state::ProxyState {
+    let outbound = scope
+        .sidecar
         .and_then(|s| s.spec.outbound_traffic_policy.as_ref())
         .and_then(|p| p.mode);
     let cfg = &model.config;
-    View {
-        state: state::ProxyState {
-            version: String::new(),
-            services,
-            outbound_traffic_policy: match outbound {
-                Some(OutboundTrafficMode::RegistryOnly) => "REGISTRY_ONLY",
-                _ => "ALLOW_ANY",
-            }
-            .to_string(),
-            inbound_ports: inbound_ports(model, node),
-            domain: cfg.domain.clone(),
-            namespace: node.namespace.clone(),
-            workload_labels: node.labels.clone().into_iter().collect(),
-            peer_authentication: Some(peer_authentication::effective(
-                &model.peer_authentications,
-                &cfg.root_namespace,
-                &node.namespace,
-                &node.labels,
-            )),
-            authorization_policies: policy::authorization_for(
-                &model.authorization_policies,
-                &cfg.root_namespace,
-                &node.namespace,
-                &node.labels,
-            )
-            .into_iter()
-            .map(|p| policy_ref(&p.metadata, &p.spec))
-            .collect(),
-            request_authentications: policy::request_authentication_for(
-                &model.request_authentications,
-                &cfg.root_namespace,
-                &node.namespace,
-                &node.labels,
-            )
-            .into_iter()
-            .map(|p| policy_ref(&p.metadata, &p.spec))
-            .collect(),
-        },
-        rejections,
+    state::ProxyState {
+        version: String::new(),
+        services: Vec::new(),
+        outbound_traffic_policy: match outbound {
+            Some(OutboundTrafficMode::RegistryOnly) => "REGISTRY_ONLY",
+            _ => "ALLOW_ANY",
+        }
+        .to_string(),
+        inbound_ports: inbound_ports(model, node),
+        domain: cfg.domain.clone(),
+        namespace: node.namespace.clone(),
+        workload_labels: node.labels.clone().into_iter().collect(),
+        peer_authentication: Some(peer_authentication::effective(
+            &model.peer_authentications,
+            &cfg.root_namespace,
+            &node.namespace,
+            &node.labels,
+        )),
+        authorization_policies: policy::authorization_for(
+            &model.authorization_policies,
+            &cfg.root_namespace,
+            &node.namespace,
+            &node.labels,
+        )
+        .into_iter()
+        .map(|p| policy_ref(&p.metadata, &p.spec))
+        .collect(),
+        request_authentications: policy::request_authentication_for(
+            &model.request_authentications,
+            &cfg.root_namespace,
+            &node.namespace,
+            &node.labels,
+        )
+        .into_iter()
+        .map(|p| policy_ref(&p.metadata, &p.spec))
+        .collect(),
     }
 }
 

@@ -50,7 +50,7 @@ fn string_match(m: &StringMatch) -> state::StringMatch {
 fn string_matches(
     map: &BTreeMap<String, StringMatch>,
     lower: bool,
-) -> std::collections::HashMap<String, state::StringMatch> {
+) -> BTreeMap<String, state::StringMatch> {
     map.iter()
         .map(|(k, v)| {
             let key = if lower {

@@ -28,7 +28,7 @@ pub struct RequestFacts<'a> {
 #[derive(Default)]
 pub struct SourceFacts<'a> {
     /// Workload labels.
-    pub labels: Option<&'a std::collections::HashMap<String, String>>,
+    pub labels: Option<&'a std::collections::BTreeMap<String, String>>,
     /// Workload namespace.
     pub namespace: &'a str,
 }
@@ -343,7 +343,7 @@ mod tests {
             find(&state, &routes, &on_8080, &src).map(|r| r.name.as_str()),
             Some("port")
         );
-        let labels: std::collections::HashMap<String, String> =
+        let labels: std::collections::BTreeMap<String, String> =
             [("app".to_string(), "order".to_string())].into();
         let order = SourceFacts {
             labels: Some(&labels),

@@ -1,0 +1,173 @@
+//! The local source: a folder of YAML (Istio resources, Services, ServiceAccounts, Namespaces,
+//! ServiceEntries, WorkloadEntries), read recursively and watched for changes. A resource that
+//! turns invalid keeps its last good version (and the finding says so); a file that cannot be
+//! parsed at all keeps every resource it last gave. Deleting a resource from a valid file
+//! removes it.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use mesh_api::load::{self, LoadError};
+use mesh_api::{Diagnostic, Resource};
+use notify::{RecursiveMode, Watcher};
+use tokio::sync::{mpsc, watch};
+
+use super::{Snapshot, key_of, referenced_files};
+
+/// Why the folder source stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum FolderError {
+    /// The folder could not be read.
+    #[error(transparent)]
+    Load(#[from] LoadError),
+    /// The folder could not be watched.
+    #[error("cannot watch {path}: {source}")]
+    Watch {
+        /// The folder.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: notify::Error,
+    },
+}
+
+/// The folder source's memory of what it accepted, so an invalid edit loses nothing.
+#[derive(Debug)]
+pub struct Folder {
+    dir: PathBuf,
+    /// Accepted resources by key, with the file they came from.
+    accepted: BTreeMap<(String, String), (Resource, Option<String>)>,
+    revision: u64,
+}
+
+impl Folder {
+    /// A source over `dir` (created empty if it does not exist yet).
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        Folder {
+            dir: dir.into(),
+            accepted: BTreeMap::new(),
+            revision: 0,
+        }
+    }
+
+    /// The folder.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Reads the folder again and returns the new snapshot.
+    pub fn reload(&mut self) -> Result<Snapshot, FolderError> {
+        if !self.dir.exists() {
+            std::fs::create_dir_all(&self.dir).map_err(|source| LoadError::Read {
+                path: self.dir.clone(),
+                source,
+            })?;
+        }
+        let report = load::load_path(&self.dir)?;
+        let mut next: BTreeMap<(String, String), (Resource, Option<String>)> = BTreeMap::new();
+        for doc in report.documents {
+            next.insert(key_of(&doc.resource), (doc.resource, doc.origin.file));
+        }
+        let mut findings = report.diagnostics;
+        let mut kept = Vec::new();
+        for d in findings
+            .iter()
+            .filter(|d| d.severity == mesh_api::Severity::Error)
+        {
+            match (&d.kind, &d.resource) {
+                (Some(kind), Some(id)) => {
+                    let key = (kind.clone(), id.clone());
+                    if let (false, Some(old)) = (next.contains_key(&key), self.accepted.get(&key)) {
+                        kept.push((key, old.clone()));
+                    }
+                }
+                // Which resource failed is unknown: keep everything its file gave before.
+                _ => {
+                    for (key, old) in &self.accepted {
+                        if old.1 == d.file && !next.contains_key(key) {
+                            kept.push((key.clone(), old.clone()));
+                        }
+                    }
+                }
+            }
+        }
+        for (key, old) in kept {
+            findings.push(Diagnostic::warning(format!(
+                "{} {}: the new version is refused (see the error above); serving the last good version",
+                key.0, key.1
+            )));
+            next.insert(key, old);
+        }
+        self.accepted = next;
+        self.revision += 1;
+        let resources: Vec<Resource> = self.accepted.values().map(|(r, _)| r.clone()).collect();
+        let mut files = BTreeMap::new();
+        for path in referenced_files(&resources) {
+            match std::fs::read_to_string(&path) {
+                Ok(text) => {
+                    files.insert(path, text);
+                }
+                Err(e) => findings.push(Diagnostic::warning(format!("cannot read {path}: {e}"))),
+            }
+        }
+        Ok(Snapshot {
+            revision: self.revision,
+            resources,
+            files,
+            findings,
+        })
+    }
+}
+
+/// How long the watcher waits for a burst of file events to settle before reloading.
+const SETTLE: Duration = Duration::from_millis(30);
+
+/// Loads `folder`, publishes the snapshot on `tx`, and publishes a new one after every change
+/// in the folder, until `tx` has no receivers left. A folder that cannot be read during a
+/// reload keeps the last snapshot (and the error is logged).
+pub async fn watch_folder(
+    mut folder: Folder,
+    tx: watch::Sender<Arc<Snapshot>>,
+) -> Result<(), FolderError> {
+    let (events_tx, mut events) = mpsc::unbounded_channel();
+    let first = folder.reload()?;
+    tx.send_replace(Arc::new(first));
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        if event.is_ok() {
+            let _ = events_tx.send(());
+        }
+    })
+    .map_err(|source| FolderError::Watch {
+        path: folder.dir().to_path_buf(),
+        source,
+    })?;
+    watcher
+        .watch(folder.dir(), RecursiveMode::Recursive)
+        .map_err(|source| FolderError::Watch {
+            path: folder.dir().to_path_buf(),
+            source,
+        })?;
+    loop {
+        tokio::select! {
+            event = events.recv() => {
+                if event.is_none() {
+                    return Ok(());
+                }
+            }
+            () = tx.closed() => return Ok(()),
+        }
+        // Let a burst of events (an editor's save, `cp -r`) settle into one reload.
+        tokio::time::sleep(SETTLE).await;
+        while events.try_recv().is_ok() {}
+        match folder.reload() {
+            Ok(snapshot) => {
+                tx.send_replace(Arc::new(snapshot));
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "config folder reload failed; keeping the last snapshot")
+            }
+        }
+    }
+}
