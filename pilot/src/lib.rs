@@ -4,7 +4,9 @@
 //! them (which VirtualService routes a host, which DestinationRule and policies apply to a
 //! workload) and decides what each proxy receives.
 
+pub mod debug;
 pub mod discovery;
 pub mod model;
+pub mod run;
 pub mod source;
 pub mod translate;

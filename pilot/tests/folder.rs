@@ -92,7 +92,7 @@ async fn watcher_publishes_changes() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("svc.yaml"), SVC).unwrap();
     let (tx, mut rx) = watch::channel(Arc::new(Snapshot::default()));
-    let task = tokio::spawn(watch_folder(Folder::new(dir.path()), tx));
+    let task = tokio::spawn(watch_folder(Folder::new(dir.path()), tx).unwrap());
     let deadline = Duration::from_secs(10);
     tokio::time::timeout(deadline, rx.wait_for(|s| s.resources.len() == 1))
         .await

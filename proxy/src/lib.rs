@@ -6,6 +6,7 @@
 //! from the control plane or a local file, reaching the listeners through a watch channel.
 
 pub mod admin;
+pub mod discovery;
 pub mod drain;
 pub mod http;
 pub mod identity;
@@ -46,6 +47,8 @@ pub struct Inputs {
     pub svids: Option<Svids>,
     /// The inbound mTLS configuration, when the proxy has an identity.
     pub tls_server: Option<Arc<rustls::ServerConfig>>,
+    /// Asks pilot for destinations the state does not hold yet, when pilot feeds the state.
+    pub on_demand: Option<Arc<discovery::OnDemand>>,
 }
 
 impl Inputs {
@@ -81,6 +84,7 @@ impl Inputs {
             has_state: initial.into(),
             svids,
             tls_server,
+            on_demand: None,
         }
     }
 
@@ -116,6 +120,22 @@ impl Default for Listeners {
             readiness: ([0, 0, 0, 0], 15021).into(),
         }
     }
+}
+
+/// What a proxy runs with besides its listeners.
+pub struct Setup {
+    /// The latest state.
+    pub state: watch::Receiver<Arc<State>>,
+    /// Whether the current value of `state` is a real state (not a placeholder).
+    pub has_state: bool,
+    /// Where captured outbound connections were headed.
+    pub outbound_dst: Arc<dyn OriginalDst>,
+    /// Where captured inbound connections were headed.
+    pub inbound_dst: Arc<dyn OriginalDst>,
+    /// The workload's certificates, when it has an identity.
+    pub svids: Option<Svids>,
+    /// On-demand lookups, when pilot feeds the state.
+    pub on_demand: Option<Arc<discovery::OnDemand>>,
 }
 
 /// A running proxy.
@@ -170,6 +190,27 @@ impl Proxy {
         inbound_dst: Arc<dyn OriginalDst>,
         svids: Option<Svids>,
     ) -> Result<Self, BindError> {
+        let setup = Setup {
+            state,
+            has_state,
+            outbound_dst,
+            inbound_dst,
+            svids,
+            on_demand: None,
+        };
+        Self::launch(listeners, setup).await
+    }
+
+    /// Binds every listener and starts serving with everything `setup` gives.
+    pub async fn launch(listeners: &Listeners, setup: Setup) -> Result<Self, BindError> {
+        let Setup {
+            state,
+            has_state,
+            outbound_dst,
+            inbound_dst,
+            svids,
+            on_demand,
+        } = setup;
         let outbound = bind(listeners.outbound, "outbound").await?;
         let inbound = bind(listeners.inbound, "inbound").await?;
         let admin = bind(listeners.admin, "admin").await?;
@@ -182,6 +223,7 @@ impl Proxy {
             readiness: local(&readiness, listeners.readiness),
         };
         let mut inputs = Inputs::with_identity(state, has_state, svids);
+        inputs.on_demand = on_demand;
         inputs.own_addrs = vec![bound.outbound, bound.inbound, bound.admin, bound.readiness];
         let inputs = Arc::new(inputs);
         let (trigger, watch) = drain::channel();

@@ -32,8 +32,27 @@ enum Command {
 #[derive(Args)]
 struct RunArgs {
     /// The proxy's state (mesh.state.v1.ProxyState as YAML or JSON); watched for changes.
-    #[arg(long, value_name = "FILE")]
-    state_file: PathBuf,
+    /// Without pilot, this is how the proxy is configured.
+    #[arg(
+        long,
+        value_name = "FILE",
+        required_unless_present = "discovery_address",
+        conflicts_with = "discovery_address"
+    )]
+    state_file: Option<PathBuf>,
+    /// Pilot's discovery address (e.g. http://127.0.0.1:15010): the state comes from pilot,
+    /// and destinations not yet known are asked for on demand.
+    #[arg(long, value_name = "URL")]
+    discovery_address: Option<String>,
+    /// Labels of the workload (`app=order,version=v1`), sent to pilot.
+    #[arg(long, default_value = "", value_name = "K=V,...")]
+    labels: String,
+    /// Addresses of the workload, sent to pilot (comma-separated).
+    #[arg(long, default_value = "", value_name = "IP,...")]
+    workload_ips: String,
+    /// Name of the workload (pod), sent to pilot.
+    #[arg(long, default_value = "")]
+    workload_name: String,
     /// How often the state file is checked for changes, in milliseconds.
     #[arg(long, default_value_t = 500)]
     state_poll_ms: u64,
@@ -215,13 +234,23 @@ fn run_proxy(args: &RunArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     runtime.block_on(async {
-        let initial = state::load_file(&args.state_file)?;
-        let (tx, rx) = tokio::sync::watch::channel(Arc::new(initial));
-        tokio::spawn(state::watch_file(
-            args.state_file.clone(),
-            tx,
-            Duration::from_millis(args.state_poll_ms.max(10)),
-        ));
+        let (rx, has_state, on_demand) = match (&args.state_file, &args.discovery_address) {
+            (Some(file), _) => {
+                let initial = state::load_file(file)?;
+                let (tx, rx) = tokio::sync::watch::channel(Arc::new(initial));
+                tokio::spawn(state::watch_file(
+                    file.clone(),
+                    tx,
+                    Duration::from_millis(args.state_poll_ms.max(10)),
+                ));
+                (rx, true, None)
+            }
+            (None, Some(address)) => {
+                let (rx, od) = start_discovery(args, address)?;
+                (rx, false, Some(od))
+            }
+            (None, None) => anyhow::bail!("give --state-file or --discovery-address"),
+        };
         let listeners = Listeners {
             outbound: ([0, 0, 0, 0], args.outbound_port).into(),
             inbound: ([0, 0, 0, 0], args.inbound_port).into(),
@@ -233,8 +262,15 @@ fn run_proxy(args: &RunArgs) -> anyhow::Result<()> {
             Some(ca) => Some(start_identity(args, ca)?),
         };
         let dst = Arc::new(KernelOriginalDst);
-        let mut proxy =
-            Proxy::start_with_identity(&listeners, rx, true, dst.clone(), dst, svids).await?;
+        let setup = mesh_proxy::Setup {
+            state: rx,
+            has_state,
+            outbound_dst: dst.clone(),
+            inbound_dst: dst,
+            svids,
+            on_demand,
+        };
+        let mut proxy = Proxy::launch(&listeners, setup).await?;
         tracing::info!(
             "mesh-proxy ready: outbound {}, inbound {}, admin {}, readiness {}",
             proxy.bound.outbound,
@@ -259,6 +295,76 @@ fn run_proxy(args: &RunArgs) -> anyhow::Result<()> {
         }
         Ok(())
     })
+}
+
+/// Parses `k=v,k=v`.
+fn parse_labels(text: &str) -> anyhow::Result<std::collections::HashMap<String, String>> {
+    text.split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .map(|pair| {
+            let (k, v) = pair
+                .split_once('=')
+                .ok_or_else(|| anyhow::anyhow!("--labels: {pair:?} is not KEY=VALUE"))?;
+            Ok((k.trim().to_string(), v.trim().to_string()))
+        })
+        .collect()
+}
+
+type StateFeed = (
+    tokio::sync::watch::Receiver<Arc<state::State>>,
+    Arc<mesh_proxy::discovery::OnDemand>,
+);
+
+/// Starts the discovery client; the state it feeds is empty until pilot's first answer (the
+/// proxy reports ready only then).
+fn start_discovery(args: &RunArgs, address: &str) -> anyhow::Result<StateFeed> {
+    use mesh_api::proto::discovery::v1 as pb;
+    let ips: Vec<String> = args
+        .workload_ips
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+        .collect();
+    let name = if args.workload_name.is_empty() {
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_string())
+            .unwrap_or_default()
+    } else {
+        args.workload_name.clone()
+    };
+    let node = pb::Node {
+        id: format!(
+            "sidecar~{}~{name}.{}",
+            ips.first().map_or("", String::as_str),
+            args.namespace
+        ),
+        kind: pb::ProxyKind::Sidecar.into(),
+        namespace: args.namespace.clone(),
+        service_account: args.service_account.clone(),
+        workload_name: name,
+        labels: parse_labels(&args.labels)?,
+        ip_addresses: ips,
+        proxy_version: env!("CARGO_PKG_VERSION").to_string(),
+    };
+    let empty = state::State::compile(state::proto::ProxyState::default())?;
+    let (tx, rx) = tokio::sync::watch::channel(Arc::new(empty));
+    let (lookups_tx, lookups) = tokio::sync::mpsc::unbounded_channel();
+    let od = Arc::new(mesh_proxy::discovery::OnDemand::new(lookups_tx));
+    let config = mesh_proxy::discovery::DiscoveryConfig {
+        address: address.to_string(),
+        node,
+        backoff_min: Duration::from_millis(500),
+        backoff_max: Duration::from_secs(30),
+    };
+    tokio::spawn(mesh_proxy::discovery::run(
+        config,
+        tx,
+        lookups,
+        Some(od.clone()),
+    ));
+    Ok((rx, od))
 }
 
 /// Starts fetching and renewing the workload certificate; the proxy reports ready once it has

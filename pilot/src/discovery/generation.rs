@@ -112,7 +112,10 @@ impl Generation {
         let aliases = svc
             .addresses
             .iter()
-            .flat_map(|a| out.ports.iter().map(move |p| format!("{a}:{}", p.port)))
+            .flat_map(|a| {
+                std::iter::once(a.clone())
+                    .chain(out.ports.iter().map(move |p| format!("{a}:{}", p.port)))
+            })
             .collect();
         let built = Arc::new(Built {
             resource: encode(SERVICE_TYPE, hostname, aliases, out.encode_to_vec()),

@@ -25,6 +25,9 @@ pub enum SessionError {
     UnknownType(String),
 }
 
+/// The name that asks for the default view.
+pub const WILDCARD: &str = "*";
+
 #[derive(Debug, Default)]
 struct TypeState {
     subscribed: bool,
@@ -111,7 +114,10 @@ impl Session {
         let mut changed = false;
         if !t.subscribed {
             t.subscribed = true;
-            t.wildcard = req.resource_names_subscribe.is_empty() && req.on_demand.is_empty();
+            // The default view: nothing named on the first request, or `*` among the names
+            // (how a reconnecting client asks for it beside the names it had added).
+            t.wildcard = (req.resource_names_subscribe.is_empty() && req.on_demand.is_empty())
+                || req.resource_names_subscribe.iter().any(|n| n == WILDCARD);
             t.client = req
                 .initial_resource_versions
                 .iter()
@@ -120,7 +126,11 @@ impl Session {
             t.acked = t.client.clone();
             changed = true;
         }
-        for name in &req.resource_names_subscribe {
+        for name in req
+            .resource_names_subscribe
+            .iter()
+            .filter(|n| *n != WILDCARD)
+        {
             changed |= t.names.insert(name.clone());
         }
         for name in &req.resource_names_unsubscribe {

@@ -27,9 +27,20 @@ pub struct ProxyStatus {
 }
 
 /// Every proxy's status, shared by the streams and the debug endpoints.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct Status {
     inner: Arc<Mutex<BTreeMap<String, ProxyStatus>>>,
+    /// Bumped on every update, so callers can wait for a condition instead of polling.
+    changes: Arc<tokio::sync::watch::Sender<u64>>,
+}
+
+impl Default for Status {
+    fn default() -> Self {
+        Status {
+            inner: Arc::default(),
+            changes: Arc::new(tokio::sync::watch::channel(0).0),
+        }
+    }
 }
 
 impl Status {
@@ -45,6 +56,20 @@ impl Status {
     pub fn update(&self, id: &str, f: impl FnOnce(&mut ProxyStatus)) {
         if let Some(s) = self.inner.lock().ok().as_mut().and_then(|m| m.get_mut(id)) {
             f(s);
+        }
+        self.changes.send_modify(|n| *n += 1);
+    }
+
+    /// Waits until `pred` holds for the statuses of all proxies.
+    pub async fn wait_for(&self, mut pred: impl FnMut(&[ProxyStatus]) -> bool) {
+        let mut rx = self.changes.subscribe();
+        loop {
+            if pred(&self.all()) {
+                return;
+            }
+            if rx.changed().await.is_err() {
+                return;
+            }
         }
     }
 

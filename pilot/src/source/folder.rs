@@ -124,50 +124,59 @@ impl Folder {
 /// How long the watcher waits for a burst of file events to settle before reloading.
 const SETTLE: Duration = Duration::from_millis(30);
 
-/// Loads `folder`, publishes the snapshot on `tx`, and publishes a new one after every change
-/// in the folder, until `tx` has no receivers left. A folder that cannot be read during a
-/// reload keeps the last snapshot (and the error is logged).
-pub async fn watch_folder(
+/// Starts watching `folder`, loads it and publishes the snapshot on `tx`; returns the task
+/// that publishes a new snapshot after every change, until `tx` has no receivers left. The
+/// watch is in place before the first load, so no change is missed. A folder that cannot be
+/// read during a reload keeps the last snapshot (and the error is logged).
+pub fn watch_folder(
     mut folder: Folder,
     tx: watch::Sender<Arc<Snapshot>>,
-) -> Result<(), FolderError> {
+) -> Result<impl std::future::Future<Output = ()> + Send + 'static, FolderError> {
     let (events_tx, mut events) = mpsc::unbounded_channel();
-    let first = folder.reload()?;
-    tx.send_replace(Arc::new(first));
+    let watch_error = |dir: &Path, source| FolderError::Watch {
+        path: dir.to_path_buf(),
+        source,
+    };
+    if !folder.dir().exists() {
+        std::fs::create_dir_all(folder.dir()).map_err(|source| LoadError::Read {
+            path: folder.dir().to_path_buf(),
+            source,
+        })?;
+    }
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         if event.is_ok() {
             let _ = events_tx.send(());
         }
     })
-    .map_err(|source| FolderError::Watch {
-        path: folder.dir().to_path_buf(),
-        source,
-    })?;
+    .map_err(|e| watch_error(folder.dir(), e))?;
     watcher
         .watch(folder.dir(), RecursiveMode::Recursive)
-        .map_err(|source| FolderError::Watch {
-            path: folder.dir().to_path_buf(),
-            source,
-        })?;
-    loop {
-        tokio::select! {
-            event = events.recv() => {
-                if event.is_none() {
-                    return Ok(());
+        .map_err(|e| watch_error(folder.dir(), e))?;
+    let first = folder.reload()?;
+    tx.send_replace(Arc::new(first));
+    Ok(async move {
+        // The watcher lives as long as the task.
+        let _watcher = watcher;
+        loop {
+            tokio::select! {
+                event = events.recv() => {
+                    if event.is_none() {
+                        return;
+                    }
+                }
+                () = tx.closed() => return,
+            }
+            // Let a burst of events (an editor's save, `cp -r`) settle into one reload.
+            tokio::time::sleep(SETTLE).await;
+            while events.try_recv().is_ok() {}
+            match folder.reload() {
+                Ok(snapshot) => {
+                    tx.send_replace(Arc::new(snapshot));
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "config folder reload failed; keeping the last snapshot")
                 }
             }
-            () = tx.closed() => return Ok(()),
         }
-        // Let a burst of events (an editor's save, `cp -r`) settle into one reload.
-        tokio::time::sleep(SETTLE).await;
-        while events.try_recv().is_ok() {}
-        match folder.reload() {
-            Ok(snapshot) => {
-                tx.send_replace(Arc::new(snapshot));
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "config folder reload failed; keeping the last snapshot")
-            }
-        }
-    }
+    })
 }

@@ -30,6 +30,9 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// a server-first protocol is treated as TCP after it).
 pub const SNIFF_TIMEOUT: Duration = Duration::from_millis(100);
 
+/// How long a connection to an unknown destination waits for pilot's answer.
+pub const ON_DEMAND_TIMEOUT: Duration = Duration::from_secs(1);
+
 /// Accepts until a drain begins; each connection runs in its own task.
 pub async fn serve(
     listener: TcpListener,
@@ -58,7 +61,13 @@ async fn handle(
         tracing::warn!(%peer, %dst, "outbound: connection addressed to the proxy itself; closing to avoid a loop");
         return;
     }
-    let state = inputs.state.borrow().clone();
+    let mut state = inputs.state.borrow().clone();
+    if let (None, Some(od)) = (state.service_for(dst), &inputs.on_demand) {
+        // A destination the proxy holds nothing for: ask pilot before deciding.
+        if od.lookup_address(dst, ON_DEMAND_TIMEOUT).await {
+            state = inputs.state.borrow().clone();
+        }
+    }
     // The port's declared protocol decides; undeclared ports are told apart by their first
     // bytes (with a bounded wait, so server-first protocols fall back to TCP).
     let svc = state.service_for(dst);

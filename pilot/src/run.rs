@@ -1,0 +1,141 @@
+//! Pilot as one running piece: the folder source, the debounced model builder, the discovery
+//! server and the debug endpoints, started together. The `mesh-pilot` binary and the local
+//! runtime both use it, and tests start it in-process.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::debug::{self, DebugState};
+use crate::discovery::{self, Debounce, DiscoveryService, Generation, Status};
+use crate::model::{MeshConfig, Model};
+use crate::source::Snapshot;
+use crate::source::folder::{Folder, FolderError, watch_folder};
+
+/// How to run pilot.
+#[derive(Clone, Debug)]
+pub struct PilotConfig {
+    /// The folder of configuration.
+    pub config_dir: PathBuf,
+    /// Discovery (plaintext gRPC; keep it on loopback).
+    pub discovery: SocketAddr,
+    /// Debug endpoints.
+    pub debug: SocketAddr,
+    /// Mesh-wide settings.
+    pub mesh: MeshConfig,
+    /// How changes are coalesced.
+    pub debounce: Debounce,
+}
+
+/// Why pilot could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The configuration folder.
+    #[error(transparent)]
+    Source(#[from] FolderError),
+    /// A port.
+    #[error("cannot listen on {addr} ({what}): {source}; is another pilot running?")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Which listener.
+        what: &'static str,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A running pilot.
+pub struct Pilot {
+    /// Where discovery listens.
+    pub discovery_addr: SocketAddr,
+    /// Where the debug endpoints listen.
+    pub debug_addr: SocketAddr,
+    /// Every proxy's status.
+    pub status: Status,
+    /// The current model generation.
+    pub generations: watch::Receiver<Arc<Generation>>,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+async fn bind(addr: SocketAddr, what: &'static str) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Bind { addr, what, source })
+}
+
+impl Pilot {
+    /// Reads the folder, binds the ports and starts serving.
+    pub async fn start(config: PilotConfig) -> Result<Pilot, StartError> {
+        let discovery_listener = bind(config.discovery, "discovery").await?;
+        let debug_listener = bind(config.debug, "debug").await?;
+        let discovery_addr = discovery_listener.local_addr().unwrap_or(config.discovery);
+        let debug_addr = debug_listener.local_addr().unwrap_or(config.debug);
+        let (snap_tx, snap_rx) = watch::channel(Arc::new(Snapshot::default()));
+        let folder_task = watch_folder(Folder::new(&config.config_dir), snap_tx)?;
+        for f in &snap_rx.borrow().findings {
+            tracing::warn!("config: {f}");
+        }
+        let (gen_tx, gen_rx) = watch::channel(Arc::new(Generation::new(
+            0,
+            Model::build(config.mesh.clone(), &[], Default::default()),
+        )));
+        let (shutdown, _) = watch::channel(false);
+        let stopped = |mut rx: watch::Receiver<bool>| async move {
+            let _ = rx.wait_for(|s| *s).await;
+        };
+        let status = Status::default();
+        let mut tasks = Vec::new();
+        tasks.push(tokio::spawn(folder_task));
+        tasks.push(tokio::spawn(discovery::build_generations(
+            config.mesh.clone(),
+            snap_rx.clone(),
+            gen_tx,
+            config.debounce,
+        )));
+        let service = DiscoveryService::new(gen_rx.clone(), status.clone());
+        tasks.push(tokio::spawn(discovery::server::serve(
+            discovery_listener,
+            service,
+            stopped(shutdown.subscribe()),
+        )));
+        let debug_state = DebugState {
+            generations: gen_rx.clone(),
+            snapshots: snap_rx,
+            status: status.clone(),
+        };
+        tasks.push(tokio::spawn(debug::serve(
+            debug_listener,
+            debug_state,
+            stopped(shutdown.subscribe()),
+        )));
+        let mut generations = gen_rx;
+        // Ready once the first real generation is built.
+        let _ = generations.wait_for(|g| g.version > 0).await;
+        Ok(Pilot {
+            discovery_addr,
+            debug_addr,
+            status,
+            generations,
+            shutdown,
+            tasks,
+        })
+    }
+
+    /// Stops every task (open streams end; proxies keep their state and reconnect).
+    pub async fn stop(self) {
+        let _ = self.shutdown.send(true);
+        for t in &self.tasks {
+            t.abort();
+        }
+        // Once every task has ended, its listeners are closed and the ports free again.
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+}

@@ -1,0 +1,245 @@
+//! The discovery client: one delta stream to pilot, turned into the proxy's
+//! `watch::Sender<Arc<State>>`, with reconnect and backoff.
+//!
+//! The client holds the resources pilot sent (the workload's own settings and one resource per
+//! service). Each response is applied to a copy, compiled into a [`State`], and only then
+//! published and acknowledged; a response that does not compile is refused (NACK, with the
+//! reason) and the proxy keeps serving what it had. While pilot is away the last state stays
+//! in force; on reconnect the client says which versions it holds, so pilot sends only what
+//! changed meanwhile.
+
+pub mod on_demand;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use mesh_api::proto::discovery::v1 as pb;
+use mesh_api::proto::discovery::v1::discovery_client::DiscoveryClient;
+use mesh_api::proto::state::v1 as proto;
+use prost::Message;
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+
+pub use on_demand::OnDemand;
+
+use crate::state::State;
+
+/// Type of the per-service resources.
+pub const SERVICE_TYPE: &str = "type.mesh.dev/mesh.state.v1.Service";
+/// Type of the proxy's own settings.
+pub const WORKLOAD_TYPE: &str = "type.mesh.dev/mesh.state.v1.ProxyState";
+/// The name that asks for the default view.
+const WILDCARD: &str = "*";
+
+/// Where pilot is and who this proxy is.
+#[derive(Clone, Debug)]
+pub struct DiscoveryConfig {
+    /// Pilot's discovery address, e.g. `http://127.0.0.1:15010`.
+    pub address: String,
+    /// This proxy.
+    pub node: pb::Node,
+    /// First retry delay after a failure.
+    pub backoff_min: Duration,
+    /// Longest retry delay.
+    pub backoff_max: Duration,
+}
+
+/// What the client holds from pilot.
+#[derive(Clone, Debug, Default)]
+struct Held {
+    workload: Option<(String, proto::ProxyState)>,
+    services: BTreeMap<String, (String, proto::Service)>,
+    version: String,
+}
+
+impl Held {
+    fn versions(&self, type_url: &str) -> std::collections::HashMap<String, String> {
+        match type_url {
+            WORKLOAD_TYPE => self
+                .workload
+                .iter()
+                .map(|(v, _)| ("workload".to_string(), v.clone()))
+                .collect(),
+            _ => self
+                .services
+                .iter()
+                .map(|(n, (v, _))| (n.clone(), v.clone()))
+                .collect(),
+        }
+    }
+
+    fn state(&self) -> proto::ProxyState {
+        let mut s = self
+            .workload
+            .as_ref()
+            .map(|(_, w)| w.clone())
+            .unwrap_or_default();
+        s.services = self.services.values().map(|(_, svc)| svc.clone()).collect();
+        s.version.clone_from(&self.version);
+        s
+    }
+
+    /// Applies a response to a copy; the copy and its compiled state, or why it was refused.
+    fn apply(&self, r: &pb::DeltaDiscoveryResponse) -> Result<(Held, State), String> {
+        let mut next = self.clone();
+        for res in &r.resources {
+            let bytes = res
+                .resource
+                .as_ref()
+                .map(|a| a.value.as_slice())
+                .unwrap_or_default();
+            match r.type_url.as_str() {
+                WORKLOAD_TYPE => {
+                    let w = proto::ProxyState::decode(bytes)
+                        .map_err(|e| format!("{}: cannot decode: {e}", res.name))?;
+                    next.workload = Some((res.version.clone(), w));
+                }
+                SERVICE_TYPE => {
+                    let s = proto::Service::decode(bytes)
+                        .map_err(|e| format!("{}: cannot decode: {e}", res.name))?;
+                    next.services
+                        .insert(res.name.clone(), (res.version.clone(), s));
+                }
+                other => return Err(format!("unexpected resource type {other}")),
+            }
+        }
+        for name in &r.removed_resources {
+            match r.type_url.as_str() {
+                WORKLOAD_TYPE => next.workload = None,
+                _ => {
+                    next.services.remove(name);
+                }
+            }
+        }
+        next.version.clone_from(&r.system_version_info);
+        let state = State::compile(next.state()).map_err(|e| e.to_string())?;
+        Ok((next, state))
+    }
+}
+
+/// Runs the client until `tx` has no receivers: connects, resyncs, applies responses,
+/// forwards on-demand lookups, and reconnects with jittered exponential backoff.
+pub async fn run(
+    config: DiscoveryConfig,
+    tx: watch::Sender<Arc<State>>,
+    mut lookups: mpsc::UnboundedReceiver<pb::OnDemandLookup>,
+    on_demand: Option<Arc<OnDemand>>,
+) {
+    let mut held = Held::default();
+    let mut delay = config.backoff_min;
+    loop {
+        let started = tokio::time::Instant::now();
+        match stream_once(&config, &tx, &mut held, &mut lookups, on_demand.as_deref()).await {
+            Ok(()) => return,
+            Err(e) => {
+                tracing::warn!(address = %config.address, "discovery: {e}; retrying in {delay:?}")
+            }
+        }
+        if tx.is_closed() {
+            return;
+        }
+        // A stream that lived a while was healthy: start the backoff over.
+        if started.elapsed() > Duration::from_secs(30) {
+            delay = config.backoff_min;
+        }
+        let jitter = 0.8 + fastrand::f64() * 0.4;
+        tokio::time::sleep(delay.mul_f64(jitter)).await;
+        delay = (delay * 2).min(config.backoff_max);
+    }
+}
+
+fn subscribe(type_url: &str, held: &Held, node: Option<pb::Node>) -> pb::DeltaDiscoveryRequest {
+    let mut names = Vec::new();
+    // On reconnect: the default view plus every service held (some came on demand).
+    if type_url == SERVICE_TYPE && !held.services.is_empty() {
+        names.push(WILDCARD.to_string());
+        names.extend(held.services.keys().cloned());
+    }
+    pb::DeltaDiscoveryRequest {
+        node,
+        type_url: type_url.to_string(),
+        resource_names_subscribe: names,
+        initial_resource_versions: held.versions(type_url),
+        ..Default::default()
+    }
+}
+
+/// One stream: returns `Ok` when the proxy stops, `Err` when the stream fails.
+async fn stream_once(
+    config: &DiscoveryConfig,
+    tx: &watch::Sender<Arc<State>>,
+    held: &mut Held,
+    lookups: &mut mpsc::UnboundedReceiver<pb::OnDemandLookup>,
+    on_demand: Option<&OnDemand>,
+) -> Result<(), String> {
+    let channel = tonic::transport::Endpoint::from_shared(config.address.clone())
+        .map_err(|e| format!("bad discovery address {}: {e}", config.address))?
+        .connect_timeout(Duration::from_secs(5))
+        .tcp_nodelay(true)
+        .connect()
+        .await
+        .map_err(|e| format!("cannot connect: {e}"))?;
+    let (req_tx, req_rx) = mpsc::channel(64);
+    req_tx
+        .send(subscribe(WORKLOAD_TYPE, held, Some(config.node.clone())))
+        .await
+        .map_err(|_| "request stream closed")?;
+    req_tx
+        .send(subscribe(SERVICE_TYPE, held, None))
+        .await
+        .map_err(|_| "request stream closed")?;
+    let mut responses = DiscoveryClient::new(channel)
+        .delta_resources(ReceiverStream::new(req_rx))
+        .await
+        .map_err(|e| format!("stream refused: {}", e.message()))?
+        .into_inner();
+    loop {
+        tokio::select! {
+            msg = responses.message() => {
+                let r = match msg {
+                    Ok(Some(r)) => r,
+                    Ok(None) => return Err("pilot closed the stream".into()),
+                    Err(e) => return Err(format!("stream failed: {}", e.message())),
+                };
+                let reply = match held.apply(&r) {
+                    Ok((next, state)) => {
+                        *held = next;
+                        if held.workload.is_some() {
+                            tx.send_replace(Arc::new(state));
+                        }
+                        None
+                    }
+                    Err(message) => {
+                        tracing::warn!(nonce = %r.nonce, "discovery: refusing an update, keeping the current state: {message}");
+                        Some(pb::ErrorDetail { code: 3, message })
+                    }
+                };
+                if let Some(od) = on_demand {
+                    for res in &r.resources {
+                        od.found(&res.name);
+                        res.aliases.iter().for_each(|a| od.found(a));
+                    }
+                    r.removed_resources.iter().for_each(|n| od.not_found(n));
+                }
+                let ack = pb::DeltaDiscoveryRequest {
+                    type_url: r.type_url.clone(),
+                    response_nonce: r.nonce.clone(),
+                    error_detail: reply,
+                    ..Default::default()
+                };
+                req_tx.send(ack).await.map_err(|_| "request stream closed")?;
+            }
+            lookup = lookups.recv() => {
+                let Some(lookup) = lookup else { return Ok(()) };
+                let req = pb::DeltaDiscoveryRequest {
+                    type_url: SERVICE_TYPE.into(),
+                    on_demand: vec![lookup],
+                    ..Default::default()
+                };
+                req_tx.send(req).await.map_err(|_| "request stream closed")?;
+            }
+            () = tx.closed() => return Ok(()),
+        }
+    }
+}

@@ -1,0 +1,81 @@
+//! On-demand discovery from the data path: a connection to a destination the proxy has no
+//! state for asks pilot for it and waits (briefly) for the answer before deciding, so the
+//! proxy needs to hold only what its workload actually calls.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use mesh_api::proto::discovery::v1 as pb;
+use tokio::sync::{mpsc, oneshot};
+
+/// How long a "pilot does not know it" answer is remembered, so a workload that keeps calling
+/// an address outside the mesh does not ask again on every connection.
+const NEGATIVE_TTL: Duration = Duration::from_secs(5);
+
+/// The data path's handle on the discovery client.
+#[derive(Debug)]
+pub struct OnDemand {
+    requests: mpsc::UnboundedSender<pb::OnDemandLookup>,
+    waiters: Mutex<HashMap<String, Vec<oneshot::Sender<()>>>>,
+    negative: Mutex<HashMap<String, Instant>>,
+}
+
+impl OnDemand {
+    /// A handle sending lookups on `requests` (read by the discovery client).
+    pub fn new(requests: mpsc::UnboundedSender<pb::OnDemandLookup>) -> Self {
+        OnDemand {
+            requests,
+            waiters: Mutex::new(HashMap::new()),
+            negative: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Asks pilot for the service at `addr` and waits until it answers or `deadline` passes.
+    /// Returns true when pilot answered (the state may now hold the service).
+    pub async fn lookup_address(&self, addr: std::net::SocketAddr, deadline: Duration) -> bool {
+        let key = addr.to_string();
+        let known_absent = self
+            .negative
+            .lock()
+            .ok()
+            .and_then(|n| n.get(&key).copied())
+            .is_some_and(|at| at.elapsed() < NEGATIVE_TTL);
+        if known_absent {
+            return false;
+        }
+        let (tx, rx) = oneshot::channel();
+        if let Ok(mut w) = self.waiters.lock() {
+            w.entry(key.clone()).or_default().push(tx);
+        }
+        let lookup = pb::OnDemandLookup {
+            target: Some(pb::on_demand_lookup::Target::Address(key.clone())),
+        };
+        if self.requests.send(lookup).is_err() {
+            return false;
+        }
+        let answered = matches!(tokio::time::timeout(deadline, rx).await, Ok(Ok(())));
+        if let (false, Ok(mut w)) = (answered, self.waiters.lock()) {
+            w.remove(&key);
+        }
+        answered
+    }
+
+    /// Pilot sent `name` (a resource name or alias): release whoever waits for it.
+    pub fn found(&self, name: &str) {
+        let waiting = self.waiters.lock().ok().and_then(|mut w| w.remove(name));
+        for tx in waiting.into_iter().flatten() {
+            let _ = tx.send(());
+        }
+    }
+
+    /// Pilot said `name` does not exist (or may not be seen): remember it briefly and release
+    /// whoever waits for it.
+    pub fn not_found(&self, name: &str) {
+        if let Ok(mut n) = self.negative.lock() {
+            n.retain(|_, at| at.elapsed() < NEGATIVE_TTL);
+            n.insert(name.to_string(), Instant::now());
+        }
+        self.found(name);
+    }
+}
