@@ -2,6 +2,7 @@
 //! and (as later work lands) run the mesh locally and inspect it.
 
 mod manifest;
+mod proxy_status;
 mod validate;
 
 use std::process::ExitCode;
@@ -20,6 +21,9 @@ struct Cli {
 enum Command {
     /// Check mesh configuration (Istio YAML or JSON) without applying it.
     Validate(validate::Args),
+    /// Show every proxy pilot knows: connected or not, versions sent and acknowledged, and
+    /// why a push was refused.
+    ProxyStatus(proxy_status::Args),
     /// Generate manifests from the mesh's types.
     #[command(subcommand)]
     Manifest(manifest::Command),
@@ -30,5 +34,6 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Validate(args) => validate::run(&args),
         Command::Manifest(cmd) => manifest::run(&cmd),
+        Command::ProxyStatus(args) => proxy_status::run(&args),
     }
 }

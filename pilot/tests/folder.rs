@@ -105,6 +105,12 @@ async fn watcher_publishes_changes() {
         .unwrap()
         .clone();
     assert_eq!(weights(&s), vec![80, 20]);
+    // Reading the folder is not a change: no snapshot follows by itself.
+    let revision = s.revision;
+    let _ = Folder::new(dir.path()).reload().unwrap();
+    let quiet = tokio::time::timeout(Duration::from_millis(300), rx.changed()).await;
+    assert!(quiet.is_err(), "a read made a new snapshot");
+    assert_eq!(rx.borrow().revision, revision);
     drop(rx);
     task.abort();
 }

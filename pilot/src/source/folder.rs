@@ -144,7 +144,15 @@ pub fn watch_folder(
         })?;
     }
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        if event.is_ok() {
+        use notify::EventKind;
+        use notify::event::ModifyKind;
+        // Reading the files (ours included) raises access events: only changes count.
+        let change = event.is_ok_and(|e| match e.kind {
+            EventKind::Create(_) | EventKind::Remove(_) => true,
+            EventKind::Modify(m) => !matches!(m, ModifyKind::Metadata(_)),
+            EventKind::Access(_) | EventKind::Any | EventKind::Other => false,
+        });
+        if change {
             let _ = events_tx.send(());
         }
     })
