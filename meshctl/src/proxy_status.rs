@@ -15,7 +15,11 @@ use serde::Deserialize;
 #[derive(clap::Args)]
 pub struct Args {
     /// Pilot's debug address.
-    #[arg(long, default_value = "http://127.0.0.1:15014", env = "MESH_PILOT_DEBUG")]
+    #[arg(
+        long,
+        default_value = "http://127.0.0.1:15014",
+        env = "MESH_PILOT_DEBUG"
+    )]
     pilot: String,
     /// Output format.
     #[arg(short = 'o', long = "output", value_enum, default_value = "text")]
@@ -61,7 +65,9 @@ struct Node {
 /// Fetches `/debug/syncz` from `pilot`.
 pub async fn fetch(pilot: &str) -> anyhow::Result<String> {
     let url = format!("{}/debug/syncz", pilot.trim_end_matches('/'));
-    let uri: hyper::Uri = url.parse().with_context(|| format!("--pilot: {pilot:?} is not a URL"))?;
+    let uri: hyper::Uri = url
+        .parse()
+        .with_context(|| format!("--pilot: {pilot:?} is not a URL"))?;
     let client = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
     let fetch = async {
         let resp = client.get(uri).await?;
@@ -123,7 +129,13 @@ pub fn render(syncz: &Syncz) -> String {
         let line: Vec<String> = r
             .iter()
             .enumerate()
-            .map(|(i, c)| if i == 5 { c.clone() } else { format!("{c:<w$}", w = widths[i]) })
+            .map(|(i, c)| {
+                if i == 5 {
+                    c.clone()
+                } else {
+                    format!("{c:<w$}", w = widths[i])
+                }
+            })
             .collect();
         out += line.join("  ").trim_end();
         out.push('\n');
@@ -142,7 +154,10 @@ pub fn render(syncz: &Syncz) -> String {
 
 /// Runs the command.
 pub fn run(args: &Args) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("meshctl: {e}");
@@ -161,7 +176,9 @@ pub fn run(args: &Args) -> ExitCode {
         Output::Text => match serde_json::from_str::<Syncz>(&text) {
             Ok(s) => print!("{}", render(&s)),
             Err(e) => {
-                eprintln!("meshctl proxy-status: pilot answered something unexpected ({e}): {text}");
+                eprintln!(
+                    "meshctl proxy-status: pilot answered something unexpected ({e}): {text}"
+                );
                 return ExitCode::from(2);
             }
         },

@@ -5,10 +5,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use anyhow::Context;
 use clap::{Parser, Subcommand};
 use mesh_pilot::discovery::Debounce;
 use mesh_pilot::model::MeshConfig;
-use mesh_pilot::run::{Pilot, PilotConfig};
+use mesh_pilot::run::{Pilot, PilotConfig, SecureDiscovery};
 use tokio::signal::unix::{SignalKind, signal};
 
 /// The mesh's control plane.
@@ -36,6 +37,18 @@ struct ServeArgs {
     /// Debug endpoints (/debug/syncz, /debug/config_dump, /debug/model).
     #[arg(long, default_value = "127.0.0.1:15014")]
     debug_address: SocketAddr,
+    /// Discovery over mutual TLS (needs --tls-cert-chain, --tls-key and --tls-roots).
+    #[arg(long, value_name = "ADDR", requires_all = ["tls_cert_chain", "tls_key", "tls_roots"])]
+    secure_discovery_address: Option<SocketAddr>,
+    /// Pilot's certificate chain (PEM), for discovery over mutual TLS.
+    #[arg(long, value_name = "FILE")]
+    tls_cert_chain: Option<PathBuf>,
+    /// Pilot's private key (PEM).
+    #[arg(long, value_name = "FILE")]
+    tls_key: Option<PathBuf>,
+    /// The mesh roots (PEM) that proxies' certificates chain to.
+    #[arg(long, value_name = "FILE")]
+    tls_roots: Option<PathBuf>,
     /// Cluster domain.
     #[arg(long, default_value = "cluster.local")]
     domain: String,
@@ -78,8 +91,31 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
+    let secure = match (
+        &args.secure_discovery_address,
+        &args.tls_cert_chain,
+        &args.tls_key,
+        &args.tls_roots,
+    ) {
+        (Some(address), Some(chain), Some(key), Some(roots)) => {
+            let read = |p: &PathBuf| {
+                std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))
+            };
+            let tls = mesh_pilot::discovery::tls::server_config(
+                &read(chain)?,
+                &read(key)?,
+                &read(roots)?,
+            )?;
+            Some(SecureDiscovery {
+                address: *address,
+                tls,
+            })
+        }
+        _ => None,
+    };
     runtime.block_on(async {
         let config = PilotConfig {
+            secure,
             config_dir: args.config_dir,
             discovery: args.discovery_address,
             debug: args.debug_address,
@@ -95,9 +131,13 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         };
         let pilot = Pilot::start(config).await?;
         tracing::info!(
-            "mesh-pilot ready: discovery {}, debug {}",
+            "mesh-pilot ready: discovery {}, debug {}{}",
             pilot.discovery_addr,
-            pilot.debug_addr
+            pilot.debug_addr,
+            pilot
+                .secure_addr
+                .map(|a| format!(", discovery over mTLS {a}"))
+                .unwrap_or_default()
         );
         let mut term = signal(SignalKind::terminate())?;
         let mut int = signal(SignalKind::interrupt())?;

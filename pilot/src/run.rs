@@ -28,6 +28,17 @@ pub struct PilotConfig {
     pub mesh: MeshConfig,
     /// How changes are coalesced.
     pub debounce: Debounce,
+    /// Discovery over mutual TLS (15012), where each proxy may ask only for its own view.
+    pub secure: Option<SecureDiscovery>,
+}
+
+/// Where and with what certificate pilot serves discovery over mutual TLS.
+#[derive(Clone, Debug)]
+pub struct SecureDiscovery {
+    /// The address (15012).
+    pub address: SocketAddr,
+    /// Pilot's certificate, key and the mesh roots (see `discovery::tls::server_config`).
+    pub tls: Arc<rustls::ServerConfig>,
 }
 
 /// Why pilot could not start.
@@ -55,6 +66,8 @@ pub struct Pilot {
     pub discovery_addr: SocketAddr,
     /// Where the debug endpoints listen.
     pub debug_addr: SocketAddr,
+    /// Where discovery over mutual TLS listens, when configured.
+    pub secure_addr: Option<SocketAddr>,
     /// Every proxy's status.
     pub status: Status,
     /// The current model generation.
@@ -76,6 +89,15 @@ impl Pilot {
         let debug_listener = bind(config.debug, "debug").await?;
         let discovery_addr = discovery_listener.local_addr().unwrap_or(config.discovery);
         let debug_addr = debug_listener.local_addr().unwrap_or(config.debug);
+        let secure = match &config.secure {
+            Some(s) => {
+                let l = bind(s.address, "discovery over mTLS").await?;
+                let addr = l.local_addr().unwrap_or(s.address);
+                Some((l, addr, s.tls.clone()))
+            }
+            None => None,
+        };
+        let secure_addr = secure.as_ref().map(|(_, a, _)| *a);
         let (snap_tx, snap_rx) = watch::channel(Arc::new(Snapshot::default()));
         let folder_task = watch_folder(Folder::new(&config.config_dir), snap_tx)?;
         for f in &snap_rx.borrow().findings {
@@ -99,6 +121,14 @@ impl Pilot {
             config.debounce,
         )));
         let service = DiscoveryService::new(gen_rx.clone(), status.clone());
+        if let Some((listener, _, tls)) = secure {
+            tasks.push(tokio::spawn(discovery::tls::serve_mtls(
+                listener,
+                service.clone(),
+                tls,
+                stopped(shutdown.subscribe()),
+            )));
+        }
         tasks.push(tokio::spawn(discovery::server::serve(
             discovery_listener,
             service,
@@ -120,6 +150,7 @@ impl Pilot {
         Ok(Pilot {
             discovery_addr,
             debug_addr,
+            secure_addr,
             status,
             generations,
             shutdown,

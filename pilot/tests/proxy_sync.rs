@@ -126,6 +126,7 @@ async fn start_pilot(dir: &Path, discovery: SocketAddr) -> Pilot {
             quiet: Duration::from_millis(20),
             max: Duration::from_millis(200),
         },
+        secure: None,
     })
     .await
     .unwrap()
@@ -155,6 +156,7 @@ async fn sidecar(pilot: SocketAddr, id: &str, vip: &str) -> Sidecar {
         node,
         backoff_min: Duration::from_millis(20),
         backoff_max: Duration::from_millis(200),
+        tls: None,
     };
     tokio::spawn(mesh_proxy::discovery::run(
         config,

@@ -44,6 +44,10 @@ struct RunArgs {
     /// and destinations not yet known are asked for on demand.
     #[arg(long, value_name = "URL")]
     discovery_address: Option<String>,
+    /// The identity pilot must prove over mTLS (`https://` discovery addresses); by default
+    /// `spiffe://<trust domain>/ns/istio-system/sa/istiod`.
+    #[arg(long, value_name = "SPIFFE_ID")]
+    pilot_identity: Option<String>,
     /// Labels of the workload (`app=order,version=v1`), sent to pilot.
     #[arg(long, default_value = "", value_name = "K=V,...")]
     labels: String,
@@ -234,6 +238,10 @@ fn run_proxy(args: &RunArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     runtime.block_on(async {
+        let svids = match &args.ca_address {
+            None => None,
+            Some(ca) => Some(start_identity(args, ca)?),
+        };
         let (rx, has_state, on_demand) = match (&args.state_file, &args.discovery_address) {
             (Some(file), _) => {
                 let initial = state::load_file(file)?;
@@ -246,7 +254,7 @@ fn run_proxy(args: &RunArgs) -> anyhow::Result<()> {
                 (rx, true, None)
             }
             (None, Some(address)) => {
-                let (rx, od) = start_discovery(args, address)?;
+                let (rx, od) = start_discovery(args, address, svids.clone())?;
                 (rx, false, Some(od))
             }
             (None, None) => anyhow::bail!("give --state-file or --discovery-address"),
@@ -256,10 +264,6 @@ fn run_proxy(args: &RunArgs) -> anyhow::Result<()> {
             inbound: ([0, 0, 0, 0], args.inbound_port).into(),
             admin: ([127, 0, 0, 1], args.admin_port).into(),
             readiness: ([0, 0, 0, 0], args.readiness_port).into(),
-        };
-        let svids = match &args.ca_address {
-            None => None,
-            Some(ca) => Some(start_identity(args, ca)?),
         };
         let dst = Arc::new(KernelOriginalDst);
         let setup = mesh_proxy::Setup {
@@ -318,7 +322,11 @@ type StateFeed = (
 
 /// Starts the discovery client; the state it feeds is empty until pilot's first answer (the
 /// proxy reports ready only then).
-fn start_discovery(args: &RunArgs, address: &str) -> anyhow::Result<StateFeed> {
+fn start_discovery(
+    args: &RunArgs,
+    address: &str,
+    svids: Option<mesh_proxy::tls::mtls::Svids>,
+) -> anyhow::Result<StateFeed> {
     use mesh_api::proto::discovery::v1 as pb;
     let ips: Vec<String> = args
         .workload_ips
@@ -352,8 +360,31 @@ fn start_discovery(args: &RunArgs, address: &str) -> anyhow::Result<StateFeed> {
     let (tx, rx) = tokio::sync::watch::channel(Arc::new(empty));
     let (lookups_tx, lookups) = tokio::sync::mpsc::unbounded_channel();
     let od = Arc::new(mesh_proxy::discovery::OnDemand::new(lookups_tx));
+    // https:// means mutual TLS with the workload certificate (the connector does the TLS; the
+    // channel itself speaks HTTP/2 over it).
+    let (address, tls) = match address.strip_prefix("https://") {
+        Some(rest) => {
+            let svids = svids.ok_or_else(|| {
+                anyhow::anyhow!(
+                    "--discovery-address {address}: mTLS to pilot needs the workload certificate; give --ca-address and --bootstrap-token-file"
+                )
+            })?;
+            let pilot_identity = args.pilot_identity.clone().unwrap_or_else(|| {
+                format!("spiffe://{}/ns/istio-system/sa/istiod", args.trust_domain)
+            });
+            (
+                format!("http://{rest}"),
+                Some(mesh_proxy::discovery::PilotTls {
+                    svids,
+                    pilot_identity,
+                }),
+            )
+        }
+        None => (address.to_string(), None),
+    };
     let config = mesh_proxy::discovery::DiscoveryConfig {
-        address: address.to_string(),
+        tls,
+        address,
         node,
         backoff_min: Duration::from_millis(500),
         backoff_max: Duration::from_secs(30),

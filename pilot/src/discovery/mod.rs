@@ -10,6 +10,7 @@ pub mod generation;
 pub mod server;
 pub mod session;
 pub mod status;
+pub mod tls;
 
 pub use generation::{Generation, SERVICE_TYPE, WORKLOAD_NAME, WORKLOAD_TYPE};
 pub use server::{Debounce, DiscoveryService, PeerIdentity, build_generations};

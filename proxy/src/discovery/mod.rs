@@ -24,6 +24,7 @@ use tokio_stream::wrappers::ReceiverStream;
 pub use on_demand::OnDemand;
 
 use crate::state::State;
+use crate::tls::mtls::Svids;
 
 /// Type of the per-service resources.
 pub const SERVICE_TYPE: &str = "type.mesh.dev/mesh.state.v1.Service";
@@ -43,6 +44,58 @@ pub struct DiscoveryConfig {
     pub backoff_min: Duration,
     /// Longest retry delay.
     pub backoff_max: Duration,
+    /// Mutual TLS to pilot: the workload's certificates and the identity pilot must prove.
+    /// Plaintext (development, loopback only) when absent.
+    pub tls: Option<PilotTls>,
+}
+
+/// Mutual TLS towards pilot.
+#[derive(Clone, Debug)]
+pub struct PilotTls {
+    /// The workload's certificates.
+    pub svids: Svids,
+    /// Pilot's SPIFFE identity, e.g. `spiffe://cluster.local/ns/istio-system/sa/istiod`.
+    pub pilot_identity: String,
+}
+
+/// Opens TCP then mutual TLS to pilot, for tonic.
+#[derive(Clone)]
+struct TlsConnector {
+    config: Arc<rustls::ClientConfig>,
+}
+
+impl tower_service::Service<http::Uri> for TlsConnector {
+    type Response = hyper_util::rt::TokioIo<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>;
+    type Error = std::io::Error;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, uri: http::Uri) -> Self::Future {
+        let config = self.config.clone();
+        Box::pin(async move {
+            let host = uri.host().unwrap_or("127.0.0.1").to_string();
+            let port = uri.port_u16().unwrap_or(15012);
+            let tcp = tokio::net::TcpStream::connect((host.as_str(), port)).await?;
+            let _ = tcp.set_nodelay(true);
+            let name = match host.parse::<std::net::IpAddr>() {
+                Ok(ip) => rustls_pki_types::ServerName::IpAddress(ip.into()),
+                Err(_) => rustls_pki_types::ServerName::try_from(host)
+                    .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?,
+            };
+            let tls = tokio_rustls::TlsConnector::from(config)
+                .connect(name, tcp)
+                .await?;
+            Ok(hyper_util::rt::TokioIo::new(tls))
+        })
+    }
 }
 
 /// What the client holds from pilot.
@@ -165,6 +218,33 @@ fn subscribe(type_url: &str, held: &Held, node: Option<pb::Node>) -> pb::DeltaDi
     }
 }
 
+/// Connects to pilot as `config` says (plaintext, or mutual TLS with the workload
+/// certificate, checking pilot's identity).
+pub async fn channel(config: &DiscoveryConfig) -> Result<tonic::transport::Channel, String> {
+    let endpoint = tonic::transport::Endpoint::from_shared(config.address.clone())
+        .map_err(|e| format!("bad discovery address {}: {e}", config.address))?
+        .connect_timeout(Duration::from_secs(5))
+        .tcp_nodelay(true);
+    match &config.tls {
+        None => endpoint.connect().await,
+        Some(tls) => {
+            if tls.svids.borrow().is_none() {
+                return Err("no workload certificate yet for mTLS to pilot".into());
+            }
+            let client = crate::tls::mtls::client_config(
+                tls.svids.clone(),
+                vec![tls.pilot_identity.clone()],
+                b"h2",
+            )
+            .map_err(|e| e.to_string())?;
+            endpoint
+                .connect_with_connector(TlsConnector { config: client })
+                .await
+        }
+    }
+    .map_err(|e| format!("cannot connect: {e}"))
+}
+
 /// One stream: returns `Ok` when the proxy stops, `Err` when the stream fails.
 async fn stream_once(
     config: &DiscoveryConfig,
@@ -173,13 +253,7 @@ async fn stream_once(
     lookups: &mut mpsc::UnboundedReceiver<pb::OnDemandLookup>,
     on_demand: Option<&OnDemand>,
 ) -> Result<(), String> {
-    let channel = tonic::transport::Endpoint::from_shared(config.address.clone())
-        .map_err(|e| format!("bad discovery address {}: {e}", config.address))?
-        .connect_timeout(Duration::from_secs(5))
-        .tcp_nodelay(true)
-        .connect()
-        .await
-        .map_err(|e| format!("cannot connect: {e}"))?;
+    let channel = channel(config).await?;
     let (req_tx, req_rx) = mpsc::channel(64);
     req_tx
         .send(subscribe(WORKLOAD_TYPE, held, Some(config.node.clone())))

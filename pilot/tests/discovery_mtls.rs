@@ -1,0 +1,197 @@
+//! Discovery over mutual TLS: a proxy with a mesh certificate gets its view; a proxy whose
+//! certificate proves another identity than the node it claims is refused; a client without a
+//! certificate never gets a stream.
+
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use mesh_api::proto::discovery::v1 as pb;
+use mesh_ca::testing::{TestCa, csr_for};
+use mesh_ca::{CaConfig, Identity};
+use mesh_pilot::discovery::{Debounce, tls};
+use mesh_pilot::model::MeshConfig;
+use mesh_pilot::run::{Pilot, PilotConfig, SecureDiscovery};
+use mesh_proxy::discovery::{DiscoveryConfig, PilotTls};
+use mesh_proxy::identity::{CertificateSource, IdentityError, SignFuture, request_svid};
+use mesh_proxy::state::{State, proto};
+use tokio::sync::{mpsc, watch};
+
+const DEADLINE: Duration = Duration::from_secs(20);
+
+struct Signer {
+    ca: Arc<mesh_ca::Authority>,
+    identity: Identity,
+}
+
+impl CertificateSource for Signer {
+    fn sign(&self, csr: String) -> SignFuture<'_> {
+        Box::pin(async move {
+            let s = self
+                .ca
+                .sign(&csr, &self.identity, None)
+                .map_err(|e| IdentityError::Ca(e.to_string()))?;
+            Ok((s.chain, s.roots))
+        })
+    }
+}
+
+async fn pilot(ca: &TestCa, dir: &std::path::Path) -> Pilot {
+    let pilot_id = Identity::new("cluster.local", "istio-system", "istiod");
+    let (key, csr) = csr_for(&[&pilot_id.uri()]);
+    let signed = ca.authority.sign(&csr, &pilot_id, None).unwrap();
+    let server = tls::server_config(
+        &signed.chain.concat(),
+        &key.serialize_pem(),
+        &signed.roots.concat(),
+    )
+    .unwrap();
+    Pilot::start(PilotConfig {
+        config_dir: dir.to_path_buf(),
+        discovery: "127.0.0.1:0".parse().unwrap(),
+        debug: "127.0.0.1:0".parse().unwrap(),
+        mesh: MeshConfig::default(),
+        debounce: Debounce::default(),
+        secure: Some(SecureDiscovery {
+            address: "127.0.0.1:0".parse().unwrap(),
+            tls: server,
+        }),
+    })
+    .await
+    .unwrap()
+}
+
+/// A discovery client configuration whose certificate proves `cert_sa` and whose node
+/// claims `node_sa`.
+async fn config_for(ca: &TestCa, pilot: &Pilot, cert_sa: &str, node_sa: &str) -> DiscoveryConfig {
+    let signer = Signer {
+        ca: ca.authority.clone(),
+        identity: Identity::new("cluster.local", "default", cert_sa),
+    };
+    let svid = request_svid(&signer, &signer.identity.uri()).await.unwrap();
+    let (svid_tx, svids) = watch::channel(Some(Arc::new(svid)));
+    std::mem::forget(svid_tx);
+    DiscoveryConfig {
+        address: format!("http://{}", pilot.secure_addr.unwrap()),
+        node: pb::Node {
+            id: format!("sidecar~{cert_sa}-as-{node_sa}"),
+            namespace: "default".into(),
+            service_account: node_sa.into(),
+            ..Default::default()
+        },
+        backoff_min: Duration::from_millis(20),
+        backoff_max: Duration::from_millis(100),
+        tls: Some(PilotTls {
+            svids,
+            pilot_identity: "spiffe://cluster.local/ns/istio-system/sa/istiod".into(),
+        }),
+    }
+}
+
+/// Runs a discovery client (see [`config_for`]); returns its state.
+async fn client(
+    ca: &TestCa,
+    pilot: &Pilot,
+    cert_sa: &str,
+    node_sa: &str,
+) -> watch::Receiver<Arc<State>> {
+    let config = config_for(ca, pilot, cert_sa, node_sa).await;
+    let (tx, rx) = watch::channel(Arc::new(
+        State::compile(proto::ProxyState::default()).unwrap(),
+    ));
+    let (lookups_tx, lookups) = mpsc::unbounded_channel();
+    std::mem::forget(lookups_tx);
+    tokio::spawn(mesh_proxy::discovery::run(config, tx, lookups, None));
+    rx
+}
+
+const SVC: &str = "apiVersion: v1\nkind: Service\nmetadata: {name: shipping, namespace: default}\nspec:\n  ports: [{name: http, port: 80}]\n";
+
+#[tokio::test]
+async fn a_proxy_gets_its_own_view_over_mtls() {
+    let ca = TestCa::self_signed("pilot-mtls-ok", CaConfig::default());
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("svc.yaml"), SVC).unwrap();
+    let pilot = pilot(&ca, dir.path()).await;
+    let mut state = client(&ca, &pilot, "order", "order").await;
+    tokio::time::timeout(DEADLINE, state.wait_for(|s| !s.source.services.is_empty()))
+        .await
+        .expect("the view arrives over mTLS")
+        .unwrap();
+    let status = pilot.status.all();
+    assert_eq!(status.len(), 1);
+    assert!(status[0].connected);
+    pilot.stop().await;
+}
+
+#[tokio::test]
+async fn a_proxy_may_not_ask_for_another_identitys_view() {
+    let ca = TestCa::self_signed("pilot-mtls-deny", CaConfig::default());
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("svc.yaml"), SVC).unwrap();
+    let pilot = pilot(&ca, dir.path()).await;
+    // The impostor's certificate says `order`, its node claims `payments`.
+    let config = config_for(&ca, &pilot, "order", "payments").await;
+    let channel = mesh_proxy::discovery::channel(&config).await.unwrap();
+    let first = pb::DeltaDiscoveryRequest {
+        node: Some(config.node.clone()),
+        type_url: mesh_pilot::discovery::SERVICE_TYPE.into(),
+        ..Default::default()
+    };
+    let err = pb::discovery_client::DiscoveryClient::new(channel)
+        .delta_resources(tokio_stream::iter(vec![first]))
+        .await
+        .expect_err("refused");
+    assert_eq!(err.code(), tonic::Code::PermissionDenied);
+    assert!(
+        err.message()
+            .contains("spiffe://cluster.local/ns/default/sa/order"),
+        "{}",
+        err.message()
+    );
+    assert!(
+        pilot.status.all().is_empty(),
+        "the impostor never got a session"
+    );
+    // The same certificate asking for its own view is served.
+    let mut honest = client(&ca, &pilot, "order", "order").await;
+    tokio::time::timeout(DEADLINE, honest.wait_for(|s| !s.source.services.is_empty()))
+        .await
+        .expect("the honest proxy is served")
+        .unwrap();
+    pilot.stop().await;
+}
+
+#[tokio::test]
+async fn plaintext_clients_cannot_use_the_mtls_port() {
+    let ca = TestCa::self_signed("pilot-mtls-plain", CaConfig::default());
+    let dir = tempfile::tempdir().unwrap();
+    let pilot = pilot(&ca, dir.path()).await;
+    let channel =
+        tonic::transport::Endpoint::from_shared(format!("http://{}", pilot.secure_addr.unwrap()))
+            .unwrap()
+            .connect()
+            .await;
+    let refused = match channel {
+        Err(_) => true,
+        Ok(ch) => {
+            let mut c = pb::discovery_client::DiscoveryClient::new(ch);
+            let first = pb::DeltaDiscoveryRequest {
+                node: Some(pb::Node {
+                    id: "x".into(),
+                    namespace: "default".into(),
+                    ..Default::default()
+                }),
+                type_url: mesh_pilot::discovery::SERVICE_TYPE.into(),
+                ..Default::default()
+            };
+            c.delta_resources(tokio_stream::iter(vec![first]))
+                .await
+                .is_err()
+        }
+    };
+    assert!(refused);
+    assert!(pilot.status.all().is_empty());
+    pilot.stop().await;
+}
