@@ -3,7 +3,8 @@
 //! for networking; v1, v1beta1 for security) carries the same schema; v1 is the storage version.
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
-    CustomResourceDefinition, JSONSchemaProps,
+    CustomResourceDefinition, CustomResourceSubresourceStatus, CustomResourceSubresources,
+    JSONSchemaProps,
 };
 use kube::CustomResourceExt;
 
@@ -32,7 +33,24 @@ pub fn crd(kind: Kind) -> Option<CustomResourceDefinition> {
         .and_then(|s| s.open_api_v3_schema.as_mut())
     {
         make_structural(schema);
+        // Pilot writes why it refused a resource into its status (as istiod does), so the
+        // schema keeps a free-form status and the status subresource is served.
+        schema
+            .properties
+            .get_or_insert_with(Default::default)
+            .insert(
+                "status".into(),
+                JSONSchemaProps {
+                    type_: Some("object".into()),
+                    x_kubernetes_preserve_unknown_fields: Some(true),
+                    ..Default::default()
+                },
+            );
     }
+    base.subresources = Some(CustomResourceSubresources {
+        status: Some(CustomResourceSubresourceStatus(serde_json::json!({}))),
+        scale: None,
+    });
     crd.spec.versions = kind
         .versions()
         .iter()

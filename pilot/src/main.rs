@@ -9,7 +9,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use mesh_pilot::discovery::Debounce;
 use mesh_pilot::model::MeshConfig;
-use mesh_pilot::run::{Pilot, PilotConfig, SecureDiscovery};
+use mesh_pilot::run::{ConfigSource, Pilot, PilotConfig, SecureDiscovery};
 use tokio::signal::unix::{SignalKind, signal};
 
 /// The mesh's control plane.
@@ -29,8 +29,16 @@ enum Command {
 #[derive(clap::Args)]
 struct ServeArgs {
     /// The folder of configuration (Istio resources, Services, WorkloadEntries, ...).
-    #[arg(long, value_name = "DIR")]
-    config_dir: PathBuf,
+    #[arg(
+        long,
+        value_name = "DIR",
+        required_unless_present = "kubernetes",
+        conflicts_with = "kubernetes"
+    )]
+    config_dir: Option<PathBuf>,
+    /// Read configuration from Kubernetes (in-cluster, or the current kubeconfig context).
+    #[arg(long)]
+    kubernetes: bool,
     /// Discovery address (plaintext gRPC: keep it on loopback).
     #[arg(long, default_value = "127.0.0.1:15010")]
     discovery_address: SocketAddr,
@@ -114,9 +122,21 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         _ => None,
     };
     runtime.block_on(async {
+        let source = match args.config_dir {
+            Some(dir) => ConfigSource::Folder(dir),
+            None => {
+                rustls::crypto::ring::default_provider()
+                    .install_default()
+                    .ok();
+                let client = kube::Client::try_default()
+                    .await
+                    .context("cannot reach Kubernetes (in-cluster config or kubeconfig)")?;
+                ConfigSource::Kubernetes(client)
+            }
+        };
         let config = PilotConfig {
+            source,
             secure,
-            config_dir: args.config_dir,
             discovery: args.discovery_address,
             debug: args.debug_address,
             mesh: MeshConfig {

@@ -15,11 +15,29 @@ use crate::model::{MeshConfig, Model};
 use crate::source::Snapshot;
 use crate::source::folder::{Folder, FolderError, watch_folder};
 
+/// Where configuration comes from.
+#[derive(Clone)]
+pub enum ConfigSource {
+    /// A folder of YAML, watched.
+    Folder(PathBuf),
+    /// A Kubernetes API server (reflectors; refusals written to status).
+    Kubernetes(kube::Client),
+}
+
+impl std::fmt::Debug for ConfigSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ConfigSource::Folder(p) => write!(f, "Folder({})", p.display()),
+            ConfigSource::Kubernetes(_) => f.write_str("Kubernetes"),
+        }
+    }
+}
+
 /// How to run pilot.
 #[derive(Clone, Debug)]
 pub struct PilotConfig {
-    /// The folder of configuration.
-    pub config_dir: PathBuf,
+    /// Where configuration comes from.
+    pub source: ConfigSource,
     /// Discovery (plaintext gRPC; keep it on loopback).
     pub discovery: SocketAddr,
     /// Debug endpoints.
@@ -98,8 +116,20 @@ impl Pilot {
             None => None,
         };
         let secure_addr = secure.as_ref().map(|(_, a, _)| *a);
-        let (snap_tx, snap_rx) = watch::channel(Arc::new(Snapshot::default()));
-        let folder_task = watch_folder(Folder::new(&config.config_dir), snap_tx)?;
+        let (snap_tx, mut snap_rx) = watch::channel(Arc::new(Snapshot::default()));
+        let source_task: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> =
+            match &config.source {
+                ConfigSource::Folder(dir) => Box::pin(watch_folder(Folder::new(dir), snap_tx)?),
+                ConfigSource::Kubernetes(client) => {
+                    let run = crate::source::kube::run(client.clone(), snap_tx, Default::default());
+                    let task = tokio::spawn(run);
+                    // Pilot serves nothing before the cluster has been read once.
+                    let _ = snap_rx.wait_for(|s| s.revision > 0).await;
+                    Box::pin(async move {
+                        let _ = task.await;
+                    })
+                }
+            };
         for f in &snap_rx.borrow().findings {
             tracing::warn!("config: {f}");
         }
@@ -113,7 +143,7 @@ impl Pilot {
         };
         let status = Status::default();
         let mut tasks = Vec::new();
-        tasks.push(tokio::spawn(folder_task));
+        tasks.push(tokio::spawn(source_task));
         tasks.push(tokio::spawn(discovery::build_generations(
             config.mesh.clone(),
             snap_rx.clone(),

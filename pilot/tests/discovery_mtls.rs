@@ -12,7 +12,7 @@ use mesh_ca::testing::{TestCa, csr_for};
 use mesh_ca::{CaConfig, Identity};
 use mesh_pilot::discovery::{Debounce, tls};
 use mesh_pilot::model::MeshConfig;
-use mesh_pilot::run::{Pilot, PilotConfig, SecureDiscovery};
+use mesh_pilot::run::{ConfigSource, Pilot, PilotConfig, SecureDiscovery};
 use mesh_proxy::discovery::{DiscoveryConfig, PilotTls};
 use mesh_proxy::identity::{CertificateSource, IdentityError, SignFuture, request_svid};
 use mesh_proxy::state::{State, proto};
@@ -48,7 +48,7 @@ async fn pilot(ca: &TestCa, dir: &std::path::Path) -> Pilot {
     )
     .unwrap();
     Pilot::start(PilotConfig {
-        config_dir: dir.to_path_buf(),
+        source: ConfigSource::Folder(dir.to_path_buf()),
         discovery: "127.0.0.1:0".parse().unwrap(),
         debug: "127.0.0.1:0".parse().unwrap(),
         mesh: MeshConfig::default(),

@@ -19,7 +19,7 @@ use hyper_util::rt::TokioIo;
 use mesh_api::proto::discovery::v1 as pb;
 use mesh_pilot::discovery::Debounce;
 use mesh_pilot::model::MeshConfig;
-use mesh_pilot::run::{Pilot, PilotConfig};
+use mesh_pilot::run::{ConfigSource, Pilot, PilotConfig};
 use mesh_proxy::discovery::{DiscoveryConfig, OnDemand};
 use mesh_proxy::socket::FixedDst;
 use mesh_proxy::state::{State, proto};
@@ -118,7 +118,7 @@ spec:
 
 async fn start_pilot(dir: &Path, discovery: SocketAddr) -> Pilot {
     Pilot::start(PilotConfig {
-        config_dir: dir.to_path_buf(),
+        source: ConfigSource::Folder(dir.to_path_buf()),
         discovery,
         debug: "127.0.0.1:0".parse().unwrap(),
         mesh: MeshConfig::default(),

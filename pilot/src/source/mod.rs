@@ -3,6 +3,7 @@
 //! runs from a folder of YAML or on Kubernetes.
 
 pub mod folder;
+pub mod kube;
 
 use std::collections::BTreeMap;
 

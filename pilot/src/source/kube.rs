@@ -1,0 +1,353 @@
+//! The Kubernetes source: reflectors over Services, EndpointSlices, Pods, Namespaces and the
+//! Istio kinds, folded into the same [`Snapshot`] the folder source makes.
+//!
+//! Istio resources are read as `v1`: their CRDs (Istio's own since 1.22, and ours) serve every
+//! version with one schema and no conversion, so an object written as `v1alpha3` or `v1beta1`
+//! is listed through `v1` as well. Each one passes the same strict parse and validation as a
+//! file; a refused one keeps its last good version in the snapshot and gets the reason written
+//! into its `status.validationMessages` (cleared again once a valid version arrives), as
+//! istiod's analysis does. The first snapshot is published only when every reflector has
+//! listed, so pilot never pushes a half-read mesh.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::api::{ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams};
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client};
+use mesh_api::load;
+use mesh_api::{Diagnostic, Kind, Resource};
+use tokio::sync::{Notify, watch};
+
+use super::{Snapshot, key_of};
+
+/// The Istio kinds pilot reads.
+const ISTIO_KINDS: [Kind; 10] = [
+    Kind::VirtualService,
+    Kind::DestinationRule,
+    Kind::Gateway,
+    Kind::ServiceEntry,
+    Kind::WorkloadEntry,
+    Kind::WorkloadGroup,
+    Kind::Sidecar,
+    Kind::PeerAuthentication,
+    Kind::AuthorizationPolicy,
+    Kind::RequestAuthentication,
+];
+
+/// The version Istio kinds are read in.
+const READ_VERSION: &str = "v1";
+
+/// How the source behaves.
+#[derive(Clone, Debug)]
+pub struct KubeOptions {
+    /// Write refusals into the resources' status.
+    pub write_status: bool,
+    /// Field manager name for status writes.
+    pub field_manager: String,
+}
+
+impl Default for KubeOptions {
+    fn default() -> Self {
+        KubeOptions {
+            write_status: true,
+            field_manager: "mesh-pilot".into(),
+        }
+    }
+}
+
+fn api_resource(kind: Kind) -> ApiResource {
+    let gvk = GroupVersionKind::gvk(kind.group(), READ_VERSION, kind.name());
+    let plural = format!("{}s", kind.name().to_ascii_lowercase());
+    let plural = match kind {
+        Kind::WorkloadEntry => "workloadentries".to_string(),
+        Kind::AuthorizationPolicy => "authorizationpolicies".to_string(),
+        _ => plural,
+    };
+    ApiResource::from_gvk_with_plural(&gvk, &plural)
+}
+
+/// Reflectors and what the source remembers between snapshots.
+struct Stores {
+    services: Store<Service>,
+    slices: Store<EndpointSlice>,
+    pods: Store<Pod>,
+    namespaces: Store<Namespace>,
+    istio: Vec<(Kind, Store<DynamicObject>)>,
+}
+
+/// Last good versions and the status last written, by key.
+#[derive(Default)]
+struct Memory {
+    accepted: BTreeMap<(String, String), Resource>,
+    written: BTreeMap<(String, String), Option<String>>,
+}
+
+/// Runs the source until `tx` has no receivers.
+pub async fn run(client: Client, tx: watch::Sender<Arc<Snapshot>>, options: KubeOptions) {
+    let changed = Arc::new(Notify::new());
+    let mut tasks = Vec::new();
+    fn start<K>(
+        api: Api<K>,
+        writer: reflector::store::Writer<K>,
+        changed: Arc<Notify>,
+    ) -> tokio::task::JoinHandle<()>
+    where
+        K: kube::Resource
+            + Clone
+            + serde::de::DeserializeOwned
+            + std::fmt::Debug
+            + Send
+            + Sync
+            + 'static,
+        K::DynamicType: Eq + std::hash::Hash + Clone + Send + Sync,
+    {
+        tokio::spawn(async move {
+            let stream = reflector::reflector(writer, watcher(api, watcher::Config::default()))
+                .default_backoff()
+                .touched_objects();
+            futures_util::pin_mut!(stream);
+            while let Some(item) = stream.next().await {
+                match item {
+                    Ok(_) => changed.notify_one(),
+                    Err(e) => tracing::warn!("kubernetes watch: {e}"),
+                }
+            }
+        })
+    }
+    let (services, w) = reflector::store();
+    tasks.push(start(
+        Api::<Service>::all(client.clone()),
+        w,
+        changed.clone(),
+    ));
+    let (slices, w) = reflector::store();
+    tasks.push(start(
+        Api::<EndpointSlice>::all(client.clone()),
+        w,
+        changed.clone(),
+    ));
+    let (pods, w) = reflector::store();
+    tasks.push(start(Api::<Pod>::all(client.clone()), w, changed.clone()));
+    let (namespaces, w) = reflector::store();
+    tasks.push(start(
+        Api::<Namespace>::all(client.clone()),
+        w,
+        changed.clone(),
+    ));
+    let mut istio = Vec::new();
+    for kind in ISTIO_KINDS {
+        let ar = api_resource(kind);
+        let writer = reflector::store::Writer::new(ar.clone());
+        istio.push((kind, writer.as_reader()));
+        tasks.push(start(
+            Api::<DynamicObject>::all_with(client.clone(), &ar),
+            writer,
+            changed.clone(),
+        ));
+    }
+    let stores = Stores {
+        services,
+        slices,
+        pods,
+        namespaces,
+        istio,
+    };
+    // Nothing is published before every reflector has listed once.
+    let ready = async {
+        stores.services.wait_until_ready().await.ok()?;
+        stores.slices.wait_until_ready().await.ok()?;
+        stores.pods.wait_until_ready().await.ok()?;
+        stores.namespaces.wait_until_ready().await.ok()?;
+        for (_, s) in &stores.istio {
+            s.wait_until_ready().await.ok()?;
+        }
+        Some(())
+    };
+    tokio::select! {
+        r = ready => if r.is_none() { return },
+        () = tx.closed() => return,
+    }
+    let memory = Mutex::new(Memory::default());
+    let mut revision = 0;
+    loop {
+        revision += 1;
+        let (snapshot, writes) = snapshot(&stores, &memory, revision);
+        tx.send_replace(Arc::new(snapshot));
+        if options.write_status {
+            for w in writes {
+                write_status(&client, &options, w).await;
+            }
+        }
+        tokio::select! {
+            () = changed.notified() => {}
+            () = tx.closed() => break,
+        }
+        // Let a burst of events (a `kubectl apply` of many objects) settle.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for t in tasks {
+        t.abort();
+    }
+}
+
+/// A status to write: the object, and the refusal (None clears it).
+struct StatusWrite {
+    kind: Kind,
+    namespace: String,
+    name: String,
+    generation: Option<i64>,
+    message: Option<String>,
+}
+
+fn snapshot(
+    stores: &Stores,
+    memory: &Mutex<Memory>,
+    revision: u64,
+) -> (Snapshot, Vec<StatusWrite>) {
+    let mut resources: Vec<Resource> = Vec::new();
+    resources.extend(
+        stores
+            .services
+            .state()
+            .iter()
+            .map(|s| Resource::Service((**s).clone())),
+    );
+    resources.extend(
+        stores
+            .slices
+            .state()
+            .iter()
+            .map(|s| Resource::EndpointSlice((**s).clone())),
+    );
+    resources.extend(
+        stores
+            .pods
+            .state()
+            .iter()
+            .map(|s| Resource::Pod((**s).clone())),
+    );
+    resources.extend(
+        stores
+            .namespaces
+            .state()
+            .iter()
+            .map(|s| Resource::Namespace((**s).clone())),
+    );
+    let mut findings = Vec::new();
+    let mut writes = Vec::new();
+    let mut mem = memory.lock().unwrap_or_else(|e| e.into_inner());
+    let mut accepted = BTreeMap::new();
+    for (kind, store) in &stores.istio {
+        for obj in store.state() {
+            let mut value = serde_json::to_value(&*obj).unwrap_or_default();
+            if let Some(map) = value.as_object_mut() {
+                // List items may omit their type; the store knows it.
+                map.insert("apiVersion".into(), kind.api_version().into());
+                map.insert("kind".into(), kind.name().into());
+            }
+            let name = obj.metadata.name.clone().unwrap_or_default();
+            let namespace = obj
+                .metadata
+                .namespace
+                .clone()
+                .unwrap_or_else(|| "default".into());
+            let key = (kind.name().to_string(), format!("{namespace}/{name}"));
+            let report = load::load_str(&value.to_string(), Some("kubernetes"));
+            let errors: Vec<&Diagnostic> = report.errors().collect();
+            let message = if errors.is_empty() {
+                None
+            } else {
+                Some(
+                    errors
+                        .iter()
+                        .map(|d| match &d.field {
+                            Some(f) => format!("{f}: {}", d.message),
+                            None => d.message.clone(),
+                        })
+                        .collect::<Vec<_>>()
+                        .join("; "),
+                )
+            };
+            match report.documents.into_iter().next() {
+                Some(doc) if message.is_none() => {
+                    accepted.insert(key.clone(), doc.resource);
+                }
+                _ => {
+                    findings.extend(report.diagnostics.clone());
+                    if let Some(old) = mem.accepted.get(&key) {
+                        findings.push(Diagnostic::warning(format!(
+                            "{} {}: the new version is refused; serving the last good version",
+                            key.0, key.1
+                        )));
+                        accepted.insert(key.clone(), old.clone());
+                    }
+                }
+            }
+            if mem.written.get(&key) != Some(&message) {
+                let had_status = obj
+                    .data
+                    .get("status")
+                    .and_then(|s| s.get("validationMessages"))
+                    .is_some();
+                if message.is_some() || had_status || mem.written.contains_key(&key) {
+                    writes.push(StatusWrite {
+                        kind: *kind,
+                        namespace,
+                        name,
+                        generation: obj.metadata.generation,
+                        message: message.clone(),
+                    });
+                }
+                mem.written.insert(key, message);
+            }
+        }
+    }
+    resources.extend(accepted.values().cloned());
+    mem.accepted = accepted;
+    resources.sort_by_key(key_of);
+    let files = BTreeMap::new();
+    (
+        Snapshot {
+            revision,
+            resources,
+            files,
+            findings,
+        },
+        writes,
+    )
+}
+
+async fn write_status(client: &Client, options: &KubeOptions, w: StatusWrite) {
+    let api: Api<DynamicObject> =
+        Api::namespaced_with(client.clone(), &w.namespace, &api_resource(w.kind));
+    let messages = match &w.message {
+        Some(m) => serde_json::json!([{
+            "level": "ERROR",
+            "type": {"code": "IST0106", "name": "SchemaValidationError"},
+            "description": format!("refused by mesh-pilot: {m}"),
+        }]),
+        None => serde_json::Value::Null,
+    };
+    let patch = serde_json::json!({
+        "status": {"validationMessages": messages, "observedGeneration": w.generation.map(|g| g.to_string())}
+    });
+    let params = PatchParams {
+        field_manager: Some(options.field_manager.clone()),
+        ..PatchParams::default()
+    };
+    let merge = Patch::Merge(&patch);
+    if let Err(e) = api.patch_status(&w.name, &params, &merge).await {
+        tracing::warn!(
+            "cannot write the status of {} {}/{}: {e}",
+            w.kind.name(),
+            w.namespace,
+            w.name
+        );
+    }
+}

@@ -1,0 +1,274 @@
+//! The Kubernetes source against a scripted API server: list responses in the API's own JSON
+//! (`tests/fixtures/kube/`, the shapes `kubectl get -o json` shows: managed fields, owner
+//! references, endpoint conditions, an injected sidecar container), then watch events. Checks
+//! that endpoints come from EndpointSlices with the pods' labels and identities, that a refused
+//! VirtualService is left out with its reason written to its status (and cleared once fixed),
+//! and that watch events reach the snapshot.
+
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
+use std::collections::{BTreeMap, HashMap};
+use std::convert::Infallible;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::Frame;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use mesh_api::Resource;
+use mesh_pilot::model::{MeshConfig, Model};
+use mesh_pilot::source::Snapshot;
+use mesh_pilot::source::kube::{KubeOptions, run};
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+
+const DEADLINE: Duration = Duration::from_secs(20);
+
+/// The scripted API server's memory.
+#[derive(Default)]
+struct Script {
+    lists: HashMap<String, String>,
+    /// Open watches by collection path.
+    watches: Mutex<HashMap<String, Vec<mpsc::UnboundedSender<String>>>>,
+    watch_count: Option<watch::Sender<usize>>,
+    /// Status patches received: (path, body).
+    patches: Mutex<Vec<(String, serde_json::Value)>>,
+    patched: Option<watch::Sender<usize>>,
+}
+
+type Body = BoxBody<Bytes, Infallible>;
+
+fn full(text: String) -> Body {
+    Full::new(Bytes::from(text)).boxed()
+}
+
+async fn answer(script: Arc<Script>, req: Request<hyper::body::Incoming>) -> Response<Body> {
+    let path = req.uri().path().to_string();
+    let query = req.uri().query().unwrap_or("").to_string();
+    if req.method() == hyper::Method::PATCH {
+        let body = req.into_body().collect().await.unwrap().to_bytes();
+        let value: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        let mut p = script.patches.lock().unwrap();
+        p.push((path, value.clone()));
+        script.patched.as_ref().unwrap().send_replace(p.len());
+        return Response::new(full(value.to_string()));
+    }
+    if query.contains("watch=true") || query.contains("watch=1") {
+        let (tx, rx) = mpsc::unbounded_channel::<String>();
+        let n = {
+            let mut w = script.watches.lock().unwrap();
+            w.entry(path).or_default().push(tx);
+            w.values().map(Vec::len).sum()
+        };
+        script.watch_count.as_ref().unwrap().send_replace(n);
+        let stream = tokio_stream::wrappers::UnboundedReceiverStream::new(rx)
+            .map(|line| Ok::<_, Infallible>(Frame::data(Bytes::from(line + "\n"))));
+        return Response::new(BodyExt::boxed(StreamBody::new(stream)));
+    }
+    let body = script.lists.get(&path).cloned().unwrap_or_else(|| {
+        r#"{"apiVersion":"v1","kind":"List","metadata":{"resourceVersion":"4100"},"items":[]}"#
+            .to_string()
+    });
+    Response::new(full(body))
+}
+
+use tokio_stream::StreamExt;
+
+async fn api_server(script: Arc<Script>) -> String {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (c, _) = l.accept().await.unwrap();
+            let script = script.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |req| {
+                    let script = script.clone();
+                    async move { Ok::<_, Infallible>(answer(script, req).await) }
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(
+                    hyper_util::rt::TokioExecutor::new(),
+                )
+                .serve_connection(TokioIo::new(c), svc)
+                .await;
+            });
+        }
+    });
+    format!("http://{addr}")
+}
+
+fn fixture(name: &str) -> String {
+    std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/kube")
+            .join(name),
+    )
+    .unwrap()
+}
+
+fn send(script: &Script, path: &str, event: serde_json::Value) {
+    for tx in script
+        .watches
+        .lock()
+        .unwrap()
+        .get(path)
+        .into_iter()
+        .flatten()
+    {
+        let _ = tx.send(event.to_string());
+    }
+}
+
+fn reviews_endpoints(s: &Snapshot) -> Vec<(String, String, String)> {
+    let model = Model::build(MeshConfig::default(), &s.resources, BTreeMap::new());
+    let svc = &model.registry.services["reviews.default.svc.cluster.local"];
+    svc.endpoints
+        .iter()
+        .map(|e| {
+            (
+                e.address.clone(),
+                e.labels.get("version").cloned().unwrap_or_default(),
+                e.identity.clone(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reflectors_fold_the_cluster_into_snapshots() {
+    let (count_tx, mut count_rx) = watch::channel(0);
+    let (patched_tx, mut patched_rx) = watch::channel(0);
+    let mut script = Script {
+        watch_count: Some(count_tx),
+        patched: Some(patched_tx),
+        ..Script::default()
+    };
+    for (path, file) in [
+        ("/api/v1/services", "services.json"),
+        ("/api/v1/pods", "pods.json"),
+        ("/api/v1/namespaces", "namespaces.json"),
+        (
+            "/apis/discovery.k8s.io/v1/endpointslices",
+            "endpointslices.json",
+        ),
+        (
+            "/apis/networking.istio.io/v1/virtualservices",
+            "virtualservices.json",
+        ),
+        (
+            "/apis/networking.istio.io/v1/destinationrules",
+            "destinationrules.json",
+        ),
+    ] {
+        script.lists.insert(path.to_string(), fixture(file));
+    }
+    let script = Arc::new(script);
+    let url = api_server(script.clone()).await;
+    let config = kube::Config::new(url.parse().unwrap());
+    let client = kube::Client::try_from(config).unwrap();
+    let (tx, mut rx) = watch::channel(Arc::new(Snapshot::default()));
+    let source = tokio::spawn(run(client, tx, KubeOptions::default()));
+
+    let first = tokio::time::timeout(DEADLINE, rx.wait_for(|s| s.revision > 0))
+        .await
+        .expect("a first snapshot once every reflector listed")
+        .unwrap()
+        .clone();
+    let id = "spiffe://cluster.local/ns/default/sa/bookinfo-reviews".to_string();
+    assert_eq!(
+        reviews_endpoints(&first),
+        vec![
+            ("10.244.0.11".into(), "v1".into(), id.clone()),
+            ("10.244.0.12".into(), "v2".into(), id.clone()),
+            ("10.244.0.13".into(), "v3".into(), id.clone()),
+        ]
+    );
+    let vs_names: Vec<&str> = first
+        .resources
+        .iter()
+        .filter(|r| matches!(r, Resource::VirtualService(_)))
+        .map(Resource::name)
+        .collect();
+    assert_eq!(
+        vs_names,
+        vec!["reviews"],
+        "the refused VirtualService is left out"
+    );
+    let findings: Vec<String> = first.findings.iter().map(ToString::to_string).collect();
+    assert!(
+        findings
+            .iter()
+            .any(|f| f.contains("reviews-typo") && f.contains("weight")),
+        "{findings:?}"
+    );
+
+    // Its status says why.
+    tokio::time::timeout(DEADLINE, patched_rx.wait_for(|n| *n >= 1))
+        .await
+        .expect("status written")
+        .unwrap();
+    let (path, body) = script.patches.lock().unwrap()[0].clone();
+    assert_eq!(
+        path,
+        "/apis/networking.istio.io/v1/namespaces/default/virtualservices/reviews-typo/status"
+    );
+    let description = body["status"]["validationMessages"][0]["description"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        description.contains("spec.http[0].route") && description.contains("100"),
+        "{description}"
+    );
+
+    // Watches: one endpoint leaves, and the typo is fixed.
+    tokio::time::timeout(DEADLINE, count_rx.wait_for(|n| *n >= 14))
+        .await
+        .expect("every kind is watched")
+        .unwrap();
+    let mut slice: serde_json::Value =
+        serde_json::from_str(&fixture("endpointslices.json")).unwrap();
+    let mut item = slice["items"][0].take();
+    item["endpoints"].as_array_mut().unwrap().remove(1);
+    item["metadata"]["resourceVersion"] = "4200".into();
+    send(
+        &script,
+        "/apis/discovery.k8s.io/v1/endpointslices",
+        serde_json::json!({"type": "MODIFIED", "object": item}),
+    );
+    let after = tokio::time::timeout(DEADLINE, rx.wait_for(|s| reviews_endpoints(s).len() == 2))
+        .await
+        .expect("the slice change reaches the snapshot")
+        .unwrap()
+        .clone();
+    assert!(reviews_endpoints(&after).iter().all(|(_, v, _)| v != "v2"));
+
+    let mut vss: serde_json::Value =
+        serde_json::from_str(&fixture("virtualservices.json")).unwrap();
+    let mut fixed = vss["items"][1].take();
+    fixed["spec"]["http"][0]["route"][1]["weight"] = 20.into();
+    fixed["metadata"]["resourceVersion"] = "4300".into();
+    send(
+        &script,
+        "/apis/networking.istio.io/v1/virtualservices",
+        serde_json::json!({"type": "MODIFIED", "object": fixed}),
+    );
+    tokio::time::timeout(
+        DEADLINE,
+        rx.wait_for(|s| s.resources.iter().any(|r| r.name() == "reviews-typo")),
+    )
+    .await
+    .expect("the fixed VirtualService is accepted")
+    .unwrap();
+    tokio::time::timeout(DEADLINE, patched_rx.wait_for(|n| *n >= 2))
+        .await
+        .expect("status cleared")
+        .unwrap();
+    let (_, body) = script.patches.lock().unwrap()[1].clone();
+    assert!(body["status"]["validationMessages"].is_null(), "{body}");
+    source.abort();
+}
