@@ -422,7 +422,7 @@ fn parse_typed(kind: Kind, text: &str) -> Result<Resource, Found> {
             };
             let mut obj = <$root>::new("", spec);
             obj.metadata = env.metadata;
-            Resource::$variant(obj)
+            Resource::$variant(Box::new(obj))
         }};
     }
     Ok(match kind {
@@ -460,12 +460,12 @@ fn parse_typed(kind: Kind, text: &str) -> Result<Resource, Found> {
             sec::RequestAuthentication,
             sec::RequestAuthenticationSpec
         ),
-        Kind::Namespace => Resource::Namespace(deserialize(text)?),
-        Kind::Service => Resource::Service(deserialize(text)?),
-        Kind::ServiceAccount => Resource::ServiceAccount(deserialize(text)?),
-        Kind::Pod => Resource::Pod(deserialize(text)?),
-        Kind::Deployment => Resource::Deployment(deserialize(text)?),
-        Kind::EndpointSlice => Resource::EndpointSlice(deserialize(text)?),
+        Kind::Namespace => Resource::Namespace(Box::new(deserialize(text)?)),
+        Kind::Service => Resource::Service(Box::new(deserialize(text)?)),
+        Kind::ServiceAccount => Resource::ServiceAccount(Box::new(deserialize(text)?)),
+        Kind::Pod => Resource::Pod(Box::new(deserialize(text)?)),
+        Kind::Deployment => Resource::Deployment(Box::new(deserialize(text)?)),
+        Kind::EndpointSlice => Resource::EndpointSlice(Box::new(deserialize(text)?)),
     })
 }
 

@@ -14,14 +14,14 @@ use crate::security::{AuthorizationPolicy, PeerAuthentication, RequestAuthentica
 
 macro_rules! resources {
     ($($variant:ident($ty:ty)),* $(,)?) => {
-        /// One resource, typed by kind.
+        /// One resource, typed by kind. Boxed: Kubernetes objects are kilobytes wide, and a
+        /// mesh holds tens of thousands of resources, most of them small.
         #[derive(Clone, Debug, PartialEq, Serialize)]
         #[serde(untagged)]
-        #[allow(clippy::large_enum_variant)]
         pub enum Resource {
             $(
                 #[doc = concat!("A ", stringify!($variant), ".")]
-                $variant($ty),
+                $variant(Box<$ty>),
             )*
         }
 

@@ -40,7 +40,7 @@ fn vs(a: u32, b: u32) -> String {
 fn weights(s: &Snapshot) -> Vec<i32> {
     s.resources
         .iter()
-        .find_map(|r| match r {
+        .find_map(|r| match &**r {
             Resource::VirtualService(v) => Some(
                 v.spec.http[0]
                     .route

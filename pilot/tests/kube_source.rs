@@ -124,7 +124,11 @@ fn send(script: &Script, path: &str, event: serde_json::Value) {
 }
 
 fn reviews_endpoints(s: &Snapshot) -> Vec<(String, String, String)> {
-    let model = Model::build(MeshConfig::default(), &s.resources, BTreeMap::new());
+    let model = Model::build(
+        MeshConfig::default(),
+        s.resources.iter().map(|r| &**r),
+        BTreeMap::new(),
+    );
     let svc = &model.registry.services["reviews.default.svc.cluster.local"];
     svc.endpoints
         .iter()
@@ -190,8 +194,8 @@ async fn reflectors_fold_the_cluster_into_snapshots() {
     let vs_names: Vec<&str> = first
         .resources
         .iter()
-        .filter(|r| matches!(r, Resource::VirtualService(_)))
-        .map(Resource::name)
+        .filter(|r| matches!(&***r, Resource::VirtualService(_)))
+        .map(|r| r.name())
         .collect();
     assert_eq!(
         vs_names,

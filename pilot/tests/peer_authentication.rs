@@ -20,7 +20,7 @@ fn policies(yaml: &str) -> Vec<PeerAuthentication> {
         .documents
         .into_iter()
         .filter_map(|d| match d.resource {
-            Resource::PeerAuthentication(p) => Some(p),
+            Resource::PeerAuthentication(p) => Some(*p),
             _ => None,
         })
         .collect()

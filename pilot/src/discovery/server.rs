@@ -44,7 +44,11 @@ pub async fn build_generations(
     let mut version = out.borrow().version;
     let mut build = |snap: &Snapshot| {
         version += 1;
-        let model = Model::build(config.clone(), &snap.resources, snap.files.clone());
+        let model = Model::build(
+            config.clone(),
+            snap.resources.iter().map(|r| &**r),
+            snap.files.clone(),
+        );
         out.send_replace(Arc::new(Generation::new(version, model)));
     };
     let first = snapshots.borrow_and_update().clone();

@@ -93,9 +93,9 @@ pub fn age_key(meta: &ObjectMeta) -> AgeKey {
 
 impl Model {
     /// Indexes `resources` (already validated).
-    pub fn build(
+    pub fn build<'a>(
         config: MeshConfig,
-        resources: &[Resource],
+        resources: impl IntoIterator<Item = &'a Resource>,
         files: BTreeMap<String, String>,
     ) -> Self {
         let mut input = registry::RegistryInput {
@@ -117,13 +117,15 @@ impl Model {
                 Resource::Pod(p) => input.pods.push(p),
                 Resource::EndpointSlice(s) => input.slices.push(s),
                 Resource::WorkloadEntry(w) => input.workload_entries.push(w),
-                Resource::VirtualService(v) => model.virtual_services.push(v.clone()),
-                Resource::DestinationRule(d) => model.destination_rules.push(d.clone()),
-                Resource::Sidecar(s) => model.sidecars.push(s.clone()),
-                Resource::PeerAuthentication(p) => model.peer_authentications.push(p.clone()),
-                Resource::AuthorizationPolicy(p) => model.authorization_policies.push(p.clone()),
+                Resource::VirtualService(v) => model.virtual_services.push((**v).clone()),
+                Resource::DestinationRule(d) => model.destination_rules.push((**d).clone()),
+                Resource::Sidecar(s) => model.sidecars.push((**s).clone()),
+                Resource::PeerAuthentication(p) => model.peer_authentications.push((**p).clone()),
+                Resource::AuthorizationPolicy(p) => {
+                    model.authorization_policies.push((**p).clone())
+                }
                 Resource::RequestAuthentication(p) => {
-                    model.request_authentications.push(p.clone());
+                    model.request_authentications.push((**p).clone());
                 }
                 Resource::Gateway(_)
                 | Resource::WorkloadGroup(_)

@@ -4,12 +4,12 @@
 //! parsed at all keeps every resource it last gave. Deleting a resource from a valid file
 //! removes it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
-use mesh_api::load::{self, LoadError};
+use mesh_api::load::{self, LoadError, LoadReport};
 use mesh_api::{Diagnostic, Resource};
 use notify::{RecursiveMode, Watcher};
 use tokio::sync::{mpsc, watch};
@@ -38,8 +38,45 @@ pub enum FolderError {
 pub struct Folder {
     dir: PathBuf,
     /// Accepted resources by key, with the file they came from.
-    accepted: BTreeMap<(String, String), (Resource, Option<String>)>,
+    accepted: BTreeMap<(String, String), (Arc<Resource>, Option<String>)>,
     revision: u64,
+    /// What each file gave when last read: a reload parses only the files that changed, and
+    /// resources are shared (not copied) between reloads and snapshots.
+    parsed: HashMap<PathBuf, Parsed>,
+}
+
+/// One file as last read.
+#[derive(Debug)]
+struct Parsed {
+    modified: Option<SystemTime>,
+    len: u64,
+    resources: Vec<(Arc<Resource>, Option<String>)>,
+    diagnostics: Vec<Diagnostic>,
+}
+
+/// File name endings read from the folder (as `meshctl validate` reads a folder).
+const EXTENSIONS: [&str; 3] = ["yaml", "yml", "json"];
+
+fn list_files(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), LoadError> {
+    let read = |path: &Path, source| LoadError::Read {
+        path: path.to_path_buf(),
+        source,
+    };
+    for entry in std::fs::read_dir(dir).map_err(|e| read(dir, e))? {
+        let entry = entry.map_err(|e| read(dir, e))?;
+        let path = entry.path();
+        let file_type = entry.file_type().map_err(|e| read(&path, e))?;
+        if file_type.is_dir() {
+            list_files(&path, out)?;
+        } else if path
+            .extension()
+            .and_then(|e| e.to_str())
+            .is_some_and(|e| EXTENSIONS.contains(&e))
+        {
+            out.push(path);
+        }
+    }
+    Ok(())
 }
 
 impl Folder {
@@ -49,6 +86,7 @@ impl Folder {
             dir: dir.into(),
             accepted: BTreeMap::new(),
             revision: 0,
+            parsed: HashMap::new(),
         }
     }
 
@@ -65,12 +103,41 @@ impl Folder {
                 source,
             })?;
         }
-        let report = load::load_path(&self.dir)?;
-        let mut next: BTreeMap<(String, String), (Resource, Option<String>)> = BTreeMap::new();
-        for doc in report.documents {
-            next.insert(key_of(&doc.resource), (doc.resource, doc.origin.file));
+        let mut files = Vec::new();
+        list_files(&self.dir, &mut files)?;
+        files.sort();
+        let mut parsed = HashMap::with_capacity(files.len());
+        let mut next: BTreeMap<(String, String), (Arc<Resource>, Option<String>)> = BTreeMap::new();
+        let mut findings = Vec::new();
+        for file in files {
+            let meta = std::fs::metadata(&file).map_err(|source| LoadError::Read {
+                path: file.clone(),
+                source,
+            })?;
+            let (modified, len) = (meta.modified().ok(), meta.len());
+            let entry = match self.parsed.remove(&file) {
+                Some(p) if p.modified == modified && p.len == len && modified.is_some() => p,
+                _ => {
+                    let report: LoadReport = load::load_path(&file)?;
+                    Parsed {
+                        modified,
+                        len,
+                        resources: report
+                            .documents
+                            .into_iter()
+                            .map(|d| (Arc::new(d.resource), d.origin.file))
+                            .collect(),
+                        diagnostics: report.diagnostics,
+                    }
+                }
+            };
+            for (r, origin) in &entry.resources {
+                next.insert(key_of(r), (r.clone(), origin.clone()));
+            }
+            findings.extend(entry.diagnostics.iter().cloned());
+            parsed.insert(file, entry);
         }
-        let mut findings = report.diagnostics;
+        self.parsed = parsed;
         let mut kept = Vec::new();
         for d in findings
             .iter()
@@ -102,7 +169,8 @@ impl Folder {
         }
         self.accepted = next;
         self.revision += 1;
-        let resources: Vec<Resource> = self.accepted.values().map(|(r, _)| r.clone()).collect();
+        let resources: Vec<Arc<Resource>> =
+            self.accepted.values().map(|(r, _)| r.clone()).collect();
         let mut files = BTreeMap::new();
         for path in referenced_files(&resources) {
             match std::fs::read_to_string(&path) {

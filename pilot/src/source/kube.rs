@@ -210,34 +210,34 @@ fn snapshot(
     memory: &Mutex<Memory>,
     revision: u64,
 ) -> (Snapshot, Vec<StatusWrite>) {
-    let mut resources: Vec<Resource> = Vec::new();
+    let mut resources: Vec<Arc<Resource>> = Vec::new();
     resources.extend(
         stores
             .services
             .state()
             .iter()
-            .map(|s| Resource::Service((**s).clone())),
+            .map(|s| Arc::new(Resource::Service(Box::new((**s).clone())))),
     );
     resources.extend(
         stores
             .slices
             .state()
             .iter()
-            .map(|s| Resource::EndpointSlice((**s).clone())),
+            .map(|s| Arc::new(Resource::EndpointSlice(Box::new((**s).clone())))),
     );
     resources.extend(
         stores
             .pods
             .state()
             .iter()
-            .map(|s| Resource::Pod((**s).clone())),
+            .map(|s| Arc::new(Resource::Pod(Box::new((**s).clone())))),
     );
     resources.extend(
         stores
             .namespaces
             .state()
             .iter()
-            .map(|s| Resource::Namespace((**s).clone())),
+            .map(|s| Arc::new(Resource::Namespace(Box::new((**s).clone())))),
     );
     let mut findings = Vec::new();
     let mut writes = Vec::new();
@@ -308,9 +308,9 @@ fn snapshot(
             }
         }
     }
-    resources.extend(accepted.values().cloned());
+    resources.extend(accepted.values().cloned().map(Arc::new));
     mem.accepted = accepted;
-    resources.sort_by_key(key_of);
+    resources.sort_by_key(|r| key_of(r));
     let files = BTreeMap::new();
     (
         Snapshot {

@@ -6,6 +6,7 @@ pub mod folder;
 pub mod kube;
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use mesh_api::{Diagnostic, Resource};
 
@@ -16,7 +17,7 @@ pub struct Snapshot {
     pub revision: u64,
     /// Accepted resources: every valid one, and the last good version of any that became
     /// invalid.
-    pub resources: Vec<Resource>,
+    pub resources: Vec<Arc<Resource>>,
     /// Contents of the files DestinationRules name for TLS origination.
     pub files: BTreeMap<String, String>,
     /// What was refused or skipped, and why.
@@ -37,10 +38,10 @@ pub fn key_of(resource: &Resource) -> (String, String) {
 
 /// Paths of the files that DestinationRules ask pilot to read (CA certificates, client
 /// certificates and keys for TLS origination).
-pub fn referenced_files(resources: &[Resource]) -> Vec<String> {
+pub fn referenced_files(resources: &[Arc<Resource>]) -> Vec<String> {
     let mut out = Vec::new();
     for r in resources {
-        let Resource::DestinationRule(dr) = r else {
+        let Resource::DestinationRule(dr) = &**r else {
             continue;
         };
         let mut policies: Vec<&mesh_api::networking::TrafficPolicy> = Vec::new();
