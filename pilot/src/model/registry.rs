@@ -1,7 +1,7 @@
 //! The service registry: services (Kubernetes Services and ServiceEntries) and the endpoints
 //! behind them (Pods, EndpointSlices, WorkloadEntries and a ServiceEntry's own endpoints).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 
 use k8s_openapi::api::core::v1::{Pod, Service};
@@ -185,6 +185,51 @@ pub struct RegistryInput<'a> {
     pub workload_entries: Vec<&'a WorkloadEntry>,
 }
 
+/// Lookups the registry build needs, so it stays linear in the size of the mesh.
+struct Index<'a> {
+    by_namespace: HashMap<&'a str, Vec<&'a Workload>>,
+    pods: HashMap<(&'a str, &'a str), &'a Workload>,
+    /// EndpointSlices by (namespace, service name).
+    slices: HashMap<(String, String), Vec<&'a EndpointSlice>>,
+}
+
+impl<'a> Index<'a> {
+    fn new(workloads: &'a [Workload], slices: &[&'a EndpointSlice]) -> Self {
+        let mut by_namespace: HashMap<&str, Vec<&Workload>> = HashMap::new();
+        let mut pods = HashMap::new();
+        for w in workloads {
+            by_namespace
+                .entry(w.namespace.as_str())
+                .or_default()
+                .push(w);
+            if w.kind == "Pod" {
+                pods.insert((w.namespace.as_str(), w.name.as_str()), w);
+            }
+        }
+        let mut by_service: HashMap<(String, String), Vec<&EndpointSlice>> = HashMap::new();
+        for s in slices {
+            if let Some(svc) = s
+                .metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(SERVICE_NAME_LABEL))
+            {
+                let ns = namespace_of(s.metadata.namespace.as_deref());
+                by_service.entry((ns, svc.clone())).or_default().push(s);
+            }
+        }
+        Index {
+            by_namespace,
+            pods,
+            slices: by_service,
+        }
+    }
+
+    fn in_namespace(&self, ns: &str) -> impl Iterator<Item = &'a Workload> + '_ {
+        self.by_namespace.get(ns).into_iter().flatten().copied()
+    }
+}
+
 /// The registry: services by host, and the workloads.
 #[derive(Clone, Debug, Default)]
 pub struct Registry {
@@ -214,9 +259,10 @@ impl Registry {
                 &we.spec,
             )
         }));
+        let index = Index::new(&workloads, &input.slices);
         let mut services = BTreeMap::new();
         for svc in &input.services {
-            if let Some(s) = from_service(svc, &input.slices, &workloads, domain, trust_domain) {
+            if let Some(s) = from_service(svc, &index, domain, trust_domain) {
                 services.insert(s.hostname.clone(), s);
             }
         }
@@ -229,10 +275,11 @@ impl Registry {
             )
         });
         for se in entries {
-            for s in from_service_entry(se, &workloads, trust_domain) {
+            for s in from_service_entry(se, &index, trust_domain) {
                 services.entry(s.hostname.clone()).or_insert(s);
             }
         }
+        drop(index);
         let mut by_namespace: BTreeMap<String, Vec<String>> = BTreeMap::new();
         let mut by_address = BTreeMap::new();
         for s in services.values() {
@@ -257,8 +304,7 @@ impl Registry {
 
 fn from_service(
     svc: &Service,
-    slices: &[&EndpointSlice],
-    workloads: &[Workload],
+    index: &Index<'_>,
     domain: &str,
     trust_domain: &str,
 ) -> Option<MeshService> {
@@ -305,17 +351,11 @@ fn from_service(
         .map(|v| v.split(',').map(|s| s.trim().to_string()).collect())
         .unwrap_or_default();
     let selector = spec.selector.clone().filter(|s| !s.is_empty());
-    let own_slices: Vec<&&EndpointSlice> = slices
-        .iter()
-        .filter(|s| {
-            namespace_of(s.metadata.namespace.as_deref()) == namespace
-                && s.metadata
-                    .labels
-                    .as_ref()
-                    .and_then(|l| l.get(SERVICE_NAME_LABEL))
-                    == Some(&name)
-        })
-        .collect();
+    let own_slices = index
+        .slices
+        .get(&(namespace.clone(), name.clone()))
+        .cloned()
+        .unwrap_or_default();
     let mut endpoints = Vec::new();
     let mut passthrough = false;
     if spec.type_.as_deref() == Some("ExternalName") {
@@ -326,14 +366,14 @@ fn from_service(
                 slice,
                 &namespace,
                 &ports,
-                workloads,
+                index,
                 trust_domain,
             ));
         }
     } else if let Some(sel) = &selector {
-        for w in workloads
-            .iter()
-            .filter(|w| w.namespace == namespace && selects(sel, &w.labels))
+        for w in index
+            .in_namespace(&namespace)
+            .filter(|w| selects(sel, &w.labels))
         {
             let mut eports = BTreeMap::new();
             for (pname, target) in &named_targets {
@@ -369,7 +409,7 @@ fn slice_endpoints(
     slice: &EndpointSlice,
     namespace: &str,
     ports: &[state::ServicePort],
-    workloads: &[Workload],
+    index: &Index<'_>,
     trust_domain: &str,
 ) -> Vec<state::Endpoint> {
     if slice.address_type == "FQDN" {
@@ -396,11 +436,11 @@ fn slice_endpoints(
             .as_ref()
             .filter(|r| r.kind.as_deref() == Some("Pod"))
             .and_then(|r| {
-                workloads.iter().find(|w| {
-                    w.kind == "Pod"
-                        && Some(&w.name) == r.name.as_ref()
-                        && w.namespace == namespace_of(r.namespace.as_deref().or(Some(namespace)))
-                })
+                let ns = namespace_of(r.namespace.as_deref().or(Some(namespace)));
+                index
+                    .pods
+                    .get(&(ns.as_str(), r.name.as_deref().unwrap_or("")))
+                    .copied()
             });
         for address in &ep.addresses {
             let eports = ports
@@ -431,7 +471,7 @@ fn slice_endpoints(
 
 fn from_service_entry(
     se: &ServiceEntry,
-    workloads: &[Workload],
+    index: &Index<'_>,
     trust_domain: &str,
 ) -> Vec<MeshService> {
     let namespace = namespace_of(se.metadata.namespace.as_deref());
@@ -460,9 +500,9 @@ fn from_service_entry(
         .collect();
     if let Some(sel) = &spec.workload_selector {
         members.extend(
-            workloads
-                .iter()
-                .filter(|w| w.namespace == namespace && selects(&sel.labels, &w.labels))
+            index
+                .in_namespace(&namespace)
+                .filter(|w| selects(&sel.labels, &w.labels))
                 .cloned(),
         );
     }
