@@ -41,8 +41,8 @@ struct TypeState {
     client: BTreeMap<String, String>,
     /// Name → version the client last acknowledged.
     acked: BTreeMap<String, String>,
-    /// The nonce waiting for its ACK or NACK.
-    pending: Option<String>,
+    /// The nonce waiting for its ACK or NACK, and the generation it carried.
+    pending: Option<(String, u64)>,
     /// Something changed since the last response.
     dirty: bool,
     /// The last response was refused; wait for a change.
@@ -88,9 +88,12 @@ impl Session {
         };
         let generation = self.generation.clone();
         let t = self.types.entry(type_url).or_default();
-        if !req.response_nonce.is_empty()
-            && t.pending.as_deref() == Some(req.response_nonce.as_str())
-        {
+        let answered = t
+            .pending
+            .as_ref()
+            .filter(|(nonce, _)| !req.response_nonce.is_empty() && *nonce == req.response_nonce)
+            .map(|(_, version)| *version);
+        if let Some(carried) = answered {
             t.pending = None;
             let id = self.node.id.clone();
             match &req.error_detail {
@@ -103,9 +106,8 @@ impl Session {
                 }
                 None => {
                     t.acked = t.client.clone();
-                    let version = generation.version;
                     self.status.update(&id, |s| {
-                        s.acked_version = Some(version);
+                        s.acked_version = Some(carried);
                         s.nack = None;
                     });
                 }
@@ -239,7 +241,7 @@ impl Session {
             .collect();
         self.nonces += 1;
         let nonce = format!("{}-{}", generation.version, self.nonces);
-        t.pending = Some(nonce.clone());
+        t.pending = Some((nonce.clone(), generation.version));
         let version = generation.version;
         let count = desired.len();
         let is_services = type_url == SERVICE_TYPE;

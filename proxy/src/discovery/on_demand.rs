@@ -55,8 +55,14 @@ impl OnDemand {
             return false;
         }
         let answered = matches!(tokio::time::timeout(deadline, rx).await, Ok(Ok(())));
-        if let (false, Ok(mut w)) = (answered, self.waiters.lock()) {
-            w.remove(&key);
+        if !answered {
+            // Pilot is slow or away: do not make every new connection wait as long.
+            if let Ok(mut w) = self.waiters.lock() {
+                w.remove(&key);
+            }
+            if let Ok(mut n) = self.negative.lock() {
+                n.insert(key, Instant::now());
+            }
         }
         answered
     }
