@@ -99,10 +99,12 @@ fn free_port() -> u16 {
 fn start_pilot(binary: &Path, dir: &Path) -> PilotProcess {
     let (d, g) = (free_port(), free_port());
     let mut cmd = Command::new("taskset");
-    cmd.args(["-c", "1"])
-        .arg(binary)
-        .args(["serve", "--config-dir"])
-        .arg(dir);
+    cmd.args(["-c", "1"]);
+    // A profiler to run pilot under, e.g. MESH_PUSH_WRAP=heaptrack.
+    if let Ok(wrap) = std::env::var("MESH_PUSH_WRAP") {
+        cmd.args(wrap.split_whitespace());
+    }
+    cmd.arg(binary).args(["serve", "--config-dir"]).arg(dir);
     cmd.args(["--discovery-address", &format!("127.0.0.1:{d}")]);
     cmd.args(["--debug-address", &format!("127.0.0.1:{g}")]);
     let child = cmd
@@ -133,16 +135,30 @@ async fn client(
     seen: mpsc::UnboundedSender<(usize, Seen)>,
     ready: mpsc::UnboundedSender<()>,
 ) {
-    let channel = loop {
-        match tonic::transport::Endpoint::from_shared(address.clone())
-            .unwrap()
-            .connect()
-            .await
-        {
-            Ok(c) => break c,
-            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+    // As a proxy does: a failed connection or stream is retried after a short pause.
+    let mut announced = false;
+    loop {
+        if let Err(e) = stream_once(&address, id, &seen, &ready, &mut announced).await {
+            if id == 0 {
+                eprintln!("client 0: {e}; retrying");
+            }
         }
-    };
+        tokio::time::sleep(Duration::from_millis(100 + fastrand::u64(0..100))).await;
+    }
+}
+
+async fn stream_once(
+    address: &str,
+    id: usize,
+    seen: &mpsc::UnboundedSender<(usize, Seen)>,
+    ready: &mpsc::UnboundedSender<()>,
+    announced: &mut bool,
+) -> Result<(), String> {
+    let channel = tonic::transport::Endpoint::from_shared(address.to_string())
+        .map_err(|e| e.to_string())?
+        .connect()
+        .await
+        .map_err(|e| e.to_string())?;
     let (tx, rx) = mpsc::channel(16);
     let node = pb::Node {
         id: format!("sidecar~10.200.{}.{}~bench-{id}.ns0", id / 250, id % 250),
@@ -151,44 +167,54 @@ async fn client(
         labels: [("app".to_string(), "bench".to_string())].into(),
         ..Default::default()
     };
-    tx.send(pb::DeltaDiscoveryRequest {
+    let send = |r| {
+        let tx = tx.clone();
+        async move { tx.send(r).await.map_err(|e| e.to_string()) }
+    };
+    send(pb::DeltaDiscoveryRequest {
         node: Some(node),
         type_url: WORKLOAD_TYPE.into(),
         ..Default::default()
     })
-    .await
-    .unwrap();
-    tx.send(pb::DeltaDiscoveryRequest {
+    .await?;
+    send(pb::DeltaDiscoveryRequest {
         type_url: SERVICE_TYPE.into(),
         ..Default::default()
     })
-    .await
-    .unwrap();
+    .await?;
     let mut stream = pb::discovery_client::DiscoveryClient::new(channel)
         .delta_resources(ReceiverStream::new(rx))
         .await
-        .unwrap()
+        .map_err(|e| e.to_string())?
         .into_inner();
     let mut held: HashMap<String, usize> = HashMap::new();
-    let mut first = true;
-    while let Ok(Some(r)) = stream.message().await {
+    let mut complete = false;
+    loop {
+        let r = match stream.message().await {
+            Ok(Some(r)) => r,
+            Ok(None) => return Err("stream ended".into()),
+            Err(e) => return Err(e.to_string()),
+        };
         for res in &r.resources {
             held.insert(res.name.clone(), res.encoded_len());
         }
         for name in &r.removed_resources {
             held.remove(name);
         }
-        tx.send(pb::DeltaDiscoveryRequest {
+        send(pb::DeltaDiscoveryRequest {
             type_url: r.type_url.clone(),
             response_nonce: r.nonce.clone(),
             ..Default::default()
         })
-        .await
-        .unwrap();
+        .await?;
         if r.type_url == SERVICE_TYPE {
-            if first {
-                first = false;
-                let _ = ready.send(());
+            // The first view may come in several responses: ready once it is all here.
+            if !complete {
+                complete = held.len() > SERVICES_PER_NS;
+                if complete && !*announced {
+                    *announced = true;
+                    let _ = ready.send(());
+                }
             } else if r.resources.iter().any(|x| x.name == CHANGED) {
                 let full = held.values().sum();
                 let _ = seen.send((

@@ -94,10 +94,21 @@ pub struct Pilot {
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
+/// Thousands of proxies reconnect at once when pilot restarts: a deep accept queue keeps the
+/// kernel from resetting them while pilot is busy with the first ones.
+const BACKLOG: u32 = 4096;
+
 async fn bind(addr: SocketAddr, what: &'static str) -> Result<TcpListener, StartError> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|source| StartError::Bind { addr, what, source })
+    let err = |source| StartError::Bind { addr, what, source };
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()
+    } else {
+        tokio::net::TcpSocket::new_v6()
+    }
+    .map_err(err)?;
+    socket.set_reuseaddr(true).map_err(err)?;
+    socket.bind(addr).map_err(err)?;
+    socket.listen(BACKLOG).map_err(err)
 }
 
 impl Pilot {

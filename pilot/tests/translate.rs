@@ -59,8 +59,12 @@ fn node(ns: &str, labels: &[(&str, &str)], ip: &str) -> ProxyNode {
     }
 }
 
-/// Compares `state` with `tests/golden/NAME.json` (keys sorted, so the file is stable).
+/// Compares `state` with `tests/golden/NAME.json` (keys sorted, so the file is stable), after
+/// checking the proxy accepts it as it is.
 fn golden(name: &str, state: &state::ProxyState) {
+    if let Err(e) = mesh_proxy::state::State::compile(state.clone()) {
+        panic!("{name}: the proxy refuses pilot's state: {e}");
+    }
     let value = serde_json::to_value(state).unwrap();
     let text = serde_json::to_string_pretty(&value).unwrap() + "\n";
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/golden/{name}.json"));

@@ -11,6 +11,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use mesh_api::proto::discovery::v1 as pb;
+use prost::Message;
 
 use super::generation::{Generation, SERVICE_TYPE, WORKLOAD_NAME, WORKLOAD_TYPE};
 use super::status::Status;
@@ -27,6 +28,9 @@ pub enum SessionError {
 
 /// The name that asks for the default view.
 pub const WILDCARD: &str = "*";
+
+/// Resources per response are cut at about this many bytes (a lone larger one still goes).
+pub const MAX_RESPONSE_BYTES: usize = 16 * 1024;
 
 #[derive(Debug, Default)]
 struct TypeState {
@@ -217,11 +221,24 @@ impl Session {
             }
         }
         let t = self.types.get_mut(type_url)?;
-        let resources: Vec<pb::Resource> = desired
+        // Responses stay small: gRPC keeps a stream's encode buffer at the size of the largest
+        // message it sent, so one full view per stream would pin ~150 KB per proxy. What does
+        // not fit follows in the next response, after this one is acknowledged.
+        let mut budget = MAX_RESPONSE_BYTES;
+        let mut resources = Vec::new();
+        let mut more = false;
+        for r in desired
             .values()
             .filter(|r| t.client.get(&r.name) != Some(&r.version))
-            .cloned()
-            .collect();
+        {
+            let len = r.encoded_len();
+            if !resources.is_empty() && len > budget {
+                more = true;
+                break;
+            }
+            budget = budget.saturating_sub(len);
+            resources.push(r.clone());
+        }
         let mut removed: Vec<String> = t
             .client
             .keys()
@@ -230,15 +247,17 @@ impl Session {
             .collect();
         removed.extend(missing.into_iter().filter(|m| !t.client.contains_key(m)));
         removed.append(&mut t.not_found);
-        t.dirty = false;
+        t.dirty = more;
         if resources.is_empty() && removed.is_empty() && t.answered {
             return None;
         }
         t.answered = true;
-        t.client = desired
-            .iter()
-            .map(|(k, r)| (k.clone(), r.version.clone()))
-            .collect();
+        for name in &removed {
+            t.client.remove(name);
+        }
+        for r in &resources {
+            t.client.insert(r.name.clone(), r.version.clone());
+        }
         self.nonces += 1;
         let nonce = format!("{}-{}", generation.version, self.nonces);
         t.pending = Some((nonce.clone(), generation.version));

@@ -242,6 +242,8 @@ pub struct Registry {
     pub by_namespace: BTreeMap<String, Vec<String>>,
     /// Host name of the service at each virtual IP.
     pub by_address: BTreeMap<String, String>,
+    /// Host names of the services each endpoint address serves.
+    pub by_endpoint: HashMap<String, Vec<String>>,
 }
 
 impl Registry {
@@ -282,7 +284,14 @@ impl Registry {
         drop(index);
         let mut by_namespace: BTreeMap<String, Vec<String>> = BTreeMap::new();
         let mut by_address = BTreeMap::new();
+        let mut by_endpoint: HashMap<String, Vec<String>> = HashMap::new();
         for s in services.values() {
+            for e in &s.endpoints {
+                by_endpoint
+                    .entry(e.address.clone())
+                    .or_default()
+                    .push(s.hostname.clone());
+            }
             by_namespace
                 .entry(s.namespace.clone())
                 .or_default()
@@ -298,6 +307,7 @@ impl Registry {
             workloads,
             by_namespace,
             by_address,
+            by_endpoint,
         }
     }
 }

@@ -281,7 +281,12 @@ pub fn service_view(
 fn inbound_ports(model: &Model, node: &ProxyNode) -> Vec<state::WorkloadPort> {
     let mut seen = BTreeSet::new();
     let mut out = Vec::new();
-    for svc in model.registry.services.values() {
+    let hosts = node
+        .ip_addresses
+        .iter()
+        .filter_map(|ip| model.registry.by_endpoint.get(ip))
+        .flatten();
+    for svc in hosts.filter_map(|h| model.registry.services.get(h)) {
         for ep in svc
             .endpoints
             .iter()
