@@ -138,10 +138,9 @@ async fn client(
     // As a proxy does: a failed connection or stream is retried after a short pause.
     let mut announced = false;
     loop {
-        if let Err(e) = stream_once(&address, id, &seen, &ready, &mut announced).await {
-            if id == 0 {
-                eprintln!("client 0: {e}; retrying");
-            }
+        let result = stream_once(&address, id, &seen, &ready, &mut announced).await;
+        if let (Err(e), 0) = (result, id) {
+            eprintln!("client 0: {e}; retrying");
         }
         tokio::time::sleep(Duration::from_millis(100 + fastrand::u64(0..100))).await;
     }

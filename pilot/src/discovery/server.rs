@@ -184,6 +184,20 @@ impl pb::discovery_server::Discovery for DiscoveryService {
     }
 }
 
+/// The HTTP/2 server settings of discovery connections: per-connection buffers stay small,
+/// since a pilot holds thousands of them and each carries little at a time.
+pub fn http2_builder() -> hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor> {
+    let mut builder =
+        hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new())
+            .http2_only();
+    builder
+        .http2()
+        .max_send_buf_size(32 * 1024)
+        .initial_stream_window_size(64 * 1024)
+        .initial_connection_window_size(128 * 1024);
+    builder
+}
+
 /// Serves discovery on `listener` (plaintext HTTP/2) until `shutdown` completes.
 pub async fn serve(
     listener: tokio::net::TcpListener,
@@ -199,7 +213,7 @@ pub async fn serve(
                 let _ = conn.set_nodelay(true);
                 let svc = hyper_util::service::TowerToHyperService::new(server.clone());
                 tokio::spawn(async move {
-                    let builder = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new()).http2_only();
+                    let builder = crate::discovery::server::http2_builder();
                     if let Err(e) = builder.serve_connection(hyper_util::rt::TokioIo::new(conn), svc).await {
                         tracing::debug!("discovery connection from {peer}: {e}");
                     }

@@ -30,7 +30,7 @@ pub enum SessionError {
 pub const WILDCARD: &str = "*";
 
 /// Resources per response are cut at about this many bytes (a lone larger one still goes).
-pub const MAX_RESPONSE_BYTES: usize = 16 * 1024;
+pub const MAX_RESPONSE_BYTES: usize = 8 * 1024;
 
 #[derive(Debug, Default)]
 struct TypeState {

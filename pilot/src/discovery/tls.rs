@@ -145,7 +145,7 @@ pub async fn serve_mtls(
                     };
                     let svc = WithPeer { inner: server, peer: PeerIdentity(id) };
                     let svc = hyper_util::service::TowerToHyperService::new(svc);
-                    let builder = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new()).http2_only();
+                    let builder = crate::discovery::server::http2_builder();
                     if let Err(e) = builder.serve_connection(hyper_util::rt::TokioIo::new(tls), svc).await {
                         tracing::debug!("discovery connection from {peer}: {e}");
                     }
