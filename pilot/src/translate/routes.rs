@@ -72,13 +72,24 @@ fn header_ops(ops: Option<&HeaderOperations>) -> Option<state::HeaderOps> {
     })
 }
 
-/// True when a match can apply to traffic from this sidecar.
-fn applies_to(m: &HttpMatchRequest, node: &ProxyNode) -> bool {
-    (m.gateways.is_empty() || m.gateways.iter().any(|g| g == "mesh"))
-        && m.source_labels
+/// True when a match on `gateways`, `sourceLabels` and `sourceNamespace` can apply to traffic
+/// from this sidecar (the same three fields in HTTP, TLS and TCP matches).
+fn source_applies(
+    gateways: &[String],
+    source_labels: &BTreeMap<String, String>,
+    source_namespace: &str,
+    node: &ProxyNode,
+) -> bool {
+    (gateways.is_empty() || gateways.iter().any(|g| g == "mesh"))
+        && source_labels
             .iter()
             .all(|(k, v)| node.labels.get(k) == Some(v))
-        && (m.source_namespace.is_empty() || m.source_namespace == node.namespace)
+        && (source_namespace.is_empty() || source_namespace == node.namespace)
+}
+
+/// True when an HTTP match can apply to traffic from this sidecar.
+fn applies_to(m: &HttpMatchRequest, node: &ProxyNode) -> bool {
+    source_applies(&m.gateways, &m.source_labels, &m.source_namespace, node)
 }
 
 fn http_match(m: &HttpMatchRequest) -> state::HttpMatch {
@@ -319,13 +330,7 @@ pub fn tcp_routes(model: &Model, vs: &VirtualService, node: &ProxyNode) -> Vec<s
         let applicable: Vec<_> = route
             .matches
             .iter()
-            .filter(|m| {
-                (m.gateways.is_empty() || m.gateways.iter().any(|g| g == "mesh"))
-                    && m.source_labels
-                        .iter()
-                        .all(|(k, v)| node.labels.get(k) == Some(v))
-                    && (m.source_namespace.is_empty() || m.source_namespace == node.namespace)
-            })
+            .filter(|m| source_applies(&m.gateways, &m.source_labels, &m.source_namespace, node))
             .collect();
         if route.matches.is_empty() {
             out.push(state::TcpRoute {
@@ -350,13 +355,11 @@ pub fn tls_routes(model: &Model, vs: &VirtualService, node: &ProxyNode) -> Vec<s
     let mut out = Vec::new();
     for route in &vs.spec.tls {
         let dests = l4_destinations(&route.route, ns, &model.config.domain);
-        for m in route.matches.iter().filter(|m| {
-            (m.gateways.is_empty() || m.gateways.iter().any(|g| g == "mesh"))
-                && m.source_labels
-                    .iter()
-                    .all(|(k, v)| node.labels.get(k) == Some(v))
-                && (m.source_namespace.is_empty() || m.source_namespace == node.namespace)
-        }) {
+        for m in route
+            .matches
+            .iter()
+            .filter(|m| source_applies(&m.gateways, &m.source_labels, &m.source_namespace, node))
+        {
             out.push(state::TlsRoute {
                 sni_hosts: m.sni_hosts.clone(),
                 port: m.port.unwrap_or(0),
