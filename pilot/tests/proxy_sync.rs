@@ -51,6 +51,15 @@ async fn backend(ip: &str, name: &'static str) -> SocketAddr {
     addr
 }
 
+/// shipping v1 and v2, and `far` in another namespace, each on its own loopback address.
+async fn backends() -> (SocketAddr, SocketAddr, SocketAddr) {
+    (
+        backend("127.0.0.2", "v1").await,
+        backend("127.0.0.3", "v2").await,
+        backend("127.0.0.4", "far").await,
+    )
+}
+
 fn mesh_yaml(v1: SocketAddr, v2: SocketAddr, far: SocketAddr) -> String {
     format!(
         "apiVersion: v1
@@ -235,11 +244,7 @@ fn has_service(state: &State, host: &str) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn changes_reach_the_proxy_and_refused_states_are_nacked() {
     let dir = tempfile::tempdir().unwrap();
-    let (v1, v2, far) = (
-        backend("127.0.0.2", "v1").await,
-        backend("127.0.0.3", "v2").await,
-        backend("127.0.0.4", "far").await,
-    );
+    let (v1, v2, far) = backends().await;
     std::fs::write(dir.path().join("mesh.yaml"), mesh_yaml(v1, v2, far)).unwrap();
     std::fs::write(dir.path().join("vs.yaml"), route_to("v1")).unwrap();
     let pilot = start_pilot(dir.path(), "127.0.0.1:0".parse().unwrap()).await;
@@ -308,11 +313,7 @@ spec:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_destination_outside_the_view_is_fetched_on_demand() {
     let dir = tempfile::tempdir().unwrap();
-    let (v1, v2, far) = (
-        backend("127.0.0.2", "v1").await,
-        backend("127.0.0.3", "v2").await,
-        backend("127.0.0.4", "far").await,
-    );
+    let (v1, v2, far) = backends().await;
     std::fs::write(dir.path().join("mesh.yaml"), mesh_yaml(v1, v2, far)).unwrap();
     let pilot = start_pilot(dir.path(), "127.0.0.1:0".parse().unwrap()).await;
     let mut sc = sidecar(
@@ -345,11 +346,7 @@ async fn a_destination_outside_the_view_is_fetched_on_demand() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pilot_restarts_while_traffic_flows_and_no_request_fails() {
     let dir = tempfile::tempdir().unwrap();
-    let (v1, v2, far) = (
-        backend("127.0.0.2", "v1").await,
-        backend("127.0.0.3", "v2").await,
-        backend("127.0.0.4", "far").await,
-    );
+    let (v1, v2, far) = backends().await;
     std::fs::write(dir.path().join("mesh.yaml"), mesh_yaml(v1, v2, far)).unwrap();
     std::fs::write(dir.path().join("vs.yaml"), route_to("v1")).unwrap();
     let pilot = start_pilot(dir.path(), "127.0.0.1:0".parse().unwrap()).await;
