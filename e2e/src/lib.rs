@@ -1,3 +1,6 @@
-//! `mesh-e2e` will hold the end-to-end harness (workloads in local network namespaces; kind
-//! where Docker exists), the scenarios, the `mesh-echo` test application and the load
-//! harness. Nothing is implemented yet (see issues 6 and 7).
+//! The end-to-end side of the mesh: `mesh-echo`, the test application the demo and the suite
+//! run in every pod ([`echo`]), and its load generator ([`load`]). The scenarios live in
+//! `tests/` and drive the local runtime (`meshctl`'s library) in network namespaces.
+
+pub mod echo;
+pub mod load;

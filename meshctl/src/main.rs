@@ -1,6 +1,7 @@
 //! `meshctl`, the one command a mesh user types: validate configuration, generate manifests,
 //! and (as later work lands) run the mesh locally and inspect it.
 
+mod local_cli;
 mod manifest;
 mod proxy_status;
 mod validate;
@@ -27,6 +28,28 @@ enum Command {
     /// Generate manifests from the mesh's types.
     #[command(subcommand)]
     Manifest(manifest::Command),
+    /// Start a mesh on this machine: pilot and the CA, and the network pods join (root).
+    Up(local_cli::DirArg),
+    /// Remove everything `up` and `run` created (idempotent; works after a crash).
+    Down(local_cli::DirArg),
+    /// Start a pod: its own network namespace and address, capture rules, a sidecar, and CMD.
+    Run(local_cli::RunArgs),
+    /// List the pods.
+    Ps(local_cli::DirArg),
+    /// Print a pod's log (the app's, or with --proxy its sidecar's).
+    Logs(local_cli::LogsArgs),
+    /// Run a command inside a pod's network namespace.
+    Exec(local_cli::ExecArgs),
+    /// Add or replace configuration in the local mesh (validated first; nothing is written
+    /// when anything is invalid). Deployments of mesh-echo start as pods.
+    Apply(local_cli::FilesArgs),
+    /// Remove configuration from the local mesh.
+    Delete(local_cli::FilesArgs),
+    /// Start a mesh, run the order application, send it traffic and show what happened.
+    Demo(local_cli::DemoArgs),
+    /// The local mesh's control plane (started by `meshctl up`).
+    #[command(hide = true)]
+    ControlPlane(local_cli::DirArg),
 }
 
 fn main() -> ExitCode {
@@ -35,5 +58,15 @@ fn main() -> ExitCode {
         Command::Validate(args) => validate::run(&args),
         Command::Manifest(cmd) => manifest::run(&cmd),
         Command::ProxyStatus(args) => proxy_status::run(&args),
+        Command::Up(args) => local_cli::up(&args),
+        Command::Down(args) => local_cli::down(&args),
+        Command::Run(args) => local_cli::run(&args),
+        Command::Ps(args) => local_cli::ps(&args),
+        Command::Logs(args) => local_cli::logs(&args),
+        Command::Exec(args) => local_cli::exec(&args),
+        Command::Apply(args) => local_cli::apply(&args),
+        Command::Delete(args) => local_cli::delete(&args),
+        Command::Demo(args) => local_cli::demo(&args),
+        Command::ControlPlane(args) => local_cli::control_plane(&args),
     }
 }

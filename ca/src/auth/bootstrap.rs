@@ -72,7 +72,13 @@ impl BootstrapTokens {
     pub fn load(path: &Path) -> Result<Self, TokenFileError> {
         let text = match std::fs::read_to_string(path) {
             Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Self::default()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                // Nothing registered yet: watch for the file another process will write.
+                return Ok(Self {
+                    source: Some((path.into(), RwLock::new(None))),
+                    ..Self::default()
+                });
+            }
             Err(source) => {
                 return Err(TokenFileError::Io {
                     path: path.into(),

@@ -1,0 +1,327 @@
+//! `mesh-echo`'s server: answers every HTTP/1.1 or h2c request with who answered (service,
+//! version, pod) and who called (the SPIFFE id the sidecar put in `x-forwarded-client-cert`),
+//! chains calls with `/call?url=...`, and echoes raw TCP on a second port. Added latency and an
+//! error rate are knobs, so tests can make a destination slow or failing on purpose.
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// Who this server is and how it misbehaves.
+#[derive(Clone, Debug, Default)]
+pub struct EchoConfig {
+    /// Service name reported.
+    pub service: String,
+    /// Version reported.
+    pub version: String,
+    /// Pod name reported.
+    pub pod: String,
+    /// Namespace reported.
+    pub namespace: String,
+    /// Added to every answer.
+    pub latency: Duration,
+    /// Share of requests answered 503 (0.0..=1.0).
+    pub error_rate: f64,
+}
+
+/// What an echo answer says (the JSON body).
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct Echo {
+    /// Service that answered.
+    pub service: String,
+    /// Its version.
+    pub version: String,
+    /// Its pod.
+    pub pod: String,
+    /// Its namespace.
+    pub namespace: String,
+    /// `HTTP/1.1` or `HTTP/2`.
+    pub protocol: String,
+    /// Request method.
+    pub method: String,
+    /// Request path and query.
+    pub path: String,
+    /// `Host` / `:authority` as received.
+    pub host: String,
+    /// The caller's SPIFFE id, when a sidecar vouched for it (mutual TLS).
+    pub peer: Option<String>,
+    /// Request headers as received (last value of each).
+    pub headers: BTreeMap<String, String>,
+    /// For `/call`: what the called URL answered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub call: Option<CallResult>,
+}
+
+/// The outcome of a chained call.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct CallResult {
+    /// The URL called.
+    pub url: String,
+    /// HTTP status, when there was an answer.
+    pub status: Option<u16>,
+    /// The answer's body when it was an echo.
+    pub echo: Option<Box<Echo>>,
+    /// Why the call failed, or the body when it was not an echo.
+    pub error: Option<String>,
+}
+
+/// The SPIFFE id in an `x-forwarded-client-cert` value (`By=...;URI=spiffe://...`).
+pub fn peer_from_xfcc(value: &str) -> Option<String> {
+    value
+        .split(';')
+        .filter_map(|part| part.trim().strip_prefix("URI="))
+        .map(|uri| uri.trim_matches('"').to_string())
+        .find(|uri| !uri.is_empty())
+}
+
+type Client = hyper_util::client::legacy::Client<
+    hyper_util::client::legacy::connect::HttpConnector,
+    Full<Bytes>,
+>;
+
+struct Server {
+    config: EchoConfig,
+    client: Client,
+}
+
+/// Serves HTTP (HTTP/1.1 and h2c on the same port) on `http` and, when given, the TCP echo on
+/// `tcp`, until the process ends.
+pub async fn serve(config: EchoConfig, http: TcpListener, tcp: Option<TcpListener>) {
+    let client = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+        .build(hyper_util::client::legacy::connect::HttpConnector::new());
+    let server = Arc::new(Server { config, client });
+    if let Some(tcp) = tcp {
+        let greeting = format!(
+            "service={} version={} pod={}\n",
+            server.config.service, server.config.version, server.config.pod
+        );
+        tokio::spawn(serve_tcp(tcp, greeting));
+    }
+    loop {
+        let Ok((conn, peer)) = http.accept().await else {
+            continue;
+        };
+        let _ = conn.set_nodelay(true);
+        let server = server.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req| {
+                let server = server.clone();
+                async move { Ok::<_, Infallible>(server.handle(req, peer).await) }
+            });
+            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                .serve_connection_with_upgrades(TokioIo::new(conn), service)
+                .await;
+        });
+    }
+}
+
+/// TCP echo: a greeting line saying who answers, then every byte read is written back.
+async fn serve_tcp(listener: TcpListener, greeting: String) {
+    loop {
+        let Ok((mut conn, _)) = listener.accept().await else {
+            continue;
+        };
+        let greeting = greeting.clone();
+        tokio::spawn(async move {
+            if conn.write_all(greeting.as_bytes()).await.is_err() {
+                return;
+            }
+            let mut buf = vec![0u8; 16 * 1024];
+            loop {
+                match conn.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => {
+                        if conn.write_all(&buf[..n]).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+        });
+    }
+}
+
+impl Server {
+    async fn handle(&self, req: Request<Incoming>, _peer: SocketAddr) -> Response<Full<Bytes>> {
+        if !self.config.latency.is_zero() {
+            tokio::time::sleep(self.config.latency).await;
+        }
+        if self.config.error_rate > 0.0 && fastrand::f64() < self.config.error_rate {
+            return text(StatusCode::SERVICE_UNAVAILABLE, "injected error\n");
+        }
+        let mut echo = self.describe(&req);
+        if req.uri().path() == "/call" {
+            let Some(url) = query_param(req.uri().query().unwrap_or(""), "url") else {
+                return text(StatusCode::BAD_REQUEST, "/call needs ?url=http://...\n");
+            };
+            echo.call = Some(self.call(&url, &req).await);
+        }
+        // Drain the request body so keep-alive connections stay usable.
+        let _ = req.into_body().collect().await;
+        json(StatusCode::OK, &echo)
+    }
+
+    fn describe<B>(&self, req: &Request<B>) -> Echo {
+        let headers: BTreeMap<String, String> = req
+            .headers()
+            .iter()
+            .filter_map(|(k, v)| Some((k.as_str().to_string(), v.to_str().ok()?.to_string())))
+            .collect();
+        let host = req
+            .uri()
+            .authority()
+            .map(|a| a.to_string())
+            .or_else(|| headers.get("host").cloned())
+            .unwrap_or_default();
+        Echo {
+            service: self.config.service.clone(),
+            version: self.config.version.clone(),
+            pod: self.config.pod.clone(),
+            namespace: self.config.namespace.clone(),
+            protocol: match req.version() {
+                http::Version::HTTP_2 => "HTTP/2",
+                http::Version::HTTP_10 => "HTTP/1.0",
+                _ => "HTTP/1.1",
+            }
+            .to_string(),
+            method: req.method().to_string(),
+            path: req
+                .uri()
+                .path_and_query()
+                .map(|p| p.to_string())
+                .unwrap_or_default(),
+            host,
+            peer: headers
+                .get("x-forwarded-client-cert")
+                .and_then(|v| peer_from_xfcc(v)),
+            headers,
+            call: None,
+        }
+    }
+
+    /// Calls `url`, passing on the request's routing and tracing headers.
+    async fn call<B>(&self, url: &str, incoming: &Request<B>) -> CallResult {
+        let mut result = CallResult {
+            url: url.to_string(),
+            ..CallResult::default()
+        };
+        let mut builder = Request::get(url);
+        for (name, value) in incoming.headers() {
+            let n = name.as_str();
+            if n.starts_with("x-") && n != "x-forwarded-client-cert" && n != "x-forwarded-for"
+                || n == "traceparent"
+                || n == "end-user"
+            {
+                builder = builder.header(name, value);
+            }
+        }
+        let req = match builder.body(Full::new(Bytes::new())) {
+            Ok(r) => r,
+            Err(e) => {
+                result.error = Some(format!("bad url: {e}"));
+                return result;
+            }
+        };
+        match tokio::time::timeout(Duration::from_secs(10), self.client.request(req)).await {
+            Err(_) => result.error = Some("timed out after 10 s".into()),
+            Ok(Err(e)) => result.error = Some(error_chain(&e)),
+            Ok(Ok(resp)) => {
+                result.status = Some(resp.status().as_u16());
+                match resp.into_body().collect().await {
+                    Err(e) => result.error = Some(format!("reading the answer: {e}")),
+                    Ok(body) => {
+                        let bytes = body.to_bytes();
+                        match serde_json::from_slice::<Echo>(&bytes) {
+                            Ok(e) => result.echo = Some(Box::new(e)),
+                            Err(_) => {
+                                result.error = Some(String::from_utf8_lossy(&bytes).into_owned())
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        result
+    }
+}
+
+/// An error and its causes on one line.
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        s.push_str(": ");
+        s.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    s
+}
+
+fn query_param(query: &str, name: &str) -> Option<String> {
+    form_urlencoded::parse(query.as_bytes())
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.into_owned())
+}
+
+fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+    *resp.status_mut() = status;
+    resp
+}
+
+fn json<T: Serialize>(status: StatusCode, value: &T) -> Response<Full<Bytes>> {
+    let body = serde_json::to_vec(value).unwrap_or_default();
+    let mut resp = Response::new(Full::new(Bytes::from(body)));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+/// Connects a TCP client (used by tests and `mesh-echo tcp`): returns the greeting line.
+pub async fn tcp_greeting(stream: &mut TcpStream) -> std::io::Result<String> {
+    let mut line = Vec::new();
+    let mut byte = [0u8; 1];
+    while stream.read(&mut byte).await? == 1 {
+        if byte[0] == b'\n' {
+            break;
+        }
+        line.push(byte[0]);
+    }
+    Ok(String::from_utf8_lossy(&line).into_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peer_is_read_from_xfcc() {
+        assert_eq!(
+            peer_from_xfcc("By=spiffe://cluster.local/ns/default/sa/shipping;URI=spiffe://cluster.local/ns/default/sa/order").as_deref(),
+            Some("spiffe://cluster.local/ns/default/sa/order")
+        );
+        assert_eq!(peer_from_xfcc("By=x"), None);
+    }
+
+    #[test]
+    fn query_param_is_decoded() {
+        assert_eq!(
+            query_param("a=1&url=http%3A%2F%2Fx%3A8080%2F", "url").as_deref(),
+            Some("http://x:8080/")
+        );
+    }
+}

@@ -1,0 +1,426 @@
+//! `meshctl demo`: starts a local mesh, applies the shipped order application
+//! (`manifests/samples/order-app/`: order, inventory, shipping v1 and v2, the 90/10 split, the
+//! circuit breaker, STRICT mutual TLS), runs its Deployments as pods with sidecars, sends
+//! requests from order to shipping and reports who answered, how fast and whether mutual TLS
+//! carried them.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use mesh_api::Resource;
+use serde::Serialize;
+
+use crate::local::{Mesh, PodSpec, RuntimeError, config};
+
+/// The sample application, built into the binary so the demo runs from any folder.
+pub const SAMPLE: [(&str, &str); 6] = [
+    (
+        "app.yaml",
+        include_str!("../../manifests/samples/order-app/app.yaml"),
+    ),
+    (
+        "gateway.yaml",
+        include_str!("../../manifests/samples/order-app/gateway.yaml"),
+    ),
+    (
+        "inventory-circuit-breaker.yaml",
+        include_str!("../../manifests/samples/order-app/inventory-circuit-breaker.yaml"),
+    ),
+    (
+        "mtls-strict.yaml",
+        include_str!("../../manifests/samples/order-app/mtls-strict.yaml"),
+    ),
+    (
+        "require-jwt.yaml",
+        include_str!("../../manifests/samples/order-app/require-jwt.yaml"),
+    ),
+    (
+        "shipping-split.yaml",
+        include_str!("../../manifests/samples/order-app/shipping-split.yaml"),
+    ),
+];
+
+/// The only image the local runtime runs (as the `mesh-echo` binary).
+pub const ECHO_IMAGE: &str = "mesh-echo";
+
+/// How to run the demo.
+#[derive(Clone, Debug)]
+pub struct DemoOptions {
+    /// The mesh's folder.
+    pub dir: PathBuf,
+    /// Requests from order to shipping.
+    pub requests: usize,
+    /// Their rate (requests per second), so they spread over a few seconds.
+    pub rate: f64,
+    /// Leave the mesh running afterwards.
+    pub keep: bool,
+    /// Show the load's progress bar (on standard error).
+    pub progress: bool,
+}
+
+/// What the demo measured, for the calls from order to shipping (`--output json`).
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct DemoReport {
+    /// Requests sent.
+    pub requests: usize,
+    /// Share answered 2xx.
+    pub success_rate: f64,
+    /// True when every answer saw the caller's mesh identity (mutual TLS all the way).
+    pub mtls: bool,
+    /// Answers by shipping version.
+    pub by_version: std::collections::BTreeMap<String, usize>,
+    /// Median latency.
+    pub p50_ms: f64,
+    /// 99th percentile latency.
+    pub p99_ms: f64,
+    /// Failures by reason (absent when none).
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub failures: std::collections::BTreeMap<String, usize>,
+    /// The caller identities the destination saw.
+    #[serde(skip)]
+    pub peers: std::collections::BTreeMap<String, usize>,
+    /// Wall time of the load, seconds.
+    #[serde(skip)]
+    pub elapsed_s: f64,
+}
+
+/// The pods a Deployment asks for: one per replica, named `DEPLOYMENT-N`, with the template's
+/// labels, service account, container ports and `mesh-echo` arguments.
+pub fn pods_for_deployment(d: &Deployment) -> Result<Vec<PodSpec>, String> {
+    let name = d.metadata.name.clone().unwrap_or_default();
+    let namespace = d
+        .metadata
+        .namespace
+        .clone()
+        .unwrap_or_else(|| "default".into());
+    let spec = d.spec.as_ref().ok_or("no spec")?;
+    let template = &spec.template;
+    let pod_spec = template
+        .spec
+        .as_ref()
+        .ok_or("spec.template.spec is missing")?;
+    let container = pod_spec
+        .containers
+        .first()
+        .ok_or("spec.template.spec.containers is empty")?;
+    let image = container.image.clone().unwrap_or_default();
+    let image_name = image
+        .rsplit('/')
+        .next()
+        .unwrap_or("")
+        .split(':')
+        .next()
+        .unwrap_or("");
+    if image_name != ECHO_IMAGE {
+        return Err(format!(
+            "image {image:?}: the local runtime runs only {ECHO_IMAGE} (start other workloads with `meshctl run`)"
+        ));
+    }
+    let mut command = vec![ECHO_IMAGE.to_string()];
+    command.extend(container.args.iter().flatten().cloned());
+    let ports: Vec<u16> = container
+        .ports
+        .iter()
+        .flatten()
+        .filter_map(|p| u16::try_from(p.container_port).ok())
+        .collect();
+    let annotations = template
+        .metadata
+        .as_ref()
+        .and_then(|m| m.annotations.clone())
+        .unwrap_or_default();
+    let sidecar = annotations
+        .get("sidecar.istio.io/inject")
+        .is_none_or(|v| v != "false");
+    let labels = template
+        .metadata
+        .as_ref()
+        .and_then(|m| m.labels.clone())
+        .unwrap_or_default();
+    let replicas = spec.replicas.unwrap_or(1).max(0) as usize;
+    Ok((0..replicas)
+        .map(|i| PodSpec {
+            name: format!("{name}-{i}"),
+            namespace: namespace.clone(),
+            service_account: pod_spec
+                .service_account_name
+                .clone()
+                .unwrap_or_else(|| "default".into()),
+            labels: labels.clone(),
+            ports: ports.clone(),
+            sidecar,
+            command: command.clone(),
+            env: Vec::new(),
+        })
+        .collect())
+}
+
+/// Starts the pods of every Deployment among `resources` that is not running yet. Returns
+/// the pods started and, per Deployment the runtime cannot run, why.
+pub fn start_deployments(
+    mesh: &Mesh,
+    resources: &[Resource],
+    mut on_pod: impl FnMut(&str),
+) -> Result<(Vec<String>, Vec<String>), RuntimeError> {
+    let running = mesh.state()?.pods;
+    let (mut started, mut skipped) = (Vec::new(), Vec::new());
+    for r in resources {
+        let Resource::Deployment(d) = r else { continue };
+        match pods_for_deployment(d) {
+            Err(why) => skipped.push(format!("Deployment {}: {why}", r.display_name())),
+            Ok(pods) => {
+                for pod in pods.iter().filter(|p| !running.contains_key(&p.name)) {
+                    on_pod(&pod.name);
+                    mesh.run(pod)?;
+                    started.push(pod.name.clone());
+                }
+            }
+        }
+    }
+    Ok((started, skipped))
+}
+
+/// Writes the sample into `dir` and returns the folder.
+fn write_sample(dir: &Path) -> Result<PathBuf, RuntimeError> {
+    let folder = dir.join("samples").join("order-app");
+    for (name, text) in SAMPLE {
+        config::write_atomically(&folder.join(name), text)?;
+    }
+    Ok(folder)
+}
+
+/// Runs the demo; progress lines go to `log` (standard error).
+pub fn run(options: &DemoOptions, log: &mut dyn Write) -> anyhow::Result<DemoReport> {
+    let mesh = Mesh::new(&options.dir);
+    if crate::local::state::load(&mesh.layout)?.is_some() {
+        anyhow::bail!(
+            "a mesh already runs in {0}: remove it with `meshctl down --dir {0}`, or give the demo another --dir",
+            options.dir.display()
+        );
+    }
+    let result = run_in(&mesh, options, log);
+    if !options.keep || result.is_err() {
+        let _ = writeln!(log, "cleaning up (meshctl down)");
+        if let Err(e) = mesh.down() {
+            let _ = writeln!(log, "cleaning up failed: {e}");
+        }
+    }
+    result
+}
+
+fn run_in(mesh: &Mesh, options: &DemoOptions, log: &mut dyn Write) -> anyhow::Result<DemoReport> {
+    let _ = writeln!(
+        log,
+        "starting the mesh in {} (pilot + CA)",
+        options.dir.display()
+    );
+    mesh.up()?;
+    let sample = write_sample(&mesh.layout.dir)?;
+    let applied = config::apply(&mesh.layout, &[sample]).map_err(|e| match e {
+        config::ApplyError::Invalid(diags) => anyhow::anyhow!(
+            "the sample is invalid:\n{}",
+            diags
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("\n")
+        ),
+        other => other.into(),
+    })?;
+    let _ = writeln!(
+        log,
+        "applied manifests/samples/order-app/ ({} resources)",
+        applied.resources.len()
+    );
+    let (_, skipped) = start_deployments(mesh, &applied.resources, |name| {
+        let _ = writeln!(
+            log,
+            "  starting pod {name} (sidecar, mTLS identity, capture rules)"
+        );
+    })?;
+    for s in skipped {
+        let _ = writeln!(log, "  skipped {s}");
+    }
+    let client = "order-v1-0";
+    mesh.wait_endpoints(
+        client,
+        "shipping-service.default",
+        2,
+        Duration::from_secs(30),
+    )?;
+    let _ = writeln!(
+        log,
+        "sending {} requests from order to http://shipping-service:8080/ ...",
+        options.requests
+    );
+    let mut cmd = mesh.exec_command(
+        client,
+        &[
+            "mesh-echo".into(),
+            "load".into(),
+            "--url".into(),
+            "http://shipping-service:8080/".into(),
+            "-n".into(),
+            options.requests.to_string(),
+            "-c".into(),
+            "4".into(),
+            "--rate".into(),
+            options.rate.to_string(),
+            "-o".into(),
+            "json".into(),
+        ],
+    )?;
+    if options.progress {
+        cmd.arg("--progress");
+    }
+    let out = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .output()
+        .map_err(|e| anyhow::anyhow!("running the load from {client}: {e}"))?;
+    let report: mesh_e2e_report::Report = serde_json::from_slice(&out.stdout).map_err(|e| {
+        anyhow::anyhow!(
+            "the load from {client} printed no report ({e}): {}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    })?;
+    let demo = DemoReport {
+        requests: report.requests,
+        success_rate: if report.requests == 0 {
+            0.0
+        } else {
+            report.ok as f64 / report.requests as f64
+        },
+        mtls: report.ok > 0 && !report.by_peer.contains_key("none"),
+        by_version: report.by_version,
+        p50_ms: report.p50_ms,
+        p99_ms: report.p99_ms,
+        failures: report.failures,
+        peers: report.by_peer,
+        elapsed_s: report.elapsed_s,
+    };
+    Ok(demo)
+}
+
+/// The part of `mesh-echo load`'s JSON report the demo reads.
+mod mesh_e2e_report {
+    use std::collections::BTreeMap;
+
+    #[derive(serde::Deserialize)]
+    pub struct Report {
+        pub requests: usize,
+        pub ok: usize,
+        #[serde(default)]
+        pub failures: BTreeMap<String, usize>,
+        #[serde(default)]
+        pub by_version: BTreeMap<String, usize>,
+        #[serde(default)]
+        pub by_peer: BTreeMap<String, usize>,
+        pub p50_ms: f64,
+        pub p99_ms: f64,
+        pub elapsed_s: f64,
+    }
+}
+
+/// The demo's table.
+pub fn table(r: &DemoReport) -> String {
+    let mut s = format!(
+        "\nRequests from order to shipping-service: {} in {:.1} s\n\n",
+        r.requests, r.elapsed_s
+    );
+    s.push_str("  destination       version  requests   share\n");
+    let ok: usize = r.by_version.values().sum();
+    for (version, n) in &r.by_version {
+        s.push_str(&format!(
+            "  shipping-service  {version:<7}  {n:>8}  {:>5.1}%\n",
+            *n as f64 * 100.0 / ok.max(1) as f64
+        ));
+    }
+    s.push_str(&format!(
+        "\n  success rate  {:.1}% ({} of {})\n",
+        r.success_rate * 100.0,
+        ok,
+        r.requests
+    ));
+    let peers: Vec<&str> = r.peers.keys().map(String::as_str).collect();
+    s.push_str(&format!(
+        "  mutual TLS    {}\n",
+        if r.mtls {
+            format!("yes (shipping saw the caller as {})", peers.join(", "))
+        } else {
+            "NO: some answers saw no caller identity".to_string()
+        }
+    ));
+    s.push_str(&format!(
+        "  latency       p50 {:.2} ms, p99 {:.2} ms\n",
+        r.p50_ms, r.p99_ms
+    ));
+    for (why, n) in &r.failures {
+        s.push_str(&format!("  failed        {n} × {why}\n"));
+    }
+    s
+}
+
+/// What to try next when the demo left the mesh running.
+pub fn next_steps(dir: &Path) -> String {
+    let d = dir.display();
+    format!(
+        "\nThe mesh keeps running in {d}. Try:\n\
+         \x20 meshctl ps --dir {d}\n\
+         \x20 meshctl exec --dir {d} order-v1-0 -- mesh-echo load --url http://shipping-service:8080/ -n 200\n\
+         \x20 meshctl logs --dir {d} shipping-v2-0 --proxy\n\
+         \x20 meshctl proxy-status --dir {d}\n\
+         \x20 meshctl apply --dir {d} -f my-change.yaml\n\
+         \x20 meshctl down --dir {d}\n"
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_samples_deployments_become_echo_pods() {
+        let report = mesh_api::load::load_str(SAMPLE[0].1, Some("app.yaml"));
+        assert!(report.is_valid());
+        let pods: Vec<PodSpec> = report
+            .documents
+            .iter()
+            .filter_map(|d| match &d.resource {
+                Resource::Deployment(d) => Some(pods_for_deployment(d).unwrap()),
+                _ => None,
+            })
+            .flatten()
+            .collect();
+        let names: Vec<&str> = pods.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "order-v1-0",
+                "inventory-v1-0",
+                "shipping-v1-0",
+                "shipping-v2-0"
+            ]
+        );
+        let v2 = &pods[3];
+        assert_eq!(v2.service_account, "shipping");
+        assert_eq!(v2.labels["version"], "v2");
+        assert_eq!(v2.ports, [8080]);
+        assert!(v2.sidecar);
+        assert_eq!(
+            v2.command,
+            [
+                "mesh-echo",
+                "--port",
+                "8080",
+                "--service",
+                "shipping",
+                "--version",
+                "v2"
+            ]
+        );
+    }
+}

@@ -1,0 +1,6 @@
+//! `meshctl`'s library: the local runtime (the mesh on one machine, in network namespaces)
+//! and the demo. The binary is a thin command line over it, and the end-to-end suite drives
+//! the same code.
+
+pub mod demo;
+pub mod local;
