@@ -3,4 +3,5 @@
 //! `tests/` and drive the local runtime (`meshctl`'s library) in network namespaces.
 
 pub mod echo;
+pub mod harness;
 pub mod load;

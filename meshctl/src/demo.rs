@@ -9,11 +9,9 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use k8s_openapi::api::apps::v1::Deployment;
-use mesh_api::Resource;
 use serde::Serialize;
 
-use crate::local::{Mesh, PodSpec, RuntimeError, config};
+use crate::local::{Mesh, RuntimeError, config};
 
 /// The sample application, built into the binary so the demo runs from any folder.
 pub const SAMPLE: [(&str, &str); 6] = [
@@ -42,9 +40,6 @@ pub const SAMPLE: [(&str, &str); 6] = [
         include_str!("../../manifests/samples/order-app/shipping-split.yaml"),
     ),
 ];
-
-/// The only image the local runtime runs (as the `mesh-echo` binary).
-pub const ECHO_IMAGE: &str = "mesh-echo";
 
 /// How to run the demo.
 #[derive(Clone, Debug)]
@@ -85,102 +80,6 @@ pub struct DemoReport {
     /// Wall time of the load, seconds.
     #[serde(skip)]
     pub elapsed_s: f64,
-}
-
-/// The pods a Deployment asks for: one per replica, named `DEPLOYMENT-N`, with the template's
-/// labels, service account, container ports and `mesh-echo` arguments.
-pub fn pods_for_deployment(d: &Deployment) -> Result<Vec<PodSpec>, String> {
-    let name = d.metadata.name.clone().unwrap_or_default();
-    let namespace = d
-        .metadata
-        .namespace
-        .clone()
-        .unwrap_or_else(|| "default".into());
-    let spec = d.spec.as_ref().ok_or("no spec")?;
-    let template = &spec.template;
-    let pod_spec = template
-        .spec
-        .as_ref()
-        .ok_or("spec.template.spec is missing")?;
-    let container = pod_spec
-        .containers
-        .first()
-        .ok_or("spec.template.spec.containers is empty")?;
-    let image = container.image.clone().unwrap_or_default();
-    let image_name = image
-        .rsplit('/')
-        .next()
-        .unwrap_or("")
-        .split(':')
-        .next()
-        .unwrap_or("");
-    if image_name != ECHO_IMAGE {
-        return Err(format!(
-            "image {image:?}: the local runtime runs only {ECHO_IMAGE} (start other workloads with `meshctl run`)"
-        ));
-    }
-    let mut command = vec![ECHO_IMAGE.to_string()];
-    command.extend(container.args.iter().flatten().cloned());
-    let ports: Vec<u16> = container
-        .ports
-        .iter()
-        .flatten()
-        .filter_map(|p| u16::try_from(p.container_port).ok())
-        .collect();
-    let annotations = template
-        .metadata
-        .as_ref()
-        .and_then(|m| m.annotations.clone())
-        .unwrap_or_default();
-    let sidecar = annotations
-        .get("sidecar.istio.io/inject")
-        .is_none_or(|v| v != "false");
-    let labels = template
-        .metadata
-        .as_ref()
-        .and_then(|m| m.labels.clone())
-        .unwrap_or_default();
-    let replicas = spec.replicas.unwrap_or(1).max(0) as usize;
-    Ok((0..replicas)
-        .map(|i| PodSpec {
-            name: format!("{name}-{i}"),
-            namespace: namespace.clone(),
-            service_account: pod_spec
-                .service_account_name
-                .clone()
-                .unwrap_or_else(|| "default".into()),
-            labels: labels.clone(),
-            ports: ports.clone(),
-            sidecar,
-            command: command.clone(),
-            env: Vec::new(),
-        })
-        .collect())
-}
-
-/// Starts the pods of every Deployment among `resources` that is not running yet. Returns
-/// the pods started and, per Deployment the runtime cannot run, why.
-pub fn start_deployments(
-    mesh: &Mesh,
-    resources: &[Resource],
-    mut on_pod: impl FnMut(&str),
-) -> Result<(Vec<String>, Vec<String>), RuntimeError> {
-    let running = mesh.state()?.pods;
-    let (mut started, mut skipped) = (Vec::new(), Vec::new());
-    for r in resources {
-        let Resource::Deployment(d) = r else { continue };
-        match pods_for_deployment(d) {
-            Err(why) => skipped.push(format!("Deployment {}: {why}", r.display_name())),
-            Ok(pods) => {
-                for pod in pods.iter().filter(|p| !running.contains_key(&p.name)) {
-                    on_pod(&pod.name);
-                    mesh.run(pod)?;
-                    started.push(pod.name.clone());
-                }
-            }
-        }
-    }
-    Ok((started, skipped))
 }
 
 /// Writes the sample into `dir` and returns the folder.
@@ -235,7 +134,7 @@ fn run_in(mesh: &Mesh, options: &DemoOptions, log: &mut dyn Write) -> anyhow::Re
         "applied manifests/samples/order-app/ ({} resources)",
         applied.resources.len()
     );
-    let (_, skipped) = start_deployments(mesh, &applied.resources, |name| {
+    let (_, skipped) = mesh.start_deployments(&applied.resources, |name| {
         let _ = writeln!(
             log,
             "  starting pod {name} (sidecar, mTLS identity, capture rules)"
@@ -381,6 +280,9 @@ pub fn next_steps(dir: &Path) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::local::PodSpec;
+    use crate::local::deploy::pods_for_deployment;
+    use mesh_api::Resource;
 
     #[test]
     fn the_samples_deployments_become_echo_pods() {

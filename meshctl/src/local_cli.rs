@@ -43,14 +43,14 @@ pub struct RunArgs {
     command: Vec<String>,
 }
 
-/// `meshctl logs`.
+/// `meshctl logs` and `meshctl rm`.
 #[derive(clap::Args)]
 pub struct LogsArgs {
     #[command(flatten)]
     dir: DirArg,
     /// The pod.
     name: String,
-    /// The sidecar's log instead of the app's.
+    /// (logs) The sidecar's log instead of the app's.
     #[arg(long)]
     proxy: bool,
 }
@@ -235,6 +235,17 @@ pub fn ps(args: &DirArg) -> ExitCode {
     ExitCode::SUCCESS
 }
 
+/// `meshctl rm`.
+pub fn rm(args: &LogsArgs) -> ExitCode {
+    match Mesh::new(&args.dir.dir).remove(&args.name) {
+        Ok(()) => {
+            println!("pod {} removed", args.name);
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(e),
+    }
+}
+
 /// `meshctl logs`.
 pub fn logs(args: &LogsArgs) -> ExitCode {
     let path = match Mesh::new(&args.dir.dir).log_path(&args.name, args.proxy) {
@@ -275,50 +286,31 @@ fn print_invalid(e: &config::ApplyError) {
 /// `meshctl apply`.
 pub fn apply(args: &FilesArgs) -> ExitCode {
     let mesh = Mesh::new(&args.dir.dir);
-    let applied = match config::apply(&mesh.layout, &args.files) {
-        Ok(a) => a,
+    let deployed = match mesh.apply(&args.files, |name| println!("pod {name} starting")) {
+        Ok(d) => d,
         Err(e) => {
             print_invalid(&e);
             return ExitCode::FAILURE;
         }
     };
-    for w in &applied.warnings {
+    for w in &deployed.applied.warnings {
         eprintln!("{w}");
     }
-    for line in &applied.lines {
+    for line in &deployed.applied.lines {
         println!("{line}");
     }
-    // Running mesh: refresh every pod's names, and run new Deployments' pods.
-    if let Ok(st) = mesh.state() {
-        if let Err(e) = config::write_hosts(&mesh.layout, &st) {
-            return fail(e);
-        }
-        match demo::start_deployments(&mesh, &applied.resources, |name| {
-            println!("pod {name} starting");
-        }) {
-            Ok((_, skipped)) => {
-                for s in skipped {
-                    eprintln!("warning: {s}");
-                }
-            }
-            Err(e) => return fail(e),
-        }
+    for s in &deployed.skipped {
+        eprintln!("warning: {s}");
     }
     ExitCode::SUCCESS
 }
 
 /// `meshctl delete`.
 pub fn delete(args: &FilesArgs) -> ExitCode {
-    let mesh = Mesh::new(&args.dir.dir);
-    match config::delete(&mesh.layout, &args.files) {
+    match Mesh::new(&args.dir.dir).delete(&args.files) {
         Ok(lines) => {
             for line in lines {
                 println!("{line}");
-            }
-            if let Ok(st) = mesh.state()
-                && let Err(e) = config::write_hosts(&mesh.layout, &st)
-            {
-                return fail(e);
             }
             ExitCode::SUCCESS
         }

@@ -36,6 +36,8 @@ enum Command {
     Run(local_cli::RunArgs),
     /// List the pods.
     Ps(local_cli::DirArg),
+    /// Stop a pod and remove its namespace and registration.
+    Rm(local_cli::LogsArgs),
     /// Print a pod's log (the app's, or with --proxy its sidecar's).
     Logs(local_cli::LogsArgs),
     /// Run a command inside a pod's network namespace.
@@ -62,6 +64,7 @@ fn main() -> ExitCode {
         Command::Down(args) => local_cli::down(&args),
         Command::Run(args) => local_cli::run(&args),
         Command::Ps(args) => local_cli::ps(&args),
+        Command::Rm(args) => local_cli::rm(&args),
         Command::Logs(args) => local_cli::logs(&args),
         Command::Exec(args) => local_cli::exec(&args),
         Command::Apply(args) => local_cli::apply(&args),

@@ -14,13 +14,13 @@ use serde::Deserialize;
 /// Arguments of `meshctl proxy-status`.
 #[derive(clap::Args)]
 pub struct Args {
-    /// Pilot's debug address.
-    #[arg(
-        long,
-        default_value = "http://127.0.0.1:15014",
-        env = "MESH_PILOT_DEBUG"
-    )]
-    pilot: String,
+    /// Pilot's debug address; by default the local mesh's pilot (in `--dir`) when one runs,
+    /// else http://127.0.0.1:15014.
+    #[arg(long, env = "MESH_PILOT_DEBUG")]
+    pilot: Option<String>,
+    /// The local mesh's folder (see `meshctl up`).
+    #[arg(long, default_value = meshctl::local::DEFAULT_DIR, env = "MESH_DIR")]
+    dir: std::path::PathBuf,
     /// Output format.
     #[arg(short = 'o', long = "output", value_enum, default_value = "text")]
     output: Output,
@@ -164,7 +164,15 @@ pub fn run(args: &Args) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let text = match runtime.block_on(fetch(&args.pilot)) {
+    let local = meshctl::local::Mesh::new(&args.dir);
+    let fetched = match &args.pilot {
+        None if local.state().is_ok() => local
+            .pilot_debug("/debug/syncz")
+            .map(|v| v.to_string())
+            .map_err(|e| anyhow::anyhow!("the local mesh's pilot: {e}")),
+        pilot => runtime.block_on(fetch(pilot.as_deref().unwrap_or("http://127.0.0.1:15014"))),
+    };
+    let text = match fetched {
         Ok(t) => t,
         Err(e) => {
             eprintln!("meshctl proxy-status: {e:#}");

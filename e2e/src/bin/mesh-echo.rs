@@ -28,6 +28,18 @@ struct Cli {
 enum Command {
     /// Send requests to a URL and report who answered, with what identity, how fast.
     Load(Load),
+    /// Connect to a TCP echo, send a message and print the greeting and the echo.
+    Tcp(Tcp),
+}
+
+#[derive(Args)]
+struct Tcp {
+    /// `HOST:PORT` (`shipping-service:9000`).
+    #[arg(long)]
+    address: String,
+    /// What to send.
+    #[arg(long, default_value = "hello")]
+    message: String,
 }
 
 #[derive(Args)]
@@ -103,6 +115,7 @@ fn main() -> ExitCode {
         match cli.command {
             None => serve(cli.serve).await,
             Some(Command::Load(args)) => run_load(args).await,
+            Some(Command::Tcp(args)) => run_tcp(args).await,
         }
     });
     match result {
@@ -235,4 +248,29 @@ fn draw(done: usize, total: usize) {
         " ".repeat(WIDTH - filled)
     );
     let _ = err.flush();
+}
+
+async fn run_tcp(args: Tcp) -> anyhow::Result<ExitCode> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio::net::TcpStream::connect(&args.address),
+    )
+    .await
+    .map_err(|_| anyhow::anyhow!("connecting to {}: timed out", args.address))?
+    .map_err(|e| anyhow::anyhow!("connecting to {}: {e}", args.address))?;
+    let greeting = echo::tcp_greeting(&mut stream).await?;
+    println!("{greeting}");
+    stream.write_all(args.message.as_bytes()).await?;
+    let mut back = vec![0u8; args.message.len()];
+    tokio::time::timeout(Duration::from_secs(10), stream.read_exact(&mut back))
+        .await
+        .map_err(|_| anyhow::anyhow!("no echo within 10 s"))??;
+    let back = String::from_utf8_lossy(&back).into_owned();
+    println!("{back}");
+    Ok(if back == args.message {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }

@@ -6,6 +6,7 @@
 
 pub mod config;
 pub mod control;
+pub mod deploy;
 pub mod net;
 pub mod pods;
 pub mod process;
@@ -67,7 +68,7 @@ pub enum RuntimeError {
     )]
     AlreadyUp(String),
     /// A pod name is taken.
-    #[error("pod {0:?} already exists: choose another --name, or remove it with `meshctl down`")]
+    #[error("pod {0:?} already exists: choose another --name, or remove it with `meshctl rm {0}`")]
     NameInUse(String),
     /// A name or value cannot be used.
     #[error("{flag} {value:?}: {reason}")]

@@ -8,6 +8,7 @@ pub mod route;
 
 pub use inbound::serve_inbound;
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -31,10 +32,18 @@ use crate::tls::connect::{MeshConnector, MtlsClient, Originations};
 /// The body type the proxy moves around.
 pub type Body = BoxBody<Bytes, hyper::Error>;
 
-/// A pool of HTTP/1.1 (keep-alive) connections and one of HTTP/2 connections.
+/// One pool of upstream connections.
+type Upstream = Client<MeshConnector, Body>;
+
+/// A pool of HTTP/1.1 (keep-alive) connections and one of HTTP/2 connections, and for mesh
+/// mTLS one such pair per identity the peers must prove: a connection verified for one
+/// identity is never reused once the destination must prove another (pilot moved the address
+/// to another workload, or the workload's identity changed).
 pub struct Clients {
     h1: Client<MeshConnector, Body>,
     h2: Client<MeshConnector, Body>,
+    connectors: (MeshConnector, MeshConnector),
+    by_identity: std::sync::RwLock<HashMap<(bool, Arc<str>), Upstream>>,
 }
 
 impl Clients {
@@ -43,29 +52,55 @@ impl Clients {
         mtls: Option<Arc<MtlsClient>>,
         originations: &Originations,
     ) -> Self {
-        let h1 = Client::builder(TokioExecutor::new())
+        let c1 = MeshConnector::new(local, mtls.clone(), originations.clone(), ALPN_HTTP1);
+        let c2 = MeshConnector::new(
+            local,
+            mtls,
+            originations.clone(),
+            crate::tls::mtls::ALPN_MESH_H2,
+        );
+        Self {
+            h1: Self::client(c1.clone(), false),
+            h2: Self::client(c2.clone(), true),
+            connectors: (c1, c2),
+            by_identity: std::sync::RwLock::default(),
+        }
+    }
+
+    fn client(connector: MeshConnector, h2: bool) -> Client<MeshConnector, Body> {
+        let mut builder = Client::builder(TokioExecutor::new());
+        builder
             .pool_idle_timeout(Duration::from_secs(90))
-            .pool_max_idle_per_host(usize::MAX)
-            .build(MeshConnector::new(
-                local,
-                mtls.clone(),
-                originations.clone(),
-                ALPN_HTTP1,
-            ));
-        let h2 = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(90))
-            .http2_only(true)
-            .build(MeshConnector::new(
-                local,
-                mtls,
-                originations.clone(),
-                crate::tls::mtls::ALPN_MESH_H2,
-            ));
-        Self { h1, h2 }
+            .pool_max_idle_per_host(usize::MAX);
+        if h2 {
+            builder.http2_only(true);
+        }
+        builder.build(connector)
     }
 
     fn pick(&self, h2: bool) -> &Client<MeshConnector, Body> {
         if h2 { &self.h2 } else { &self.h1 }
+    }
+
+    /// The pool whose connections proved `identity` (mesh mTLS).
+    fn pick_for(&self, h2: bool, identity: &str) -> Client<MeshConnector, Body> {
+        let map = self.by_identity.read().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, c)) = map.get_key_value(&(h2, Arc::from(identity))) {
+            return c.clone();
+        }
+        drop(map);
+        let mut map = self.by_identity.write().unwrap_or_else(|e| e.into_inner());
+        let identity: Arc<str> = Arc::from(identity);
+        map.entry((h2, identity.clone()))
+            .or_insert_with(|| {
+                let base = if h2 {
+                    &self.connectors.1
+                } else {
+                    &self.connectors.0
+                };
+                Self::client(base.clone().with_identity(identity), h2)
+            })
+            .clone()
     }
 }
 
@@ -380,7 +415,6 @@ async fn forward(
     headers::prepare_upstream(req, ctx.peer);
     let bodiless = req.body().is_end_stream();
     let upgrade = headers::is_upgrade(req);
-    let client = ctx.inputs.upstreams.outbound.pick(h2 && !upgrade);
     let mut target = target.clone();
     let mut attempt = 0;
     loop {
@@ -415,7 +449,15 @@ async fn forward(
             }
         };
         let _active = ctx.inputs.loads.start(target.addr);
-        let sent = client.request(upstream_req);
+        let outbound = &ctx.inputs.upstreams.outbound;
+        let use_h2 = h2 && !upgrade;
+        let sent = if target.mtls && target.originate.is_none() {
+            outbound
+                .pick_for(use_h2, &target.identity)
+                .request(upstream_req)
+        } else {
+            outbound.pick(use_h2).request(upstream_req)
+        };
         let result = if timeout_ms > 0 {
             match tokio::time::timeout(Duration::from_millis(timeout_ms), sent).await {
                 Ok(r) => r,
@@ -452,10 +494,19 @@ async fn forward(
                     if attempt > 0 { "URX" } else { "-" },
                 )
             }
-            Err(e) if e.is_connect() => (
-                reply(StatusCode::SERVICE_UNAVAILABLE, "upstream connect error"),
-                "UF",
-            ),
+            Err(e) if e.is_connect() => {
+                // Say why, as Envoy does ("transport failure reason: ..."): a refused
+                // connection and a peer proving the wrong identity call for different fixes.
+                let why = error_causes(&e);
+                tracing::warn!("upstream connect error to {}: {why}", target.addr);
+                (
+                    reply(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        &format!("upstream connect error: {why}"),
+                    ),
+                    "UF",
+                )
+            }
             Err(_) => (
                 reply(
                     StatusCode::SERVICE_UNAVAILABLE,
@@ -517,4 +568,22 @@ pub fn with_path(uri: &Uri, path_and_query: &str) -> Option<Uri> {
     let mut parts = uri.clone().into_parts();
     parts.path_and_query = Some(path_and_query.parse().ok()?);
     Uri::from_parts(parts).ok()
+}
+
+/// An error's causes, innermost last, without the client's own wrapping words.
+fn error_causes(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts = Vec::new();
+    let mut next = e.source();
+    while let Some(cause) = next {
+        let text = cause.to_string();
+        if !parts.contains(&text) {
+            parts.push(text);
+        }
+        next = cause.source();
+    }
+    if parts.is_empty() {
+        e.to_string()
+    } else {
+        parts.join(": ")
+    }
 }

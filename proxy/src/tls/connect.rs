@@ -195,9 +195,17 @@ pub struct MeshConnector {
     mtls: Option<Arc<MtlsClient>>,
     originations: Originations,
     alpn: &'static [u8],
+    identity: Option<Arc<str>>,
 }
 
 impl MeshConnector {
+    /// The same connector, whose mTLS peers must prove `identity` (any mesh identity when
+    /// empty) instead of the identity recorded for their address.
+    pub fn with_identity(mut self, identity: Arc<str>) -> Self {
+        self.identity = Some(identity);
+        self
+    }
+
     /// A connector binding `local` (when set), with mesh mTLS when `mtls` is set.
     pub fn new(
         local: Option<IpAddr>,
@@ -210,6 +218,7 @@ impl MeshConnector {
             mtls,
             originations,
             alpn,
+            identity: None,
         }
     }
 }
@@ -273,7 +282,9 @@ impl tower_service::Service<Uri> for MeshConnector {
                     "mTLS requested but the proxy has no identity",
                 )
             })?;
-            let tls = mtls.handshake(stream, addr, None, this.alpn).await?;
+            let tls = mtls
+                .handshake(stream, addr, this.identity.as_deref(), this.alpn)
+                .await?;
             Ok(MeshStream::Tls(Box::new(TokioIo::new(tls))))
         })
     }

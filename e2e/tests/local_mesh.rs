@@ -1,0 +1,457 @@
+//! End-to-end scenarios on the local backend: real pods in network namespaces, real capture
+//! rules, sidecars with certificates from the CA, pilot watching the config folder. Each test
+//! starts its own mesh (its own namespaces) and takes it down when it ends. They need root
+//! (CI has it); elsewhere they say why they are skipped.
+
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use mesh_e2e::harness::{self, Cluster, LocalCluster, echo_pod};
+use mesh_e2e::load::Report;
+use meshctl::local::{PodSpec, wait_until};
+
+const DEADLINE: Duration = Duration::from_secs(30);
+const ORDER_ID: &str = "spiffe://cluster.local/ns/default/sa/order";
+
+fn sample() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../manifests/samples/order-app")
+}
+
+/// The seed application running, with order's sidecar knowing both shipping versions.
+fn seed(scenario: &str) -> Option<LocalCluster> {
+    let c = harness::local(scenario)?;
+    c.apply(&sample()).expect("apply the sample");
+    c.wait_endpoints("order-v1-0", "shipping-service.default", 2)
+        .expect("order knows shipping");
+    Some(c)
+}
+
+/// Requests the sidecar of `pod` has answered so far (its access log).
+fn inbound_requests(c: &LocalCluster, pod: &str) -> usize {
+    let log = c.dir().join("pods").join(pod).join("proxy.log");
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .matches("inbound http")
+        .count()
+}
+
+fn assert_all_ok(report: &Report) {
+    assert_eq!(
+        report.ok, report.requests,
+        "every request succeeds: {report:?}"
+    );
+}
+
+const SHIPPING_ALL_V2: &str = "
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: shipping-service, namespace: default}
+spec:
+  hosts: [shipping-service]
+  http:
+  - route:
+    - destination: {host: shipping-service, subset: v2}
+";
+
+const SHIPPING_HALF: &str = "
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: shipping-service, namespace: default}
+spec:
+  hosts: [shipping-service]
+  http:
+  - route:
+    - destination: {host: shipping-service, subset: v1}
+      weight: 50
+    - destination: {host: shipping-service, subset: v2}
+      weight: 50
+";
+
+#[test]
+fn seed_split_90_10_over_mutual_tls() {
+    let Some(c) = seed("split") else { return };
+    let n = 2000;
+    let report = c
+        .load(
+            "order-v1-0",
+            "http://shipping-service:8080/",
+            &["-n", &n.to_string(), "-c", "8"],
+        )
+        .unwrap();
+    assert_all_ok(&report);
+    // v2 gets 10%: a binomial count, sd = sqrt(n p (1-p)) ≈ 13.4; allow five of them.
+    let v2 = report.by_version.get("v2").copied().unwrap_or(0) as f64;
+    let expected = n as f64 * 0.1;
+    let sd = (n as f64 * 0.1 * 0.9).sqrt();
+    assert!(
+        (v2 - expected).abs() <= 5.0 * sd,
+        "v2 got {v2} of {n}, expected {expected} ± {:.0}: {report:?}",
+        5.0 * sd
+    );
+    assert_eq!(report.by_version.len(), 2, "{report:?}");
+    // Every answer saw order's identity: mutual TLS carried every request.
+    assert_eq!(report.by_peer.get(ORDER_ID), Some(&n), "{report:?}");
+    // The three names of a service all reach it.
+    for url in [
+        "http://shipping-service.default:8080/",
+        "http://shipping-service.default.svc.cluster.local:8080/",
+    ] {
+        let r = c.load("order-v1-0", url, &["-n", "10"]).unwrap();
+        assert_all_ok(&r);
+    }
+}
+
+#[test]
+fn strict_mtls_refuses_a_pod_without_sidecar() {
+    let Some(c) = seed("strict") else { return };
+    let plain = PodSpec {
+        name: "plain".into(),
+        namespace: "default".into(),
+        service_account: "default".into(),
+        sidecar: false,
+        command: vec!["mesh-echo".into(), "--port".into(), "8080".into()],
+        ports: vec![8080],
+        ..PodSpec::default()
+    };
+    c.run(&plain).unwrap();
+    let shipping = c.mesh.pod("shipping-v1-0").unwrap().address;
+    let url = format!("http://{shipping}:8080/");
+    // Without a sidecar: plaintext to a STRICT workload is refused.
+    let refused = c.load("plain", &url, &["-n", "5", "-c", "1"]).unwrap();
+    assert_eq!(refused.ok, 0, "plaintext must be refused: {refused:?}");
+    assert_eq!(refused.requests, 5);
+    // With one (order's): the same address works, over mutual TLS.
+    let allowed = c.load("order-v1-0", &url, &["-n", "5", "-c", "1"]).unwrap();
+    assert_all_ok(&allowed);
+    assert_eq!(allowed.by_peer.get(ORDER_ID), Some(&5), "{allowed:?}");
+}
+
+#[test]
+fn header_based_routing() {
+    let Some(c) = seed("headers") else { return };
+    c.apply_yaml(
+        "
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: shipping-service, namespace: default}
+spec:
+  hosts: [shipping-service]
+  http:
+  - match:
+    - headers:
+        end-user: {exact: jason}
+    route:
+    - destination: {host: shipping-service, subset: v2}
+  - route:
+    - destination: {host: shipping-service, subset: v1}
+",
+    )
+    .unwrap();
+    // Wait for the rule to reach order's sidecar: jason's requests all land on v2.
+    let url = "http://shipping-service:8080/";
+    let routed = wait_until(DEADLINE, || {
+        c.load("order-v1-0", url, &["-n", "20", "-H", "end-user: jason"])
+            .is_ok_and(|r| r.by_version.get("v2") == Some(&20))
+    });
+    assert!(routed, "end-user: jason never reached v2 only");
+    let jason = c
+        .load("order-v1-0", url, &["-n", "200", "-H", "end-user: jason"])
+        .unwrap();
+    assert_eq!(jason.by_version.get("v2"), Some(&200), "{jason:?}");
+    let others = c.load("order-v1-0", url, &["-n", "200"]).unwrap();
+    assert_eq!(others.by_version.get("v1"), Some(&200), "{others:?}");
+    let mallory = c
+        .load("order-v1-0", url, &["-n", "50", "-H", "end-user: mallory"])
+        .unwrap();
+    assert_eq!(mallory.by_version.get("v1"), Some(&50), "{mallory:?}");
+}
+
+#[test]
+fn config_change_under_traffic_fails_no_request() {
+    let Some(c) = seed("change") else { return };
+    let report = std::thread::scope(|s| {
+        let load = s.spawn(|| {
+            c.load(
+                "order-v1-0",
+                "http://shipping-service:8080/",
+                &["-n", "3000", "-c", "4", "--rate", "300"],
+            )
+        });
+        assert!(
+            wait_until(DEADLINE, || inbound_requests(&c, "shipping-v1-0") >= 50),
+            "traffic never reached shipping v1"
+        );
+        let v2_before = inbound_requests(&c, "shipping-v2-0");
+        c.apply_yaml(SHIPPING_HALF).unwrap();
+        c.apply_yaml(SHIPPING_ALL_V2).unwrap();
+        // The change reaches traffic while the load still runs.
+        assert!(
+            wait_until(DEADLINE, || inbound_requests(&c, "shipping-v2-0")
+                >= v2_before + 300),
+            "the change never reached traffic"
+        );
+        load.join().unwrap().unwrap()
+    });
+    assert_eq!(report.requests, 3000);
+    assert_all_ok(&report);
+    assert!(
+        report.by_version.get("v1").copied().unwrap_or(0) >= 50,
+        "{report:?}"
+    );
+}
+
+#[test]
+fn pilot_killed_and_restarted_under_traffic_fails_no_request() {
+    let Some(c) = seed("restart") else { return };
+    let report = std::thread::scope(|s| {
+        let load = s.spawn(|| {
+            c.load(
+                "order-v1-0",
+                "http://shipping-service:8080/",
+                &["-n", "3000", "-c", "4", "--rate", "300"],
+            )
+        });
+        assert!(
+            wait_until(DEADLINE, || inbound_requests(&c, "shipping-v1-0") >= 50),
+            "traffic never reached shipping v1"
+        );
+        c.restart_control_plane().unwrap();
+        // Every sidecar reconnects to the new pilot...
+        let reconnected = wait_until(DEADLINE, || {
+            c.mesh.pilot_debug("/debug/syncz").is_ok_and(|v| {
+                v["proxies"]
+                    .as_array()
+                    .is_some_and(|ps| ps.iter().filter(|p| p["connected"] == true).count() == 4)
+            })
+        });
+        assert!(reconnected, "the sidecars did not reconnect to pilot");
+        // ...and a change made after the restart reaches traffic.
+        let v2_before = inbound_requests(&c, "shipping-v2-0");
+        c.apply_yaml(SHIPPING_ALL_V2).unwrap();
+        assert!(
+            wait_until(DEADLINE, || inbound_requests(&c, "shipping-v2-0")
+                >= v2_before + 300),
+            "a change after the restart never reached traffic"
+        );
+        load.join().unwrap().unwrap()
+    });
+    assert_eq!(report.requests, 3000);
+    assert_all_ok(&report);
+}
+
+#[test]
+fn an_endpoint_proving_another_identity_is_refused() {
+    let Some(c) = harness::local("identity") else {
+        return;
+    };
+    c.apply_yaml(
+        "
+apiVersion: v1
+kind: Service
+metadata: {name: vault, namespace: default}
+spec:
+  selector: {app: vault}
+  ports:
+  - {name: http, port: 8080}
+",
+    )
+    .unwrap();
+    c.run(&echo_pod("client", "client", "v1", "client"))
+        .unwrap();
+    c.run(&echo_pod("vault-0", "vault", "v1", "intruder"))
+        .unwrap();
+    c.wait_endpoints("client", "vault.default", 1).unwrap();
+    // As registered (service account `intruder`), its certificate matches: calls work.
+    let ok = c
+        .load("client", "http://vault:8080/", &["-n", "5", "-c", "1"])
+        .unwrap();
+    assert_all_ok(&ok);
+    // The registry now claims the pod runs as `vault`, but its certificate still proves
+    // `intruder`: the client's sidecar must refuse it.
+    let registration = c.dir().join("config/pods/vault-0.json");
+    let text = std::fs::read_to_string(&registration).unwrap();
+    std::fs::write(
+        &registration,
+        text.replace(
+            "\"serviceAccountName\": \"intruder\"",
+            "\"serviceAccountName\": \"vault\"",
+        ),
+    )
+    .unwrap();
+    let expects_vault = wait_until(DEADLINE, || {
+        c.mesh.proxy_config("client").is_ok_and(|cfg| {
+            cfg.to_string()
+                .contains("spiffe://cluster.local/ns/default/sa/vault")
+        })
+    });
+    assert!(expects_vault, "the client never learned the new identity");
+    let refused = c
+        .load("client", "http://vault:8080/", &["-n", "5", "-c", "1"])
+        .unwrap();
+    assert_eq!(refused.ok, 0, "an impostor must be refused: {refused:?}");
+    // The answer says why: the identity shown and the one expected.
+    let why = refused.failures.keys().next().unwrap();
+    assert!(
+        why.contains("sa/intruder") && why.contains("sa/vault"),
+        "the refusal names both identities: {why}"
+    );
+}
+
+#[test]
+fn tcp_across_the_mesh() {
+    let Some(c) = harness::local("tcp") else {
+        return;
+    };
+    c.apply_yaml(
+        "
+apiVersion: v1
+kind: Service
+metadata: {name: echo, namespace: default}
+spec:
+  selector: {app: echo}
+  ports:
+  - {name: tcp-echo, port: 9000}
+---
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: default, namespace: istio-system}
+spec:
+  mtls: {mode: STRICT}
+",
+    )
+    .unwrap();
+    c.run(&echo_pod("client", "client", "v1", "client"))
+        .unwrap();
+    c.run(&echo_pod("echo-0", "echo", "v1", "echo")).unwrap();
+    c.wait_endpoints("client", "echo.default", 1).unwrap();
+    let out = c
+        .exec(
+            "client",
+            &[
+                "mesh-echo",
+                "tcp",
+                "--address",
+                "echo:9000",
+                "--message",
+                "over the mesh",
+            ],
+        )
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("service=echo version=v1 pod=echo-0"),
+        "{text}"
+    );
+    assert!(text.contains("over the mesh"), "{text}");
+}
+
+/// Host state the mesh must never change.
+fn host_snapshot() -> Vec<String> {
+    let run = |cmd: &str, args: &[&str]| {
+        std::process::Command::new(cmd)
+            .args(args)
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default()
+    };
+    // Counters differ from moment to moment: compare the rules only.
+    let rules: String = run("iptables-save", &[])
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .map(|l| l.split(" [").next().unwrap_or(l).to_string() + "\n")
+        .collect();
+    vec![
+        rules,
+        run("ip", &["-o", "link", "show"])
+            .lines()
+            .map(|l| l.split(" link/").next().unwrap_or(l).to_string() + "\n")
+            .collect(),
+        run("ip", &["route", "show", "table", "all"]),
+        std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward").unwrap_or_default(),
+    ]
+}
+
+#[test]
+fn down_leaves_nothing_behind() {
+    if let Some(why) = harness::unavailable() {
+        assert!(std::env::var("CI").as_deref() != Ok("true"), "{why}");
+        eprintln!("SKIPPED: {why}");
+        return;
+    }
+    let before = host_snapshot();
+    let Some(c) = seed("down") else { return };
+    c.run(&PodSpec {
+        name: "plain".into(),
+        namespace: "default".into(),
+        service_account: "default".into(),
+        command: vec!["sleep".into(), "600".into()],
+        ..PodSpec::default()
+    })
+    .unwrap();
+    // A stray process started with `meshctl exec` goes too.
+    let mut stray = c
+        .mesh
+        .exec_command("order-v1-0", &["sleep".into(), "600".into()])
+        .unwrap()
+        .spawn()
+        .unwrap();
+    let st = c.mesh.state().unwrap();
+    let prefix = st.prefix.clone();
+    let mut procs: Vec<_> = st.control_plane.into_iter().collect();
+    for pod in st.pods.values() {
+        procs.extend(pod.app);
+        procs.extend(pod.proxy);
+    }
+    assert_eq!(procs.len(), 1 + 5 + 4, "control plane, 5 apps, 4 sidecars");
+    // A crash: the control plane dies and nothing is cleaned up.
+    let cp = st.control_plane.unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(cp.pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    assert!(wait_until(DEADLINE, || !cp.alive()));
+
+    let report = c.mesh.down().unwrap();
+    assert_eq!(report.pods, 5);
+    assert_eq!(report.namespaces, 6, "five pods and the hub");
+    let _ = stray.wait();
+    for p in &procs {
+        assert!(!p.alive(), "process {} still runs", p.pid);
+    }
+    let namespaces = meshctl::local::net::netns_with_prefix(&prefix);
+    assert!(namespaces.is_empty(), "namespaces left: {namespaces:?}");
+    for dir in ["/etc/netns", "/run/mesh"] {
+        let left: Vec<String> = std::fs::read_dir(dir)
+            .map(|d| {
+                d.flatten()
+                    .filter_map(|e| e.file_name().into_string().ok())
+                    .filter(|n| n.starts_with(&prefix))
+                    .collect()
+            })
+            .unwrap_or_default();
+        assert!(left.is_empty(), "{dir} still holds {left:?}");
+    }
+    assert!(!c.dir().join("runtime.json").exists());
+    assert!(
+        std::fs::read_dir(c.dir().join("config/pods"))
+            .map(|d| d.count() == 0)
+            .unwrap_or(true),
+        "pod registrations left"
+    );
+    assert_eq!(
+        host_snapshot(),
+        before,
+        "the host's rules, links and routes are untouched"
+    );
+    // Idempotent.
+    let again = c.mesh.down().unwrap();
+    assert_eq!((again.pods, again.namespaces), (0, 0));
+}

@@ -1,0 +1,148 @@
+//! Deployments on the local mesh: each replica of a Deployment whose image is `mesh-echo`
+//! becomes a pod (the runtime runs processes, not images), so the Kubernetes form of an
+//! application (`manifests/samples/order-app/app.yaml`) runs here unchanged.
+
+use k8s_openapi::api::apps::v1::Deployment;
+use mesh_api::Resource;
+
+use super::{Mesh, PodSpec, RuntimeError, config};
+
+/// The only image the local runtime runs (as the `mesh-echo` binary).
+pub const ECHO_IMAGE: &str = "mesh-echo";
+
+/// The pods a Deployment asks for: one per replica, named `DEPLOYMENT-N`, with the template's
+/// labels, service account, container ports and `mesh-echo` arguments.
+pub fn pods_for_deployment(d: &Deployment) -> Result<Vec<PodSpec>, String> {
+    let name = d.metadata.name.clone().unwrap_or_default();
+    let namespace = d
+        .metadata
+        .namespace
+        .clone()
+        .unwrap_or_else(|| "default".into());
+    let spec = d.spec.as_ref().ok_or("no spec")?;
+    let template = &spec.template;
+    let pod_spec = template
+        .spec
+        .as_ref()
+        .ok_or("spec.template.spec is missing")?;
+    let container = pod_spec
+        .containers
+        .first()
+        .ok_or("spec.template.spec.containers is empty")?;
+    let image = container.image.clone().unwrap_or_default();
+    let image_name = image
+        .rsplit('/')
+        .next()
+        .unwrap_or("")
+        .split(':')
+        .next()
+        .unwrap_or("");
+    if image_name != ECHO_IMAGE {
+        return Err(format!(
+            "image {image:?}: the local runtime runs only {ECHO_IMAGE} (start other workloads with `meshctl run`)"
+        ));
+    }
+    let mut command = vec![ECHO_IMAGE.to_string()];
+    command.extend(container.args.iter().flatten().cloned());
+    let ports: Vec<u16> = container
+        .ports
+        .iter()
+        .flatten()
+        .filter_map(|p| u16::try_from(p.container_port).ok())
+        .collect();
+    let annotations = template
+        .metadata
+        .as_ref()
+        .and_then(|m| m.annotations.clone())
+        .unwrap_or_default();
+    let sidecar = annotations
+        .get("sidecar.istio.io/inject")
+        .is_none_or(|v| v != "false");
+    let labels = template
+        .metadata
+        .as_ref()
+        .and_then(|m| m.labels.clone())
+        .unwrap_or_default();
+    let replicas = spec.replicas.unwrap_or(1).max(0) as usize;
+    Ok((0..replicas)
+        .map(|i| PodSpec {
+            name: format!("{name}-{i}"),
+            namespace: namespace.clone(),
+            service_account: pod_spec
+                .service_account_name
+                .clone()
+                .unwrap_or_else(|| "default".into()),
+            labels: labels.clone(),
+            ports: ports.clone(),
+            sidecar,
+            command: command.clone(),
+            env: Vec::new(),
+        })
+        .collect())
+}
+
+impl Mesh {
+    /// Starts the pods of every Deployment among `resources` that is not running yet. Returns
+    /// the pods started and, per Deployment the runtime cannot run, why.
+    pub fn start_deployments(
+        &self,
+        resources: &[Resource],
+        mut on_pod: impl FnMut(&str),
+    ) -> Result<(Vec<String>, Vec<String>), RuntimeError> {
+        let running = self.state()?.pods;
+        let (mut started, mut skipped) = (Vec::new(), Vec::new());
+        for r in resources {
+            let Resource::Deployment(d) = r else { continue };
+            match pods_for_deployment(d) {
+                Err(why) => skipped.push(format!("Deployment {}: {why}", r.display_name())),
+                Ok(pods) => {
+                    for pod in pods.iter().filter(|p| !running.contains_key(&p.name)) {
+                        on_pod(&pod.name);
+                        self.run(pod)?;
+                        started.push(pod.name.clone());
+                    }
+                }
+            }
+        }
+        Ok((started, skipped))
+    }
+
+    /// Applies `paths` to the mesh's configuration (see [`config::apply`]); when the mesh
+    /// runs, refreshes every pod's names and starts the pods of new Deployments.
+    pub fn apply(
+        &self,
+        paths: &[std::path::PathBuf],
+        on_pod: impl FnMut(&str),
+    ) -> Result<Deployed, config::ApplyError> {
+        let applied = config::apply(&self.layout, paths)?;
+        let mut deployed = Deployed::default();
+        if let Ok(st) = self.state() {
+            config::write_hosts(&self.layout, &st)?;
+            let (started, skipped) = self.start_deployments(&applied.resources, on_pod)?;
+            deployed.started = started;
+            deployed.skipped = skipped;
+        }
+        deployed.applied = applied;
+        Ok(deployed)
+    }
+
+    /// Deletes what `paths` describe from the configuration; refreshes pods' names.
+    pub fn delete(&self, paths: &[std::path::PathBuf]) -> Result<Vec<String>, config::ApplyError> {
+        let lines = config::delete(&self.layout, paths)?;
+        if let Ok(st) = self.state() {
+            config::write_hosts(&self.layout, &st)?;
+        }
+        Ok(lines)
+    }
+}
+
+/// What [`Mesh::apply`] did.
+#[derive(Debug, Default)]
+pub struct Deployed {
+    /// The configuration written.
+    pub applied: config::Applied,
+    /// Pods started for Deployments.
+    pub started: Vec<String>,
+    /// Deployments the runtime cannot run, and why.
+    pub skipped: Vec<String>,
+}
