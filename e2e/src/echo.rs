@@ -97,7 +97,15 @@ struct Server {
 
 /// Serves HTTP (HTTP/1.1 and h2c on the same port) on `http` and, when given, the TCP echo on
 /// `tcp`, until the process ends.
-pub async fn serve(config: EchoConfig, http: TcpListener, tcp: Option<TcpListener>) {
+pub async fn serve(
+    config: EchoConfig,
+    http: TcpListener,
+    tcp: Option<TcpListener>,
+    grpc: Option<TcpListener>,
+) {
+    if let Some(grpc) = grpc {
+        tokio::spawn(crate::ws_grpc::serve_grpc(config.clone(), grpc));
+    }
     let client = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
         .build(hyper_util::client::legacy::connect::HttpConnector::new());
     let server = Arc::new(Server { config, client });
@@ -161,6 +169,10 @@ impl Server {
             return text(StatusCode::SERVICE_UNAVAILABLE, "injected error\n");
         }
         let mut echo = self.describe(&req);
+        if crate::ws_grpc::is_websocket(&req) {
+            let greeting = serde_json::to_string(&echo).unwrap_or_default();
+            return crate::ws_grpc::accept_websocket(req, greeting);
+        }
         if req.uri().path() == "/call" {
             let Some(url) = query_param(req.uri().query().unwrap_or(""), "url") else {
                 return text(StatusCode::BAD_REQUEST, "/call needs ?url=http://...\n");

@@ -183,7 +183,8 @@ impl Drop for LocalCluster {
     }
 }
 
-/// An echo pod: `mesh-echo` serving HTTP on 8080 (and TCP on 9000), with a sidecar.
+/// An echo pod: `mesh-echo` serving HTTP and WebSocket on 8080, TCP on 9000 and gRPC on 9090,
+/// with a sidecar.
 pub fn echo_pod(name: &str, app: &str, version: &str, service_account: &str) -> PodSpec {
     PodSpec {
         name: name.into(),
@@ -194,7 +195,7 @@ pub fn echo_pod(name: &str, app: &str, version: &str, service_account: &str) -> 
             ("version".into(), version.into()),
         ]
         .into(),
-        ports: vec![8080, 9000],
+        ports: vec![8080, 9000, 9090],
         sidecar: true,
         command: [
             "mesh-echo",
@@ -202,6 +203,8 @@ pub fn echo_pod(name: &str, app: &str, version: &str, service_account: &str) -> 
             "8080",
             "--tcp-port",
             "9000",
+            "--grpc-port",
+            "9090",
             "--service",
             app,
             "--version",

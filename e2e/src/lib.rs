@@ -5,3 +5,4 @@
 pub mod echo;
 pub mod harness;
 pub mod load;
+pub mod ws_grpc;

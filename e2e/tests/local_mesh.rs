@@ -300,8 +300,8 @@ spec:
 }
 
 #[test]
-fn tcp_across_the_mesh() {
-    let Some(c) = harness::local("tcp") else {
+fn tcp_websocket_and_grpc_across_the_mesh() {
+    let Some(c) = harness::local("protocols") else {
         return;
     };
     c.apply_yaml(
@@ -312,7 +312,9 @@ metadata: {name: echo, namespace: default}
 spec:
   selector: {app: echo}
   ports:
+  - {name: http, port: 8080}
   - {name: tcp-echo, port: 9000}
+  - {name: grpc, port: 9090}
 ---
 apiVersion: security.istio.io/v1
 kind: PeerAuthentication
@@ -350,6 +352,63 @@ spec:
         "{text}"
     );
     assert!(text.contains("over the mesh"), "{text}");
+
+    // WebSocket: an HTTP/1.1 upgrade through both sidecars, then frames both ways.
+    let out = c
+        .exec(
+            "client",
+            &[
+                "mesh-echo",
+                "ws",
+                "--url",
+                "ws://echo:8080/ws",
+                "--message",
+                "frames",
+            ],
+        )
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut lines = text.lines();
+    let greeting: serde_json::Value = serde_json::from_str(lines.next().unwrap()).unwrap();
+    assert_eq!(greeting["service"], "echo");
+    assert_eq!(
+        greeting["peer"],
+        "spiffe://cluster.local/ns/default/sa/client"
+    );
+    assert_eq!(lines.next(), Some("frames"));
+
+    // gRPC (HTTP/2 end to end), with the caller's identity seen by the server.
+    let out = c
+        .exec(
+            "client",
+            &[
+                "mesh-echo",
+                "grpc",
+                "--address",
+                "http://echo:9090",
+                "--message",
+                "rpc",
+            ],
+        )
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let answer: serde_json::Value = serde_json::from_str(text.trim()).unwrap();
+    assert_eq!(answer["message"], "rpc");
+    assert_eq!(answer["service"], "echo");
+    assert_eq!(
+        answer["peer"],
+        "spiffe://cluster.local/ns/default/sa/client"
+    );
 }
 
 /// Host state the mesh must never change.

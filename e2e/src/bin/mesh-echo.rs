@@ -30,6 +30,30 @@ enum Command {
     Load(Load),
     /// Connect to a TCP echo, send a message and print the greeting and the echo.
     Tcp(Tcp),
+    /// Open a WebSocket (`ws://host:port/ws`), send a message, print the greeting and the echo.
+    Ws(Ws),
+    /// Call mesh.echo.v1.Echo at `http://host:port` and print the answer as JSON.
+    Grpc(Grpc),
+}
+
+#[derive(Args)]
+struct Ws {
+    /// `ws://HOST:PORT/PATH`.
+    #[arg(long)]
+    url: String,
+    /// What to send.
+    #[arg(long, default_value = "hello")]
+    message: String,
+}
+
+#[derive(Args)]
+struct Grpc {
+    /// `http://HOST:PORT`.
+    #[arg(long)]
+    address: String,
+    /// What to send.
+    #[arg(long, default_value = "hello")]
+    message: String,
 }
 
 #[derive(Args)]
@@ -50,6 +74,9 @@ struct Serve {
     /// TCP echo port (a greeting line, then every byte back).
     #[arg(long)]
     tcp_port: Option<u16>,
+    /// gRPC port (`mesh.echo.v1.Echo`, h2c).
+    #[arg(long)]
+    grpc_port: Option<u16>,
     /// Service name reported in answers.
     #[arg(long, env = "SERVICE_NAME", default_value = "echo")]
     service: String,
@@ -116,6 +143,25 @@ fn main() -> ExitCode {
             None => serve(cli.serve).await,
             Some(Command::Load(args)) => run_load(args).await,
             Some(Command::Tcp(args)) => run_tcp(args).await,
+            Some(Command::Ws(args)) => {
+                let (greeting, echoed) =
+                    mesh_e2e::ws_grpc::websocket_call(&args.url, &args.message).await?;
+                println!("{greeting}\n{echoed}");
+                Ok(if echoed == args.message {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::FAILURE
+                })
+            }
+            Some(Command::Grpc(args)) => {
+                let r = mesh_e2e::ws_grpc::grpc_call(&args.address, &args.message).await?;
+                println!(
+                    "{}",
+                    serde_json::json!({"message": r.message, "service": r.service,
+                        "version": r.version, "pod": r.pod, "peer": r.peer})
+                );
+                Ok(ExitCode::SUCCESS)
+            }
         }
     });
     match result {
@@ -144,6 +190,10 @@ async fn serve(args: Serve) -> anyhow::Result<ExitCode> {
         Some(p) => Some(bind(p).await?),
         None => None,
     };
+    let grpc = match args.grpc_port {
+        Some(p) => Some(bind(p).await?),
+        None => None,
+    };
     eprintln!(
         "mesh-echo {} {} listening on :{}{}",
         args.service,
@@ -162,7 +212,7 @@ async fn serve(args: Serve) -> anyhow::Result<ExitCode> {
         error_rate: args.error_rate,
     };
     tokio::select! {
-        () = echo::serve(config, http, tcp) => {}
+        () = echo::serve(config, http, tcp, grpc) => {}
         _ = tokio::signal::ctrl_c() => {}
     }
     Ok(ExitCode::SUCCESS)
