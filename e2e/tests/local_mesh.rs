@@ -116,6 +116,16 @@ fn strict_mtls_refuses_a_pod_without_sidecar() {
         ..PodSpec::default()
     };
     c.run(&plain).unwrap();
+    // A name already used, and a port the sidecar holds, are said plainly.
+    let again = c.mesh.run(&plain).unwrap_err().to_string();
+    assert!(again.contains("pod \"plain\" already exists"), "{again}");
+    let mut clash = echo_pod("clash", "clash", "v1", "default");
+    clash.ports = vec![15001];
+    let port = c.mesh.run(&clash).unwrap_err().to_string();
+    assert!(
+        port.contains("port 15001 is already in use by the sidecar"),
+        "{port}"
+    );
     let shipping = c.mesh.pod("shipping-v1-0").unwrap().address;
     let url = format!("http://{shipping}:8080/");
     // Without a sidecar: plaintext to a STRICT workload is refused.
