@@ -132,6 +132,18 @@ fn strict_mtls_refuses_a_pod_without_sidecar() {
     let refused = c.load("plain", &url, &["-n", "5", "-c", "1"]).unwrap();
     assert_eq!(refused.ok, 0, "plaintext must be refused: {refused:?}");
     assert_eq!(refused.requests, 5);
+    // A VIP means nothing without a sidecar: the connection is rejected inside the pod
+    // instead of leaving it.
+    let vip = c
+        .load("plain", "http://shipping-service:8080/", &["-n", "1"])
+        .unwrap();
+    assert_eq!(vip.ok, 0);
+    assert!(
+        vip.failures
+            .keys()
+            .any(|k| k.contains("Connection refused")),
+        "{vip:?}"
+    );
     // With one (order's): the same address works, over mutual TLS.
     let allowed = c.load("order-v1-0", &url, &["-n", "5", "-c", "1"]).unwrap();
     assert_all_ok(&allowed);
@@ -363,6 +375,18 @@ spec:
     );
     assert!(text.contains("over the mesh"), "{text}");
 
+    // h2c from the app, through both sidecars.
+    let h2 = c
+        .load("client", "http://echo:8080/", &["-n", "20", "--http2"])
+        .unwrap();
+    assert_all_ok(&h2);
+    assert_eq!(
+        h2.by_peer
+            .get("spiffe://cluster.local/ns/default/sa/client"),
+        Some(&20),
+        "{h2:?}"
+    );
+
     // WebSocket: an HTTP/1.1 upgrade through both sidecars, then frames both ways.
     let out = c
         .exec(
@@ -523,4 +547,82 @@ fn down_leaves_nothing_behind() {
     // Idempotent.
     let again = c.mesh.down().unwrap();
     assert_eq!((again.pods, again.namespaces), (0, 0));
+}
+
+fn meshctl(args: &[&str]) -> std::process::Output {
+    let bin = meshctl::local::find_binary("meshctl", "meshctl").unwrap();
+    std::process::Command::new(bin).args(args).output().unwrap()
+}
+
+#[test]
+fn ps_logs_and_proxy_status_show_the_running_mesh() {
+    let Some(c) = seed("cli") else { return };
+    let dir = c.dir().to_str().unwrap().to_string();
+    let ps = meshctl(&["ps", "--dir", &dir]);
+    let text = String::from_utf8_lossy(&ps.stdout);
+    assert!(ps.status.success(), "{text}");
+    assert!(text.contains("control plane: running"), "{text}");
+    for pod in [
+        "order-v1-0",
+        "inventory-v1-0",
+        "shipping-v1-0",
+        "shipping-v2-0",
+    ] {
+        let line = text.lines().find(|l| l.starts_with(pod)).unwrap_or("");
+        assert!(
+            line.contains("running") && line.contains("yes"),
+            "{pod}: {text}"
+        );
+    }
+    c.load("order-v1-0", "http://shipping-service:8080/", &["-n", "20"])
+        .unwrap();
+    let logs = meshctl(&["logs", "--dir", &dir, "shipping-v1-0", "--proxy"]);
+    let text = String::from_utf8_lossy(&logs.stdout);
+    assert!(text.contains("inbound http"), "access log lines: {text}");
+    let app = meshctl(&["logs", "--dir", &dir, "shipping-v1-0"]);
+    assert!(String::from_utf8_lossy(&app.stdout).contains("mesh-echo shipping v1 listening"));
+    let status = meshctl(&["proxy-status", "--dir", &dir]);
+    let text = String::from_utf8_lossy(&status.stdout);
+    assert!(
+        status.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+    assert_eq!(text.matches("SYNCED").count(), 4, "{text}");
+}
+
+#[test]
+fn demo_reports_the_seed_in_json_and_cleans_up() {
+    if let Some(why) = harness::unavailable() {
+        assert!(std::env::var("CI").as_deref() != Ok("true"), "{why}");
+        eprintln!("SKIPPED: {why}");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let out = meshctl(&[
+        "demo",
+        "--dir",
+        dir.path().to_str().unwrap(),
+        "--output",
+        "json",
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(r["requests"], 1000);
+    assert_eq!(r["success_rate"], 1.0);
+    assert_eq!(r["mtls"], true);
+    let v1 = r["by_version"]["v1"].as_u64().unwrap();
+    let v2 = r["by_version"]["v2"].as_u64().unwrap();
+    assert_eq!(v1 + v2, 1000);
+    // 10% to v2: sd = sqrt(1000 * 0.1 * 0.9) ≈ 9.5; five of them.
+    assert!((52..=148).contains(&v2), "v2 got {v2}");
+    assert!(r["p50_ms"].as_f64().unwrap() > 0.0);
+    assert!(r["p99_ms"].as_f64().unwrap() >= r["p50_ms"].as_f64().unwrap());
+    // Cleaned up: no record, so no namespace of it either.
+    assert!(!dir.path().join("runtime.json").exists());
 }
