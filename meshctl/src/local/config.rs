@@ -296,7 +296,7 @@ pub fn write_hosts(layout: &Layout, state: &RuntimeState) -> Result<(), RuntimeE
         let dir = Path::new(NETNS_ETC).join(&pod.netns);
         std::fs::create_dir_all(&dir).map_err(io(format!("creating {}", dir.display())))?;
         let hosts = dir.join("hosts");
-        std::fs::write(&hosts, hosts_file(pod, &services))
+        rewrite_in_place(&hosts, &hosts_file(pod, &services))
             .map_err(io(format!("writing {}", hosts.display())))?;
         let resolv = dir.join("resolv.conf");
         if !resolv.exists() {
@@ -308,6 +308,25 @@ pub fn write_hosts(layout: &Layout, state: &RuntimeState) -> Result<(), RuntimeE
         }
     }
     Ok(())
+}
+
+/// Replaces a bind-mounted file's content without ever leaving it empty: apps resolve names
+/// from it while it changes, and a truncated file would fail their lookups. Unchanged content
+/// is not written at all. (Renaming a new file into place would not reach the bind mount,
+/// which holds the old inode.)
+fn rewrite_in_place(path: &Path, text: &str) -> std::io::Result<()> {
+    use std::io::{Seek, Write};
+    if std::fs::read_to_string(path).is_ok_and(|old| old == text) {
+        return Ok(());
+    }
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)?;
+    f.seek(std::io::SeekFrom::Start(0))?;
+    f.write_all(text.as_bytes())?;
+    f.set_len(text.len() as u64)
 }
 
 /// Registers a pod as a `Pod` resource pilot reads (mesh member when it has a sidecar).
@@ -380,6 +399,18 @@ mod tests {
         assert!(text.contains(
             "10.96.0.11\tledger.finance.svc.cluster.local ledger.finance.svc ledger.finance\n"
         ));
+    }
+
+    #[test]
+    fn hosts_rewrites_keep_the_inode_and_never_grow_stale_tails() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hosts");
+        rewrite_in_place(&path, "a long first version\n").unwrap();
+        let ino = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&path).unwrap());
+        rewrite_in_place(&path, "short\n").unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "short\n");
+        let after = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&path).unwrap());
+        assert_eq!(ino, after, "bind mounts keep seeing the file");
     }
 
     #[test]

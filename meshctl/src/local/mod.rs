@@ -257,13 +257,22 @@ impl Mesh {
                 .spawn()
         })
         .map_err(|e| RuntimeError::io("starting the control plane", e))?;
+        let mut child = child;
         let recorded = process::Recorded::of(child.id());
         st.control_plane = Some(recorded);
         state::save(&self.layout, &st)?;
+        let mut exited = None;
         let ready = wait_until(Duration::from_secs(30), || {
-            self.layout.control_ready().exists() || !recorded.alive()
+            exited = child.try_wait().ok().flatten();
+            self.layout.control_ready().exists() || exited.is_some()
         });
-        if !ready || !self.layout.control_ready().exists() {
+        if let Some(status) = exited.filter(|_| !self.layout.control_ready().exists()) {
+            return Err(RuntimeError::Command {
+                command: "the control plane".into(),
+                message: format!("exited ({status}){}", log_tail(&log_path, 10)),
+            });
+        }
+        if !ready {
             recorded.stop(Duration::from_secs(2));
             return Err(RuntimeError::NotReady {
                 what: "the control plane".into(),
