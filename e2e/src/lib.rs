@@ -2,6 +2,7 @@
 //! run in every pod ([`echo`]), and its load generator ([`load`]). The scenarios live in
 //! `tests/` and drive the local runtime (`meshctl`'s library) in network namespaces.
 
+pub mod bench;
 pub mod echo;
 pub mod harness;
 pub mod load;

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use mesh_proxy::init::{self, CaptureConfig, Iptables, NamespaceCheck, Variant};
-use mesh_proxy::socket::KernelOriginalDst;
+use mesh_proxy::socket::{FixedDst, KernelOriginalDst, OriginalDst};
 use mesh_proxy::{Listeners, Proxy, state};
 use tokio::signal::unix::{SignalKind, signal};
 
@@ -94,6 +94,20 @@ struct RunArgs {
     /// Lifetime asked for the workload certificate, in hours (the CA may cap it).
     #[arg(long, default_value_t = 24)]
     cert_ttl_hours: u64,
+    /// Address the outbound, inbound and readiness listeners bind (the admin port is always
+    /// on 127.0.0.1).
+    #[arg(long, default_value = "0.0.0.0")]
+    bind_address: std::net::IpAddr,
+    /// Treat every outbound connection as addressed to IP:PORT instead of asking the kernel
+    /// where capture redirected it from: a proxy without capture rules (benchmarks, tests).
+    #[arg(long, value_name = "IP:PORT")]
+    outbound_original_dst: Option<std::net::SocketAddr>,
+    /// Treat every inbound connection as addressed to IP:PORT (see --outbound-original-dst).
+    #[arg(long, value_name = "IP:PORT")]
+    inbound_original_dst: Option<std::net::SocketAddr>,
+    /// Worker threads (default: one per core).
+    #[arg(long)]
+    worker_threads: Option<usize>,
 }
 
 #[derive(Args)]
@@ -235,9 +249,12 @@ fn run_proxy(args: &RunArgs) -> anyhow::Result<()> {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .init();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = args.worker_threads {
+        anyhow::ensure!(n > 0, "--worker-threads must be at least 1");
+        builder.worker_threads(n);
+    }
+    let runtime = builder.enable_all().build()?;
     runtime.block_on(async {
         let svids = match &args.ca_address {
             None => None,
@@ -260,18 +277,24 @@ fn run_proxy(args: &RunArgs) -> anyhow::Result<()> {
             }
             (None, None) => anyhow::bail!("give --state-file or --discovery-address"),
         };
+        let bind = args.bind_address;
         let listeners = Listeners {
-            outbound: ([0, 0, 0, 0], args.outbound_port).into(),
-            inbound: ([0, 0, 0, 0], args.inbound_port).into(),
+            outbound: (bind, args.outbound_port).into(),
+            inbound: (bind, args.inbound_port).into(),
             admin: ([127, 0, 0, 1], args.admin_port).into(),
-            readiness: ([0, 0, 0, 0], args.readiness_port).into(),
+            readiness: (bind, args.readiness_port).into(),
         };
-        let dst = Arc::new(KernelOriginalDst);
+        let original_dst = |fixed: Option<std::net::SocketAddr>| -> Arc<dyn OriginalDst> {
+            match fixed {
+                Some(addr) => Arc::new(FixedDst(addr)),
+                None => Arc::new(KernelOriginalDst),
+            }
+        };
         let setup = mesh_proxy::Setup {
             state: rx,
             has_state,
-            outbound_dst: dst.clone(),
-            inbound_dst: dst,
+            outbound_dst: original_dst(args.outbound_original_dst),
+            inbound_dst: original_dst(args.inbound_original_dst),
             svids,
             on_demand,
         };

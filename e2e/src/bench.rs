@@ -1,0 +1,306 @@
+//! `mesh-bench`'s pieces: the processes under test (a backend, HAProxy, nginx, our proxy),
+//! pinned to CPUs with `taskset`, the load generator (`oha`), and what is read from `/proc`
+//! (CPU time, peak RSS). Every figure is a ratio measured in the same round, because these
+//! machines' absolute speed drifts by tens of percent between rounds (docs/performance.md).
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A tool the bench needs, and how to get it.
+#[derive(Clone, Copy, Debug)]
+pub struct Tool {
+    /// The command.
+    pub name: &'static str,
+    /// How to install it.
+    pub install: &'static str,
+}
+
+/// What the bench runs besides our binaries.
+pub const TOOLS: [Tool; 4] = [
+    Tool {
+        name: "haproxy",
+        install: "apt-get install -y haproxy",
+    },
+    Tool {
+        name: "nginx",
+        install: "apt-get install -y nginx",
+    },
+    Tool {
+        name: "oha",
+        install: "cargo install oha --locked",
+    },
+    Tool {
+        name: "taskset",
+        install: "apt-get install -y util-linux",
+    },
+];
+
+/// Finds `name` on PATH (and in the usual sbin folders, which a non-login root shell may
+/// lack, and cargo's bin folder).
+pub fn which(name: &str) -> Option<PathBuf> {
+    let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).collect())
+        .unwrap_or_default();
+    dirs.extend(["/usr/sbin", "/sbin", "/usr/local/sbin"].map(PathBuf::from));
+    if let Some(home) = std::env::var_os("HOME") {
+        dirs.push(Path::new(&home).join(".cargo/bin"));
+    }
+    dirs.into_iter().map(|d| d.join(name)).find(|p| p.is_file())
+}
+
+/// The tools missing, each with how to install it.
+pub fn missing_tools() -> Vec<Tool> {
+    TOOLS
+        .iter()
+        .filter(|t| which(t.name).is_none())
+        .copied()
+        .collect()
+}
+
+/// A free port on 127.0.0.1.
+pub fn free_port() -> std::io::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// Waits until `addr` accepts connections.
+pub fn wait_listening(addr: SocketAddr, within: Duration) -> bool {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}
+
+/// A process under test, killed when dropped.
+pub struct Running {
+    /// What it is (`haproxy`).
+    pub name: String,
+    /// Where it listens.
+    pub addr: SocketAddr,
+    child: Child,
+}
+
+impl Running {
+    /// Starts `program args` on CPU `cpu` and waits until `addr` listens.
+    pub fn start(
+        name: &str,
+        cpu: usize,
+        program: &Path,
+        args: &[String],
+        env: &[(&str, &str)],
+        addr: SocketAddr,
+        log: &Path,
+    ) -> anyhow::Result<Running> {
+        let log_file = std::fs::File::create(log)?;
+        let mut cmd = Command::new(which("taskset").unwrap_or_else(|| "taskset".into()));
+        cmd.arg("-c")
+            .arg(cpu.to_string())
+            .arg(program)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(log_file.try_clone()?)
+            .stderr(log_file);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd
+            .spawn()
+            .map_err(|e| anyhow::anyhow!("starting {name} ({}): {e}", program.display()))?;
+        let mut running = Running {
+            name: name.into(),
+            addr,
+            child,
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut listening = false;
+        while Instant::now() < deadline && running.child.try_wait().ok().flatten().is_none() {
+            if wait_listening(addr, Duration::from_millis(200)) {
+                listening = true;
+                break;
+            }
+        }
+        if !listening {
+            let status = running.child.try_wait().ok().flatten();
+            let log = std::fs::read_to_string(log).unwrap_or_default();
+            anyhow::bail!(
+                "{name} did not listen on {addr} ({}): {}",
+                status.map_or("still running".into(), |s| s.to_string()),
+                log.lines().rev().take(5).collect::<Vec<_>>().join(" | ")
+            );
+        }
+        Ok(running)
+    }
+
+    /// The pids of the process and its descendants (nginx's workers, for instance).
+    pub fn pids(&self) -> Vec<u32> {
+        let mut pids = vec![self.child.id()];
+        let mut i = 0;
+        while i < pids.len() {
+            let children = std::fs::read_dir(format!("/proc/{}/task", pids[i]))
+                .into_iter()
+                .flatten()
+                .flatten()
+                .filter_map(|t| std::fs::read_to_string(t.path().join("children")).ok())
+                .flat_map(|s| {
+                    s.split_whitespace()
+                        .filter_map(|p| p.parse::<u32>().ok())
+                        .collect::<Vec<_>>()
+                })
+                .collect::<Vec<_>>();
+            pids.extend(children);
+            i += 1;
+        }
+        pids
+    }
+
+    /// CPU time used so far (user + system) by the process and its descendants.
+    pub fn cpu(&self) -> Duration {
+        self.pids().into_iter().map(cpu_of).sum()
+    }
+
+    /// Peak resident memory (VmHWM) of the process and its descendants, in bytes.
+    pub fn peak_rss(&self) -> u64 {
+        self.pids()
+            .into_iter()
+            .filter_map(|p| status_kb(p, "VmHWM:"))
+            .sum::<u64>()
+            * 1024
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Clock ticks per second for `/proc/PID/stat` times (100 on Linux).
+const TICKS: u64 = 100;
+
+fn cpu_of(pid: u32) -> Duration {
+    let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return Duration::ZERO;
+    };
+    let Some(close) = text.rfind(')') else {
+        return Duration::ZERO;
+    };
+    let fields: Vec<&str> = text[close + 2..].split_whitespace().collect();
+    // Fields 14 and 15 (utime, stime) are at 11 and 12 after the state (field 3).
+    let ticks: u64 = [11, 12]
+        .iter()
+        .filter_map(|i| fields.get(*i)?.parse::<u64>().ok())
+        .sum();
+    Duration::from_millis(ticks * 1000 / TICKS)
+}
+
+fn status_kb(pid: u32, key: &str) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = text.lines().find(|l| l.starts_with(key))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// What one load run measured.
+#[derive(Clone, Debug, Default)]
+pub struct LoadResult {
+    /// Requests answered successfully.
+    pub ok: u64,
+    /// Requests per second.
+    pub rps: f64,
+    /// Latency percentiles, milliseconds.
+    pub p50_ms: f64,
+    /// 99th percentile.
+    pub p99_ms: f64,
+}
+
+/// Runs `oha` on CPU 0 against `url` for `secs`, with `connections` keep-alive connections;
+/// `rate` makes it open-loop at that many requests per second, with coordinated-omission
+/// correction.
+pub fn oha(
+    url: &str,
+    secs: u64,
+    connections: usize,
+    rate: Option<u64>,
+    http2: bool,
+) -> anyhow::Result<LoadResult> {
+    let oha = which("oha").ok_or_else(|| anyhow::anyhow!("oha is missing"))?;
+    let mut cmd = Command::new(which("taskset").unwrap_or_else(|| "taskset".into()));
+    cmd.args(["-c", "0"])
+        .arg(oha)
+        .args(["--no-tui", "--output-format", "json"])
+        .args(["-z", &format!("{secs}s")])
+        .args(["-c", &connections.to_string()]);
+    if let Some(r) = rate {
+        cmd.args(["-q", &r.to_string(), "--latency-correction"]);
+    }
+    if http2 {
+        cmd.arg("--http2");
+    }
+    let out = cmd.arg(url).output()?;
+    if !out.status.success() {
+        anyhow::bail!(
+            "oha against {url} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).map_err(|e| {
+        anyhow::anyhow!(
+            "oha printed no JSON ({e}): {}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    })?;
+    let ok = v["statusCodeDistribution"]["200"].as_u64().unwrap_or(0);
+    let total = v["summary"]["total"].as_f64().unwrap_or(0.0);
+    Ok(LoadResult {
+        ok,
+        rps: if total > 0.0 { ok as f64 / total } else { 0.0 },
+        p50_ms: v["latencyPercentiles"]["p50"].as_f64().unwrap_or(0.0) * 1000.0,
+        p99_ms: v["latencyPercentiles"]["p99"].as_f64().unwrap_or(0.0) * 1000.0,
+    })
+}
+
+/// The median of `xs` (0 when empty).
+pub fn median(mut xs: Vec<f64>) -> f64 {
+    if xs.is_empty() {
+        return 0.0;
+    }
+    xs.sort_by(|a, b| a.total_cmp(b));
+    let n = xs.len();
+    if n % 2 == 1 {
+        xs[n / 2]
+    } else {
+        (xs[n / 2 - 1] + xs[n / 2]) / 2.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn median_of_odd_and_even() {
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(vec![4.0, 1.0, 2.0, 3.0]), 2.5);
+        assert_eq!(median(vec![]), 0.0);
+    }
+
+    #[test]
+    fn own_cpu_time_is_read() {
+        let before = cpu_of(std::process::id());
+        let start = Instant::now();
+        let mut x = 0u64;
+        while start.elapsed() < Duration::from_millis(100) {
+            x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
+        }
+        let spent = cpu_of(std::process::id()) - before;
+        assert!(
+            spent >= Duration::from_millis(50),
+            "busy 100 ms, counted {spent:?}"
+        );
+    }
+}
