@@ -73,27 +73,36 @@ pub fn is_upgrade<B>(req: &Request<B>) -> bool {
 pub fn prepare_upstream<B>(req: &mut Request<B>, _peer: SocketAddr) {
     let upgrade = is_upgrade(req);
     let headers = req.headers_mut();
-    if !headers.contains_key("x-request-id") {
-        let id = request_id();
-        if let Ok(v) = HeaderValue::from_str(&id) {
-            headers.insert("x-request-id", v);
-        }
+    if !headers.contains_key("x-request-id")
+        && let Ok(v) = HeaderValue::from_bytes(&request_id_bytes())
+    {
+        headers.insert("x-request-id", v);
     }
     if !headers.contains_key("x-forwarded-proto") {
         headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
     }
-    // Names listed in Connection are hop-by-hop too.
-    let listed: Vec<String> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(',').map(|s| s.trim().to_ascii_lowercase()))
-        .collect();
-    for name in HOP_BY_HOP.iter().map(|s| s.to_string()).chain(listed) {
-        if upgrade && (name == "connection" || name == "upgrade") {
-            continue;
+    // Names listed in Connection are hop-by-hop too (allocated only when there are any: this
+    // runs for every request).
+    let listed: Vec<String> = if headers.contains_key(header::CONNECTION) {
+        headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(',').map(|s| s.trim().to_ascii_lowercase()))
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let keep = |name: &str| upgrade && (name == "connection" || name == "upgrade");
+    for name in HOP_BY_HOP {
+        if !keep(name) {
+            headers.remove(name);
         }
-        headers.remove(name.as_str());
+    }
+    for name in &listed {
+        if !keep(name) {
+            headers.remove(name.as_str());
+        }
     }
     if !upgrade {
         headers.remove(header::UPGRADE);
@@ -102,18 +111,26 @@ pub fn prepare_upstream<B>(req: &mut Request<B>, _peer: SocketAddr) {
 
 /// A random UUID (version 4) for `x-request-id`.
 pub fn request_id() -> String {
-    let mut b: [u8; 16] = std::array::from_fn(|_| fastrand::u8(..));
+    String::from_utf8_lossy(&request_id_bytes()).into_owned()
+}
+
+/// The same UUID as ASCII, written without formatting machinery (it runs for every request).
+fn request_id_bytes() -> [u8; 36] {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut b = fastrand::u128(..).to_be_bytes();
     b[6] = (b[6] & 0x0f) | 0x40;
     b[8] = (b[8] & 0x3f) | 0x80;
-    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
-    format!(
-        "{}-{}-{}-{}-{}",
-        &h[0..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..32]
-    )
+    let mut out = [b'-'; 36];
+    let mut at = 0;
+    for (i, byte) in b.iter().enumerate() {
+        if matches!(i, 4 | 6 | 8 | 10) {
+            at += 1;
+        }
+        out[at] = HEX[usize::from(byte >> 4)];
+        out[at + 1] = HEX[usize::from(byte & 0x0f)];
+        at += 2;
+    }
+    out
 }
 
 /// The request to send upstream: to `target`'s address, same method, headers and body (taken
@@ -378,6 +395,14 @@ mod tests {
         let id = request_id();
         assert_eq!(id.len(), 36);
         assert_eq!(&id[14..15], "4");
+        assert!(matches!(&id[19..20], "8" | "9" | "a" | "b"), "{id}");
+        for (i, c) in id.chars().enumerate() {
+            if matches!(i, 8 | 13 | 18 | 23) {
+                assert_eq!(c, '-', "{id}");
+            } else {
+                assert!(c.is_ascii_hexdigit() && !c.is_ascii_uppercase(), "{id}");
+            }
+        }
         assert_ne!(id, request_id());
     }
 

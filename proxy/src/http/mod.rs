@@ -232,20 +232,28 @@ async fn outbound_request(req: Request<Incoming>, ctx: &Conn) -> Response<Body> 
     let mut req = req.map(BodyExt::boxed);
     let state = ctx.inputs.state.borrow().clone();
     let started = tokio::time::Instant::now();
+    // The access log line is built only when it is written (off in Istio's default profile).
+    let logged = tracing::enabled!(target: "access", tracing::Level::INFO);
     let method = req.method().clone();
-    let path = req.uri().path().to_string();
+    let path = if logged {
+        req.uri().path().to_string()
+    } else {
+        String::new()
+    };
     let (response, target, flags) = decide_and_send(&mut req, ctx, &state).await;
-    let upstream = target
-        .as_ref()
-        .map_or_else(|| "-".to_string(), |t| t.addr.to_string());
-    let service = target.as_ref().map_or("-", |t| t.service.as_str());
-    tracing::info!(
-        target: "access",
-        "outbound http {} {method} {path} {} service={service} upstream={upstream} flags={flags} duration_ms={}",
-        ctx.peer,
-        response.status().as_u16(),
-        started.elapsed().as_millis()
-    );
+    if logged {
+        let upstream = target
+            .as_ref()
+            .map_or_else(|| "-".to_string(), |t| t.addr.to_string());
+        let service = target.as_ref().map_or("-", |t| t.service.as_str());
+        tracing::info!(
+            target: "access",
+            "outbound http {} {method} {path} {} service={service} upstream={upstream} flags={flags} duration_ms={}",
+            ctx.peer,
+            response.status().as_u16(),
+            started.elapsed().as_millis()
+        );
+    }
     response
 }
 
