@@ -190,10 +190,10 @@ spec:
     assert_eq!(mallory.by_version.get("v1"), Some(&50), "{mallory:?}");
 }
 
-#[test]
-fn config_change_under_traffic_fails_no_request() {
-    let Some(c) = seed("change") else { return };
-    let report = std::thread::scope(|s| {
+/// Runs 3000 requests from order to shipping at 300 rps (10 s) and, once traffic flows,
+/// `during`; returns the load's report.
+fn under_load(c: &LocalCluster, during: impl FnOnce()) -> Report {
+    std::thread::scope(|s| {
         let load = s.spawn(|| {
             c.load(
                 "order-v1-0",
@@ -202,19 +202,31 @@ fn config_change_under_traffic_fails_no_request() {
             )
         });
         assert!(
-            wait_until(DEADLINE, || inbound_requests(&c, "shipping-v1-0") >= 50),
+            wait_until(DEADLINE, || inbound_requests(c, "shipping-v1-0") >= 50),
             "traffic never reached shipping v1"
         );
-        let v2_before = inbound_requests(&c, "shipping-v2-0");
-        c.apply_yaml(SHIPPING_HALF).unwrap();
-        c.apply_yaml(SHIPPING_ALL_V2).unwrap();
-        // The change reaches traffic while the load still runs.
-        assert!(
-            wait_until(DEADLINE, || inbound_requests(&c, "shipping-v2-0")
-                >= v2_before + 300),
-            "the change never reached traffic"
-        );
+        during();
         load.join().unwrap().unwrap()
+    })
+}
+
+/// Applies "all to v2" and waits until v2 has answered 300 more requests (the load still runs).
+fn switch_to_v2_and_see_it(c: &LocalCluster) {
+    let v2_before = inbound_requests(c, "shipping-v2-0");
+    c.apply_yaml(SHIPPING_ALL_V2).unwrap();
+    assert!(
+        wait_until(DEADLINE, || inbound_requests(c, "shipping-v2-0")
+            >= v2_before + 300),
+        "the change never reached traffic"
+    );
+}
+
+#[test]
+fn config_change_under_traffic_fails_no_request() {
+    let Some(c) = seed("change") else { return };
+    let report = under_load(&c, || {
+        c.apply_yaml(SHIPPING_HALF).unwrap();
+        switch_to_v2_and_see_it(&c);
     });
     assert_eq!(report.requests, 3000);
     assert_all_ok(&report);
@@ -227,18 +239,7 @@ fn config_change_under_traffic_fails_no_request() {
 #[test]
 fn pilot_killed_and_restarted_under_traffic_fails_no_request() {
     let Some(c) = seed("restart") else { return };
-    let report = std::thread::scope(|s| {
-        let load = s.spawn(|| {
-            c.load(
-                "order-v1-0",
-                "http://shipping-service:8080/",
-                &["-n", "3000", "-c", "4", "--rate", "300"],
-            )
-        });
-        assert!(
-            wait_until(DEADLINE, || inbound_requests(&c, "shipping-v1-0") >= 50),
-            "traffic never reached shipping v1"
-        );
+    let report = under_load(&c, || {
         c.restart_control_plane().unwrap();
         // Every sidecar reconnects to the new pilot...
         let reconnected = wait_until(DEADLINE, || {
@@ -250,14 +251,7 @@ fn pilot_killed_and_restarted_under_traffic_fails_no_request() {
         });
         assert!(reconnected, "the sidecars did not reconnect to pilot");
         // ...and a change made after the restart reaches traffic.
-        let v2_before = inbound_requests(&c, "shipping-v2-0");
-        c.apply_yaml(SHIPPING_ALL_V2).unwrap();
-        assert!(
-            wait_until(DEADLINE, || inbound_requests(&c, "shipping-v2-0")
-                >= v2_before + 300),
-            "a change after the restart never reached traffic"
-        );
-        load.join().unwrap().unwrap()
+        switch_to_v2_and_see_it(&c);
     });
     assert_eq!(report.requests, 3000);
     assert_all_ok(&report);
