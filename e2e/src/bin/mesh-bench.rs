@@ -3,9 +3,10 @@
 //! returning a fixed 200) and the load generator (oha) on CPU 0; the proxy under test on CPU 1
 //! with one worker thread; everything on 127.0.0.1. Figures are medians of per-round ratios.
 //!
-//! This first slice measures plaintext HTTP/1.1 keep-alive at saturation: requests per second,
-//! CPU per 1000 requests, peak RSS and upstream connection reuse. The mTLS pair, HTTP/2, TCP,
-//! open-loop latency and the plot come next (issue 7).
+//! Measured so far for one plaintext HTTP/1.1 keep-alive hop: at saturation, requests per
+//! second, CPU per 1000 requests, peak RSS and upstream connection reuse; open loop at 1000 rps
+//! (coordinated-omission corrected), p50/p99 and what they add to direct in the same round.
+//! The mTLS pair, HTTP/2, TCP, half-saturation latency and the plot come next (issue 7).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -230,7 +231,15 @@ struct Figures {
     rps: Vec<f64>,
     cpu_ms_per_1000: Vec<f64>,
     reuse: Vec<f64>,
+    /// Open-loop at 1000 rps: p50 and p99, and what they add to direct's in the same round.
+    p50_ms: Vec<f64>,
+    p99_ms: Vec<f64>,
+    added_p50_ms: Vec<f64>,
+    added_p99_ms: Vec<f64>,
 }
+
+/// The open-loop rate latency is measured at (requests per second).
+const LATENCY_RATE: u64 = 1000;
 
 fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
     let missing = bench::missing_tools();
@@ -251,6 +260,7 @@ fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
     let mut rps_ratio = Vec::new();
     for round in 0..rounds {
         let mut this_round: BTreeMap<&str, (f64, f64)> = BTreeMap::new();
+        let mut latencies: BTreeMap<&str, (f64, f64)> = BTreeMap::new();
         for i in 0..TARGETS.len() {
             let target = TARGETS[(i + round) % TARGETS.len()];
             let (url_addr, proc) = match target {
@@ -282,12 +292,32 @@ fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
                 f.reuse.push(1.0 - accepts as f64 / r.ok as f64);
             }
             this_round.insert(target, (r.rps, per_1000));
+            // Open loop at a fixed rate, with coordinated-omission correction.
+            let lat = bench::oha(
+                &format!("http://{url_addr}/"),
+                secs,
+                CONNECTIONS,
+                Some(LATENCY_RATE),
+                false,
+            )?;
+            latencies.insert(target, (lat.p50_ms, lat.p99_ms));
+            f.p50_ms.push(lat.p50_ms);
+            f.p99_ms.push(lat.p99_ms);
             eprintln!(
-                "round {}/{rounds} {target:<8} {:>8.0} rps  {:>6.1} CPU-ms/1000 req",
+                "round {}/{rounds} {target:<8} {:>8.0} rps  {:>6.1} CPU-ms/1000 req  at {LATENCY_RATE} rps: p50 {:.3} ms p99 {:.3} ms",
                 round + 1,
                 r.rps,
-                per_1000
+                per_1000,
+                lat.p50_ms,
+                lat.p99_ms
             );
+        }
+        let direct = latencies["direct"];
+        for (target, (p50, p99)) in &latencies {
+            if let Some(f) = figures.get_mut(target) {
+                f.added_p50_ms.push(p50 - direct.0);
+                f.added_p99_ms.push(p99 - direct.1);
+            }
         }
         let (m, h) = (this_round["mesh"], this_round["haproxy"]);
         if h.0 > 0.0 && h.1 > 0.0 {
@@ -312,14 +342,22 @@ fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
             "added_p50_pair_vs_haproxy": null,
             "added_p99_pair_vs_haproxy": null,
             "rss_1000_services_mb": null,
+            "latency_1000rps": TARGETS.iter().map(|t| (t.to_string(), serde_json::json!({
+                "p50_ms": median(figures[t].p50_ms.clone()),
+                "p99_ms": median(figures[t].p99_ms.clone()),
+                "added_p50_ms": median(figures[t].added_p50_ms.clone()),
+                "added_p99_ms": median(figures[t].added_p99_ms.clone()),
+            }))).collect::<serde_json::Map<_, _>>(),
         });
         println!("{out}");
     } else {
         println!(
             "\nOne plaintext HTTP/1.1 hop at saturation ({rounds} rounds × {secs} s, {CONNECTIONS} connections; medians)\n"
         );
-        println!("| target | requests/s | CPU-ms per 1000 requests | upstream reuse | peak RSS |");
-        println!("|---|---:|---:|---:|---:|");
+        println!(
+            "| target | requests/s | CPU-ms per 1000 requests | upstream reuse | peak RSS | p50 / p99 at {LATENCY_RATE} rps | added p50 / p99 vs direct |"
+        );
+        println!("|---|---:|---:|---:|---:|---:|---:|");
         for t in TARGETS {
             let f = &figures[t];
             let rss = match t {
@@ -332,9 +370,13 @@ fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
                 format!("{:.4}", median(f.reuse.clone()))
             };
             println!(
-                "| {t} | {:.0} | {:.1} | {reuse} | {rss} |",
+                "| {t} | {:.0} | {:.1} | {reuse} | {rss} | {:.3} / {:.3} ms | {:+.3} / {:+.3} ms |",
                 median(f.rps.clone()),
                 median(f.cpu_ms_per_1000.clone()),
+                median(f.p50_ms.clone()),
+                median(f.p99_ms.clone()),
+                median(f.added_p50_ms.clone()),
+                median(f.added_p99_ms.clone()),
             );
         }
         println!(
