@@ -326,6 +326,7 @@ fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
         }
     }
     let rss_mb = |b: u64| b as f64 / (1024.0 * 1024.0);
+    let rss_1000 = rss_with_services(dir.path(), 1000)?;
     let mesh_peak = rss_mb(setup.proxies["mesh"].peak_rss());
     let cpu_vs = median(cpu_ratio);
     let rps_vs = median(rps_ratio);
@@ -341,7 +342,7 @@ fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
             "rss_peak_mb": mesh_peak,
             "added_p50_pair_vs_haproxy": null,
             "added_p99_pair_vs_haproxy": null,
-            "rss_1000_services_mb": null,
+            "rss_1000_services_mb": rss_mb(rss_1000),
             "latency_1000rps": TARGETS.iter().map(|t| (t.to_string(), serde_json::json!({
                 "p50_ms": median(figures[t].p50_ms.clone()),
                 "p99_ms": median(figures[t].p99_ms.clone()),
@@ -383,9 +384,71 @@ fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
             "\nmesh ÷ HAProxy (median of per-round ratios): CPU per request {cpu_vs:.2} (target ≤ 1.0), requests/s {rps_vs:.2} (target ≥ 1.0)"
         );
         println!(
-            "mesh proxy RSS: {:.1} MiB idle, {mesh_peak:.1} MiB peak; upstream reuse {reuse:.4} (target ≥ 0.99)",
-            rss_mb(idle_rss)
+            "mesh proxy RSS: {:.1} MiB idle (target ≤ 10 MB), {:.1} MiB idle with 1000 services and 10,000 endpoints (target ≤ 20 MB), {mesh_peak:.1} MiB peak under load; upstream reuse {reuse:.4} (target ≥ 0.99)",
+            rss_mb(idle_rss),
+            rss_mb(rss_1000)
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Peak RSS of a proxy holding `services` services of 10 endpoints each (as pilot would send
+/// a proxy that sees the whole mesh), idle.
+fn rss_with_services(dir: &Path, services: usize) -> anyhow::Result<u64> {
+    use std::fmt::Write;
+    let proxy = meshctl::local::find_binary("mesh-proxy", "mesh-proxy")?;
+    let mut state = String::from("version: big\nservices:\n");
+    for i in 0..services {
+        let _ = write!(
+            state,
+            "- hostname: svc-{i}.bench.svc.cluster.local\n  namespace: bench\n  addresses: [10.96.{}.{}]\n  ports: [{{port: 8080, name: http}}]\n  endpoints: [",
+            i / 250,
+            i % 250 + 1
+        );
+        for e in 0..10 {
+            let n = i * 10 + e;
+            let sep = if e == 0 { "" } else { ", " };
+            let _ = write!(
+                state,
+                "{sep}{{address: 10.244.{}.{}}}",
+                n / 250,
+                n % 250 + 1
+            );
+        }
+        state.push_str("]\n");
+    }
+    let file = dir.join("state-1000.yaml");
+    std::fs::write(&file, state)?;
+    let ports: Vec<u16> = (0..4)
+        .map(|_| bench::free_port())
+        .collect::<Result<_, _>>()?;
+    let args: Vec<String> = [
+        "run",
+        "--state-file",
+        &file.display().to_string(),
+        "--bind-address",
+        "127.0.0.1",
+        "--outbound-port",
+        &ports[0].to_string(),
+        "--inbound-port",
+        &ports[1].to_string(),
+        "--admin-port",
+        &ports[2].to_string(),
+        "--readiness-port",
+        &ports[3].to_string(),
+        "--worker-threads",
+        "1",
+    ]
+    .map(String::from)
+    .to_vec();
+    let big = Running::start(
+        "mesh-1000",
+        1,
+        &proxy,
+        &args,
+        &[("RUST_LOG", "warn")],
+        addr(ports[0]),
+        &dir.join("mesh-1000.log"),
+    )?;
+    Ok(big.peak_rss())
 }
