@@ -175,8 +175,29 @@ impl Running {
 
 impl Drop for Running {
     fn drop(&mut self) {
+        // SIGTERM first, so a master (nginx) stops and reaps its own workers; whatever is
+        // left after 2 s is killed, the whole tree.
+        let descendants: Vec<u32> = self.pids().into_iter().skip(1).collect();
+        if let Ok(pid) = i32::try_from(self.child.id()) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+        }
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while Instant::now() < deadline && self.child.try_wait().ok().flatten().is_none() {
+            std::thread::sleep(Duration::from_millis(10));
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
+        for pid in descendants {
+            if let Ok(pid) = i32::try_from(pid) {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
     }
 }
 
