@@ -209,12 +209,7 @@ pub fn ps(args: &DirArg) -> ExitCode {
             (false, _) => "exited",
             (true, false) => "no-proxy",
         };
-        let labels = pod
-            .labels
-            .iter()
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect::<Vec<_>>()
-            .join(",");
+        let labels = pod.labels_text();
         let ports = pod
             .ports
             .iter()

@@ -259,12 +259,7 @@ impl Mesh {
         token: &std::path::Path,
     ) -> Result<Recorded, RuntimeError> {
         let log = self.open_log(pod, "proxy.log")?;
-        let labels = pod
-            .labels
-            .iter()
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect::<Vec<_>>()
-            .join(",");
+        let labels = pod.labels_text();
         let child = net::in_netns(&pod.netns, || {
             Command::new(proxy_bin)
                 .arg("run")
@@ -298,20 +293,10 @@ impl Mesh {
 
     fn spawn_app(&self, pod: &PodRecord) -> Result<Recorded, RuntimeError> {
         let log = self.open_log(pod, "app.log")?;
-        // The app finds mesh-echo and the other mesh binaries on its PATH.
-        let mut path = std::env::var_os("PATH").unwrap_or_default();
-        if let Ok(echo) = find_binary("mesh-echo", "mesh-e2e")
-            && let Some(dir) = echo.parent()
-        {
-            let mut p = std::ffi::OsString::from(dir);
-            p.push(":");
-            p.push(&path);
-            path = p;
-        }
         let child = Command::new("ip")
             .args(["netns", "exec", &pod.netns])
             .args(&pod.command)
-            .env("PATH", path)
+            .env("PATH", app_path())
             .env("POD_NAME", &pod.name)
             .env("POD_NAMESPACE", &pod.namespace)
             .env("POD_IP", &pod.address)
@@ -407,15 +392,9 @@ impl Mesh {
     pub fn exec_command(&self, name: &str, args: &[String]) -> Result<Command, RuntimeError> {
         let pod = self.pod(name)?;
         let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &pod.netns]).args(args);
-        if let Ok(echo) = find_binary("mesh-echo", "mesh-e2e")
-            && let Some(dir) = echo.parent()
-        {
-            let mut p = std::ffi::OsString::from(dir);
-            p.push(":");
-            p.push(std::env::var_os("PATH").unwrap_or_default());
-            cmd.env("PATH", p);
-        }
+        cmd.args(["netns", "exec", &pod.netns])
+            .args(args)
+            .env("PATH", app_path());
         Ok(cmd)
     }
 
@@ -509,6 +488,24 @@ impl Mesh {
                 hint: log_tail(&self.layout.pod_dir(client).join("proxy.log"), 5),
             })
         }
+    }
+}
+
+/// PATH for commands run in pods: the folder holding mesh-echo (and the other mesh binaries)
+/// first, so `mesh-echo` resolves without installing it.
+fn app_path() -> std::ffi::OsString {
+    let inherited = std::env::var_os("PATH").unwrap_or_default();
+    match find_binary("mesh-echo", "mesh-e2e") {
+        Ok(echo) => {
+            let mut p = echo
+                .parent()
+                .map(std::ffi::OsString::from)
+                .unwrap_or_default();
+            p.push(":");
+            p.push(&inherited);
+            p
+        }
+        Err(_) => inherited,
     }
 }
 

@@ -55,6 +55,17 @@ pub struct PodRecord {
     pub proxy: Option<Recorded>,
 }
 
+impl PodRecord {
+    /// The labels as `k=v,k2=v2` (the sidecar's `--labels`, `meshctl ps`).
+    pub fn labels_text(&self) -> String {
+        self.labels
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+}
+
 impl RuntimeState {
     /// The hub namespace.
     pub fn hub(&self) -> String {
