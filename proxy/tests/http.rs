@@ -497,6 +497,31 @@ async fn http2_clients_are_served_and_forwarded() {
 }
 
 #[tokio::test]
+async fn http2_clients_reach_an_http_port_over_http1() {
+    // An `http` port of a destination without a sidecar may speak only HTTP/1.1 (nginx does):
+    // the port decides the upstream protocol, not the client, as in Istio.
+    let v1 = backend("v1").await;
+    let svc = service(SHOP, "10.96.0.20", &[(v1.addr, "v1")], vec![]);
+    let (proxy, _tx) = proxy_for(vec![svc], VIP).await;
+    let stream = TcpStream::connect(proxy.bound.outbound).await.unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let req = Request::builder()
+        .uri("http://shop/h1")
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    let resp = sender.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let body: serde_json::Value =
+        serde_json::from_slice(&resp.into_body().collect().await.unwrap().to_bytes()).unwrap();
+    assert_eq!(body["version"], "HTTP/1.1");
+    assert_eq!(body["path"], "/h1");
+}
+
+#[tokio::test]
 async fn upstream_connections_are_reused() {
     let v1 = backend("v1").await;
     let (proxy, _tx) = proxy_for(

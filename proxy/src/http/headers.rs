@@ -68,6 +68,13 @@ pub fn is_upgrade<B>(req: &Request<B>) -> bool {
     req.version() == Version::HTTP_11 && req.headers().contains_key(header::UPGRADE)
 }
 
+/// A gRPC call (`content-type: application/grpc...`), which only HTTP/2 carries.
+pub fn is_grpc<B>(req: &Request<B>) -> bool {
+    req.headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+}
+
 /// Headers every forwarded request gets: a request id when absent, the original protocol, and
 /// no hop-by-hop headers (except those an upgrade needs).
 pub fn prepare_upstream<B>(req: &mut Request<B>, _peer: SocketAddr) {

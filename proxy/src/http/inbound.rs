@@ -60,12 +60,8 @@ async fn inbound_request(
     append_forwarded_for(&mut req, peer);
     headers::prepare_upstream(&mut req, peer);
     let upgrade = headers::is_upgrade(&req);
-    let grpc = req
-        .headers()
-        .get(hyper::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("application/grpc"));
-    let h2 = !upgrade && (grpc || matches!(app, Protocol::Http2 | Protocol::Grpc));
+    let h2 =
+        !upgrade && (headers::is_grpc(&req) || matches!(app, Protocol::Http2 | Protocol::Grpc));
     let target = Target {
         service: "inbound".into(),
         subset: String::new(),

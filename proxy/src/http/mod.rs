@@ -384,9 +384,11 @@ async fn send_to(
         );
     };
     // Between two sidecars HTTP rides HTTP/2 whatever the app speaks; the peer's inbound side
-    // restores what the destination app expects. Upgrades (WebSocket) stay HTTP/1.1.
-    let h2 = req.version() == Version::HTTP_2
-        || matches!(port.protocol, Protocol::Http2 | Protocol::Grpc)
+    // restores what the destination app expects. Upgrades (WebSocket) stay HTTP/1.1. To a
+    // destination without a sidecar the port's protocol decides, not the client's: an `http`
+    // port gets HTTP/1.1 even from an HTTP/2 client, as in Istio; gRPC always needs HTTP/2.
+    let h2 = matches!(port.protocol, Protocol::Http2 | Protocol::Grpc)
+        || headers::is_grpc(req)
         || (target.mesh && !headers::is_upgrade(req));
     let timeout_ms = route.map_or(0, |r| r.timeout_ms);
     let retries = route.map_or(0, |r| r.retries);
