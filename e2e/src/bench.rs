@@ -11,29 +11,50 @@ use std::time::{Duration, Instant};
 /// A tool the bench needs, and how to get it.
 #[derive(Clone, Copy, Debug)]
 pub struct Tool {
-    /// The command.
+    /// The command (or, with `file`, what the file is).
     pub name: &'static str,
     /// How to install it.
     pub install: &'static str,
+    /// A file to look for instead of a command on PATH (a module, a font).
+    pub file: Option<&'static str>,
 }
 
+/// nginx's stream (TCP proxy) module, loaded by the nginx under test for the TCP case.
+pub const NGINX_STREAM_MODULE: &str = "/usr/lib/nginx/modules/ngx_stream_module.so";
+/// The font the plot's labels are drawn with.
+pub const PLOT_FONT: &str = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf";
+
 /// What the bench runs besides our binaries.
-pub const TOOLS: [Tool; 4] = [
+pub const TOOLS: [Tool; 6] = [
     Tool {
         name: "haproxy",
         install: "apt-get install -y haproxy",
+        file: None,
     },
     Tool {
         name: "nginx",
         install: "apt-get install -y nginx",
+        file: None,
+    },
+    Tool {
+        name: "nginx stream module",
+        install: "apt-get install -y libnginx-mod-stream",
+        file: Some(NGINX_STREAM_MODULE),
     },
     Tool {
         name: "oha",
         install: "cargo install oha --locked",
+        file: None,
     },
     Tool {
         name: "taskset",
         install: "apt-get install -y util-linux",
+        file: None,
+    },
+    Tool {
+        name: "DejaVu font (plot labels)",
+        install: "apt-get install -y fonts-dejavu-core",
+        file: Some(PLOT_FONT),
     },
 ];
 
@@ -54,7 +75,10 @@ pub fn which(name: &str) -> Option<PathBuf> {
 pub fn missing_tools() -> Vec<Tool> {
     TOOLS
         .iter()
-        .filter(|t| which(t.name).is_none())
+        .filter(|t| match t.file {
+            Some(f) => !Path::new(f).is_file(),
+            None => which(t.name).is_none(),
+        })
         .copied()
         .collect()
 }
@@ -231,20 +255,25 @@ fn status_kb(pid: u32, key: &str) -> Option<u64> {
 pub struct LoadResult {
     /// Requests answered successfully.
     pub ok: u64,
+    /// Requests that failed (non-200 answers and errors; requests cut at the deadline are
+    /// not counted).
+    pub failed: u64,
     /// Requests per second.
     pub rps: f64,
     /// Latency percentiles, milliseconds.
     pub p50_ms: f64,
     /// 99th percentile.
     pub p99_ms: f64,
+    /// Every percentile oha reports: (percentile, milliseconds), ascending.
+    pub percentiles: Vec<(f64, f64)>,
 }
 
-/// Runs `oha` on CPU 0 against `url` for `secs`, with `connections` keep-alive connections;
-/// `rate` makes it open-loop at that many requests per second, with coordinated-omission
-/// correction.
+/// Runs `oha` on CPU 0 against `url` for `duration`, with `connections` keep-alive
+/// connections; `rate` makes it open-loop at that many requests per second, with
+/// coordinated-omission correction.
 pub fn oha(
     url: &str,
-    secs: u64,
+    duration: Duration,
     connections: usize,
     rate: Option<u64>,
     http2: bool,
@@ -254,13 +283,17 @@ pub fn oha(
     cmd.args(["-c", "0"])
         .arg(oha)
         .args(["--no-tui", "--output-format", "json"])
-        .args(["-z", &format!("{secs}s")])
-        .args(["-c", &connections.to_string()]);
+        .args(["-z", &format!("{}ms", duration.as_millis())]);
+    if http2 {
+        // One connection carries many streams: `connections` requests in flight as 8 streams
+        // on each of connections ÷ 8 connections.
+        let conns = (connections / 8).max(1);
+        cmd.args(["--http2", "-c", &conns.to_string(), "-p", "8"]);
+    } else {
+        cmd.args(["-c", &connections.to_string()]);
+    }
     if let Some(r) = rate {
         cmd.args(["-q", &r.to_string(), "--latency-correction"]);
-    }
-    if http2 {
-        cmd.arg("--http2");
     }
     let out = cmd.arg(url).output()?;
     if !out.status.success() {
@@ -275,14 +308,92 @@ pub fn oha(
             String::from_utf8_lossy(&out.stdout)
         )
     })?;
-    let ok = v["statusCodeDistribution"]["200"].as_u64().unwrap_or(0);
+    parse_oha(&v)
+}
+
+/// Reads oha's JSON summary.
+fn parse_oha(v: &serde_json::Value) -> anyhow::Result<LoadResult> {
+    let codes = v["statusCodeDistribution"]
+        .as_object()
+        .cloned()
+        .unwrap_or_default();
+    let ok = codes.get("200").and_then(|n| n.as_u64()).unwrap_or(0);
+    let other: u64 = codes
+        .iter()
+        .filter(|(k, _)| *k != "200")
+        .filter_map(|(_, n)| n.as_u64())
+        .sum();
+    // Requests still in flight when the time is up are cut ("aborted due to deadline"):
+    // that is how the run ends, not a failure.
+    let errors: u64 = v["errorDistribution"]
+        .as_object()
+        .map(|m| {
+            m.iter()
+                .filter(|(k, _)| !k.contains("deadline"))
+                .filter_map(|(_, n)| n.as_u64())
+                .sum()
+        })
+        .unwrap_or(0);
     let total = v["summary"]["total"].as_f64().unwrap_or(0.0);
+    let mut percentiles: Vec<(f64, f64)> = v["latencyPercentiles"]
+        .as_object()
+        .map(|m| {
+            m.iter()
+                .filter_map(|(k, s)| {
+                    Some((k.strip_prefix('p')?.parse().ok()?, s.as_f64()? * 1000.0))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    percentiles.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let at = |p: f64| {
+        percentiles
+            .iter()
+            .find(|(q, _)| (q - p).abs() < 1e-9)
+            .map_or(0.0, |(_, ms)| *ms)
+    };
     Ok(LoadResult {
         ok,
+        failed: other + errors,
         rps: if total > 0.0 { ok as f64 / total } else { 0.0 },
-        p50_ms: v["latencyPercentiles"]["p50"].as_f64().unwrap_or(0.0) * 1000.0,
-        p99_ms: v["latencyPercentiles"]["p99"].as_f64().unwrap_or(0.0) * 1000.0,
+        p50_ms: at(50.0),
+        p99_ms: at(99.0),
+        percentiles,
     })
+}
+
+/// One HTTP/1.1 GET to `addr` (connection closed after): status code and body.
+pub fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut conn = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    conn.set_read_timeout(Some(Duration::from_secs(5)))?;
+    conn.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n").as_bytes(),
+    )?;
+    let mut text = String::new();
+    conn.read_to_string(&mut text)?;
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("not an HTTP answer: {text:?}")))?;
+    let body = text
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, b)| b)
+        .to_string();
+    Ok((status, body))
+}
+
+/// Waits until `GET path` on `addr` answers 200.
+pub fn wait_ok(addr: SocketAddr, path: &str, within: Duration) -> bool {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if http_get(addr, path).is_ok_and(|(s, _)| s == 200) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
 }
 
 /// The median of `xs` (0 when empty).
@@ -308,6 +419,26 @@ mod tests {
         assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
         assert_eq!(median(vec![4.0, 1.0, 2.0, 3.0]), 2.5);
         assert_eq!(median(vec![]), 0.0);
+    }
+
+    #[test]
+    fn oha_summary_is_read() {
+        let v = serde_json::json!({
+            "summary": {"total": 2.0},
+            "statusCodeDistribution": {"200": 1000, "503": 3},
+            "errorDistribution": {"aborted due to deadline": 12, "connection refused": 2},
+            "latencyPercentiles": {"p50": 0.0002, "p99": 0.001, "p99.9": 0.004, "p10": 0.0001}
+        });
+        let r = parse_oha(&v).unwrap();
+        assert_eq!(r.ok, 1000);
+        assert_eq!(
+            r.failed, 5,
+            "503s and errors count, the deadline's cut does not"
+        );
+        assert_eq!(r.rps, 500.0);
+        assert!((r.p50_ms - 0.2).abs() < 1e-9 && (r.p99_ms - 1.0).abs() < 1e-9);
+        let pcts: Vec<f64> = r.percentiles.iter().map(|p| p.0).collect();
+        assert_eq!(pcts, vec![10.0, 50.0, 99.0, 99.9]);
     }
 
     #[test]

@@ -6,4 +6,5 @@ pub mod bench;
 pub mod echo;
 pub mod harness;
 pub mod load;
+pub mod plot;
 pub mod ws_grpc;
