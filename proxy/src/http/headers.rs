@@ -4,6 +4,7 @@
 
 use std::net::SocketAddr;
 
+use http::uri::{Authority, PathAndQuery, Scheme};
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode, Uri, Version};
 
@@ -12,15 +13,15 @@ use crate::outbound::Target;
 use crate::state::{State, proto};
 
 /// Headers that belong to one connection and are never forwarded (RFC 9110 §7.6.1).
-const HOP_BY_HOP: [&str; 8] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
+static HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
 ];
 
 /// The request's authority: `:authority` / the URI's, else the Host header.
@@ -75,18 +76,29 @@ pub fn is_grpc<B>(req: &Request<B>) -> bool {
         .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
 }
 
+// Header names the proxy adds to every request, made once (a name given as a string is parsed
+// and, for names outside the standard set, copied each time).
+/// `x-request-id`.
+pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+/// `x-forwarded-proto`.
+pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+/// `x-forwarded-for`.
+pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+/// `x-forwarded-client-cert`.
+pub static X_FORWARDED_CLIENT_CERT: HeaderName = HeaderName::from_static("x-forwarded-client-cert");
+
 /// Headers every forwarded request gets: a request id when absent, the original protocol, and
 /// no hop-by-hop headers (except those an upgrade needs).
 pub fn prepare_upstream<B>(req: &mut Request<B>, _peer: SocketAddr) {
     let upgrade = is_upgrade(req);
     let headers = req.headers_mut();
-    if !headers.contains_key("x-request-id")
+    if !headers.contains_key(&X_REQUEST_ID)
         && let Ok(v) = HeaderValue::from_bytes(&request_id_bytes())
     {
-        headers.insert("x-request-id", v);
+        headers.insert(X_REQUEST_ID.clone(), v);
     }
-    if !headers.contains_key("x-forwarded-proto") {
-        headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+    if !headers.contains_key(&X_FORWARDED_PROTO) {
+        headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
     }
     // Names listed in Connection are hop-by-hop too (allocated only when there are any: this
     // runs for every request).
@@ -101,8 +113,8 @@ pub fn prepare_upstream<B>(req: &mut Request<B>, _peer: SocketAddr) {
         Vec::new()
     };
     let keep = |name: &str| upgrade && (name == "connection" || name == "upgrade");
-    for name in HOP_BY_HOP {
-        if !keep(name) {
+    for name in &HOP_BY_HOP {
+        if !keep(name.as_str()) {
             headers.remove(name);
         }
     }
@@ -146,17 +158,32 @@ pub fn upstream_request(
     req: &mut Request<Body>,
     target: &Target,
     h2: bool,
+    take_headers: bool,
 ) -> Result<Request<Body>, String> {
-    let pq = req.uri().path_and_query().map_or("/", |p| p.as_str());
     // `https` asks the connector for mesh mTLS to this address.
     let scheme = if target.mtls || target.originate.is_some() {
-        "https"
+        Scheme::HTTPS
     } else {
-        "http"
+        Scheme::HTTP
     };
-    let uri: Uri = format!("{scheme}://{}{pq}", target.addr)
-        .parse()
-        .map_err(|e| format!("{e}"))?;
+    let authority = addr_text(target.addr);
+    let mut parts = http::uri::Parts::default();
+    parts.scheme = Some(scheme);
+    parts.authority = Some(
+        Authority::from_maybe_shared(bytes::Bytes::from(authority)).map_err(|e| e.to_string())?,
+    );
+    // Shares the request's buffer: no copy of the path.
+    parts.path_and_query = Some(
+        req.uri()
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/")),
+    );
+    let uri = Uri::from_parts(parts).map_err(|e| e.to_string())?;
+    let host = req
+        .uri()
+        .authority()
+        .and_then(|a| HeaderValue::from_str(a.as_str()).ok());
     let body = std::mem::replace(req.body_mut(), full(bytes::Bytes::new()));
     let mut out = Request::new(body);
     *out.method_mut() = req.method().clone();
@@ -166,14 +193,52 @@ pub fn upstream_request(
     } else {
         Version::HTTP_11
     };
-    *out.headers_mut() = req.headers().clone();
-    let host = authority(req);
-    if !host.is_empty()
-        && let Ok(v) = HeaderValue::from_str(&host)
-    {
+    // Handing the headers over saves copying every one of them; a request that may be retried
+    // keeps its own.
+    *out.headers_mut() = if take_headers {
+        std::mem::take(req.headers_mut())
+    } else {
+        req.headers().clone()
+    };
+    // An absolute-form request's authority wins over its Host header, as in HTTP/1.1.
+    if let Some(v) = host {
         out.headers_mut().insert(header::HOST, v);
     }
     Ok(out)
+}
+
+/// `ip:port` as text; IPv4 written digit by digit (`SocketAddr`'s Display costs about 1,300
+/// instructions, and this runs for every request).
+fn addr_text(addr: SocketAddr) -> String {
+    let SocketAddr::V4(v4) = addr else {
+        return addr.to_string();
+    };
+    fn push_decimal(out: &mut String, n: u16) {
+        let mut digits = [0u8; 5];
+        let mut i = digits.len();
+        let mut n = n;
+        loop {
+            i -= 1;
+            digits[i] = b'0' + (n % 10) as u8;
+            n /= 10;
+            if n == 0 {
+                break;
+            }
+        }
+        for d in &digits[i..] {
+            out.push(char::from(*d));
+        }
+    }
+    let mut out = String::with_capacity(21);
+    for (i, octet) in v4.ip().octets().iter().enumerate() {
+        if i > 0 {
+            out.push('.');
+        }
+        push_decimal(&mut out, u16::from(*octet));
+    }
+    out.push(':');
+    push_decimal(&mut out, v4.port());
+    out
 }
 
 /// Joins the client's and the upstream's upgraded connections once the upstream agreed (101).
@@ -390,6 +455,21 @@ pub fn cors_response<B>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn addresses_are_written_like_display() {
+        for a in [
+            "127.0.0.1:80",
+            "0.0.0.0:0",
+            "255.255.255.255:65535",
+            "10.244.0.17:8080",
+            "[::1]:443",
+            "[fe80::1]:9",
+        ] {
+            let addr: SocketAddr = a.parse().unwrap();
+            assert_eq!(addr_text(addr), addr.to_string());
+        }
+    }
 
     #[test]
     fn group_references_translate() {

@@ -40,7 +40,7 @@ pub async fn serve_inbound<I>(
                 forwarded_client_cert(&mut req, &inputs, id);
             } else {
                 // A plaintext caller cannot speak for anyone's identity.
-                req.headers_mut().remove("x-forwarded-client-cert");
+                req.headers_mut().remove(&headers::X_FORWARDED_CLIENT_CERT);
             }
             Ok::<_, Infallible>(inbound_request(req, peer, dst, &inputs, app).await)
         }
@@ -72,7 +72,7 @@ async fn inbound_request(
         identity: String::new(),
         originate: None,
     };
-    let (resp, flags) = match headers::upstream_request(&mut req, &target, h2) {
+    let (resp, flags) = match headers::upstream_request(&mut req, &target, h2, true) {
         Err(e) => (
             reply(StatusCode::BAD_REQUEST, &format!("cannot forward: {e}")),
             "DPE",
@@ -118,7 +118,8 @@ fn forwarded_client_cert<B>(req: &mut Request<B>, inputs: &Inputs, peer: &str) {
         .and_then(|s| s.borrow().as_ref().map(|s| s.identity.clone()))
         .unwrap_or_default();
     if let Ok(v) = HeaderValue::from_str(&format!("By={own};URI={peer}")) {
-        req.headers_mut().insert("x-forwarded-client-cert", v);
+        req.headers_mut()
+            .insert(headers::X_FORWARDED_CLIENT_CERT.clone(), v);
     }
 }
 
@@ -127,13 +128,14 @@ fn append_forwarded_for<B>(req: &mut Request<B>, peer: SocketAddr) {
     let ip = peer.ip().to_string();
     let value = match req
         .headers()
-        .get("x-forwarded-for")
+        .get(&headers::X_FORWARDED_FOR)
         .and_then(|v| v.to_str().ok())
     {
         Some(existing) if !existing.is_empty() => format!("{existing}, {ip}"),
         _ => ip,
     };
     if let Ok(v) = HeaderValue::from_str(&value) {
-        req.headers_mut().insert("x-forwarded-for", v);
+        req.headers_mut()
+            .insert(headers::X_FORWARDED_FOR.clone(), v);
     }
 }

@@ -273,14 +273,13 @@ async fn decide_and_send(
                 "NR",
             );
         }
-        let target = Target::passthrough(ctx.dst);
-        let (resp, flags) = forward(req, &target, false, 0, 0, ctx, state, None, None).await;
+        let mut target = Target::passthrough(ctx.dst);
+        let (resp, flags) = forward(req, &mut target, false, 0, 0, ctx, state, None, None).await;
         return (resp, Some(target), flags);
     };
     let Some(port) = svc
         .port(ctx.dst.port())
         .or_else(|| svc.ports.iter().find(|p| p.target_port == ctx.dst.port()))
-        .cloned()
     else {
         return (
             reply(StatusCode::NOT_FOUND, "no such service port"),
@@ -288,16 +287,22 @@ async fn decide_and_send(
             "NR",
         );
     };
-    let query = req.uri().query().unwrap_or("").to_string();
-    let path = req.uri().path().to_string();
-    let authority = headers::authority(req);
-    let scheme = req.uri().scheme_str().unwrap_or("http").to_string();
+    // Borrowed from copies that share the request's buffers (no per-request allocations):
+    // the request itself is changed below.
+    let uri = req.uri().clone();
+    let host = req.headers().get(hyper::header::HOST).cloned();
+    let authority = uri
+        .authority()
+        .map(|a| a.as_str())
+        .or_else(|| host.as_ref().and_then(|h| h.to_str().ok()))
+        .unwrap_or("");
+    let method = req.method().clone();
     let facts = route::RequestFacts {
-        method: req.method().as_str(),
-        path: &path,
-        query: &query,
-        authority: &authority,
-        scheme: &scheme,
+        method: method.as_str(),
+        path: uri.path(),
+        query: uri.query().unwrap_or(""),
+        authority,
+        scheme: uri.scheme_str().unwrap_or("http"),
         headers: req.headers(),
         port: port.port,
     };
@@ -316,12 +321,12 @@ async fn decide_and_send(
     let Some((route, matched)) = chosen else {
         let target = endpoint_in(
             svc,
-            &port,
+            port,
             "",
             &ctx.inputs.loads,
             Some(&hash_key(req, ctx.peer)),
         );
-        return send_to(req, target, &port, None, None, ctx, state).await;
+        return send_to(req, target, svc, port, None, None, ctx, state).await;
     };
     if let Some(dr) = &route.direct_response {
         let status = StatusCode::from_u16(u16::try_from(dr.status).unwrap_or(500))
@@ -332,7 +337,7 @@ async fn decide_and_send(
         return (resp, None, "DR");
     }
     if let Some(rd) = &route.redirect {
-        return (headers::redirect(req, rd, &authority), None, "-");
+        return (headers::redirect(req, rd, authority), None, "-");
     }
     if let Some(cors) = &route.cors
         && let Some(preflight) = headers::cors_preflight(req, cors, state)
@@ -343,8 +348,8 @@ async fn decide_and_send(
     let target = {
         let key = hash_key(req, ctx.peer);
         match dest {
-            Some(d) => to_destination(state, svc, &port, d, &ctx.inputs.loads, Some(&key)),
-            None => endpoint_in(svc, &port, "", &ctx.inputs.loads, Some(&key)),
+            Some(d) => to_destination(state, svc, port, d, &ctx.inputs.loads, Some(&key)),
+            None => endpoint_in(svc, port, "", &ctx.inputs.loads, Some(&key)),
         }
     };
     if let Some(rw) = &route.rewrite {
@@ -354,14 +359,16 @@ async fn decide_and_send(
     if let Some(d) = dest {
         headers::apply(req.headers_mut(), d.request_headers.as_ref());
     }
+    // CORS answers need the request's Origin after the request's headers went upstream.
+    let sent_headers = route.cors.as_ref().map(|_| req.headers().clone());
     let (mut resp, target, flags) =
-        send_to(req, target, &port, Some(route), dest, ctx, state).await;
+        send_to(req, target, svc, port, Some(route), dest, ctx, state).await;
     if let Some(d) = dest {
         headers::apply(resp.headers_mut(), d.response_headers.as_ref());
     }
     headers::apply(resp.headers_mut(), route.response_headers.as_ref());
-    if let Some(cors) = &route.cors {
-        headers::cors_response(&mut resp, req.headers(), cors, state);
+    if let (Some(cors), Some(sent)) = (&route.cors, &sent_headers) {
+        headers::cors_response(&mut resp, sent, cors, state);
     }
     (resp, target, flags)
 }
@@ -370,13 +377,14 @@ async fn decide_and_send(
 async fn send_to(
     req: &mut Request<Body>,
     target: Option<Target>,
+    svc: &Arc<Service>,
     port: &Port,
     route: Option<&proto::HttpRoute>,
     dest: Option<&proto::WeightedDestination>,
     ctx: &Conn,
     state: &State,
 ) -> (Response<Body>, Option<Target>, &'static str) {
-    let Some(target) = target else {
+    let Some(mut target) = target else {
         return (
             reply(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream"),
             None,
@@ -392,16 +400,15 @@ async fn send_to(
         || (target.mesh && !headers::is_upgrade(req));
     let timeout_ms = route.map_or(0, |r| r.timeout_ms);
     let retries = route.map_or(0, |r| r.retries);
-    let svc = state.service_for(ctx.dst).cloned();
     let (resp, flags) = forward(
         req,
-        &target,
+        &mut target,
         h2,
         timeout_ms,
         retries,
         ctx,
         state,
-        svc.as_ref(),
+        Some(svc),
         dest.map(|d| (d, port)),
     )
     .await;
@@ -413,7 +420,7 @@ async fn send_to(
 #[allow(clippy::too_many_arguments)]
 async fn forward(
     req: &mut Request<Body>,
-    target: &Target,
+    target: &mut Target,
     h2: bool,
     timeout_ms: u64,
     retries: u32,
@@ -425,7 +432,6 @@ async fn forward(
     headers::prepare_upstream(req, ctx.peer);
     let bodiless = req.body().is_end_stream();
     let upgrade = headers::is_upgrade(req);
-    let mut target = target.clone();
     let mut attempt = 0;
     loop {
         // Auto mTLS needs an identity of our own; without one, plaintext.
@@ -449,7 +455,9 @@ async fn forward(
                 }
             }
         }
-        let upstream_req = match headers::upstream_request(req, &target, h2 && !upgrade) {
+        // The last attempt hands the request's headers over instead of copying them.
+        let last = attempt >= retries || !bodiless;
+        let upstream_req = match headers::upstream_request(req, target, h2 && !upgrade, last) {
             Ok(r) => r,
             Err(e) => {
                 return (
@@ -490,7 +498,7 @@ async fn forward(
             if let (Some(svc), Some((d, port))) = (svc, dest)
                 && let Some(next) = to_destination(state, svc, port, d, &ctx.inputs.loads, None)
             {
-                target = next;
+                *target = next;
             }
             continue;
         }

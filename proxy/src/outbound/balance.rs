@@ -11,8 +11,9 @@ use crate::state::Balancer;
 /// Per-endpoint active request counts and per-pool round-robin cursors.
 #[derive(Default)]
 pub struct Loads {
-    active: Mutex<HashMap<SocketAddr, Arc<AtomicUsize>>>,
-    cursors: Mutex<HashMap<String, Arc<AtomicUsize>>>,
+    /// Looked up for every request: a fast hasher (the keys are endpoints pilot sent).
+    active: Mutex<HashMap<SocketAddr, Arc<AtomicUsize>, foldhash::fast::RandomState>>,
+    cursors: Mutex<HashMap<String, Arc<AtomicUsize>, foldhash::fast::RandomState>>,
 }
 
 /// Counts one request against an endpoint until dropped.
@@ -27,6 +28,9 @@ impl Drop for Active {
 impl Loads {
     fn counter(&self, addr: SocketAddr) -> Arc<AtomicUsize> {
         let mut map = self.active.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(c) = map.get(&addr) {
+            return c.clone();
+        }
         map.entry(addr).or_default().clone()
     }
 
@@ -42,10 +46,11 @@ impl Loads {
         Active(c)
     }
 
-    /// Picks one of `candidates` (non-empty) for the pool named `pool`.
+    /// Picks one of `candidates` (non-empty) for the pool named `pool` (a round-robin cursor is
+    /// kept per pool name).
     pub fn pick(
         &self,
-        pool: &str,
+        pool: std::fmt::Arguments<'_>,
         balancer: Balancer,
         candidates: &[SocketAddr],
     ) -> Option<SocketAddr> {
@@ -57,8 +62,10 @@ impl Loads {
         Some(match balancer {
             Balancer::RoundRobin => {
                 let cursor = {
+                    // The pool's name is written only here: the other balancers need none.
+                    let pool = pool.to_string();
                     let mut map = self.cursors.lock().unwrap_or_else(|e| e.into_inner());
-                    map.entry(pool.to_string()).or_default().clone()
+                    map.entry(pool).or_default().clone()
                 };
                 candidates[cursor.fetch_add(1, Ordering::Relaxed) % candidates.len()]
             }
@@ -97,7 +104,11 @@ mod tests {
         let loads = Loads::default();
         let eps = addrs(3);
         let picks: Vec<_> = (0..6)
-            .map(|_| loads.pick("p", Balancer::RoundRobin, &eps).unwrap())
+            .map(|_| {
+                loads
+                    .pick(format_args!("p"), Balancer::RoundRobin, &eps)
+                    .unwrap()
+            })
             .collect();
         assert_eq!(picks, [eps[0], eps[1], eps[2], eps[0], eps[1], eps[2]]);
     }
@@ -109,7 +120,11 @@ mod tests {
         let mut counts = HashMap::new();
         for _ in 0..8000 {
             *counts
-                .entry(loads.pick("p", Balancer::Random, &eps).unwrap())
+                .entry(
+                    loads
+                        .pick(format_args!("p"), Balancer::Random, &eps)
+                        .unwrap(),
+                )
                 .or_insert(0) += 1;
         }
         // Each endpoint expects 2000; 5 standard deviations is about ±200.
@@ -125,7 +140,10 @@ mod tests {
         let eps = addrs(2);
         let _busy: Vec<Active> = (0..5).map(|_| loads.start(eps[0])).collect();
         for _ in 0..100 {
-            assert_eq!(loads.pick("p", Balancer::LeastRequest, &eps), Some(eps[1]));
+            assert_eq!(
+                loads.pick(format_args!("p"), Balancer::LeastRequest, &eps),
+                Some(eps[1])
+            );
         }
     }
 
@@ -136,7 +154,7 @@ mod tests {
         let _busy: Vec<Active> = (0..3).map(|_| loads.start(eps[0])).collect();
         let mut to_busy = 0;
         for _ in 0..3000 {
-            if loads.pick("p", Balancer::LeastRequest, &eps) == Some(eps[0]) {
+            if loads.pick(format_args!("p"), Balancer::LeastRequest, &eps) == Some(eps[0]) {
                 to_busy += 1;
             }
         }

@@ -193,8 +193,8 @@ pub fn endpoint_in(
     let addr = match hashed {
         Some(a) => a,
         None => {
-            let pool = format!("{}|{}|{}", svc.spec.hostname, subset, port.port);
-            loads.pick(&pool, balancer, &addrs)?
+            let pool = format_args!("{}|{}|{}", svc.spec.hostname, subset, port.port);
+            loads.pick(pool, balancer, &addrs)?
         }
     };
     let endpoint = members

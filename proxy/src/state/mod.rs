@@ -111,6 +111,9 @@ pub struct Service {
     pub endpoint_ips: Vec<IpAddr>,
     /// TLS originations by subset (`""` for the service's own policy).
     pub originations: HashMap<String, Arc<crate::tls::originate::Originate>>,
+    /// Endpoint indices of each subset, worked out once (`""` and unknown subsets: all).
+    members: Vec<(String, Vec<usize>)>,
+    all_members: Vec<usize>,
 }
 
 impl Service {
@@ -147,20 +150,25 @@ impl Service {
     }
 
     /// Indices of the endpoints in `subset` (all when `subset` is empty or unknown).
-    pub fn subset_members(&self, subset: &str) -> Vec<usize> {
-        let labels = self
-            .spec
-            .subsets
+    pub fn subset_members(&self, subset: &str) -> &[usize] {
+        self.members
             .iter()
-            .find(|s| s.name == subset)
-            .map(|s| &s.labels);
-        (0..self.spec.endpoints.len())
-            .filter(|i| match labels {
-                None => true,
-                Some(want) => {
-                    let have = &self.spec.endpoints[*i].labels;
-                    want.iter().all(|(k, v)| have.get(k) == Some(v))
-                }
+            .find(|(name, _)| name == subset)
+            .map_or(&self.all_members, |(_, m)| m)
+    }
+
+    /// The endpoints (indices) whose labels carry every label of `subset`'s.
+    fn compute_members(spec: &proto::Service) -> Vec<(String, Vec<usize>)> {
+        spec.subsets
+            .iter()
+            .map(|s| {
+                let m = (0..spec.endpoints.len())
+                    .filter(|i| {
+                        let have = &spec.endpoints[*i].labels;
+                        s.labels.iter().all(|(k, v)| have.get(k) == Some(v))
+                    })
+                    .collect();
+                (s.name.clone(), m)
             })
             .collect()
     }
@@ -238,10 +246,11 @@ pub struct State {
     pub source: proto::ProxyState,
     /// Services by fully qualified host name.
     pub services: HashMap<String, Arc<Service>>,
-    /// Service VIP:port → service host name.
-    by_vip: HashMap<SocketAddr, String>,
-    /// Endpoint IP:port → service host name.
-    by_endpoint: HashMap<SocketAddr, String>,
+    /// Service VIP:port → service (looked up for every request: a fast hasher, keys come
+    /// from pilot, not from traffic).
+    by_vip: HashMap<SocketAddr, Arc<Service>, foldhash::fast::RandomState>,
+    /// Endpoint IP:port → service.
+    by_endpoint: HashMap<SocketAddr, Arc<Service>, foldhash::fast::RandomState>,
     /// Policy for unknown destinations.
     pub outbound_policy: OutboundPolicy,
     /// Declared protocols of the workload's own ports.
@@ -429,6 +438,7 @@ impl State {
                     )
                 })?;
             }
+            let mut vips = Vec::with_capacity(spec.addresses.len());
             for (i, vip) in spec.addresses.iter().enumerate() {
                 let ip: IpAddr = vip.parse().map_err(|_| {
                     bad(
@@ -437,31 +447,36 @@ impl State {
                         format!("{vip:?} is not an IP address"),
                     )
                 })?;
-                for p in &ports {
-                    state
-                        .by_vip
-                        .insert(SocketAddr::new(ip, p.port), host.clone());
-                }
+                vips.push(ip);
             }
             state.compile_route_regexes(&host, spec)?;
-            let service = Service {
+            let service = Arc::new(Service {
+                members: Service::compute_members(spec),
+                all_members: (0..spec.endpoints.len()).collect(),
                 spec: spec.clone(),
                 ports,
                 balancer,
                 endpoint_ips,
                 originations,
-            };
+            });
+            for ip in vips {
+                for p in &service.ports {
+                    state
+                        .by_vip
+                        .insert(SocketAddr::new(ip, p.port), service.clone());
+                }
+            }
             for i in 0..service.spec.endpoints.len() {
                 for p in &service.ports {
                     if let Some(addr) = service.endpoint_addr(i, p) {
                         state
                             .by_endpoint
                             .entry(addr)
-                            .or_insert_with(|| host.clone());
+                            .or_insert_with(|| service.clone());
                     }
                 }
             }
-            state.services.insert(host, Arc::new(service));
+            state.services.insert(host, service);
         }
         state.source = source;
         Ok(state)
@@ -551,11 +566,7 @@ impl State {
 
     /// The service a connection to `dst` is for: by VIP:port, else by endpoint IP:port.
     pub fn service_for(&self, dst: SocketAddr) -> Option<&Arc<Service>> {
-        let host = self
-            .by_vip
-            .get(&dst)
-            .or_else(|| self.by_endpoint.get(&dst))?;
-        self.services.get(host)
+        self.by_vip.get(&dst).or_else(|| self.by_endpoint.get(&dst))
     }
 
     /// A service by host name, also resolving short names (`shipping`, `shipping.default`) in
@@ -633,7 +644,7 @@ mod tests {
         assert!(state.service_by_host("shipping", "default").is_some());
         assert!(state.service_by_host("shipping.default", "other").is_some());
         assert!(state.service_by_host("shipping", "other").is_none());
-        assert_eq!(by_vip.subset_members("v2"), vec![1]);
+        assert_eq!(by_vip.subset_members("v2"), [1]);
         assert_eq!(
             by_vip.endpoint_addr(1, &by_vip.ports[0]),
             Some("10.0.0.2:8080".parse().unwrap())
