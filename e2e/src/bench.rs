@@ -59,8 +59,13 @@ pub const TOOLS: [Tool; 6] = [
 ];
 
 /// Finds `name` on PATH (and in the usual sbin folders, which a non-login root shell may
-/// lack, and cargo's bin folder).
+/// lack, and cargo's bin folder). `MESH_BENCH_PATH`, when set, is the only place looked in.
 pub fn which(name: &str) -> Option<PathBuf> {
+    if let Some(only) = std::env::var_os("MESH_BENCH_PATH") {
+        return std::env::split_paths(&only)
+            .map(|d| d.join(name))
+            .find(|p| p.is_file());
+    }
     let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
         .map(|p| std::env::split_paths(&p).collect())
         .unwrap_or_default();
@@ -135,6 +140,7 @@ impl Running {
         let child = cmd
             .spawn()
             .map_err(|e| anyhow::anyhow!("starting {name} ({}): {e}", program.display()))?;
+        remember_started(child.id());
         let mut running = Running {
             name: name.into(),
             addr,
@@ -162,24 +168,7 @@ impl Running {
 
     /// The pids of the process and its descendants (nginx's workers, for instance).
     pub fn pids(&self) -> Vec<u32> {
-        let mut pids = vec![self.child.id()];
-        let mut i = 0;
-        while i < pids.len() {
-            let children = std::fs::read_dir(format!("/proc/{}/task", pids[i]))
-                .into_iter()
-                .flatten()
-                .flatten()
-                .filter_map(|t| std::fs::read_to_string(t.path().join("children")).ok())
-                .flat_map(|s| {
-                    s.split_whitespace()
-                        .filter_map(|p| p.parse::<u32>().ok())
-                        .collect::<Vec<_>>()
-                })
-                .collect::<Vec<_>>();
-            pids.extend(children);
-            i += 1;
-        }
-        pids
+        tree(self.child.id())
     }
 
     /// CPU time used so far (user + system) by the process and its descendants.
@@ -199,30 +188,124 @@ impl Running {
 
 impl Drop for Running {
     fn drop(&mut self) {
-        // SIGTERM first, so a master (nginx) stops and reaps its own workers; whatever is
-        // left after 2 s is killed, the whole tree.
-        let descendants: Vec<u32> = self.pids().into_iter().skip(1).collect();
-        if let Ok(pid) = i32::try_from(self.child.id()) {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid),
-                nix::sys::signal::Signal::SIGTERM,
-            );
-        }
-        let deadline = Instant::now() + Duration::from_secs(2);
-        while Instant::now() < deadline && self.child.try_wait().ok().flatten().is_none() {
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        let pid = self.child.id();
+        forget_started(pid);
+        stop_tree(pid, &mut || self.child.try_wait().ok().flatten().is_some());
         let _ = self.child.kill();
         let _ = self.child.wait();
-        for pid in descendants {
-            if let Ok(pid) = i32::try_from(pid) {
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(pid),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
-            }
-        }
     }
+}
+
+/// `pid` and its descendants, parents first.
+fn tree(pid: u32) -> Vec<u32> {
+    let mut pids = vec![pid];
+    let mut i = 0;
+    while i < pids.len() {
+        let children = std::fs::read_dir(format!("/proc/{}/task", pids[i]))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|t| std::fs::read_to_string(t.path().join("children")).ok())
+            .flat_map(|s| {
+                s.split_whitespace()
+                    .filter_map(|p| p.parse::<u32>().ok())
+                    .collect::<Vec<_>>()
+            })
+            .collect::<Vec<_>>();
+        pids.extend(children);
+        i += 1;
+    }
+    pids
+}
+
+fn signal(pid: u32, sig: nix::sys::signal::Signal) {
+    if let Ok(pid) = i32::try_from(pid) {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig);
+    }
+}
+
+/// SIGTERM first, so a master (nginx) stops and reaps its own workers; whatever of the tree
+/// is left after 2 s is killed.
+fn stop_tree(pid: u32, exited: &mut dyn FnMut() -> bool) {
+    let descendants: Vec<u32> = tree(pid).into_iter().skip(1).collect();
+    signal(pid, nix::sys::signal::Signal::SIGTERM);
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < deadline && !exited() {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    signal(pid, nix::sys::signal::Signal::SIGKILL);
+    for d in descendants {
+        signal(d, nix::sys::signal::Signal::SIGKILL);
+    }
+}
+
+/// The process has exited (reaped, or a zombie waiting for this process to reap it).
+fn gone(pid: u32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return true;
+    };
+    stat.rfind(')')
+        .and_then(|i| stat[i + 1..].split_whitespace().next())
+        .is_none_or(|state| state == "Z" || state == "X")
+}
+
+/// Processes started and not yet stopped, and folders to remove, for an interrupted run.
+static STARTED: std::sync::Mutex<Vec<u32>> = std::sync::Mutex::new(Vec::new());
+static FOLDERS: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
+
+fn remember_started(pid: u32) {
+    STARTED.lock().unwrap_or_else(|e| e.into_inner()).push(pid);
+}
+
+fn forget_started(pid: u32) {
+    STARTED
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .retain(|p| *p != pid);
+}
+
+/// Removes `dir` too if the run is interrupted.
+pub fn remove_on_interrupt(dir: &Path) {
+    FOLDERS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push(dir.to_path_buf());
+}
+
+/// Makes Ctrl-C, SIGTERM and SIGHUP stop every process the bench started (HAProxy, nginx and
+/// its workers, the proxies) and remove its folders before exiting, instead of leaving them
+/// running. Call first, before any other thread exists: the signals are blocked in every
+/// thread and taken by one that waits for them (started processes get a clean mask).
+pub fn stop_everything_on_interrupt() -> anyhow::Result<()> {
+    use nix::sys::signal::{SigSet, Signal};
+    let mut set = SigSet::empty();
+    for s in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
+        set.add(s);
+    }
+    set.thread_block()?;
+    std::thread::Builder::new()
+        .name("interrupt".into())
+        .spawn(move || {
+            let Ok(sig) = set.wait() else { return };
+            eprintln!("mesh-bench: {sig}: stopping what it started");
+            let roots = std::mem::take(&mut *STARTED.lock().unwrap_or_else(|e| e.into_inner()));
+            let all: Vec<u32> = roots.iter().flat_map(|p| tree(*p)).collect();
+            for pid in &roots {
+                signal(*pid, nix::sys::signal::Signal::SIGTERM);
+            }
+            let deadline = Instant::now() + Duration::from_secs(2);
+            while Instant::now() < deadline && !roots.iter().all(|p| gone(*p)) {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            for pid in all {
+                signal(pid, nix::sys::signal::Signal::SIGKILL);
+            }
+            for dir in FOLDERS.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+                let _ = std::fs::remove_dir_all(dir);
+            }
+            std::process::exit(130);
+        })?;
+    Ok(())
 }
 
 /// Clock ticks per second for `/proc/PID/stat` times (100 on Linux).

@@ -42,6 +42,10 @@ struct Cli {
     /// Where the latency plot is written.
     #[arg(long, default_value = "mesh-bench.png")]
     plot: PathBuf,
+    /// Start every target, print where each case listens and which processes serve it, and
+    /// keep them running until stdin closes: for profiling by hand (perf, strace, callgrind).
+    #[arg(long)]
+    serve: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -78,6 +82,10 @@ const LATENCY_RATE: u64 = 1000;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Err(e) = bench::stop_everything_on_interrupt() {
+        eprintln!("mesh-bench: cannot handle interruptions: {e}");
+        return ExitCode::FAILURE;
+    }
     match run(&cli) {
         Ok(code) => code,
         Err(e) => {
@@ -485,6 +493,9 @@ impl MeshProxy<'_> {
             &ready.to_string(),
             "--worker-threads",
             "1",
+            // Stopped at once when the bench ends: nothing is in flight by then.
+            "--drain-timeout-secs",
+            "0",
         ]
         .map(String::from)
         .to_vec();
@@ -634,7 +645,29 @@ fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
     let secs = cli.secs.unwrap_or(if cli.quick { 1.0 } else { 3.0 });
     let run_for = Duration::from_secs_f64(secs);
     let dir = tempfile::TempDir::new()?;
+    bench::remove_on_interrupt(dir.path());
     let setup = start(dir.path())?;
+    if cli.serve {
+        for ((proto, target), case) in &setup.cases {
+            let pids: Vec<String> = case
+                .procs
+                .iter()
+                .map(|p| format!("{p}={}", setup.procs[p].pids()[0]))
+                .collect();
+            println!(
+                "{:<6} {target:<8} {}  {}",
+                proto.key(),
+                case.addr,
+                pids.join(" ")
+            );
+        }
+        println!(
+            "serving until stdin closes (logs in {})",
+            dir.path().display()
+        );
+        let _ = std::io::copy(&mut std::io::stdin(), &mut std::io::sink());
+        return Ok(ExitCode::SUCCESS);
+    }
     let idle_rss = setup.procs["mesh"].peak_rss();
 
     // Half of HAProxy's saturation, per protocol: the second fixed rate, the same for every
