@@ -236,7 +236,7 @@ fn bench(c: &mut Criterion) {
             request,
             |mut req| {
                 headers::prepare_upstream(&mut req, "10.244.0.2:50000".parse().unwrap());
-                headers::upstream_request(&mut req, &target, false, true).unwrap()
+                headers::upstream_request(&mut req, &target, false, true, false).unwrap()
             },
             criterion::BatchSize::SmallInput,
         );

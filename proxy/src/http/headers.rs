@@ -159,19 +159,22 @@ pub fn upstream_request(
     target: &Target,
     h2: bool,
     take_headers: bool,
+    absolute: bool,
 ) -> Result<Request<Body>, String> {
-    // `https` asks the connector for mesh mTLS to this address.
-    let scheme = if target.mtls || target.originate.is_some() {
-        Scheme::HTTPS
-    } else {
-        Scheme::HTTP
-    };
-    let authority = addr_text(target.addr);
     let mut parts = http::uri::Parts::default();
-    parts.scheme = Some(scheme);
-    parts.authority = Some(
-        Authority::from_maybe_shared(bytes::Bytes::from(authority)).map_err(|e| e.to_string())?,
-    );
+    // hyper-util's client wants the address in the URI (`https` asks its connector for mesh
+    // mTLS); a connection of our own takes the origin form (`/path?query`) as sent on the wire.
+    if absolute {
+        parts.scheme = Some(if target.mtls || target.originate.is_some() {
+            Scheme::HTTPS
+        } else {
+            Scheme::HTTP
+        });
+        parts.authority = Some(
+            Authority::from_maybe_shared(bytes::Bytes::from(addr_text(target.addr)))
+                .map_err(|e| e.to_string())?,
+        );
+    }
     // Shares the request's buffer: no copy of the path.
     parts.path_and_query = Some(
         req.uri()

@@ -72,19 +72,25 @@ async fn inbound_request(
         identity: String::new(),
         originate: None,
     };
-    let (resp, flags) = match headers::upstream_request(&mut req, &target, h2, true) {
+    // Plaintext HTTP/1.1 to the app takes the light pool; HTTP/2 and upgrades hyper-util's.
+    let plain_h1 = !h2 && !upgrade;
+    let (resp, flags) = match headers::upstream_request(&mut req, &target, h2, true, !plain_h1) {
         Err(e) => (
             reply(StatusCode::BAD_REQUEST, &format!("cannot forward: {e}")),
             "DPE",
         ),
-        Ok(upstream) => match inputs.upstreams.app.pick(h2).request(upstream).await {
+        Ok(upstream) => match inputs
+            .upstreams
+            .send_to_app(upstream, target.addr, h2, plain_h1)
+            .await
+        {
             Ok(mut resp) => {
                 if upgrade && resp.status() == StatusCode::SWITCHING_PROTOCOLS {
                     headers::splice_upgrade(&mut req, &mut resp);
                 }
-                (resp.map(BodyExt::boxed), "-")
+                (resp, "-")
             }
-            Err(e) if e.is_connect() => (
+            Err(e) if e.connect => (
                 reply(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "upstream connect error (is the application listening?)",

@@ -2,6 +2,7 @@
 //! (VirtualService semantics), sent to an endpoint over pooled upstream connections, and
 //! answered with Envoy's status codes and response flags when something fails.
 
+mod h1pool;
 pub mod headers;
 mod inbound;
 pub mod route;
@@ -113,6 +114,10 @@ pub const ALPN_HTTP1: &[u8] = b"http/1.1";
 pub struct Upstreams {
     outbound: Clients,
     app: Clients,
+    /// Plaintext HTTP/1.1 to destinations without a sidecar.
+    outbound_h1: Arc<h1pool::H1Pool>,
+    /// Plaintext HTTP/1.1 to the local app, from 127.0.0.6.
+    app_h1: Arc<h1pool::H1Pool>,
     mtls: Option<Arc<MtlsClient>>,
     originations: Originations,
 }
@@ -128,6 +133,8 @@ impl Upstreams {
                 None,
                 &Originations::default(),
             ),
+            outbound_h1: h1pool::H1Pool::new(None),
+            app_h1: h1pool::H1Pool::new(Some(crate::inbound::PASSTHROUGH_SOURCE.into())),
             mtls,
             originations,
         }
@@ -148,6 +155,27 @@ impl Upstreams {
     /// Mesh mTLS, when the proxy has an identity.
     pub fn mtls(&self) -> Option<&Arc<MtlsClient>> {
         self.mtls.as_ref()
+    }
+
+    /// Hands a request to the local app at `addr` (from 127.0.0.6): plaintext HTTP/1.1 on the
+    /// light pool, the rest on hyper-util's client.
+    pub(crate) async fn send_to_app(
+        &self,
+        req: Request<Body>,
+        addr: SocketAddr,
+        h2: bool,
+        plain_h1: bool,
+    ) -> Result<Response<Body>, Failure> {
+        if plain_h1 {
+            self.app_h1.send(addr, req).await.map_err(Failure::from)
+        } else {
+            self.app
+                .pick(h2)
+                .request(req)
+                .await
+                .map(|r| r.map(BodyExt::boxed))
+                .map_err(Failure::from)
+        }
     }
 }
 
@@ -457,7 +485,11 @@ async fn forward(
         }
         // The last attempt hands the request's headers over instead of copying them.
         let last = attempt >= retries || !bodiless;
-        let upstream_req = match headers::upstream_request(req, target, h2 && !upgrade, last) {
+        let use_h2 = h2 && !upgrade;
+        // Plaintext HTTP/1.1 (most traffic to apps without a sidecar) takes the light pool;
+        // mTLS, origination, HTTP/2 and upgrades take hyper-util's client.
+        let plain_h1 = !use_h2 && !upgrade && !target.mtls && target.originate.is_none();
+        let upstream_req = match headers::upstream_request(req, target, use_h2, last, !plain_h1) {
             Ok(r) => r,
             Err(e) => {
                 return (
@@ -467,14 +499,26 @@ async fn forward(
             }
         };
         let _active = ctx.inputs.loads.start(target.addr);
-        let outbound = &ctx.inputs.upstreams.outbound;
-        let use_h2 = h2 && !upgrade;
-        let sent = if target.mtls && target.originate.is_none() {
-            outbound
-                .pick_for(use_h2, &target.identity)
-                .request(upstream_req)
-        } else {
-            outbound.pick(use_h2).request(upstream_req)
+        let upstreams = &ctx.inputs.upstreams;
+        let sent = async {
+            if plain_h1 {
+                upstreams
+                    .outbound_h1
+                    .send(target.addr, upstream_req)
+                    .await
+                    .map_err(Failure::from)
+            } else {
+                let client = if target.mtls && target.originate.is_none() {
+                    upstreams.outbound.pick_for(use_h2, &target.identity)
+                } else {
+                    upstreams.outbound.pick(use_h2).clone()
+                };
+                client
+                    .request(upstream_req)
+                    .await
+                    .map(|r| r.map(BodyExt::boxed))
+                    .map_err(Failure::from)
+            }
         };
         let result = if timeout_ms > 0 {
             match tokio::time::timeout(Duration::from_millis(timeout_ms), sent).await {
@@ -490,7 +534,7 @@ async fn forward(
             sent.await
         };
         let retryable = match &result {
-            Err(e) => e.is_connect(),
+            Err(e) => e.connect,
             Ok(r) => r.status() == StatusCode::SERVICE_UNAVAILABLE,
         };
         if retryable && bodiless && attempt < retries {
@@ -507,15 +551,12 @@ async fn forward(
                 if upgrade && resp.status() == StatusCode::SWITCHING_PROTOCOLS {
                     headers::splice_upgrade(req, &mut resp);
                 }
-                (
-                    resp.map(|b| b.boxed()),
-                    if attempt > 0 { "URX" } else { "-" },
-                )
+                (resp, if attempt > 0 { "URX" } else { "-" })
             }
-            Err(e) if e.is_connect() => {
+            Err(e) if e.connect => {
                 // Say why, as Envoy does ("transport failure reason: ..."): a refused
                 // connection and a peer proving the wrong identity call for different fixes.
-                let why = error_causes(&e);
+                let why = error_causes(e.error.as_ref());
                 tracing::warn!("upstream connect error to {}: {why}", target.addr);
                 (
                     reply(
@@ -533,6 +574,30 @@ async fn forward(
                 "UC",
             ),
         };
+    }
+}
+
+/// An upstream exchange that failed: before anything was sent (`connect`, retryable) or after.
+pub(crate) struct Failure {
+    connect: bool,
+    error: Box<dyn std::error::Error + Send + Sync>,
+}
+
+impl From<h1pool::SendError> for Failure {
+    fn from(e: h1pool::SendError) -> Self {
+        Self {
+            connect: matches!(e, h1pool::SendError::Connect(_)),
+            error: Box::new(e),
+        }
+    }
+}
+
+impl From<hyper_util::client::legacy::Error> for Failure {
+    fn from(e: hyper_util::client::legacy::Error) -> Self {
+        Self {
+            connect: e.is_connect(),
+            error: Box::new(e),
+        }
     }
 }
 
