@@ -508,10 +508,12 @@ async fn forward(
                     .await
                     .map_err(Failure::from)
             } else {
+                let by_identity;
                 let client = if target.mtls && target.originate.is_none() {
-                    upstreams.outbound.pick_for(use_h2, &target.identity)
+                    by_identity = upstreams.outbound.pick_for(use_h2, &target.identity);
+                    &by_identity
                 } else {
-                    upstreams.outbound.pick(use_h2).clone()
+                    upstreams.outbound.pick(use_h2)
                 };
                 client
                     .request(upstream_req)
