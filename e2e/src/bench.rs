@@ -190,7 +190,9 @@ impl Drop for Running {
     fn drop(&mut self) {
         let pid = self.child.id();
         forget_started(pid);
-        stop_tree(pid, &mut || self.child.try_wait().ok().flatten().is_some());
+        stop_trees(&[pid], &mut || {
+            self.child.try_wait().ok().flatten().is_some()
+        });
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -224,18 +226,19 @@ fn signal(pid: u32, sig: nix::sys::signal::Signal) {
     }
 }
 
-/// SIGTERM first, so a master (nginx) stops and reaps its own workers; whatever of the tree
-/// is left after 2 s is killed.
-fn stop_tree(pid: u32, exited: &mut dyn FnMut() -> bool) {
-    let descendants: Vec<u32> = tree(pid).into_iter().skip(1).collect();
-    signal(pid, nix::sys::signal::Signal::SIGTERM);
+/// SIGTERM to each of `roots` first, so a master (nginx) stops and reaps its own workers;
+/// whatever of their trees is left once `exited` holds or after 2 s is killed.
+fn stop_trees(roots: &[u32], exited: &mut dyn FnMut() -> bool) {
+    let all: Vec<u32> = roots.iter().flat_map(|p| tree(*p)).collect();
+    for pid in roots {
+        signal(*pid, nix::sys::signal::Signal::SIGTERM);
+    }
     let deadline = Instant::now() + Duration::from_secs(2);
     while Instant::now() < deadline && !exited() {
         std::thread::sleep(Duration::from_millis(10));
     }
-    signal(pid, nix::sys::signal::Signal::SIGKILL);
-    for d in descendants {
-        signal(d, nix::sys::signal::Signal::SIGKILL);
+    for pid in all {
+        signal(pid, nix::sys::signal::Signal::SIGKILL);
     }
 }
 
@@ -289,17 +292,7 @@ pub fn stop_everything_on_interrupt() -> anyhow::Result<()> {
             let Ok(sig) = set.wait() else { return };
             eprintln!("mesh-bench: {sig}: stopping what it started");
             let roots = std::mem::take(&mut *STARTED.lock().unwrap_or_else(|e| e.into_inner()));
-            let all: Vec<u32> = roots.iter().flat_map(|p| tree(*p)).collect();
-            for pid in &roots {
-                signal(*pid, nix::sys::signal::Signal::SIGTERM);
-            }
-            let deadline = Instant::now() + Duration::from_secs(2);
-            while Instant::now() < deadline && !roots.iter().all(|p| gone(*p)) {
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            for pid in all {
-                signal(pid, nix::sys::signal::Signal::SIGKILL);
-            }
+            stop_trees(&roots, &mut || roots.iter().all(|p| gone(*p)));
             for dir in FOLDERS.lock().unwrap_or_else(|e| e.into_inner()).iter() {
                 let _ = std::fs::remove_dir_all(dir);
             }

@@ -305,14 +305,13 @@ fn start(dir: &Path) -> anyhow::Result<Setup> {
         program: &proxy,
         dir,
         state: &state,
-        ca: ca_addr,
-        tokens: &tokens,
+        identity: Some((ca_addr, &tokens)),
     };
     let (p, _) = mesh.start(
         &mut procs,
         "mesh",
         None,
-        Fixed::Outbound(format!("127.0.0.1:{b}")),
+        Some(Fixed::Outbound(format!("127.0.0.1:{b}"))),
         None,
     )?;
     for proto in [Proto::Http1, Proto::Http2] {
@@ -328,7 +327,7 @@ fn start(dir: &Path) -> anyhow::Result<Setup> {
         &mut procs,
         "mesh-tcp",
         None,
-        Fixed::Outbound(format!("{TCP_VIP}:{TCP_PORT}")),
+        Some(Fixed::Outbound(format!("{TCP_VIP}:{TCP_PORT}"))),
         None,
     )?;
     cases.insert(
@@ -342,14 +341,14 @@ fn start(dir: &Path) -> anyhow::Result<Setup> {
         &mut procs,
         "pair-server",
         Some(SERVER_SA),
-        Fixed::Inbound(format!("127.0.0.1:{b}")),
+        Some(Fixed::Inbound(format!("127.0.0.1:{b}"))),
         Some(server_inbound),
     )?;
     let (p, _) = mesh.start(
         &mut procs,
         "pair-client",
         Some(CLIENT_SA),
-        Fixed::Outbound(format!("{PAIR_VIP}:{PAIR_HTTP_PORT}")),
+        Some(Fixed::Outbound(format!("{PAIR_VIP}:{PAIR_HTTP_PORT}"))),
         None,
     )?;
     for proto in [Proto::Http1, Proto::Http2] {
@@ -365,7 +364,7 @@ fn start(dir: &Path) -> anyhow::Result<Setup> {
         &mut procs,
         "pair-client-tcp",
         Some(CLIENT_SA),
-        Fixed::Outbound(format!("{PAIR_VIP}:{PAIR_TCP_PORT}")),
+        Some(Fixed::Outbound(format!("{PAIR_VIP}:{PAIR_TCP_PORT}"))),
         None,
     )?;
     cases.insert(
@@ -455,8 +454,8 @@ struct MeshProxy<'a> {
     program: &'a Path,
     dir: &'a Path,
     state: &'a Path,
-    ca: SocketAddr,
-    tokens: &'a mesh_ca::auth::BootstrapTokens,
+    /// The CA and the bootstrap tokens it accepts, for proxies given an identity.
+    identity: Option<(SocketAddr, &'a mesh_ca::auth::BootstrapTokens)>,
 }
 
 impl MeshProxy<'_> {
@@ -468,7 +467,7 @@ impl MeshProxy<'_> {
         procs: &mut BTreeMap<&'static str, Running>,
         name: &'static str,
         sa: Option<&str>,
-        fixed: Fixed,
+        fixed: Option<Fixed>,
         inbound: Option<u16>,
     ) -> anyhow::Result<(u16, u16)> {
         let outbound = bench::free_port()?;
@@ -500,22 +499,26 @@ impl MeshProxy<'_> {
         .map(String::from)
         .to_vec();
         let listens = match &fixed {
-            Fixed::Outbound(dst) => {
+            None => outbound,
+            Some(Fixed::Outbound(dst)) => {
                 args.extend(["--outbound-original-dst".into(), dst.clone()]);
                 outbound
             }
-            Fixed::Inbound(dst) => {
+            Some(Fixed::Inbound(dst)) => {
                 args.extend(["--inbound-original-dst".into(), dst.clone()]);
                 inbound
             }
         };
         if let Some(sa) = sa {
+            let (ca, tokens) = self
+                .identity
+                .ok_or_else(|| anyhow::anyhow!("{name}: an identity needs the CA"))?;
             let token = self.dir.join(format!("{name}.token"));
-            std::fs::write(&token, self.tokens.issue("bench", sa))?;
+            std::fs::write(&token, tokens.issue("bench", sa))?;
             args.extend(
                 [
                     "--ca-address",
-                    &format!("http://{}", self.ca),
+                    &format!("http://{ca}"),
                     "--bootstrap-token-file",
                     &token.display().to_string(),
                     "--namespace",
@@ -943,7 +946,6 @@ fn load(
 /// a proxy that sees the whole mesh), idle.
 fn rss_with_services(dir: &Path, services: usize) -> anyhow::Result<u64> {
     use std::fmt::Write;
-    let proxy = meshctl::local::find_binary("mesh-proxy", "mesh-proxy")?;
     let mut state = String::from("version: big\nservices:\n");
     for i in 0..services {
         let _ = write!(
@@ -966,39 +968,14 @@ fn rss_with_services(dir: &Path, services: usize) -> anyhow::Result<u64> {
     }
     let file = dir.join("state-1000.yaml");
     std::fs::write(&file, state)?;
-    let ports: Vec<u16> = (0..4)
-        .map(|_| bench::free_port())
-        .collect::<Result<_, _>>()?;
-    let args: Vec<String> = [
-        "run",
-        "--state-file",
-        &file.display().to_string(),
-        "--bind-address",
-        "127.0.0.1",
-        "--outbound-port",
-        &ports[0].to_string(),
-        "--inbound-port",
-        &ports[1].to_string(),
-        "--admin-port",
-        &ports[2].to_string(),
-        "--readiness-port",
-        &ports[3].to_string(),
-        "--worker-threads",
-        "1",
-    ]
-    .map(String::from)
-    .to_vec();
-    let big = Running::start(
-        "mesh-1000",
-        1,
-        &proxy,
-        &args,
-        &[("RUST_LOG", "warn")],
-        addr(ports[0]),
-        &dir.join("mesh-1000.log"),
-    )?;
-    if !bench::wait_ok(addr(ports[3]), "/healthz/ready", Duration::from_secs(15)) {
-        anyhow::bail!("the proxy holding {services} services was not ready within 15 s");
-    }
-    Ok(big.peak_rss())
+    let proxy = meshctl::local::find_binary("mesh-proxy", "mesh-proxy")?;
+    let mesh = MeshProxy {
+        program: &proxy,
+        dir,
+        state: &file,
+        identity: None,
+    };
+    let mut procs = BTreeMap::new();
+    mesh.start(&mut procs, "mesh-1000", None, None, None)?;
+    Ok(procs["mesh-1000"].peak_rss())
 }
