@@ -90,28 +90,41 @@ pub static X_FORWARDED_CLIENT_CERT: HeaderName = HeaderName::from_static("x-forw
 /// Headers every forwarded request gets: a request id when absent, the original protocol, and
 /// no hop-by-hop headers (except those an upgrade needs).
 pub fn prepare_upstream<B>(req: &mut Request<B>, _peer: SocketAddr) {
-    let upgrade = is_upgrade(req);
+    // One look at each name first: most requests carry no hop-by-hop header at all, and a
+    // removal costs a hash and a probe per name (this runs for every request).
+    let (mut has_id, mut has_proto, mut has_hop, mut has_upgrade) = (false, false, false, false);
+    for name in req.headers().keys() {
+        if *name == X_REQUEST_ID {
+            has_id = true;
+        } else if *name == X_FORWARDED_PROTO {
+            has_proto = true;
+        } else if *name == header::UPGRADE {
+            has_upgrade = true;
+        } else if HOP_BY_HOP.contains(name) {
+            has_hop = true;
+        }
+    }
+    let upgrade = has_upgrade && req.version() == Version::HTTP_11;
     let headers = req.headers_mut();
-    if !headers.contains_key(&X_REQUEST_ID)
-        && let Ok(v) = HeaderValue::from_bytes(&request_id_bytes())
-    {
+    if !has_id && let Ok(v) = HeaderValue::from_bytes(&request_id_bytes()) {
         headers.insert(X_REQUEST_ID.clone(), v);
     }
-    if !headers.contains_key(&X_FORWARDED_PROTO) {
+    if !has_proto {
         headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
     }
-    // Names listed in Connection are hop-by-hop too (allocated only when there are any: this
-    // runs for every request).
-    let listed: Vec<String> = if headers.contains_key(header::CONNECTION) {
-        headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(',').map(|s| s.trim().to_ascii_lowercase()))
-            .collect()
-    } else {
-        Vec::new()
-    };
+    if has_upgrade && !upgrade {
+        headers.remove(header::UPGRADE);
+    }
+    if !has_hop {
+        return;
+    }
+    // Names listed in Connection are hop-by-hop too.
+    let listed: Vec<String> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(',').map(|s| s.trim().to_ascii_lowercase()))
+        .collect();
     let keep = |name: &str| upgrade && (name == "connection" || name == "upgrade");
     for name in &HOP_BY_HOP {
         if !keep(name.as_str()) {
@@ -122,9 +135,6 @@ pub fn prepare_upstream<B>(req: &mut Request<B>, _peer: SocketAddr) {
         if !keep(name) {
             headers.remove(name.as_str());
         }
-    }
-    if !upgrade {
-        headers.remove(header::UPGRADE);
     }
 }
 
@@ -478,6 +488,64 @@ mod tests {
     fn group_references_translate() {
         assert_eq!(backrefs(r"/v2/\1"), "/v2/${1}");
         assert_eq!(backrefs("$x"), "$$x");
+    }
+
+    fn prepared(version: Version, headers: &[(&str, &str)]) -> HeaderMap {
+        let mut req = Request::builder().version(version).uri("/");
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let mut req = req.body(()).unwrap();
+        prepare_upstream(&mut req, "10.0.0.1:5000".parse().unwrap());
+        req.into_parts().0.headers
+    }
+
+    #[test]
+    fn hop_by_hop_headers_stay_behind() {
+        let h = prepared(
+            Version::HTTP_11,
+            &[
+                ("connection", "keep-alive, x-secret"),
+                ("keep-alive", "timeout=5"),
+                ("proxy-connection", "keep-alive"),
+                ("te", "trailers"),
+                ("transfer-encoding", "chunked"),
+                ("x-secret", "1"),
+                ("accept", "*/*"),
+            ],
+        );
+        let mut left: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
+        left.sort_unstable();
+        assert_eq!(left, ["accept", "x-forwarded-proto", "x-request-id"]);
+        // Only HTTP/1.1 upgrades.
+        let old = prepared(
+            Version::HTTP_10,
+            &[("connection", "upgrade"), ("upgrade", "x")],
+        );
+        assert!(!old.contains_key("upgrade") && !old.contains_key("connection"));
+    }
+
+    #[test]
+    fn upgrades_keep_what_they_need() {
+        let h = prepared(
+            Version::HTTP_11,
+            &[
+                ("connection", "Upgrade"),
+                ("upgrade", "websocket"),
+                ("keep-alive", "timeout=5"),
+                ("x-request-id", "given"),
+                ("x-forwarded-proto", "https"),
+            ],
+        );
+        assert_eq!(h["connection"], "Upgrade");
+        assert_eq!(h["upgrade"], "websocket");
+        assert!(!h.contains_key("keep-alive"));
+        assert_eq!(h["x-request-id"], "given");
+        assert_eq!(h["x-forwarded-proto"], "https");
+        // Without hop-by-hop headers only the two mesh headers are added.
+        let plain = prepared(Version::HTTP_11, &[("accept", "*/*")]);
+        assert_eq!(plain.len(), 3);
+        assert_eq!(plain["x-forwarded-proto"], "http");
     }
 
     #[test]
