@@ -88,6 +88,8 @@ fn local() -> Listeners {
 
 struct Pair {
     a: Proxy,
+    /// A's state: `shipping`'s endpoint is B's inbound listener.
+    a_state: watch::Sender<Arc<State>>,
     _b: Proxy,
     b_state: watch::Sender<Arc<State>>,
     b_inbound: SocketAddr,
@@ -112,22 +114,9 @@ fn b_state(app_port: u16, protocol: &str, mode: &str) -> Arc<State> {
     )
 }
 
-/// Proxy A (order) calls service `shipping` whose endpoint is proxy B's inbound listener; B
-/// hands traffic to `app`.
-async fn pair(app: SocketAddr, protocol: &str, mode: &str, expect: &str, mesh: bool) -> Pair {
-    let ca = TestCa::self_signed("mesh-mtls", CaConfig::default());
-    let (b_tx, b_rx) = watch::channel(b_state(app.port(), protocol, mode));
-    let b = Proxy::start_with_identity(
-        &local(),
-        b_rx,
-        true,
-        Arc::new(FixedDst("10.0.0.1:1".parse().unwrap())),
-        Arc::new(FixedDst(SocketAddr::from(([10, 0, 0, 9], app.port())))),
-        Some(support::svids(&ca, "shipping").await),
-    )
-    .await
-    .unwrap();
-    let b_inbound = b.bound.inbound;
+/// A's state: service `shipping` (10.96.0.60:80) whose one endpoint is `b_inbound`, which
+/// must prove `expect`.
+fn a_state(b_inbound: SocketAddr, protocol: &str, expect: &str, mesh: bool) -> Arc<State> {
     let svc = proto::Service {
         hostname: "shipping.default.svc.cluster.local".into(),
         namespace: "default".into(),
@@ -147,13 +136,32 @@ async fn pair(app: SocketAddr, protocol: &str, mode: &str, expect: &str, mesh: b
         }],
         ..Default::default()
     };
-    let a_state = State::compile(proto::ProxyState {
-        services: vec![svc],
-        ..Default::default()
-    })
+    Arc::new(
+        State::compile(proto::ProxyState {
+            services: vec![svc],
+            ..Default::default()
+        })
+        .unwrap(),
+    )
+}
+
+/// Proxy A (order) calls service `shipping` whose endpoint is proxy B's inbound listener; B
+/// hands traffic to `app`.
+async fn pair(app: SocketAddr, protocol: &str, mode: &str, expect: &str, mesh: bool) -> Pair {
+    let ca = TestCa::self_signed("mesh-mtls", CaConfig::default());
+    let (b_tx, b_rx) = watch::channel(b_state(app.port(), protocol, mode));
+    let b = Proxy::start_with_identity(
+        &local(),
+        b_rx,
+        true,
+        Arc::new(FixedDst("10.0.0.1:1".parse().unwrap())),
+        Arc::new(FixedDst(SocketAddr::from(([10, 0, 0, 9], app.port())))),
+        Some(support::svids(&ca, "shipping").await),
+    )
+    .await
     .unwrap();
-    let (a_tx, a_rx) = watch::channel(Arc::new(a_state));
-    std::mem::forget(a_tx);
+    let b_inbound = b.bound.inbound;
+    let (a_tx, a_rx) = watch::channel(a_state(b_inbound, protocol, expect, mesh));
     let a = Proxy::start_with_identity(
         &local(),
         a_rx,
@@ -166,6 +174,7 @@ async fn pair(app: SocketAddr, protocol: &str, mode: &str, expect: &str, mesh: b
     .unwrap();
     Pair {
         a,
+        a_state: a_tx,
         _b: b,
         b_state: b_tx,
         b_inbound,
@@ -269,6 +278,28 @@ async fn a_destination_with_the_wrong_identity_is_refused() {
         StatusCode::SERVICE_UNAVAILABLE,
         "the handshake fails: the server is shipping, not payments"
     );
+}
+
+#[tokio::test]
+async fn a_connection_is_not_reused_once_the_destination_must_prove_another_identity() {
+    let p = pair(http_app().await, "HTTP", "STRICT", SHIPPING, true).await;
+    let (status, _) = get(p.a.bound.outbound).await;
+    assert_eq!(status, StatusCode::OK);
+    // Pilot now says the endpoint must be payments: the open connection proved shipping, so
+    // the next request needs a new handshake, which fails.
+    p.a_state.send_replace(a_state(
+        p.b_inbound,
+        "HTTP",
+        "spiffe://cluster.local/ns/default/sa/payments",
+        true,
+    ));
+    let (status, body) = get(p.a.bound.outbound).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    // And back: shipping again is served (the connection that proved it may be reused).
+    p.a_state
+        .send_replace(a_state(p.b_inbound, "HTTP", SHIPPING, true));
+    let (status, body) = get(p.a.bound.outbound).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
 }
 
 #[tokio::test]

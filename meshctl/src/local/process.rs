@@ -27,6 +27,11 @@ fn stat(pid: u32) -> Option<(u64, char)> {
     Some((start, state))
 }
 
+/// How many threads `/proc/PID/task` lists (0 when the process is gone).
+fn threads(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task")).map_or(0, Iterator::count)
+}
+
 impl Recorded {
     /// Records a process just started.
     pub fn of(pid: u32) -> Recorded {
@@ -37,8 +42,14 @@ impl Recorded {
     }
 
     /// True while the process runs (not exited, not a zombie, not another process since).
+    /// A killed multi-threaded process shows its main thread as a zombie while its other
+    /// threads are still exiting, and its sockets stay open until the last one has: it counts
+    /// as alive until only the zombie main thread is left (else a restart can find its ports
+    /// still taken).
     pub fn alive(&self) -> bool {
-        stat(self.pid).is_some_and(|(start, state)| start == self.start && state != 'Z')
+        stat(self.pid).is_some_and(|(start, state)| {
+            start == self.start && (state != 'Z' || threads(self.pid) > 1)
+        })
     }
 
     /// Asks it to stop (SIGTERM), then kills it (SIGKILL) when it has not stopped by `grace`.

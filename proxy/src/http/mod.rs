@@ -3,6 +3,7 @@
 //! answered with Envoy's status codes and response flags when something fails.
 
 mod h1pool;
+mod h2pool;
 pub mod headers;
 mod inbound;
 pub mod route;
@@ -116,6 +117,8 @@ pub struct Upstreams {
     app: Clients,
     /// Plaintext HTTP/1.1 to destinations without a sidecar.
     outbound_h1: Arc<h1pool::H1Pool>,
+    /// HTTP/2 to other sidecars (mesh mTLS) and to ports that speak it.
+    outbound_h2: h2pool::H2Pool,
     /// Plaintext HTTP/1.1 to the local app, from 127.0.0.6.
     app_h1: Arc<h1pool::H1Pool>,
     mtls: Option<Arc<MtlsClient>>,
@@ -134,6 +137,7 @@ impl Upstreams {
                 &Originations::default(),
             ),
             outbound_h1: h1pool::H1Pool::new(None),
+            outbound_h2: h2pool::H2Pool::new(None, mtls.clone()),
             app_h1: h1pool::H1Pool::new(Some(crate::inbound::PASSTHROUGH_SOURCE.into())),
             mtls,
             originations,
@@ -486,9 +490,11 @@ async fn forward(
         // The last attempt hands the request's headers over instead of copying them.
         let last = attempt >= retries || !bodiless;
         let use_h2 = h2 && !upgrade;
-        // Plaintext HTTP/1.1 (most traffic to apps without a sidecar) takes the light pool;
-        // mTLS, origination, HTTP/2 and upgrades take hyper-util's client.
+        // Plaintext HTTP/1.1 (most traffic to apps without a sidecar) and HTTP/2 (between
+        // sidecars, and to ports that speak it) take light pools of our own; TLS origination,
+        // HTTP/1.1 over mTLS and upgrades take hyper-util's client.
         let plain_h1 = !use_h2 && !upgrade && !target.mtls && target.originate.is_none();
+        let own_h2 = use_h2 && target.originate.is_none();
         let upstream_req = match headers::upstream_request(req, target, use_h2, last, !plain_h1) {
             Ok(r) => r,
             Err(e) => {
@@ -505,6 +511,13 @@ async fn forward(
                 upstreams
                     .outbound_h1
                     .send(target.addr, upstream_req)
+                    .await
+                    .map_err(Failure::from)
+            } else if own_h2 {
+                let identity = target.mtls.then_some(target.identity.as_str());
+                upstreams
+                    .outbound_h2
+                    .send(target.addr, identity, upstream_req)
                     .await
                     .map_err(Failure::from)
             } else {
