@@ -114,6 +114,12 @@ impl H1Pool {
                 return Ok(idle.sender);
             }
         }
+        // Boxed: connecting makes a large future, which would otherwise be part of (and
+        // copied with) every request's future.
+        Box::pin(self.dial(addr)).await
+    }
+
+    async fn dial(&self, addr: SocketAddr) -> Result<SendRequest<Body>, SendError> {
         let stream = crate::tls::connect::tcp(addr, self.local)
             .await
             .map_err(SendError::Connect)?;

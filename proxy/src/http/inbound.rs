@@ -30,18 +30,29 @@ pub async fn serve_inbound<I>(
 ) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let peer_identity = Arc::new(peer_identity);
+    // What the app is told about the caller is the same for every request of the connection:
+    // made once, each request shares its bytes.
+    let client_cert = peer_identity.map(|peer| forwarded_client_cert(&inputs, &peer));
+    let peer_ip = HeaderValue::from_str(&peer.ip().to_string()).ok();
+    let caller = Arc::new((client_cert, peer_ip));
     let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
         let inputs = inputs.clone();
-        let peer_identity = peer_identity.clone();
+        let caller = caller.clone();
         async move {
             let mut req = req.map(BodyExt::boxed);
-            if let Some(id) = peer_identity.as_ref() {
-                forwarded_client_cert(&mut req, &inputs, id);
-            } else {
-                // A plaintext caller cannot speak for anyone's identity.
-                req.headers_mut().remove(&headers::X_FORWARDED_CLIENT_CERT);
+            let (client_cert, peer_ip) = caller.as_ref();
+            match client_cert {
+                Some(Some(v)) => {
+                    req.headers_mut()
+                        .insert(headers::X_FORWARDED_CLIENT_CERT.clone(), v.clone());
+                }
+                // A plaintext caller cannot speak for anyone's identity (and what a caller
+                // sent is never passed on as if the proxy had said it).
+                _ => {
+                    req.headers_mut().remove(&headers::X_FORWARDED_CLIENT_CERT);
+                }
             }
+            append_forwarded_for(&mut req, peer_ip.as_ref());
             Ok::<_, Infallible>(inbound_request(req, peer, dst, &inputs, app).await)
         }
     });
@@ -56,8 +67,13 @@ async fn inbound_request(
     app: Protocol,
 ) -> Response<Body> {
     let started = tokio::time::Instant::now();
-    let (method, path) = (req.method().clone(), req.uri().path().to_string());
-    append_forwarded_for(&mut req, peer);
+    // The access log line is built only when it is written (off in Istio's default profile).
+    let logged = tracing::enabled!(target: "access", tracing::Level::INFO);
+    let (method, path) = if logged {
+        (req.method().clone(), req.uri().path().to_string())
+    } else {
+        (hyper::Method::GET, String::new())
+    };
     headers::prepare_upstream(&mut req, peer);
     let upgrade = headers::is_upgrade(&req);
     let h2 =
@@ -106,42 +122,44 @@ async fn inbound_request(
             ),
         },
     };
-    tracing::info!(
-        target: "access",
-        "inbound http {peer} {method} {path} {} port={} flags={flags} duration_ms={}",
-        resp.status().as_u16(),
-        dst.port(),
-        started.elapsed().as_millis()
-    );
+    if logged {
+        tracing::info!(
+            target: "access",
+            "inbound http {peer} {method} {path} {} port={} flags={flags} duration_ms={}",
+            resp.status().as_u16(),
+            dst.port(),
+            started.elapsed().as_millis()
+        );
+    }
     resp
 }
 
 /// Tells the app who called, as Envoy does: `x-forwarded-client-cert: By=<own>;URI=<peer>`.
-fn forwarded_client_cert<B>(req: &mut Request<B>, inputs: &Inputs, peer: &str) {
+fn forwarded_client_cert(inputs: &Inputs, peer: &str) -> Option<HeaderValue> {
     let own = inputs
         .svids
         .as_ref()
         .and_then(|s| s.borrow().as_ref().map(|s| s.identity.clone()))
         .unwrap_or_default();
-    if let Ok(v) = HeaderValue::from_str(&format!("By={own};URI={peer}")) {
-        req.headers_mut()
-            .insert(headers::X_FORWARDED_CLIENT_CERT.clone(), v);
-    }
+    HeaderValue::from_str(&format!("By={own};URI={peer}")).ok()
 }
 
 /// Appends the caller's address to `x-forwarded-for`, as Envoy does at the edge of a workload.
-fn append_forwarded_for<B>(req: &mut Request<B>, peer: SocketAddr) {
-    let ip = peer.ip().to_string();
+fn append_forwarded_for<B>(req: &mut Request<B>, peer_ip: Option<&HeaderValue>) {
+    let Some(ip) = peer_ip else { return };
     let value = match req
         .headers()
         .get(&headers::X_FORWARDED_FOR)
         .and_then(|v| v.to_str().ok())
     {
-        Some(existing) if !existing.is_empty() => format!("{existing}, {ip}"),
-        _ => ip,
+        Some(existing) if !existing.is_empty() => {
+            match HeaderValue::from_str(&format!("{existing}, {}", ip.to_str().unwrap_or(""))) {
+                Ok(v) => v,
+                Err(_) => return,
+            }
+        }
+        _ => ip.clone(),
     };
-    if let Ok(v) = HeaderValue::from_str(&value) {
-        req.headers_mut()
-            .insert(headers::X_FORWARDED_FOR.clone(), v);
-    }
+    req.headers_mut()
+        .insert(headers::X_FORWARDED_FOR.clone(), value);
 }
