@@ -4,6 +4,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# A one-off build gains nothing from incremental state: without it the build is faster and
+# about half the size on disk.
+export CARGO_INCREMENTAL=0
+
 # OS packages the suite needs beyond the Rust toolchain (pinned in rust-toolchain.toml): the
 # capture tests create network namespaces (iproute2), write rules in them (iptables) and run
 # the proxy as uid 1337 (setpriv, from util-linux); mesh-bench's plot test draws its labels
