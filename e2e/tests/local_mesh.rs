@@ -94,13 +94,68 @@ fn seed_split_90_10_over_mutual_tls() {
     // Every answer saw order's identity: mutual TLS carried every request.
     assert_eq!(report.by_peer.get(ORDER_ID), Some(&n), "{report:?}");
     // The three names of a service all reach it.
+    let mut answered_by_v2 = report.by_version.get("v2").copied().unwrap_or(0);
     for url in [
         "http://shipping-service.default:8080/",
         "http://shipping-service.default.svc.cluster.local:8080/",
     ] {
         let r = c.load("order-v1-0", url, &["-n", "10"]).unwrap();
         assert_all_ok(&r);
+        answered_by_v2 += r.by_version.get("v2").copied().unwrap_or(0);
     }
+    // Both sidecars counted every request in Istio's metrics, with Istio's labels, on the
+    // port Prometheus scrapes (a response is counted once its body is sent: waited for).
+    let total = n + 20;
+    let source = [
+        "reporter=\"source\"",
+        "source_workload=\"order-v1\"",
+        "source_app=\"order\"",
+        &format!("source_principal=\"{ORDER_ID}\""),
+        "destination_service=\"shipping-service.default.svc.cluster.local\"",
+        "destination_service_name=\"shipping-service\"",
+        "response_code=\"200\"",
+        "connection_security_policy=\"mutual_tls\"",
+    ];
+    let counted = || requests_counted(&c, "order-v1-0", &source);
+    wait_until(DEADLINE, || counted() >= total);
+    assert_eq!(counted(), total, "{}", scrape(&c, "order-v1-0"));
+    let v2 = [&source[..], &["destination_version=\"v2\""]].concat();
+    assert_eq!(
+        requests_counted(&c, "order-v1-0", &v2),
+        answered_by_v2,
+        "order's sidecar labels each request with the version that answered"
+    );
+    let destination = [
+        "reporter=\"destination\"",
+        &format!("source_principal=\"{ORDER_ID}\""),
+        "destination_app=\"shipping\"",
+        "response_code=\"200\"",
+        "connection_security_policy=\"mutual_tls\"",
+    ];
+    let answered = || {
+        requests_counted(&c, "shipping-v1-0", &destination)
+            + requests_counted(&c, "shipping-v2-0", &destination)
+    };
+    wait_until(DEADLINE, || answered() >= total);
+    assert_eq!(answered(), total, "{}", scrape(&c, "shipping-v2-0"));
+}
+
+/// What the sidecar of `pod` serves on its metrics port (15020), fetched inside the pod.
+fn scrape(c: &LocalCluster, pod: &str) -> String {
+    let script = "exec 3<>/dev/tcp/127.0.0.1/15020 && \
+        printf 'GET /stats/prometheus HTTP/1.0\\r\\nHost: metrics\\r\\n\\r\\n' >&3 && cat <&3";
+    let out = c.exec(pod, &["bash", "-c", script]).unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The sum of `istio_requests_total` over the series of `pod`'s sidecar carrying `labels`.
+fn requests_counted(c: &LocalCluster, pod: &str, labels: &[&str]) -> usize {
+    scrape(c, pod)
+        .lines()
+        .filter(|l| l.starts_with("istio_requests_total{"))
+        .filter(|l| labels.iter().all(|want| l.contains(want)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<usize>().ok())
+        .sum()
 }
 
 #[test]

@@ -179,6 +179,7 @@ async fn sidecar(pilot: SocketAddr, id: &str, vip: &str) -> Sidecar {
         inbound: any,
         admin: any,
         readiness: any,
+        metrics: any,
     };
     let dst = Arc::new(FixedDst(vip.parse().unwrap()));
     let setup = Setup {
@@ -188,6 +189,7 @@ async fn sidecar(pilot: SocketAddr, id: &str, vip: &str) -> Sidecar {
         inbound_dst: dst,
         svids: None,
         on_demand: Some(od),
+        workload: mesh_proxy::metrics::Workload::unknown(),
     };
     Sidecar {
         proxy: Proxy::launch(&listeners, setup).await.unwrap(),

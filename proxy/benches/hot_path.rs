@@ -1,6 +1,6 @@
 //! The pieces every proxied request goes through, one at a time: route matching, the
-//! load-balancer pick, header handling, and the active-request accounting least-request
-//! balancing reads. Targets are in docs/performance.md; `cargo bench -p mesh-proxy --bench
+//! load-balancer pick, header handling, the active-request accounting least-request
+//! balancing reads, and metric recording. Targets are in docs/performance.md; `cargo bench -p mesh-proxy --bench
 //! hot_path` measures them.
 
 #![allow(clippy::expect_used, clippy::unwrap_used, missing_docs)]
@@ -248,6 +248,49 @@ fn bench(c: &mut Criterion) {
     group.bench_function("active_request_start_and_end", |b| {
         b.iter(|| drop(loads.start(black_box(addr))));
     });
+    group.finish();
+
+    bench_metrics(c);
+}
+
+/// Recording one request in Istio's metrics: the series lookup with a key borrowed from the
+/// request, the timer and its drop; and a scrape of a proxy with 1000 series.
+fn bench_metrics(c: &mut Criterion) {
+    use mesh_proxy::metrics::{Key, Metrics, Reporter, RequestProtocol, Sides, Workload};
+    let metrics = std::sync::Arc::new(Metrics::new(Workload::unknown()));
+    let describe = || Sides::unknown_destination(Workload::unknown());
+    // A request's own copy of the host name, as a routed request holds it.
+    let host = String::from("reviews.bookinfo.svc.cluster.local");
+    let key = |code| Key {
+        reporter: Reporter::Source,
+        peer: host.as_str(),
+        addr: Some("10.244.0.10:9080".parse().unwrap()),
+        mtls: true,
+        protocol: RequestProtocol::Http,
+        code,
+        flags: "-",
+    };
+    let ok = key(200);
+    metrics.request_series(&ok, describe);
+    let mut group = c.benchmark_group("metrics");
+    group.bench_function("record_request", |b| {
+        b.iter(|| {
+            let started = std::time::Instant::now();
+            drop(metrics.time_request(black_box(&ok), started, describe));
+        });
+    });
+    let many = std::sync::Arc::new(Metrics::new(Workload::unknown()));
+    let hosts: Vec<String> = (0..250)
+        .map(|i| format!("svc-{i}.ns.svc.cluster.local"))
+        .collect();
+    for h in &hosts {
+        for code in [200, 404, 500, 503] {
+            let mut k = key(code);
+            k.peer = h;
+            many.request_series(&k, describe).record(700);
+        }
+    }
+    group.bench_function("scrape_1000_series", |b| b.iter(|| many.render().len()));
     group.finish();
 }
 

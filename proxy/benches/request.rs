@@ -95,6 +95,7 @@ fn bench(c: &mut Criterion) {
             inbound: any,
             admin: any,
             readiness: any,
+            metrics: any,
         };
         let proxy = Proxy::start(
             &listeners,

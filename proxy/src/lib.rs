@@ -12,6 +12,7 @@ pub mod http;
 pub mod identity;
 pub mod inbound;
 pub mod init;
+pub mod metrics;
 pub mod outbound;
 pub mod sniff;
 pub mod socket;
@@ -49,6 +50,8 @@ pub struct Inputs {
     pub tls_server: Option<Arc<rustls::ServerConfig>>,
     /// Asks pilot for destinations the state does not hold yet, when pilot feeds the state.
     pub on_demand: Option<Arc<discovery::OnDemand>>,
+    /// Istio's standard metrics.
+    pub metrics: Arc<metrics::Metrics>,
 }
 
 impl Inputs {
@@ -85,7 +88,18 @@ impl Inputs {
             svids,
             tls_server,
             on_demand: None,
+            metrics: Arc::default(),
         }
+    }
+
+    /// This proxy's workload as metrics label it, with the identity its current certificate
+    /// proves.
+    pub fn workload(&self) -> metrics::Workload {
+        let mut w = self.metrics.local().clone();
+        if let Some(svid) = self.svids.as_ref().and_then(|s| s.borrow().clone()) {
+            w.principal = svid.identity.clone();
+        }
+        w
     }
 
     /// True once the proxy has a state to serve with (and its certificate, when it has an
@@ -109,6 +123,8 @@ pub struct Listeners {
     pub admin: SocketAddr,
     /// Readiness (15021).
     pub readiness: SocketAddr,
+    /// Prometheus metrics and readiness (15020).
+    pub metrics: SocketAddr,
 }
 
 impl Default for Listeners {
@@ -118,6 +134,7 @@ impl Default for Listeners {
             inbound: ([0, 0, 0, 0], 15006).into(),
             admin: ([127, 0, 0, 1], 15000).into(),
             readiness: ([0, 0, 0, 0], 15021).into(),
+            metrics: ([0, 0, 0, 0], 15020).into(),
         }
     }
 }
@@ -136,6 +153,8 @@ pub struct Setup {
     pub svids: Option<Svids>,
     /// On-demand lookups, when pilot feeds the state.
     pub on_demand: Option<Arc<discovery::OnDemand>>,
+    /// The workload the proxy serves, as its metrics' labels name it.
+    pub workload: metrics::Workload,
 }
 
 /// A running proxy.
@@ -197,6 +216,7 @@ impl Proxy {
             inbound_dst,
             svids,
             on_demand: None,
+            workload: metrics::Workload::unknown(),
         };
         Self::launch(listeners, setup).await
     }
@@ -210,21 +230,31 @@ impl Proxy {
             inbound_dst,
             svids,
             on_demand,
+            workload,
         } = setup;
         let outbound = bind(listeners.outbound, "outbound").await?;
         let inbound = bind(listeners.inbound, "inbound").await?;
         let admin = bind(listeners.admin, "admin").await?;
         let readiness = bind(listeners.readiness, "readiness").await?;
+        let metrics_listener = bind(listeners.metrics, "metrics").await?;
         let local = |l: &TcpListener, fallback| l.local_addr().unwrap_or(fallback);
         let bound = Listeners {
             outbound: local(&outbound, listeners.outbound),
             inbound: local(&inbound, listeners.inbound),
             admin: local(&admin, listeners.admin),
             readiness: local(&readiness, listeners.readiness),
+            metrics: local(&metrics_listener, listeners.metrics),
         };
         let mut inputs = Inputs::with_identity(state, has_state, svids);
         inputs.on_demand = on_demand;
-        inputs.own_addrs = vec![bound.outbound, bound.inbound, bound.admin, bound.readiness];
+        inputs.metrics = Arc::new(metrics::Metrics::new(workload));
+        inputs.own_addrs = vec![
+            bound.outbound,
+            bound.inbound,
+            bound.admin,
+            bound.readiness,
+            bound.metrics,
+        ];
         let inputs = Arc::new(inputs);
         let (trigger, watch) = drain::channel();
         let (drain_tx, drain_requests) = mpsc::channel(1);
@@ -242,7 +272,12 @@ impl Proxy {
                 watch.clone(),
             )),
             tokio::spawn(admin::serve(admin, inputs.clone(), drain_tx, watch.clone())),
-            tokio::spawn(admin::serve_readiness(readiness, inputs, watch)),
+            tokio::spawn(admin::serve_readiness(
+                readiness,
+                inputs.clone(),
+                watch.clone(),
+            )),
+            tokio::spawn(admin::serve_metrics(metrics_listener, inputs, watch)),
         ];
         Ok(Self {
             bound,

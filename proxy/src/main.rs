@@ -63,6 +63,10 @@ struct RunArgs {
     /// Name of the workload (pod), sent to pilot.
     #[arg(long, default_value = "")]
     workload_name: String,
+    /// The workload the pod belongs to (its Deployment), as metrics name it
+    /// (`source_workload`, `destination_workload`); by default the pod's name.
+    #[arg(long, default_value = "", value_name = "NAME")]
+    workload: String,
     /// How often the state file is checked for changes, in milliseconds.
     #[arg(long, default_value_t = 500)]
     state_poll_ms: u64,
@@ -78,6 +82,9 @@ struct RunArgs {
     /// Readiness port (/healthz/ready).
     #[arg(long, default_value_t = 15021)]
     readiness_port: u16,
+    /// Metrics port (/stats/prometheus, /healthz/ready), where Prometheus scrapes.
+    #[arg(long, default_value_t = 15020)]
+    metrics_port: u16,
     /// How long connections in flight may take to finish after a drain begins, in seconds.
     #[arg(long, default_value_t = 5)]
     drain_timeout_secs: u64,
@@ -297,6 +304,7 @@ fn run_proxy(args: &RunArgs) -> anyhow::Result<()> {
             inbound: (bind, args.inbound_port).into(),
             admin: ([127, 0, 0, 1], args.admin_port).into(),
             readiness: (bind, args.readiness_port).into(),
+            metrics: (bind, args.metrics_port).into(),
         };
         let original_dst = |fixed: Option<std::net::SocketAddr>| -> Arc<dyn OriginalDst> {
             match fixed {
@@ -311,6 +319,7 @@ fn run_proxy(args: &RunArgs) -> anyhow::Result<()> {
             inbound_dst: original_dst(args.inbound_original_dst),
             svids,
             on_demand,
+            workload: workload_of(args)?,
         };
         let mut proxy = Proxy::launch(&listeners, setup).await?;
         tracing::info!(
@@ -337,6 +346,35 @@ fn run_proxy(args: &RunArgs) -> anyhow::Result<()> {
         }
         Ok(())
     })
+}
+
+/// The workload as metrics label it: `--workload` (else the pod's name), namespace, identity
+/// (when the proxy has one) and `--labels`.
+fn workload_of(args: &RunArgs) -> anyhow::Result<mesh_proxy::metrics::Workload> {
+    let name = [&args.workload, &args.workload_name]
+        .into_iter()
+        .find(|n| !n.is_empty())
+        .cloned()
+        .unwrap_or_else(|| {
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_string())
+                .unwrap_or_default()
+        });
+    let principal = if args.ca_address.is_some() {
+        format!(
+            "spiffe://{}/ns/{}/sa/{}",
+            args.trust_domain, args.namespace, args.service_account
+        )
+    } else {
+        String::new()
+    };
+    let labels = parse_labels(&args.labels)?;
+    Ok(mesh_proxy::metrics::Workload::from_labels(
+        &name,
+        &args.namespace,
+        &principal,
+        |k| labels.get(k).map(String::as_str),
+    ))
 }
 
 /// Parses `k=v,k=v`.

@@ -108,6 +108,7 @@ fn local() -> Listeners {
         inbound: any,
         admin: any,
         readiness: any,
+        metrics: any,
     }
 }
 

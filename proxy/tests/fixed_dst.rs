@@ -62,6 +62,7 @@ fn forwards_to_the_fixed_destination_without_capture() {
         .args(["--inbound-port", &free_port().to_string()])
         .args(["--admin-port", &free_port().to_string()])
         .args(["--readiness-port", &free_port().to_string()])
+        .args(["--metrics-port", &free_port().to_string()])
         .args(["--outbound-original-dst", &backend.to_string()])
         .args(["--worker-threads", "1"])
         .stdout(Stdio::null())

@@ -171,6 +171,7 @@ async fn proxy_with(state: proto::ProxyState, vip: &str) -> (Proxy, watch::Sende
         inbound: any,
         admin: any,
         readiness: any,
+        metrics: any,
     };
     let proxy = Proxy::start(
         &listeners,

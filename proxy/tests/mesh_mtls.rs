@@ -83,6 +83,7 @@ fn local() -> Listeners {
         inbound: any,
         admin: any,
         readiness: any,
+        metrics: any,
     }
 }
 
@@ -90,7 +91,7 @@ struct Pair {
     a: Proxy,
     /// A's state: `shipping`'s endpoint is B's inbound listener.
     a_state: watch::Sender<Arc<State>>,
-    _b: Proxy,
+    b: Proxy,
     b_state: watch::Sender<Arc<State>>,
     b_inbound: SocketAddr,
     app_port: u16,
@@ -175,7 +176,7 @@ async fn pair(app: SocketAddr, protocol: &str, mode: &str, expect: &str, mesh: b
     Pair {
         a,
         a_state: a_tx,
-        _b: b,
+        b,
         b_state: b_tx,
         b_inbound,
         app_port: app.port(),
@@ -313,4 +314,152 @@ async fn auto_mtls_sends_plaintext_to_endpoints_without_a_sidecar() {
     let strict = pair(http_app().await, "HTTP", "STRICT", SHIPPING, false).await;
     let (status, _) = get(strict.a.bound.outbound).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+}
+
+/// The Prometheus text a proxy serves on its metrics port.
+async fn scrape(proxy: &Proxy) -> String {
+    let stream = TcpStream::connect(proxy.bound.metrics).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let req = Request::builder()
+        .uri("/stats/prometheus")
+        .header("host", "metrics")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let resp = sender.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    String::from_utf8(
+        resp.into_body()
+            .collect()
+            .await
+            .unwrap()
+            .to_bytes()
+            .to_vec(),
+    )
+    .unwrap()
+}
+
+/// The value of the one sample of `metric` whose labels include every one of `labels`.
+fn sample(text: &str, metric: &str, labels: &[&str]) -> Option<u64> {
+    text.lines()
+        .filter(|l| l.starts_with(&format!("{metric}{{")))
+        .find(|l| labels.iter().all(|want| l.contains(want)))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+/// Scrapes until `metric` with `labels` reaches `want` (a response's series is counted once
+/// its body is sent, which may be just after the client read it), then asserts it; returns the
+/// last text scraped.
+async fn expect_sample(proxy: &Proxy, metric: &str, labels: &[&str], want: u64) -> String {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let text = scrape(proxy).await;
+        let got = sample(&text, metric, labels);
+        if got == Some(want) {
+            return text;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{metric} {labels:?}: {got:?}, want {want}\n{text}"
+        );
+        tokio::task::yield_now().await;
+    }
+}
+
+#[tokio::test]
+async fn both_sidecars_count_requests_and_connections_in_istio_metrics() {
+    let p = pair(http_app().await, "HTTP", "STRICT", SHIPPING, true).await;
+    for _ in 0..3 {
+        let (status, body) = get(p.a.bound.outbound).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+    let source = [
+        "reporter=\"source\"",
+        "destination_service=\"shipping.default.svc.cluster.local\"",
+        "destination_service_name=\"shipping\"",
+        "destination_service_namespace=\"default\"",
+        &format!("destination_principal=\"{SHIPPING}\""),
+        &format!("source_principal=\"{ORDER}\""),
+        "response_code=\"200\"",
+        "response_flags=\"-\"",
+        "connection_security_policy=\"mutual_tls\"",
+    ];
+    expect_sample(&p.a, "istio_requests_total", &source, 3).await;
+    expect_sample(
+        &p.a,
+        "istio_request_duration_milliseconds_count",
+        &source,
+        3,
+    )
+    .await;
+    let destination = [
+        "reporter=\"destination\"",
+        &format!("source_principal=\"{ORDER}\""),
+        "source_workload_namespace=\"default\"",
+        &format!("destination_principal=\"{SHIPPING}\""),
+        "response_code=\"200\"",
+        "connection_security_policy=\"mutual_tls\"",
+    ];
+    let text = expect_sample(&p.b, "istio_requests_total", &destination, 3).await;
+    assert!(
+        !text.contains("reporter=\"source\""),
+        "B made no calls: {text}"
+    );
+
+    // A refused request is counted with its code and flag.
+    p.a_state.send_replace(a_state(
+        "127.0.0.1:1".parse().unwrap(),
+        "HTTP",
+        SHIPPING,
+        true,
+    ));
+    let (status, _) = get(p.a.bound.outbound).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    let failed = [
+        "reporter=\"source\"",
+        "response_code=\"503\"",
+        "response_flags=\"UF\"",
+    ];
+    expect_sample(&p.a, "istio_requests_total", &failed, 1).await;
+}
+
+#[tokio::test]
+async fn tcp_connections_and_bytes_are_counted_on_both_sides() {
+    let p = pair(tcp_app().await, "TCP", "STRICT", SHIPPING, true).await;
+    let mut c = TcpStream::connect(p.a.bound.outbound).await.unwrap();
+    c.write_all(b"ping").await.unwrap();
+    let mut buf = [0u8; 16];
+    let n = tokio::time::timeout(Duration::from_secs(5), c.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&buf[..n], b"app:ping");
+    let source = [
+        "reporter=\"source\"",
+        "request_protocol=\"tcp\"",
+        "connection_security_policy=\"mutual_tls\"",
+    ];
+    expect_sample(&p.a, "istio_tcp_connections_opened_total", &source, 1).await;
+    drop(c);
+    // Closed when both directions are done; bytes as Istio counts them: the request's 4
+    // received, the response's 8 sent.
+    let text = expect_sample(&p.a, "istio_tcp_connections_closed_total", &source, 1).await;
+    assert_eq!(
+        sample(&text, "istio_tcp_received_bytes_total", &source),
+        Some(4),
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, "istio_tcp_sent_bytes_total", &source),
+        Some(8),
+        "{text}"
+    );
+    let destination = [
+        "reporter=\"destination\"",
+        &format!("source_principal=\"{ORDER}\""),
+    ];
+    expect_sample(&p.b, "istio_tcp_connections_closed_total", &destination, 1).await;
+    expect_sample(&p.b, "istio_tcp_received_bytes_total", &destination, 4).await;
 }

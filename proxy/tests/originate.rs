@@ -130,6 +130,7 @@ async fn proxy_to(server: SocketAddr, mode: &str, originate: proto::OriginatedTl
         inbound: any,
         admin: any,
         readiness: any,
+        metrics: any,
     };
     Proxy::start(
         &listeners,

@@ -69,6 +69,7 @@ fn local() -> Listeners {
         inbound: any,
         admin: any,
         readiness: any,
+        metrics: any,
     }
 }
 

@@ -91,6 +91,7 @@ fn local() -> Listeners {
         inbound: any,
         admin: any,
         readiness: any,
+        metrics: any,
     }
 }
 

@@ -475,7 +475,11 @@ impl MeshProxy<'_> {
             Some(p) => p,
             None => bench::free_port()?,
         };
-        let (admin, ready) = (bench::free_port()?, bench::free_port()?);
+        let (admin, ready, metrics) = (
+            bench::free_port()?,
+            bench::free_port()?,
+            bench::free_port()?,
+        );
         let mut args: Vec<String> = [
             "run",
             "--state-file",
@@ -490,6 +494,8 @@ impl MeshProxy<'_> {
             &admin.to_string(),
             "--readiness-port",
             &ready.to_string(),
+            "--metrics-port",
+            &metrics.to_string(),
             "--worker-threads",
             "1",
             // Stopped at once when the bench ends: nothing is in flight by then.

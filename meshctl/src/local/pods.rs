@@ -274,6 +274,7 @@ impl Mesh {
                 .args(["--labels", &labels])
                 .args(["--workload-ips", &pod.address])
                 .args(["--workload-name", &pod.name])
+                .args(["--workload", pod.workload()])
                 .env(
                     "RUST_LOG",
                     std::env::var("MESH_PROXY_LOG").unwrap_or_else(|_| "info".into()),

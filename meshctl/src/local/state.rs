@@ -64,6 +64,19 @@ impl PodRecord {
             .collect::<Vec<_>>()
             .join(",")
     }
+
+    /// The Deployment the pod belongs to (pods are named `<deployment>-<index>`): the workload
+    /// its metrics name.
+    pub fn workload(&self) -> &str {
+        match self.name.rsplit_once('-') {
+            Some((workload, index))
+                if !workload.is_empty() && index.bytes().all(|b| b.is_ascii_digit()) =>
+            {
+                workload
+            }
+            _ => &self.name,
+        }
+    }
 }
 
 impl RuntimeState {
@@ -155,4 +168,21 @@ pub fn save(layout: &Layout, state: &RuntimeState) -> Result<(), RuntimeError> {
     std::fs::write(&tmp, text)
         .and_then(|()| std::fs::rename(&tmp, &path))
         .map_err(|e| RuntimeError::io(format!("writing {}", path.display()), e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::PodRecord;
+
+    #[test]
+    fn a_pods_workload_is_its_deployment() {
+        let pod = |name: &str| PodRecord {
+            name: name.into(),
+            ..Default::default()
+        };
+        assert_eq!(pod("order-v1-0").workload(), "order-v1");
+        assert_eq!(pod("inventory-12").workload(), "inventory");
+        assert_eq!(pod("curl").workload(), "curl");
+        assert_eq!(pod("order-v1").workload(), "order-v1");
+    }
 }

@@ -1,5 +1,6 @@
-//! Admin (127.0.0.1:15000: `/ready`, `/config_dump`, `/drain`) and readiness
-//! (`/healthz/ready` on 15021), served with hyper.
+//! Admin (127.0.0.1:15000: `/ready`, `/config_dump`, `/stats/prometheus`, `/drain`),
+//! readiness (`/healthz/ready` on 15021) and metrics (`/stats/prometheus` and
+//! `/healthz/ready` on 15020, where Prometheus scrapes), served with hyper.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -23,6 +24,8 @@ enum Scope {
     Admin,
     /// Only `/healthz/ready` (reachable from outside the pod).
     Readiness,
+    /// `/stats/prometheus` and `/healthz/ready` (reachable from outside the pod).
+    Metrics,
 }
 
 /// Serves admin requests until a drain begins. A POST to `/drain` sends on `drain_request`.
@@ -55,8 +58,12 @@ async fn serve_scoped(
                         let drain_request = drain_request.clone();
                         let draining = draining.is_draining();
                         async move {
-                            if scope == Scope::Readiness && req.uri().path() != "/healthz/ready" {
+                            let path = req.uri().path();
+                            if scope == Scope::Readiness && path != "/healthz/ready" {
                                 return Ok::<_, Infallible>(text(StatusCode::NOT_FOUND, "only /healthz/ready here\n"));
+                            }
+                            if scope == Scope::Metrics && !matches!(path, "/healthz/ready" | "/stats/prometheus") {
+                                return Ok::<_, Infallible>(text(StatusCode::NOT_FOUND, "paths here: /stats/prometheus, /healthz/ready\n"));
                             }
                             Ok::<_, Infallible>(route(req, &inputs, &drain_request, draining).await)
                         }
@@ -108,17 +115,36 @@ async fn route(
                 ),
             }
         }
+        (&Method::GET, "/stats/prometheus") => {
+            // A proxy with many series takes milliseconds to render them: off the threads
+            // that carry traffic.
+            let metrics = inputs.metrics.clone();
+            let Ok(body) = tokio::task::spawn_blocking(move || metrics.render()).await else {
+                return text(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "rendering the metrics failed\n",
+                );
+            };
+            let mut r = text(StatusCode::OK, body);
+            r.headers_mut().insert(
+                hyper::header::CONTENT_TYPE,
+                hyper::header::HeaderValue::from_static(
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                ),
+            );
+            r
+        }
         (&Method::POST, "/drain") => {
             let _ = drain_request.try_send(());
             text(StatusCode::OK, "draining\n")
         }
-        (_, "/ready" | "/healthz/ready" | "/config_dump" | "/drain") => text(
+        (_, "/ready" | "/healthz/ready" | "/config_dump" | "/stats/prometheus" | "/drain") => text(
             StatusCode::METHOD_NOT_ALLOWED,
             "use GET (POST for /drain)\n",
         ),
         _ => text(
             StatusCode::NOT_FOUND,
-            "admin paths: /ready, /config_dump, POST /drain\n",
+            "admin paths: /ready, /config_dump, /stats/prometheus, POST /drain\n",
         ),
     }
 }
@@ -127,4 +153,10 @@ async fn route(
 pub async fn serve_readiness(listener: TcpListener, inputs: Arc<Inputs>, drain: drain::Watch) {
     let (tx, _rx) = mpsc::channel(1);
     serve_scoped(listener, inputs, tx, drain, Scope::Readiness).await;
+}
+
+/// Serves Prometheus metrics and readiness (the 15020 port Prometheus scrapes).
+pub async fn serve_metrics(listener: TcpListener, inputs: Arc<Inputs>, drain: drain::Watch) {
+    let (tx, _rx) = mpsc::channel(1);
+    serve_scoped(listener, inputs, tx, drain, Scope::Metrics).await;
 }

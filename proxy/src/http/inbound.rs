@@ -32,15 +32,17 @@ pub async fn serve_inbound<I>(
 {
     // What the app is told about the caller is the same for every request of the connection:
     // made once, each request shares its bytes.
-    let client_cert = peer_identity.map(|peer| forwarded_client_cert(&inputs, &peer));
+    let client_cert = peer_identity
+        .as_deref()
+        .map(|peer| forwarded_client_cert(&inputs, peer));
     let peer_ip = HeaderValue::from_str(&peer.ip().to_string()).ok();
-    let caller = Arc::new((client_cert, peer_ip));
+    let caller = Arc::new((client_cert, peer_ip, peer_identity));
     let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
         let inputs = inputs.clone();
         let caller = caller.clone();
         async move {
             let mut req = req.map(BodyExt::boxed);
-            let (client_cert, peer_ip) = caller.as_ref();
+            let (client_cert, peer_ip, identity) = caller.as_ref();
             match client_cert {
                 Some(Some(v)) => {
                     req.headers_mut()
@@ -53,20 +55,32 @@ pub async fn serve_inbound<I>(
                 }
             }
             append_forwarded_for(&mut req, peer_ip.as_ref());
-            Ok::<_, Infallible>(inbound_request(req, peer, dst, &inputs, app).await)
+            let caller = Caller {
+                addr: peer,
+                identity: identity.as_deref(),
+            };
+            Ok::<_, Infallible>(inbound_request(req, caller, dst, &inputs, app).await)
         }
     });
     super::serve_until_drained(conn, svc, drain, "inbound", peer).await;
 }
 
+/// Who called: their address and, over mTLS, the identity they proved.
+struct Caller<'a> {
+    addr: SocketAddr,
+    identity: Option<&'a str>,
+}
+
 async fn inbound_request(
     mut req: Request<Body>,
-    peer: SocketAddr,
+    caller: Caller<'_>,
     dst: SocketAddr,
     inputs: &Inputs,
     app: Protocol,
 ) -> Response<Body> {
-    let started = tokio::time::Instant::now();
+    let peer = caller.addr;
+    let started = std::time::Instant::now();
+    let grpc = headers::is_grpc(&req);
     // The access log line is built only when it is written (off in Istio's default profile).
     let logged = tracing::enabled!(target: "access", tracing::Level::INFO);
     let (method, path) = if logged {
@@ -122,6 +136,7 @@ async fn inbound_request(
             ),
         },
     };
+    let resp = timed(resp, inputs, &caller, dst, flags, grpc, started);
     if logged {
         tracing::info!(
             target: "access",
@@ -132,6 +147,39 @@ async fn inbound_request(
         );
     }
     resp
+}
+
+/// Counts the request in its series once its response's body is sent (reporter
+/// `destination`).
+fn timed(
+    resp: Response<Body>,
+    inputs: &Inputs,
+    caller: &Caller<'_>,
+    dst: SocketAddr,
+    flags: &'static str,
+    grpc: bool,
+    started: std::time::Instant,
+) -> Response<Body> {
+    use crate::metrics::{Key, Reporter, RequestProtocol, Timed, inbound_sides};
+    let metrics = &inputs.metrics;
+    let identity = caller.identity.unwrap_or("");
+    let key = Key {
+        reporter: Reporter::Destination,
+        peer: identity,
+        addr: Some(dst),
+        mtls: caller.identity.is_some(),
+        protocol: if grpc {
+            RequestProtocol::Grpc
+        } else {
+            RequestProtocol::Http
+        },
+        code: resp.status().as_u16(),
+        flags,
+    };
+    let timer = metrics.time_request(&key, started, || {
+        inbound_sides(inputs.workload(), &inputs.state.borrow(), dst, identity)
+    });
+    resp.map(|body| Timed::new(body, timer).boxed())
 }
 
 /// Tells the app who called, as Envoy does: `x-forwarded-client-cert: By=<own>;URI=<peer>`.

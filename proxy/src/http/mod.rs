@@ -272,7 +272,17 @@ async fn outbound_request(req: Request<Incoming>, ctx: &Conn) -> Response<Body> 
     } else {
         String::new()
     };
+    let grpc = headers::is_grpc(&req);
     let (response, target, flags) = decide_and_send(&mut req, ctx, &state).await;
+    let response = timed(
+        response,
+        &ctx.inputs,
+        &state,
+        target.as_ref(),
+        flags,
+        grpc,
+        started.into_std(),
+    );
     if logged {
         let upstream = target
             .as_ref()
@@ -287,6 +297,39 @@ async fn outbound_request(req: Request<Incoming>, ctx: &Conn) -> Response<Body> 
         );
     }
     response
+}
+
+/// Counts the request in its series once its response's body is sent (reporter `source`).
+fn timed(
+    response: Response<Body>,
+    inputs: &Inputs,
+    state: &State,
+    target: Option<&Target>,
+    flags: &'static str,
+    grpc: bool,
+    started: std::time::Instant,
+) -> Response<Body> {
+    use crate::metrics::{Key, Reporter, RequestProtocol, Timed, outbound_sides};
+    // One series for every destination outside the registry, whatever its address.
+    let passthrough = target.is_none_or(|t| t.service == crate::outbound::PASSTHROUGH);
+    let key = Key {
+        reporter: Reporter::Source,
+        peer: target.map_or(crate::metrics::UNKNOWN, |t| t.service.as_str()),
+        addr: target.filter(|_| !passthrough).map(|t| t.addr),
+        mtls: target.is_some_and(|t| t.mtls),
+        protocol: if grpc {
+            RequestProtocol::Grpc
+        } else {
+            RequestProtocol::Http
+        },
+        code: response.status().as_u16(),
+        flags,
+    };
+    let timer = inputs.metrics.time_request(&key, started, || match target {
+        Some(t) => outbound_sides(inputs.workload(), state, t),
+        None => crate::metrics::Sides::unknown_destination(inputs.workload()),
+    });
+    response.map(|body| Timed::new(body, timer).boxed())
 }
 
 async fn decide_and_send(

@@ -98,19 +98,51 @@ async fn handle(
         crate::http::serve_inbound(conn, peer, dst, inputs.clone(), declared, drain, None).await;
         return;
     }
+    tcp_series(inputs, dst, None, "-").opened();
     let mut app = match connect_app(dst.port()).await {
         Ok(s) => s,
         Err(e) => {
+            tcp_series(inputs, dst, None, "UF").closed(0, 0);
             tracing::info!(target: "access", "inbound tcp {peer} -> {dst} flags=UF error={e}");
             return;
         }
     };
     match crate::tcp::splice(&mut conn, &mut app).await {
         Ok((sent, received)) => {
+            tcp_series(inputs, dst, None, "-").closed(sent, received);
             tracing::info!(target: "access", "inbound tcp {peer} -> {dst} flags=- sent={received} received={sent}")
         }
-        Err(_) => tracing::info!(target: "access", "inbound tcp {peer} -> {dst} flags=DC"),
+        Err(_) => {
+            tcp_series(inputs, dst, None, "DC").closed(0, 0);
+            tracing::info!(target: "access", "inbound tcp {peer} -> {dst} flags=DC")
+        }
     }
+}
+
+/// The TCP metrics series of connections to the workload's `dst` from a caller that proved
+/// `identity` (none without mTLS), ending with `flags` (reporter `destination`). Bytes are
+/// counted from the caller's side: `sent` went to the workload.
+fn tcp_series(
+    inputs: &Inputs,
+    dst: SocketAddr,
+    identity: Option<&str>,
+    flags: &'static str,
+) -> Arc<crate::metrics::TcpSeries> {
+    use crate::metrics::{Key, Reporter, RequestProtocol, inbound_sides};
+    let metrics = &inputs.metrics;
+    let peer = identity.unwrap_or("");
+    let key = Key {
+        reporter: Reporter::Destination,
+        peer,
+        addr: Some(dst),
+        mtls: identity.is_some(),
+        protocol: RequestProtocol::Tcp,
+        code: 0,
+        flags,
+    };
+    metrics.tcp_series(&key, || {
+        inbound_sides(inputs.workload(), &inputs.state.borrow(), dst, peer)
+    })
 }
 
 /// Terminates a peer's mutual TLS, records who it is, and hands the traffic to the app: HTTP per
@@ -145,20 +177,25 @@ async fn mtls_inbound(
     let identity = crate::tls::mtls::peer_identity(session);
     let alpn = session.alpn_protocol().map(<[u8]>::to_vec);
     if alpn.as_deref() == Some(crate::tls::mtls::ALPN_MESH_TCP) {
+        let peer_id = identity.unwrap_or_default();
+        let id = Some(peer_id.as_str());
+        tcp_series(inputs, dst, id, "-").opened();
         let mut app = match connect_app(dst.port()).await {
             Ok(s) => s,
             Err(e) => {
+                tcp_series(inputs, dst, id, "UF").closed(0, 0);
                 tracing::info!(target: "access", "inbound mtls tcp {peer} -> {dst} flags=UF error={e}");
                 return;
             }
         };
         let mut stream = stream;
-        let peer_id = identity.unwrap_or_default();
         match crate::tcp::splice(&mut stream, &mut app).await {
             Ok((sent, received)) => {
+                tcp_series(inputs, dst, id, "-").closed(sent, received);
                 tracing::info!(target: "access", "inbound mtls tcp {peer} ({peer_id}) -> {dst} flags=- sent={received} received={sent}")
             }
             Err(_) => {
+                tcp_series(inputs, dst, id, "DC").closed(0, 0);
                 tracing::info!(target: "access", "inbound mtls tcp {peer} ({peer_id}) -> {dst} flags=DC")
             }
         }

@@ -13,8 +13,8 @@ use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 
 pub use pick::{
-    HashKey, Target, choose_weighted, endpoint_in, hash_str, pick_endpoint, pick_tls_endpoint,
-    rendezvous, to_destination,
+    HashKey, PASSTHROUGH, Target, choose_weighted, endpoint_in, hash_str, pick_endpoint,
+    pick_tls_endpoint, rendezvous, to_destination,
 };
 
 use crate::Inputs;
@@ -97,23 +97,14 @@ async fn handle(
             match picked {
                 Some(t) => t,
                 None => {
-                    log(peer, dst, None, "UH", 0, 0);
+                    finish(inputs, &state, peer, dst, None, "UH", 0, 0);
                     return;
                 }
             }
         }
         None if state.outbound_policy == OutboundPolicy::AllowAny => Target::passthrough(dst),
         None => {
-            log(peer, dst, None, "NR", 0, 0);
-            return;
-        }
-    };
-    let _active = inputs.loads.start(target.addr);
-    let upstream = match crate::tls::connect::tcp(target.addr, None).await {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::debug!("connect {}: {e}", target.addr);
-            log(peer, dst, Some(&target), "UF", 0, 0);
+            finish(inputs, &state, peer, dst, None, "NR", 0, 0);
             return;
         }
     };
@@ -122,12 +113,22 @@ async fn handle(
     if target.mtls && !target.mtls_required && inputs.upstreams.mtls().is_none() {
         target.mtls = false;
     }
+    tcp_series(inputs, &state, Some(&target), "-").opened();
+    let _active = inputs.loads.start(target.addr);
+    let upstream = match crate::tls::connect::tcp(target.addr, None).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::debug!("connect {}: {e}", target.addr);
+            finish(inputs, &state, peer, dst, Some(&target), "UF", 0, 0);
+            return;
+        }
+    };
     let result = if let Some(o) = &target.originate {
         match crate::tls::connect::originate(o, upstream, &[]).await {
             Ok(mut tls) => crate::tcp::splice(&mut conn, &mut tls).await,
             Err(e) => {
                 tracing::warn!("TLS to {}: {e}", target.addr);
-                log(peer, dst, Some(&target), "UF", 0, 0);
+                finish(inputs, &state, peer, dst, Some(&target), "UF", 0, 0);
                 return;
             }
         }
@@ -137,7 +138,7 @@ async fn handle(
                 "mTLS to {} needs a workload certificate, and the proxy has none",
                 target.addr
             );
-            log(peer, dst, Some(&target), "UF", 0, 0);
+            finish(inputs, &state, peer, dst, Some(&target), "UF", 0, 0);
             return;
         };
         match mtls
@@ -152,7 +153,7 @@ async fn handle(
             Ok(mut tls) => crate::tcp::splice(&mut conn, &mut tls).await,
             Err(e) => {
                 tracing::warn!("mTLS to {}: {e}", target.addr);
-                log(peer, dst, Some(&target), "UF", 0, 0);
+                finish(inputs, &state, peer, dst, Some(&target), "UF", 0, 0);
                 return;
             }
         }
@@ -161,8 +162,17 @@ async fn handle(
         crate::tcp::splice(&mut conn, &mut upstream).await
     };
     match result {
-        Ok((sent, received)) => log(peer, dst, Some(&target), "-", sent, received),
-        Err(_) => log(peer, dst, Some(&target), "DC", 0, 0),
+        Ok((sent, received)) => finish(
+            inputs,
+            &state,
+            peer,
+            dst,
+            Some(&target),
+            "-",
+            sent,
+            received,
+        ),
+        Err(_) => finish(inputs, &state, peer, dst, Some(&target), "DC", 0, 0),
     }
 }
 
@@ -176,15 +186,48 @@ fn source_ip_key(peer: SocketAddr) -> impl Fn(&crate::state::proto::ConsistentHa
     }
 }
 
-/// One access-log line per connection, with an Envoy-style response flag.
-fn log(
+/// The TCP metrics series of connections to `target` ending with `flags` (reporter `source`).
+fn tcp_series(
+    inputs: &Inputs,
+    state: &crate::state::State,
+    target: Option<&Target>,
+    flags: &'static str,
+) -> Arc<crate::metrics::TcpSeries> {
+    use crate::metrics::{Key, Reporter, RequestProtocol, Sides, UNKNOWN, outbound_sides};
+    let metrics = &inputs.metrics;
+    let key = Key {
+        reporter: Reporter::Source,
+        peer: target.map_or(UNKNOWN, |t| t.service.as_str()),
+        addr: target.filter(|t| t.service != PASSTHROUGH).map(|t| t.addr),
+        mtls: target.is_some_and(|t| t.mtls),
+        protocol: RequestProtocol::Tcp,
+        code: 0,
+        flags,
+    };
+    metrics.tcp_series(&key, || match target {
+        Some(t) => outbound_sides(inputs.workload(), state, t),
+        None => Sides::unknown_destination(inputs.workload()),
+    })
+}
+
+/// Ends a connection: its metrics (one refused before a destination was chosen counts as opened
+/// and closed at once) and one access-log line with an Envoy-style response flag.
+#[allow(clippy::too_many_arguments)]
+fn finish(
+    inputs: &Inputs,
+    state: &crate::state::State,
     peer: SocketAddr,
     dst: SocketAddr,
     target: Option<&Target>,
-    flags: &str,
+    flags: &'static str,
     sent: u64,
     received: u64,
 ) {
+    let series = tcp_series(inputs, state, target, flags);
+    if target.is_none() {
+        series.opened();
+    }
+    series.closed(sent, received);
     let service = target.map_or("-", |t| t.service.as_str());
     let upstream = target.map_or_else(|| "-".to_string(), |t| t.addr.to_string());
     tracing::info!(target: "access", "outbound tcp {peer} -> {dst} service={service} upstream={upstream} flags={flags} sent={sent} received={received}");

@@ -7,6 +7,9 @@ use std::sync::Arc;
 use super::balance::Loads;
 use crate::state::{Port, Service, State, proto};
 
+/// The service name of destinations outside the registry (Envoy's cluster name for them).
+pub const PASSTHROUGH: &str = "PassthroughCluster";
+
 /// Where a connection or request goes.
 #[derive(Clone, Debug)]
 pub struct Target {
@@ -33,7 +36,7 @@ impl Target {
     /// Straight to where the workload connected.
     pub fn passthrough(addr: SocketAddr) -> Self {
         Self {
-            service: "PassthroughCluster".into(),
+            service: PASSTHROUGH.into(),
             subset: String::new(),
             addr,
             mesh: false,

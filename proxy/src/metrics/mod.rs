@@ -1,0 +1,541 @@
+//! Istio's standard metrics, recorded by the proxy and served in the Prometheus (OpenMetrics)
+//! text format on 15020 `/stats/prometheus` (and on the admin port): `istio_requests_total`,
+//! `istio_request_duration_milliseconds` and `istio_tcp_*`, with Istio's labels, so existing
+//! Grafana dashboards and Kiali read them unchanged.
+//!
+//! A series is one label set. Its labels are worked out once, when the first request with a
+//! new combination of peer, response code and flags ends; after that a request costs one map
+//! lookup on a small key borrowed from the request (no allocation) and a few relaxed atomic
+//! adds. The label text is only put together when Prometheus scrapes.
+
+mod labels;
+
+pub use labels::{UNKNOWN, Workload};
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, RwLock};
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use hashbrown::{Equivalent, HashMap};
+use hyper::body::{Body, Frame, SizeHint};
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, NoLabelSet};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
+
+use crate::outbound::Target;
+use crate::state::State;
+
+/// Upper bounds of `istio_request_duration_milliseconds`' buckets: Istio's defaults.
+pub const DURATION_BUCKETS_MS: [f64; 19] = [
+    0.5, 1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0, 30000.0,
+    60000.0, 300000.0, 600000.0, 1800000.0, 3600000.0,
+];
+
+/// The same bounds in microseconds, compared with each request's duration.
+const DURATION_BUCKETS_US: [u64; 19] = {
+    let mut us = [0u64; 19];
+    let mut i = 0;
+    while i < us.len() {
+        us[i] = (DURATION_BUCKETS_MS[i] * 1000.0) as u64;
+        i += 1;
+    }
+    us
+};
+
+/// Which side reports: the caller's proxy (`source`) or the callee's (`destination`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Reporter {
+    /// Outbound: this proxy's workload made the call.
+    Source,
+    /// Inbound: this proxy's workload answered it.
+    Destination,
+}
+
+impl Reporter {
+    fn as_str(self) -> &'static str {
+        match self {
+            Reporter::Source => "source",
+            Reporter::Destination => "destination",
+        }
+    }
+}
+
+/// The protocol label (`request_protocol`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum RequestProtocol {
+    /// HTTP/1.x or HTTP/2.
+    Http,
+    /// gRPC.
+    Grpc,
+    /// Opaque TCP.
+    Tcp,
+}
+
+impl RequestProtocol {
+    fn as_str(self) -> &'static str {
+        match self {
+            RequestProtocol::Http => "http",
+            RequestProtocol::Grpc => "grpc",
+            RequestProtocol::Tcp => "tcp",
+        }
+    }
+}
+
+/// What tells one series from another, borrowed from the request on the hot path (`S = &str`)
+/// and owned in the map (`S = Box<str>`); both hash alike.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Key<S> {
+    /// Who reports.
+    pub reporter: Reporter,
+    /// The service host name (source reporter), or the caller's identity (destination).
+    pub peer: S,
+    /// The endpoint called (source), or the workload address and port called (destination);
+    /// none for destinations outside the registry, so they cannot grow series without bound.
+    pub addr: Option<SocketAddr>,
+    /// Mesh mutual TLS carried it.
+    pub mtls: bool,
+    /// The protocol.
+    pub protocol: RequestProtocol,
+    /// The response's status code (0 for TCP).
+    pub code: u16,
+    /// Envoy's response flags (`-` when none).
+    pub flags: &'static str,
+}
+
+/// A borrowed key.
+pub type KeyRef<'a> = Key<&'a str>;
+
+impl Key<&str> {
+    fn to_owned(&self) -> Key<Box<str>> {
+        Key {
+            reporter: self.reporter,
+            peer: self.peer.into(),
+            addr: self.addr,
+            mtls: self.mtls,
+            protocol: self.protocol,
+            code: self.code,
+            flags: self.flags,
+        }
+    }
+}
+
+impl Equivalent<Key<Box<str>>> for Key<&str> {
+    fn equivalent(&self, key: &Key<Box<str>>) -> bool {
+        self.reporter == key.reporter
+            && self.code == key.code
+            && self.addr == key.addr
+            && self.mtls == key.mtls
+            && self.protocol == key.protocol
+            && self.flags == key.flags
+            && *self.peer == *key.peer
+    }
+}
+
+/// The two sides of a series, worked out when it is first seen.
+#[derive(Clone, Debug)]
+pub struct Sides {
+    /// The calling workload.
+    pub source: Workload,
+    /// The called workload.
+    pub destination: Workload,
+    /// The called service: host name, name and namespace (`unknown` when not known).
+    pub service: (String, String, String),
+}
+
+impl Sides {
+    /// A call from `local` whose destination is not known (refused or answered by the proxy).
+    pub fn unknown_destination(local: Workload) -> Self {
+        Self {
+            source: local,
+            destination: Workload::unknown(),
+            service: labels::service_names(UNKNOWN, ""),
+        }
+    }
+}
+
+/// Counts and durations of the requests of one label set.
+#[derive(Debug)]
+pub struct RequestSeries {
+    key: Key<Box<str>>,
+    sides: Sides,
+    count: AtomicU64,
+    sum_us: AtomicU64,
+    /// Requests per bucket (not cumulative; the last one is +Inf).
+    buckets: [AtomicU64; DURATION_BUCKETS_US.len() + 1],
+}
+
+impl RequestSeries {
+    /// Records one request that took `micros`.
+    pub fn record(&self, micros: u64) {
+        self.count.fetch_add(1, Relaxed);
+        self.sum_us.fetch_add(micros, Relaxed);
+        let bucket = DURATION_BUCKETS_US
+            .iter()
+            .position(|bound| micros <= *bound)
+            .unwrap_or(DURATION_BUCKETS_US.len());
+        self.buckets[bucket].fetch_add(1, Relaxed);
+    }
+
+    /// Requests recorded so far.
+    pub fn count(&self) -> u64 {
+        self.count.load(Relaxed)
+    }
+}
+
+/// A request being timed: recorded once, when dropped (after its response's body was sent, or
+/// when the exchange was abandoned).
+pub struct Timer {
+    series: Arc<RequestSeries>,
+    started: Instant,
+}
+
+impl Drop for Timer {
+    fn drop(&mut self) {
+        let micros = u64::try_from(self.started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        self.series.record(micros);
+    }
+}
+
+/// Connections and bytes of one TCP label set.
+#[derive(Debug)]
+pub struct TcpSeries {
+    key: Key<Box<str>>,
+    sides: Sides,
+    opened: AtomicU64,
+    closed: AtomicU64,
+    sent: AtomicU64,
+    received: AtomicU64,
+}
+
+impl TcpSeries {
+    /// A connection was opened.
+    pub fn opened(&self) {
+        self.opened.fetch_add(1, Relaxed);
+    }
+
+    /// A connection closed after `request` bytes went to the destination and `response` bytes
+    /// came back. As in Istio, `istio_tcp_received_bytes_total` counts the request's bytes and
+    /// `istio_tcp_sent_bytes_total` the response's, whoever reports.
+    pub fn closed(&self, request: u64, response: u64) {
+        self.closed.fetch_add(1, Relaxed);
+        self.received.fetch_add(request, Relaxed);
+        self.sent.fetch_add(response, Relaxed);
+    }
+}
+
+type Series<T> = RwLock<HashMap<Key<Box<str>>, Arc<T>, foldhash::fast::RandomState>>;
+
+/// Every series of one proxy.
+#[derive(Debug)]
+pub struct Metrics {
+    local: Workload,
+    requests: Series<RequestSeries>,
+    tcp: Series<TcpSeries>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new(Workload::unknown())
+    }
+}
+
+impl Metrics {
+    /// Metrics of a proxy beside `local`.
+    pub fn new(local: Workload) -> Self {
+        Self {
+            local,
+            requests: RwLock::default(),
+            tcp: RwLock::default(),
+        }
+    }
+
+    /// The workload this proxy runs beside.
+    pub fn local(&self) -> &Workload {
+        &self.local
+    }
+
+    /// The series of `key`, made with the sides `describe` works out the first time.
+    pub fn request_series(
+        &self,
+        key: &KeyRef<'_>,
+        describe: impl FnOnce() -> Sides,
+    ) -> Arc<RequestSeries> {
+        lookup(&self.requests, key, |key| RequestSeries {
+            key,
+            sides: describe(),
+            count: AtomicU64::new(0),
+            sum_us: AtomicU64::new(0),
+            buckets: std::array::from_fn(|_| AtomicU64::new(0)),
+        })
+    }
+
+    /// Starts timing a request of `key`'s series; it is recorded when the timer is dropped.
+    pub fn time_request(
+        &self,
+        key: &KeyRef<'_>,
+        started: Instant,
+        describe: impl FnOnce() -> Sides,
+    ) -> Timer {
+        Timer {
+            series: self.request_series(key, describe),
+            started,
+        }
+    }
+
+    /// The TCP series of `key`.
+    pub fn tcp_series(&self, key: &KeyRef<'_>, describe: impl FnOnce() -> Sides) -> Arc<TcpSeries> {
+        lookup(&self.tcp, key, |key| TcpSeries {
+            key,
+            sides: describe(),
+            opened: AtomicU64::new(0),
+            closed: AtomicU64::new(0),
+            sent: AtomicU64::new(0),
+            received: AtomicU64::new(0),
+        })
+    }
+
+    /// The Prometheus (OpenMetrics) text of every series.
+    pub fn render(self: &Arc<Self>) -> String {
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(self.clone()));
+        let mut text = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut text, &registry);
+        text
+    }
+
+    fn request_snapshot(&self) -> Vec<Arc<RequestSeries>> {
+        snapshot(&self.requests)
+    }
+
+    fn tcp_snapshot(&self) -> Vec<Arc<TcpSeries>> {
+        snapshot(&self.tcp)
+    }
+}
+
+/// The sides of a call this proxy's workload makes to `target` (reporter `source`).
+pub fn outbound_sides(local: Workload, state: &State, target: &Target) -> Sides {
+    let Some(svc) = state.services.get(&target.service) else {
+        return Sides {
+            source: local.clone(),
+            destination: Workload::unknown(),
+            service: labels::service_names(&target.service, ""),
+        };
+    };
+    let endpoint = svc
+        .endpoint_ips
+        .iter()
+        .position(|ip| *ip == target.addr.ip())
+        .and_then(|i| svc.spec.endpoints.get(i));
+    let principal = match endpoint {
+        Some(ep) if target.mtls && target.identity.is_empty() => ep.identity.as_str(),
+        _ if target.mtls => target.identity.as_str(),
+        _ => "",
+    };
+    let destination = match endpoint {
+        Some(ep) => {
+            let namespace = Workload::namespace_of(&ep.identity).unwrap_or(&svc.spec.namespace);
+            Workload::from_labels("", namespace, principal, |k| {
+                ep.labels.get(k).map(String::as_str)
+            })
+        }
+        None => Workload::from_principal(principal),
+    };
+    let mut source = local;
+    if !target.mtls {
+        source.principal = labels::UNKNOWN.into();
+    }
+    Sides {
+        source,
+        destination,
+        service: labels::service_names(&svc.spec.hostname, &svc.spec.namespace),
+    }
+}
+
+/// The sides of a call to this proxy's workload at `dst` from a caller that proved
+/// `peer_identity` (empty without mTLS) (reporter `destination`).
+pub fn inbound_sides(
+    local: Workload,
+    state: &State,
+    dst: SocketAddr,
+    peer_identity: &str,
+) -> Sides {
+    let mut destination = local;
+    if peer_identity.is_empty() {
+        destination.principal = labels::UNKNOWN.into();
+    }
+    let service = match state.service_for(dst) {
+        Some(svc) => labels::service_names(&svc.spec.hostname, &svc.spec.namespace),
+        None => labels::service_names(labels::UNKNOWN, &destination.namespace),
+    };
+    Sides {
+        source: Workload::from_principal(peer_identity),
+        destination,
+        service,
+    }
+}
+
+fn lookup<T>(map: &Series<T>, key: &KeyRef<'_>, make: impl FnOnce(Key<Box<str>>) -> T) -> Arc<T> {
+    if let Some(series) = map.read().unwrap_or_else(|e| e.into_inner()).get(key) {
+        return series.clone();
+    }
+    let mut map = map.write().unwrap_or_else(|e| e.into_inner());
+    if let Some(series) = map.get(key) {
+        return series.clone();
+    }
+    let owned = key.to_owned();
+    let series = Arc::new(make(owned.clone()));
+    map.insert(owned, series.clone());
+    series
+}
+
+fn snapshot<T>(map: &Series<T>) -> Vec<Arc<T>> {
+    map.read()
+        .unwrap_or_else(|e| e.into_inner())
+        .values()
+        .cloned()
+        .collect()
+}
+
+/// A response body that keeps its request's timer until the body is sent (or abandoned).
+pub struct Timed<B> {
+    inner: B,
+    _timer: Timer,
+}
+
+impl<B> Timed<B> {
+    /// `inner`, timed by `timer`.
+    pub fn new(inner: B, timer: Timer) -> Self {
+        Self {
+            inner,
+            _timer: timer,
+        }
+    }
+}
+
+impl<B: Body + Unpin> Body for Timed<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+// === exposition ===
+
+impl Collector for Metrics {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let local = &self.local;
+        let requests = self.request_snapshot();
+        let label_sets: Vec<_> = requests
+            .iter()
+            .map(|s| labels::request_labels(&s.key, &s.sides))
+            .collect();
+        if !requests.is_empty() {
+            let mut family = encoder.encode_descriptor(
+                "istio_requests",
+                "Requests, counted when they end",
+                None,
+                MetricType::Counter,
+            )?;
+            for (s, set) in requests.iter().zip(&label_sets) {
+                family
+                    .encode_family(set)?
+                    .encode_counter::<NoLabelSet, _, u64>(&s.count.load(Relaxed), None)?;
+            }
+            let mut family = encoder.encode_descriptor(
+                "istio_request_duration_milliseconds",
+                "From the request's arrival until its response was sent",
+                None,
+                MetricType::Histogram,
+            )?;
+            for (s, set) in requests.iter().zip(&label_sets) {
+                // Per-bucket counts: the encoder makes them cumulative.
+                let mut count = 0;
+                let mut buckets = Vec::with_capacity(s.buckets.len());
+                for (i, n) in s.buckets.iter().enumerate() {
+                    let n = n.load(Relaxed);
+                    count += n;
+                    let bound = DURATION_BUCKETS_MS.get(i).copied().unwrap_or(f64::INFINITY);
+                    buckets.push((bound, n));
+                }
+                let sum_ms = s.sum_us.load(Relaxed) as f64 / 1000.0;
+                family
+                    .encode_family(set)?
+                    .encode_histogram::<NoLabelSet>(sum_ms, count, &buckets, None)?;
+            }
+        }
+        let tcp = self.tcp_snapshot();
+        if !tcp.is_empty() {
+            let sets: Vec<_> = tcp
+                .iter()
+                .map(|s| labels::tcp_labels(&s.key, &s.sides))
+                .collect();
+            type Read = fn(&TcpSeries) -> u64;
+            let counters: [(&str, &str, Read); 4] = [
+                (
+                    "istio_tcp_connections_opened",
+                    "TCP connections opened",
+                    |s| s.opened.load(Relaxed),
+                ),
+                (
+                    "istio_tcp_connections_closed",
+                    "TCP connections closed",
+                    |s| s.closed.load(Relaxed),
+                ),
+                (
+                    "istio_tcp_sent_bytes",
+                    "Bytes of responses (destination to source), counted when the connection closes",
+                    |s| s.sent.load(Relaxed),
+                ),
+                (
+                    "istio_tcp_received_bytes",
+                    "Bytes of requests (source to destination), counted when the connection closes",
+                    |s| s.received.load(Relaxed),
+                ),
+            ];
+            for (name, help, read) in counters {
+                let mut family =
+                    encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+                for (s, set) in tcp.iter().zip(&sets) {
+                    family
+                        .encode_family(set)?
+                        .encode_counter::<NoLabelSet, _, u64>(&read(s), None)?;
+                }
+            }
+        }
+        let info = [
+            ("version", env!("CARGO_PKG_VERSION")),
+            ("workload", local.name.as_str()),
+            ("workload_namespace", local.namespace.as_str()),
+        ];
+        encoder
+            .encode_descriptor(
+                "mesh_proxy_build",
+                "The proxy's version and the workload it serves",
+                None,
+                MetricType::Info,
+            )?
+            .encode_info(&info)?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests;
