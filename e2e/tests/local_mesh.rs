@@ -119,7 +119,15 @@ fn seed_split_90_10_over_mutual_tls() {
     let counted = || requests_counted(&c, "order-v1-0", &source);
     wait_until(DEADLINE, || counted() >= total);
     assert_eq!(counted(), total, "{}", scrape(&c, "order-v1-0"));
-    let v2 = [&source[..], &["destination_version=\"v2\""]].concat();
+    let v2 = [
+        &source[..],
+        &[
+            "destination_version=\"v2\"",
+            // Said by shipping's sidecar in its answers.
+            "destination_workload=\"shipping-v2\"",
+        ],
+    ]
+    .concat();
     assert_eq!(
         requests_counted(&c, "order-v1-0", &v2),
         answered_by_v2,
@@ -128,6 +136,9 @@ fn seed_split_90_10_over_mutual_tls() {
     let destination = [
         "reporter=\"destination\"",
         &format!("source_principal=\"{ORDER_ID}\""),
+        // Said by order's sidecar in its requests.
+        "source_workload=\"order-v1\"",
+        "source_version=\"v1\"",
         "destination_app=\"shipping\"",
         "response_code=\"200\"",
         "connection_security_policy=\"mutual_tls\"",

@@ -265,6 +265,7 @@ fn bench_metrics(c: &mut Criterion) {
         reporter: Reporter::Source,
         peer: host.as_str(),
         addr: Some("10.244.0.10:9080".parse().unwrap()),
+        meta: "workload=reviews-v2&namespace=bookinfo&app=reviews&version=v2",
         mtls: true,
         protocol: RequestProtocol::Http,
         code,

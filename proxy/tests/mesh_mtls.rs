@@ -17,9 +17,10 @@ use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use mesh_ca::CaConfig;
 use mesh_ca::testing::TestCa;
+use mesh_proxy::metrics::Workload;
 use mesh_proxy::socket::FixedDst;
 use mesh_proxy::state::{State, proto};
-use mesh_proxy::{Listeners, Proxy};
+use mesh_proxy::{Listeners, Proxy, Setup};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -37,6 +38,13 @@ async fn http_app() -> SocketAddr {
             tokio::spawn(async move {
                 let svc =
                     hyper::service::service_fn(|req: Request<hyper::body::Incoming>| async move {
+                        if req.headers().contains_key("x-mesh-peer") {
+                            let mut refused = Response::new(Full::new(Bytes::from(
+                                "the app must never see x-mesh-peer",
+                            )));
+                            *refused.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+                            return Ok::<_, Infallible>(refused);
+                        }
                         let xfcc = req
                             .headers()
                             .get("x-forwarded-client-cert")
@@ -146,30 +154,46 @@ fn a_state(b_inbound: SocketAddr, protocol: &str, expect: &str, mesh: bool) -> A
     )
 }
 
+/// A workload of namespace `default` as its sidecar's metrics name it.
+fn workload(name: &str, app: &str, version: &str) -> Workload {
+    let labels = [("app", app), ("version", version)];
+    Workload::from_labels(name, "default", "", |k| {
+        labels.iter().find(|(l, _)| *l == k).map(|(_, v)| *v)
+    })
+}
+
 /// Proxy A (order) calls service `shipping` whose endpoint is proxy B's inbound listener; B
 /// hands traffic to `app`.
 async fn pair(app: SocketAddr, protocol: &str, mode: &str, expect: &str, mesh: bool) -> Pair {
     let ca = TestCa::self_signed("mesh-mtls", CaConfig::default());
     let (b_tx, b_rx) = watch::channel(b_state(app.port(), protocol, mode));
-    let b = Proxy::start_with_identity(
+    let b = Proxy::launch(
         &local(),
-        b_rx,
-        true,
-        Arc::new(FixedDst("10.0.0.1:1".parse().unwrap())),
-        Arc::new(FixedDst(SocketAddr::from(([10, 0, 0, 9], app.port())))),
-        Some(support::svids(&ca, "shipping").await),
+        Setup {
+            state: b_rx,
+            has_state: true,
+            outbound_dst: Arc::new(FixedDst("10.0.0.1:1".parse().unwrap())),
+            inbound_dst: Arc::new(FixedDst(SocketAddr::from(([10, 0, 0, 9], app.port())))),
+            svids: Some(support::svids(&ca, "shipping").await),
+            on_demand: None,
+            workload: workload("shipping-v2", "shipping", "v2"),
+        },
     )
     .await
     .unwrap();
     let b_inbound = b.bound.inbound;
     let (a_tx, a_rx) = watch::channel(a_state(b_inbound, protocol, expect, mesh));
-    let a = Proxy::start_with_identity(
+    let a = Proxy::launch(
         &local(),
-        a_rx,
-        true,
-        Arc::new(FixedDst("10.96.0.60:80".parse().unwrap())),
-        Arc::new(FixedDst("10.0.0.1:1".parse().unwrap())),
-        Some(support::svids(&ca, "order").await),
+        Setup {
+            state: a_rx,
+            has_state: true,
+            outbound_dst: Arc::new(FixedDst("10.96.0.60:80".parse().unwrap())),
+            inbound_dst: Arc::new(FixedDst("10.0.0.1:1".parse().unwrap())),
+            svids: Some(support::svids(&ca, "order").await),
+            on_demand: None,
+            workload: workload("order-v1", "order", "v1"),
+        },
     )
     .await
     .unwrap();
@@ -194,10 +218,16 @@ async fn get(addr: SocketAddr) -> (StatusCode, String) {
         .uri("/")
         .header("host", "shipping")
         .header("x-forwarded-client-cert", "By=forged")
+        // Sidecars' own header: an app's is never believed nor passed on.
+        .header("x-mesh-peer", "workload=forged")
         .body(Full::new(Bytes::new()))
         .unwrap();
     let resp = sender.send_request(req).await.unwrap();
     let status = resp.status();
+    assert!(
+        !resp.headers().contains_key("x-mesh-peer"),
+        "the calling app must never see x-mesh-peer"
+    );
     (
         status,
         String::from_utf8_lossy(&resp.into_body().collect().await.unwrap().to_bytes()).into_owned(),
@@ -386,6 +416,17 @@ async fn both_sidecars_count_requests_and_connections_in_istio_metrics() {
         "response_flags=\"-\"",
         "connection_security_policy=\"mutual_tls\"",
     ];
+    let source = [
+        &source[..],
+        &[
+            "source_workload=\"order-v1\"",
+            "source_app=\"order\"",
+            // Said by B's sidecar in its responses.
+            "destination_workload=\"shipping-v2\"",
+            "destination_version=\"v2\"",
+        ],
+    ]
+    .concat();
     expect_sample(&p.a, "istio_requests_total", &source, 3).await;
     expect_sample(
         &p.a,
@@ -398,6 +439,10 @@ async fn both_sidecars_count_requests_and_connections_in_istio_metrics() {
         "reporter=\"destination\"",
         &format!("source_principal=\"{ORDER}\""),
         "source_workload_namespace=\"default\"",
+        // Said by A's sidecar in its requests.
+        "source_workload=\"order-v1\"",
+        "source_version=\"v1\"",
+        "destination_workload=\"shipping-v2\"",
         &format!("destination_principal=\"{SHIPPING}\""),
         "response_code=\"200\"",
         "connection_security_policy=\"mutual_tls\"",
@@ -406,6 +451,10 @@ async fn both_sidecars_count_requests_and_connections_in_istio_metrics() {
     assert!(
         !text.contains("reporter=\"source\""),
         "B made no calls: {text}"
+    );
+    assert!(
+        !text.contains("forged"),
+        "the app's x-mesh-peer was believed: {text}"
     );
 
     // A refused request is counted with its code and flag.

@@ -43,6 +43,12 @@ pub async fn serve_inbound<I>(
         async move {
             let mut req = req.map(BodyExt::boxed);
             let (client_cert, peer_ip, identity) = caller.as_ref();
+            // What a calling sidecar says of its workload is taken only over mTLS, and never
+            // passed to the app.
+            let meta = req
+                .headers_mut()
+                .remove(&crate::metrics::PEER_HEADER)
+                .filter(|_| identity.is_some());
             match client_cert {
                 Some(Some(v)) => {
                     req.headers_mut()
@@ -58,6 +64,7 @@ pub async fn serve_inbound<I>(
             let caller = Caller {
                 addr: peer,
                 identity: identity.as_deref(),
+                meta: meta.as_ref().and_then(|v| v.to_str().ok()).unwrap_or(""),
             };
             Ok::<_, Infallible>(inbound_request(req, caller, dst, &inputs, app).await)
         }
@@ -69,6 +76,8 @@ pub async fn serve_inbound<I>(
 struct Caller<'a> {
     addr: SocketAddr,
     identity: Option<&'a str>,
+    /// What its sidecar said of its workload (`x-mesh-peer`, over mTLS only).
+    meta: &'a str,
 }
 
 async fn inbound_request(
@@ -152,7 +161,7 @@ async fn inbound_request(
 /// Counts the request in its series once its response's body is sent (reporter
 /// `destination`).
 fn timed(
-    resp: Response<Body>,
+    mut resp: Response<Body>,
     inputs: &Inputs,
     caller: &Caller<'_>,
     dst: SocketAddr,
@@ -160,13 +169,14 @@ fn timed(
     grpc: bool,
     started: std::time::Instant,
 ) -> Response<Body> {
-    use crate::metrics::{Key, Reporter, RequestProtocol, Timed, inbound_sides};
+    use crate::metrics::{Key, PEER_HEADER, Reporter, RequestProtocol, Timed, inbound_sides};
     let metrics = &inputs.metrics;
     let identity = caller.identity.unwrap_or("");
     let key = Key {
         reporter: Reporter::Destination,
         peer: identity,
         addr: Some(dst),
+        meta: caller.meta,
         mtls: caller.identity.is_some(),
         protocol: if grpc {
             RequestProtocol::Grpc
@@ -177,8 +187,19 @@ fn timed(
         flags,
     };
     let timer = metrics.time_request(&key, started, || {
-        inbound_sides(inputs.workload(), &inputs.state.borrow(), dst, identity)
+        inbound_sides(
+            inputs.workload(),
+            &inputs.state.borrow(),
+            dst,
+            identity,
+            caller.meta,
+        )
     });
+    if caller.identity.is_some() {
+        // Tells the calling sidecar which workload answered (for its metrics).
+        resp.headers_mut()
+            .insert(PEER_HEADER.clone(), metrics.peer_header().clone());
+    }
     resp.map(|body| Timed::new(body, timer).boxed())
 }
 

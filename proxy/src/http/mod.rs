@@ -301,7 +301,7 @@ async fn outbound_request(req: Request<Incoming>, ctx: &Conn) -> Response<Body> 
 
 /// Counts the request in its series once its response's body is sent (reporter `source`).
 fn timed(
-    response: Response<Body>,
+    mut response: Response<Body>,
     inputs: &Inputs,
     state: &State,
     target: Option<&Target>,
@@ -312,10 +312,19 @@ fn timed(
     use crate::metrics::{Key, Reporter, RequestProtocol, Timed, outbound_sides};
     // One series for every destination outside the registry, whatever its address.
     let passthrough = target.is_none_or(|t| t.service == crate::outbound::PASSTHROUGH);
+    // A sidecar answering over mTLS says which workload it serves; the app never sees it.
+    let mtls = target.is_some_and(|t| t.mtls);
+    let meta = if mtls {
+        response.headers_mut().remove(&crate::metrics::PEER_HEADER)
+    } else {
+        None
+    };
+    let meta = meta.as_ref().and_then(|v| v.to_str().ok()).unwrap_or("");
     let key = Key {
         reporter: Reporter::Source,
         peer: target.map_or(crate::metrics::UNKNOWN, |t| t.service.as_str()),
         addr: target.filter(|_| !passthrough).map(|t| t.addr),
+        meta,
         mtls: target.is_some_and(|t| t.mtls),
         protocol: if grpc {
             RequestProtocol::Grpc
@@ -326,7 +335,7 @@ fn timed(
         flags,
     };
     let timer = inputs.metrics.time_request(&key, started, || match target {
-        Some(t) => outbound_sides(inputs.workload(), state, t),
+        Some(t) => outbound_sides(inputs.workload(), state, t, meta),
         None => crate::metrics::Sides::unknown_destination(inputs.workload()),
     });
     response.map(|body| Timed::new(body, timer).boxed())
@@ -538,7 +547,8 @@ async fn forward(
         // HTTP/1.1 over mTLS and upgrades take hyper-util's client.
         let plain_h1 = !use_h2 && !upgrade && !target.mtls && target.originate.is_none();
         let own_h2 = use_h2 && target.originate.is_none();
-        let upstream_req = match headers::upstream_request(req, target, use_h2, last, !plain_h1) {
+        let mut upstream_req = match headers::upstream_request(req, target, use_h2, last, !plain_h1)
+        {
             Ok(r) => r,
             Err(e) => {
                 return (
@@ -547,6 +557,13 @@ async fn forward(
                 );
             }
         };
+        if target.mtls {
+            // Tells the peer sidecar which workload calls (for its metrics).
+            upstream_req.headers_mut().insert(
+                crate::metrics::PEER_HEADER.clone(),
+                ctx.inputs.metrics.peer_header().clone(),
+            );
+        }
         let _active = ctx.inputs.loads.start(target.addr);
         let upstreams = &ctx.inputs.upstreams;
         let sent = async {

@@ -135,13 +135,14 @@ fn tcp_series(
         reporter: Reporter::Destination,
         peer,
         addr: Some(dst),
+        meta: "",
         mtls: identity.is_some(),
         protocol: RequestProtocol::Tcp,
         code: 0,
         flags,
     };
     metrics.tcp_series(&key, || {
-        inbound_sides(inputs.workload(), &inputs.state.borrow(), dst, peer)
+        inbound_sides(inputs.workload(), &inputs.state.borrow(), dst, peer, "")
     })
 }
 

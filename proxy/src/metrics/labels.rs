@@ -86,6 +86,42 @@ impl Workload {
         }
     }
 
+    /// What a sidecar tells its peers of its workload (`x-mesh-peer`, between sidecars over
+    /// mTLS only): the labels its metrics need, form-encoded. The principal is not in it: it
+    /// comes from the peer's certificate.
+    pub fn to_peer_header(&self) -> String {
+        form_urlencoded::Serializer::new(String::new())
+            .append_pair("workload", &self.name)
+            .append_pair("namespace", &self.namespace)
+            .append_pair("app", &self.app)
+            .append_pair("version", &self.version)
+            .append_pair("canonical_service", &self.canonical_service)
+            .append_pair("canonical_revision", &self.canonical_revision)
+            .finish()
+    }
+
+    /// A peer as its `x-mesh-peer` header (from a caller or callee that proved `principal`)
+    /// describes it; what the header lacks stays as `from_principal` has it.
+    pub fn from_peer_header(header: &str, principal: &str) -> Self {
+        let mut w = Self::from_principal(principal);
+        for (k, v) in form_urlencoded::parse(header.as_bytes()) {
+            if v.is_empty() {
+                continue;
+            }
+            let field = match k.as_ref() {
+                "workload" => &mut w.name,
+                "namespace" => &mut w.namespace,
+                "app" => &mut w.app,
+                "version" => &mut w.version,
+                "canonical_service" => &mut w.canonical_service,
+                "canonical_revision" => &mut w.canonical_revision,
+                _ => continue,
+            };
+            *field = v.into_owned();
+        }
+        w
+    }
+
     /// The namespace a SPIFFE identity (`spiffe://<domain>/ns/<ns>/sa/<sa>`) names.
     pub fn namespace_of(principal: &str) -> Option<&str> {
         let path = principal.strip_prefix("spiffe://")?;

@@ -96,6 +96,9 @@ pub struct Key<S> {
     /// The endpoint called (source), or the workload address and port called (destination);
     /// none for destinations outside the registry, so they cannot grow series without bound.
     pub addr: Option<SocketAddr>,
+    /// What the peer's sidecar said of its workload (`x-mesh-peer`; empty when it said
+    /// nothing).
+    pub meta: S,
     /// Mesh mutual TLS carried it.
     pub mtls: bool,
     /// The protocol.
@@ -115,6 +118,7 @@ impl Key<&str> {
             reporter: self.reporter,
             peer: self.peer.into(),
             addr: self.addr,
+            meta: self.meta.into(),
             mtls: self.mtls,
             protocol: self.protocol,
             code: self.code,
@@ -132,6 +136,7 @@ impl Equivalent<Key<Box<str>>> for Key<&str> {
             && self.protocol == key.protocol
             && self.flags == key.flags
             && *self.peer == *key.peer
+            && *self.meta == *key.meta
     }
 }
 
@@ -229,10 +234,17 @@ impl TcpSeries {
 
 type Series<T> = RwLock<HashMap<Key<Box<str>>, Arc<T>, foldhash::fast::RandomState>>;
 
+/// The header sidecars describe their workload to each other in, over mesh mTLS: added to
+/// requests to other sidecars and to responses to them, removed before the app sees it.
+pub static PEER_HEADER: hyper::header::HeaderName =
+    hyper::header::HeaderName::from_static("x-mesh-peer");
+
 /// Every series of one proxy.
 #[derive(Debug)]
 pub struct Metrics {
     local: Workload,
+    /// `local` as `x-mesh-peer` says it, made once.
+    peer_header: hyper::header::HeaderValue,
     requests: Series<RequestSeries>,
     tcp: Series<TcpSeries>,
 }
@@ -246,8 +258,11 @@ impl Default for Metrics {
 impl Metrics {
     /// Metrics of a proxy beside `local`.
     pub fn new(local: Workload) -> Self {
+        let peer_header = hyper::header::HeaderValue::from_str(&local.to_peer_header())
+            .unwrap_or_else(|_| hyper::header::HeaderValue::from_static(""));
         Self {
             local,
+            peer_header,
             requests: RwLock::default(),
             tcp: RwLock::default(),
         }
@@ -256,6 +271,11 @@ impl Metrics {
     /// The workload this proxy runs beside.
     pub fn local(&self) -> &Workload {
         &self.local
+    }
+
+    /// What this sidecar tells its peers of its workload (the `x-mesh-peer` value).
+    pub fn peer_header(&self) -> &hyper::header::HeaderValue {
+        &self.peer_header
     }
 
     /// The series of `key`, made with the sides `describe` works out the first time.
@@ -317,8 +337,9 @@ impl Metrics {
     }
 }
 
-/// The sides of a call this proxy's workload makes to `target` (reporter `source`).
-pub fn outbound_sides(local: Workload, state: &State, target: &Target) -> Sides {
+/// The sides of a call this proxy's workload makes to `target` (reporter `source`), whose
+/// sidecar described itself with `meta` (empty when it did not).
+pub fn outbound_sides(local: Workload, state: &State, target: &Target, meta: &str) -> Sides {
     let Some(svc) = state.services.get(&target.service) else {
         return Sides {
             source: local.clone(),
@@ -337,6 +358,7 @@ pub fn outbound_sides(local: Workload, state: &State, target: &Target) -> Sides 
         _ => "",
     };
     let destination = match endpoint {
+        _ if !meta.is_empty() => Workload::from_peer_header(meta, principal),
         Some(ep) => {
             let namespace = Workload::namespace_of(&ep.identity).unwrap_or(&svc.spec.namespace);
             Workload::from_labels("", namespace, principal, |k| {
@@ -357,12 +379,14 @@ pub fn outbound_sides(local: Workload, state: &State, target: &Target) -> Sides 
 }
 
 /// The sides of a call to this proxy's workload at `dst` from a caller that proved
-/// `peer_identity` (empty without mTLS) (reporter `destination`).
+/// `peer_identity` (empty without mTLS) and whose sidecar described itself with `meta`
+/// (reporter `destination`).
 pub fn inbound_sides(
     local: Workload,
     state: &State,
     dst: SocketAddr,
     peer_identity: &str,
+    meta: &str,
 ) -> Sides {
     let mut destination = local;
     if peer_identity.is_empty() {
@@ -373,7 +397,7 @@ pub fn inbound_sides(
         None => labels::service_names(labels::UNKNOWN, &destination.namespace),
     };
     Sides {
-        source: Workload::from_principal(peer_identity),
+        source: Workload::from_peer_header(meta, peer_identity),
         destination,
         service,
     }

@@ -33,6 +33,7 @@ fn key(host: &str, code: u16) -> KeyRef<'_> {
         reporter: Reporter::Source,
         peer: host,
         addr: Some(([10, 0, 0, 7], 8080).into()),
+        meta: "",
         mtls: true,
         protocol: RequestProtocol::Http,
         code,
@@ -199,4 +200,38 @@ fn service_names_come_from_kubernetes_host_names_only() {
             "unknown".into()
         )
     );
+}
+
+#[test]
+fn what_a_sidecar_says_of_its_workload_reads_back_with_the_proven_principal() {
+    let order = order();
+    let header = order.to_peer_header();
+    assert_eq!(
+        header,
+        "workload=order-v1&namespace=shop&app=order&version=v1&canonical_service=order&canonical_revision=v1"
+    );
+    let principal = "spiffe://cluster.local/ns/shop/sa/order";
+    assert_eq!(Workload::from_peer_header(&header, principal), order);
+    // Only the fields it names; the rest as the identity tells.
+    let partial = Workload::from_peer_header("workload=a%26b&color=red", principal);
+    assert_eq!(partial.name, "a&b");
+    assert_eq!(partial.namespace, "shop");
+    assert_eq!(partial.app, "unknown");
+    // Nothing said: known from the identity alone.
+    assert_eq!(
+        Workload::from_peer_header("", principal),
+        Workload::from_principal(principal)
+    );
+}
+
+#[test]
+fn series_of_different_peer_workloads_stay_apart() {
+    let metrics = Metrics::new(order());
+    let mut a = key("inventory.shop.svc.cluster.local", 200);
+    a.meta = "workload=inventory-v1";
+    let mut b = a.clone();
+    b.meta = "workload=inventory-v2";
+    let first = metrics.request_series(&a, sides);
+    assert!(!Arc::ptr_eq(&first, &metrics.request_series(&b, sides)));
+    assert!(Arc::ptr_eq(&first, &metrics.request_series(&a, sides)));
 }

@@ -199,13 +199,14 @@ fn tcp_series(
         reporter: Reporter::Source,
         peer: target.map_or(UNKNOWN, |t| t.service.as_str()),
         addr: target.filter(|t| t.service != PASSTHROUGH).map(|t| t.addr),
+        meta: "",
         mtls: target.is_some_and(|t| t.mtls),
         protocol: RequestProtocol::Tcp,
         code: 0,
         flags,
     };
     metrics.tcp_series(&key, || match target {
-        Some(t) => outbound_sides(inputs.workload(), state, t),
+        Some(t) => outbound_sides(inputs.workload(), state, t, ""),
         None => Sides::unknown_destination(inputs.workload()),
     })
 }
