@@ -108,7 +108,7 @@ async fn inbound_request(
         mesh: false,
         mtls: false,
         mtls_required: false,
-        identity: String::new(),
+        identity: crate::outbound::no_identity(),
         originate: None,
     };
     // Plaintext HTTP/1.1 to the app takes the light pool; HTTP/2 and upgrades hyper-util's.

@@ -85,15 +85,16 @@ impl Clients {
     }
 
     /// The pool whose connections proved `identity` (mesh mTLS).
-    fn pick_for(&self, h2: bool, identity: &str) -> Client<MeshConnector, Body> {
+    fn pick_for(&self, h2: bool, identity: &Arc<str>) -> Client<MeshConnector, Body> {
+        let key = (h2, identity.clone());
         let map = self.by_identity.read().unwrap_or_else(|e| e.into_inner());
-        if let Some((_, c)) = map.get_key_value(&(h2, Arc::from(identity))) {
+        if let Some(c) = map.get(&key) {
             return c.clone();
         }
         drop(map);
         let mut map = self.by_identity.write().unwrap_or_else(|e| e.into_inner());
-        let identity: Arc<str> = Arc::from(identity);
-        map.entry((h2, identity.clone()))
+        let identity = identity.clone();
+        map.entry(key)
             .or_insert_with(|| {
                 let base = if h2 {
                     &self.connectors.1
@@ -287,7 +288,7 @@ async fn outbound_request(req: Request<Incoming>, ctx: &Conn) -> Response<Body> 
         let upstream = target
             .as_ref()
             .map_or_else(|| "-".to_string(), |t| t.addr.to_string());
-        let service = target.as_ref().map_or("-", |t| t.service.as_str());
+        let service = target.as_ref().map_or("-", |t| &*t.service);
         tracing::info!(
             target: "access",
             "outbound http {} {method} {path} {} service={service} upstream={upstream} flags={flags} duration_ms={}",
@@ -311,7 +312,7 @@ fn timed(
 ) -> Response<Body> {
     use crate::metrics::{Key, Reporter, RequestProtocol, Timed, outbound_sides};
     // One series for every destination outside the registry, whatever its address.
-    let passthrough = target.is_none_or(|t| t.service == crate::outbound::PASSTHROUGH);
+    let passthrough = target.is_none_or(|t| &*t.service == crate::outbound::PASSTHROUGH);
     // A sidecar answering over mTLS says which workload it serves; the app never sees it.
     let mtls = target.is_some_and(|t| t.mtls);
     let meta = if mtls {
@@ -322,7 +323,7 @@ fn timed(
     let meta = meta.as_ref().and_then(|v| v.to_str().ok()).unwrap_or("");
     let key = Key {
         reporter: Reporter::Source,
-        peer: target.map_or(crate::metrics::UNKNOWN, |t| t.service.as_str()),
+        peer: target.map_or(crate::metrics::UNKNOWN, |t| &*t.service),
         addr: target.filter(|_| !passthrough).map(|t| t.addr),
         meta,
         mtls: target.is_some_and(|t| t.mtls),
@@ -574,7 +575,7 @@ async fn forward(
                     .await
                     .map_err(Failure::from)
             } else if own_h2 {
-                let identity = target.mtls.then_some(target.identity.as_str());
+                let identity = target.mtls.then_some(&*target.identity);
                 upstreams
                     .outbound_h2
                     .send(target.addr, identity, upstream_req)

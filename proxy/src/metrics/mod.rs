@@ -87,7 +87,7 @@ impl RequestProtocol {
 
 /// What tells one series from another, borrowed from the request on the hot path (`S = &str`)
 /// and owned in the map (`S = Box<str>`); both hash alike.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Key<S> {
     /// Who reports.
     pub reporter: Reporter,
@@ -111,6 +111,33 @@ pub struct Key<S> {
 
 /// A borrowed key.
 pub type KeyRef<'a> = Key<&'a str>;
+
+/// Hashed once per request: the small fields packed into one word, then the strings, rather
+/// than field by field as a derived `Hash` would (a third of the instructions).
+impl<S: std::ops::Deref<Target = str>> std::hash::Hash for Key<S> {
+    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+        let small = u64::from(self.code)
+            | u64::from(self.mtls) << 16
+            | (self.protocol as u64) << 17
+            | (self.reporter as u64) << 19;
+        let addr = match self.addr {
+            Some(std::net::SocketAddr::V4(a)) => {
+                u64::from(a.ip().to_bits()) << 16 | u64::from(a.port())
+            }
+            Some(std::net::SocketAddr::V6(a)) => {
+                let bits = a.ip().to_bits();
+                (bits as u64 ^ (bits >> 64) as u64).rotate_left(16) ^ u64::from(a.port())
+            }
+            None => 0,
+        };
+        h.write_u64(small ^ addr.rotate_left(21));
+        for text in [&*self.peer, &*self.meta, self.flags] {
+            h.write(text.as_bytes());
+            // Keeps ("ab", "c") apart from ("a", "bc").
+            h.write_u8(0xff);
+        }
+    }
+}
 
 impl Key<&str> {
     fn to_owned(&self) -> Key<Box<str>> {
@@ -340,7 +367,7 @@ impl Metrics {
 /// The sides of a call this proxy's workload makes to `target` (reporter `source`), whose
 /// sidecar described itself with `meta` (empty when it did not).
 pub fn outbound_sides(local: Workload, state: &State, target: &Target, meta: &str) -> Sides {
-    let Some(svc) = state.services.get(&target.service) else {
+    let Some(svc) = state.services.get(&*target.service) else {
         return Sides {
             source: local.clone(),
             destination: Workload::unknown(),
@@ -354,7 +381,7 @@ pub fn outbound_sides(local: Workload, state: &State, target: &Target, meta: &st
         .and_then(|i| svc.spec.endpoints.get(i));
     let principal = match endpoint {
         Some(ep) if target.mtls && target.identity.is_empty() => ep.identity.as_str(),
-        _ if target.mtls => target.identity.as_str(),
+        _ if target.mtls => &*target.identity,
         _ => "",
     };
     let destination = match endpoint {

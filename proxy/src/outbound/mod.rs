@@ -13,8 +13,8 @@ use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 
 pub use pick::{
-    HashKey, PASSTHROUGH, Target, choose_weighted, endpoint_in, hash_str, pick_endpoint,
-    pick_tls_endpoint, rendezvous, to_destination,
+    HashKey, PASSTHROUGH, Target, choose_weighted, endpoint_in, hash_str, no_identity,
+    pick_endpoint, pick_tls_endpoint, rendezvous, to_destination,
 };
 
 use crate::Inputs;
@@ -197,8 +197,10 @@ fn tcp_series(
     let metrics = &inputs.metrics;
     let key = Key {
         reporter: Reporter::Source,
-        peer: target.map_or(UNKNOWN, |t| t.service.as_str()),
-        addr: target.filter(|t| t.service != PASSTHROUGH).map(|t| t.addr),
+        peer: target.map_or(UNKNOWN, |t| &*t.service),
+        addr: target
+            .filter(|t| &*t.service != PASSTHROUGH)
+            .map(|t| t.addr),
         meta: "",
         mtls: target.is_some_and(|t| t.mtls),
         protocol: RequestProtocol::Tcp,
@@ -229,7 +231,7 @@ fn finish(
         series.opened();
     }
     series.closed(sent, received);
-    let service = target.map_or("-", |t| t.service.as_str());
+    let service = target.map_or("-", |t| &*t.service);
     let upstream = target.map_or_else(|| "-".to_string(), |t| t.addr.to_string());
     tracing::info!(target: "access", "outbound tcp {peer} -> {dst} service={service} upstream={upstream} flags={flags} sent={sent} received={received}");
 }

@@ -13,8 +13,8 @@ pub const PASSTHROUGH: &str = "PassthroughCluster";
 /// Where a connection or request goes.
 #[derive(Clone, Debug)]
 pub struct Target {
-    /// The service host name (`-` for passthrough).
-    pub service: String,
+    /// The service host name ([`PASSTHROUGH`] for destinations outside the registry).
+    pub service: Arc<str>,
     /// The subset, if any.
     pub subset: String,
     /// The endpoint.
@@ -27,7 +27,7 @@ pub struct Target {
     /// rather than falling back to plaintext as auto mTLS does.
     pub mtls_required: bool,
     /// The identity the endpoint must prove over mTLS (any mesh identity when empty).
-    pub identity: String,
+    pub identity: Arc<str>,
     /// TLS the proxy originates to this endpoint (DestinationRule SIMPLE / MUTUAL).
     pub originate: Option<Arc<crate::tls::originate::Originate>>,
 }
@@ -35,17 +35,25 @@ pub struct Target {
 impl Target {
     /// Straight to where the workload connected.
     pub fn passthrough(addr: SocketAddr) -> Self {
+        static NAME: std::sync::LazyLock<Arc<str>> =
+            std::sync::LazyLock::new(|| Arc::from(PASSTHROUGH));
         Self {
-            service: PASSTHROUGH.into(),
+            service: NAME.clone(),
             subset: String::new(),
             addr,
             mesh: false,
             mtls: false,
             mtls_required: false,
-            identity: String::new(),
+            identity: no_identity(),
             originate: None,
         }
     }
+}
+
+/// The empty identity (any mesh identity), shared.
+pub fn no_identity() -> Arc<str> {
+    static EMPTY: std::sync::LazyLock<Arc<str>> = std::sync::LazyLock::new(|| Arc::from(""));
+    EMPTY.clone()
 }
 
 /// Turns a consistent-hash policy into a request's hash, when the request has the key.
@@ -200,10 +208,11 @@ pub fn endpoint_in(
             loads.pick(pool, balancer, &addrs)?
         }
     };
-    let endpoint = members
+    let index = members
         .iter()
-        .find(|i| svc.endpoint_addr(**i, port) == Some(addr))
-        .map(|i| &svc.spec.endpoints[*i]);
+        .copied()
+        .find(|i| svc.endpoint_addr(*i, port) == Some(addr));
+    let endpoint = index.map(|i| &svc.spec.endpoints[i]);
     let mesh = endpoint.is_some_and(|e| e.mesh);
     let mtls = match svc.tls_mode(subset) {
         crate::state::TlsMode::IstioMutual => true,
@@ -220,9 +229,11 @@ pub fn endpoint_in(
         _ => None,
     };
     let mtls_required = svc.tls_mode(subset) == crate::state::TlsMode::IstioMutual;
-    let identity = endpoint.map(|e| e.identity.clone()).unwrap_or_default();
+    let identity = index
+        .and_then(|i| svc.endpoint_identities.get(i).cloned())
+        .unwrap_or_else(no_identity);
     Some(Target {
-        service: svc.spec.hostname.clone(),
+        service: svc.host.clone(),
         subset: subset.to_string(),
         addr,
         mesh,

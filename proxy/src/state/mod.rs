@@ -107,8 +107,12 @@ pub struct Service {
     pub ports: Vec<Port>,
     /// Load balancer of the service (subsets may override).
     pub balancer: Balancer,
+    /// The host name, shared by every request's target (no copy per request).
+    pub host: Arc<str>,
     /// Endpoint addresses, parsed, in `spec.endpoints` order.
     pub endpoint_ips: Vec<IpAddr>,
+    /// Endpoint identities, in `spec.endpoints` order, shared like `host`.
+    pub endpoint_identities: Vec<Arc<str>>,
     /// TLS originations by subset (`""` for the service's own policy).
     pub originations: HashMap<String, Arc<crate::tls::originate::Originate>>,
     /// Endpoint indices of each subset, worked out once (`""` and unknown subsets: all).
@@ -453,6 +457,12 @@ impl State {
             let service = Arc::new(Service {
                 members: Service::compute_members(spec),
                 all_members: (0..spec.endpoints.len()).collect(),
+                host: Arc::from(spec.hostname.as_str()),
+                endpoint_identities: spec
+                    .endpoints
+                    .iter()
+                    .map(|e| Arc::from(e.identity.as_str()))
+                    .collect(),
                 spec: spec.clone(),
                 ports,
                 balancer,
