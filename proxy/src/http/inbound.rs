@@ -178,11 +178,7 @@ fn timed(
         addr: Some(dst),
         meta: caller.meta,
         mtls: caller.identity.is_some(),
-        protocol: if grpc {
-            RequestProtocol::Grpc
-        } else {
-            RequestProtocol::Http
-        },
+        protocol: RequestProtocol::of_http(grpc),
         code: resp.status().as_u16(),
         flags,
     };

@@ -327,11 +327,7 @@ fn timed(
         addr: target.filter(|_| !passthrough).map(|t| t.addr),
         meta,
         mtls: target.is_some_and(|t| t.mtls),
-        protocol: if grpc {
-            RequestProtocol::Grpc
-        } else {
-            RequestProtocol::Http
-        },
+        protocol: RequestProtocol::of_http(grpc),
         code: response.status().as_u16(),
         flags,
     };

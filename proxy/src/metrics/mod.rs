@@ -76,6 +76,15 @@ pub enum RequestProtocol {
 }
 
 impl RequestProtocol {
+    /// The protocol of an HTTP request: gRPC or plain HTTP.
+    pub fn of_http(grpc: bool) -> Self {
+        if grpc {
+            RequestProtocol::Grpc
+        } else {
+            RequestProtocol::Http
+        }
+    }
+
     fn as_str(self) -> &'static str {
         match self {
             RequestProtocol::Http => "http",
