@@ -14,7 +14,6 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http_body_util::BodyExt;
 use hyper::body::{Body as _, Frame, Incoming, SizeHint};
 use hyper::client::conn::http1::SendRequest;
 use hyper::{Request, Response};
@@ -33,7 +32,7 @@ pub enum SendError {
     /// No connection could be made (retryable; the request was not sent).
     Connect(std::io::Error),
     /// The connection failed or closed before the response.
-    Request(hyper::Error),
+    Request(super::BoxError),
 }
 
 impl std::fmt::Display for SendError {
@@ -49,7 +48,7 @@ impl std::error::Error for SendError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             SendError::Connect(e) => Some(e),
-            SendError::Request(e) => Some(e),
+            SendError::Request(e) => Some(&**e),
         }
     }
 }
@@ -81,17 +80,19 @@ impl H1Pool {
         req: Request<Body>,
     ) -> Result<Response<Body>, SendError> {
         let mut sender = self.checkout(addr).await?;
-        let resp = sender.send_request(req).await.map_err(SendError::Request)?;
+        let resp = sender
+            .send_request(req)
+            .await
+            .map_err(|e| SendError::Request(e.into()))?;
         let (parts, body) = resp.into_parts();
         let body = if body.is_end_stream() {
             self.put_back(addr, sender);
-            body.boxed()
+            super::boxed(body)
         } else {
-            ReturnOnEnd {
+            super::boxed(ReturnOnEnd {
                 inner: body,
                 back: Some((self.clone(), addr, sender)),
-            }
-            .boxed()
+            })
         };
         Ok(Response::from_parts(parts, body))
     }
@@ -125,7 +126,7 @@ impl H1Pool {
             .map_err(SendError::Connect)?;
         let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
-            .map_err(SendError::Request)?;
+            .map_err(|e| SendError::Request(e.into()))?;
         tokio::spawn(async move {
             if let Err(e) = conn.await {
                 tracing::debug!("upstream connection to {addr}: {e}");
@@ -207,6 +208,7 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use std::sync::atomic::{AtomicUsize, Ordering};
 
+    use http_body_util::BodyExt;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
 

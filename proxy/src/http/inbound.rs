@@ -41,7 +41,7 @@ pub async fn serve_inbound<I>(
         let inputs = inputs.clone();
         let caller = caller.clone();
         async move {
-            let mut req = req.map(BodyExt::boxed);
+            let mut req = req.map(super::boxed);
             let (client_cert, peer_ip, identity) = caller.as_ref();
             // What a calling sidecar says of its workload is taken only over mTLS, and never
             // passed to the app.

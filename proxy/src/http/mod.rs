@@ -32,7 +32,19 @@ use crate::state::{OutboundPolicy, Port, Protocol, Service, State, proto};
 use crate::tls::connect::{MeshConnector, MtlsClient, Originations};
 
 /// The body type the proxy moves around.
-pub type Body = BoxBody<Bytes, hyper::Error>;
+pub type Body = BoxBody<Bytes, BoxError>;
+
+/// What a body's error may be: hyper's, h2's, or ours.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// `body` as the proxy's body type.
+pub fn boxed<B>(body: B) -> Body
+where
+    B: hyper::body::Body<Data = Bytes> + Send + Sync + 'static,
+    B::Error: Into<BoxError>,
+{
+    body.map_err(Into::into).boxed()
+}
 
 /// One pool of upstream connections.
 type Upstream = Client<MeshConnector, Body>;
@@ -178,7 +190,7 @@ impl Upstreams {
                 .pick(h2)
                 .request(req)
                 .await
-                .map(|r| r.map(BodyExt::boxed))
+                .map(|r| r.map(boxed))
                 .map_err(Failure::from)
         }
     }
@@ -262,7 +274,7 @@ pub(crate) async fn serve_until_drained<S, I>(
 
 /// Routes and forwards one request.
 async fn outbound_request(req: Request<Incoming>, ctx: &Conn) -> Response<Body> {
-    let mut req = req.map(BodyExt::boxed);
+    let mut req = req.map(boxed);
     let state = ctx.inputs.state.borrow().clone();
     let started = tokio::time::Instant::now();
     // The access log line is built only when it is written (off in Istio's default profile).
@@ -588,7 +600,7 @@ async fn forward(
                 client
                     .request(upstream_req)
                     .await
-                    .map(|r| r.map(BodyExt::boxed))
+                    .map(|r| r.map(boxed))
                     .map_err(Failure::from)
             }
         };
