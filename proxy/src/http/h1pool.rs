@@ -14,6 +14,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use http_body_util::BodyExt;
 use hyper::body::{Body as _, Frame, Incoming, SizeHint};
 use hyper::client::conn::http1::SendRequest;
 use hyper::{Request, Response};
@@ -89,7 +90,8 @@ impl H1Pool {
             self.put_back(addr, sender);
             super::boxed(body)
         } else {
-            super::boxed(ReturnOnEnd {
+            // Already of the proxy's error type: no extra layer.
+            BodyExt::boxed(ReturnOnEnd {
                 inner: body,
                 back: Some((self.clone(), addr, sender)),
             })
@@ -177,12 +179,12 @@ impl ReturnOnEnd {
 
 impl hyper::body::Body for ReturnOnEnd {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = super::BoxError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, super::BoxError>>> {
         let this = self.get_mut();
         let polled = Pin::new(&mut this.inner).poll_frame(cx);
         match &polled {
@@ -191,7 +193,7 @@ impl hyper::body::Body for ReturnOnEnd {
             Poll::Ready(Some(Err(_))) => this.back = None,
             _ => {}
         }
-        polled
+        polled.map_err(Into::into)
     }
 
     fn is_end_stream(&self) -> bool {
