@@ -40,7 +40,9 @@ pub async fn serve_inbound<I>(
     let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
         let inputs = inputs.clone();
         let caller = caller.clone();
-        async move {
+        // Boxed: over HTTP/2 hyper spawns a task per request, and the task's future (this one
+        // inside) is copied several times on the way; a box is copied as one pointer.
+        Box::pin(async move {
             let mut req = req.map(super::boxed);
             let (client_cert, peer_ip, identity) = caller.as_ref();
             // What a calling sidecar says of its workload is taken only over mTLS, and never
@@ -67,7 +69,7 @@ pub async fn serve_inbound<I>(
                 meta: meta.as_ref().and_then(|v| v.to_str().ok()).unwrap_or(""),
             };
             Ok::<_, Infallible>(inbound_request(req, caller, dst, &inputs, app).await)
-        }
+        })
     });
     super::serve_until_drained(conn, svc, drain, "inbound", peer).await;
 }
