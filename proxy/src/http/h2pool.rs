@@ -363,7 +363,7 @@ async fn pipe(mut body: Body, mut stream: SendStream<Bytes>) {
 struct Received {
     recv: RecvStream,
     data_done: bool,
-    /// The response's `content-length`.
+    /// What the response's `content-length` says is left to read.
     len: Option<u64>,
 }
 
@@ -380,6 +380,8 @@ impl hyper::body::Body for Received {
             match ready!(this.recv.poll_data(cx)) {
                 Some(Ok(data)) => {
                     let _ = this.recv.flow_control().release_capacity(data.len());
+                    // What `content-length` says is still to come.
+                    this.len = this.len.map(|len| len.saturating_sub(data.len() as u64));
                     return Poll::Ready(Some(Ok(Frame::data(data))));
                 }
                 Some(Err(e)) => return Poll::Ready(Some(Err(e.into()))),
@@ -497,9 +499,18 @@ mod tests {
         let resp = pool.send(addr, None, req).await.unwrap();
         assert_eq!(resp.headers()["x-got"], UP.to_string().as_str());
         assert_eq!(resp.body().size_hint().exact(), Some(DOWN as u64));
-        let body = resp.into_body().collect().await.unwrap().to_bytes();
-        assert_eq!(body.len(), DOWN);
-        assert!(body.iter().all(|b| *b == b'y'));
+        let mut body = resp.into_body();
+        let mut read = 0;
+        while let Some(frame) = body.frame().await {
+            let data = frame.unwrap().into_data().unwrap();
+            assert!(data.iter().all(|b| *b == b'y'));
+            read += data.len();
+            // The size hint follows what is left.
+            if !body.is_end_stream() {
+                assert_eq!(body.size_hint().exact(), Some((DOWN - read) as u64));
+            }
+        }
+        assert_eq!(read, DOWN);
     }
 
     #[tokio::test]
