@@ -1,6 +1,20 @@
 //! Compiles the protocol definitions in `proto/` with protox (pure Rust: no `protoc` needed)
 //! and generates the prost messages and tonic services from them.
 
+/// Every enum-typed field of the state protocol and the serde module that names its values.
+const ENUM_FIELDS: [(&str, &str); 7] = [
+    (
+        "ProxyState.outbound_traffic_policy",
+        "outbound_traffic_policy",
+    ),
+    ("PeerAuthentication.mode", "peer_mode"),
+    ("PeerAuthentication.port_modes", "peer_mode_map"),
+    ("WorkloadPort.protocol", "protocol"),
+    ("ServicePort.protocol", "protocol"),
+    ("TrafficPolicy.load_balancer", "load_balancer"),
+    ("TrafficPolicy.tls_mode", "tls_mode"),
+];
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let files = [
         "mesh/discovery/v1/discovery.proto",
@@ -11,7 +25,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!("cargo:rerun-if-changed=proto/{f}");
     }
     let fds = protox::compile(files, ["proto"])?;
-    tonic_prost_build::configure()
+    let mut config = tonic_prost_build::configure();
+    // Enum fields are `i32` in prost; in files they read and write as the value's name.
+    for (field, with) in ENUM_FIELDS {
+        config = config.field_attribute(
+            format!(".mesh.state.v1.{field}"),
+            format!("#[serde(with = \"crate::proto::enum_serde::{with}\")]"),
+        );
+    }
+    config
         .build_server(true)
         .build_client(true)
         .build_transport(false)

@@ -8,10 +8,10 @@
 
 pub mod auth;
 pub mod authority;
-pub mod identity;
 pub mod service;
 #[cfg(feature = "test-util")]
 pub mod testing;
 
 pub use authority::{Authority, CaConfig, CaError, SignError, Signed};
-pub use identity::{Identity, IdentityError};
+/// Workload identities, shared with pilot and the proxy.
+pub use mesh_api::identity::{self, Identity, IdentityError};

@@ -6,6 +6,8 @@ use std::collections::BTreeMap;
 
 use mesh_api::Resource;
 use mesh_api::load;
+use mesh_api::proto::enum_serde::ProtoEnum;
+use mesh_api::proto::state::v1::PeerMode;
 use mesh_api::security::PeerAuthentication;
 use mesh_pilot::model::peer_authentication::{DEFAULT_ROOT_NAMESPACE, effective};
 
@@ -41,9 +43,14 @@ fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
 
 fn mode(all: &[PeerAuthentication], ns: &str, l: &[(&str, &str)]) -> (String, Vec<(u32, String)>) {
     let e = effective(all, DEFAULT_ROOT_NAMESPACE, ns, &labels(l));
-    let mut ports: Vec<(u32, String)> = e.port_modes.into_iter().collect();
+    let name = |m: i32| PeerMode::try_from(m).unwrap().short_name().to_string();
+    let mut ports: Vec<(u32, String)> = e
+        .port_modes
+        .into_iter()
+        .map(|(p, m)| (p, name(m)))
+        .collect();
     ports.sort();
-    (e.mode, ports)
+    (name(e.mode), ports)
 }
 
 #[test]

@@ -145,7 +145,7 @@ fn bookinfo_all_v1() {
         v.state.inbound_ports,
         vec![state::WorkloadPort {
             port: 9080,
-            protocol: "HTTP".into()
+            protocol: state::Protocol::Http.into()
         }]
     );
     golden("bookinfo-all-v1", &v.state);
@@ -229,7 +229,10 @@ fn seed_order_view() {
         .collect();
     assert_eq!(weights, vec![90, 10]);
     assert_eq!(shipping.endpoints.len(), 2);
-    assert_eq!(v.state.peer_authentication.as_ref().unwrap().mode, "STRICT");
+    assert_eq!(
+        v.state.peer_authentication.as_ref().unwrap().mode(),
+        state::PeerMode::Strict
+    );
     let inventory = service(&v.state, "inventory-service");
     assert!(
         inventory

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
+use mesh_api::identity::Identity;
 use mesh_proxy::init::{self, CaptureConfig, Iptables, NamespaceCheck, Variant};
 use mesh_proxy::socket::{FixedDst, KernelOriginalDst, OriginalDst};
 use mesh_proxy::{Listeners, Proxy, state};
@@ -361,10 +362,7 @@ fn workload_of(args: &RunArgs) -> anyhow::Result<mesh_proxy::metrics::Workload> 
                 .unwrap_or_default()
         });
     let principal = if args.ca_address.is_some() {
-        format!(
-            "spiffe://{}/ns/{}/sa/{}",
-            args.trust_domain, args.namespace, args.service_account
-        )
+        Identity::new(&args.trust_domain, &args.namespace, &args.service_account).uri()
     } else {
         String::new()
     };
@@ -446,7 +444,7 @@ fn start_discovery(
                 )
             })?;
             let pilot_identity = args.pilot_identity.clone().unwrap_or_else(|| {
-                format!("spiffe://{}/ns/istio-system/sa/istiod", args.trust_domain)
+                Identity::new(&args.trust_domain, "istio-system", "istiod").uri()
             });
             (
                 format!("http://{rest}"),
@@ -495,10 +493,7 @@ fn start_identity(args: &RunArgs, ca: &str) -> anyhow::Result<mesh_proxy::tls::m
         credential,
         Duration::from_secs(args.cert_ttl_hours * 3600),
     )?;
-    let identity = format!(
-        "spiffe://{}/ns/{}/sa/{}",
-        args.trust_domain, args.namespace, args.service_account
-    );
+    let identity = Identity::new(&args.trust_domain, &args.namespace, &args.service_account).uri();
     let (tx, rx) = tokio::sync::watch::channel(None);
     tokio::spawn(mesh_proxy::identity::keep_fresh(
         Arc::new(client),

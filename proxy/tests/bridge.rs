@@ -114,7 +114,7 @@ fn local() -> Listeners {
 
 /// Proxy B in front of the app (inbound), proxy A for the client (outbound), the endpoint of
 /// the service being B's inbound listener (through a counting relay).
-async fn mesh_pair(app: SocketAddr, protocol: &str) -> (Proxy, Proxy, Arc<AtomicUsize>) {
+async fn mesh_pair(app: SocketAddr, protocol: proto::Protocol) -> (Proxy, Proxy, Arc<AtomicUsize>) {
     let b_state = State::compile(proto::ProxyState {
         inbound_ports: vec![proto::WorkloadPort {
             port: u32::from(app.port()),
@@ -175,7 +175,7 @@ async fn mesh_pair(app: SocketAddr, protocol: &str) -> (Proxy, Proxy, Arc<Atomic
 #[tokio::test]
 async fn http1_rides_one_http2_connection_between_proxies_and_is_restored() {
     let app = app().await;
-    let (a, _b, between) = mesh_pair(app, "HTTP").await;
+    let (a, _b, between) = mesh_pair(app, proto::Protocol::Http).await;
     let mut tasks = Vec::new();
     for i in 0..50 {
         if i == 1 {
@@ -264,7 +264,7 @@ async fn grpc_stream(outbound: SocketAddr) -> (Vec<String>, HeaderMap) {
 #[tokio::test]
 async fn grpc_streams_and_trailers_pass_through_two_proxies() {
     let app = app().await;
-    let (a, _b, _) = mesh_pair(app, "GRPC").await;
+    let (a, _b, _) = mesh_pair(app, proto::Protocol::Grpc).await;
     let (data, trailers) = grpc_stream(a.bound.outbound).await;
     assert_eq!(data.concat(), "echo:m0echo:m1echo:m2");
     assert_eq!(trailers["grpc-status"], "0");

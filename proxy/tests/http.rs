@@ -471,7 +471,7 @@ async fn failures_answer_with_envoys_codes() {
 async fn http2_clients_are_served_and_forwarded() {
     let v1 = backend("v1").await;
     let mut svc = service(SHOP, "10.96.0.20", &[(v1.addr, "v1")], vec![]);
-    svc.ports[0].protocol = "HTTP2".into();
+    svc.ports[0].protocol = proto::Protocol::Http2.into();
     let (proxy, _tx) = proxy_for(vec![svc], VIP).await;
     let stream = TcpStream::connect(proxy.bound.outbound).await.unwrap();
     let (mut sender, conn) =

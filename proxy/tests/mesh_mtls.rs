@@ -106,7 +106,7 @@ struct Pair {
     _ca: TestCa,
 }
 
-fn b_state(app_port: u16, protocol: &str, mode: &str) -> Arc<State> {
+fn b_state(app_port: u16, protocol: proto::Protocol, mode: proto::PeerMode) -> Arc<State> {
     Arc::new(
         State::compile(proto::ProxyState {
             inbound_ports: vec![proto::WorkloadPort {
@@ -125,7 +125,12 @@ fn b_state(app_port: u16, protocol: &str, mode: &str) -> Arc<State> {
 
 /// A's state: service `shipping` (10.96.0.60:80) whose one endpoint is `b_inbound`, which
 /// must prove `expect`.
-fn a_state(b_inbound: SocketAddr, protocol: &str, expect: &str, mesh: bool) -> Arc<State> {
+fn a_state(
+    b_inbound: SocketAddr,
+    protocol: proto::Protocol,
+    expect: &str,
+    mesh: bool,
+) -> Arc<State> {
     let svc = proto::Service {
         hostname: "shipping.default.svc.cluster.local".into(),
         namespace: "default".into(),
@@ -164,7 +169,13 @@ fn workload(name: &str, app: &str, version: &str) -> Workload {
 
 /// Proxy A (order) calls service `shipping` whose endpoint is proxy B's inbound listener; B
 /// hands traffic to `app`.
-async fn pair(app: SocketAddr, protocol: &str, mode: &str, expect: &str, mesh: bool) -> Pair {
+async fn pair(
+    app: SocketAddr,
+    protocol: proto::Protocol,
+    mode: proto::PeerMode,
+    expect: &str,
+    mesh: bool,
+) -> Pair {
     let ca = TestCa::self_signed("mesh-mtls", CaConfig::default());
     let (b_tx, b_rx) = watch::channel(b_state(app.port(), protocol, mode));
     let b = Proxy::launch(
@@ -236,7 +247,14 @@ async fn get(addr: SocketAddr) -> (StatusCode, String) {
 
 #[tokio::test]
 async fn http_between_proxies_rides_mtls_and_the_app_learns_the_caller() {
-    let p = pair(http_app().await, "HTTP", "STRICT", SHIPPING, true).await;
+    let p = pair(
+        http_app().await,
+        proto::Protocol::Http,
+        proto::PeerMode::Strict,
+        SHIPPING,
+        true,
+    )
+    .await;
     let (status, body) = get(p.a.bound.outbound).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body, format!("HTTP/1.1 By={SHIPPING};URI={ORDER}"));
@@ -244,7 +262,14 @@ async fn http_between_proxies_rides_mtls_and_the_app_learns_the_caller() {
 
 #[tokio::test]
 async fn tcp_between_proxies_rides_mtls() {
-    let p = pair(tcp_app().await, "TCP", "STRICT", SHIPPING, true).await;
+    let p = pair(
+        tcp_app().await,
+        proto::Protocol::Tcp,
+        proto::PeerMode::Strict,
+        SHIPPING,
+        true,
+    )
+    .await;
     let mut c = TcpStream::connect(p.a.bound.outbound).await.unwrap();
     c.write_all(b"ping").await.unwrap();
     let mut buf = [0u8; 16];
@@ -257,7 +282,14 @@ async fn tcp_between_proxies_rides_mtls() {
 
 #[tokio::test]
 async fn strict_refuses_plaintext_and_permissive_takes_both() {
-    let p = pair(http_app().await, "HTTP", "STRICT", SHIPPING, true).await;
+    let p = pair(
+        http_app().await,
+        proto::Protocol::Http,
+        proto::PeerMode::Strict,
+        SHIPPING,
+        true,
+    )
+    .await;
     // A plain client straight to B's inbound: refused under STRICT.
     let mut plain = TcpStream::connect(p.b_inbound).await.unwrap();
     plain
@@ -274,8 +306,11 @@ async fn strict_refuses_plaintext_and_permissive_takes_both() {
         String::from_utf8_lossy(&buf)
     );
 
-    p.b_state
-        .send_replace(b_state(p.app_port, "HTTP", "PERMISSIVE"));
+    p.b_state.send_replace(b_state(
+        p.app_port,
+        proto::Protocol::Http,
+        proto::PeerMode::Permissive,
+    ));
     let (status, body) = get(p.b_inbound).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(
@@ -297,8 +332,8 @@ async fn strict_refuses_plaintext_and_permissive_takes_both() {
 async fn a_destination_with_the_wrong_identity_is_refused() {
     let p = pair(
         http_app().await,
-        "HTTP",
-        "STRICT",
+        proto::Protocol::Http,
+        proto::PeerMode::Strict,
         "spiffe://cluster.local/ns/default/sa/payments",
         true,
     )
@@ -313,14 +348,21 @@ async fn a_destination_with_the_wrong_identity_is_refused() {
 
 #[tokio::test]
 async fn a_connection_is_not_reused_once_the_destination_must_prove_another_identity() {
-    let p = pair(http_app().await, "HTTP", "STRICT", SHIPPING, true).await;
+    let p = pair(
+        http_app().await,
+        proto::Protocol::Http,
+        proto::PeerMode::Strict,
+        SHIPPING,
+        true,
+    )
+    .await;
     let (status, _) = get(p.a.bound.outbound).await;
     assert_eq!(status, StatusCode::OK);
     // Pilot now says the endpoint must be payments: the open connection proved shipping, so
     // the next request needs a new handshake, which fails.
     p.a_state.send_replace(a_state(
         p.b_inbound,
-        "HTTP",
+        proto::Protocol::Http,
         "spiffe://cluster.local/ns/default/sa/payments",
         true,
     ));
@@ -328,7 +370,7 @@ async fn a_connection_is_not_reused_once_the_destination_must_prove_another_iden
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
     // And back: shipping again is served (the connection that proved it may be reused).
     p.a_state
-        .send_replace(a_state(p.b_inbound, "HTTP", SHIPPING, true));
+        .send_replace(a_state(p.b_inbound, proto::Protocol::Http, SHIPPING, true));
     let (status, body) = get(p.a.bound.outbound).await;
     assert_eq!(status, StatusCode::OK, "{body}");
 }
@@ -337,11 +379,25 @@ async fn a_connection_is_not_reused_once_the_destination_must_prove_another_iden
 async fn auto_mtls_sends_plaintext_to_endpoints_without_a_sidecar() {
     // The endpoint is not marked as having a sidecar: auto mTLS sends plaintext, which a
     // PERMISSIVE destination takes and a STRICT one refuses.
-    let p = pair(http_app().await, "HTTP", "PERMISSIVE", SHIPPING, false).await;
+    let p = pair(
+        http_app().await,
+        proto::Protocol::Http,
+        proto::PeerMode::Permissive,
+        SHIPPING,
+        false,
+    )
+    .await;
     let (status, body) = get(p.a.bound.outbound).await;
     assert_eq!((status, body.as_str()), (StatusCode::OK, "HTTP/1.1 none"));
     // (A mode change does not cut connections already accepted, so check STRICT on a new pair.)
-    let strict = pair(http_app().await, "HTTP", "STRICT", SHIPPING, false).await;
+    let strict = pair(
+        http_app().await,
+        proto::Protocol::Http,
+        proto::PeerMode::Strict,
+        SHIPPING,
+        false,
+    )
+    .await;
     let (status, _) = get(strict.a.bound.outbound).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
 }
@@ -400,7 +456,14 @@ async fn expect_sample(proxy: &Proxy, metric: &str, labels: &[&str], want: u64) 
 
 #[tokio::test]
 async fn both_sidecars_count_requests_and_connections_in_istio_metrics() {
-    let p = pair(http_app().await, "HTTP", "STRICT", SHIPPING, true).await;
+    let p = pair(
+        http_app().await,
+        proto::Protocol::Http,
+        proto::PeerMode::Strict,
+        SHIPPING,
+        true,
+    )
+    .await;
     for _ in 0..3 {
         let (status, body) = get(p.a.bound.outbound).await;
         assert_eq!(status, StatusCode::OK, "{body}");
@@ -460,7 +523,7 @@ async fn both_sidecars_count_requests_and_connections_in_istio_metrics() {
     // A refused request is counted with its code and flag.
     p.a_state.send_replace(a_state(
         "127.0.0.1:1".parse().unwrap(),
-        "HTTP",
+        proto::Protocol::Http,
         SHIPPING,
         true,
     ));
@@ -476,7 +539,14 @@ async fn both_sidecars_count_requests_and_connections_in_istio_metrics() {
 
 #[tokio::test]
 async fn tcp_connections_and_bytes_are_counted_on_both_sides() {
-    let p = pair(tcp_app().await, "TCP", "STRICT", SHIPPING, true).await;
+    let p = pair(
+        tcp_app().await,
+        proto::Protocol::Tcp,
+        proto::PeerMode::Strict,
+        SHIPPING,
+        true,
+    )
+    .await;
     let mut c = TcpStream::connect(p.a.bound.outbound).await.unwrap();
     c.write_all(b"ping").await.unwrap();
     let mut buf = [0u8; 16];

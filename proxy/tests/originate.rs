@@ -95,14 +95,18 @@ async fn https_server(name: &str, client_ca: Option<&str>) -> (SocketAddr, Strin
     (addr, root)
 }
 
-async fn proxy_to(server: SocketAddr, mode: &str, originate: proto::OriginatedTls) -> Proxy {
+async fn proxy_to(
+    server: SocketAddr,
+    mode: proto::TlsMode,
+    originate: proto::OriginatedTls,
+) -> Proxy {
     let svc = proto::Service {
         hostname: "api.example.com".into(),
         addresses: vec!["10.96.0.80".into()],
         ports: vec![proto::ServicePort {
             port: 80,
             name: "http".into(),
-            protocol: "HTTP".into(),
+            protocol: proto::Protocol::Http.into(),
             target_port: 0,
         }],
         endpoints: vec![proto::Endpoint {
@@ -167,7 +171,7 @@ async fn simple_tls_is_originated_and_verified() {
     let (server, root) = https_server("api.example.com", None).await;
     let proxy = proxy_to(
         server,
-        "SIMPLE",
+        proto::TlsMode::Simple,
         proto::OriginatedTls {
             ca_certificates_pem: root,
             ..Default::default()
@@ -190,7 +194,7 @@ async fn mutual_tls_presents_the_client_certificate() {
         private_key_pem: client_key,
         ..Default::default()
     };
-    let proxy = proxy_to(server, "MUTUAL", o).await;
+    let proxy = proxy_to(server, proto::TlsMode::Mutual, o).await;
     assert_eq!(
         get(proxy.bound.outbound).await,
         (StatusCode::OK, "tls ok, client cert: true".into())
@@ -203,7 +207,7 @@ async fn a_server_the_ca_does_not_vouch_for_is_refused() {
     let (other_root, _, _) = pki("api.example.com");
     let proxy = proxy_to(
         server,
-        "SIMPLE",
+        proto::TlsMode::Simple,
         proto::OriginatedTls {
             ca_certificates_pem: other_root,
             ..Default::default()
@@ -218,7 +222,7 @@ async fn a_server_the_ca_does_not_vouch_for_is_refused() {
     let (server, root) = https_server("other.example.com", None).await;
     let proxy = proxy_to(
         server,
-        "SIMPLE",
+        proto::TlsMode::Simple,
         proto::OriginatedTls {
             ca_certificates_pem: root,
             ..Default::default()
@@ -236,7 +240,7 @@ fn origination_without_ca_certificates_refuses_the_state() {
     let svc = proto::Service {
         hostname: "api.example.com".into(),
         traffic_policy: Some(proto::TrafficPolicy {
-            tls_mode: "SIMPLE".into(),
+            tls_mode: proto::TlsMode::Simple.into(),
             originate: Some(proto::OriginatedTls::default()),
             ..Default::default()
         }),

@@ -85,10 +85,10 @@ async fn renewal_and_root_rotation_fail_no_request() {
     let b_state = State::compile(proto::ProxyState {
         inbound_ports: vec![proto::WorkloadPort {
             port: u32::from(app.port()),
-            protocol: "TCP".into(),
+            protocol: proto::Protocol::Tcp.into(),
         }],
         peer_authentication: Some(proto::PeerAuthentication {
-            mode: "STRICT".into(),
+            mode: proto::PeerMode::Strict.into(),
             ..Default::default()
         }),
         ..Default::default()
@@ -114,7 +114,7 @@ async fn renewal_and_root_rotation_fail_no_request() {
         ports: vec![proto::ServicePort {
             port: 80,
             name: "tcp".into(),
-            protocol: "TCP".into(),
+            protocol: proto::Protocol::Tcp.into(),
             target_port: 0,
         }],
         endpoints: vec![proto::Endpoint {

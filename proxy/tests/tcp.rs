@@ -45,7 +45,12 @@ async fn named_echo(name: &'static str) -> SocketAddr {
     addr
 }
 
-fn service(vip: &str, port: u32, endpoints: &[SocketAddr], lb: &str) -> proto::Service {
+fn service(
+    vip: &str,
+    port: u32,
+    endpoints: &[SocketAddr],
+    lb: proto::LoadBalancer,
+) -> proto::Service {
     proto::Service {
         hostname: "echo.default.svc.cluster.local".into(),
         namespace: "default".into(),
@@ -53,7 +58,7 @@ fn service(vip: &str, port: u32, endpoints: &[SocketAddr], lb: &str) -> proto::S
         ports: vec![proto::ServicePort {
             port,
             name: "tcp".into(),
-            protocol: "TCP".into(),
+            protocol: proto::Protocol::Tcp.into(),
             target_port: 0,
         }],
         endpoints: endpoints
@@ -72,7 +77,7 @@ fn service(vip: &str, port: u32, endpoints: &[SocketAddr], lb: &str) -> proto::S
     }
 }
 
-fn state(services: Vec<proto::Service>, policy: &str) -> Arc<State> {
+fn state(services: Vec<proto::Service>, policy: proto::OutboundTrafficPolicy) -> Arc<State> {
     Arc::new(
         State::compile(proto::ProxyState {
             version: "t1".into(),
@@ -115,7 +120,15 @@ async fn roundtrip(addr: SocketAddr, msg: &str) -> String {
 #[tokio::test]
 async fn outbound_reaches_the_service_behind_its_vip() {
     let echo = named_echo("a").await;
-    let (_tx, rx) = watch::channel(state(vec![service("10.96.0.10", 80, &[echo], "")], ""));
+    let (_tx, rx) = watch::channel(state(
+        vec![service(
+            "10.96.0.10",
+            80,
+            &[echo],
+            proto::LoadBalancer::Unspecified,
+        )],
+        proto::OutboundTrafficPolicy::AllowAny,
+    ));
     let proxy = start(rx, "10.96.0.10:80", "10.0.0.1:1").await;
     assert_eq!(
         roundtrip(proxy.bound.outbound, "hello").await,
@@ -126,14 +139,14 @@ async fn outbound_reaches_the_service_behind_its_vip() {
 #[tokio::test]
 async fn unknown_destinations_pass_through_or_are_refused() {
     let echo = named_echo("direct").await;
-    let (_tx, rx) = watch::channel(state(vec![], "ALLOW_ANY"));
+    let (_tx, rx) = watch::channel(state(vec![], proto::OutboundTrafficPolicy::AllowAny));
     let proxy = start(rx, &echo.to_string(), "10.0.0.1:1").await;
     assert_eq!(
         roundtrip(proxy.bound.outbound, "x").await,
         "direct 127.0.0.1 x"
     );
 
-    let (_tx, rx) = watch::channel(state(vec![], "REGISTRY_ONLY"));
+    let (_tx, rx) = watch::channel(state(vec![], proto::OutboundTrafficPolicy::RegistryOnly));
     let proxy = start(rx, &echo.to_string(), "10.0.0.1:1").await;
     let mut c = TcpStream::connect(proxy.bound.outbound).await.unwrap();
     let mut buf = [0u8; 16];
@@ -155,8 +168,13 @@ async fn round_robin_spreads_connections_evenly() {
         named_echo("e2").await,
     ];
     let (_tx, rx) = watch::channel(state(
-        vec![service("10.96.0.10", 80, &eps, "ROUND_ROBIN")],
-        "",
+        vec![service(
+            "10.96.0.10",
+            80,
+            &eps,
+            proto::LoadBalancer::RoundRobin,
+        )],
+        proto::OutboundTrafficPolicy::AllowAny,
     ));
     let proxy = start(rx, "10.96.0.10:80", "10.0.0.1:1").await;
     let mut counts: HashMap<String, usize> = HashMap::new();
@@ -173,7 +191,15 @@ async fn round_robin_spreads_connections_evenly() {
 #[tokio::test]
 async fn a_new_state_applies_to_new_connections_without_dropping_old_ones() {
     let (a, b) = (named_echo("a").await, named_echo("b").await);
-    let (tx, rx) = watch::channel(state(vec![service("10.96.0.10", 80, &[a], "")], ""));
+    let (tx, rx) = watch::channel(state(
+        vec![service(
+            "10.96.0.10",
+            80,
+            &[a],
+            proto::LoadBalancer::Unspecified,
+        )],
+        proto::OutboundTrafficPolicy::AllowAny,
+    ));
     let proxy = start(rx, "10.96.0.10:80", "10.0.0.1:1").await;
     let mut old = TcpStream::connect(proxy.bound.outbound).await.unwrap();
     old.write_all(b"1").await.unwrap();
@@ -181,7 +207,15 @@ async fn a_new_state_applies_to_new_connections_without_dropping_old_ones() {
     let n = old.read(&mut buf).await.unwrap();
     assert_eq!(&buf[..n], b"a 127.0.0.1 1");
 
-    tx.send_replace(state(vec![service("10.96.0.10", 80, &[b], "")], ""));
+    tx.send_replace(state(
+        vec![service(
+            "10.96.0.10",
+            80,
+            &[b],
+            proto::LoadBalancer::Unspecified,
+        )],
+        proto::OutboundTrafficPolicy::AllowAny,
+    ));
     assert_eq!(roundtrip(proxy.bound.outbound, "2").await, "b 127.0.0.1 2");
     old.write_all(b"3").await.unwrap();
     let n = old.read(&mut buf).await.unwrap();
@@ -195,7 +229,7 @@ async fn a_new_state_applies_to_new_connections_without_dropping_old_ones() {
 #[tokio::test]
 async fn inbound_hands_connections_to_the_app_on_loopback_from_127_0_0_6() {
     let app = named_echo("app").await;
-    let (_tx, rx) = watch::channel(state(vec![], ""));
+    let (_tx, rx) = watch::channel(state(vec![], proto::OutboundTrafficPolicy::AllowAny));
     let proxy = start(rx, "10.96.0.10:80", &format!("10.0.0.7:{}", app.port())).await;
     assert_eq!(
         roundtrip(proxy.bound.inbound, "in").await,
@@ -223,9 +257,9 @@ async fn admin_answers_ready_config_dump_and_drain() {
             "10.96.0.10",
             80,
             &["127.0.0.1:9".parse().unwrap()],
-            "",
+            proto::LoadBalancer::Unspecified,
         )],
-        "",
+        proto::OutboundTrafficPolicy::AllowAny,
     ));
     let mut proxy = start(rx, "10.96.0.10:80", "10.0.0.1:1").await;
     assert_eq!(
@@ -259,7 +293,15 @@ async fn admin_answers_ready_config_dump_and_drain() {
 #[tokio::test]
 async fn drain_stops_accepting_and_waits_for_open_connections() {
     let echo = named_echo("a").await;
-    let (_tx, rx) = watch::channel(state(vec![service("10.96.0.10", 80, &[echo], "")], ""));
+    let (_tx, rx) = watch::channel(state(
+        vec![service(
+            "10.96.0.10",
+            80,
+            &[echo],
+            proto::LoadBalancer::Unspecified,
+        )],
+        proto::OutboundTrafficPolicy::AllowAny,
+    ));
     let proxy = start(rx, "10.96.0.10:80", "10.0.0.1:1").await;
     let outbound = proxy.bound.outbound;
     let mut open = TcpStream::connect(outbound).await.unwrap();
@@ -294,13 +336,13 @@ async fn drain_stops_accepting_and_waits_for_open_connections() {
 #[tokio::test]
 async fn tls_is_passed_through_and_routed_by_sni() {
     let (a, b) = (named_echo("a").await, named_echo("b").await);
-    let mut svc_a = service("10.96.0.41", 443, &[a], "");
+    let mut svc_a = service("10.96.0.41", 443, &[a], proto::LoadBalancer::Unspecified);
     svc_a.hostname = "a.example.com".into();
-    let mut svc_b = service("10.96.0.42", 443, &[b], "");
+    let mut svc_b = service("10.96.0.42", 443, &[b], proto::LoadBalancer::Unspecified);
     svc_b.hostname = "b.example.com".into();
-    let mut front = service("10.96.0.40", 443, &[a], "");
+    let mut front = service("10.96.0.40", 443, &[a], proto::LoadBalancer::Unspecified);
     front.hostname = "front.default.svc.cluster.local".into();
-    front.ports[0].protocol = "TLS".into();
+    front.ports[0].protocol = proto::Protocol::Tls.into();
     let to = |host: &str| proto::WeightedDestination {
         host: host.into(),
         weight: 100,
@@ -318,7 +360,10 @@ async fn tls_is_passed_through_and_routed_by_sni() {
             destinations: vec![to("b.example.com")],
         },
     ];
-    let (_tx, rx) = watch::channel(state(vec![front, svc_a, svc_b], ""));
+    let (_tx, rx) = watch::channel(state(
+        vec![front, svc_a, svc_b],
+        proto::OutboundTrafficPolicy::AllowAny,
+    ));
     let proxy = start(rx, "10.96.0.40:443", "10.0.0.1:1").await;
     for (sni, want) in [
         ("a.example.com", "a "),

@@ -68,15 +68,7 @@ pub fn verify(
 /// The SPIFFE URI and the raw public key of a certificate.
 fn leaf_facts(der: &CertificateDer<'_>) -> Option<(String, Vec<u8>)> {
     use x509_parser::prelude::*;
+    let uri = mesh_api::identity::spiffe_id_of(der)?;
     let (_, cert) = X509Certificate::from_der(der).ok()?;
-    let sans = cert.subject_alternative_name().ok()??;
-    let mut uris = sans.value.general_names.iter().filter_map(|n| match n {
-        GeneralName::URI(u) if u.starts_with("spiffe://") => Some((*u).to_string()),
-        _ => None,
-    });
-    let uri = uris.next()?;
-    if uris.next().is_some() {
-        return None;
-    }
     Some((uri, cert.public_key().subject_public_key.data.to_vec()))
 }

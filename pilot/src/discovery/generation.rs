@@ -13,12 +13,7 @@ use prost::Message;
 use crate::model::{Model, Rejection};
 use crate::translate::{self, ProxyNode};
 
-/// Type of the per-service resources.
-pub const SERVICE_TYPE: &str = "type.mesh.dev/mesh.state.v1.Service";
-/// Type of the proxy's own settings (a `ProxyState` without services).
-pub const WORKLOAD_TYPE: &str = "type.mesh.dev/mesh.state.v1.ProxyState";
-/// Name of the one workload resource.
-pub const WORKLOAD_NAME: &str = "workload";
+pub use mesh_api::proto::names::{SERVICE_TYPE, WORKLOAD_NAME, WORKLOAD_TYPE};
 
 /// A translated resource, encoded once.
 #[derive(Debug)]

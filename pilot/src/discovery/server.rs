@@ -138,10 +138,12 @@ impl pb::discovery_server::Discovery for DiscoveryService {
             } else {
                 &node.service_account
             };
-            let want = format!(
-                "spiffe://{}/ns/{}/sa/{sa}",
-                generation.model.config.trust_domain, node.namespace
-            );
+            let want = mesh_api::identity::Identity::new(
+                &generation.model.config.trust_domain,
+                &node.namespace,
+                sa,
+            )
+            .uri();
             if id != want {
                 return Err(tonic::Status::permission_denied(format!(
                     "certificate identity {id} may not ask for the view of {want}"

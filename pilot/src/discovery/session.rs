@@ -26,8 +26,7 @@ pub enum SessionError {
     UnknownType(String),
 }
 
-/// The name that asks for the default view.
-pub const WILDCARD: &str = "*";
+pub use mesh_api::proto::names::WILDCARD;
 
 /// Resources per response are cut at about this many bytes (a lone larger one still goes).
 pub const MAX_RESPONSE_BYTES: usize = 8 * 1024;

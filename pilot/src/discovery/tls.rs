@@ -77,15 +77,7 @@ pub fn server_config(
 
 /// The SPIFFE id of a certificate (its one `spiffe://` URI SAN).
 pub fn spiffe_id(cert: &CertificateDer<'_>) -> Option<String> {
-    use x509_parser::prelude::*;
-    let (_, parsed) = X509Certificate::from_der(cert).ok()?;
-    let sans = parsed.subject_alternative_name().ok()??;
-    let mut uris = sans.value.general_names.iter().filter_map(|n| match n {
-        GeneralName::URI(u) if u.starts_with("spiffe://") => Some((*u).to_string()),
-        _ => None,
-    });
-    let first = uris.next()?;
-    uris.next().is_none().then_some(first)
+    mesh_api::identity::spiffe_id_of(cert)
 }
 
 /// Puts the peer's identity into every request of one connection.

@@ -6,10 +6,12 @@ pub mod host;
 pub mod peer_authentication;
 pub mod policy;
 pub mod registry;
+pub mod select;
+pub mod vs_index;
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use mesh_api::Resource;
 use mesh_api::networking::{DestinationRule, Sidecar, VirtualService};
 use mesh_api::security::{AuthorizationPolicy, PeerAuthentication, RequestAuthentication};
@@ -63,6 +65,8 @@ pub struct Model {
     pub registry: Registry,
     /// VirtualServices, oldest first.
     pub virtual_services: Vec<VirtualService>,
+    /// `virtual_services` by host.
+    pub virtual_service_index: vs_index::VirtualServiceIndex,
     /// DestinationRules, oldest first.
     pub destination_rules: Vec<DestinationRule>,
     /// Sidecars.
@@ -78,18 +82,7 @@ pub struct Model {
     pub files: BTreeMap<String, String>,
 }
 
-/// Istio's order of precedence among peers: the oldest first.
-type AgeKey = (bool, Option<Time>, Option<String>, Option<String>);
-
-/// Creation time (undated last) then namespace/name.
-pub fn age_key(meta: &ObjectMeta) -> AgeKey {
-    (
-        meta.creation_timestamp.is_none(),
-        meta.creation_timestamp.clone(),
-        meta.namespace.clone(),
-        meta.name.clone(),
-    )
-}
+pub use select::{Selector, namespace_of, oldest_first};
 
 impl Model {
     /// Indexes `resources` (already validated).
@@ -135,11 +128,17 @@ impl Model {
             }
         }
         model.registry = Registry::build(input, &model.config.domain, &model.config.trust_domain);
-        model.virtual_services.sort_by_key(|v| age_key(&v.metadata));
+        model
+            .virtual_services
+            .sort_by(|a, b| oldest_first(&a.metadata, &b.metadata));
+        model.virtual_service_index =
+            vs_index::VirtualServiceIndex::build(&model.virtual_services, &model.config.domain);
         model
             .destination_rules
-            .sort_by_key(|d| age_key(&d.metadata));
-        model.sidecars.sort_by_key(|s| age_key(&s.metadata));
+            .sort_by(|a, b| oldest_first(&a.metadata, &b.metadata));
+        model
+            .sidecars
+            .sort_by(|a, b| oldest_first(&a.metadata, &b.metadata));
         model
     }
 
@@ -150,14 +149,6 @@ impl Model {
             .iter()
             .find(|w| w.address == address)
     }
-}
-
-/// The namespace of a resource, `default` when unset.
-pub fn namespace_of(meta: &ObjectMeta) -> &str {
-    meta.namespace
-        .as_deref()
-        .filter(|n| !n.is_empty())
-        .unwrap_or("default")
 }
 
 /// `Kind namespace/name` of a resource's metadata.

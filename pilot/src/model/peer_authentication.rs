@@ -10,60 +10,26 @@ use std::collections::BTreeMap;
 use mesh_api::proto::state::v1 as state;
 use mesh_api::security::{MtlsMode, PeerAuthentication};
 
+use super::select::oldest_per_level;
+
 /// The root namespace Istio uses by default.
 pub const DEFAULT_ROOT_NAMESPACE: &str = "istio-system";
 
-fn mode_name(m: MtlsMode) -> Option<&'static str> {
+fn mode_name(m: MtlsMode) -> Option<state::PeerMode> {
     match m {
         MtlsMode::Unset => None,
-        MtlsMode::Disable => Some("DISABLE"),
-        MtlsMode::Permissive => Some("PERMISSIVE"),
-        MtlsMode::Strict => Some("STRICT"),
+        MtlsMode::Disable => Some(state::PeerMode::Disable),
+        MtlsMode::Permissive => Some(state::PeerMode::Permissive),
+        MtlsMode::Strict => Some(state::PeerMode::Strict),
     }
 }
 
-fn mode_of(p: &PeerAuthentication) -> Option<&'static str> {
+fn mode_of(p: &PeerAuthentication) -> Option<state::PeerMode> {
     p.spec
         .mtls
         .as_ref()
         .and_then(|m| m.mode)
         .and_then(mode_name)
-}
-
-fn has_selector(p: &PeerAuthentication) -> bool {
-    p.spec
-        .selector
-        .as_ref()
-        .is_some_and(|s| !s.match_labels.is_empty())
-}
-
-fn selects(p: &PeerAuthentication, labels: &BTreeMap<String, String>) -> bool {
-    p.spec.selector.as_ref().is_some_and(|s| {
-        !s.match_labels.is_empty() && s.match_labels.iter().all(|(k, v)| labels.get(k) == Some(v))
-    })
-}
-
-/// The oldest policy (by creation time, then name) among `candidates`.
-fn oldest<'a>(
-    candidates: impl Iterator<Item = &'a PeerAuthentication>,
-) -> Option<&'a PeerAuthentication> {
-    candidates.min_by(|a, b| {
-        let key = |p: &'a PeerAuthentication| {
-            (
-                p.metadata.creation_timestamp.as_ref().map(|t| t.0),
-                p.metadata.name.clone(),
-            )
-        };
-        // A policy without a timestamp (read from a file) sorts after dated ones.
-        let (ta, na) = key(a);
-        let (tb, nb) = key(b);
-        match (ta, tb) {
-            (Some(x), Some(y)) => x.cmp(&y).then(na.cmp(&nb)),
-            (Some(_), None) => std::cmp::Ordering::Less,
-            (None, Some(_)) => std::cmp::Ordering::Greater,
-            (None, None) => na.cmp(&nb),
-        }
-    })
 }
 
 /// The effective PeerAuthentication of a workload in `namespace` with `labels`.
@@ -73,33 +39,12 @@ pub fn effective(
     namespace: &str,
     labels: &BTreeMap<String, String>,
 ) -> state::PeerAuthentication {
-    let ns_of = |p: &PeerAuthentication| {
-        p.metadata
-            .namespace
-            .as_deref()
-            .unwrap_or("default")
-            .to_string()
-    };
-    let mesh = oldest(
-        policies
-            .iter()
-            .filter(|p| ns_of(p) == root_namespace && !has_selector(p)),
-    );
-    let ns = oldest(
-        policies
-            .iter()
-            .filter(|p| ns_of(p) == namespace && namespace != root_namespace && !has_selector(p)),
-    );
-    let workload = oldest(
-        policies
-            .iter()
-            .filter(|p| ns_of(p) == namespace && selects(p, labels)),
-    );
+    let [mesh, ns, workload] = oldest_per_level(policies, root_namespace, namespace, labels);
     let mode = workload
         .and_then(mode_of)
         .or_else(|| ns.and_then(mode_of))
         .or_else(|| mesh.and_then(mode_of))
-        .unwrap_or("PERMISSIVE");
+        .unwrap_or(state::PeerMode::Permissive);
     let port_modes = workload
         .map(|w| {
             w.spec
@@ -108,13 +53,13 @@ pub fn effective(
                 .filter_map(|(port, m)| {
                     let port: u32 = port.parse().ok()?;
                     let mode = m.mode.and_then(mode_name).unwrap_or(mode);
-                    Some((port, mode.to_string()))
+                    Some((port, mode.into()))
                 })
                 .collect()
         })
         .unwrap_or_default();
     state::PeerAuthentication {
-        mode: mode.to_string(),
+        mode: mode.into(),
         port_modes,
     }
 }

@@ -6,28 +6,9 @@
 
 use std::collections::BTreeMap;
 
-use mesh_api::common::WorkloadSelector;
 use mesh_api::security::{AuthorizationPolicy, RequestAuthentication};
 
-use super::namespace_of;
-
-fn applies(
-    meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
-    selector: Option<&WorkloadSelector>,
-    targeted: bool,
-    root_namespace: &str,
-    namespace: &str,
-    labels: &BTreeMap<String, String>,
-) -> bool {
-    if targeted {
-        return false;
-    }
-    let ns = namespace_of(meta);
-    match selector.filter(|s| !s.match_labels.is_empty()) {
-        None => ns == root_namespace || ns == namespace,
-        Some(s) => ns == namespace && s.match_labels.iter().all(|(k, v)| labels.get(k) == Some(v)),
-    }
-}
+use super::select::policies_for;
 
 /// The AuthorizationPolicies that apply to a workload in `namespace` with `labels`.
 pub fn authorization_for<'a>(
@@ -36,20 +17,7 @@ pub fn authorization_for<'a>(
     namespace: &str,
     labels: &BTreeMap<String, String>,
 ) -> Vec<&'a AuthorizationPolicy> {
-    policies
-        .iter()
-        .filter(|p| {
-            let targeted = p.spec.target_ref.is_some() || !p.spec.target_refs.is_empty();
-            applies(
-                &p.metadata,
-                p.spec.selector.as_ref(),
-                targeted,
-                root_namespace,
-                namespace,
-                labels,
-            )
-        })
-        .collect()
+    policies_for(policies, root_namespace, namespace, labels)
 }
 
 /// The RequestAuthentications that apply to a workload in `namespace` with `labels`.
@@ -59,18 +27,5 @@ pub fn request_authentication_for<'a>(
     namespace: &str,
     labels: &BTreeMap<String, String>,
 ) -> Vec<&'a RequestAuthentication> {
-    policies
-        .iter()
-        .filter(|p| {
-            let targeted = p.spec.target_ref.is_some() || !p.spec.target_refs.is_empty();
-            applies(
-                &p.metadata,
-                p.spec.selector.as_ref(),
-                targeted,
-                root_namespace,
-                namespace,
-                labels,
-            )
-        })
-        .collect()
+    policies_for(policies, root_namespace, namespace, labels)
 }

@@ -96,7 +96,7 @@ impl Workload {
         } else {
             &self.service_account
         };
-        format!("spiffe://{trust_domain}/ns/{}/sa/{sa}", self.namespace)
+        mesh_api::identity::Identity::new(trust_domain, &self.namespace, sa).uri()
     }
 
     fn endpoint(&self, trust_domain: &str, ports: BTreeMap<String, u32>) -> state::Endpoint {
@@ -112,13 +112,11 @@ impl Workload {
 }
 
 fn namespace_of(ns: Option<&str>) -> String {
-    ns.filter(|n| !n.is_empty())
-        .unwrap_or("default")
-        .to_string()
+    super::select::namespace_or_default(ns).to_string()
 }
 
 fn selects(selector: &BTreeMap<String, String>, labels: &BTreeMap<String, String>) -> bool {
-    selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+    super::select::Selector::new(selector).matches(labels)
 }
 
 /// A service of the mesh.
@@ -146,28 +144,18 @@ pub struct MeshService {
     pub selector: Option<BTreeMap<String, String>>,
 }
 
-/// Istio's protocol for a port: `appProtocol`, else the port name's prefix; the names the
-/// proxy understands, or empty to detect. `None` for ports the mesh does not carry (UDP, SCTP).
+/// Istio's protocol for a port: `appProtocol`, else the port name's prefix; DETECT for names
+/// the mesh does not tell apart. `None` for ports the mesh does not carry (UDP, SCTP).
 pub fn protocol_of(
     l4: Option<&str>,
     app_protocol: Option<&str>,
     name: &str,
-) -> Option<&'static str> {
+) -> Option<state::Protocol> {
     if matches!(l4, Some(p) if !p.eq_ignore_ascii_case("TCP")) {
         return None;
     }
-    let declared = app_protocol
-        .filter(|p| !p.is_empty())
-        .map(|p| p.rsplit('/').next().unwrap_or(p))
-        .unwrap_or_else(|| name.split('-').next().unwrap_or(""));
-    Some(match declared.to_ascii_lowercase().as_str() {
-        "http" | "http1" | "grpc-web" => "HTTP",
-        "http2" | "h2c" | "kubernetes.io/h2c" => "HTTP2",
-        "grpc" => "GRPC",
-        "tcp" | "mongo" | "redis" | "mysql" => "TCP",
-        "tls" | "https" => "TLS",
-        _ => "",
-    })
+    let declared = app_protocol.filter(|p| !p.is_empty()).unwrap_or(name);
+    Some(state::Protocol::from_istio_name(declared).unwrap_or(state::Protocol::Detect))
 }
 
 /// Builds the registry from the resources of the mesh. Findings that make a resource unusable
@@ -351,7 +339,7 @@ fn from_service(
         ports.push(state::ServicePort {
             port,
             name: pname,
-            protocol: protocol.to_string(),
+            protocol: protocol.into(),
             target_port,
         });
     }
@@ -497,7 +485,7 @@ fn from_service_entry(
             Some(state::ServicePort {
                 port: p.number,
                 name: p.name.clone(),
-                protocol: protocol.to_string(),
+                protocol: protocol.into(),
                 target_port: p.target_port.unwrap_or(p.number),
             })
         })

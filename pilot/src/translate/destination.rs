@@ -12,7 +12,7 @@ use mesh_api::proto::state::v1 as state;
 use super::ProxyNode;
 use super::routes::duration_ms;
 use crate::model::host::{self, Visibility};
-use crate::model::{MeshService, Model, Rejection, describe, namespace_of};
+use crate::model::{MeshService, Model, Rejection, Selector, describe, namespace_of};
 
 /// The rules that apply to `svc` for `node`, best first.
 pub fn rules_for<'a>(
@@ -28,19 +28,10 @@ pub fn rules_for<'a>(
         if !Visibility::from_export_to(&dr.spec.export_to, ns).visible_to(&node.namespace) {
             continue;
         }
-        let selects = |sel: &mesh_api::common::WorkloadSelector| {
-            ns == node.namespace
-                && sel
-                    .match_labels
-                    .iter()
-                    .all(|(k, v)| node.labels.get(k) == Some(v))
-        };
-        if dr
-            .spec
-            .workload_selector
-            .as_ref()
-            .is_some_and(|sel| !selects(sel))
-        {
+        // A selector (even an empty one) limits the rule to its own namespace's workloads.
+        if dr.spec.workload_selector.as_ref().is_some_and(|sel| {
+            ns != node.namespace || !Selector::new(&sel.match_labels).matches(&node.labels)
+        }) {
             continue;
         }
         let pattern = host::fqdn(&dr.spec.host, ns, domain);
@@ -149,13 +140,13 @@ fn policy_parts(
 ) -> Result<state::TrafficPolicy, Rejection> {
     let mut out = state::TrafficPolicy::default();
     if let Some(lb) = lb {
-        out.load_balancer = match lb.simple {
-            Some(SimpleLb::RoundRobin) => "ROUND_ROBIN",
-            Some(SimpleLb::Random) => "RANDOM",
-            Some(SimpleLb::Passthrough) => "PASSTHROUGH",
-            Some(SimpleLb::LeastRequest | SimpleLb::LeastConn | SimpleLb::Unspecified) | None => "",
-        }
-        .to_string();
+        out.set_load_balancer(match lb.simple {
+            Some(SimpleLb::RoundRobin) => state::LoadBalancer::RoundRobin,
+            Some(SimpleLb::Random) => state::LoadBalancer::Random,
+            Some(SimpleLb::Passthrough) => state::LoadBalancer::Passthrough,
+            Some(SimpleLb::LeastRequest | SimpleLb::LeastConn) => state::LoadBalancer::LeastRequest,
+            Some(SimpleLb::Unspecified) | None => state::LoadBalancer::Unspecified,
+        });
         if let Some(h) = &lb.consistent_hash {
             use state::consistent_hash::Key;
             let key = if let Some(n) = &h.http_header_name {
@@ -206,13 +197,12 @@ fn policy_parts(
     }
     if let Some(tls) = tls {
         let mode = tls.mode.unwrap_or(ClientTlsMode::Disable);
-        out.tls_mode = match mode {
-            ClientTlsMode::Disable => "DISABLE",
-            ClientTlsMode::Simple => "SIMPLE",
-            ClientTlsMode::Mutual => "MUTUAL",
-            ClientTlsMode::IstioMutual => "ISTIO_MUTUAL",
-        }
-        .to_string();
+        out.set_tls_mode(match mode {
+            ClientTlsMode::Disable => state::TlsMode::Disable,
+            ClientTlsMode::Simple => state::TlsMode::Simple,
+            ClientTlsMode::Mutual => state::TlsMode::Mutual,
+            ClientTlsMode::IstioMutual => state::TlsMode::IstioMutual,
+        });
         if matches!(mode, ClientTlsMode::Simple | ClientTlsMode::Mutual) {
             out.originate = Some(originate(model, tls, mode, what, field)?);
         }

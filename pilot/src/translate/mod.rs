@@ -12,7 +12,9 @@ use mesh_api::proto::state::v1 as state;
 use serde::Serialize;
 
 use crate::model::host::{self, Visibility};
-use crate::model::{MeshService, Model, Rejection, namespace_of, peer_authentication, policy};
+use crate::model::{
+    MeshService, Model, Rejection, Selector, namespace_of, peer_authentication, policy,
+};
 
 /// Who a proxy is, from its node metadata (and, over mTLS, its certificate).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
@@ -32,24 +34,15 @@ pub struct ProxyNode {
 /// The Sidecar resource that scopes a workload: one selecting it in its namespace, else its
 /// namespace's default, else the mesh default in the root namespace.
 pub fn sidecar_for<'a>(model: &'a Model, node: &ProxyNode) -> Option<&'a Sidecar> {
-    fn selected(s: &Sidecar) -> Option<&mesh_api::common::LabelSelector> {
-        s.spec
-            .workload_selector
-            .as_ref()
-            .filter(|sel| !sel.labels.is_empty())
+    fn selected(s: &Sidecar) -> Option<Selector<'_>> {
+        Selector::of_workloads(s.spec.workload_selector.as_ref())
     }
     let in_ns = |s: &&&Sidecar| namespace_of(&s.metadata) == node.namespace;
     model
         .sidecars
         .iter()
         .filter(|s| namespace_of(&s.metadata) == node.namespace)
-        .find(|s| {
-            selected(s).is_some_and(|sel| {
-                sel.labels
-                    .iter()
-                    .all(|(k, v)| node.labels.get(k) == Some(v))
-            })
-        })
+        .find(|s| selected(s).is_some_and(|sel| sel.matches(&node.labels)))
         .or_else(|| {
             model
                 .sidecars
@@ -106,14 +99,10 @@ pub fn virtual_service_for<'a>(
     node: &ProxyNode,
 ) -> Option<&'a VirtualService> {
     let mut best: Option<(&VirtualService, (usize, bool))> = None;
-    for vs in &model.virtual_services {
+    for i in model.virtual_service_index.candidates(hostname) {
+        let vs = &model.virtual_services[i];
         let ns = namespace_of(&vs.metadata);
-        let mesh_bound =
-            vs.spec.gateways.is_empty() || vs.spec.gateways.iter().any(|g| g == "mesh");
-        if !mesh_bound
-            || vs.spec.hosts.is_empty()
-            || !Visibility::from_export_to(&vs.spec.export_to, ns).visible_to(&node.namespace)
-        {
+        if !Visibility::from_export_to(&vs.spec.export_to, ns).visible_to(&node.namespace) {
             continue;
         }
         let Some(spec) = vs
@@ -196,10 +185,10 @@ pub fn workload_state(model: &Model, node: &ProxyNode, scope: &Scope<'_>) -> sta
         version: String::new(),
         services: Vec::new(),
         outbound_traffic_policy: match outbound {
-            Some(OutboundTrafficMode::RegistryOnly) => "REGISTRY_ONLY",
-            _ => "ALLOW_ANY",
+            Some(OutboundTrafficMode::RegistryOnly) => state::OutboundTrafficPolicy::RegistryOnly,
+            _ => state::OutboundTrafficPolicy::AllowAny,
         }
-        .to_string(),
+        .into(),
         inbound_ports: inbound_ports(model, node),
         domain: cfg.domain.clone(),
         namespace: node.namespace.clone(),
@@ -265,8 +254,8 @@ pub fn service_view(
     }
     if svc.passthrough {
         let tp = out.traffic_policy.get_or_insert_with(Default::default);
-        if tp.load_balancer.is_empty() {
-            tp.load_balancer = "PASSTHROUGH".into();
+        if tp.load_balancer() == state::LoadBalancer::Unspecified {
+            tp.set_load_balancer(state::LoadBalancer::Passthrough);
         }
     }
     if let Some(vs) = virtual_service_for(model, &svc.hostname, node) {
@@ -297,7 +286,7 @@ fn inbound_ports(model: &Model, node: &ProxyNode) -> Vec<state::WorkloadPort> {
                 if seen.insert(port) {
                     out.push(state::WorkloadPort {
                         port,
-                        protocol: p.protocol.clone(),
+                        protocol: p.protocol,
                     });
                 }
             }

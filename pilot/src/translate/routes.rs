@@ -12,7 +12,7 @@ use mesh_api::networking::{
 use mesh_api::proto::state::v1 as state;
 
 use super::ProxyNode;
-use crate::model::{Model, host, namespace_of};
+use crate::model::{Model, Selector, host, namespace_of};
 
 /// Istio's retry attempts when a route does not say.
 const DEFAULT_RETRIES: u32 = 2;
@@ -81,9 +81,7 @@ fn source_applies(
     node: &ProxyNode,
 ) -> bool {
     (gateways.is_empty() || gateways.iter().any(|g| g == "mesh"))
-        && source_labels
-            .iter()
-            .all(|(k, v)| node.labels.get(k) == Some(v))
+        && Selector::new(source_labels).matches(&node.labels)
         && (source_namespace.is_empty() || source_namespace == node.namespace)
 }
 
@@ -176,11 +174,11 @@ pub fn http_routes(model: &Model, vs: &VirtualService, node: &ProxyNode) -> Vec<
             } else {
                 &delegate.namespace
             };
-            let Some(child) = model.virtual_services.iter().find(|v| {
-                v.spec.hosts.is_empty()
-                    && v.metadata.name.as_deref() == Some(delegate.name.as_str())
-                    && namespace_of(&v.metadata) == dns
-            }) else {
+            let Some(child) = model
+                .virtual_service_index
+                .delegate(dns, &delegate.name)
+                .map(|i| &model.virtual_services[i])
+            else {
                 continue;
             };
             for croute in &child.spec.http {

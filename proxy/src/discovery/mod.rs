@@ -26,12 +26,8 @@ pub use on_demand::OnDemand;
 use crate::state::State;
 use crate::tls::mtls::Svids;
 
-/// Type of the per-service resources.
-pub const SERVICE_TYPE: &str = "type.mesh.dev/mesh.state.v1.Service";
-/// Type of the proxy's own settings.
-pub const WORKLOAD_TYPE: &str = "type.mesh.dev/mesh.state.v1.ProxyState";
-/// The name that asks for the default view.
-const WILDCARD: &str = "*";
+use mesh_api::proto::names::WILDCARD;
+pub use mesh_api::proto::names::{SERVICE_TYPE, WORKLOAD_NAME, WORKLOAD_TYPE};
 
 /// Where pilot is and who this proxy is.
 #[derive(Clone, Debug)]
@@ -112,7 +108,7 @@ impl Held {
             WORKLOAD_TYPE => self
                 .workload
                 .iter()
-                .map(|(v, _)| ("workload".to_string(), v.clone()))
+                .map(|(v, _)| (WORKLOAD_NAME.to_string(), v.clone()))
                 .collect(),
             _ => self
                 .services

@@ -124,12 +124,7 @@ impl Workload {
 
     /// The namespace a SPIFFE identity (`spiffe://<domain>/ns/<ns>/sa/<sa>`) names.
     pub fn namespace_of(principal: &str) -> Option<&str> {
-        let path = principal.strip_prefix("spiffe://")?;
-        let mut parts = path.split('/').skip(1);
-        match (parts.next(), parts.next()) {
-            (Some("ns"), Some(ns)) if !ns.is_empty() => Some(ns),
-            _ => None,
-        }
+        mesh_api::identity::namespace_of(principal)
     }
 
     /// A caller known only by the identity it proved (its namespace comes from the identity).

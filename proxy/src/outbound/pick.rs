@@ -186,9 +186,7 @@ pub fn endpoint_in(
         .iter()
         .find(|s| s.name == subset)
         .and_then(|s| s.traffic_policy.as_ref());
-    let balancer = subset_policy
-        .and_then(|t| crate::state::Balancer::parse_name(&t.load_balancer))
-        .unwrap_or(svc.balancer);
+    let balancer = svc.balancer_for(subset);
     let hash_policy = subset_policy
         .and_then(|t| t.consistent_hash.as_ref())
         .or_else(|| {
@@ -214,13 +212,14 @@ pub fn endpoint_in(
         .find(|i| svc.endpoint_addr(*i, port) == Some(addr));
     let endpoint = index.map(|i| &svc.spec.endpoints[i]);
     let mesh = endpoint.is_some_and(|e| e.mesh);
-    let mtls = match svc.tls_mode(subset) {
+    let tls_mode = svc.tls_mode(subset);
+    let mtls = match tls_mode {
         crate::state::TlsMode::IstioMutual => true,
         crate::state::TlsMode::Disable => false,
         crate::state::TlsMode::Auto => mesh,
         crate::state::TlsMode::Simple | crate::state::TlsMode::Mutual => false,
     };
-    let originate = match svc.tls_mode(subset) {
+    let originate = match tls_mode {
         crate::state::TlsMode::Simple | crate::state::TlsMode::Mutual => svc
             .originations
             .get(subset)
@@ -228,7 +227,7 @@ pub fn endpoint_in(
             .cloned(),
         _ => None,
     };
-    let mtls_required = svc.tls_mode(subset) == crate::state::TlsMode::IstioMutual;
+    let mtls_required = tls_mode == crate::state::TlsMode::IstioMutual;
     let identity = index
         .and_then(|i| svc.endpoint_identities.get(i).cloned())
         .unwrap_or_else(no_identity);

@@ -13,46 +13,8 @@ use std::sync::Arc;
 pub use file::{FileWatch, Poll, StateFileError, load_file, parse_state, watch_file};
 pub use mesh_api::proto::state::v1 as proto;
 
-/// Application protocols the proxy tells apart.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Protocol {
-    /// HTTP/1.x (or HTTP/2 when the client speaks it).
-    Http,
-    /// HTTP/2 only (h2c in plaintext).
-    Http2,
-    /// gRPC (HTTP/2).
-    Grpc,
-    /// Opaque TCP.
-    Tcp,
-    /// TLS passed through, routed by SNI.
-    Tls,
-    /// Not declared: detect from the first bytes.
-    Detect,
-}
-
-impl Protocol {
-    /// Parses Istio's protocol names and port-name prefixes (`http`, `http-web`, `grpc`, ...).
-    pub fn from_name(name: &str) -> Option<Self> {
-        let prefix = name.split('-').next().unwrap_or("").to_ascii_lowercase();
-        if name.eq_ignore_ascii_case("grpc-web") {
-            return Some(Protocol::Http);
-        }
-        Some(match prefix.as_str() {
-            "" => Protocol::Detect,
-            "http" => Protocol::Http,
-            "http2" | "h2c" => Protocol::Http2,
-            "grpc" => Protocol::Grpc,
-            "tcp" | "mongo" | "redis" | "mysql" => Protocol::Tcp,
-            "tls" | "https" => Protocol::Tls,
-            _ => return None,
-        })
-    }
-
-    /// True for protocols carried as HTTP requests.
-    pub fn is_http(self) -> bool {
-        matches!(self, Protocol::Http | Protocol::Http2 | Protocol::Grpc)
-    }
-}
+/// Application protocols the proxy tells apart (the wire enum itself).
+pub use proto::Protocol;
 
 /// Load-balancing algorithms.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -69,20 +31,28 @@ pub enum Balancer {
 }
 
 impl Balancer {
-    /// Parses a load balancer name (Istio's `simple` values).
-    pub fn parse_name(name: &str) -> Option<Self> {
-        Self::parse(name)
+    /// The balancer a policy names; `None` when it names none (inherit).
+    fn of(lb: proto::LoadBalancer) -> Option<Self> {
+        match lb {
+            proto::LoadBalancer::Unspecified => None,
+            proto::LoadBalancer::LeastRequest => Some(Balancer::LeastRequest),
+            proto::LoadBalancer::RoundRobin => Some(Balancer::RoundRobin),
+            proto::LoadBalancer::Random => Some(Balancer::Random),
+            proto::LoadBalancer::Passthrough => Some(Balancer::Passthrough),
+        }
     }
+}
 
-    fn parse(name: &str) -> Option<Self> {
-        Some(match name {
-            "" | "LEAST_REQUEST" | "LEAST_CONN" | "UNSPECIFIED" => Balancer::LeastRequest,
-            "ROUND_ROBIN" => Balancer::RoundRobin,
-            "RANDOM" => Balancer::Random,
-            "PASSTHROUGH" => Balancer::Passthrough,
-            _ => return None,
-        })
-    }
+/// A value of a wire enum, checked: a number this proxy does not know (from a newer pilot) is
+/// refused with its field rather than read as the default.
+fn known<E: TryFrom<i32>>(service: &str, field: &str, value: i32) -> Result<E, StateError> {
+    E::try_from(value).map_err(|_| {
+        bad(
+            service,
+            field,
+            format!("unknown value {value}: this proxy is older than the pilot that sent it"),
+        )
+    })
 }
 
 /// One port of a service.
@@ -115,25 +85,39 @@ pub struct Service {
     pub endpoint_identities: Vec<Arc<str>>,
     /// TLS originations by subset (`""` for the service's own policy).
     pub originations: HashMap<String, Arc<crate::tls::originate::Originate>>,
-    /// Endpoint indices of each subset, worked out once (`""` and unknown subsets: all).
-    members: Vec<(String, Vec<usize>)>,
+    /// Client TLS mode of the service's own policy.
+    tls: TlsMode,
+    /// Each subset, its members and policy worked out once.
+    subsets: Vec<SubsetInfo>,
     all_members: Vec<usize>,
 }
 
+/// A subset as the proxy uses it: its endpoints and its policy with the service's filled in.
+#[derive(Debug)]
+struct SubsetInfo {
+    name: String,
+    /// Endpoint indices whose labels carry every label of the subset's.
+    members: Vec<usize>,
+    balancer: Balancer,
+    tls: TlsMode,
+}
+
 impl Service {
+    fn subset(&self, name: &str) -> Option<&SubsetInfo> {
+        if name.is_empty() {
+            return None;
+        }
+        self.subsets.iter().find(|s| s.name == name)
+    }
+
     /// The client TLS mode towards `subset` (its own, else the service's).
     pub fn tls_mode(&self, subset: &str) -> TlsMode {
-        let of = |tp: Option<&proto::TrafficPolicy>| {
-            tp.and_then(|t| TlsMode::parse(&t.tls_mode))
-                .filter(|m| *m != TlsMode::Auto)
-        };
-        self.spec
-            .subsets
-            .iter()
-            .find(|s| s.name == subset)
-            .and_then(|s| of(s.traffic_policy.as_ref()))
-            .or_else(|| of(self.spec.traffic_policy.as_ref()))
-            .unwrap_or_default()
+        self.subset(subset).map_or(self.tls, |s| s.tls)
+    }
+
+    /// The load balancer for `subset` (its own, else the service's).
+    pub fn balancer_for(&self, subset: &str) -> Balancer {
+        self.subset(subset).map_or(self.balancer, |s| s.balancer)
     }
 
     /// The port numbered `port`.
@@ -155,26 +139,8 @@ impl Service {
 
     /// Indices of the endpoints in `subset` (all when `subset` is empty or unknown).
     pub fn subset_members(&self, subset: &str) -> &[usize] {
-        self.members
-            .iter()
-            .find(|(name, _)| name == subset)
-            .map_or(&self.all_members, |(_, m)| m)
-    }
-
-    /// The endpoints (indices) whose labels carry every label of `subset`'s.
-    fn compute_members(spec: &proto::Service) -> Vec<(String, Vec<usize>)> {
-        spec.subsets
-            .iter()
-            .map(|s| {
-                let m = (0..spec.endpoints.len())
-                    .filter(|i| {
-                        let have = &spec.endpoints[*i].labels;
-                        s.labels.iter().all(|(k, v)| have.get(k) == Some(v))
-                    })
-                    .collect();
-                (s.name.clone(), m)
-            })
-            .collect()
+        self.subset(subset)
+            .map_or(&self.all_members, |s| &s.members)
     }
 }
 
@@ -198,15 +164,15 @@ pub enum TlsMode {
 }
 
 impl TlsMode {
-    fn parse(name: &str) -> Option<Self> {
-        Some(match name {
-            "" => TlsMode::Auto,
-            "ISTIO_MUTUAL" => TlsMode::IstioMutual,
-            "DISABLE" => TlsMode::Disable,
-            "SIMPLE" => TlsMode::Simple,
-            "MUTUAL" => TlsMode::Mutual,
-            _ => return None,
-        })
+    /// The mode a policy names; `None` when it names none (inherit).
+    fn of(mode: proto::TlsMode) -> Option<Self> {
+        match mode {
+            proto::TlsMode::Unspecified => None,
+            proto::TlsMode::IstioMutual => Some(TlsMode::IstioMutual),
+            proto::TlsMode::Disable => Some(TlsMode::Disable),
+            proto::TlsMode::Simple => Some(TlsMode::Simple),
+            proto::TlsMode::Mutual => Some(TlsMode::Mutual),
+        }
     }
 }
 
@@ -222,14 +188,13 @@ pub enum PeerMode {
     Disable,
 }
 
-impl PeerMode {
-    fn parse(name: &str) -> Option<Self> {
-        Some(match name {
-            "" | "UNSET" | "PERMISSIVE" => PeerMode::Permissive,
-            "STRICT" => PeerMode::Strict,
-            "DISABLE" => PeerMode::Disable,
-            _ => return None,
-        })
+impl From<proto::PeerMode> for PeerMode {
+    fn from(mode: proto::PeerMode) -> Self {
+        match mode {
+            proto::PeerMode::Permissive => PeerMode::Permissive,
+            proto::PeerMode::Strict => PeerMode::Strict,
+            proto::PeerMode::Disable => PeerMode::Disable,
+        }
     }
 }
 
@@ -298,47 +263,29 @@ fn port16(service: &str, field: &str, value: u32) -> Result<u16, StateError> {
 impl State {
     /// Checks and indexes a received state.
     pub fn compile(source: proto::ProxyState) -> Result<Self, StateError> {
-        let outbound_policy = match source.outbound_traffic_policy.as_str() {
-            "" | "ALLOW_ANY" => OutboundPolicy::AllowAny,
-            "REGISTRY_ONLY" => OutboundPolicy::RegistryOnly,
-            other => {
-                return Err(bad(
-                    "state",
-                    "outboundTrafficPolicy",
-                    format!("unknown policy {other:?}: use ALLOW_ANY or REGISTRY_ONLY"),
-                ));
-            }
+        let outbound_policy = match known(
+            "state",
+            "outboundTrafficPolicy",
+            source.outbound_traffic_policy,
+        )? {
+            proto::OutboundTrafficPolicy::AllowAny => OutboundPolicy::AllowAny,
+            proto::OutboundTrafficPolicy::RegistryOnly => OutboundPolicy::RegistryOnly,
         };
         let mut inbound_ports = HashMap::new();
         for (i, p) in source.inbound_ports.iter().enumerate() {
             let port = port16("state", &format!("inboundPorts[{i}].port"), p.port)?;
-            let proto = Protocol::from_name(&p.protocol).ok_or_else(|| {
-                bad(
-                    "state",
-                    format!("inboundPorts[{i}].protocol"),
-                    format!("unknown protocol {:?}", p.protocol),
-                )
-            })?;
+            let proto = known("state", &format!("inboundPorts[{i}].protocol"), p.protocol)?;
             inbound_ports.insert(port, proto);
         }
         let pa = source.peer_authentication.clone().unwrap_or_default();
-        let peer_mode = PeerMode::parse(&pa.mode).ok_or_else(|| {
-            bad(
-                "state",
-                "peerAuthentication.mode",
-                format!(
-                    "unknown mode {:?}: use STRICT, PERMISSIVE or DISABLE",
-                    pa.mode
-                ),
-            )
-        })?;
+        let peer_mode =
+            known::<proto::PeerMode>("state", "peerAuthentication.mode", pa.mode)?.into();
         let mut peer_port_modes = HashMap::new();
         for (port, mode) in &pa.port_modes {
             let field = format!("peerAuthentication.portModes.{port}");
             let p = port16("state", &field, *port)?;
-            let m = PeerMode::parse(mode)
-                .ok_or_else(|| bad("state", &field, format!("unknown mode {mode:?}")))?;
-            peer_port_modes.insert(p, m);
+            let m = known::<proto::PeerMode>("state", &field, *mode)?;
+            peer_port_modes.insert(p, m.into());
         }
         let mut state = State {
             outbound_policy,
@@ -360,12 +307,13 @@ impl State {
                 } else {
                     port16(&host, &format!("ports[{i}].targetPort"), p.target_port)?
                 };
-                let declared = if p.protocol.is_empty() {
-                    &p.name
-                } else {
-                    &p.protocol
+                // A port pilot did not classify (or a hand-written file) is named for its protocol.
+                let protocol = match known(&host, &format!("ports[{i}].protocol"), p.protocol)? {
+                    Protocol::Detect => {
+                        Protocol::from_istio_name(&p.name).unwrap_or(Protocol::Detect)
+                    }
+                    declared => declared,
                 };
-                let protocol = Protocol::from_name(declared).unwrap_or(Protocol::Detect);
                 ports.push(Port {
                     port,
                     name: p.name.clone(),
@@ -384,18 +332,19 @@ impl State {
                 })?;
                 endpoint_ips.push(ip);
             }
-            let balancer_name = spec
-                .traffic_policy
-                .as_ref()
-                .map(|t| t.load_balancer.as_str())
-                .unwrap_or("");
-            let balancer = Balancer::parse(balancer_name).ok_or_else(|| {
-                bad(
-                    &host,
-                    "trafficPolicy.loadBalancer",
-                    format!("unknown load balancer {balancer_name:?}"),
-                )
-            })?;
+            let service_policy = spec.traffic_policy.clone().unwrap_or_default();
+            let balancer = Balancer::of(known(
+                &host,
+                "trafficPolicy.loadBalancer",
+                service_policy.load_balancer,
+            )?)
+            .unwrap_or_default();
+            let tls = TlsMode::of(known(
+                &host,
+                "trafficPolicy.tlsMode",
+                service_policy.tls_mode,
+            )?)
+            .unwrap_or_default();
             let policies =
                 std::iter::once(("trafficPolicy".to_string(), spec.traffic_policy.as_ref())).chain(
                     spec.subsets.iter().enumerate().map(|(i, s)| {
@@ -407,10 +356,13 @@ impl State {
                 );
             let mut originations = HashMap::new();
             for (i, (field, tp)) in policies.enumerate() {
-                let mode = tp.map(|t| t.tls_mode.as_str()).unwrap_or("");
-                let parsed = TlsMode::parse(mode).ok_or_else(|| {
-                    bad(&host, format!("{field}.tlsMode"), format!("unknown TLS mode {mode:?}: use ISTIO_MUTUAL, DISABLE, SIMPLE, MUTUAL or leave empty"))
-                })?;
+                // Only a policy that names SIMPLE or MUTUAL itself carries what to originate; a
+                // subset that names no mode uses the service's origination.
+                let mode = tp.map_or(0, |t| t.tls_mode);
+                let Some(parsed) = TlsMode::of(known(&host, &format!("{field}.tlsMode"), mode)?)
+                else {
+                    continue;
+                };
                 if matches!(parsed, TlsMode::Simple | TlsMode::Mutual) {
                     let spec_tls = tp.and_then(|t| t.originate.as_ref()).ok_or_else(|| {
                         bad(&host, format!("{field}.originate"), "SIMPLE and MUTUAL need the TLS to originate (CA certificates at least)")
@@ -428,19 +380,28 @@ impl State {
                     originations.insert(subset, Arc::new(o));
                 }
             }
+            let mut subsets = Vec::with_capacity(spec.subsets.len());
             for (i, s) in spec.subsets.iter().enumerate() {
-                let name = s
-                    .traffic_policy
-                    .as_ref()
-                    .map(|t| t.load_balancer.as_str())
-                    .unwrap_or("");
-                Balancer::parse(name).ok_or_else(|| {
-                    bad(
+                let tp = s.traffic_policy.clone().unwrap_or_default();
+                let field = format!("subsets[{i}].trafficPolicy");
+                let members = (0..spec.endpoints.len())
+                    .filter(|e| {
+                        let have = &spec.endpoints[*e].labels;
+                        s.labels.iter().all(|(k, v)| have.get(k) == Some(v))
+                    })
+                    .collect();
+                subsets.push(SubsetInfo {
+                    name: s.name.clone(),
+                    members,
+                    balancer: Balancer::of(known(
                         &host,
-                        format!("subsets[{i}].trafficPolicy.loadBalancer"),
-                        format!("unknown load balancer {name:?}"),
-                    )
-                })?;
+                        &format!("{field}.loadBalancer"),
+                        tp.load_balancer,
+                    )?)
+                    .unwrap_or(balancer),
+                    tls: TlsMode::of(known(&host, &format!("{field}.tlsMode"), tp.tls_mode)?)
+                        .unwrap_or(tls),
+                });
             }
             let mut vips = Vec::with_capacity(spec.addresses.len());
             for (i, vip) in spec.addresses.iter().enumerate() {
@@ -455,7 +416,8 @@ impl State {
             }
             state.compile_route_regexes(&host, spec)?;
             let service = Arc::new(Service {
-                members: Service::compute_members(spec),
+                subsets,
+                tls,
                 all_members: (0..spec.endpoints.len()).collect(),
                 host: Arc::from(spec.hostname.as_str()),
                 endpoint_identities: spec
@@ -675,10 +637,13 @@ mod tests {
             "service shipping.default.svc.cluster.local: endpoints[0].address: \"ten\" is not an IP address"
         );
         let err = State::compile(proto::ProxyState {
-            outbound_traffic_policy: "SOMETIMES".into(),
+            outbound_traffic_policy: 7,
             ..Default::default()
         })
         .unwrap_err();
-        assert!(err.to_string().contains("outboundTrafficPolicy"));
+        assert_eq!(
+            err.to_string(),
+            "service state: outboundTrafficPolicy: unknown value 7: this proxy is older than the pilot that sent it"
+        );
     }
 }

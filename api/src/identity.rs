@@ -1,4 +1,6 @@
-//! SPIFFE identities of workloads: `spiffe://<trust-domain>/ns/<namespace>/sa/<service-account>`.
+//! SPIFFE identities of workloads: `spiffe://<trust-domain>/ns/<namespace>/sa/<service-account>`,
+//! built, parsed and read from certificates in this one place, so pilot, the proxy and the CA
+//! cannot disagree about what an identity looks like.
 
 use std::fmt;
 
@@ -72,6 +74,31 @@ impl Identity {
     }
 }
 
+/// The namespace a SPIFFE identity of the workload form names, without checking the rest (for
+/// labels and logs, where an odd identity should still show what it can).
+pub fn namespace_of(uri: &str) -> Option<&str> {
+    let path = uri.strip_prefix("spiffe://")?;
+    let mut parts = path.split('/').skip(1);
+    match (parts.next(), parts.next()) {
+        (Some("ns"), Some(ns)) if !ns.is_empty() => Some(ns),
+        _ => None,
+    }
+}
+
+/// The SPIFFE id of an X.509 certificate (DER): its one `spiffe://` URI SAN. `None` when the
+/// certificate does not parse or has none or several, which a mesh peer never has.
+pub fn spiffe_id_of(der: &[u8]) -> Option<String> {
+    use x509_parser::prelude::*;
+    let (_, parsed) = X509Certificate::from_der(der).ok()?;
+    let sans = parsed.subject_alternative_name().ok()??;
+    let mut uris = sans.value.general_names.iter().filter_map(|n| match n {
+        GeneralName::URI(u) if u.starts_with("spiffe://") => Some((*u).to_string()),
+        _ => None,
+    });
+    let first = uris.next()?;
+    uris.next().is_none().then_some(first)
+}
+
 impl fmt::Display for Identity {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.uri())
@@ -86,7 +113,7 @@ mod tests {
     fn identities_round_trip_and_bad_ones_are_refused() {
         let id = Identity::new("cluster.local", "default", "order");
         assert_eq!(id.uri(), "spiffe://cluster.local/ns/default/sa/order");
-        assert_eq!(Identity::parse(&id.uri()), Ok(id));
+        assert_eq!(Identity::parse(&id.uri()), Ok(id.clone()));
         for bad in [
             "spiffe://cluster.local/ns/default",
             "spiffe://cluster.local/ns/default/sa/order/extra",
@@ -97,5 +124,8 @@ mod tests {
         ] {
             assert!(Identity::parse(bad).is_err(), "{bad}");
         }
+        assert_eq!(namespace_of(&id.uri()), Some("default"));
+        assert_eq!(namespace_of("spiffe://td/sa/x"), None);
+        assert_eq!(spiffe_id_of(b"not a certificate"), None);
     }
 }
