@@ -30,7 +30,7 @@ fn resources(report: &LoadReport) -> Vec<(String, String, Resource)> {
 }
 
 #[test]
-fn shipped_sample_matches_the_seed_scenario() {
+fn shipped_sample_is_valid() {
     let sample = load::load_path(&repo().join("manifests/samples/order-app")).expect("sample");
     assert!(
         sample.is_valid(),
@@ -38,19 +38,14 @@ fn shipped_sample_matches_the_seed_scenario() {
         sample.errors().collect::<Vec<_>>()
     );
     assert_eq!(sample.documents.len(), 18);
+}
+
+#[test]
+#[ignore = "needs shared testdata"]
+fn shipped_sample_is_the_seed_scenario() {
+    let sample = load::load_path(&repo().join("manifests/samples/order-app")).expect("sample");
     let seeds = repo().join("../shared/testdata/seeds");
-    if !seeds.is_dir() {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "{} is missing under CI",
-            seeds.display()
-        );
-        eprintln!(
-            "SKIPPED: {} is absent; only the sample's validity was checked",
-            seeds.display()
-        );
-        return;
-    }
+    assert!(seeds.is_dir(), "{} is missing", seeds.display());
     let seeds = load::load_path(&seeds).expect("seeds");
     assert_eq!(
         resources(&sample),

@@ -3,7 +3,13 @@
 //! balancing reads, and metric recording. Targets are in docs/performance.md; `cargo bench -p mesh-proxy --bench
 //! hot_path` measures them.
 
-#![allow(clippy::expect_used, clippy::unwrap_used, missing_docs)]
+// Benches measure wall time with std's clock; no test here pauses time.
+#![allow(
+    clippy::expect_used,
+    clippy::unwrap_used,
+    clippy::disallowed_types,
+    missing_docs
+)]
 
 use std::hint::black_box;
 use std::net::SocketAddr;
@@ -276,7 +282,7 @@ fn bench_metrics(c: &mut Criterion) {
     let mut group = c.benchmark_group("metrics");
     group.bench_function("record_request", |b| {
         b.iter(|| {
-            let started = std::time::Instant::now();
+            let started = tokio::time::Instant::now();
             drop(metrics.time_request(black_box(&ok), started, describe));
         });
     });

@@ -2,7 +2,13 @@
 //! sent straight to the backend, in one process on 127.0.0.1. The ratio of the two is the cost
 //! of the hop; see docs/performance.md.
 
-#![allow(clippy::expect_used, clippy::unwrap_used, missing_docs)]
+// Benches measure wall time with std's clock; no test here pauses time.
+#![allow(
+    clippy::expect_used,
+    clippy::unwrap_used,
+    clippy::disallowed_types,
+    missing_docs
+)]
 
 use std::convert::Infallible;
 use std::net::SocketAddr;

@@ -118,7 +118,7 @@ mod tests {
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let _client = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
         let (server, _) = l.accept().await.unwrap();
-        let started = std::time::Instant::now();
+        let started = tokio::time::Instant::now();
         assert_eq!(
             detect(&server, Duration::from_millis(50)).await.unwrap(),
             Detected::Tcp

@@ -806,7 +806,7 @@ async fn a_drain_closes_idle_keepalive_connections_promptly() {
     let mut c = h1(proxy.bound.outbound).await;
     assert_eq!(get(&mut c, "/", &[]).await.status, StatusCode::OK);
     // The keep-alive connection is idle now; the drain must not wait for its deadline.
-    let started = std::time::Instant::now();
+    let started = tokio::time::Instant::now();
     let finished = proxy.drain(Duration::from_secs(30)).await;
     assert!(finished, "every connection finished");
     assert!(

@@ -8,15 +8,21 @@ use std::time::Duration;
 use super::Findings;
 use crate::common::StringMatch;
 
+/// A duration Istio would not accept, and why.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct DurationError(String);
+
 /// Parses a duration as Istio accepts it: Go syntax (`1h30m`, `1.5s`, `300ms`, `10us`, `5ns`),
-/// or protobuf JSON seconds (`2.5s`). Returns a reason on failure.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
+/// or protobuf JSON seconds (`2.5s`). The error says why.
+pub fn parse_duration(text: &str) -> Result<Duration, DurationError> {
+    let bad = |why: String| DurationError(why);
     let s = text.trim();
     if s.is_empty() {
-        return Err("empty duration".into());
+        return Err(bad("empty duration".into()));
     }
     if s.starts_with('-') {
-        return Err(format!("{text:?} is negative"));
+        return Err(bad(format!("{text:?} is negative")));
     }
     if s == "0" {
         return Ok(Duration::ZERO);
@@ -28,13 +34,13 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
             .find(|c: char| !(c.is_ascii_digit() || c == '.'))
             .unwrap_or(rest.len());
         if num_len == 0 {
-            return Err(format!(
+            return Err(bad(format!(
                 "{text:?} is not a duration (expected e.g. 5s, 100ms, 1m30s)"
-            ));
+            )));
         }
         let number: f64 = rest[..num_len]
             .parse()
-            .map_err(|_| format!("{text:?} is not a duration (bad number)"))?;
+            .map_err(|_| bad(format!("{text:?} is not a duration (bad number)")))?;
         rest = &rest[num_len..];
         let unit_len = rest
             .find(|c: char| c.is_ascii_digit() || c == '.')
@@ -46,17 +52,21 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
             "s" => 1.0,
             "m" => 60.0,
             "h" => 3600.0,
-            "" => return Err(format!("{text:?} has no unit (use ns, us, ms, s, m or h)")),
+            "" => {
+                return Err(bad(format!(
+                    "{text:?} has no unit (use ns, us, ms, s, m or h)"
+                )));
+            }
             other => {
-                return Err(format!(
+                return Err(bad(format!(
                     "{text:?} has unknown unit {other:?} (use ns, us, ms, s, m or h)"
-                ));
+                )));
             }
         };
         total += number * scale;
         rest = &rest[unit_len..];
     }
-    Duration::try_from_secs_f64(total).map_err(|_| format!("{text:?} is out of range"))
+    Duration::try_from_secs_f64(total).map_err(|_| bad(format!("{text:?} is out of range")))
 }
 
 /// A duration of at least one millisecond, as Istio requires for timeouts and intervals.

@@ -203,7 +203,7 @@ fn load_balancer(f: &mut Findings, at: &str, lb: &LoadBalancerSettings) {
                     format!("{cat}.httpCookie.ttl"),
                     "Required value: the cookie's ttl (0s for a session cookie)",
                 ),
-                Some(Err(why)) => f.error(format!("{cat}.httpCookie.ttl"), why),
+                Some(Err(why)) => f.error(format!("{cat}.httpCookie.ttl"), why.to_string()),
                 Some(Ok(_)) => {}
             }
         }

@@ -10,25 +10,38 @@ use super::{Mesh, PodSpec, RuntimeError, config};
 /// The only image the local runtime runs (as the `mesh-echo` binary).
 pub const ECHO_IMAGE: &str = "mesh-echo";
 
+/// A Deployment the local runtime cannot start.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum DeploymentError {
+    /// A part every Deployment it runs needs.
+    #[error("{0} is missing")]
+    Missing(&'static str),
+    /// An image other than the test app.
+    #[error(
+        "image {0:?}: the local runtime runs only {ECHO_IMAGE} (start other workloads with `meshctl run`)"
+    )]
+    Image(String),
+}
+
 /// The pods a Deployment asks for: one per replica, named `DEPLOYMENT-N`, with the template's
 /// labels, service account, container ports and `mesh-echo` arguments.
-pub fn pods_for_deployment(d: &Deployment) -> Result<Vec<PodSpec>, String> {
+pub fn pods_for_deployment(d: &Deployment) -> Result<Vec<PodSpec>, DeploymentError> {
     let name = d.metadata.name.clone().unwrap_or_default();
     let namespace = d
         .metadata
         .namespace
         .clone()
         .unwrap_or_else(|| "default".into());
-    let spec = d.spec.as_ref().ok_or("no spec")?;
+    let spec = d.spec.as_ref().ok_or(DeploymentError::Missing("spec"))?;
     let template = &spec.template;
     let pod_spec = template
         .spec
         .as_ref()
-        .ok_or("spec.template.spec is missing")?;
+        .ok_or(DeploymentError::Missing("spec.template.spec"))?;
     let container = pod_spec
         .containers
         .first()
-        .ok_or("spec.template.spec.containers is empty")?;
+        .ok_or(DeploymentError::Missing("spec.template.spec.containers"))?;
     let image = container.image.clone().unwrap_or_default();
     let image_name = image
         .rsplit('/')
@@ -38,9 +51,7 @@ pub fn pods_for_deployment(d: &Deployment) -> Result<Vec<PodSpec>, String> {
         .next()
         .unwrap_or("");
     if image_name != ECHO_IMAGE {
-        return Err(format!(
-            "image {image:?}: the local runtime runs only {ECHO_IMAGE} (start other workloads with `meshctl run`)"
-        ));
+        return Err(DeploymentError::Image(image));
     }
     let mut command = vec![ECHO_IMAGE.to_string()];
     command.extend(container.args.iter().flatten().cloned());

@@ -130,7 +130,7 @@ impl Held {
     }
 
     /// Applies a response to a copy; the copy and its compiled state, or why it was refused.
-    fn apply(&self, r: &pb::DeltaDiscoveryResponse) -> Result<(Held, State), String> {
+    fn apply(&self, r: &pb::DeltaDiscoveryResponse) -> Result<(Held, State), Refused> {
         let mut next = self.clone();
         for res in &r.resources {
             let bytes = res
@@ -140,17 +140,21 @@ impl Held {
                 .unwrap_or_default();
             match r.type_url.as_str() {
                 WORKLOAD_TYPE => {
-                    let w = proto::ProxyState::decode(bytes)
-                        .map_err(|e| format!("{}: cannot decode: {e}", res.name))?;
+                    let w = proto::ProxyState::decode(bytes).map_err(|source| Refused::Decode {
+                        name: res.name.clone(),
+                        source,
+                    })?;
                     next.workload = Some((res.version.clone(), w));
                 }
                 SERVICE_TYPE => {
-                    let s = proto::Service::decode(bytes)
-                        .map_err(|e| format!("{}: cannot decode: {e}", res.name))?;
+                    let s = proto::Service::decode(bytes).map_err(|source| Refused::Decode {
+                        name: res.name.clone(),
+                        source,
+                    })?;
                     next.services
                         .insert(res.name.clone(), (res.version.clone(), s));
                 }
-                other => return Err(format!("unexpected resource type {other}")),
+                other => return Err(Refused::UnexpectedType(other.to_string())),
             }
         }
         for name in &r.removed_resources {
@@ -162,9 +166,64 @@ impl Held {
             }
         }
         next.version.clone_from(&r.system_version_info);
-        let state = State::compile(next.state()).map_err(|e| e.to_string())?;
+        let state = State::compile(next.state())?;
         Ok((next, state))
     }
+}
+
+/// Why the proxy refused (NACKed) a discovery response; its text is the NACK's message.
+#[derive(Debug, thiserror::Error)]
+pub enum Refused {
+    /// A resource that is not the message its type says.
+    #[error("{name}: cannot decode: {source}")]
+    Decode {
+        /// The resource.
+        name: String,
+        /// What prost said.
+        #[source]
+        source: prost::DecodeError,
+    },
+    /// A type this proxy does not subscribe to.
+    #[error("unexpected resource type {0}")]
+    UnexpectedType(String),
+    /// The state the resources add up to does not check.
+    #[error(transparent)]
+    Invalid(#[from] crate::state::StateError),
+}
+
+/// Why a discovery stream ended (the client reconnects with backoff).
+#[derive(Debug, thiserror::Error)]
+pub enum StreamError {
+    /// `--discovery-address` is not a URI.
+    #[error("bad discovery address {address}: {source}")]
+    BadAddress {
+        /// As given.
+        address: String,
+        /// What tonic said.
+        #[source]
+        source: tonic::transport::Error,
+    },
+    /// mTLS to pilot waits for the workload certificate.
+    #[error("no workload certificate yet for mTLS to pilot")]
+    NoCertificate,
+    /// The mTLS client settings could not be built.
+    #[error("mTLS to pilot: {0}")]
+    Tls(#[from] crate::tls::mtls::ConfigError),
+    /// Pilot is unreachable.
+    #[error("cannot connect: {0}")]
+    Connect(#[source] tonic::transport::Error),
+    /// Pilot refused the stream.
+    #[error("stream refused: {}", .0.message())]
+    Refused(tonic::Status),
+    /// The stream broke.
+    #[error("stream failed: {}", .0.message())]
+    Failed(tonic::Status),
+    /// Pilot ended the stream.
+    #[error("pilot closed the stream")]
+    Closed,
+    /// Our own request stream ended.
+    #[error("request stream closed")]
+    RequestsClosed,
 }
 
 /// Runs the client until `tx` has no receivers: connects, resyncs, applies responses,
@@ -216,29 +275,31 @@ fn subscribe(type_url: &str, held: &Held, node: Option<pb::Node>) -> pb::DeltaDi
 
 /// Connects to pilot as `config` says (plaintext, or mutual TLS with the workload
 /// certificate, checking pilot's identity).
-pub async fn channel(config: &DiscoveryConfig) -> Result<tonic::transport::Channel, String> {
+pub async fn channel(config: &DiscoveryConfig) -> Result<tonic::transport::Channel, StreamError> {
     let endpoint = tonic::transport::Endpoint::from_shared(config.address.clone())
-        .map_err(|e| format!("bad discovery address {}: {e}", config.address))?
+        .map_err(|source| StreamError::BadAddress {
+            address: config.address.clone(),
+            source,
+        })?
         .connect_timeout(Duration::from_secs(5))
         .tcp_nodelay(true);
     match &config.tls {
         None => endpoint.connect().await,
         Some(tls) => {
             if tls.svids.borrow().is_none() {
-                return Err("no workload certificate yet for mTLS to pilot".into());
+                return Err(StreamError::NoCertificate);
             }
             let client = crate::tls::mtls::client_config(
                 tls.svids.clone(),
                 vec![tls.pilot_identity.clone()],
                 b"h2",
-            )
-            .map_err(|e| e.to_string())?;
+            )?;
             endpoint
                 .connect_with_connector(TlsConnector { config: client })
                 .await
         }
     }
-    .map_err(|e| format!("cannot connect: {e}"))
+    .map_err(StreamError::Connect)
 }
 
 /// One stream: returns `Ok` when the proxy stops, `Err` when the stream fails.
@@ -248,29 +309,29 @@ async fn stream_once(
     held: &mut Held,
     lookups: &mut mpsc::UnboundedReceiver<pb::OnDemandLookup>,
     on_demand: Option<&OnDemand>,
-) -> Result<(), String> {
+) -> Result<(), StreamError> {
     let channel = channel(config).await?;
     let (req_tx, req_rx) = mpsc::channel(64);
     req_tx
         .send(subscribe(WORKLOAD_TYPE, held, Some(config.node.clone())))
         .await
-        .map_err(|_| "request stream closed")?;
+        .map_err(|_| StreamError::RequestsClosed)?;
     req_tx
         .send(subscribe(SERVICE_TYPE, held, None))
         .await
-        .map_err(|_| "request stream closed")?;
+        .map_err(|_| StreamError::RequestsClosed)?;
     let mut responses = DiscoveryClient::new(channel)
         .delta_resources(ReceiverStream::new(req_rx))
         .await
-        .map_err(|e| format!("stream refused: {}", e.message()))?
+        .map_err(StreamError::Refused)?
         .into_inner();
     loop {
         tokio::select! {
             msg = responses.message() => {
                 let r = match msg {
                     Ok(Some(r)) => r,
-                    Ok(None) => return Err("pilot closed the stream".into()),
-                    Err(e) => return Err(format!("stream failed: {}", e.message())),
+                    Ok(None) => return Err(StreamError::Closed),
+                    Err(e) => return Err(StreamError::Failed(e)),
                 };
                 let reply = match held.apply(&r) {
                     Ok((next, state)) => {
@@ -280,7 +341,8 @@ async fn stream_once(
                         }
                         None
                     }
-                    Err(message) => {
+                    Err(refused) => {
+                        let message = refused.to_string();
                         tracing::warn!(nonce = %r.nonce, "discovery: refusing an update, keeping the current state: {message}");
                         Some(pb::ErrorDetail { code: 3, message })
                     }
@@ -298,7 +360,7 @@ async fn stream_once(
                     error_detail: reply,
                     ..Default::default()
                 };
-                req_tx.send(ack).await.map_err(|_| "request stream closed")?;
+                req_tx.send(ack).await.map_err(|_| StreamError::RequestsClosed)?;
             }
             lookup = lookups.recv() => {
                 let Some(lookup) = lookup else { return Ok(()) };
@@ -307,7 +369,7 @@ async fn stream_once(
                     on_demand: vec![lookup],
                     ..Default::default()
                 };
-                req_tx.send(req).await.map_err(|_| "request stream closed")?;
+                req_tx.send(req).await.map_err(|_| StreamError::RequestsClosed)?;
             }
             () = tx.closed() => return Ok(()),
         }

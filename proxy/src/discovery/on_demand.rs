@@ -4,10 +4,11 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use mesh_api::proto::discovery::v1 as pb;
 use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
 
 /// How long a "pilot does not know it" answer is remembered, so a workload that keeps calling
 /// an address outside the mesh does not ask again on every connection.
@@ -83,5 +84,51 @@ impl OnDemand {
             n.insert(name.to_string(), Instant::now());
         }
         self.found(name);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    const ADDR: &str = "10.96.0.99:80";
+
+    #[tokio::test(start_paused = true)]
+    async fn a_negative_answer_is_remembered_for_its_ttl_then_asked_again() {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let od = OnDemand::new(tx);
+        let addr = ADDR.parse().unwrap();
+        od.not_found(ADDR);
+        assert!(!od.lookup_address(addr, Duration::from_secs(1)).await);
+        assert!(rx.try_recv().is_err(), "no lookup within the TTL");
+
+        tokio::time::advance(NEGATIVE_TTL).await;
+        let (answered, asked) =
+            tokio::join!(od.lookup_address(addr, Duration::from_secs(1)), async {
+                let asked = rx.recv().await.unwrap();
+                od.found(ADDR);
+                asked
+            });
+        assert!(answered, "pilot's answer releases the waiting connection");
+        assert_eq!(
+            asked.target,
+            Some(pb::on_demand_lookup::Target::Address(ADDR.into()))
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_pilot_that_does_not_answer_makes_later_connections_wait_no_more() {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let od = OnDemand::new(tx);
+        let addr = ADDR.parse().unwrap();
+        let started = Instant::now();
+        assert!(!od.lookup_address(addr, Duration::from_secs(1)).await);
+        assert_eq!(started.elapsed(), Duration::from_secs(1));
+        assert!(rx.try_recv().is_ok());
+        let again = Instant::now();
+        assert!(!od.lookup_address(addr, Duration::from_secs(1)).await);
+        assert_eq!(again.elapsed(), Duration::ZERO, "remembered as absent");
     }
 }

@@ -11,7 +11,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::BodyExt;
@@ -19,6 +19,7 @@ use hyper::body::{Body as _, Frame, Incoming, SizeHint};
 use hyper::client::conn::http1::SendRequest;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
+use tokio::time::Instant;
 
 use super::Body;
 
@@ -280,6 +281,33 @@ mod tests {
             assert_eq!(read_all(resp).await, 2);
         }
         assert_eq!(count.load(Ordering::Relaxed), 1);
+        assert_eq!(pool.idle_count(addr), 1);
+    }
+
+    #[tokio::test]
+    async fn a_connection_idle_past_the_timeout_is_not_reused() {
+        let (addr, count) = backend().await;
+        let pool = H1Pool::new(None);
+        read_all(pool.send(addr, get("/")).await.unwrap()).await;
+        // The pool reads tokio's clock: move it past the idle timeout without waiting.
+        tokio::time::pause();
+        tokio::time::advance(IDLE_TIMEOUT - Duration::from_secs(1)).await;
+        tokio::time::resume();
+        read_all(pool.send(addr, get("/")).await.unwrap()).await;
+        assert_eq!(
+            count.load(Ordering::Relaxed),
+            1,
+            "reused within the timeout"
+        );
+        tokio::time::pause();
+        tokio::time::advance(IDLE_TIMEOUT + Duration::from_secs(1)).await;
+        tokio::time::resume();
+        read_all(pool.send(addr, get("/")).await.unwrap()).await;
+        assert_eq!(
+            count.load(Ordering::Relaxed),
+            2,
+            "a new connection after it"
+        );
         assert_eq!(pool.idle_count(addr), 1);
     }
 

@@ -18,7 +18,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, ready};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use h2::client::SendRequest;
@@ -27,6 +27,7 @@ use hyper::body::{Body as _, Frame, SizeHint};
 use hyper::header::{self, HeaderMap, HeaderName};
 use hyper::{Method, Request, Response};
 use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::time::Instant;
 
 use super::h1pool::SendError;
 use super::{Body, BoxError};
@@ -175,7 +176,7 @@ impl H2Pool {
             (None, _) => start(addr, stream).await?,
             (Some(id), Some(mtls)) => {
                 let tls = mtls
-                    .handshake(stream, addr, Some(id), ALPN_MESH_H2)
+                    .handshake(stream, addr, id, ALPN_MESH_H2)
                     .await
                     .map_err(SendError::Connect)?;
                 start(addr, tls).await?

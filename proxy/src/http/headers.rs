@@ -183,7 +183,7 @@ pub fn upstream_request(
     h2: bool,
     take_headers: bool,
     absolute: bool,
-) -> Result<Request<Body>, String> {
+) -> Result<Request<Body>, http::Error> {
     let mut parts = http::uri::Parts::default();
     // hyper-util's client wants the address in the URI (`https` asks its connector for mesh
     // mTLS); a connection of our own takes the origin form (`/path?query`) as sent on the wire.
@@ -195,7 +195,7 @@ pub fn upstream_request(
         });
         parts.authority = Some(
             Authority::from_maybe_shared(bytes::Bytes::from(addr_text(target.addr)))
-                .map_err(|e| e.to_string())?,
+                .map_err(http::Error::from)?,
         );
     }
     // Shares the request's buffer: no copy of the path.
@@ -205,7 +205,7 @@ pub fn upstream_request(
             .cloned()
             .unwrap_or_else(|| PathAndQuery::from_static("/")),
     );
-    let uri = Uri::from_parts(parts).map_err(|e| e.to_string())?;
+    let uri = Uri::from_parts(parts).map_err(http::Error::from)?;
     let host = req
         .uri()
         .authority()

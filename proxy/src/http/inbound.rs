@@ -90,7 +90,7 @@ async fn inbound_request(
     app: Protocol,
 ) -> Response<Body> {
     let peer = caller.addr;
-    let started = std::time::Instant::now();
+    let started = tokio::time::Instant::now();
     let grpc = headers::is_grpc(&req);
     // The access log line is built only when it is written (off in Istio's default profile).
     let logged = tracing::enabled!(target: "access", tracing::Level::INFO);
@@ -169,7 +169,7 @@ fn timed(
     dst: SocketAddr,
     flags: &'static str,
     grpc: bool,
-    started: std::time::Instant,
+    started: tokio::time::Instant,
 ) -> Response<Body> {
     use crate::metrics::{Key, PEER_HEADER, Reporter, RequestProtocol, Timed, inbound_sides};
     let metrics = &inputs.metrics;

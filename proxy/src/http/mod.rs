@@ -294,7 +294,7 @@ async fn outbound_request(req: Request<Incoming>, ctx: &Conn) -> Response<Body> 
         target.as_ref(),
         flags,
         grpc,
-        started.into_std(),
+        started,
     );
     if logged {
         let upstream = target
@@ -320,7 +320,7 @@ fn timed(
     target: Option<&Target>,
     flags: &'static str,
     grpc: bool,
-    started: std::time::Instant,
+    started: tokio::time::Instant,
 ) -> Response<Body> {
     use crate::metrics::{Key, Reporter, RequestProtocol, Timed, outbound_sides};
     // One series for every destination outside the registry, whatever its address.
@@ -534,19 +534,14 @@ async fn forward(
         if let Some(o) = &target.originate {
             ctx.inputs.upstreams.originate_to(target.addr, o);
         }
-        if target.mtls {
-            match ctx.inputs.upstreams.mtls() {
-                Some(mtls) => mtls.expect(target.addr, &target.identity),
-                None => {
-                    return (
-                        reply(
-                            StatusCode::SERVICE_UNAVAILABLE,
-                            "mTLS to this destination needs a workload certificate, and the proxy has none",
-                        ),
-                        "UF",
-                    );
-                }
-            }
+        if target.mtls && ctx.inputs.upstreams.mtls().is_none() {
+            return (
+                reply(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "mTLS to this destination needs a workload certificate, and the proxy has none",
+                ),
+                "UF",
+            );
         }
         // The last attempt hands the request's headers over instead of copying them.
         let last = attempt >= retries || !bodiless;

@@ -145,7 +145,7 @@ async fn handle(
             .handshake(
                 upstream,
                 target.addr,
-                Some(&target.identity),
+                &target.identity,
                 crate::tls::mtls::ALPN_MESH_TCP,
             )
             .await

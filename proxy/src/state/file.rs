@@ -40,9 +40,16 @@ pub enum StateFileError {
     },
 }
 
+/// State text that is not a `ProxyState` document: the parser's first line, which names the
+/// field and position.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("{0}")]
+pub struct ParseError(pub String);
+
 /// Parses state text (YAML or JSON, camelCase field names).
-pub fn parse_state(text: &str) -> Result<proto::ProxyState, String> {
-    serde_saphyr::from_str(text).map_err(|e| e.to_string().lines().next().unwrap_or("").to_string())
+pub fn parse_state(text: &str) -> Result<proto::ProxyState, ParseError> {
+    serde_saphyr::from_str(text)
+        .map_err(|e| ParseError(e.to_string().lines().next().unwrap_or("").to_string()))
 }
 
 /// Reads and checks a state file.
@@ -51,9 +58,9 @@ pub fn load_file(path: &Path) -> Result<State, StateFileError> {
         path: path.into(),
         source,
     })?;
-    let state = parse_state(&text).map_err(|message| StateFileError::Parse {
+    let state = parse_state(&text).map_err(|e| StateFileError::Parse {
         path: path.into(),
-        message,
+        message: e.0,
     })?;
     State::compile(state).map_err(|source| StateFileError::Invalid {
         path: path.into(),

@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
-pub use file::{FileWatch, Poll, StateFileError, load_file, parse_state, watch_file};
+pub use file::{FileWatch, ParseError, Poll, StateFileError, load_file, parse_state, watch_file};
 pub use mesh_api::proto::state::v1 as proto;
 
 /// Application protocols the proxy tells apart (the wire enum itself).
@@ -370,7 +370,7 @@ impl State {
                     let o =
                         crate::tls::originate::build(spec_tls, parsed == TlsMode::Mutual, &host)
                             .map_err(|e| {
-                                bad(&host, format!("{field}.originate.{e}"), "cannot be used")
+                                bad(&host, format!("{field}.originate.{}", e.field), e.message)
                             })?;
                     let subset = if i == 0 {
                         String::new()

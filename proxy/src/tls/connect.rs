@@ -24,10 +24,12 @@ use super::originate::Originate;
 /// Client configurations are cached by expected identity and ALPN.
 type ConfigKey = (String, Vec<u8>);
 
-/// Mesh mTLS towards peers: the workload's SVID, and the identity each address must prove.
+/// Mesh mTLS towards peers: the workload's SVID, and client settings per identity a peer must
+/// prove. The identity to expect comes with each handshake (from the endpoint pilot named),
+/// never from a table by address, so a connection can only be verified against what the
+/// request it carries was routed to.
 pub struct MtlsClient {
     svids: Svids,
-    expected: RwLock<HashMap<SocketAddr, String>>,
     configs: Mutex<HashMap<ConfigKey, Arc<ClientConfig>>>,
 }
 
@@ -36,7 +38,6 @@ impl MtlsClient {
     pub fn new(svids: Svids) -> Self {
         Self {
             svids,
-            expected: RwLock::default(),
             configs: Mutex::default(),
         }
     }
@@ -44,14 +45,6 @@ impl MtlsClient {
     /// The workload's SVIDs.
     pub fn svids(&self) -> &Svids {
         &self.svids
-    }
-
-    /// Records that `addr` must prove `identity` (any mesh identity when empty).
-    pub fn expect(&self, addr: SocketAddr, identity: &str) {
-        let mut map = self.expected.write().unwrap_or_else(|e| e.into_inner());
-        if map.get(&addr).map(String::as_str) != Some(identity) {
-            map.insert(addr, identity.to_string());
-        }
     }
 
     fn config(&self, identity: &str, alpn: &[u8]) -> io::Result<Arc<ClientConfig>> {
@@ -71,13 +64,13 @@ impl MtlsClient {
         Ok(cfg)
     }
 
-    /// Runs the mTLS handshake on `tcp` towards `addr`, which must prove `identity` (or the
-    /// identity recorded with [`MtlsClient::expect`] when `identity` is `None`).
+    /// Runs the mTLS handshake on `tcp` towards `addr`, which must prove `identity` (any mesh
+    /// identity when empty).
     pub async fn handshake(
         &self,
         tcp: TcpStream,
         addr: SocketAddr,
-        identity: Option<&str>,
+        identity: &str,
         alpn: &[u8],
     ) -> io::Result<TlsStream<TcpStream>> {
         if self.svids.borrow().is_none() {
@@ -86,17 +79,7 @@ impl MtlsClient {
                 "no workload certificate yet",
             ));
         }
-        let identity = match identity {
-            Some(i) => i.to_string(),
-            None => self
-                .expected
-                .read()
-                .unwrap_or_else(|e| e.into_inner())
-                .get(&addr)
-                .cloned()
-                .unwrap_or_default(),
-        };
-        let connector = tokio_rustls::TlsConnector::from(self.config(&identity, alpn)?);
+        let connector = tokio_rustls::TlsConnector::from(self.config(identity, alpn)?);
         connector
             .connect(ServerName::IpAddress(addr.ip().into()), tcp)
             .await
@@ -200,7 +183,7 @@ pub struct MeshConnector {
 
 impl MeshConnector {
     /// The same connector, whose mTLS peers must prove `identity` (any mesh identity when
-    /// empty) instead of the identity recorded for their address.
+    /// empty, as for a connector made without one).
     pub fn with_identity(mut self, identity: Arc<str>) -> Self {
         self.identity = Some(identity);
         self
@@ -283,7 +266,12 @@ impl tower_service::Service<Uri> for MeshConnector {
                 )
             })?;
             let tls = mtls
-                .handshake(stream, addr, this.identity.as_deref(), this.alpn)
+                .handshake(
+                    stream,
+                    addr,
+                    this.identity.as_deref().unwrap_or(""),
+                    this.alpn,
+                )
                 .await?;
             Ok(MeshStream::Tls(Box::new(TokioIo::new(tls))))
         })
