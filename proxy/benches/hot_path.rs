@@ -17,9 +17,10 @@ use std::net::SocketAddr;
 use bytes::Bytes;
 use criterion::{Criterion, criterion_group, criterion_main};
 use hyper::Request;
-use mesh_proxy::http::{Body, full, headers, route};
-use mesh_proxy::outbound::balance::Loads;
-use mesh_proxy::outbound::{Target, endpoint_in};
+use mesh_proxy::http::{Body, full, headers};
+use mesh_proxy::route::balance::Loads;
+use mesh_proxy::route::http as route;
+use mesh_proxy::route::{Target, endpoint_in};
 use mesh_proxy::state::{Balancer, State, proto};
 
 fn exact(s: &str) -> Option<proto::StringMatch> {

@@ -5,20 +5,30 @@
 //! configuration types of its own: its state is the `mesh.state.v1` message from `mesh-api`,
 //! from the control plane or a local file, reaching the listeners through a watch channel.
 
+// The modules form layers, from the bottom up: body, drain, identity, init, sniff, socket,
+// tls, state, discovery, route, metrics, upstream, inputs, http, tcp, inbound, outbound,
+// admin. Each uses only the ones before it; tests/layers.rs checks it and
+// docs/architecture.md draws it.
 pub mod admin;
+pub mod body;
 pub mod discovery;
 pub mod drain;
 pub mod http;
 pub mod identity;
 pub mod inbound;
 pub mod init;
+pub mod inputs;
 pub mod metrics;
 pub mod outbound;
+pub mod route;
 pub mod sniff;
 pub mod socket;
 pub mod state;
 pub mod tcp;
 pub mod tls;
+pub mod upstream;
+
+pub use inputs::Inputs;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -27,90 +37,9 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 
-use crate::outbound::balance::Loads;
 use crate::socket::OriginalDst;
 use crate::state::State;
 use crate::tls::mtls::Svids;
-
-/// What every connection handler shares.
-pub struct Inputs {
-    /// The latest state.
-    pub state: watch::Receiver<Arc<State>>,
-    /// Active requests per endpoint, for load balancing.
-    pub loads: Loads,
-    /// Pooled upstream HTTP connections.
-    pub upstreams: http::Upstreams,
-    /// The proxy's own listening addresses, so a connection back to them is refused, not looped.
-    pub own_addrs: Vec<SocketAddr>,
-    /// Set once a state was received.
-    has_state: std::sync::atomic::AtomicBool,
-    /// The workload's certificates, when the proxy has an identity.
-    pub svids: Option<Svids>,
-    /// The inbound mTLS configuration, when the proxy has an identity.
-    pub tls_server: Option<Arc<rustls::ServerConfig>>,
-    /// Asks pilot for destinations the state does not hold yet, when pilot feeds the state.
-    pub on_demand: Option<Arc<discovery::OnDemand>>,
-    /// Istio's standard metrics.
-    pub metrics: Arc<metrics::Metrics>,
-}
-
-impl Inputs {
-    /// Inputs reading states from `state`; `initial` says whether its current value is a real
-    /// state (false when it is only a placeholder until the first state arrives).
-    pub fn new(state: watch::Receiver<Arc<State>>, initial: bool) -> Self {
-        Self::with_identity(state, initial, None)
-    }
-
-    /// Inputs of a proxy with a workload identity: mesh mTLS both ways.
-    pub fn with_identity(
-        state: watch::Receiver<Arc<State>>,
-        initial: bool,
-        svids: Option<Svids>,
-    ) -> Self {
-        let mtls = svids
-            .clone()
-            .map(|s| Arc::new(tls::connect::MtlsClient::new(s)));
-        let tls_server = svids
-            .clone()
-            .and_then(|s| match tls::mtls::server_config(s) {
-                Ok(c) => Some(c),
-                Err(e) => {
-                    tracing::error!("inbound mTLS unavailable: {e}");
-                    None
-                }
-            });
-        Self {
-            state,
-            loads: Loads::default(),
-            upstreams: http::Upstreams::new(mtls),
-            own_addrs: Vec::new(),
-            has_state: initial.into(),
-            svids,
-            tls_server,
-            on_demand: None,
-            metrics: Arc::default(),
-        }
-    }
-
-    /// This proxy's workload as metrics label it, with the identity its current certificate
-    /// proves.
-    pub fn workload(&self) -> metrics::Workload {
-        let mut w = self.metrics.local().clone();
-        if let Some(svid) = self.svids.as_ref().and_then(|s| s.borrow().clone()) {
-            w.principal = svid.identity.clone();
-        }
-        w
-    }
-
-    /// True once the proxy has a state to serve with (and its certificate, when it has an
-    /// identity).
-    pub fn ready(&self) -> bool {
-        let state = self.has_state.load(std::sync::atomic::Ordering::Relaxed)
-            || self.state.has_changed().unwrap_or(false);
-        let identity = self.svids.as_ref().is_none_or(|s| s.borrow().is_some());
-        state && identity
-    }
-}
 
 /// Where the proxy listens.
 #[derive(Clone, Debug)]

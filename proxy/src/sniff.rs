@@ -7,6 +7,10 @@ use std::time::Duration;
 
 use tokio::net::TcpStream;
 
+/// How long detection waits for the client's first bytes (Istio's default is 100ms; a
+/// server-first protocol is treated as TCP after it).
+pub const TIMEOUT: Duration = Duration::from_millis(100);
+
 /// What the first bytes say.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Detected {

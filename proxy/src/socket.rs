@@ -1,10 +1,15 @@
-//! Socket details: the original destination of a redirected connection (`SO_ORIGINAL_DST`).
+//! Socket details: the original destination of a redirected connection (`SO_ORIGINAL_DST`),
+//! and the source address of connections handed to the application.
 
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 
 use nix::sys::socket::{getsockopt, sockopt};
 use tokio::net::TcpStream;
+
+/// The source address of connections handed to the application (which the capture rules
+/// leave alone, so a hand-over is never captured again).
+pub const PASSTHROUGH_SOURCE: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 6);
 
 /// Where a redirected connection was headed before the capture rules sent it to the proxy.
 pub trait OriginalDst: Send + Sync + 'static {

@@ -14,8 +14,8 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
-use crate::Inputs;
 use crate::drain;
+use crate::inputs::Inputs;
 
 /// Which paths a listener answers.
 #[derive(Clone, Copy, PartialEq, Eq)]

@@ -9,7 +9,7 @@ use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode, Uri, Version};
 
 use super::{Body, full, with_path};
-use crate::outbound::Target;
+use crate::route::Target;
 use crate::state::{State, proto};
 
 /// Headers that belong to one connection and are never forwarded (RFC 9110 §7.6.1).
@@ -399,7 +399,7 @@ pub fn redirect(req: &Request<Body>, rd: &proto::Redirect, authority: &str) -> R
 fn origin_allowed(origin: &str, cors: &proto::Cors, state: &State) -> bool {
     cors.allow_origins
         .iter()
-        .any(|m| super::route::string_match(state, m, origin, false))
+        .any(|m| crate::route::http::string_match(state, m, origin, false))
 }
 
 /// Answers a CORS preflight (OPTIONS with Origin and Access-Control-Request-Method) itself.

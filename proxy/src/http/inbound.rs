@@ -14,8 +14,8 @@ use hyper::header::HeaderValue;
 use hyper::{Request, Response, StatusCode};
 
 use super::{Body, headers, reply};
-use crate::Inputs;
-use crate::outbound::Target;
+use crate::inputs::Inputs;
+use crate::route::Target;
 use crate::state::Protocol;
 
 /// Serves HTTP on an inbound connection headed for `dst` (the workload's address and port).
@@ -110,7 +110,7 @@ async fn inbound_request(
         mesh: false,
         mtls: false,
         mtls_required: false,
-        identity: crate::outbound::no_identity(),
+        identity: crate::route::no_identity(),
         originate: None,
     };
     // Plaintext HTTP/1.1 to the app takes the light pool; HTTP/2 and upgrades hyper-util's.

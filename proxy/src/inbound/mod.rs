@@ -1,20 +1,22 @@
-//! The inbound listener (15006): connections to the workload from peers, captured by `init`,
-//! handed to the application on `127.0.0.1:<original port>`. The proxy connects from
-//! 127.0.0.6, which the capture rules leave alone, so the handed-over connection is not
-//! captured again.
+//! The inbound listener (15006): connections to the workload from peers, captured by `init`.
+//! It accepts, applies the port's PeerAuthentication mode (terminating mesh mTLS, refusing
+//! plaintext where it is STRICT), tells the protocol, and hands the connection to HTTP
+//! (`crate::http::serve_inbound`) or to TCP (`crate::tcp::inbound`), which reach the
+//! application on `127.0.0.1:<original port>` from 127.0.0.6, an address the capture rules
+//! leave alone, so the handed-over connection is not captured again.
 
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 
-use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::net::{TcpListener, TcpStream};
 
-use crate::Inputs;
 use crate::drain;
+use crate::inputs::Inputs;
 use crate::socket::OriginalDst;
 use crate::state::{PeerMode, Protocol};
 
-/// The source address of connections handed to the application.
-pub const PASSTHROUGH_SOURCE: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 6);
+pub use crate::socket::PASSTHROUGH_SOURCE;
+pub use crate::tcp::inbound::connect_app;
 
 /// Accepts until a drain begins; each connection runs in its own task.
 pub async fn serve(
@@ -28,23 +30,6 @@ pub async fn serve(
         async move { handle(conn, peer, &inputs, dst.as_ref(), watch).await }
     })
     .await;
-}
-
-/// Connects to the application's port on loopback from the pass-through source address.
-pub async fn connect_app(port: u16) -> std::io::Result<TcpStream> {
-    let socket = TcpSocket::new_v4()?;
-    socket.set_nodelay(true)?;
-    // Falls back to the default source when 127.0.0.6 is not usable (it always is on Linux,
-    // where all of 127/8 is local).
-    if socket
-        .bind(SocketAddr::from((PASSTHROUGH_SOURCE, 0)))
-        .is_err()
-    {
-        tracing::debug!("cannot bind {PASSTHROUGH_SOURCE}; using the default source");
-    }
-    socket
-        .connect(SocketAddr::from((Ipv4Addr::LOCALHOST, port)))
-        .await
 }
 
 async fn handle(
@@ -74,7 +59,7 @@ async fn handle(
     };
     // With an identity, peers' mTLS is told from plaintext by the first bytes.
     if let (Some(tls), true) = (&inputs.tls_server, mode != PeerMode::Disable) {
-        let detected = crate::sniff::detect(&conn, crate::outbound::SNIFF_TIMEOUT)
+        let detected = crate::sniff::detect(&conn, crate::sniff::TIMEOUT)
             .await
             .unwrap_or(crate::sniff::Detected::Tcp);
         if detected == crate::sniff::Detected::Tls {
@@ -90,7 +75,7 @@ async fn handle(
         Protocol::Http | Protocol::Http2 | Protocol::Grpc => true,
         Protocol::Tcp | Protocol::Tls => false,
         Protocol::Detect => matches!(
-            crate::sniff::detect(&conn, crate::outbound::SNIFF_TIMEOUT).await,
+            crate::sniff::detect(&conn, crate::sniff::TIMEOUT).await,
             Ok(crate::sniff::Detected::Http1 | crate::sniff::Detected::Http2)
         ),
     };
@@ -98,52 +83,7 @@ async fn handle(
         crate::http::serve_inbound(conn, peer, dst, inputs.clone(), declared, drain, None).await;
         return;
     }
-    tcp_series(inputs, dst, None, "-").opened();
-    let mut app = match connect_app(dst.port()).await {
-        Ok(s) => s,
-        Err(e) => {
-            tcp_series(inputs, dst, None, "UF").closed(0, 0);
-            tracing::info!(target: "access", "inbound tcp {peer} -> {dst} flags=UF error={e}");
-            return;
-        }
-    };
-    match crate::tcp::splice(&mut conn, &mut app).await {
-        Ok((sent, received)) => {
-            tcp_series(inputs, dst, None, "-").closed(sent, received);
-            tracing::info!(target: "access", "inbound tcp {peer} -> {dst} flags=- sent={received} received={sent}")
-        }
-        Err(_) => {
-            tcp_series(inputs, dst, None, "DC").closed(0, 0);
-            tracing::info!(target: "access", "inbound tcp {peer} -> {dst} flags=DC")
-        }
-    }
-}
-
-/// The TCP metrics series of connections to the workload's `dst` from a caller that proved
-/// `identity` (none without mTLS), ending with `flags` (reporter `destination`). Bytes are
-/// counted from the caller's side: `sent` went to the workload.
-fn tcp_series(
-    inputs: &Inputs,
-    dst: SocketAddr,
-    identity: Option<&str>,
-    flags: &'static str,
-) -> Arc<crate::metrics::TcpSeries> {
-    use crate::metrics::{Key, Reporter, RequestProtocol, inbound_sides};
-    let metrics = &inputs.metrics;
-    let peer = identity.unwrap_or("");
-    let key = Key {
-        reporter: Reporter::Destination,
-        peer,
-        addr: Some(dst),
-        meta: "",
-        mtls: identity.is_some(),
-        protocol: RequestProtocol::Tcp,
-        code: 0,
-        flags,
-    };
-    metrics.tcp_series(&key, || {
-        inbound_sides(inputs.workload(), &inputs.state.borrow(), dst, peer, "")
-    })
+    crate::tcp::inbound::to_app(&mut conn, peer, dst, inputs, None).await;
 }
 
 /// Terminates a peer's mutual TLS, records who it is, and hands the traffic to the app: HTTP per
@@ -178,28 +118,9 @@ async fn mtls_inbound(
     let identity = crate::tls::mtls::peer_identity(session);
     let alpn = session.alpn_protocol().map(<[u8]>::to_vec);
     if alpn.as_deref() == Some(crate::tls::mtls::ALPN_MESH_TCP) {
-        let peer_id = identity.unwrap_or_default();
-        let id = Some(peer_id.as_str());
-        tcp_series(inputs, dst, id, "-").opened();
-        let mut app = match connect_app(dst.port()).await {
-            Ok(s) => s,
-            Err(e) => {
-                tcp_series(inputs, dst, id, "UF").closed(0, 0);
-                tracing::info!(target: "access", "inbound mtls tcp {peer} -> {dst} flags=UF error={e}");
-                return;
-            }
-        };
         let mut stream = stream;
-        match crate::tcp::splice(&mut stream, &mut app).await {
-            Ok((sent, received)) => {
-                tcp_series(inputs, dst, id, "-").closed(sent, received);
-                tracing::info!(target: "access", "inbound mtls tcp {peer} ({peer_id}) -> {dst} flags=- sent={received} received={sent}")
-            }
-            Err(_) => {
-                tcp_series(inputs, dst, id, "DC").closed(0, 0);
-                tracing::info!(target: "access", "inbound mtls tcp {peer} ({peer_id}) -> {dst} flags=DC")
-            }
-        }
+        let peer_id = identity.unwrap_or_default();
+        crate::tcp::inbound::to_app(&mut stream, peer, dst, inputs, Some(&peer_id)).await;
         return;
     }
     crate::http::serve_inbound(stream, peer, dst, inputs.clone(), declared, drain, identity).await;

@@ -26,7 +26,7 @@ use prometheus_client::encoding::{DescriptorEncoder, NoLabelSet};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
-use crate::outbound::Target;
+use crate::route::Target;
 use crate::state::State;
 
 /// Upper bounds of `istio_request_duration_milliseconds`' buckets: Istio's defaults.

@@ -1,4 +1,9 @@
-//! Opaque TCP: copying bytes both ways until either side closes.
+//! Opaque TCP: copying bytes both ways until either side closes; the outbound side
+//! (`outbound.rs`: to the endpoint the routing layer picks) and the inbound side (`inbound.rs`:
+//! to the application).
+
+pub mod inbound;
+pub mod outbound;
 
 use tokio::io::{AsyncRead, AsyncWrite};
 

@@ -21,6 +21,9 @@ use tokio_rustls::client::TlsStream;
 use super::mtls::{self, ALPN_MESH_H2, Svids};
 use super::originate::Originate;
 
+/// Default time to wait for an upstream connection.
+pub const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Client configurations are cached by expected identity and ALPN.
 type ConfigKey = (String, Vec<u8>);
 
@@ -97,7 +100,7 @@ pub async fn tcp(addr: SocketAddr, local: Option<IpAddr>) -> io::Result<TcpStrea
     if let Some(ip) = local {
         let _ = socket.bind(SocketAddr::new(ip, 0));
     }
-    tokio::time::timeout(crate::outbound::CONNECT_TIMEOUT, socket.connect(addr))
+    tokio::time::timeout(CONNECT_TIMEOUT, socket.connect(addr))
         .await
         .map_err(|_| {
             io::Error::new(

@@ -9,7 +9,7 @@ use rustls::{ClientConfig, RootCertStore};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 
-use crate::state::proto;
+use mesh_api::proto::state::v1 as proto;
 
 /// A compiled origination: the TLS client configuration and the server name.
 #[derive(Debug)]

@@ -21,7 +21,7 @@ use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use tokio::time::Instant;
 
-use super::Body;
+use crate::body::{Body, BoxError, boxed};
 
 /// How long an idle connection is kept (as hyper-util's pool was configured).
 const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
@@ -34,7 +34,7 @@ pub enum SendError {
     /// No connection could be made (retryable; the request was not sent).
     Connect(std::io::Error),
     /// The connection failed or closed before the response.
-    Request(super::BoxError),
+    Request(BoxError),
 }
 
 impl std::fmt::Display for SendError {
@@ -89,7 +89,7 @@ impl H1Pool {
         let (parts, body) = resp.into_parts();
         let body = if body.is_end_stream() {
             self.put_back(addr, sender);
-            super::boxed(body)
+            boxed(body)
         } else {
             // Already of the proxy's error type: no extra layer.
             BodyExt::boxed(ReturnOnEnd {
@@ -180,12 +180,12 @@ impl ReturnOnEnd {
 
 impl hyper::body::Body for ReturnOnEnd {
     type Data = Bytes;
-    type Error = super::BoxError;
+    type Error = BoxError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, super::BoxError>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
         let polled = Pin::new(&mut this.inner).poll_frame(cx);
         match &polled {
@@ -264,7 +264,7 @@ mod tests {
     fn get(path: &str) -> Request<Body> {
         Request::get(path)
             .header("host", "backend")
-            .body(super::super::full(Bytes::new()))
+            .body(crate::body::full(Bytes::new()))
             .unwrap()
     }
 

@@ -1,7 +1,9 @@
 //! VirtualService semantics for one request: the first route whose matches (OR-ed; all fields
 //! of one match AND-ed) accept the request wins.
 
-use hyper::HeaderMap;
+use std::net::SocketAddr;
+
+use hyper::{HeaderMap, Request};
 
 use crate::state::{State, proto};
 use proto::string_match::Kind;
@@ -141,6 +143,43 @@ pub fn string_match(state: &State, sm: &proto::StringMatch, value: &str, fold_ca
         }
         Some(Kind::Prefix(p)) => value.starts_with(p.as_str()),
         Some(Kind::Regex(r)) => state.regex(r).is_some_and(|re| re.is_match(value)),
+    }
+}
+
+/// The consistent-hash key of a request under a policy: a header, a cookie, the source IP or a
+/// query parameter. A request without the key is load balanced as usual.
+pub fn request_hash_key<B>(
+    req: &Request<B>,
+    peer: SocketAddr,
+) -> impl Fn(&proto::ConsistentHash) -> Option<u64> + '_ {
+    use super::hash_str;
+    use proto::consistent_hash::Key;
+    move |policy| {
+        let value = match policy.key.as_ref()? {
+            Key::HttpHeaderName(name) => {
+                req.headers().get(name.as_str())?.to_str().ok()?.to_string()
+            }
+            Key::HttpCookie(name) => req
+                .headers()
+                .get_all(hyper::header::COOKIE)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(';'))
+                .find_map(|c| {
+                    c.trim()
+                        .strip_prefix(name.as_str())?
+                        .strip_prefix('=')
+                        .map(str::to_string)
+                })?,
+            Key::UseSourceIp(true) => peer.ip().to_string(),
+            Key::UseSourceIp(false) => return None,
+            Key::HttpQueryParameterName(name) => req.uri().query()?.split('&').find_map(|p| {
+                p.strip_prefix(name.as_str())?
+                    .strip_prefix('=')
+                    .map(str::to_string)
+            })?,
+        };
+        Some(hash_str(&value))
     }
 }
 

@@ -30,7 +30,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
 
 use super::h1pool::SendError;
-use super::{Body, BoxError};
+use crate::body::{Body, BoxError, boxed};
 use crate::tls::connect::{MtlsClient, tcp};
 use crate::tls::mtls::ALPN_MESH_H2;
 
@@ -275,7 +275,7 @@ async fn exchange(
         .and_then(|v| v.to_str().ok()?.parse().ok());
     Ok(Response::from_parts(
         parts,
-        super::boxed(Received {
+        boxed(Received {
             recv,
             data_done: false,
             len,
@@ -436,7 +436,7 @@ mod tests {
                 let mut close = close_rx.clone();
                 tokio::spawn(async move {
                     let svc = hyper::service::service_fn(|_req| async {
-                        Ok::<_, Infallible>(Response::new(super::super::full("ok")))
+                        Ok::<_, Infallible>(Response::new(crate::body::full("ok")))
                     });
                     let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
                         .serve_connection(TokioIo::new(conn), svc);
@@ -456,7 +456,7 @@ mod tests {
 
     fn get(addr: SocketAddr) -> Request<Body> {
         Request::get(format!("http://{addr}/"))
-            .body(super::super::full(Bytes::new()))
+            .body(crate::body::full(Bytes::new()))
             .unwrap()
     }
 
@@ -475,7 +475,7 @@ mod tests {
             let (conn, _) = l.accept().await.unwrap();
             let svc = hyper::service::service_fn(|req: Request<hyper::body::Incoming>| async {
                 let got = req.into_body().collect().await.unwrap().to_bytes();
-                let mut resp = Response::new(super::super::full(vec![b'y'; DOWN]));
+                let mut resp = Response::new(crate::body::full(vec![b'y'; DOWN]));
                 resp.headers_mut()
                     .insert("x-got", got.len().to_string().parse().unwrap());
                 Ok::<_, Infallible>(resp)

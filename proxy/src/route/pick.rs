@@ -101,7 +101,7 @@ pub fn choose_weighted<T>(items: &[T], weight: impl Fn(&T) -> u32) -> Option<&T>
 
 /// The service port a connection to `dst` used: by number, or by target port when the
 /// workload connected to an endpoint directly.
-fn port_for(svc: &Service, dst: SocketAddr) -> Option<&Port> {
+pub fn port_for(svc: &Service, dst: SocketAddr) -> Option<&Port> {
     svc.port(dst.port())
         .or_else(|| svc.ports.iter().find(|p| p.target_port == dst.port()))
 }

@@ -1,0 +1,179 @@
+//! Sending a request to its target: the pool that fits (plaintext HTTP/1.1, HTTP/2 between
+//! sidecars, hyper-util's client for TLS origination and upgrades), the route's timeout, and
+//! retries of bodiless requests on connect failures and 503s with a new endpoint each time.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::body::Body as _;
+use hyper::{Request, Response, StatusCode};
+
+use super::{Body, Conn, boxed, headers, reply};
+use crate::route::{Target, to_destination};
+use crate::state::{Port, Service, State, proto};
+use crate::upstream::Failure;
+
+/// Sends the request to `target`, retrying bodiless requests on connect failures and 503s with
+/// a new endpoint each time.
+#[allow(clippy::too_many_arguments)]
+pub(super) async fn forward(
+    req: &mut Request<Body>,
+    target: &mut Target,
+    h2: bool,
+    timeout_ms: u64,
+    retries: u32,
+    ctx: &Conn,
+    state: &State,
+    svc: Option<&Arc<Service>>,
+    dest: Option<(&proto::WeightedDestination, &Port)>,
+) -> (Response<Body>, &'static str) {
+    headers::prepare_upstream(req, ctx.peer);
+    let bodiless = req.body().is_end_stream();
+    let upgrade = headers::is_upgrade(req);
+    let mut attempt = 0;
+    loop {
+        // Auto mTLS needs an identity of our own; without one, plaintext.
+        if target.mtls && !target.mtls_required && ctx.inputs.upstreams.mtls().is_none() {
+            target.mtls = false;
+        }
+        if let Some(o) = &target.originate {
+            ctx.inputs.upstreams.originate_to(target.addr, o);
+        }
+        if target.mtls && ctx.inputs.upstreams.mtls().is_none() {
+            return (
+                reply(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "mTLS to this destination needs a workload certificate, and the proxy has none",
+                ),
+                "UF",
+            );
+        }
+        // The last attempt hands the request's headers over instead of copying them.
+        let last = attempt >= retries || !bodiless;
+        let use_h2 = h2 && !upgrade;
+        // Plaintext HTTP/1.1 (most traffic to apps without a sidecar) and HTTP/2 (between
+        // sidecars, and to ports that speak it) take light pools of our own; TLS origination,
+        // HTTP/1.1 over mTLS and upgrades take hyper-util's client.
+        let plain_h1 = !use_h2 && !upgrade && !target.mtls && target.originate.is_none();
+        let own_h2 = use_h2 && target.originate.is_none();
+        let mut upstream_req = match headers::upstream_request(req, target, use_h2, last, !plain_h1)
+        {
+            Ok(r) => r,
+            Err(e) => {
+                return (
+                    reply(StatusCode::BAD_REQUEST, &format!("cannot forward: {e}")),
+                    "DPE",
+                );
+            }
+        };
+        if target.mtls {
+            // Tells the peer sidecar which workload calls (for its metrics).
+            upstream_req.headers_mut().insert(
+                crate::metrics::PEER_HEADER.clone(),
+                ctx.inputs.metrics.peer_header().clone(),
+            );
+        }
+        let _active = ctx.inputs.loads.start(target.addr);
+        let upstreams = &ctx.inputs.upstreams;
+        let sent = async {
+            if plain_h1 {
+                upstreams
+                    .outbound_h1
+                    .send(target.addr, upstream_req)
+                    .await
+                    .map_err(Failure::from)
+            } else if own_h2 {
+                let identity = target.mtls.then_some(&*target.identity);
+                upstreams
+                    .outbound_h2
+                    .send(target.addr, identity, upstream_req)
+                    .await
+                    .map_err(Failure::from)
+            } else {
+                let by_identity;
+                let client = if target.mtls && target.originate.is_none() {
+                    by_identity = upstreams.outbound.pick_for(use_h2, &target.identity);
+                    &by_identity
+                } else {
+                    upstreams.outbound.pick(use_h2)
+                };
+                client
+                    .request(upstream_req)
+                    .await
+                    .map(|r| r.map(boxed))
+                    .map_err(Failure::from)
+            }
+        };
+        let result = if timeout_ms > 0 {
+            match tokio::time::timeout(Duration::from_millis(timeout_ms), sent).await {
+                Ok(r) => r,
+                Err(_) => {
+                    return (
+                        reply(StatusCode::GATEWAY_TIMEOUT, "upstream request timeout"),
+                        "UT",
+                    );
+                }
+            }
+        } else {
+            sent.await
+        };
+        let retryable = match &result {
+            Err(e) => e.connect,
+            Ok(r) => r.status() == StatusCode::SERVICE_UNAVAILABLE,
+        };
+        if retryable && bodiless && attempt < retries {
+            attempt += 1;
+            if let (Some(svc), Some((d, port))) = (svc, dest)
+                && let Some(next) = to_destination(state, svc, port, d, &ctx.inputs.loads, None)
+            {
+                *target = next;
+            }
+            continue;
+        }
+        return match result {
+            Ok(mut resp) => {
+                if upgrade && resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+                    headers::splice_upgrade(req, &mut resp);
+                }
+                (resp, if attempt > 0 { "URX" } else { "-" })
+            }
+            Err(e) if e.connect => {
+                // Say why, as Envoy does ("transport failure reason: ..."): a refused
+                // connection and a peer proving the wrong identity call for different fixes.
+                let why = error_causes(e.error.as_ref());
+                tracing::warn!("upstream connect error to {}: {why}", target.addr);
+                (
+                    reply(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        &format!("upstream connect error: {why}"),
+                    ),
+                    "UF",
+                )
+            }
+            Err(_) => (
+                reply(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "upstream reset before response",
+                ),
+                "UC",
+            ),
+        };
+    }
+}
+/// An error's causes, innermost last, without the client's own wrapping words.
+fn error_causes(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts = Vec::new();
+    let mut next = e.source();
+    while let Some(cause) = next {
+        let text = cause.to_string();
+        if !parts.contains(&text) {
+            parts.push(text);
+        }
+        next = cause.source();
+    }
+    if parts.is_empty() {
+        e.to_string()
+    } else {
+        parts.join(": ")
+    }
+}

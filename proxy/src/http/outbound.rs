@@ -1,0 +1,252 @@
+//! One outbound request: the routing decision (no service, a route's direct response,
+//! redirect or CORS preflight, or a destination), then forwarding, and the request's metrics
+//! and access log.
+
+use std::sync::Arc;
+
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper::{Request, Response, StatusCode};
+
+use super::forward::forward;
+use super::{Body, Conn, boxed, full, headers, reply};
+use crate::inputs::Inputs;
+use crate::route::http::{self as route, request_hash_key as hash_key};
+use crate::route::{Target, choose_weighted, endpoint_in, to_destination};
+use crate::state::{OutboundPolicy, Port, Protocol, Service, State, proto};
+
+/// Routes and forwards one request.
+pub(super) async fn request(req: Request<Incoming>, ctx: &Conn) -> Response<Body> {
+    let mut req = req.map(boxed);
+    let state = ctx.inputs.state.borrow().clone();
+    let started = tokio::time::Instant::now();
+    // The access log line is built only when it is written (off in Istio's default profile).
+    let logged = tracing::enabled!(target: "access", tracing::Level::INFO);
+    let method = req.method().clone();
+    let path = if logged {
+        req.uri().path().to_string()
+    } else {
+        String::new()
+    };
+    let grpc = headers::is_grpc(&req);
+    let (response, target, flags) = decide_and_send(&mut req, ctx, &state).await;
+    let response = timed(
+        response,
+        &ctx.inputs,
+        &state,
+        target.as_ref(),
+        flags,
+        grpc,
+        started,
+    );
+    if logged {
+        let upstream = target
+            .as_ref()
+            .map_or_else(|| "-".to_string(), |t| t.addr.to_string());
+        let service = target.as_ref().map_or("-", |t| &*t.service);
+        tracing::info!(
+            target: "access",
+            "outbound http {} {method} {path} {} service={service} upstream={upstream} flags={flags} duration_ms={}",
+            ctx.peer,
+            response.status().as_u16(),
+            started.elapsed().as_millis()
+        );
+    }
+    response
+}
+
+/// Counts the request in its series once its response's body is sent (reporter `source`).
+fn timed(
+    mut response: Response<Body>,
+    inputs: &Inputs,
+    state: &State,
+    target: Option<&Target>,
+    flags: &'static str,
+    grpc: bool,
+    started: tokio::time::Instant,
+) -> Response<Body> {
+    use crate::metrics::{Key, Reporter, RequestProtocol, Timed, outbound_sides};
+    // One series for every destination outside the registry, whatever its address.
+    let passthrough = target.is_none_or(|t| &*t.service == crate::route::PASSTHROUGH);
+    // A sidecar answering over mTLS says which workload it serves; the app never sees it.
+    let mtls = target.is_some_and(|t| t.mtls);
+    let meta = if mtls {
+        response.headers_mut().remove(&crate::metrics::PEER_HEADER)
+    } else {
+        None
+    };
+    let meta = meta.as_ref().and_then(|v| v.to_str().ok()).unwrap_or("");
+    let key = Key {
+        reporter: Reporter::Source,
+        peer: target.map_or(crate::metrics::UNKNOWN, |t| &*t.service),
+        addr: target.filter(|_| !passthrough).map(|t| t.addr),
+        meta,
+        mtls: target.is_some_and(|t| t.mtls),
+        protocol: RequestProtocol::of_http(grpc),
+        code: response.status().as_u16(),
+        flags,
+    };
+    let timer = inputs.metrics.time_request(&key, started, || match target {
+        Some(t) => outbound_sides(inputs.workload(), state, t, meta),
+        None => crate::metrics::Sides::unknown_destination(inputs.workload()),
+    });
+    response.map(|body| Timed::new(body, timer).boxed())
+}
+
+async fn decide_and_send(
+    req: &mut Request<Body>,
+    ctx: &Conn,
+    state: &State,
+) -> (Response<Body>, Option<Target>, &'static str) {
+    let Some(svc) = state.service_for(ctx.dst) else {
+        if state.outbound_policy == OutboundPolicy::RegistryOnly {
+            return (
+                reply(
+                    StatusCode::BAD_GATEWAY,
+                    "destination not in the mesh registry (REGISTRY_ONLY)",
+                ),
+                None,
+                "NR",
+            );
+        }
+        let mut target = Target::passthrough(ctx.dst);
+        let (resp, flags) = forward(req, &mut target, false, 0, 0, ctx, state, None, None).await;
+        return (resp, Some(target), flags);
+    };
+    let Some(port) = svc
+        .port(ctx.dst.port())
+        .or_else(|| svc.ports.iter().find(|p| p.target_port == ctx.dst.port()))
+    else {
+        return (
+            reply(StatusCode::NOT_FOUND, "no such service port"),
+            None,
+            "NR",
+        );
+    };
+    // Borrowed from copies that share the request's buffers (no per-request allocations):
+    // the request itself is changed below.
+    let uri = req.uri().clone();
+    let host = req.headers().get(hyper::header::HOST).cloned();
+    let authority = uri
+        .authority()
+        .map(|a| a.as_str())
+        .or_else(|| host.as_ref().and_then(|h| h.to_str().ok()))
+        .unwrap_or("");
+    let method = req.method().clone();
+    let facts = route::RequestFacts {
+        method: method.as_str(),
+        path: uri.path(),
+        query: uri.query().unwrap_or(""),
+        authority,
+        scheme: uri.scheme_str().unwrap_or("http"),
+        headers: req.headers(),
+        port: port.port,
+    };
+    let src = route::SourceFacts {
+        labels: Some(&state.source.workload_labels),
+        namespace: &state.source.namespace,
+    };
+    let chosen = if svc.spec.http_routes.is_empty() {
+        None
+    } else {
+        match route::find(state, &svc.spec.http_routes, &facts, &src) {
+            Some(r) => Some((r, route::matching(state, r, &facts, &src).cloned())),
+            None => return (reply(StatusCode::NOT_FOUND, "no route matched"), None, "NR"),
+        }
+    };
+    let Some((route, matched)) = chosen else {
+        let target = endpoint_in(
+            svc,
+            port,
+            "",
+            &ctx.inputs.loads,
+            Some(&hash_key(req, ctx.peer)),
+        );
+        return send_to(req, target, svc, port, None, None, ctx, state).await;
+    };
+    if let Some(dr) = &route.direct_response {
+        let status = StatusCode::from_u16(u16::try_from(dr.status).unwrap_or(500))
+            .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let mut resp = Response::new(full(dr.body.clone()));
+        *resp.status_mut() = status;
+        headers::apply(resp.headers_mut(), route.response_headers.as_ref());
+        return (resp, None, "DR");
+    }
+    if let Some(rd) = &route.redirect {
+        return (headers::redirect(req, rd, authority), None, "-");
+    }
+    if let Some(cors) = &route.cors
+        && let Some(preflight) = headers::cors_preflight(req, cors, state)
+    {
+        return (preflight, None, "-");
+    }
+    let dest = choose_weighted(&route.destinations, |d| d.weight);
+    let target = {
+        let key = hash_key(req, ctx.peer);
+        match dest {
+            Some(d) => to_destination(state, svc, port, d, &ctx.inputs.loads, Some(&key)),
+            None => endpoint_in(svc, port, "", &ctx.inputs.loads, Some(&key)),
+        }
+    };
+    if let Some(rw) = &route.rewrite {
+        headers::rewrite(req, rw, matched.as_ref(), state);
+    }
+    headers::apply(req.headers_mut(), route.request_headers.as_ref());
+    if let Some(d) = dest {
+        headers::apply(req.headers_mut(), d.request_headers.as_ref());
+    }
+    // CORS answers need the request's Origin after the request's headers went upstream.
+    let sent_headers = route.cors.as_ref().map(|_| req.headers().clone());
+    let (mut resp, target, flags) =
+        send_to(req, target, svc, port, Some(route), dest, ctx, state).await;
+    if let Some(d) = dest {
+        headers::apply(resp.headers_mut(), d.response_headers.as_ref());
+    }
+    headers::apply(resp.headers_mut(), route.response_headers.as_ref());
+    if let (Some(cors), Some(sent)) = (&route.cors, &sent_headers) {
+        headers::cors_response(&mut resp, sent, cors, state);
+    }
+    (resp, target, flags)
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn send_to(
+    req: &mut Request<Body>,
+    target: Option<Target>,
+    svc: &Arc<Service>,
+    port: &Port,
+    route: Option<&proto::HttpRoute>,
+    dest: Option<&proto::WeightedDestination>,
+    ctx: &Conn,
+    state: &State,
+) -> (Response<Body>, Option<Target>, &'static str) {
+    let Some(mut target) = target else {
+        return (
+            reply(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream"),
+            None,
+            "UH",
+        );
+    };
+    // Between two sidecars HTTP rides HTTP/2 whatever the app speaks; the peer's inbound side
+    // restores what the destination app expects. Upgrades (WebSocket) stay HTTP/1.1. To a
+    // destination without a sidecar the port's protocol decides, not the client's: an `http`
+    // port gets HTTP/1.1 even from an HTTP/2 client, as in Istio; gRPC always needs HTTP/2.
+    let h2 = matches!(port.protocol, Protocol::Http2 | Protocol::Grpc)
+        || headers::is_grpc(req)
+        || (target.mesh && !headers::is_upgrade(req));
+    let timeout_ms = route.map_or(0, |r| r.timeout_ms);
+    let retries = route.map_or(0, |r| r.retries);
+    let (resp, flags) = forward(
+        req,
+        &mut target,
+        h2,
+        timeout_ms,
+        retries,
+        ctx,
+        state,
+        Some(svc),
+        dest.map(|d| (d, port)),
+    )
+    .await;
+    (resp, Some(target), flags)
+}

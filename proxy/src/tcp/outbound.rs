@@ -1,0 +1,165 @@
+//! TLS passed through by SNI and opaque TCP from the workload: the endpoint the routing layer
+//! picks, the connection to it (plain, mesh mTLS, or TLS the proxy originates), the bytes
+//! spliced both ways, and the connection's metrics and access log.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::TcpStream;
+
+use crate::inputs::Inputs;
+use crate::route::{PASSTHROUGH, Target, hash_str, pick_endpoint, pick_tls_endpoint};
+use crate::state::{OutboundPolicy, State};
+
+/// Carries a captured connection to `dst` (its TLS server name `sni`, when it is TLS) to the
+/// endpoint its service's routes choose, or through when it is outside the registry and the
+/// policy allows it.
+pub async fn forward(
+    mut conn: TcpStream,
+    peer: SocketAddr,
+    dst: SocketAddr,
+    inputs: &Arc<Inputs>,
+    state: &State,
+    sni: Option<&str>,
+) {
+    let svc = state.service_for(dst);
+    let target = match svc {
+        Some(svc) => {
+            let picked = match sni {
+                Some(name) => pick_tls_endpoint(state, svc, dst, name, &inputs.loads),
+                None => pick_endpoint(state, svc, dst, &inputs.loads, Some(&source_ip_key(peer))),
+            };
+            match picked {
+                Some(t) => t,
+                None => {
+                    finish(inputs, state, peer, dst, None, "UH", 0, 0);
+                    return;
+                }
+            }
+        }
+        None if state.outbound_policy == OutboundPolicy::AllowAny => Target::passthrough(dst),
+        None => {
+            finish(inputs, state, peer, dst, None, "NR", 0, 0);
+            return;
+        }
+    };
+    let mut target = target;
+    // Auto mTLS needs an identity of our own; without one, plaintext.
+    if target.mtls && !target.mtls_required && inputs.upstreams.mtls().is_none() {
+        target.mtls = false;
+    }
+    tcp_series(inputs, state, Some(&target), "-").opened();
+    let _active = inputs.loads.start(target.addr);
+    let upstream = match crate::tls::connect::tcp(target.addr, None).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::debug!("connect {}: {e}", target.addr);
+            finish(inputs, state, peer, dst, Some(&target), "UF", 0, 0);
+            return;
+        }
+    };
+    let result = if let Some(o) = &target.originate {
+        match crate::tls::connect::originate(o, upstream, &[]).await {
+            Ok(mut tls) => crate::tcp::splice(&mut conn, &mut tls).await,
+            Err(e) => {
+                tracing::warn!("TLS to {}: {e}", target.addr);
+                finish(inputs, state, peer, dst, Some(&target), "UF", 0, 0);
+                return;
+            }
+        }
+    } else if target.mtls {
+        let Some(mtls) = inputs.upstreams.mtls() else {
+            tracing::warn!(
+                "mTLS to {} needs a workload certificate, and the proxy has none",
+                target.addr
+            );
+            finish(inputs, state, peer, dst, Some(&target), "UF", 0, 0);
+            return;
+        };
+        match mtls
+            .handshake(
+                upstream,
+                target.addr,
+                &target.identity,
+                crate::tls::mtls::ALPN_MESH_TCP,
+            )
+            .await
+        {
+            Ok(mut tls) => crate::tcp::splice(&mut conn, &mut tls).await,
+            Err(e) => {
+                tracing::warn!("mTLS to {}: {e}", target.addr);
+                finish(inputs, state, peer, dst, Some(&target), "UF", 0, 0);
+                return;
+            }
+        }
+    } else {
+        let mut upstream = upstream;
+        crate::tcp::splice(&mut conn, &mut upstream).await
+    };
+    match result {
+        Ok((sent, received)) => {
+            finish(inputs, state, peer, dst, Some(&target), "-", sent, received)
+        }
+        Err(_) => finish(inputs, state, peer, dst, Some(&target), "DC", 0, 0),
+    }
+}
+
+/// For TCP, only the source IP can key a consistent hash.
+fn source_ip_key(peer: SocketAddr) -> impl Fn(&crate::state::proto::ConsistentHash) -> Option<u64> {
+    move |policy| match policy.key {
+        Some(crate::state::proto::consistent_hash::Key::UseSourceIp(true)) => {
+            Some(hash_str(&peer.ip().to_string()))
+        }
+        _ => None,
+    }
+}
+
+/// The TCP metrics series of connections to `target` ending with `flags` (reporter `source`).
+fn tcp_series(
+    inputs: &Inputs,
+    state: &crate::state::State,
+    target: Option<&Target>,
+    flags: &'static str,
+) -> Arc<crate::metrics::TcpSeries> {
+    use crate::metrics::{Key, Reporter, RequestProtocol, Sides, UNKNOWN, outbound_sides};
+    let metrics = &inputs.metrics;
+    let key = Key {
+        reporter: Reporter::Source,
+        peer: target.map_or(UNKNOWN, |t| &*t.service),
+        addr: target
+            .filter(|t| &*t.service != PASSTHROUGH)
+            .map(|t| t.addr),
+        meta: "",
+        mtls: target.is_some_and(|t| t.mtls),
+        protocol: RequestProtocol::Tcp,
+        code: 0,
+        flags,
+    };
+    metrics.tcp_series(&key, || match target {
+        Some(t) => outbound_sides(inputs.workload(), state, t, ""),
+        None => Sides::unknown_destination(inputs.workload()),
+    })
+}
+
+/// Ends a connection: its metrics (one refused before a destination was chosen counts as opened
+/// and closed at once) and one access-log line with an Envoy-style response flag.
+#[allow(clippy::too_many_arguments)]
+fn finish(
+    inputs: &Inputs,
+    state: &crate::state::State,
+    peer: SocketAddr,
+    dst: SocketAddr,
+    target: Option<&Target>,
+    flags: &'static str,
+    sent: u64,
+    received: u64,
+) {
+    let series = tcp_series(inputs, state, target, flags);
+    if target.is_none() {
+        series.opened();
+    }
+    series.closed(sent, received);
+    let service = target.map_or("-", |t| &*t.service);
+    let upstream = target.map_or_else(|| "-".to_string(), |t| t.addr.to_string());
+    tracing::info!(target: "access", "outbound tcp {peer} -> {dst} service={service} upstream={upstream} flags={flags} sent={sent} received={received}");
+}

@@ -1,0 +1,200 @@
+//! Pooled upstream connections shared by every request of the proxy: light pools of our own
+//! for plaintext HTTP/1.1 (`h1pool`) and for HTTP/2 between sidecars and to ports that speak
+//! it (`h2pool`), and hyper-util's client for TLS origination, HTTP/1.1 over mTLS and
+//! upgrades; towards other services and towards the local application from 127.0.0.6.
+
+pub(crate) mod h1pool;
+pub(crate) mod h2pool;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::{Request, Response};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+
+use crate::body::{Body, boxed};
+use crate::socket::PASSTHROUGH_SOURCE;
+use crate::tls::connect::{MeshConnector, MtlsClient, Originations};
+
+/// One pool of upstream connections.
+type Upstream = Client<MeshConnector, Body>;
+
+/// A pool of HTTP/1.1 (keep-alive) connections and one of HTTP/2 connections, and for mesh
+/// mTLS one such pair per identity the peers must prove: a connection verified for one
+/// identity is never reused once the destination must prove another (pilot moved the address
+/// to another workload, or the workload's identity changed).
+pub struct Clients {
+    h1: Client<MeshConnector, Body>,
+    h2: Client<MeshConnector, Body>,
+    connectors: (MeshConnector, MeshConnector),
+    by_identity: std::sync::RwLock<HashMap<(bool, Arc<str>), Upstream>>,
+}
+
+impl Clients {
+    fn new(
+        local: Option<std::net::IpAddr>,
+        mtls: Option<Arc<MtlsClient>>,
+        originations: &Originations,
+    ) -> Self {
+        let c1 = MeshConnector::new(local, mtls.clone(), originations.clone(), ALPN_HTTP1);
+        let c2 = MeshConnector::new(
+            local,
+            mtls,
+            originations.clone(),
+            crate::tls::mtls::ALPN_MESH_H2,
+        );
+        Self {
+            h1: Self::client(c1.clone(), false),
+            h2: Self::client(c2.clone(), true),
+            connectors: (c1, c2),
+            by_identity: std::sync::RwLock::default(),
+        }
+    }
+
+    fn client(connector: MeshConnector, h2: bool) -> Client<MeshConnector, Body> {
+        let mut builder = Client::builder(TokioExecutor::new());
+        builder
+            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_max_idle_per_host(usize::MAX);
+        if h2 {
+            builder.http2_only(true);
+        }
+        builder.build(connector)
+    }
+
+    pub(crate) fn pick(&self, h2: bool) -> &Client<MeshConnector, Body> {
+        if h2 { &self.h2 } else { &self.h1 }
+    }
+
+    /// The pool whose connections proved `identity` (mesh mTLS).
+    pub(crate) fn pick_for(&self, h2: bool, identity: &Arc<str>) -> Client<MeshConnector, Body> {
+        let key = (h2, identity.clone());
+        let map = self.by_identity.read().unwrap_or_else(|e| e.into_inner());
+        if let Some(c) = map.get(&key) {
+            return c.clone();
+        }
+        drop(map);
+        let mut map = self.by_identity.write().unwrap_or_else(|e| e.into_inner());
+        let identity = identity.clone();
+        map.entry(key)
+            .or_insert_with(|| {
+                let base = if h2 {
+                    &self.connectors.1
+                } else {
+                    &self.connectors.0
+                };
+                Self::client(base.clone().with_identity(identity), h2)
+            })
+            .clone()
+    }
+}
+
+/// ALPN of HTTP/1.1 (kept for upgrades, e.g. WebSocket, between proxies).
+pub const ALPN_HTTP1: &[u8] = b"http/1.1";
+
+/// Pooled upstream connections shared by every request of the proxy: towards other services
+/// (outbound, with mesh mTLS where asked), and towards the local application from 127.0.0.6
+/// (inbound).
+pub struct Upstreams {
+    pub(crate) outbound: Clients,
+    app: Clients,
+    /// Plaintext HTTP/1.1 to destinations without a sidecar.
+    pub(crate) outbound_h1: Arc<h1pool::H1Pool>,
+    /// HTTP/2 to other sidecars (mesh mTLS) and to ports that speak it.
+    pub(crate) outbound_h2: h2pool::H2Pool,
+    /// Plaintext HTTP/1.1 to the local app, from 127.0.0.6.
+    app_h1: Arc<h1pool::H1Pool>,
+    mtls: Option<Arc<MtlsClient>>,
+    originations: Originations,
+}
+
+impl Upstreams {
+    /// Pools for a proxy; `mtls` carries the workload's identity when it has one.
+    pub fn new(mtls: Option<Arc<MtlsClient>>) -> Self {
+        let originations = Originations::default();
+        Self {
+            outbound: Clients::new(None, mtls.clone(), &originations),
+            app: Clients::new(
+                Some(PASSTHROUGH_SOURCE.into()),
+                None,
+                &Originations::default(),
+            ),
+            outbound_h1: h1pool::H1Pool::new(None),
+            outbound_h2: h2pool::H2Pool::new(None, mtls.clone()),
+            app_h1: h1pool::H1Pool::new(Some(PASSTHROUGH_SOURCE.into())),
+            mtls,
+            originations,
+        }
+    }
+
+    /// Records that the proxy originates TLS to `addr` as `o` says.
+    pub fn originate_to(
+        &self,
+        addr: std::net::SocketAddr,
+        o: &Arc<crate::tls::originate::Originate>,
+    ) {
+        let mut map = self.originations.write().unwrap_or_else(|e| e.into_inner());
+        if !map.get(&addr).is_some_and(|known| Arc::ptr_eq(known, o)) {
+            map.insert(addr, o.clone());
+        }
+    }
+
+    /// Mesh mTLS, when the proxy has an identity.
+    pub fn mtls(&self) -> Option<&Arc<MtlsClient>> {
+        self.mtls.as_ref()
+    }
+
+    /// Hands a request to the local app at `addr` (from 127.0.0.6): plaintext HTTP/1.1 on the
+    /// light pool, the rest on hyper-util's client.
+    pub(crate) async fn send_to_app(
+        &self,
+        req: Request<Body>,
+        addr: SocketAddr,
+        h2: bool,
+        plain_h1: bool,
+    ) -> Result<Response<Body>, Failure> {
+        if plain_h1 {
+            self.app_h1.send(addr, req).await.map_err(Failure::from)
+        } else {
+            self.app
+                .pick(h2)
+                .request(req)
+                .await
+                .map(|r| r.map(boxed))
+                .map_err(Failure::from)
+        }
+    }
+}
+
+impl Default for Upstreams {
+    fn default() -> Self {
+        Self::new(None)
+    }
+}
+
+/// An upstream exchange that failed: before anything was sent (`connect`, retryable) or after.
+pub(crate) struct Failure {
+    pub(crate) connect: bool,
+    pub(crate) error: Box<dyn std::error::Error + Send + Sync>,
+}
+
+impl From<h1pool::SendError> for Failure {
+    fn from(e: h1pool::SendError) -> Self {
+        Self {
+            connect: matches!(e, h1pool::SendError::Connect(_)),
+            error: Box::new(e),
+        }
+    }
+}
+
+impl From<hyper_util::client::legacy::Error> for Failure {
+    fn from(e: hyper_util::client::legacy::Error) -> Self {
+        Self {
+            connect: e.is_connect(),
+            error: Box::new(e),
+        }
+    }
+}
