@@ -7,7 +7,7 @@
 
 // The modules form layers, from the bottom up: body, drain, identity, init, sniff, socket,
 // tls, state, discovery, route, metrics, upstream, inputs, http, tcp, inbound, outbound,
-// admin. Each uses only the ones before it; tests/layers.rs checks it and
+// admin (then `run`, the process around them). Each uses only the ones before it; tests/layers.rs checks it and
 // docs/architecture.md draws it.
 pub mod admin;
 pub mod body;
@@ -21,6 +21,7 @@ pub mod inputs;
 pub mod metrics;
 pub mod outbound;
 pub mod route;
+pub mod run;
 pub mod sniff;
 pub mod socket;
 pub mod state;

@@ -1,17 +1,14 @@
-//! The `mesh-proxy` binary: a thin command line over the library.
+//! The `mesh-proxy` binary: a thin command line over the library. Its flags become the typed
+//! `mesh_proxy::run::RunConfig` (`run`) or `mesh_proxy::init::CaptureConfig` (`init`).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-
-use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use mesh_api::identity::Identity;
+use mesh_proxy::Listeners;
 use mesh_proxy::init::{self, CaptureConfig, Iptables, NamespaceCheck, Variant};
-use mesh_proxy::socket::{FixedDst, KernelOriginalDst, OriginalDst};
-use mesh_proxy::{Listeners, Proxy, state};
-use tokio::signal::unix::{SignalKind, signal};
+use mesh_proxy::run::{self, IdentitySource, RunConfig, StateSource, WorkloadConfig};
 
 /// mimalloc instead of the C library's allocator: every request allocates a dozen small
 /// blocks (headers, buffers, futures), and glibc's malloc and free cost about 8% of a hop's
@@ -263,116 +260,63 @@ fn run_proxy(args: &RunArgs) -> anyhow::Result<()> {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .init();
-    // One worker is a single-threaded runtime: every task on the thread that accepted its
-    // connection, no work-stealing queues or cross-thread wake-ups to pay for (mesh-bench
-    // measured 20% less CPU per request than a one-worker multi-threaded runtime).
-    let mut builder = match args.worker_threads {
-        Some(0) => anyhow::bail!("--worker-threads must be at least 1"),
-        Some(1) => tokio::runtime::Builder::new_current_thread(),
-        Some(n) => {
-            let mut b = tokio::runtime::Builder::new_multi_thread();
-            b.worker_threads(n);
-            b
-        }
-        None => tokio::runtime::Builder::new_multi_thread(),
+    run::run(&run_config(args)?)?;
+    Ok(())
+}
+
+/// The typed configuration the flags say.
+fn run_config(args: &RunArgs) -> anyhow::Result<RunConfig> {
+    let state = match (&args.state_file, &args.discovery_address) {
+        (Some(path), _) => StateSource::File {
+            path: path.clone(),
+            poll: Duration::from_millis(args.state_poll_ms),
+        },
+        (None, Some(address)) => StateSource::Pilot {
+            address: address.clone(),
+            pilot_identity: args.pilot_identity.clone(),
+        },
+        (None, None) => anyhow::bail!("give --state-file or --discovery-address"),
     };
-    let runtime = builder.enable_all().build()?;
-    runtime.block_on(async {
-        let svids = match &args.ca_address {
-            None => None,
-            Some(ca) => Some(start_identity(args, ca)?),
-        };
-        let (rx, has_state, on_demand) = match (&args.state_file, &args.discovery_address) {
-            (Some(file), _) => {
-                let initial = state::load_file(file)?;
-                let (tx, rx) = tokio::sync::watch::channel(Arc::new(initial));
-                tokio::spawn(state::watch_file(
-                    file.clone(),
-                    tx,
-                    Duration::from_millis(args.state_poll_ms.max(10)),
-                ));
-                (rx, true, None)
-            }
-            (None, Some(address)) => {
-                let (rx, od) = start_discovery(args, address, svids.clone())?;
-                (rx, false, Some(od))
-            }
-            (None, None) => anyhow::bail!("give --state-file or --discovery-address"),
-        };
-        let bind = args.bind_address;
-        let listeners = Listeners {
+    let identity = match (&args.ca_address, &args.bootstrap_token_file) {
+        (None, _) => None,
+        (Some(ca), Some(token)) => Some(IdentitySource {
+            ca_address: ca.clone(),
+            bootstrap_token_file: token.clone(),
+            cert_ttl: Duration::from_secs(args.cert_ttl_hours * 3600),
+        }),
+        (Some(_), None) => anyhow::bail!("--bootstrap-token-file is needed with --ca-address"),
+    };
+    let bind = args.bind_address;
+    Ok(RunConfig {
+        state,
+        identity,
+        workload: WorkloadConfig {
+            pod_name: args.workload_name.clone(),
+            workload: args.workload.clone(),
+            namespace: args.namespace.clone(),
+            service_account: args.service_account.clone(),
+            trust_domain: args.trust_domain.clone(),
+            labels: parse_labels(&args.labels)?,
+            ips: args
+                .workload_ips
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(str::to_string)
+                .collect(),
+        },
+        listeners: Listeners {
             outbound: (bind, args.outbound_port).into(),
             inbound: (bind, args.inbound_port).into(),
             admin: ([127, 0, 0, 1], args.admin_port).into(),
             readiness: (bind, args.readiness_port).into(),
             metrics: (bind, args.metrics_port).into(),
-        };
-        let original_dst = |fixed: Option<std::net::SocketAddr>| -> Arc<dyn OriginalDst> {
-            match fixed {
-                Some(addr) => Arc::new(FixedDst(addr)),
-                None => Arc::new(KernelOriginalDst),
-            }
-        };
-        let setup = mesh_proxy::Setup {
-            state: rx,
-            has_state,
-            outbound_dst: original_dst(args.outbound_original_dst),
-            inbound_dst: original_dst(args.inbound_original_dst),
-            svids,
-            on_demand,
-            workload: workload_of(args)?,
-        };
-        let mut proxy = Proxy::launch(&listeners, setup).await?;
-        tracing::info!(
-            "mesh-proxy ready: outbound {}, inbound {}, admin {}, readiness {}",
-            proxy.bound.outbound,
-            proxy.bound.inbound,
-            proxy.bound.admin,
-            proxy.bound.readiness
-        );
-        let mut term = signal(SignalKind::terminate())?;
-        let mut int = signal(SignalKind::interrupt())?;
-        tokio::select! {
-            _ = term.recv() => tracing::info!("SIGTERM: draining"),
-            _ = int.recv() => tracing::info!("SIGINT: draining"),
-            _ = proxy.drain_requested() => tracing::info!("drain requested on the admin port"),
-        }
-        let deadline = Duration::from_secs(args.drain_timeout_secs);
-        if proxy.drain(deadline).await {
-            tracing::info!("drained");
-        } else {
-            tracing::warn!(
-                "drain deadline of {deadline:?} passed with connections still open; closing them"
-            );
-        }
-        Ok(())
+        },
+        outbound_original_dst: args.outbound_original_dst,
+        inbound_original_dst: args.inbound_original_dst,
+        worker_threads: args.worker_threads,
+        drain_timeout: Duration::from_secs(args.drain_timeout_secs),
     })
-}
-
-/// The workload as metrics label it: `--workload` (else the pod's name), namespace, identity
-/// (when the proxy has one) and `--labels`.
-fn workload_of(args: &RunArgs) -> anyhow::Result<mesh_proxy::metrics::Workload> {
-    let name = [&args.workload, &args.workload_name]
-        .into_iter()
-        .find(|n| !n.is_empty())
-        .cloned()
-        .unwrap_or_else(|| {
-            std::fs::read_to_string("/proc/sys/kernel/hostname")
-                .map(|h| h.trim().to_string())
-                .unwrap_or_default()
-        });
-    let principal = if args.ca_address.is_some() {
-        Identity::new(&args.trust_domain, &args.namespace, &args.service_account).uri()
-    } else {
-        String::new()
-    };
-    let labels = parse_labels(&args.labels)?;
-    Ok(mesh_proxy::metrics::Workload::from_labels(
-        &name,
-        &args.namespace,
-        &principal,
-        |k| labels.get(k).map(String::as_str),
-    ))
 }
 
 /// Parses `k=v,k=v`.
@@ -387,118 +331,4 @@ fn parse_labels(text: &str) -> anyhow::Result<std::collections::HashMap<String, 
             Ok((k.trim().to_string(), v.trim().to_string()))
         })
         .collect()
-}
-
-type StateFeed = (
-    tokio::sync::watch::Receiver<Arc<state::State>>,
-    Arc<mesh_proxy::discovery::OnDemand>,
-);
-
-/// Starts the discovery client; the state it feeds is empty until pilot's first answer (the
-/// proxy reports ready only then).
-fn start_discovery(
-    args: &RunArgs,
-    address: &str,
-    svids: Option<mesh_proxy::tls::mtls::Svids>,
-) -> anyhow::Result<StateFeed> {
-    use mesh_api::proto::discovery::v1 as pb;
-    let ips: Vec<String> = args
-        .workload_ips
-        .split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(str::to_string)
-        .collect();
-    let name = if args.workload_name.is_empty() {
-        std::fs::read_to_string("/proc/sys/kernel/hostname")
-            .map(|h| h.trim().to_string())
-            .unwrap_or_default()
-    } else {
-        args.workload_name.clone()
-    };
-    let node = pb::Node {
-        id: format!(
-            "sidecar~{}~{name}.{}",
-            ips.first().map_or("", String::as_str),
-            args.namespace
-        ),
-        kind: pb::ProxyKind::Sidecar.into(),
-        namespace: args.namespace.clone(),
-        service_account: args.service_account.clone(),
-        workload_name: name,
-        labels: parse_labels(&args.labels)?,
-        ip_addresses: ips,
-        proxy_version: env!("CARGO_PKG_VERSION").to_string(),
-    };
-    let empty = state::State::compile(state::proto::ProxyState::default())?;
-    let (tx, rx) = tokio::sync::watch::channel(Arc::new(empty));
-    let (lookups_tx, lookups) = tokio::sync::mpsc::unbounded_channel();
-    let od = Arc::new(mesh_proxy::discovery::OnDemand::new(lookups_tx));
-    // https:// means mutual TLS with the workload certificate (the connector does the TLS; the
-    // channel itself speaks HTTP/2 over it).
-    let (address, tls) = match address.strip_prefix("https://") {
-        Some(rest) => {
-            let svids = svids.ok_or_else(|| {
-                anyhow::anyhow!(
-                    "--discovery-address {address}: mTLS to pilot needs the workload certificate; give --ca-address and --bootstrap-token-file"
-                )
-            })?;
-            let pilot_identity = args.pilot_identity.clone().unwrap_or_else(|| {
-                Identity::new(&args.trust_domain, "istio-system", "istiod").uri()
-            });
-            (
-                format!("http://{rest}"),
-                Some(mesh_proxy::discovery::PilotTls {
-                    svids,
-                    pilot_identity,
-                }),
-            )
-        }
-        None => (address.to_string(), None),
-    };
-    let config = mesh_proxy::discovery::DiscoveryConfig {
-        tls,
-        address,
-        node,
-        backoff_min: Duration::from_millis(500),
-        backoff_max: Duration::from_secs(30),
-    };
-    tokio::spawn(mesh_proxy::discovery::run(
-        config,
-        tx,
-        lookups,
-        Some(od.clone()),
-    ));
-    Ok((rx, od))
-}
-
-/// Starts fetching and renewing the workload certificate; the proxy reports ready once it has
-/// one.
-fn start_identity(args: &RunArgs, ca: &str) -> anyhow::Result<mesh_proxy::tls::mtls::Svids> {
-    use anyhow::Context;
-    use mesh_api::proto::ca::v1::{Credential, credential::Kind};
-    let token_file = args
-        .bootstrap_token_file
-        .as_ref()
-        .context("--bootstrap-token-file is needed with --ca-address")?;
-    let token = std::fs::read_to_string(token_file)
-        .with_context(|| format!("cannot read the bootstrap token {}", token_file.display()))?
-        .trim()
-        .to_string();
-    let credential = Credential {
-        kind: Some(Kind::BootstrapToken(token)),
-    };
-    let client = mesh_proxy::identity::CaClient::new(
-        ca,
-        credential,
-        Duration::from_secs(args.cert_ttl_hours * 3600),
-    )?;
-    let identity = Identity::new(&args.trust_domain, &args.namespace, &args.service_account).uri();
-    let (tx, rx) = tokio::sync::watch::channel(None);
-    tokio::spawn(mesh_proxy::identity::keep_fresh(
-        Arc::new(client),
-        identity,
-        tx,
-    ));
-    Ok(rx)
 }
