@@ -16,6 +16,8 @@ pub mod networking;
 pub mod proto;
 pub mod resource;
 pub mod security;
+#[cfg(feature = "test-util")]
+pub mod testing;
 pub mod validate;
 mod yaml_index;
 

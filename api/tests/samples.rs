@@ -44,8 +44,7 @@ fn shipped_sample_is_valid() {
 #[ignore = "needs shared testdata"]
 fn shipped_sample_is_the_seed_scenario() {
     let sample = load::load_path(&repo().join("manifests/samples/order-app")).expect("sample");
-    let seeds = repo().join("../shared/testdata/seeds");
-    assert!(seeds.is_dir(), "{} is missing", seeds.display());
+    let seeds = mesh_api::testing::shared_testdata().join("seeds");
     let seeds = load::load_path(&seeds).expect("seeds");
     assert_eq!(
         resources(&sample),

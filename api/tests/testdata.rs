@@ -8,17 +8,7 @@ use std::path::{Path, PathBuf};
 use mesh_api::Severity;
 use mesh_api::load::{self, LoadReport};
 
-/// The shared test data; its tests are `#[ignore = "needs shared testdata"]`, run by the test
-/// script with `--run-ignored all`, and fail when it is absent.
-fn testdata() -> PathBuf {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/testdata");
-    assert!(
-        dir.is_dir(),
-        "{} is missing: these tests need shared/ beside the repository",
-        dir.display()
-    );
-    dir
-}
+use mesh_api::testing::shared_testdata as testdata;
 
 fn errors(report: &LoadReport) -> Vec<String> {
     report.errors().map(ToString::to_string).collect()

@@ -14,15 +14,7 @@ use mesh_api::proto::state::v1 as state;
 use mesh_pilot::model::{MeshConfig, Model};
 use mesh_pilot::translate::{ProxyNode, view};
 
-fn testdata() -> PathBuf {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/testdata");
-    assert!(
-        dir.is_dir(),
-        "{} is missing: these tests need shared/ beside the repository",
-        dir.display()
-    );
-    dir
-}
+use mesh_api::testing::shared_testdata as testdata;
 
 fn model_from(paths: &[PathBuf]) -> Model {
     let mut resources = Vec::new();

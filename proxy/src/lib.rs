@@ -26,6 +26,8 @@ pub mod sniff;
 pub mod socket;
 pub mod state;
 pub mod tcp;
+#[cfg(feature = "test-util")]
+pub mod testing;
 pub mod tls;
 pub mod upstream;
 

@@ -14,9 +14,10 @@ use http_body_util::{BodyExt, Channel, Full};
 use hyper::body::{Frame, Incoming};
 use hyper::{HeaderMap, Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use mesh_proxy::Proxy;
 use mesh_proxy::socket::FixedDst;
 use mesh_proxy::state::{State, proto};
-use mesh_proxy::{Listeners, Proxy};
+use mesh_proxy::testing;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
@@ -101,17 +102,6 @@ async fn counting_relay(to: SocketAddr) -> (SocketAddr, Arc<AtomicUsize>) {
     (addr, count)
 }
 
-fn local() -> Listeners {
-    let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
-    Listeners {
-        outbound: any,
-        inbound: any,
-        admin: any,
-        readiness: any,
-        metrics: any,
-    }
-}
-
 /// Proxy B in front of the app (inbound), proxy A for the client (outbound), the endpoint of
 /// the service being B's inbound listener (through a counting relay).
 async fn mesh_pair(app: SocketAddr, protocol: proto::Protocol) -> (Proxy, Proxy, Arc<AtomicUsize>) {
@@ -126,7 +116,7 @@ async fn mesh_pair(app: SocketAddr, protocol: proto::Protocol) -> (Proxy, Proxy,
     let (_btx, brx) = watch::channel(Arc::new(b_state));
     std::mem::forget(_btx);
     let b = Proxy::start(
-        &local(),
+        &testing::loopback(),
         brx,
         true,
         Arc::new(FixedDst("10.0.0.1:1".parse().unwrap())),
@@ -161,7 +151,7 @@ async fn mesh_pair(app: SocketAddr, protocol: proto::Protocol) -> (Proxy, Proxy,
     let (_atx, arx) = watch::channel(Arc::new(a_state));
     std::mem::forget(_atx);
     let a = Proxy::start(
-        &local(),
+        &testing::loopback(),
         arx,
         true,
         Arc::new(FixedDst("10.96.0.30:80".parse().unwrap())),

@@ -15,9 +15,9 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use mesh_proxy::socket::FixedDst;
+use mesh_proxy::Proxy;
 use mesh_proxy::state::{State, proto};
-use mesh_proxy::{Listeners, Proxy};
+use mesh_proxy::testing;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -164,25 +164,8 @@ async fn proxy_for(services: Vec<proto::Service>, vip: &str) -> (Proxy, watch::S
 
 /// A proxy serving `state`, its captured connections headed for `vip`.
 async fn proxy_with(state: proto::ProxyState, vip: &str) -> (Proxy, watch::Sender<Arc<State>>) {
-    let (tx, rx) = watch::channel(Arc::new(State::compile(state).unwrap()));
-    let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
-    let listeners = Listeners {
-        outbound: any,
-        inbound: any,
-        admin: any,
-        readiness: any,
-        metrics: any,
-    };
-    let proxy = Proxy::start(
-        &listeners,
-        rx,
-        true,
-        Arc::new(FixedDst(vip.parse().unwrap())),
-        Arc::new(FixedDst("10.0.0.1:1".parse().unwrap())),
-    )
-    .await
-    .unwrap();
-    (proxy, tx)
+    let (tx, rx) = watch::channel(testing::compile(state));
+    (testing::start(rx, vip, "10.0.0.1:1", None).await, tx)
 }
 
 type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;

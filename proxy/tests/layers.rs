@@ -32,6 +32,7 @@ const LAYERS: &[&str] = &[
     "outbound",
     "admin",
     "run",
+    "testing",
 ];
 
 /// `pub mod x;` lines of lib.rs.

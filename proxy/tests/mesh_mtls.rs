@@ -4,8 +4,6 @@
 
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
-mod support;
-
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -20,7 +18,8 @@ use mesh_ca::testing::TestCa;
 use mesh_proxy::metrics::Workload;
 use mesh_proxy::socket::FixedDst;
 use mesh_proxy::state::{State, proto};
-use mesh_proxy::{Listeners, Proxy, Setup};
+use mesh_proxy::testing;
+use mesh_proxy::{Proxy, Setup};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -82,17 +81,6 @@ async fn tcp_app() -> SocketAddr {
         }
     });
     addr
-}
-
-fn local() -> Listeners {
-    let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
-    Listeners {
-        outbound: any,
-        inbound: any,
-        admin: any,
-        readiness: any,
-        metrics: any,
-    }
 }
 
 struct Pair {
@@ -179,13 +167,13 @@ async fn pair(
     let ca = TestCa::self_signed("mesh-mtls", CaConfig::default());
     let (b_tx, b_rx) = watch::channel(b_state(app.port(), protocol, mode));
     let b = Proxy::launch(
-        &local(),
+        &testing::loopback(),
         Setup {
             state: b_rx,
             has_state: true,
             outbound_dst: Arc::new(FixedDst("10.0.0.1:1".parse().unwrap())),
             inbound_dst: Arc::new(FixedDst(SocketAddr::from(([10, 0, 0, 9], app.port())))),
-            svids: Some(support::svids(&ca, "shipping").await),
+            svids: Some(testing::svids(&ca, "shipping").await),
             on_demand: None,
             workload: workload("shipping-v2", "shipping", "v2"),
         },
@@ -195,13 +183,13 @@ async fn pair(
     let b_inbound = b.bound.inbound;
     let (a_tx, a_rx) = watch::channel(a_state(b_inbound, protocol, expect, mesh));
     let a = Proxy::launch(
-        &local(),
+        &testing::loopback(),
         Setup {
             state: a_rx,
             has_state: true,
             outbound_dst: Arc::new(FixedDst("10.96.0.60:80".parse().unwrap())),
             inbound_dst: Arc::new(FixedDst("10.0.0.1:1".parse().unwrap())),
-            svids: Some(support::svids(&ca, "order").await),
+            svids: Some(testing::svids(&ca, "order").await),
             on_demand: None,
             workload: workload("order-v1", "order", "v1"),
         },

@@ -17,9 +17,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
-mod support;
-
-use support::{source, svids};
+use mesh_proxy::testing::{source, svids};
 
 fn clone_svid(s: &Svid) -> Svid {
     Svid {

@@ -5,8 +5,6 @@
 
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
-mod support;
-
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -14,10 +12,11 @@ use std::time::Duration;
 
 use mesh_ca::CaConfig;
 use mesh_ca::testing::TestCa;
+use mesh_proxy::Proxy;
 use mesh_proxy::identity::{Svid, request_svid};
 use mesh_proxy::socket::FixedDst;
 use mesh_proxy::state::{State, proto};
-use mesh_proxy::{Listeners, Proxy};
+use mesh_proxy::testing;
 use rustls_pki_types::CertificateDer;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -42,7 +41,7 @@ async fn echo_app() -> SocketAddr {
 
 /// A certificate for `sa` from `ca`, trusting exactly `roots`.
 async fn svid(ca: &TestCa, sa: &str, roots: &[CertificateDer<'static>]) -> Arc<Svid> {
-    let src = support::source(ca, sa, Duration::from_secs(3600));
+    let src = testing::source(ca, sa, Duration::from_secs(3600));
     let s = request_svid(src.as_ref(), &src.identity.uri())
         .await
         .unwrap();
@@ -54,23 +53,12 @@ async fn svid(ca: &TestCa, sa: &str, roots: &[CertificateDer<'static>]) -> Arc<S
 
 /// The root of a test CA, as its answers carry it.
 async fn root_of(ca: &TestCa) -> CertificateDer<'static> {
-    let src = support::source(ca, "probe", Duration::from_secs(60));
+    let src = testing::source(ca, "probe", Duration::from_secs(60));
     request_svid(src.as_ref(), &src.identity.uri())
         .await
         .unwrap()
         .roots[0]
         .clone()
-}
-
-fn local() -> Listeners {
-    let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
-    Listeners {
-        outbound: any,
-        inbound: any,
-        admin: any,
-        readiness: any,
-        metrics: any,
-    }
 }
 
 #[tokio::test]
@@ -99,7 +87,7 @@ async fn renewal_and_root_rotation_fail_no_request() {
         svid(&old, "shipping", std::slice::from_ref(&r1)).await,
     ));
     let b = Proxy::start_with_identity(
-        &local(),
+        &testing::loopback(),
         b_rx,
         true,
         Arc::new(FixedDst("10.0.0.1:1".parse().unwrap())),
@@ -136,7 +124,7 @@ async fn renewal_and_root_rotation_fail_no_request() {
     let (a_certs, a_svids) =
         watch::channel(Some(svid(&old, "order", std::slice::from_ref(&r1)).await));
     let a = Proxy::start_with_identity(
-        &local(),
+        &testing::loopback(),
         a_rx,
         true,
         Arc::new(FixedDst("10.96.0.70:80".parse().unwrap())),

@@ -9,41 +9,14 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use mesh_proxy::socket::FixedDst;
+use mesh_proxy::Proxy;
 use mesh_proxy::state::{State, proto};
-use mesh_proxy::{Listeners, Proxy};
+use mesh_proxy::testing;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio::sync::watch;
 
-/// A TCP server answering every connection with `name:` followed by what it read, line by line.
-async fn named_echo(name: &'static str) -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let (mut c, peer) = l.accept().await.unwrap();
-            tokio::spawn(async move {
-                let mut buf = [0u8; 1024];
-                loop {
-                    let n = match c.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => n,
-                    };
-                    let reply = format!(
-                        "{name} {} {}",
-                        peer.ip(),
-                        String::from_utf8_lossy(&buf[..n])
-                    );
-                    if c.write_all(reply.as_bytes()).await.is_err() {
-                        return;
-                    }
-                }
-            });
-        }
-    });
-    addr
-}
+use testing::named_tcp_echo as named_echo;
 
 fn service(
     vip: &str,
@@ -89,21 +62,8 @@ fn state(services: Vec<proto::Service>, policy: proto::OutboundTrafficPolicy) ->
     )
 }
 
-fn local() -> Listeners {
-    let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
-    Listeners {
-        outbound: any,
-        inbound: any,
-        admin: any,
-        readiness: any,
-        metrics: any,
-    }
-}
-
 async fn start(rx: watch::Receiver<Arc<State>>, out_dst: &str, in_dst: &str) -> Proxy {
-    let out = Arc::new(FixedDst(out_dst.parse().unwrap()));
-    let inb = Arc::new(FixedDst(in_dst.parse().unwrap()));
-    Proxy::start(&local(), rx, true, out, inb).await.unwrap()
+    testing::start(rx, out_dst, in_dst, None).await
 }
 
 async fn roundtrip(addr: SocketAddr, msg: &str) -> String {
