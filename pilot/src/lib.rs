@@ -9,4 +9,6 @@ pub mod discovery;
 pub mod model;
 pub mod run;
 pub mod source;
+#[cfg(feature = "test-util")]
+pub mod testing;
 pub mod translate;

@@ -5,14 +5,12 @@
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 
-use mesh_api::load;
 use mesh_api::proto::discovery::v1 as pb;
 use mesh_api::proto::state::v1 as state;
 use mesh_pilot::discovery::session::Session;
 use mesh_pilot::discovery::{Generation, SERVICE_TYPE, Status, WORKLOAD_TYPE};
-use mesh_pilot::model::{MeshConfig, Model};
+use mesh_pilot::testing;
 use mesh_pilot::translate::{self, ProxyNode};
 use prost::Message;
 
@@ -87,13 +85,7 @@ fn settle(session: &mut Session, client: &mut Client) -> usize {
 }
 
 fn node() -> ProxyNode {
-    ProxyNode {
-        id: "sidecar~10.1.0.1~client.shop".into(),
-        namespace: "shop".into(),
-        service_account: "client".into(),
-        labels: [("app".to_string(), "client".to_string())].into(),
-        ip_addresses: vec!["10.1.0.1".into()],
-    }
+    testing::node("shop", "client", &[("app", "client")], "10.1.0.1")
 }
 
 /// A random mesh: services in `shop` and `other`, endpoints, an optional split.
@@ -124,19 +116,7 @@ fn random_yaml(rng: &mut fastrand::Rng) -> String {
     y
 }
 
-fn generation(version: u64, yaml: &str) -> Arc<Generation> {
-    let report = load::load_str(yaml, None);
-    assert!(
-        report.is_valid(),
-        "{:?}",
-        report.errors().collect::<Vec<_>>()
-    );
-    let resources: Vec<_> = report.documents.into_iter().map(|d| d.resource).collect();
-    Arc::new(Generation::new(
-        version,
-        Model::build(MeshConfig::default(), &resources, BTreeMap::new()),
-    ))
-}
+use testing::generation;
 
 /// What the client should hold: its namespace's services and what their routes send to.
 fn expected(generation: &Generation, node: &ProxyNode) -> BTreeMap<String, state::Service> {

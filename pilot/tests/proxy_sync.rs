@@ -17,9 +17,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use mesh_api::proto::discovery::v1 as pb;
-use mesh_pilot::discovery::Debounce;
-use mesh_pilot::model::MeshConfig;
-use mesh_pilot::run::{ConfigSource, Pilot, PilotConfig};
+use mesh_pilot::run::Pilot;
 use mesh_proxy::discovery::{DiscoveryConfig, OnDemand};
 use mesh_proxy::socket::FixedDst;
 use mesh_proxy::state::{State, proto};
@@ -126,19 +124,9 @@ spec:
 }
 
 async fn start_pilot(dir: &Path, discovery: SocketAddr) -> Pilot {
-    Pilot::start(PilotConfig {
-        source: ConfigSource::Folder(dir.to_path_buf()),
-        discovery,
-        debug: "127.0.0.1:0".parse().unwrap(),
-        mesh: MeshConfig::default(),
-        debounce: Debounce {
-            quiet: Duration::from_millis(20),
-            max: Duration::from_millis(200),
-        },
-        secure: None,
-    })
-    .await
-    .unwrap()
+    Pilot::start(mesh_pilot::testing::folder_config(dir, discovery))
+        .await
+        .unwrap()
 }
 
 struct Sidecar {

@@ -11,37 +11,19 @@ use std::path::{Path, PathBuf};
 
 use mesh_api::load;
 use mesh_api::proto::state::v1 as state;
-use mesh_pilot::model::{MeshConfig, Model};
+use mesh_pilot::model::Model;
+use mesh_pilot::testing;
 use mesh_pilot::translate::{ProxyNode, view};
 
 use mesh_api::testing::shared_testdata as testdata;
 
 fn model_from(paths: &[PathBuf]) -> Model {
-    let mut resources = Vec::new();
-    for p in paths {
-        let report = load::load_path(p).expect("readable");
-        assert!(
-            report.is_valid(),
-            "{}: {:?}",
-            p.display(),
-            report.errors().collect::<Vec<_>>()
-        );
-        resources.extend(report.documents.into_iter().map(|d| d.resource));
-    }
-    Model::build(MeshConfig::default(), &resources, BTreeMap::new())
+    let paths: Vec<&Path> = paths.iter().map(PathBuf::as_path).collect();
+    testing::model(&testing::resources_from(&paths))
 }
 
 fn node(ns: &str, labels: &[(&str, &str)], ip: &str) -> ProxyNode {
-    ProxyNode {
-        id: format!("sidecar~{ip}"),
-        namespace: ns.into(),
-        service_account: String::new(),
-        labels: labels
-            .iter()
-            .map(|(k, v)| ((*k).into(), (*v).into()))
-            .collect(),
-        ip_addresses: vec![ip.into()],
-    }
+    testing::node(ns, "", labels, ip)
 }
 
 /// Compares `state` with `tests/golden/NAME.json` (keys sorted, so the file is stable), after
