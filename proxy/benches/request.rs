@@ -12,7 +12,6 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -20,9 +19,8 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use http_body_util::{BodyExt, Full};
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use mesh_proxy::socket::FixedDst;
-use mesh_proxy::state::{State, proto};
-use mesh_proxy::{Listeners, Proxy};
+use mesh_proxy::state::proto;
+use mesh_proxy::testing;
 use tokio::net::{TcpListener, TcpStream};
 
 async fn backend() -> SocketAddr {
@@ -73,45 +71,15 @@ fn bench(c: &mut Criterion) {
         .unwrap();
     let (backend, proxy) = rt.block_on(async {
         let backend = backend().await;
-        let svc = proto::Service {
-            hostname: "bench.default.svc.cluster.local".into(),
-            addresses: vec!["10.96.0.50".into()],
-            ports: vec![proto::ServicePort {
-                port: 80,
-                name: "http".into(),
-                ..Default::default()
-            }],
-            endpoints: vec![proto::Endpoint {
-                address: "127.0.0.1".into(),
-                ports: [("http".to_string(), u32::from(backend.port()))].into(),
-                ..Default::default()
-            }],
-            ..Default::default()
-        };
-        let state = State::compile(proto::ProxyState {
+        let svc = testing::service("bench.default.svc.cluster.local", "10.96.0.50", 80, "http")
+            .endpoint(backend, &[])
+            .build();
+        let (tx, rx) = tokio::sync::watch::channel(testing::compile(proto::ProxyState {
             services: vec![svc],
             ..Default::default()
-        })
-        .unwrap();
-        let (tx, rx) = tokio::sync::watch::channel(Arc::new(state));
+        }));
         std::mem::forget(tx);
-        let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
-        let listeners = Listeners {
-            outbound: any,
-            inbound: any,
-            admin: any,
-            readiness: any,
-            metrics: any,
-        };
-        let proxy = Proxy::start(
-            &listeners,
-            rx,
-            true,
-            Arc::new(FixedDst("10.96.0.50:80".parse().unwrap())),
-            Arc::new(FixedDst(backend)),
-        )
-        .await
-        .unwrap();
+        let proxy = testing::start(rx, "10.96.0.50:80", &backend.to_string(), None).await;
         (backend, proxy)
     });
     let mut direct = rt.block_on(client(backend));

@@ -81,6 +81,13 @@ pub fn service(host: &str, vip: &str, port: u16, name: &str) -> ServiceBuilder {
     })
 }
 
+fn label_map(labels: &[(&str, &str)]) -> std::collections::BTreeMap<String, String> {
+    labels
+        .iter()
+        .map(|(k, v)| ((*k).to_string(), (*v).to_string()))
+        .collect()
+}
+
 /// Builds a `mesh.state.v1.Service` for a test.
 #[derive(Clone, Debug)]
 pub struct ServiceBuilder(pub proto::Service);
@@ -98,10 +105,7 @@ impl ServiceBuilder {
         self.0.endpoints.push(proto::Endpoint {
             address: addr.ip().to_string(),
             ports: [(port_name, u32::from(addr.port()))].into(),
-            labels: labels
-                .iter()
-                .map(|(k, v)| ((*k).to_string(), (*v).to_string()))
-                .collect(),
+            labels: label_map(labels),
             ..Default::default()
         });
         self
@@ -111,10 +115,7 @@ impl ServiceBuilder {
     pub fn subset(mut self, name: &str, labels: &[(&str, &str)]) -> Self {
         self.0.subsets.push(proto::Subset {
             name: name.into(),
-            labels: labels
-                .iter()
-                .map(|(k, v)| ((*k).to_string(), (*v).to_string()))
-                .collect(),
+            labels: label_map(labels),
             ..Default::default()
         });
         self

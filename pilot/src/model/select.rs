@@ -100,29 +100,25 @@ impl WorkloadPolicy for PeerAuthentication {
     }
 }
 
-impl WorkloadPolicy for AuthorizationPolicy {
-    fn meta(&self) -> &ObjectMeta {
-        &self.metadata
-    }
-    fn selector(&self) -> Option<&WorkloadSelector> {
-        self.spec.selector.as_ref()
-    }
-    fn targeted(&self) -> bool {
-        self.spec.target_ref.is_some() || !self.spec.target_refs.is_empty()
-    }
+/// Policies with `selector`, `targetRef` and `targetRefs` (AuthorizationPolicy,
+/// RequestAuthentication, and later Telemetry and WasmPlugin).
+macro_rules! targetable_policy {
+    ($($kind:ty),+) => {$(
+        impl WorkloadPolicy for $kind {
+            fn meta(&self) -> &ObjectMeta {
+                &self.metadata
+            }
+            fn selector(&self) -> Option<&WorkloadSelector> {
+                self.spec.selector.as_ref()
+            }
+            fn targeted(&self) -> bool {
+                self.spec.target_ref.is_some() || !self.spec.target_refs.is_empty()
+            }
+        }
+    )+};
 }
 
-impl WorkloadPolicy for RequestAuthentication {
-    fn meta(&self) -> &ObjectMeta {
-        &self.metadata
-    }
-    fn selector(&self) -> Option<&WorkloadSelector> {
-        self.spec.selector.as_ref()
-    }
-    fn targeted(&self) -> bool {
-        self.spec.target_ref.is_some() || !self.spec.target_refs.is_empty()
-    }
-}
+targetable_policy!(AuthorizationPolicy, RequestAuthentication);
 
 /// The level from which `policy` applies to a workload in `namespace` with `labels`, or
 /// `None` when it does not apply to it.
