@@ -15,9 +15,6 @@ use crate::inputs::Inputs;
 use crate::socket::OriginalDst;
 use crate::state::{PeerMode, Protocol};
 
-pub use crate::socket::PASSTHROUGH_SOURCE;
-pub use crate::tcp::inbound::connect_app;
-
 /// Accepts until a drain begins; each connection runs in its own task.
 pub async fn serve(
     listener: TcpListener,

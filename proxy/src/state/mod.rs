@@ -332,19 +332,15 @@ impl State {
                 })?;
                 endpoint_ips.push(ip);
             }
-            let service_policy = spec.traffic_policy.clone().unwrap_or_default();
-            let balancer = Balancer::of(known(
-                &host,
-                "trafficPolicy.loadBalancer",
-                service_policy.load_balancer,
-            )?)
-            .unwrap_or_default();
-            let tls = TlsMode::of(known(
-                &host,
-                "trafficPolicy.tlsMode",
-                service_policy.tls_mode,
-            )?)
-            .unwrap_or_default();
+            // The two enum fields only: the policy itself (with any PEM it carries) stays put.
+            let modes = |tp: Option<&proto::TrafficPolicy>| {
+                tp.map_or((0, 0), |t| (t.load_balancer, t.tls_mode))
+            };
+            let (lb, tls_mode) = modes(spec.traffic_policy.as_ref());
+            let balancer =
+                Balancer::of(known(&host, "trafficPolicy.loadBalancer", lb)?).unwrap_or_default();
+            let tls =
+                TlsMode::of(known(&host, "trafficPolicy.tlsMode", tls_mode)?).unwrap_or_default();
             let policies =
                 std::iter::once(("trafficPolicy".to_string(), spec.traffic_policy.as_ref())).chain(
                     spec.subsets.iter().enumerate().map(|(i, s)| {
@@ -382,7 +378,7 @@ impl State {
             }
             let mut subsets = Vec::with_capacity(spec.subsets.len());
             for (i, s) in spec.subsets.iter().enumerate() {
-                let tp = s.traffic_policy.clone().unwrap_or_default();
+                let (lb, tls_mode) = modes(s.traffic_policy.as_ref());
                 let field = format!("subsets[{i}].trafficPolicy");
                 let members = (0..spec.endpoints.len())
                     .filter(|e| {
@@ -393,13 +389,9 @@ impl State {
                 subsets.push(SubsetInfo {
                     name: s.name.clone(),
                     members,
-                    balancer: Balancer::of(known(
-                        &host,
-                        &format!("{field}.loadBalancer"),
-                        tp.load_balancer,
-                    )?)
-                    .unwrap_or(balancer),
-                    tls: TlsMode::of(known(&host, &format!("{field}.tlsMode"), tp.tls_mode)?)
+                    balancer: Balancer::of(known(&host, &format!("{field}.loadBalancer"), lb)?)
+                        .unwrap_or(balancer),
+                    tls: TlsMode::of(known(&host, &format!("{field}.tlsMode"), tls_mode)?)
                         .unwrap_or(tls),
                 });
             }
