@@ -309,6 +309,11 @@ fn load_document(text: &str, origin: Origin, report: &mut LoadReport) {
         }
     };
     problems.extend(validate::validate(&resource).into_iter().map(|d| (d, None)));
+    problems.extend(
+        validate::not_enforced(&resource)
+            .into_iter()
+            .map(|d| (d, None)),
+    );
     let (errors, warnings): (Vec<_>, Vec<_>) = problems
         .into_iter()
         .partition(|(d, _)| d.severity == Severity::Error);

@@ -178,6 +178,7 @@ async fn sidecar(pilot: SocketAddr, id: &str, vip: &str) -> Sidecar {
         svids: None,
         on_demand: Some(od),
         workload: mesh_proxy::metrics::Workload::unknown(),
+        debug_authz: false,
     };
     Sidecar {
         proxy: Proxy::launch(&listeners, setup).await.unwrap(),

@@ -32,6 +32,11 @@ pub struct Inputs {
     pub on_demand: Option<Arc<discovery::OnDemand>>,
     /// Istio's standard metrics.
     pub metrics: Arc<metrics::Metrics>,
+    /// JWT key sets fetched from `jwksUri`s, kept across states; set once the proxy runs (its
+    /// fetcher routes through the proxy's own outbound path).
+    pub jwks: std::sync::OnceLock<Arc<crate::authn::jwks::Cache>>,
+    /// Adds `x-mesh-authz` (which policy and rule decided) to responses, for debugging.
+    pub debug_authz: bool,
 }
 
 impl Inputs {
@@ -69,6 +74,8 @@ impl Inputs {
             tls_server,
             on_demand: None,
             metrics: Arc::default(),
+            jwks: std::sync::OnceLock::new(),
+            debug_authz: false,
         }
     }
 

@@ -6,10 +6,12 @@
 //! from the control plane or a local file, reaching the listeners through a watch channel.
 
 // The modules form layers, from the bottom up: body, drain, identity, init, sniff, socket,
-// tls, state, discovery, route, metrics, upstream, inputs, http, tcp, inbound, outbound,
+// tls, authn, authz, state, discovery, route, metrics, upstream, inputs, http, tcp, inbound, outbound,
 // admin (then `run`, the process around them). Each uses only the ones before it; tests/layers.rs checks it and
 // docs/architecture.md draws it.
 pub mod admin;
+pub mod authn;
+pub mod authz;
 pub mod body;
 pub mod discovery;
 pub mod drain;
@@ -87,6 +89,8 @@ pub struct Setup {
     pub on_demand: Option<Arc<discovery::OnDemand>>,
     /// The workload the proxy serves, as its metrics' labels name it.
     pub workload: metrics::Workload,
+    /// Whether responses say which policy decided (`x-mesh-authz`).
+    pub debug_authz: bool,
 }
 
 /// A running proxy.
@@ -149,6 +153,7 @@ impl Proxy {
             svids,
             on_demand: None,
             workload: metrics::Workload::unknown(),
+            debug_authz: false,
         };
         Self::launch(listeners, setup).await
     }
@@ -163,6 +168,7 @@ impl Proxy {
             svids,
             on_demand,
             workload,
+            debug_authz,
         } = setup;
         let outbound = bind(listeners.outbound, "outbound").await?;
         let inbound = bind(listeners.inbound, "inbound").await?;
@@ -187,10 +193,18 @@ impl Proxy {
             bound.readiness,
             bound.metrics,
         ];
+        inputs.debug_authz = debug_authz;
         let inputs = Arc::new(inputs);
+        let fetch = http::fetch::MeshFetch {
+            inputs: Arc::downgrade(&inputs),
+        };
+        let _ = inputs
+            .jwks
+            .set(Arc::new(authn::jwks::Cache::new(Box::new(fetch))));
         let (trigger, watch) = drain::channel();
         let (drain_tx, drain_requests) = mpsc::channel(1);
         let tasks = vec![
+            tokio::spawn(state::report_unenforced(inputs.state.clone())),
             tokio::spawn(outbound::serve(
                 outbound,
                 inputs.clone(),

@@ -119,6 +119,10 @@ struct RunArgs {
     /// Worker threads (default: one per core).
     #[arg(long)]
     worker_threads: Option<usize>,
+    /// Say in an `x-mesh-authz` response header which AuthorizationPolicy and rule decided
+    /// each inbound request (for debugging; it shows callers the names of policies).
+    #[arg(long, env = "MESH_DEBUG_AUTHZ")]
+    debug_authz_header: bool,
 }
 
 #[derive(Args)]
@@ -316,6 +320,7 @@ fn run_config(args: &RunArgs) -> anyhow::Result<RunConfig> {
         inbound_original_dst: args.inbound_original_dst,
         worker_threads: args.worker_threads,
         drain_timeout: Duration::from_secs(args.drain_timeout_secs),
+        debug_authz: args.debug_authz_header,
     })
 }
 

@@ -92,6 +92,8 @@ pub struct RunConfig {
     pub worker_threads: Option<usize>,
     /// How long connections in flight may take to finish once a drain begins.
     pub drain_timeout: Duration,
+    /// Whether responses say which AuthorizationPolicy decided (`x-mesh-authz`).
+    pub debug_authz: bool,
 }
 
 /// Why the proxy could not start (once started it only stops by draining).
@@ -193,6 +195,7 @@ async fn serve(config: &RunConfig) -> Result<(), RunError> {
         svids,
         on_demand,
         workload: workload_of(config),
+        debug_authz: config.debug_authz,
     };
     let mut proxy = Proxy::launch(&config.listeners, setup).await?;
     tracing::info!(

@@ -20,6 +20,8 @@ const LAYERS: &[&str] = &[
     "sniff",
     "socket",
     "tls",
+    "authn",
+    "authz",
     "state",
     "discovery",
     "route",

@@ -176,6 +176,7 @@ async fn pair(
             svids: Some(testing::svids(&ca, "shipping").await),
             on_demand: None,
             workload: workload("shipping-v2", "shipping", "v2"),
+            debug_authz: false,
         },
     )
     .await
@@ -192,6 +193,7 @@ async fn pair(
             svids: Some(testing::svids(&ca, "order").await),
             on_demand: None,
             workload: workload("order-v1", "order", "v1"),
+            debug_authz: false,
         },
     )
     .await

@@ -4,6 +4,7 @@
 //! the loader.
 
 mod checks;
+mod enforced;
 mod kube;
 mod networking;
 mod security;
@@ -13,6 +14,7 @@ use crate::diagnostic::Diagnostic;
 use crate::resource::Resource;
 
 pub use checks::parse_duration;
+pub use enforced::{NOT_ENFORCED, not_enforced};
 
 /// Collects findings, each at a field path.
 #[derive(Default)]

@@ -228,6 +228,12 @@ fn policy_ref(
         name: meta.name.clone().unwrap_or_default(),
         namespace: namespace_of(meta).to_string(),
         spec_json: serde_json::to_string(spec).unwrap_or_default(),
+        // Istio reads the annotation's value as a boolean.
+        dry_run: meta
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get("istio.io/dry-run"))
+            .is_some_and(|v| v.trim().eq_ignore_ascii_case("true")),
     }
 }
 

@@ -13,7 +13,7 @@ use hyper::body::Incoming;
 use hyper::header::HeaderValue;
 use hyper::{Request, Response, StatusCode};
 
-use super::{Body, headers, reply};
+use super::{Body, headers, policy, reply};
 use crate::inputs::Inputs;
 use crate::route::Target;
 use crate::state::Protocol;
@@ -26,17 +26,21 @@ pub async fn serve_inbound<I>(
     inputs: Arc<Inputs>,
     app: Protocol,
     drain: crate::drain::Watch,
-    peer_identity: Option<String>,
+    tls: PeerTls,
 ) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
+    let PeerTls {
+        identity: peer_identity,
+        sni,
+    } = tls;
     // What the app is told about the caller is the same for every request of the connection:
     // made once, each request shares its bytes.
     let client_cert = peer_identity
         .as_deref()
         .map(|peer| forwarded_client_cert(&inputs, peer));
     let peer_ip = HeaderValue::from_str(&peer.ip().to_string()).ok();
-    let caller = Arc::new((client_cert, peer_ip, peer_identity));
+    let caller = Arc::new((client_cert, peer_ip, peer_identity, sni));
     let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
         let inputs = inputs.clone();
         let caller = caller.clone();
@@ -44,7 +48,7 @@ pub async fn serve_inbound<I>(
         // inside) is copied several times on the way; a box is copied as one pointer.
         Box::pin(async move {
             let mut req = req.map(super::boxed);
-            let (client_cert, peer_ip, identity) = caller.as_ref();
+            let (client_cert, peer_ip, identity, sni) = caller.as_ref();
             // What a calling sidecar says of its workload is taken only over mTLS, and never
             // passed to the app.
             let meta = req
@@ -66,6 +70,7 @@ pub async fn serve_inbound<I>(
             let caller = Caller {
                 addr: peer,
                 identity: identity.as_deref(),
+                sni: sni.as_deref(),
                 meta: meta.as_ref().and_then(|v| v.to_str().ok()).unwrap_or(""),
             };
             Ok::<_, Infallible>(inbound_request(req, caller, dst, &inputs, app).await)
@@ -74,10 +79,21 @@ pub async fn serve_inbound<I>(
     super::serve_until_drained(conn, svc, drain, "inbound", peer).await;
 }
 
+/// What a caller's mesh mTLS proved (nothing for plaintext).
+#[derive(Default)]
+pub struct PeerTls {
+    /// The SPIFFE id of its certificate.
+    pub identity: Option<String>,
+    /// The server name it asked for.
+    pub sni: Option<String>,
+}
+
 /// Who called: their address and, over mTLS, the identity they proved.
 struct Caller<'a> {
     addr: SocketAddr,
     identity: Option<&'a str>,
+    /// The TLS server name it sent.
+    sni: Option<&'a str>,
     /// What its sidecar said of its workload (`x-mesh-peer`, over mTLS only).
     meta: &'a str,
 }
@@ -99,6 +115,29 @@ async fn inbound_request(
     } else {
         (hyper::Method::GET, String::new())
     };
+    let state = inputs.state.borrow().clone();
+    let who = policy::Peer {
+        addr: peer,
+        identity: caller.identity,
+        sni: caller.sni,
+    };
+    let admitted = match policy::admit(&mut req, &who, dst, inputs, &state).await {
+        Ok(a) => a,
+        Err((resp, words)) => {
+            let resp = timed(resp, inputs, &caller, dst, "-", grpc, started);
+            if logged {
+                tracing::info!(
+                    target: "access",
+                    "inbound http {peer} {method} {path} {} port={} flags=- {words} duration_ms={}",
+                    resp.status().as_u16(),
+                    dst.port(),
+                    started.elapsed().as_millis()
+                );
+            }
+            return resp;
+        }
+    };
+    drop(state);
     headers::prepare_upstream(&mut req, peer);
     let upgrade = headers::is_upgrade(&req);
     let h2 =
@@ -147,11 +186,13 @@ async fn inbound_request(
             ),
         },
     };
-    let resp = timed(resp, inputs, &caller, dst, flags, grpc, started);
+    let mut resp = timed(resp, inputs, &caller, dst, flags, grpc, started);
+    policy::mark(&mut resp, &admitted, inputs);
     if logged {
+        let words = admitted.log.as_deref().unwrap_or("");
         tracing::info!(
             target: "access",
-            "inbound http {peer} {method} {path} {} port={} flags={flags} duration_ms={}",
+            "inbound http {peer} {method} {path} {} port={} flags={flags} {words} duration_ms={}",
             resp.status().as_u16(),
             dst.port(),
             started.elapsed().as_millis()

@@ -4,12 +4,14 @@
 //! (`forward.rs`) over the upstream pools (`crate::upstream`), and header semantics
 //! (`headers.rs`). Failures are answered with Envoy's status codes and response flags.
 
+pub mod fetch;
 mod forward;
 pub mod headers;
 mod inbound;
 mod outbound;
+pub mod policy;
 
-pub use inbound::serve_inbound;
+pub use inbound::{PeerTls, serve_inbound};
 
 pub use crate::body::{Body, BoxError, boxed, full};
 pub use crate::upstream::{ALPN_HTTP1, Clients, Upstreams};

@@ -93,7 +93,7 @@ fn timed(
     response.map(|body| Timed::new(body, timer).boxed())
 }
 
-async fn decide_and_send(
+pub(super) async fn decide_and_send(
     req: &mut Request<Body>,
     ctx: &Conn,
     state: &State,

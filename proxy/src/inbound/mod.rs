@@ -77,10 +77,19 @@ async fn handle(
         ),
     };
     if http {
-        crate::http::serve_inbound(conn, peer, dst, inputs.clone(), declared, drain, None).await;
+        crate::http::serve_inbound(
+            conn,
+            peer,
+            dst,
+            inputs.clone(),
+            declared,
+            drain,
+            crate::http::PeerTls::default(),
+        )
+        .await;
         return;
     }
-    crate::tcp::inbound::to_app(&mut conn, peer, dst, inputs, None).await;
+    crate::tcp::inbound::to_app(&mut conn, peer, dst, inputs, None, None).await;
 }
 
 /// Terminates a peer's mutual TLS, records who it is, and hands the traffic to the app: HTTP per
@@ -113,12 +122,22 @@ async fn mtls_inbound(
     };
     let (_, session) = stream.get_ref();
     let identity = crate::tls::mtls::peer_identity(session);
+    let sni = session.server_name().map(str::to_string);
     let alpn = session.alpn_protocol().map(<[u8]>::to_vec);
     if alpn.as_deref() == Some(crate::tls::mtls::ALPN_MESH_TCP) {
         let mut stream = stream;
         let peer_id = identity.unwrap_or_default();
-        crate::tcp::inbound::to_app(&mut stream, peer, dst, inputs, Some(&peer_id)).await;
+        crate::tcp::inbound::to_app(
+            &mut stream,
+            peer,
+            dst,
+            inputs,
+            Some(&peer_id),
+            sni.as_deref(),
+        )
+        .await;
         return;
     }
-    crate::http::serve_inbound(stream, peer, dst, inputs.clone(), declared, drain, identity).await;
+    let tls = crate::http::PeerTls { identity, sni };
+    crate::http::serve_inbound(stream, peer, dst, inputs.clone(), declared, drain, tls).await;
 }

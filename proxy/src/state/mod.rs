@@ -5,6 +5,7 @@
 //! established.
 
 mod file;
+mod report;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -12,6 +13,7 @@ use std::sync::Arc;
 
 pub use file::{FileWatch, ParseError, Poll, StateFileError, load_file, parse_state, watch_file};
 pub use mesh_api::proto::state::v1 as proto;
+pub use report::{report_unenforced, unenforced};
 
 /// Application protocols the proxy tells apart (the wire enum itself).
 pub use proto::Protocol;
@@ -231,6 +233,10 @@ pub struct State {
     /// Every regular expression of the routes, compiled once (anchored: a match is a full match,
     /// as Envoy's RE2 matchers do).
     regexes: HashMap<String, regex::Regex>,
+    /// The workload's AuthorizationPolicies, compiled.
+    pub authz: crate::authz::Policies,
+    /// The workload's RequestAuthentications, compiled.
+    pub authn: crate::authn::Authenticator,
 }
 
 /// A state that cannot be applied; the proxy keeps its previous one.
@@ -287,11 +293,29 @@ impl State {
             let m = known::<proto::PeerMode>("state", &field, *mode)?;
             peer_port_modes.insert(p, m.into());
         }
+        let authz =
+            crate::authz::Policies::compile(&source.authorization_policies).map_err(|e| {
+                bad(
+                    "state",
+                    format!("authorizationPolicies ({}).{}", e.policy, e.field),
+                    e.message,
+                )
+            })?;
+        let authn =
+            crate::authn::Authenticator::compile(&source.request_authentications).map_err(|e| {
+                bad(
+                    "state",
+                    format!("requestAuthentications ({}).{}", e.policy, e.field),
+                    e.message,
+                )
+            })?;
         let mut state = State {
             outbound_policy,
             inbound_ports,
             peer_mode,
             peer_port_modes,
+            authz,
+            authn,
             ..State::default()
         };
         for spec in &source.services {

@@ -36,12 +36,44 @@ pub async fn to_app<S>(
     dst: SocketAddr,
     inputs: &Arc<Inputs>,
     identity: Option<&str>,
+    sni: Option<&str>,
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let (side, caller) = match identity {
         Some(id) => ("inbound mtls tcp", format!("{peer} ({id})")),
         None => ("inbound tcp", peer.to_string()),
+    };
+    // AuthorizationPolicy over TCP: decided once per connection; a denial closes it before a
+    // byte reaches the app.
+    let words = {
+        let state = inputs.state.borrow().clone();
+        if state.authz.is_empty() {
+            String::new()
+        } else {
+            let decision = state.authz.evaluate(&crate::authz::Attributes {
+                source: peer,
+                remote_ip: peer.ip(),
+                principal: identity,
+                destination: dst,
+                sni,
+                http: None,
+            });
+            let mut words = format!(" authz=\"{}\"", decision.reason());
+            if let Some(shadow) = &decision.dry_run {
+                if shadow.denied != decision.denied {
+                    tracing::info!(target: "authz", "{side} {caller} -> {dst}: dry-run: would be {}", shadow.reason());
+                }
+                words.push_str(&format!(" dry_run=\"{}\"", shadow.reason()));
+            }
+            if decision.denied {
+                tcp_series(inputs, dst, identity, "-").opened();
+                tcp_series(inputs, dst, identity, "-").closed(0, 0);
+                tracing::info!(target: "access", "{side} {caller} -> {dst} flags=- connection closed:{words}");
+                return;
+            }
+            words
+        }
     };
     tcp_series(inputs, dst, identity, "-").opened();
     let mut app = match connect_app(dst.port()).await {
@@ -55,7 +87,7 @@ pub async fn to_app<S>(
     match crate::tcp::splice(stream, &mut app).await {
         Ok((sent, received)) => {
             tcp_series(inputs, dst, identity, "-").closed(sent, received);
-            tracing::info!(target: "access", "{side} {caller} -> {dst} flags=- sent={received} received={sent}")
+            tracing::info!(target: "access", "{side} {caller} -> {dst} flags=- sent={received} received={sent}{words}")
         }
         Err(_) => {
             tcp_series(inputs, dst, identity, "DC").closed(0, 0);

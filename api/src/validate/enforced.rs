@@ -1,0 +1,292 @@
+//! What the mesh accepts but does not enforce yet, field by field. Nothing a user applies is
+//! quietly ignored: each such field gets a warning "accepted, not enforced yet: …" that says
+//! what happens instead. `meshctl validate`/`apply` print them, pilot shows them per proxy in
+//! `meshctl proxy-status`, and the proxy logs each once. When a feature lands, its entry here
+//! goes (docs/api-coverage.md lists the same).
+
+use crate::diagnostic::Diagnostic;
+use crate::networking::{LoadBalancerSettings, TrafficPolicy};
+use crate::resource::Resource;
+use crate::security::AuthorizationAction;
+
+/// The start of every such warning, so tools can tell them from other warnings.
+pub const NOT_ENFORCED: &str = "accepted, not enforced yet";
+
+struct Out(Vec<Diagnostic>);
+
+impl Out {
+    fn add(&mut self, field: impl AsRef<str>, what: impl AsRef<str>) {
+        self.0.push(
+            Diagnostic::warning(format!("{NOT_ENFORCED}: {}", what.as_ref()))
+                .at_field(field.as_ref()),
+        );
+    }
+}
+
+/// The fields of `resource` that are accepted but not enforced, as warnings at their paths.
+pub fn not_enforced(resource: &Resource) -> Vec<Diagnostic> {
+    let mut out = Out(Vec::new());
+    match resource {
+        Resource::VirtualService(r) => virtual_service(&mut out, &r.spec),
+        Resource::DestinationRule(r) => {
+            if let Some(tp) = &r.spec.traffic_policy {
+                traffic_policy(&mut out, "spec.trafficPolicy", tp);
+            }
+            for (i, s) in r.spec.subsets.iter().enumerate() {
+                if let Some(tp) = &s.traffic_policy {
+                    traffic_policy(&mut out, &format!("spec.subsets[{i}].trafficPolicy"), tp);
+                }
+            }
+        }
+        Resource::Gateway(_) => out.add(
+            "spec.servers",
+            "the ingress gateway is not built yet; nothing serves this Gateway's servers",
+        ),
+        Resource::Sidecar(r) => {
+            if !r.spec.ingress.is_empty() {
+                out.add(
+                    "spec.ingress",
+                    "inbound listeners come from the workload's ports; Sidecar ingress is not applied",
+                );
+            }
+            if r.spec.inbound_connection_pool.is_some() {
+                out.add(
+                    "spec.inboundConnectionPool",
+                    "connection limits are not applied (no circuit breaking yet)",
+                );
+            }
+            if r.spec
+                .outbound_traffic_policy
+                .as_ref()
+                .is_some_and(|p| p.egress_proxy.is_some())
+            {
+                out.add(
+                    "spec.outboundTrafficPolicy.egressProxy",
+                    "unknown destinations are passed through or refused, never sent to an egress proxy",
+                );
+            }
+        }
+        Resource::AuthorizationPolicy(r) => {
+            let spec = &r.spec;
+            if spec.target_ref.is_some() || !spec.target_refs.is_empty() {
+                let field = if spec.target_ref.is_some() {
+                    "spec.targetRef"
+                } else {
+                    "spec.targetRefs"
+                };
+                out.add(field, "policies attached to a Gateway or Service bind to gateways and waypoints, which are not built yet; no sidecar applies it");
+            }
+            if spec.action == Some(AuthorizationAction::Custom) {
+                out.add(
+                    "spec.provider",
+                    "external authorization is not available yet: the requests this policy matches are denied (fail closed)",
+                );
+            }
+            for (i, rule) in spec.rules.iter().enumerate() {
+                for (j, c) in rule.when.iter().enumerate() {
+                    if c.key.starts_with("experimental.envoy.filters.") {
+                        out.add(
+                            format!("spec.rules[{i}].when[{j}].key"),
+                            format!("{:?} reads Envoy filter metadata, which this proxy does not have: the condition never matches", c.key),
+                        );
+                    }
+                }
+            }
+        }
+        Resource::RequestAuthentication(r)
+            if r.spec.target_ref.is_some() || !r.spec.target_refs.is_empty() =>
+        {
+            out.add(
+                "spec.targetRefs",
+                "policies attached to a Gateway or Service bind to gateways and waypoints, which are not built yet; no sidecar applies it",
+            );
+        }
+        Resource::WorkloadGroup(_) => out.add(
+            "spec",
+            "workloads are not registered from WorkloadGroups yet; use WorkloadEntry",
+        ),
+        _ => {}
+    }
+    out.0
+}
+
+fn virtual_service(out: &mut Out, spec: &crate::networking::VirtualServiceSpec) {
+    for (i, g) in spec.gateways.iter().enumerate() {
+        if g != "mesh" {
+            out.add(
+                format!("spec.gateways[{i}]"),
+                format!(
+                    "{g:?}: gateways are not built yet; only sidecars (\"mesh\") serve these routes"
+                ),
+            );
+        }
+    }
+    for (i, h) in spec.http.iter().enumerate() {
+        let at = format!("spec.http[{i}]");
+        if h.fault.is_some() {
+            out.add(format!("{at}.fault"), "no delay or abort is injected");
+        }
+        if h.mirror.is_some() || !h.mirrors.is_empty() {
+            let field = if h.mirror.is_some() {
+                "mirror"
+            } else {
+                "mirrors"
+            };
+            out.add(format!("{at}.{field}"), "requests are not mirrored");
+        }
+        if let Some(r) = &h.retries {
+            for (set, name) in [
+                (r.per_try_timeout.is_some(), "perTryTimeout"),
+                (!r.retry_on.is_empty(), "retryOn"),
+                (r.retry_remote_localities.is_some(), "retryRemoteLocalities"),
+                (r.backoff.is_some(), "backoff"),
+            ] {
+                if set {
+                    out.add(
+                        format!("{at}.retries.{name}"),
+                        "only retries.attempts is applied (retrying connect failures and resets of requests without a body)",
+                    );
+                }
+            }
+        }
+        if h.direct_response
+            .as_ref()
+            .and_then(|d| d.body.as_ref())
+            .is_some_and(|b| b.bytes.is_some())
+        {
+            out.add(
+                format!("{at}.directResponse.body.bytes"),
+                "the response is sent without this body; use body.string",
+            );
+        }
+        for (j, m) in h.matches.iter().enumerate() {
+            for name in m.headers.keys().chain(m.without_headers.keys()) {
+                if name.starts_with("@request.auth.claims") {
+                    out.add(
+                        format!("{at}.match[{j}].headers.{name}"),
+                        "routing on JWT claims needs the token verified where routes are chosen (gateways, not built yet): this match never matches",
+                    );
+                }
+            }
+            if m.gateways.iter().any(|g| g != "mesh") {
+                out.add(
+                    format!("{at}.match[{j}].gateways"),
+                    "gateways are not built yet; the match applies to sidecars only when it names \"mesh\"",
+                );
+            }
+        }
+    }
+}
+
+fn traffic_policy(out: &mut Out, at: &str, tp: &TrafficPolicy) {
+    if tp.connection_pool.is_some() {
+        out.add(
+            format!("{at}.connectionPool"),
+            "connection and request limits are not applied (no circuit breaking yet)",
+        );
+    }
+    if tp.outlier_detection.is_some() {
+        out.add(
+            format!("{at}.outlierDetection"),
+            "failing endpoints are not ejected",
+        );
+    }
+    if let Some(lb) = &tp.load_balancer {
+        load_balancer(out, &format!("{at}.loadBalancer"), lb);
+    }
+    for (name, set) in [
+        ("tunnel", tp.tunnel.is_some()),
+        ("proxyProtocol", tp.proxy_protocol.is_some()),
+        ("retryBudget", tp.retry_budget.is_some()),
+    ] {
+        if set {
+            out.add(format!("{at}.{name}"), "this setting is not applied");
+        }
+    }
+    for (i, p) in tp.port_level_settings.iter().enumerate() {
+        let pat = format!("{at}.portLevelSettings[{i}]");
+        if p.connection_pool.is_some() {
+            out.add(
+                format!("{pat}.connectionPool"),
+                "connection and request limits are not applied (no circuit breaking yet)",
+            );
+        }
+        if p.outlier_detection.is_some() {
+            out.add(
+                format!("{pat}.outlierDetection"),
+                "failing endpoints are not ejected",
+            );
+        }
+        if let Some(lb) = &p.load_balancer {
+            load_balancer(out, &format!("{pat}.loadBalancer"), lb);
+        }
+    }
+}
+
+fn load_balancer(out: &mut Out, at: &str, lb: &LoadBalancerSettings) {
+    if lb.locality_lb_setting.is_some() {
+        out.add(
+            format!("{at}.localityLbSetting"),
+            "endpoints are balanced without regard to locality",
+        );
+    }
+    if lb.warmup_duration_secs.is_some() || lb.warmup.is_some() {
+        let field = if lb.warmup.is_some() {
+            "warmup"
+        } else {
+            "warmupDurationSecs"
+        };
+        out.add(
+            format!("{at}.{field}"),
+            "new endpoints get their full share at once",
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::load::load_str;
+
+    fn warnings(yaml: &str) -> Vec<String> {
+        let report = load_str(yaml, Some("test.yaml"));
+        report
+            .documents
+            .iter()
+            .flat_map(|d| not_enforced(&d.resource))
+            .map(|d| format!("{}: {}", d.field.unwrap_or_default(), d.message))
+            .collect()
+    }
+
+    #[test]
+    fn the_seed_circuit_breaker_is_reported_not_ignored() {
+        let w = warnings(
+            "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: inv}\nspec:\n  host: inventory\n  trafficPolicy:\n    connectionPool: {tcp: {maxConnections: 1}}\n    outlierDetection: {consecutive5xxErrors: 1}\n",
+        );
+        assert_eq!(w.len(), 2, "{w:?}");
+        assert!(w[0].starts_with("spec.trafficPolicy.connectionPool: accepted, not enforced yet"));
+        assert!(
+            w[1].starts_with("spec.trafficPolicy.outlierDetection: accepted, not enforced yet")
+        );
+    }
+
+    #[test]
+    fn enforced_fields_say_nothing() {
+        let w = warnings(
+            "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: deny}\nspec:\n  action: DENY\n  rules: [{}]\n",
+        );
+        assert!(w.is_empty(), "{w:?}");
+    }
+
+    #[test]
+    fn custom_authorization_fails_closed_and_says_so() {
+        let w = warnings(
+            "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: ext}\nspec:\n  action: CUSTOM\n  provider: {name: opa}\n  rules: [{}]\n",
+        );
+        assert_eq!(w.len(), 1);
+        assert!(
+            w[0].starts_with("spec.provider: accepted, not enforced yet")
+                && w[0].contains("denied")
+        );
+    }
+}

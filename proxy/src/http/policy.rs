@@ -1,0 +1,137 @@
+//! Security policy on one inbound request, before it reaches the application:
+//! RequestAuthentication (a token that fails is answered 401), then AuthorizationPolicy (a
+//! denial is answered 403 `RBAC: access denied`). What decided is kept for the access log and,
+//! with the debug setting, sent back in `x-mesh-authz`.
+
+use std::net::SocketAddr;
+
+use hyper::header::{HeaderName, HeaderValue};
+use hyper::{Request, Response, StatusCode};
+
+use super::{Body, reply};
+use crate::authz::{Attributes, HttpAttributes};
+use crate::inputs::Inputs;
+use crate::state::State;
+
+/// The debug response header naming the policy and rule that decided.
+pub static X_MESH_AUTHZ: HeaderName = HeaderName::from_static("x-mesh-authz");
+
+/// The caller, as policies see it.
+pub struct Peer<'a> {
+    /// Its address.
+    pub addr: SocketAddr,
+    /// The SPIFFE id it proved over mTLS.
+    pub identity: Option<&'a str>,
+    /// The TLS server name it sent.
+    pub sni: Option<&'a str>,
+}
+
+/// What the policies said of a request that may go on.
+#[derive(Default)]
+pub struct Admitted {
+    /// The access log's words, when some policy applies.
+    pub log: Option<String>,
+    /// The decision, for the debug header.
+    pub reason: Option<String>,
+}
+
+/// Authenticates and authorizes `req`. `Err` is the answer to send instead of forwarding,
+/// with the access log's words.
+pub async fn admit(
+    req: &mut Request<Body>,
+    peer: &Peer<'_>,
+    dst: SocketAddr,
+    inputs: &Inputs,
+    state: &State,
+) -> Result<Admitted, (Response<Body>, String)> {
+    if state.authn.is_empty() && state.authz.is_empty() {
+        return Ok(Admitted::default());
+    }
+    let verified = if state.authn.is_empty() {
+        None
+    } else {
+        let query = req.uri().query().unwrap_or("").to_string();
+        match state
+            .authn
+            .authenticate(req.headers_mut(), &query, inputs.jwks.get().map(|c| &**c))
+            .await
+        {
+            Ok(v) => v,
+            Err(refused) => {
+                let mut resp = reply(StatusCode::UNAUTHORIZED, &refused.0);
+                resp.headers_mut().insert(
+                    hyper::header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer realm=\"mesh\", error=\"invalid_token\""),
+                );
+                return Err((resp, format!("authn=refused ({})", refused.0)));
+            }
+        }
+    };
+    if state.authz.is_empty() {
+        return Ok(Admitted::default());
+    }
+    let host = req
+        .uri()
+        .authority()
+        .map(|a| a.as_str())
+        .or_else(|| {
+            req.headers()
+                .get(hyper::header::HOST)
+                .and_then(|h| h.to_str().ok())
+        })
+        .unwrap_or("");
+    let attributes = Attributes {
+        source: peer.addr,
+        remote_ip: peer.addr.ip(),
+        principal: peer.identity,
+        destination: dst,
+        sni: peer.sni,
+        http: Some(HttpAttributes {
+            host,
+            method: req.method().as_str(),
+            path: req.uri().path(),
+            headers: req.headers(),
+            auth: verified.as_ref(),
+        }),
+    };
+    let decision = state.authz.evaluate(&attributes);
+    let mut words = format!("authz=\"{}\"", decision.reason());
+    for a in &decision.audited {
+        words.push_str(&format!(" audit=\"{} rules[{}]\"", a.policy, a.rule));
+    }
+    if let Some(shadow) = &decision.dry_run {
+        let would = format!("dry-run: would be {}", shadow.reason());
+        if shadow.denied != decision.denied {
+            tracing::info!(target: "authz", "inbound {} -> {dst} {} {}: {would}", peer.addr, req.method(), req.uri().path());
+        }
+        words.push_str(&format!(" dry_run=\"{}\"", shadow.reason()));
+    }
+    if decision.denied {
+        let mut resp = reply(StatusCode::FORBIDDEN, "RBAC: access denied");
+        if inputs.debug_authz
+            && let Ok(v) = HeaderValue::from_str(&decision.reason())
+        {
+            resp.headers_mut().insert(X_MESH_AUTHZ.clone(), v);
+        }
+        tracing::debug!(target: "authz", "inbound {} -> {dst}: {}", peer.addr, decision.reason());
+        return Err((resp, words));
+    }
+    Ok(Admitted {
+        log: Some(words),
+        reason: Some(decision.reason()),
+    })
+}
+
+/// Adds the debug header to an admitted request's response.
+pub fn mark(resp: &mut Response<Body>, admitted: &Admitted, inputs: &Inputs) {
+    if !inputs.debug_authz {
+        return;
+    }
+    if let Some(v) = admitted
+        .reason
+        .as_deref()
+        .and_then(|r| HeaderValue::from_str(r).ok())
+    {
+        resp.headers_mut().insert(X_MESH_AUTHZ.clone(), v);
+    }
+}

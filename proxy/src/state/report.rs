@@ -1,0 +1,84 @@
+//! What a state carries that this proxy does not enforce yet, logged once per field: nothing
+//! pilot delivers is quietly ignored. Policies are judged by the same inventory `meshctl
+//! validate` uses (`mesh_api::validate::not_enforced`); traffic policies by the fields of the
+//! state that no layer reads yet.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use mesh_api::Resource;
+use mesh_api::security::{AuthorizationPolicy, RequestAuthentication};
+use tokio::sync::watch;
+
+use super::State;
+
+/// One line per field this state carries and the proxy does not enforce.
+pub fn unenforced(state: &State) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut policy = |kind: &str, p: &super::proto::Policy, resource: Option<Resource>| {
+        for d in resource.iter().flat_map(mesh_api::validate::not_enforced) {
+            out.push(format!(
+                "{kind} {}/{}: {}: {}",
+                p.namespace,
+                p.name,
+                d.field.as_deref().unwrap_or("spec"),
+                d.message
+            ));
+        }
+    };
+    for p in &state.source.authorization_policies {
+        let r = serde_json::from_str(&p.spec_json).ok().map(|spec| {
+            let mut r = AuthorizationPolicy::new(&p.name, spec);
+            r.metadata.namespace = Some(p.namespace.clone());
+            Resource::AuthorizationPolicy(Box::new(r))
+        });
+        policy("AuthorizationPolicy", p, r);
+    }
+    for p in &state.source.request_authentications {
+        let r = serde_json::from_str(&p.spec_json).ok().map(|spec| {
+            let mut r = RequestAuthentication::new(&p.name, spec);
+            r.metadata.namespace = Some(p.namespace.clone());
+            Resource::RequestAuthentication(Box::new(r))
+        });
+        policy("RequestAuthentication", p, r);
+    }
+    for svc in &state.source.services {
+        let policies = std::iter::once(("trafficPolicy".to_string(), svc.traffic_policy.as_ref()))
+            .chain(svc.subsets.iter().map(|s| {
+                (
+                    format!("subsets[{}].trafficPolicy", s.name),
+                    s.traffic_policy.as_ref(),
+                )
+            }));
+        for (at, tp) in policies {
+            let Some(tp) = tp else { continue };
+            if tp.connection_pool.is_some() {
+                out.push(format!("service {}: {at}.connectionPool: {}: connection and request limits are not applied (no circuit breaking yet)", svc.hostname, mesh_api::validate::NOT_ENFORCED));
+            }
+            if tp.outlier_detection.is_some() {
+                out.push(format!(
+                    "service {}: {at}.outlierDetection: {}: failing endpoints are not ejected",
+                    svc.hostname,
+                    mesh_api::validate::NOT_ENFORCED
+                ));
+            }
+        }
+    }
+    out
+}
+
+/// Logs, once each, what the states arriving on `states` do not enforce.
+pub async fn report_unenforced(mut states: watch::Receiver<Arc<State>>) {
+    let mut seen = HashSet::new();
+    loop {
+        let lines = unenforced(&states.borrow_and_update());
+        for line in lines {
+            if seen.insert(line.clone()) {
+                tracing::warn!("{line}");
+            }
+        }
+        if states.changed().await.is_err() {
+            return;
+        }
+    }
+}
