@@ -95,16 +95,23 @@ pub async fn admit(
         }),
     };
     let decision = state.authz.evaluate(&attributes);
-    let mut words = format!("authz=\"{}\"", decision.reason());
-    for a in &decision.audited {
-        words.push_str(&format!(" audit=\"{} rules[{}]\"", a.policy, a.rule));
+    // The words are built only when the access log is written (off by default): an allowed
+    // request with policies formats nothing.
+    let logged = tracing::enabled!(target: "access", tracing::Level::INFO);
+    let mut words = String::new();
+    if logged {
+        words = format!("authz=\"{}\"", decision.reason());
+        for a in &decision.audited {
+            words.push_str(&format!(" audit=\"{} rules[{}]\"", a.policy, a.rule));
+        }
     }
     if let Some(shadow) = &decision.dry_run {
-        let would = format!("dry-run: would be {}", shadow.reason());
         if shadow.denied != decision.denied {
-            tracing::info!(target: "authz", "inbound {} -> {dst} {} {}: {would}", peer.addr, req.method(), req.uri().path());
+            tracing::info!(target: "authz", "inbound {} -> {dst} {} {}: dry-run: would be {}", peer.addr, req.method(), req.uri().path(), shadow.reason());
         }
-        words.push_str(&format!(" dry_run=\"{}\"", shadow.reason()));
+        if logged {
+            words.push_str(&format!(" dry_run=\"{}\"", shadow.reason()));
+        }
     }
     if decision.denied {
         let mut resp = reply(StatusCode::FORBIDDEN, "RBAC: access denied");
@@ -117,8 +124,8 @@ pub async fn admit(
         return Err((resp, words));
     }
     Ok(Admitted {
-        log: Some(words),
-        reason: Some(decision.reason()),
+        log: logged.then_some(words),
+        reason: inputs.debug_authz.then(|| decision.reason()),
     })
 }
 
