@@ -33,6 +33,9 @@ pub struct EchoConfig {
     pub latency: Duration,
     /// Share of requests answered 503 (0.0..=1.0).
     pub error_rate: f64,
+    /// Fixed answers by request path, served as JSON instead of the echo (a JWKS document
+    /// for a RequestAuthentication's `jwksUri`, say).
+    pub files: BTreeMap<String, Bytes>,
 }
 
 /// What an echo answer says (the JSON body).
@@ -167,6 +170,12 @@ impl Server {
         }
         if self.config.error_rate > 0.0 && fastrand::f64() < self.config.error_rate {
             return text(StatusCode::SERVICE_UNAVAILABLE, "injected error\n");
+        }
+        if let Some(body) = self.config.files.get(req.uri().path()) {
+            return Response::builder()
+                .header(http::header::CONTENT_TYPE, "application/json")
+                .body(Full::new(body.clone()))
+                .unwrap_or_default();
         }
         let mut echo = self.describe(&req);
         if crate::ws_grpc::is_websocket(&req) {

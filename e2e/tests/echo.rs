@@ -193,3 +193,19 @@ async fn tcp_websocket_and_grpc_faces() {
         ("rpc", "echo", "")
     );
 }
+
+#[tokio::test]
+async fn fixed_files_are_served_as_json_at_their_path() {
+    let jwks = r#"{"keys":[]}"#;
+    let server = start(EchoConfig {
+        files: [("/jwks.json".to_string(), bytes::Bytes::from(jwks))].into(),
+        ..config("jwks", "v1")
+    })
+    .await;
+    let (status, body) = get(&format!("http://{}/jwks.json", server.http), &[]).await;
+    assert_eq!((status, body.as_str()), (200, jwks));
+    // Every other path still echoes.
+    let (status, body) = get(&format!("http://{}/other", server.http), &[]).await;
+    assert_eq!(status, 200);
+    assert!(body.contains("\"service\":\"jwks\""), "{body}");
+}

@@ -95,6 +95,10 @@ struct Serve {
     /// Share of requests answered 503 (0.0 to 1.0).
     #[arg(long, default_value_t = 0.0)]
     error_rate: f64,
+    /// Serve a file's contents as JSON at a path, `/PATH=FILE` (repeatable): a JWKS document
+    /// for a RequestAuthentication's `jwksUri`, say.
+    #[arg(long = "file", value_name = "/PATH=FILE")]
+    files: Vec<String>,
 }
 
 #[derive(Args)]
@@ -203,6 +207,15 @@ async fn serve(args: Serve) -> anyhow::Result<ExitCode> {
             .map(|p| format!(" (tcp :{p})"))
             .unwrap_or_default()
     );
+    let mut files = std::collections::BTreeMap::new();
+    for spec in &args.files {
+        let Some((path, file)) = spec.split_once('=').filter(|(p, _)| p.starts_with('/')) else {
+            anyhow::bail!("--file {spec:?}: expected /PATH=FILE (/jwks.json=keys.json)");
+        };
+        let body = std::fs::read(file)
+            .map_err(|e| anyhow::anyhow!("--file {spec:?}: cannot read {file}: {e}"))?;
+        files.insert(path.to_string(), bytes::Bytes::from(body));
+    }
     let config = EchoConfig {
         service: args.service,
         version: args.version,
@@ -210,6 +223,7 @@ async fn serve(args: Serve) -> anyhow::Result<ExitCode> {
         namespace: args.namespace,
         latency: Duration::from_millis(args.latency_ms),
         error_rate: args.error_rate,
+        files,
     };
     tokio::select! {
         () = echo::serve(config, http, tcp, grpc) => {}

@@ -100,7 +100,11 @@ pub async fn admit(
     let logged = tracing::enabled!(target: "access", tracing::Level::INFO);
     let mut words = String::new();
     if logged {
-        words = format!("authz=\"{}\"", decision.reason());
+        words = format!(
+            "authz=\"{}\" source_principal=\"{}\"",
+            decision.reason(),
+            peer.identity.unwrap_or("-")
+        );
         for a in &decision.audited {
             words.push_str(&format!(" audit=\"{} rules[{}]\"", a.policy, a.rule));
         }

@@ -1,0 +1,250 @@
+//! Security policy end to end on the local backend: the seed's `require-jwt.yaml` unchanged,
+//! with its issuer's key set served inside the mesh (`jwks.default.svc.cluster.local`) and
+//! fetched by booking's sidecar through its own outbound path; a DENY-all AuthorizationPolicy
+//! taking effect as soon as it is applied and stopping when deleted; a principals rule refusing
+//! a workload whose certificate proves another service account. Root only, like the rest of the
+//! suite (`#[ignore = "needs root"]`, run by the test script with `--run-ignored all`).
+
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use jsonwebtoken::Algorithm;
+use mesh_e2e::harness::{self, Cluster, LocalCluster, echo_pod};
+use mesh_e2e::load::Report;
+use mesh_proxy::testing::jwt::Issuer;
+use meshctl::local::wait_until;
+
+const DEADLINE: Duration = Duration::from_secs(30);
+const DENIED: &str = "403 RBAC: access denied";
+
+/// `n` requests from `pod` to `url`, with `headers`.
+fn send(c: &LocalCluster, pod: &str, url: &str, n: usize, headers: &[String]) -> Report {
+    let n = n.to_string();
+    let mut args = vec!["-n", n.as_str(), "-c", "1"];
+    for h in headers {
+        args.extend(["-H", h.as_str()]);
+    }
+    c.load(pod, url, &args).unwrap()
+}
+
+/// Whether every one of the report's requests failed with `why`.
+fn all_failed_with(report: &Report, why: &str) -> bool {
+    report.ok == 0 && report.failures.get(why) == Some(&report.requests)
+}
+
+fn bearer(token: &str) -> String {
+    format!("authorization: Bearer {token}")
+}
+
+/// The seed's booking service, a client, and a pod serving `jwks` as the seed's `jwksUri`.
+fn booking_with_keys(c: &LocalCluster, jwks: &str) {
+    let keys = c.dir().join("jwks.json");
+    std::fs::write(&keys, jwks).unwrap();
+    let app = |name: &str, args: &str| {
+        format!(
+            "
+apiVersion: v1
+kind: Service
+metadata: {{name: {name}, namespace: default}}
+spec:
+  selector: {{app: {name}}}
+  ports:
+  - {{name: http, port: 8080}}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: {name}-v1, namespace: default}}
+spec:
+  selector:
+    matchLabels: {{app: {name}, version: v1}}
+  template:
+    metadata:
+      labels: {{app: {name}, version: v1}}
+    spec:
+      containers:
+      - name: {name}
+        image: mesh-echo:latest
+        args: [\"--port\", \"8080\", \"--service\", \"{name}\"{args}]
+        ports:
+        - containerPort: 8080
+"
+        )
+    };
+    let file_arg = format!(", \"--file\", \"/jwks.json={}\"", keys.display());
+    let yaml = [
+        app("booking-service", ""),
+        app("jwks", &file_arg),
+        app("client", ""),
+    ]
+    .join("---\n");
+    c.apply_yaml(&yaml).unwrap();
+    c.wait_endpoints("client-v1-0", "booking-service.default", 1)
+        .unwrap();
+    c.wait_endpoints("booking-service-v1-0", "jwks.default", 1)
+        .unwrap();
+}
+
+#[test]
+#[ignore = "needs root: runs a mesh in network namespaces"]
+fn the_seed_require_jwt_with_keys_served_in_the_mesh() {
+    // Our sample's copy of the seed file (api/tests/samples.rs holds it to the seed's bytes).
+    let seed = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../manifests/samples/order-app/require-jwt.yaml");
+    let c = harness::local("jwt");
+    let issuer = Issuer::new("testing@secure.istio.io");
+    booking_with_keys(&c, &issuer.jwks_of(&["rsa-1"]));
+    let url = "http://booking-service:8080/";
+    // Before the policy, anyone gets through.
+    assert_eq!(send(&c, "client-v1-0", url, 3, &[]).ok, 3);
+
+    c.apply(&seed).unwrap();
+    let valid = issuer.sign(
+        Algorithm::RS256,
+        &issuer.claims("testing@secure.istio.io", "booking"),
+    );
+    // No token: the ALLOW rule needs a request principal, so 403.
+    assert!(
+        wait_until(DEADLINE, || all_failed_with(
+            &send(&c, "client-v1-0", url, 1, &[]),
+            DENIED
+        )),
+        "require-jwt never took effect"
+    );
+    let none = send(&c, "client-v1-0", url, 5, &[]);
+    assert!(all_failed_with(&none, DENIED), "{none:?}");
+    // A valid token from the seed's issuer, verified with keys fetched from jwks.default.
+    let ok = send(&c, "client-v1-0", url, 5, &[bearer(&valid)]);
+    assert_eq!(ok.ok, 5, "{ok:?}");
+    // Another issuer's token (signed with the very same key): 401.
+    let other = Issuer::new("someone-else@example.com");
+    let foreign = other.sign(
+        Algorithm::RS256,
+        &other.claims("testing@secure.istio.io", "booking"),
+    );
+    let refused = send(&c, "client-v1-0", url, 3, &[bearer(&foreign)]);
+    assert!(
+        all_failed_with(&refused, "401 Jwt issuer is not configured"),
+        "{refused:?}"
+    );
+    // A token of the seed's issuer with a bad signature: 401 too, never 200.
+    let mut forged = valid.clone();
+    forged.replace_range(forged.len() - 4.., "AAAA");
+    let bad = send(&c, "client-v1-0", url, 3, &[bearer(&forged)]);
+    assert!(
+        bad.ok == 0 && bad.failures.keys().all(|k| k.starts_with("401")),
+        "{bad:?}"
+    );
+}
+
+const DENY_ALL_SHIPPING: &str = "
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: deny-shipping, namespace: default}
+spec:
+  selector:
+    matchLabels: {app: shipping}
+  action: DENY
+  rules: [{}]
+";
+
+#[test]
+#[ignore = "needs root: runs a mesh in network namespaces"]
+fn deny_all_refuses_at_once_and_delete_restores() {
+    let c = harness::local("deny");
+    c.apply(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../manifests/samples/order-app"))
+        .unwrap();
+    c.wait_endpoints("order-v1-0", "shipping-service.default", 2)
+        .unwrap();
+    let url = "http://shipping-service:8080/";
+    assert_eq!(send(&c, "order-v1-0", url, 20, &[]).ok, 20);
+
+    let applied = Instant::now();
+    c.apply_yaml(DENY_ALL_SHIPPING).unwrap();
+    assert!(
+        wait_until(DEADLINE, || all_failed_with(
+            &send(&c, "order-v1-0", url, 1, &[]),
+            DENIED
+        )),
+        "the DENY policy never took effect"
+    );
+    let took = applied.elapsed();
+    // Once in force it holds for every request, on both shipping versions.
+    let denied = send(&c, "order-v1-0", url, 20, &[]);
+    assert!(all_failed_with(&denied, DENIED), "{denied:?}");
+    eprintln!("DENY-all in force {} ms after apply", took.as_millis());
+    assert!(
+        took < Duration::from_secs(5),
+        "a DENY policy must be in force within seconds: took {took:?}"
+    );
+    // The sidecar's access log names the policy and rule.
+    let log = std::fs::read_to_string(c.dir().join("pods/shipping-v1-0/proxy.log")).unwrap();
+    assert!(
+        log.contains("denied by default/deny-shipping rules[0] (DENY)"),
+        "shipping's access log names the deciding policy"
+    );
+
+    c.delete_yaml(DENY_ALL_SHIPPING).unwrap();
+    assert!(
+        wait_until(DEADLINE, || send(&c, "order-v1-0", url, 1, &[]).ok == 1),
+        "deleting the policy never restored traffic"
+    );
+    let back = send(&c, "order-v1-0", url, 20, &[]);
+    assert_eq!(back.ok, 20, "{back:?}");
+}
+
+#[test]
+#[ignore = "needs root: runs a mesh in network namespaces"]
+fn a_principals_rule_refuses_another_service_account() {
+    let c = harness::local("principals");
+    c.apply_yaml(
+        "
+apiVersion: v1
+kind: Service
+metadata: {name: vault, namespace: default}
+spec:
+  selector: {app: vault}
+  ports:
+  - {name: http, port: 8080}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: vault-callers, namespace: default}
+spec:
+  selector:
+    matchLabels: {app: vault}
+  action: ALLOW
+  rules:
+  - from:
+    - source:
+        principals: [cluster.local/ns/default/sa/teller]
+",
+    )
+    .unwrap();
+    c.run(&echo_pod("vault-0", "vault", "v1", "vault")).unwrap();
+    c.run(&echo_pod("teller", "teller", "v1", "teller"))
+        .unwrap();
+    // Same app labels as the teller, but its certificate proves service account `intruder`.
+    c.run(&echo_pod("intruder", "teller", "v1", "intruder"))
+        .unwrap();
+    for pod in ["teller", "intruder"] {
+        c.wait_endpoints(pod, "vault.default", 1).unwrap();
+    }
+    let url = "http://vault:8080/";
+    let allowed = send(&c, "teller", url, 5, &[]);
+    assert_eq!(allowed.ok, 5, "{allowed:?}");
+    assert_eq!(
+        allowed
+            .by_peer
+            .get("spiffe://cluster.local/ns/default/sa/teller"),
+        Some(&5)
+    );
+    let refused = send(&c, "intruder", url, 5, &[]);
+    assert!(all_failed_with(&refused, DENIED), "{refused:?}");
+    let log = std::fs::read_to_string(c.dir().join("pods/vault-0/proxy.log")).unwrap();
+    assert!(
+        log.contains("spiffe://cluster.local/ns/default/sa/intruder"),
+        "vault's access log shows the identity it refused"
+    );
+}
