@@ -55,6 +55,8 @@ async fn check(a: &Authenticator, token: &str) -> Result<Option<String>, Refused
 async fn every_accepted_algorithm_verifies() {
     let issuer = Issuer::new(ISS);
     let a = inline(&issuer, json!({}));
+    // ring checks the signatures (as in the proxy), and so every case below.
+    assert!(mesh_proxy::authn::ring_crypto::installed());
     for alg in [
         Algorithm::RS256,
         Algorithm::RS384,
@@ -93,6 +95,7 @@ async fn hardening_cases_are_refused() {
     let now = jsonwebtoken::get_current_timestamp();
     let good = issuer.claims("alice", "orders");
     let refused = |why: &str| Err(Refused(why.into()));
+    assert!(mesh_proxy::authn::ring_crypto::installed());
 
     // alg none: no key verifies it.
     assert!(check(&a, &jwt::unsigned(&good)).await.is_err());
@@ -323,7 +326,8 @@ async fn fetched_keys_are_cached_and_rotated_by_kid() {
             .is_some()
     );
     assert_eq!(fetches.load(Ordering::SeqCst), 2);
-    // Refreshed after the cache period.
+    // After the cache period, a token verified before is remembered (it is not checked again,
+    // so the stale key set is not fetched for it)...
     tokio::time::advance(mesh_proxy::authn::jwks::REFRESH).await;
     assert!(
         a.authenticate(&mut bearer(&rsa), "", Some(&cache))
@@ -331,7 +335,47 @@ async fn fetched_keys_are_cached_and_rotated_by_kid() {
             .unwrap()
             .is_some()
     );
-    assert_eq!(fetches.load(Ordering::SeqCst), 3);
+    assert_eq!(fetches.load(Ordering::SeqCst), 2, "a remembered token");
+    // ...and a new one refreshes the key set.
+    let fresh = issuer.sign(Algorithm::RS256, &issuer.claims("b", "x"));
+    assert!(
+        a.authenticate(&mut bearer(&fresh), "", Some(&cache))
+            .await
+            .unwrap()
+            .is_some()
+    );
+    assert_eq!(fetches.load(Ordering::SeqCst), 3, "refreshed");
+}
+
+#[tokio::test]
+async fn a_remembered_token_is_the_same_bytes_and_still_checked_for_expiry() {
+    let issuer = Issuer::new(ISS);
+    let a = inline(&issuer, json!({}));
+    let token = issuer.sign(Algorithm::ES256, &issuer.claims("alice", "orders"));
+    for _ in 0..3 {
+        assert_eq!(check(&a, &token).await, Ok(Some(format!("{ISS}/alice"))));
+    }
+    // One byte of the signature changed: not the remembered token, and refused.
+    let at = token.len() - 10;
+    let was = &token[at..=at];
+    let forged = format!(
+        "{}{}{}",
+        &token[..at],
+        if was == "A" { "B" } else { "A" },
+        &token[at + 1..]
+    );
+    assert!(check(&a, &forged).await.is_err());
+    // Already past exp (beyond the skew): refused, and never remembered.
+    let now = jsonwebtoken::get_current_timestamp();
+    let mut old = issuer.claims("alice", "orders");
+    old["exp"] = json!(now - 120);
+    let expired = issuer.sign(Algorithm::ES256, &old);
+    for _ in 0..2 {
+        assert_eq!(
+            check(&a, &expired).await,
+            Err(Refused("Jwt is expired".into()))
+        );
+    }
 }
 
 #[tokio::test(start_paused = true)]

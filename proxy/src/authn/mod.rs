@@ -9,8 +9,10 @@
 //! ([`Verified`]) is what AuthorizationPolicy's `requestPrincipals` and `request.auth.*` read.
 
 pub mod jwks;
+pub mod ring_crypto;
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use http::{HeaderMap, HeaderName, HeaderValue};
@@ -72,6 +74,20 @@ struct Rule {
     forward: bool,
     required: bool,
     space_delimited: Vec<String>,
+    /// Tokens this rule verified lately (Envoy's `jwt_cache_config`, on by default there too).
+    verified: Mutex<HashMap<Box<str>, Remembered>>,
+}
+
+/// Verified tokens a rule remembers (Envoy's default size): a caller sending the same token on
+/// every request pays the signature check once.
+pub const VERIFIED_CACHE_SIZE: usize = 100;
+
+/// A verified token and the seconds (UNIX time) it is good between, clock skew included.
+#[derive(Debug)]
+struct Remembered {
+    verified: Verified,
+    from: u64,
+    until: u64,
 }
 
 /// A RequestAuthentication that cannot be compiled (the state is NACKed).
@@ -106,6 +122,7 @@ fn header_name(policy: &str, field: &str, name: &str) -> Result<HeaderName, Auth
 impl Authenticator {
     /// Compiles the RequestAuthentications pilot sent.
     pub fn compile(policies: &[proto::Policy]) -> Result<Self, AuthnError> {
+        ring_crypto::install();
         let mut out = Authenticator::default();
         for p in policies {
             let id = format!("{}/{}", p.namespace, p.name);
@@ -186,6 +203,7 @@ impl Authenticator {
                     forward: r.forward_original_token.unwrap_or(false),
                     required: r.presence == Some(JwtPresence::Required),
                     space_delimited: r.space_delimited_claims.clone(),
+                    verified: Mutex::default(),
                 });
             }
         }
@@ -281,7 +299,43 @@ impl Authenticator {
 }
 
 impl Rule {
+    /// Verifies `token`, or takes it from the tokens verified lately while it is still within
+    /// its `nbf`..`exp`. A token is remembered by its exact text, so only the same signed bytes
+    /// skip the check; like Envoy's cache, a remembered token stays good until it expires even
+    /// if its key leaves the key set.
     async fn verify(&self, token: &str, cache: Option<&jwks::Cache>) -> Result<Verified, Refused> {
+        let now = jsonwebtoken::get_current_timestamp();
+        if let Ok(mut seen) = self.verified.lock()
+            && let Some(r) = seen.get(token)
+        {
+            if (r.from..=r.until).contains(&now) {
+                return Ok(r.verified.clone());
+            }
+            seen.remove(token);
+        }
+        let verified = self.verify_signed(token, cache).await?;
+        let claim = |k: &str| verified.claims.get(k).and_then(serde_json::Value::as_u64);
+        let remembered = Remembered {
+            from: claim("nbf").map_or(0, |t| t.saturating_sub(CLOCK_SKEW_SECS)),
+            until: claim("exp").map_or(u64::MAX, |t| t.saturating_add(CLOCK_SKEW_SECS)),
+            verified: verified.clone(),
+        };
+        if let Ok(mut seen) = self.verified.lock() {
+            if seen.len() >= VERIFIED_CACHE_SIZE
+                && let Some(old) = seen.keys().next().cloned()
+            {
+                seen.remove(&old);
+            }
+            seen.insert(token.into(), remembered);
+        }
+        Ok(verified)
+    }
+
+    async fn verify_signed(
+        &self,
+        token: &str,
+        cache: Option<&jwks::Cache>,
+    ) -> Result<Verified, Refused> {
         let header = jsonwebtoken::decode_header(token)
             .map_err(|_| Refused("Jwt is not in the form of Header.Payload.Signature".into()))?;
         let keys = match &self.keys {

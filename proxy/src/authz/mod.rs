@@ -18,7 +18,7 @@ use std::sync::Arc;
 use mesh_api::proto::state::v1 as proto;
 use mesh_api::security::{AuthorizationAction, AuthorizationPolicySpec};
 
-use rule::Rule;
+use rule::{Facts, Rule};
 
 /// What a policy does when it matches.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -67,8 +67,8 @@ struct Policy {
 
 impl Policy {
     /// The first rule that matches, by index.
-    fn matching(&self, a: &Attributes<'_>) -> Option<usize> {
-        self.rules.iter().position(|r| r.matches(a, self.action))
+    fn matching(&self, f: &Facts<'_>) -> Option<usize> {
+        self.rules.iter().position(|r| r.matches(f, self.action))
     }
 }
 
@@ -269,6 +269,7 @@ fn evaluate(
             .flatten()
             .filter(move |p| p.action == action)
     };
+    let f = &Facts::of(a);
     let decided = |p: &Policy, rule: usize| Decided {
         policy: p.id.clone(),
         action: p.action,
@@ -282,7 +283,7 @@ fn evaluate(
         .chain(deny.iter())
         .chain(extra_of(Action::Deny))
     {
-        if let Some(rule) = p.matching(a) {
+        if let Some(rule) = p.matching(f) {
             return Decision {
                 denied: true,
                 by: Some(decided(p, rule)),
@@ -293,7 +294,7 @@ fn evaluate(
     let audited = audit
         .iter()
         .chain(extra_of(Action::Audit))
-        .filter_map(|p| p.matching(a).map(|r| decided(p, r)))
+        .filter_map(|p| p.matching(f).map(|r| decided(p, r)))
         .collect();
     let mut allows = allow.iter().chain(extra_of(Action::Allow)).peekable();
     if allows.peek().is_none() {
@@ -303,7 +304,7 @@ fn evaluate(
         };
     }
     for p in allows {
-        if let Some(rule) = p.matching(a) {
+        if let Some(rule) = p.matching(f) {
             return Decision {
                 denied: false,
                 by: Some(decided(p, rule)),

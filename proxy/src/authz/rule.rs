@@ -1,11 +1,58 @@
 //! One AuthorizationPolicy rule, compiled: its sources, operations and conditions as checks
 //! over [`Attributes`], each list OR-ed inside and the parts AND-ed, as Istio reads them.
 
+use std::net::IpAddr;
+
 use http::HeaderName;
 use mesh_api::security::{Condition, Operation, Source};
 
-use super::matcher::{Cidr, PathMatch, StrMatch};
+use super::matcher::{Cidr, PathMatch, StrMatch, slash_segments};
 use super::{Action, Attributes};
+
+/// What every check of one evaluation reads, worked out once: the peer's SPIFFE id taken
+/// apart (when a check first asks), the addresses in their IPv4 form.
+pub(super) struct Facts<'a> {
+    pub(super) a: &'a Attributes<'a>,
+    /// The SPIFFE id without `spiffe://`.
+    principal: Option<&'a str>,
+    /// Its trust domain, namespace and service account.
+    parts: std::cell::OnceCell<IdParts<'a>>,
+}
+
+#[derive(Clone, Copy, Default)]
+struct IdParts<'a> {
+    trust_domain: Option<&'a str>,
+    namespace: Option<&'a str>,
+    account: Option<&'a str>,
+}
+
+impl<'a> Facts<'a> {
+    pub(super) fn of(a: &'a Attributes<'a>) -> Self {
+        Facts {
+            a,
+            principal: a.principal.and_then(|p| p.strip_prefix("spiffe://")),
+            parts: std::cell::OnceCell::new(),
+        }
+    }
+
+    /// `td/ns/NS/sa/SA` taken apart.
+    fn parts(&self) -> IdParts<'a> {
+        *self.parts.get_or_init(|| {
+            let mut out = IdParts::default();
+            let Some(p) = self.principal else { return out };
+            let mut segments = slash_segments(p);
+            out.trust_domain = segments.next();
+            while let (Some(k), Some(v)) = (segments.next(), segments.next()) {
+                match k {
+                    "ns" if out.namespace.is_none() => out.namespace = Some(v),
+                    "sa" if out.account.is_none() => out.account = Some(v),
+                    _ => {}
+                }
+            }
+            out
+        })
+    }
+}
 
 /// What a check reads from the request.
 #[derive(Clone, Debug)]
@@ -38,6 +85,25 @@ enum Attr {
 }
 
 impl Attr {
+    /// A rough cost rank: an entry's checks run cheapest first (they are AND-ed, so the order
+    /// changes nothing but how soon a miss is seen).
+    fn cost(&self) -> u8 {
+        match self {
+            Attr::DestinationPort | Attr::Unknown => 0,
+            Attr::Method
+            | Attr::Principal
+            | Attr::Namespace
+            | Attr::ServiceAccount
+            | Attr::TrustDomain
+            | Attr::RequestPrincipal
+            | Attr::Presenter
+            | Attr::Sni => 1,
+            Attr::SourceIp | Attr::RemoteIp | Attr::DestinationIp => 2,
+            Attr::Path | Attr::Host | Attr::Audiences => 3,
+            Attr::Header(_) | Attr::Claim(_) => 4,
+        }
+    }
+
     fn http_only(&self) -> bool {
         matches!(
             self,
@@ -336,6 +402,10 @@ impl Rule {
         for (i, c) in r.when.iter().enumerate() {
             rule.when.extend(condition(c, &format!("{at}.when[{i}]"))?);
         }
+        for checks in rule.from.iter_mut().chain(rule.to.iter_mut()) {
+            checks.sort_by_key(|c| c.attr.cost());
+        }
+        rule.when.sort_by_key(|c| c.attr.cost());
         rule.http_only = rule
             .from
             .iter()
@@ -347,11 +417,11 @@ impl Rule {
     }
 
     /// Whether the rule matches, for a policy with `action`.
-    pub(super) fn matches(&self, a: &Attributes<'_>, action: Action) -> bool {
-        if a.http.is_none() && self.http_only && action == Action::Allow {
+    pub(super) fn matches(&self, f: &Facts<'_>, action: Action) -> bool {
+        if f.a.http.is_none() && self.http_only && action == Action::Allow {
             return false;
         }
-        let all = |checks: &All| checks.iter().all(|c| c.matches(a));
+        let all = |checks: &All| checks.iter().all(|c| c.matches(f));
         (self.from.is_empty() || self.from.iter().any(all))
             && (self.to.is_empty() || self.to.iter().any(all))
             && all(&self.when)
@@ -359,32 +429,30 @@ impl Rule {
 }
 
 impl Check {
-    fn matches(&self, a: &Attributes<'_>) -> bool {
+    fn matches(&self, f: &Facts<'_>) -> bool {
         // Over TCP an HTTP check is dropped from the rule (only DENY-like rules get here).
-        if a.http.is_none() && self.attr.http_only() {
+        if f.a.http.is_none() && self.attr.http_only() {
             return true;
         }
-        self.any(a) != self.negate
+        self.any(f) != self.negate
     }
 
     /// Whether some value matches the attribute (false when the request has no such
     /// attribute).
-    fn any(&self, a: &Attributes<'_>) -> bool {
-        let principal = a.principal.and_then(|p| p.strip_prefix("spiffe://"));
+    fn any(&self, f: &Facts<'_>) -> bool {
+        let a = f.a;
         let auth = a.http.and_then(|h| h.auth);
         match &self.attr {
-            Attr::Principal => self.str(principal),
-            Attr::Namespace => self.str(principal.and_then(|p| segment(p, "ns"))),
-            Attr::ServiceAccount => {
-                match principal.and_then(|p| segment(p, "ns").zip(segment(p, "sa"))) {
-                    Some((ns, sa)) => self.each(|v| match v {
-                        StrMatch::Exact(e) => e.split_once('/') == Some((ns, sa)),
-                        other => other.matches(sa),
-                    }),
-                    None => false,
-                }
-            }
-            Attr::TrustDomain => self.str(principal.and_then(|p| p.split('/').next())),
+            Attr::Principal => self.str(f.principal),
+            Attr::Namespace => self.str(f.parts().namespace),
+            Attr::ServiceAccount => match f.parts().namespace.zip(f.parts().account) {
+                Some((ns, sa)) => self.each(|v| match v {
+                    StrMatch::Exact(e) => e.split_once('/') == Some((ns, sa)),
+                    other => other.matches(sa),
+                }),
+                None => false,
+            },
+            Attr::TrustDomain => self.str(f.parts().trust_domain),
             Attr::SourceIp => self.ip(a.source.ip()),
             Attr::RemoteIp => self.ip(a.remote_ip),
             Attr::DestinationIp => self.ip(a.destination.ip()),
@@ -469,32 +537,23 @@ impl Check {
         value.is_some_and(|v| self.each(|m| m.matches(v)))
     }
 
-    fn ip(&self, ip: std::net::IpAddr) -> bool {
+    fn ip(&self, ip: IpAddr) -> bool {
         match &self.values {
-            Values::Cidr(list) => list.iter().any(|c| c.contains(ip)),
+            Values::Cidr(list) => {
+                let ip = Cidr::normalize(ip);
+                list.iter().any(|c| c.contains_normalized(ip))
+            }
             _ => false,
         }
     }
-}
-
-/// The segment after `key` in `td/ns/NS/sa/SA`.
-fn segment<'a>(principal: &'a str, key: &str) -> Option<&'a str> {
-    let mut parts = principal.split('/').skip(1);
-    while let Some(k) = parts.next() {
-        let v = parts.next()?;
-        if k == key {
-            return Some(v);
-        }
-    }
-    None
 }
 
 fn strip_port(host: &str) -> &str {
     if let Some(v6) = host.strip_prefix('[') {
         return v6.split(']').next().unwrap_or(v6);
     }
-    match host.rsplit_once(':') {
-        Some((h, p)) if p.bytes().all(|b| b.is_ascii_digit()) => h,
+    match host.bytes().rposition(|b| b == b':') {
+        Some(i) if host.as_bytes()[i + 1..].iter().all(u8::is_ascii_digit) => &host[..i],
         _ => host,
     }
 }

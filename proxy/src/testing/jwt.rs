@@ -55,6 +55,8 @@ fn ec(
 impl Issuer {
     /// A new issuer named `iss`.
     pub fn new(iss: &str) -> Self {
+        // The proxy's verifier in place before a test's first token is signed.
+        crate::authn::ring_crypto::install();
         let ed = KeyPair::generate_for(&PKCS_ED25519).unwrap();
         let keys = vec![
             SigningKey {
