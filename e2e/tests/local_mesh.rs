@@ -651,6 +651,19 @@ fn ps_logs_and_proxy_status_show_the_running_mesh() {
         String::from_utf8_lossy(&status.stderr)
     );
     assert_eq!(text.matches("SYNCED").count(), 4, "{text}");
+    // The seed's circuit breaker is held by every sidecar that sees inventory, and said to be
+    // not enforced yet, field by field.
+    let held = "configuration it holds but does not enforce yet:";
+    assert_eq!(text.matches(held).count(), 4, "{text}");
+    for field in [
+        "spec.trafficPolicy.connectionPool",
+        "spec.trafficPolicy.outlierDetection",
+    ] {
+        let line = format!(
+            "DestinationRule default/inventory-service: {field}: accepted, not enforced yet"
+        );
+        assert_eq!(text.matches(&line).count(), 4, "{line}: {text}");
+    }
 }
 
 #[test]

@@ -54,6 +54,10 @@ pub struct Proxy {
     services: usize,
     #[serde(default)]
     rejections: Vec<String>,
+    #[serde(default)]
+    not_enforced_workload: Vec<String>,
+    #[serde(default)]
+    not_enforced_services: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -146,6 +150,23 @@ pub fn render(syncz: &Syncz) -> String {
             out += &format!("  {r}\n");
         }
     }
+    for p in &syncz.proxies {
+        let lines: Vec<&String> = p
+            .not_enforced_workload
+            .iter()
+            .chain(&p.not_enforced_services)
+            .collect();
+        if lines.is_empty() {
+            continue;
+        }
+        out += &format!(
+            "\n{}: configuration it holds but does not enforce yet:\n",
+            p.node.id
+        );
+        for l in lines {
+            out += &format!("  {l}\n");
+        }
+    }
     if syncz.proxies.is_empty() {
         out += "(no proxy has connected to pilot yet)\n";
     }
@@ -210,5 +231,27 @@ mod tests {
         assert!(t.contains("NACK: Service: shipping: bad CA"), "{t}");
         assert!(t.contains("DISCONNECTED"), "{t}");
         assert!(t.contains("caCertificates: file missing"), "{t}");
+    }
+
+    #[test]
+    fn fields_not_enforced_are_listed_under_their_proxy() {
+        let json = r#"{"generation": 2, "proxies": [
+          {"node": {"id": "sidecar~inventory", "namespace": "default"}, "connected": true, "sent_version": 2, "acked_version": 2, "nack": null, "services": 3, "rejections": [],
+           "not_enforced_workload": ["AuthorizationPolicy default/ext: spec.provider: accepted, not enforced yet: external authorization is not available yet"],
+           "not_enforced_services": ["DestinationRule default/inventory-cb: spec.trafficPolicy.connectionPool: accepted, not enforced yet: connection limits"]}
+        ]}"#;
+        let t = render(&serde_json::from_str(json).unwrap());
+        let section = t
+            .split_once("sidecar~inventory: configuration it holds but does not enforce yet:\n")
+            .map(|(_, rest)| rest)
+            .unwrap_or_else(|| panic!("no section: {t}"));
+        assert!(
+            section.contains(
+                "  AuthorizationPolicy default/ext: spec.provider: accepted, not enforced yet"
+            ) && section.contains(
+                "  DestinationRule default/inventory-cb: spec.trafficPolicy.connectionPool"
+            ),
+            "{t}"
+        );
     }
 }

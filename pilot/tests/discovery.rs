@@ -332,3 +332,35 @@ fn unknown_types_are_refused() {
         .unwrap_err();
     assert!(err.to_string().contains("unknown resource type"));
 }
+
+#[test]
+fn what_a_proxy_will_not_enforce_is_in_its_status_and_goes_when_fixed() {
+    let base = "apiVersion: v1\nkind: Service\nmetadata: {name: inventory, namespace: shop}\nspec:\n  selector: {app: inventory}\n  ports: [{name: http, port: 80}]\n";
+    let breaker = "---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: inventory-cb, namespace: shop}\nspec:\n  host: inventory\n  trafficPolicy:\n    connectionPool: {tcp: {maxConnections: 1}}\n";
+    let custom = "---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: ext, namespace: shop}\nspec:\n  selector: {matchLabels: {app: client}}\n  action: CUSTOM\n  provider: {name: opa}\n  rules: [{}]\n";
+    let status = Status::default();
+    let yaml = format!("{base}{breaker}{custom}");
+    let mut session = Session::new(node(), generation(1, &yaml), status.clone());
+    let mut client = Client::default();
+    session.request(&subscribe(SERVICE_TYPE)).unwrap();
+    session.request(&subscribe(WORKLOAD_TYPE)).unwrap();
+    settle(&mut session, &mut client);
+    let s = &status.all()[0];
+    assert_eq!(
+        s.not_enforced_services,
+        vec!["DestinationRule shop/inventory-cb: spec.trafficPolicy.connectionPool: accepted, not enforced yet: connection and request limits are not applied (no circuit breaking yet)".to_string()],
+        "{s:?}"
+    );
+    assert_eq!(s.not_enforced_workload.len(), 1, "{s:?}");
+    assert!(
+        s.not_enforced_workload[0]
+            .starts_with("AuthorizationPolicy shop/ext: spec.provider: accepted, not enforced yet"),
+        "{s:?}"
+    );
+    // The DestinationRule without its connection pool: nothing left to report for services.
+    session.generation(generation(2, &format!("{base}{custom}")));
+    settle(&mut session, &mut client);
+    let s = &status.all()[0];
+    assert!(s.not_enforced_services.is_empty(), "{s:?}");
+    assert_eq!(s.not_enforced_workload.len(), 1, "{s:?}");
+}

@@ -5,9 +5,11 @@
 //! goes (docs/api-coverage.md lists the same).
 
 use crate::diagnostic::Diagnostic;
-use crate::networking::{LoadBalancerSettings, TrafficPolicy};
+use crate::networking::{
+    DestinationRuleSpec, LoadBalancerSettings, SidecarSpec, TrafficPolicy, VirtualServiceSpec,
+};
 use crate::resource::Resource;
-use crate::security::AuthorizationAction;
+use crate::security::{AuthorizationAction, AuthorizationPolicySpec, RequestAuthenticationSpec};
 
 /// The start of every such warning, so tools can tell them from other warnings.
 pub const NOT_ENFORCED: &str = "accepted, not enforced yet";
@@ -25,92 +27,124 @@ impl Out {
 
 /// The fields of `resource` that are accepted but not enforced, as warnings at their paths.
 pub fn not_enforced(resource: &Resource) -> Vec<Diagnostic> {
-    let mut out = Out(Vec::new());
     match resource {
-        Resource::VirtualService(r) => virtual_service(&mut out, &r.spec),
-        Resource::DestinationRule(r) => {
-            if let Some(tp) = &r.spec.traffic_policy {
-                traffic_policy(&mut out, "spec.trafficPolicy", tp);
-            }
-            for (i, s) in r.spec.subsets.iter().enumerate() {
-                if let Some(tp) = &s.traffic_policy {
-                    traffic_policy(&mut out, &format!("spec.subsets[{i}].trafficPolicy"), tp);
-                }
-            }
-        }
-        Resource::Gateway(_) => out.add(
-            "spec.servers",
-            "the ingress gateway is not built yet; nothing serves this Gateway's servers",
-        ),
-        Resource::Sidecar(r) => {
-            if !r.spec.ingress.is_empty() {
-                out.add(
-                    "spec.ingress",
-                    "inbound listeners come from the workload's ports; Sidecar ingress is not applied",
-                );
-            }
-            if r.spec.inbound_connection_pool.is_some() {
-                out.add(
-                    "spec.inboundConnectionPool",
-                    "connection limits are not applied (no circuit breaking yet)",
-                );
-            }
-            if r.spec
-                .outbound_traffic_policy
-                .as_ref()
-                .is_some_and(|p| p.egress_proxy.is_some())
-            {
-                out.add(
-                    "spec.outboundTrafficPolicy.egressProxy",
-                    "unknown destinations are passed through or refused, never sent to an egress proxy",
-                );
-            }
-        }
-        Resource::AuthorizationPolicy(r) => {
-            let spec = &r.spec;
-            if spec.target_ref.is_some() || !spec.target_refs.is_empty() {
-                let field = if spec.target_ref.is_some() {
-                    "spec.targetRef"
-                } else {
-                    "spec.targetRefs"
-                };
-                out.add(field, "policies attached to a Gateway or Service bind to gateways and waypoints, which are not built yet; no sidecar applies it");
-            }
-            if spec.action == Some(AuthorizationAction::Custom) {
-                out.add(
-                    "spec.provider",
-                    "external authorization is not available yet: the requests this policy matches are denied (fail closed)",
-                );
-            }
-            for (i, rule) in spec.rules.iter().enumerate() {
-                for (j, c) in rule.when.iter().enumerate() {
-                    if c.key.starts_with("experimental.envoy.filters.") {
-                        out.add(
-                            format!("spec.rules[{i}].when[{j}].key"),
-                            format!("{:?} reads Envoy filter metadata, which this proxy does not have: the condition never matches", c.key),
-                        );
-                    }
-                }
-            }
-        }
-        Resource::RequestAuthentication(r)
-            if r.spec.target_ref.is_some() || !r.spec.target_refs.is_empty() =>
-        {
+        Resource::VirtualService(r) => in_virtual_service(&r.spec),
+        Resource::DestinationRule(r) => in_destination_rule(&r.spec),
+        Resource::Gateway(_) => {
+            let mut out = Out(Vec::new());
             out.add(
-                "spec.targetRefs",
-                "policies attached to a Gateway or Service bind to gateways and waypoints, which are not built yet; no sidecar applies it",
+                "spec.servers",
+                "the ingress gateway is not built yet; nothing serves this Gateway's servers",
             );
+            out.0
         }
-        Resource::WorkloadGroup(_) => out.add(
-            "spec",
-            "workloads are not registered from WorkloadGroups yet; use WorkloadEntry",
-        ),
-        _ => {}
+        Resource::Sidecar(r) => in_sidecar(&r.spec),
+        Resource::AuthorizationPolicy(r) => in_authorization_policy(&r.spec),
+        Resource::RequestAuthentication(r) => in_request_authentication(&r.spec),
+        Resource::WorkloadGroup(_) => {
+            let mut out = Out(Vec::new());
+            out.add(
+                "spec",
+                "workloads are not registered from WorkloadGroups yet; use WorkloadEntry",
+            );
+            out.0
+        }
+        _ => Vec::new(),
+    }
+}
+
+/// [`not_enforced`] for a VirtualService's spec.
+pub fn in_virtual_service(spec: &VirtualServiceSpec) -> Vec<Diagnostic> {
+    let mut out = Out(Vec::new());
+    virtual_service(&mut out, spec);
+    out.0
+}
+
+/// [`not_enforced`] for a DestinationRule's spec.
+pub fn in_destination_rule(spec: &DestinationRuleSpec) -> Vec<Diagnostic> {
+    let mut out = Out(Vec::new());
+    if let Some(tp) = &spec.traffic_policy {
+        traffic_policy(&mut out, "spec.trafficPolicy", tp);
+    }
+    for (i, s) in spec.subsets.iter().enumerate() {
+        if let Some(tp) = &s.traffic_policy {
+            traffic_policy(&mut out, &format!("spec.subsets[{i}].trafficPolicy"), tp);
+        }
     }
     out.0
 }
 
-fn virtual_service(out: &mut Out, spec: &crate::networking::VirtualServiceSpec) {
+/// [`not_enforced`] for a Sidecar's spec.
+pub fn in_sidecar(spec: &SidecarSpec) -> Vec<Diagnostic> {
+    let mut out = Out(Vec::new());
+    if !spec.ingress.is_empty() {
+        out.add(
+            "spec.ingress",
+            "inbound listeners come from the workload's ports; Sidecar ingress is not applied",
+        );
+    }
+    if spec.inbound_connection_pool.is_some() {
+        out.add(
+            "spec.inboundConnectionPool",
+            "connection limits are not applied (no circuit breaking yet)",
+        );
+    }
+    if spec
+        .outbound_traffic_policy
+        .as_ref()
+        .is_some_and(|p| p.egress_proxy.is_some())
+    {
+        out.add(
+            "spec.outboundTrafficPolicy.egressProxy",
+            "unknown destinations are passed through or refused, never sent to an egress proxy",
+        );
+    }
+    out.0
+}
+
+/// [`not_enforced`] for an AuthorizationPolicy's spec.
+pub fn in_authorization_policy(spec: &AuthorizationPolicySpec) -> Vec<Diagnostic> {
+    let mut out = Out(Vec::new());
+    if spec.target_ref.is_some() || !spec.target_refs.is_empty() {
+        let field = if spec.target_ref.is_some() {
+            "spec.targetRef"
+        } else {
+            "spec.targetRefs"
+        };
+        out.add(field, "policies attached to a Gateway or Service bind to gateways and waypoints, which are not built yet; no sidecar applies it");
+    }
+    if spec.action == Some(AuthorizationAction::Custom) {
+        out.add(
+            "spec.provider",
+            "external authorization is not available yet: the requests this policy matches are denied (fail closed)",
+        );
+    }
+    for (i, rule) in spec.rules.iter().enumerate() {
+        for (j, c) in rule.when.iter().enumerate() {
+            if c.key.starts_with("experimental.envoy.filters.") {
+                out.add(
+                    format!("spec.rules[{i}].when[{j}].key"),
+                    format!("{:?} reads Envoy filter metadata, which this proxy does not have: the condition never matches", c.key),
+                );
+            }
+        }
+    }
+    out.0
+}
+
+/// [`not_enforced`] for a RequestAuthentication's spec.
+pub fn in_request_authentication(spec: &RequestAuthenticationSpec) -> Vec<Diagnostic> {
+    let mut out = Out(Vec::new());
+    if spec.target_ref.is_some() || !spec.target_refs.is_empty() {
+        out.add(
+            "spec.targetRefs",
+            "policies attached to a Gateway or Service bind to gateways and waypoints, which are not built yet; no sidecar applies it",
+        );
+    }
+    out.0
+}
+
+fn virtual_service(out: &mut Out, spec: &VirtualServiceSpec) {
     for (i, g) in spec.gateways.iter().enumerate() {
         if g != "mesh" {
             out.add(

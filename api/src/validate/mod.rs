@@ -15,6 +15,14 @@ use crate::resource::Resource;
 
 pub use checks::parse_duration;
 pub use enforced::{NOT_ENFORCED, not_enforced};
+/// The same inventory per resource kind, for the spec alone (pilot's per-proxy report).
+pub mod not_enforced_in {
+    pub use super::enforced::{
+        in_authorization_policy as authorization_policy, in_destination_rule as destination_rule,
+        in_request_authentication as request_authentication, in_sidecar as sidecar,
+        in_virtual_service as virtual_service,
+    };
+}
 
 /// Collects findings, each at a field path.
 #[derive(Default)]

@@ -75,7 +75,9 @@ impl Proto {
     }
 }
 
-const TARGETS: [&str; 5] = ["direct", "haproxy", "nginx", "mesh", "pair"];
+/// `pair-authz` is the pair with one ALLOW AuthorizationPolicy (the client's principal) on
+/// the server sidecar: what enforcing policy adds.
+const TARGETS: [&str; 6] = ["direct", "haproxy", "nginx", "mesh", "pair", "pair-authz"];
 const CONNECTIONS: usize = 64;
 /// The open-loop rate every case is measured at (requests per second).
 const LATENCY_RATE: u64 = 1000;
@@ -128,6 +130,7 @@ impl Setup {
 /// destination, never connected to.
 const TCP_VIP: &str = "127.0.0.3";
 const PAIR_VIP: &str = "127.0.0.4";
+const PAIR_AUTHZ_VIP: &str = "127.0.0.5";
 const TCP_PORT: u16 = 7000;
 const PAIR_HTTP_PORT: u16 = 7001;
 const PAIR_TCP_PORT: u16 = 7002;
@@ -285,6 +288,7 @@ fn start(dir: &Path) -> anyhow::Result<Setup> {
     // server sidecar's inbound listener, which must prove the server identity over mTLS.
     let (ca_runtime, ca_addr, tokens) = start_ca(dir)?;
     let server_inbound = port()?;
+    let authz_inbound = port()?;
     let server_id = format!("spiffe://cluster.local/ns/bench/sa/{SERVER_SA}");
     let state = dir.join("state.yaml");
     std::fs::write(
@@ -298,7 +302,23 @@ fn start(dir: &Path) -> anyhow::Result<Setup> {
              - hostname: pair.bench.svc.cluster.local\n  namespace: bench\n  addresses: [{PAIR_VIP}]\n  \
                ports: [{{port: {PAIR_HTTP_PORT}, name: http}}, {{port: {PAIR_TCP_PORT}, name: tcp}}]\n  \
                endpoints: [{{address: 127.0.0.1, ports: {{http: {server_inbound}, tcp: {server_inbound}}}, \
+                 identity: \"{server_id}\", mesh: true}}]\n\
+             - hostname: pair-authz.bench.svc.cluster.local\n  namespace: bench\n  addresses: [{PAIR_AUTHZ_VIP}]\n  \
+               ports: [{{port: {PAIR_HTTP_PORT}, name: http}}, {{port: {PAIR_TCP_PORT}, name: tcp}}]\n  \
+               endpoints: [{{address: 127.0.0.1, ports: {{http: {authz_inbound}, tcp: {authz_inbound}}}, \
                  identity: \"{server_id}\", mesh: true}}]\n"
+        ),
+    )?;
+    // The same state with one ALLOW policy for the client's principal, for pair-authz's server.
+    let allow = serde_json::json!({"action": "ALLOW", "rules": [{"from": [{"source": {
+        "principals": [format!("cluster.local/ns/bench/sa/{CLIENT_SA}")]}}]}]});
+    let state_authz = dir.join("state-authz.yaml");
+    std::fs::write(
+        &state_authz,
+        format!(
+            "{}authorizationPolicies:\n- name: allow-client\n  namespace: bench\n  specJson: {}\n",
+            std::fs::read_to_string(&state)?,
+            serde_json::to_string(&allow.to_string())?
         ),
     )?;
     let mesh = MeshProxy {
@@ -374,6 +394,42 @@ fn start(dir: &Path) -> anyhow::Result<Setup> {
             procs: vec!["pair-client-tcp", "pair-server"],
         },
     );
+    let authz = MeshProxy {
+        state: &state_authz,
+        ..mesh
+    };
+    authz.start(
+        &mut procs,
+        "pair-authz-server",
+        Some(SERVER_SA),
+        Some(Fixed::Inbound(format!("127.0.0.1:{b}"))),
+        Some(authz_inbound),
+    )?;
+    for (proto, name, port) in [
+        (Proto::Http1, "pair-authz-client", PAIR_HTTP_PORT),
+        (Proto::Tcp, "pair-authz-client-tcp", PAIR_TCP_PORT),
+    ] {
+        let (p, _) = mesh.start(
+            &mut procs,
+            name,
+            Some(CLIENT_SA),
+            Some(Fixed::Outbound(format!("{PAIR_AUTHZ_VIP}:{port}"))),
+            None,
+        )?;
+        let protos: &[Proto] = match proto {
+            Proto::Tcp => &[Proto::Tcp],
+            _ => &[Proto::Http1, Proto::Http2],
+        };
+        for proto in protos {
+            cases.insert(
+                (*proto, "pair-authz"),
+                Case {
+                    addr: addr(p),
+                    procs: vec![name, "pair-authz-server"],
+                },
+            );
+        }
+    }
     let setup = Setup {
         _backend: backend,
         status: addr(s),
@@ -381,13 +437,13 @@ fn start(dir: &Path) -> anyhow::Result<Setup> {
         cases,
         _ca: ca_runtime,
     };
-    check(&setup, &server_id)?;
+    check(&setup, &server_id, addr(authz_inbound))?;
     Ok(setup)
 }
 
 /// Every case answers before anything is measured, and the pair's hop is mTLS with the
 /// identities the CA signed.
-fn check(setup: &Setup, server_id: &str) -> anyhow::Result<()> {
+fn check(setup: &Setup, server_id: &str, authz_inbound: SocketAddr) -> anyhow::Result<()> {
     for ((proto, target), case) in &setup.cases {
         if *proto == Proto::Http2 {
             continue; // plain HTTP/1.1 below; oha's first round shows h2 failures
@@ -413,6 +469,12 @@ fn check(setup: &Setup, server_id: &str) -> anyhow::Result<()> {
         xfcc.contains(&format!("URI={client_id}")) && xfcc.contains(server_id),
         "the pair's hop is not mTLS between {client_id} and {server_id}: the server saw \
          x-forwarded-client-cert {xfcc:?}"
+    );
+    // pair-authz's policy is enforced: a caller without the client's certificate is refused.
+    let (status, _) = bench::http_get(authz_inbound, "/")?;
+    anyhow::ensure!(
+        status == 403,
+        "pair-authz's server let a plaintext caller through ({status}): its policy is not in force"
     );
     Ok(())
 }
@@ -696,6 +758,8 @@ fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
 
     let mut figures: BTreeMap<(Proto, &str), Figures> = BTreeMap::new();
     let mut vs_haproxy: BTreeMap<(Proto, &str), Ratios> = BTreeMap::new();
+    // pair-authz ÷ pair, CPU per request saturated, per round (HTTP/1.1).
+    let mut authz_vs_pair = Vec::new();
     for round in 0..rounds {
         for proto in Proto::ALL {
             let mut saturated: BTreeMap<&str, (f64, f64)> = BTreeMap::new();
@@ -755,6 +819,10 @@ fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
                 f.at_half.added_p50_ms.push(h50);
                 f.at_half.added_p99_ms.push(h99);
             }
+            let (pair, authz) = (saturated["pair"].1, saturated["pair-authz"].1);
+            if proto == Proto::Http1 && pair > 0.0 {
+                authz_vs_pair.push(authz / pair);
+            }
             let (h_sat, h_lat) = (saturated["haproxy"], added(&at_rate, "haproxy"));
             for target in ["mesh", "pair", "nginx"] {
                 let r = vs_haproxy.entry((proto, target)).or_default();
@@ -786,6 +854,7 @@ fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
     let pair_p50 = ratio(Proto::Http1, "pair", |r| &r.added_p50);
     let pair_p99 = ratio(Proto::Http1, "pair", |r| &r.added_p99);
     let reuse = median(figures[&(Proto::Http1, "mesh")].reuse.clone());
+    let authz_cpu = median(authz_vs_pair);
     let failed: u64 = figures
         .values()
         .map(|f| f.failed + f.at_rate.failed + f.at_half.failed)
@@ -857,6 +926,7 @@ fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
             "rps_vs_haproxy": rps_vs,
             "added_p50_pair_vs_haproxy": pair_p50,
             "added_p99_pair_vs_haproxy": pair_p99,
+            "cpu_per_req_pair_authz_vs_pair": authz_cpu,
             "upstream_reuse": reuse,
             "rss_idle_mb": rss_mb(idle_rss),
             "rss_peak_mb": rss_mb(setup.procs["mesh"].peak_rss()),
@@ -918,6 +988,9 @@ fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
         );
         println!(
             "mTLS sidecar pair's added latency ÷ one HAProxy hop's (HTTP/1.1 at {LATENCY_RATE} rps): p50 {pair_p50:.2}, p99 {pair_p99:.2} (target ≤ 2.0 each)"
+        );
+        println!(
+            "one ALLOW AuthorizationPolicy on the pair's server ÷ none (HTTP/1.1, saturated): CPU per request {authz_cpu:.3}"
         );
         println!(
             "mesh proxy RSS: {:.1} MiB idle (target ≤ 10 MB), {:.1} MiB idle with 1000 services and 10,000 endpoints (target ≤ 20 MB); upstream reuse {reuse:.4} (target ≥ 0.99)",

@@ -24,6 +24,8 @@ pub struct Built {
     pub destinations: Vec<String>,
     /// What was left out of it, and why.
     pub rejections: Vec<Rejection>,
+    /// What of it the proxy will not enforce yet (resource and field).
+    pub unenforced: Vec<String>,
 }
 
 fn version_of(bytes: &[u8]) -> String {
@@ -116,6 +118,7 @@ impl Generation {
             resource: encode(SERVICE_TYPE, hostname, aliases, out.encode_to_vec()),
             destinations,
             rejections,
+            unenforced: translate::unenforced::in_service(&self.model, svc, node),
         });
         if let Ok(mut cache) = self.cache.lock() {
             cache.insert(key, built.clone());
@@ -135,6 +138,7 @@ impl Generation {
             ),
             destinations: Vec::new(),
             rejections: Vec::new(),
+            unenforced: translate::unenforced::in_workload(&self.model, node, scope),
         }
     }
 }

@@ -189,9 +189,11 @@ impl Session {
         }
         let mut desired: BTreeMap<String, pb::Resource> = BTreeMap::new();
         let mut rejections = Vec::new();
+        let mut unenforced = Vec::new();
         let mut missing = Vec::new();
         if type_url == WORKLOAD_TYPE {
             let w = generation.workload(&self.node, &scope);
+            unenforced = w.unenforced;
             desired.insert(WORKLOAD_NAME.to_string(), w.resource);
         } else {
             let mut queue: Vec<String> = t.names.iter().cloned().collect();
@@ -212,6 +214,7 @@ impl Session {
                     Some(b) => {
                         queue.extend(b.destinations.iter().cloned());
                         rejections.extend(b.rejections.iter().map(ToString::to_string));
+                        unenforced.extend(b.unenforced.iter().cloned());
                         desired.insert(host, b.resource.clone());
                     }
                     None if explicit.contains(&host) => missing.push(host),
@@ -247,6 +250,19 @@ impl Session {
         removed.extend(missing.into_iter().filter(|m| !t.client.contains_key(m)));
         removed.append(&mut t.not_found);
         t.dirty = more;
+        // What the proxy will not enforce can change while the resources sent do not (a field
+        // no layer reads): recorded whether or not a response goes.
+        let is_services = type_url == SERVICE_TYPE;
+        unenforced.sort();
+        unenforced.dedup();
+        self.status.update(&self.node.id, |s| {
+            if is_services {
+                s.not_enforced_services = unenforced;
+            } else {
+                s.not_enforced_workload = unenforced;
+            }
+        });
+        let t = self.types.get_mut(type_url)?;
         if resources.is_empty() && removed.is_empty() && t.answered {
             return None;
         }
@@ -262,7 +278,6 @@ impl Session {
         t.pending = Some((nonce.clone(), generation.version));
         let version = generation.version;
         let count = desired.len();
-        let is_services = type_url == SERVICE_TYPE;
         self.status.update(&self.node.id, |s| {
             s.sent_version = Some(version);
             if is_services {

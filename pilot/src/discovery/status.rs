@@ -24,6 +24,10 @@ pub struct ProxyStatus {
     pub services: usize,
     /// Configuration left out of its view, with reasons.
     pub rejections: Vec<String>,
+    /// Fields of its own policies and Sidecar it does not enforce yet.
+    pub not_enforced_workload: Vec<String>,
+    /// Fields of its services' DestinationRules and VirtualServices it does not enforce yet.
+    pub not_enforced_services: Vec<String>,
 }
 
 /// Every proxy's status, shared by the streams and the debug endpoints.

@@ -4,6 +4,7 @@
 
 pub mod destination;
 pub mod routes;
+pub mod unenforced;
 
 use std::collections::{BTreeMap, BTreeSet};
 

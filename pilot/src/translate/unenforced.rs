@@ -1,0 +1,89 @@
+//! What of a proxy's view it will not enforce yet, named by resource and field, for `meshctl
+//! proxy-status`: the same inventory `meshctl validate` warns from
+//! (`mesh_api::validate::not_enforced_in`), applied to the resources that reach this proxy.
+
+use mesh_api::Diagnostic;
+use mesh_api::validate::not_enforced_in as inventory;
+
+use super::{ProxyNode, Scope, destination, virtual_service_for};
+use crate::model::{MeshService, Model, namespace_of, policy};
+
+fn lines(
+    out: &mut Vec<String>,
+    kind: &str,
+    meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+    found: Vec<Diagnostic>,
+) {
+    for d in found {
+        out.push(format!(
+            "{kind} {}/{}: {}: {}",
+            namespace_of(meta),
+            meta.name.as_deref().unwrap_or(""),
+            d.field.as_deref().unwrap_or("spec"),
+            d.message
+        ));
+    }
+}
+
+/// The DestinationRules and VirtualService that shape `svc` for `node`.
+pub fn in_service(model: &Model, svc: &MeshService, node: &ProxyNode) -> Vec<String> {
+    let mut out = Vec::new();
+    for dr in destination::rules_for(model, svc, node) {
+        lines(
+            &mut out,
+            "DestinationRule",
+            &dr.metadata,
+            inventory::destination_rule(&dr.spec),
+        );
+    }
+    if let Some(vs) = virtual_service_for(model, &svc.hostname, node) {
+        lines(
+            &mut out,
+            "VirtualService",
+            &vs.metadata,
+            inventory::virtual_service(&vs.spec),
+        );
+    }
+    out
+}
+
+/// The proxy's own policies and Sidecar.
+pub fn in_workload(model: &Model, node: &ProxyNode, scope: &Scope<'_>) -> Vec<String> {
+    let cfg = &model.config;
+    let mut out = Vec::new();
+    for p in policy::authorization_for(
+        &model.authorization_policies,
+        &cfg.root_namespace,
+        &node.namespace,
+        &node.labels,
+    ) {
+        lines(
+            &mut out,
+            "AuthorizationPolicy",
+            &p.metadata,
+            inventory::authorization_policy(&p.spec),
+        );
+    }
+    for p in policy::request_authentication_for(
+        &model.request_authentications,
+        &cfg.root_namespace,
+        &node.namespace,
+        &node.labels,
+    ) {
+        lines(
+            &mut out,
+            "RequestAuthentication",
+            &p.metadata,
+            inventory::request_authentication(&p.spec),
+        );
+    }
+    if let Some(s) = scope.sidecar {
+        lines(
+            &mut out,
+            "Sidecar",
+            &s.metadata,
+            inventory::sidecar(&s.spec),
+        );
+    }
+    out
+}
