@@ -117,6 +117,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             Some(SecureDiscovery {
                 address: *address,
                 tls,
+                ca: None,
             })
         }
         _ => None,

@@ -51,12 +51,23 @@ pub struct PilotConfig {
 }
 
 /// Where and with what certificate pilot serves discovery over mutual TLS.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct SecureDiscovery {
     /// The address (15012).
     pub address: SocketAddr,
     /// Pilot's certificate, key and the mesh roots (see `discovery::tls::server_config`).
     pub tls: Arc<rustls::ServerConfig>,
+    /// The CA, served on the same port to workloads without a certificate yet.
+    pub ca: Option<Arc<mesh_ca::service::CaService>>,
+}
+
+impl std::fmt::Debug for SecureDiscovery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SecureDiscovery")
+            .field("address", &self.address)
+            .field("ca", &self.ca.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 /// Why pilot could not start.
@@ -122,11 +133,11 @@ impl Pilot {
             Some(s) => {
                 let l = bind(s.address, "discovery over mTLS").await?;
                 let addr = l.local_addr().unwrap_or(s.address);
-                Some((l, addr, s.tls.clone()))
+                Some((l, addr, s.tls.clone(), s.ca.clone()))
             }
             None => None,
         };
-        let secure_addr = secure.as_ref().map(|(_, a, _)| *a);
+        let secure_addr = secure.as_ref().map(|(_, a, _, _)| *a);
         let (snap_tx, mut snap_rx) = watch::channel(Arc::new(Snapshot::default()));
         let source_task: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> =
             match &config.source {
@@ -162,11 +173,12 @@ impl Pilot {
             config.debounce,
         )));
         let service = DiscoveryService::new(gen_rx.clone(), status.clone());
-        if let Some((listener, _, tls)) = secure {
+        if let Some((listener, _, tls, ca)) = secure {
             tasks.push(tokio::spawn(discovery::tls::serve_mtls(
                 listener,
                 service.clone(),
                 tls,
+                ca,
                 stopped(shutdown.subscribe()),
             )));
         }

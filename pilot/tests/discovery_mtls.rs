@@ -56,6 +56,7 @@ async fn pilot(ca: &TestCa, dir: &std::path::Path) -> Pilot {
         secure: Some(SecureDiscovery {
             address: "127.0.0.1:0".parse().unwrap(),
             tls: server,
+            ca: None,
         }),
     })
     .await
@@ -193,5 +194,200 @@ async fn plaintext_clients_cannot_use_the_mtls_port() {
     };
     assert!(refused);
     assert!(pilot.status.all().is_empty());
+    pilot.stop().await;
+}
+
+/// TLS to pilot as a workload without a certificate yet: the server checked against the
+/// mesh roots as pilot, the leaf it presented kept for the test to look at.
+#[derive(Clone)]
+struct NoCertConnector {
+    config: Arc<rustls::ClientConfig>,
+    leaf: Arc<std::sync::Mutex<Option<Vec<u8>>>>,
+}
+
+impl tower_service::Service<hyper::Uri> for NoCertConnector {
+    type Response = hyper_util::rt::TokioIo<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>;
+    type Error = std::io::Error;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, uri: hyper::Uri) -> Self::Future {
+        let (config, leaf) = (self.config.clone(), self.leaf.clone());
+        Box::pin(async move {
+            let addr = format!("{}:{}", uri.host().unwrap(), uri.port_u16().unwrap());
+            let tcp = tokio::net::TcpStream::connect(addr).await?;
+            let name = rustls_pki_types::ServerName::IpAddress(
+                uri.host()
+                    .unwrap()
+                    .parse::<std::net::IpAddr>()
+                    .unwrap()
+                    .into(),
+            );
+            let tls = tokio_rustls::TlsConnector::from(config)
+                .connect(name, tcp)
+                .await?;
+            *leaf.lock().unwrap() = tls
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .map(|c| c.to_vec());
+            Ok(hyper_util::rt::TokioIo::new(tls))
+        })
+    }
+}
+
+#[tokio::test]
+async fn the_ca_is_served_over_tls_beside_discovery_and_pilots_certificate_is_renewed() {
+    let ca = TestCa::self_signed("pilot-ca-tls", CaConfig::default());
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("svc.yaml"), SVC).unwrap();
+    let pilot_id = Identity::new("cluster.local", "istio-system", "istiod");
+    let sign_pilot = || {
+        let (key, csr) = csr_for(&[&pilot_id.uri()]);
+        let signed = ca.authority.sign(&csr, &pilot_id, None).unwrap();
+        (
+            signed.chain.concat(),
+            key.serialize_pem(),
+            signed.roots.concat(),
+        )
+    };
+    let (chain, key, roots) = sign_pilot();
+    let serving = tls::ServingCert::new(&chain, &key).unwrap();
+    let tokens = Arc::new(mesh_ca::auth::BootstrapTokens::default());
+    let token = tokens.issue("default", "order");
+    let pilot = Pilot::start(PilotConfig {
+        source: ConfigSource::Folder(dir.path().to_path_buf()),
+        discovery: "127.0.0.1:0".parse().unwrap(),
+        debug: "127.0.0.1:0".parse().unwrap(),
+        mesh: MeshConfig::default(),
+        debounce: Debounce::default(),
+        secure: Some(SecureDiscovery {
+            address: "127.0.0.1:0".parse().unwrap(),
+            tls: tls::server_config_renewable(serving.clone(), &roots).unwrap(),
+            ca: Some(Arc::new(mesh_ca::service::CaService::new(
+                ca.authority.clone(),
+                tokens,
+            ))),
+        }),
+    })
+    .await
+    .unwrap();
+    let url = format!("https://{}", pilot.secure_addr.unwrap());
+    let root_certs: Vec<_> = ca
+        .authority
+        .roots()
+        .iter()
+        .map(|pem| {
+            use rustls_pki_types::pem::PemObject;
+            rustls_pki_types::CertificateDer::from_pem_slice(pem.as_bytes()).unwrap()
+        })
+        .collect();
+    let tls_for = |expected: &str| {
+        mesh_proxy::tls::mtls::ca_client_config(root_certs.clone(), vec![expected.to_string()])
+            .unwrap()
+    };
+    let credential = mesh_api::proto::ca::v1::Credential {
+        kind: Some(mesh_api::proto::ca::v1::credential::Kind::BootstrapToken(
+            token.clone(),
+        )),
+    };
+    // The workload's first certificate, its token sent only inside TLS to a server proven
+    // to be pilot.
+    let first_ca = mesh_proxy::identity::CaClient::new(
+        &url,
+        credential.clone(),
+        Duration::from_secs(3600),
+        Some(tls_for(&pilot_id.uri())),
+    )
+    .unwrap();
+    let svid = request_svid(&first_ca, "spiffe://cluster.local/ns/default/sa/order")
+        .await
+        .unwrap();
+    assert_eq!(svid.identity, "spiffe://cluster.local/ns/default/sa/order");
+    // A server that is not the expected identity gets no token.
+    let wary = mesh_proxy::identity::CaClient::new(
+        &url,
+        credential.clone(),
+        Duration::from_secs(3600),
+        Some(tls_for("spiffe://cluster.local/ns/other/sa/ca")),
+    )
+    .unwrap();
+    assert!(
+        request_svid(&wary, "spiffe://cluster.local/ns/default/sa/order")
+            .await
+            .is_err()
+    );
+    // Plaintext to a CA off loopback is refused before anything is sent.
+    let plain = mesh_proxy::identity::CaClient::new(
+        "http://10.0.0.1:15012",
+        credential,
+        Duration::from_secs(3600),
+        None,
+    );
+    assert!(
+        plain
+            .err()
+            .is_some_and(|e| e.to_string().contains("plaintext")),
+        "plaintext off loopback"
+    );
+    // Without a certificate, discovery on the same port is refused.
+    let connector = NoCertConnector {
+        config: tls_for(&pilot_id.uri()),
+        leaf: Arc::default(),
+    };
+    let channel = tonic::transport::Endpoint::from_shared(url.clone())
+        .unwrap()
+        .connect_with_connector(connector.clone())
+        .await
+        .unwrap();
+    let first = pb::DeltaDiscoveryRequest {
+        node: Some(pb::Node {
+            id: "sidecar~anon".into(),
+            namespace: "default".into(),
+            ..Default::default()
+        }),
+        type_url: mesh_pilot::discovery::SERVICE_TYPE.into(),
+        ..Default::default()
+    };
+    let err = pb::discovery_client::DiscoveryClient::new(channel)
+        .delta_resources(tokio_stream::iter(vec![first]))
+        .await
+        .expect_err("refused");
+    assert_eq!(err.code(), tonic::Code::Unauthenticated, "{err:?}");
+    assert!(pilot.status.all().is_empty());
+    let before = connector.leaf.lock().unwrap().clone().unwrap();
+    assert_eq!(Some(before.clone()), serving.leaf().map(|c| c.to_vec()));
+    // A renewed certificate is what the next handshake presents; pilot did not restart.
+    let (chain, key, _) = sign_pilot();
+    serving.replace(&chain, &key).unwrap();
+    // A new client configuration: one that resumed its TLS session would see no certificate.
+    let connector = NoCertConnector {
+        config: tls_for(&pilot_id.uri()),
+        leaf: Arc::default(),
+    };
+    let channel = tonic::transport::Endpoint::from_shared(url)
+        .unwrap()
+        .connect_with_connector(connector.clone())
+        .await
+        .unwrap();
+    drop(channel);
+    let after = connector.leaf.lock().unwrap().clone().unwrap();
+    assert_ne!(after, before, "the new certificate is served");
+    assert_eq!(Some(after), serving.leaf().map(|c| c.to_vec()));
+    // And the proxy with a certificate still gets its view.
+    let mut state = client(&ca, &pilot, "order", "order").await;
+    tokio::time::timeout(DEADLINE, state.wait_for(|s| !s.source.services.is_empty()))
+        .await
+        .expect("the view arrives over mTLS")
+        .unwrap();
     pilot.stop().await;
 }

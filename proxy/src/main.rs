@@ -8,7 +8,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use mesh_proxy::Listeners;
 use mesh_proxy::init::{self, CaptureConfig, Iptables, NamespaceCheck, Variant};
-use mesh_proxy::run::{self, IdentitySource, RunConfig, StateSource, WorkloadConfig};
+use mesh_proxy::run::{self, CaTls, IdentitySource, RunConfig, StateSource, WorkloadConfig};
 
 /// mimalloc instead of the C library's allocator: every request allocates a dozen small
 /// blocks (headers, buffers, futures), and glibc's malloc and free cost about 8% of a hop's
@@ -86,10 +86,19 @@ struct RunArgs {
     /// How long connections in flight may take to finish after a drain begins, in seconds.
     #[arg(long, default_value_t = 5)]
     drain_timeout_secs: u64,
-    /// The CA to get the workload certificate from (e.g. http://127.0.0.1:15012). Without it
-    /// the proxy has no identity: no mTLS, plaintext between proxies.
+    /// The CA to get the workload certificate from: `https://PILOT:15012` (with
+    /// --ca-root-file), or `http://` to a CA on loopback only. Without it the proxy has no
+    /// identity: no mTLS, plaintext between proxies.
     #[arg(long, value_name = "URL", requires = "bootstrap_token_file")]
     ca_address: Option<String>,
+    /// The mesh's root certificates (PEM), to check an `https://` CA before the bootstrap
+    /// token is sent to it (Istio mounts the same as `root-cert.pem`).
+    #[arg(long, value_name = "FILE")]
+    ca_root_file: Option<PathBuf>,
+    /// The identity an `https://` CA must prove; by default pilot's,
+    /// `spiffe://<trust domain>/ns/istio-system/sa/istiod`.
+    #[arg(long, value_name = "SPIFFE_ID")]
+    ca_identity: Option<String>,
     /// File holding the workload's bootstrap token (written by the local runtime).
     #[arg(long, value_name = "FILE")]
     bootstrap_token_file: Option<PathBuf>,
@@ -287,6 +296,12 @@ fn run_config(args: &RunArgs) -> anyhow::Result<RunConfig> {
             ca_address: ca.clone(),
             bootstrap_token_file: token.clone(),
             cert_ttl: Duration::from_secs(args.cert_ttl_hours * 3600),
+            ca_tls: args.ca_root_file.as_ref().map(|f| CaTls {
+                root_file: f.clone(),
+                identity: args.ca_identity.clone().unwrap_or_else(|| {
+                    format!("spiffe://{}/ns/istio-system/sa/istiod", args.trust_domain)
+                }),
+            }),
         }),
         (Some(_), None) => anyhow::bail!("--bootstrap-token-file is needed with --ca-address"),
     };

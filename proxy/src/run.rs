@@ -4,6 +4,7 @@
 //! or `POST /drain`. Tests and embedders use [`Proxy::launch`] directly; this adds what only a
 //! process has (signals, its own runtime).
 
+use rustls_pki_types::pem::PemObject;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -52,6 +53,18 @@ pub struct IdentitySource {
     pub bootstrap_token_file: PathBuf,
     /// Lifetime asked for (the CA may cap it).
     pub cert_ttl: Duration,
+    /// For an `https://` CA: the mesh root file to check its certificate with, and the identity
+    /// it must prove.
+    pub ca_tls: Option<CaTls>,
+}
+
+/// How the proxy checks the CA it sends its bootstrap token to.
+#[derive(Clone, Debug)]
+pub struct CaTls {
+    /// PEM file with the mesh's root certificates.
+    pub root_file: PathBuf,
+    /// The CA's SPIFFE identity (pilot's, where pilot serves the CA).
+    pub identity: String,
 }
 
 /// Who the workload is.
@@ -114,8 +127,8 @@ pub enum RunError {
     /// A listener.
     #[error(transparent)]
     Bind(#[from] BindError),
-    /// The bootstrap token.
-    #[error("cannot read the bootstrap token {path}: {source}")]
+    /// The bootstrap token or the CA's root file.
+    #[error("cannot read {path}: {source}")]
     Token {
         /// The file.
         path: PathBuf,
@@ -326,7 +339,32 @@ fn start_identity(w: &WorkloadConfig, id: &IdentitySource) -> Result<Svids, RunE
     let credential = Credential {
         kind: Some(Kind::BootstrapToken(token)),
     };
-    let client = CaClient::new(&id.ca_address, credential, id.cert_ttl)?;
+    let tls = match &id.ca_tls {
+        None => None,
+        Some(t) => {
+            let pem = std::fs::read(&t.root_file).map_err(|source| RunError::Token {
+                path: t.root_file.clone(),
+                source,
+            })?;
+            let roots: Vec<_> = rustls_pki_types::CertificateDer::pem_slice_iter(&pem)
+                .collect::<Result<_, _>>()
+                .map_err(|e| {
+                    IdentityError::Ca(format!("--ca-root-file {}: {e}", t.root_file.display()))
+                })?;
+            if roots.is_empty() {
+                return Err(IdentityError::Ca(format!(
+                    "--ca-root-file {}: no certificate in it",
+                    t.root_file.display()
+                ))
+                .into());
+            }
+            Some(
+                crate::tls::mtls::ca_client_config(roots, vec![t.identity.clone()])
+                    .map_err(|e| IdentityError::Ca(e.to_string()))?,
+            )
+        }
+    };
+    let client = CaClient::new(&id.ca_address, credential, id.cert_ttl, tls)?;
     let identity = Identity::new(&w.trust_domain, &w.namespace, &w.service_account).uri();
     let (tx, rx) = watch::channel(None);
     tokio::spawn(crate::identity::keep_fresh(Arc::new(client), identity, tx));

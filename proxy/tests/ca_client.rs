@@ -34,6 +34,7 @@ fn client(endpoint: &str, token: &str) -> CaClient {
             kind: Some(Kind::BootstrapToken(token.into())),
         },
         Duration::from_secs(3600),
+        None,
     )
     .unwrap()
 }

@@ -1,7 +1,9 @@
 //! The control plane of a local mesh: pilot (watching `DIR/config`) and the CA (`DIR/ca`) in
 //! one process, started by `meshctl up` inside the hub namespace and serving on the hub's
-//! address: discovery over mutual TLS on 15012, the CA on 15013, pilot's debug endpoints on
-//! 15014, plaintext discovery on the hub's loopback only (15010).
+//! address: discovery over mutual TLS and the CA over TLS on 15012 (as istiod serves both; a
+//! workload checks pilot with the mesh root file before it sends its bootstrap token), pilot's
+//! debug endpoints on 15014, plaintext discovery on the hub's loopback only (15010). Pilot's
+//! serving certificate is renewed at half its lifetime while the control plane runs.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -20,8 +22,6 @@ use super::state::Layout;
 
 /// Discovery over mutual TLS.
 pub const SECURE_DISCOVERY_PORT: u16 = 15012;
-/// Certificate signing.
-pub const CA_PORT: u16 = 15013;
 /// Pilot's debug endpoints (`/debug/syncz`, `/debug/model`, ...).
 pub const DEBUG_PORT: u16 = 15014;
 /// Plaintext discovery (hub loopback only).
@@ -30,10 +30,53 @@ pub const PLAINTEXT_DISCOVERY_PORT: u16 = 15010;
 pub const PILOT_NAMESPACE: &str = "istio-system";
 /// Pilot's service account.
 pub const PILOT_SERVICE_ACCOUNT: &str = "istiod";
-/// How long pilot's own serving certificate lasts; the control plane renews it by restarting
-/// (`meshctl up` on a mesh whose control plane stopped), so a year keeps a long-lived local mesh
-/// working.
-const PILOT_CERT_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
+/// How long pilot's own serving certificate lasts (Istio's workload default); it is renewed at
+/// half of that while the control plane runs.
+const PILOT_CERT_TTL: Duration = Duration::from_secs(24 * 3600);
+
+/// A fresh key and certificate for pilot: chain, key and roots, PEM.
+fn pilot_certificate(
+    authority: &Authority,
+    pilot_id: &Identity,
+    ttl: Duration,
+) -> anyhow::Result<(String, String, String)> {
+    let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
+    let mut params = CertificateParams::default();
+    params.subject_alt_names = vec![SanType::URI(pilot_id.uri().try_into()?)];
+    let csr = params.serialize_request(&key)?.pem()?;
+    let signed = authority.sign(&csr, pilot_id, Some(ttl))?;
+    Ok((
+        signed.chain.concat(),
+        key.serialize_pem(),
+        signed.roots.concat(),
+    ))
+}
+
+/// Renews pilot's serving certificate at half its lifetime, for as long as it runs; a failed
+/// renewal is retried after a minute (the current certificate still has half its life).
+pub async fn keep_fresh(
+    authority: Arc<Authority>,
+    pilot_id: Identity,
+    serving: Arc<tls::ServingCert>,
+    ttl: Duration,
+) {
+    let mut wait = ttl / 2;
+    loop {
+        tokio::time::sleep(wait).await;
+        let renewed = pilot_certificate(&authority, &pilot_id, ttl)
+            .and_then(|(chain, key, _)| Ok(serving.replace(&chain, &key)?));
+        wait = match renewed {
+            Ok(()) => {
+                tracing::info!("renewed pilot's serving certificate");
+                ttl / 2
+            }
+            Err(e) => {
+                tracing::warn!("renewing pilot's serving certificate: {e:#}; retrying in 60 s");
+                Duration::from_secs(60).min(ttl / 2)
+            }
+        };
+    }
+}
 
 /// Creates the CA's root and intermediate in `DIR/ca` when absent.
 pub fn ensure_ca(layout: &Layout) -> anyhow::Result<()> {
@@ -65,16 +108,17 @@ pub async fn serve(layout: Layout, address: IpAddr) -> anyhow::Result<()> {
         PILOT_NAMESPACE,
         PILOT_SERVICE_ACCOUNT,
     );
-    let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
-    let mut params = CertificateParams::default();
-    params.subject_alt_names = vec![SanType::URI(pilot_id.uri().try_into()?)];
-    let csr = params.serialize_request(&key)?.pem()?;
-    let signed = authority.sign(&csr, &pilot_id, Some(PILOT_CERT_TTL))?;
-    let server_tls = tls::server_config(
-        &signed.chain.concat(),
-        &key.serialize_pem(),
-        &signed.roots.concat(),
-    )?;
+    let (chain, key, roots) = pilot_certificate(&authority, &pilot_id, PILOT_CERT_TTL)?;
+    let serving = tls::ServingCert::new(&chain, &key)?;
+    let server_tls = tls::server_config_renewable(serving.clone(), &roots)?;
+    let renewal = tokio::spawn(keep_fresh(
+        authority.clone(),
+        pilot_id.clone(),
+        serving,
+        PILOT_CERT_TTL,
+    ));
+    let tokens = BootstrapTokens::load(&layout.tokens())?;
+    let ca = Arc::new(CaService::new(authority.clone(), Arc::new(tokens)));
     std::fs::create_dir_all(layout.config())?;
     let pilot = Pilot::start(PilotConfig {
         source: ConfigSource::Folder(layout.config()),
@@ -85,26 +129,13 @@ pub async fn serve(layout: Layout, address: IpAddr) -> anyhow::Result<()> {
         secure: Some(SecureDiscovery {
             address: SocketAddr::new(address, SECURE_DISCOVERY_PORT),
             tls: server_tls,
+            ca: Some(ca),
         }),
     })
     .await?;
-    let tokens = BootstrapTokens::load(&layout.tokens())?;
-    let service = CaService::new(authority, Arc::new(tokens));
-    let ca_addr = SocketAddr::new(address, CA_PORT);
-    let ca_listener = tokio::net::TcpListener::bind(ca_addr)
-        .await
-        .with_context(|| format!("cannot listen on {ca_addr} (CA)"))?;
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let ca = tokio::spawn(async move {
-        let mut stop_rx = stop_rx;
-        mesh_ca::service::serve(ca_listener, service, async move {
-            let _ = stop_rx.wait_for(|s| *s).await;
-        })
-        .await;
-    });
     std::fs::write(layout.control_ready(), std::process::id().to_string())?;
     tracing::info!(
-        "control plane serving: discovery {}, CA {ca_addr}, debug {}",
+        "control plane serving: discovery and CA {}, debug {}",
         pilot.secure_addr.map(|a| a.to_string()).unwrap_or_default(),
         pilot.debug_addr
     );
@@ -115,8 +146,32 @@ pub async fn serve(layout: Layout, address: IpAddr) -> anyhow::Result<()> {
     }
     tracing::info!("control plane stopping");
     let _ = std::fs::remove_file(layout.control_ready());
-    let _ = stop_tx.send(true);
-    let _ = ca.await;
+    renewal.abort();
     pilot.stop().await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn pilots_serving_certificate_is_renewed_at_half_its_life() {
+        let dir = tempfile::tempdir().unwrap();
+        let (authority, _) = Authority::load_or_create(dir.path(), ca_config()).unwrap();
+        let authority = Arc::new(authority);
+        let id = Identity::new("cluster.local", PILOT_NAMESPACE, PILOT_SERVICE_ACCOUNT);
+        let (chain, key, _) = pilot_certificate(&authority, &id, PILOT_CERT_TTL).unwrap();
+        let serving = tls::ServingCert::new(&chain, &key).unwrap();
+        let first = serving.leaf().unwrap();
+        let renewal = tokio::spawn(keep_fresh(authority, id, serving.clone(), PILOT_CERT_TTL));
+        tokio::time::sleep(PILOT_CERT_TTL / 2 - Duration::from_secs(1)).await;
+        assert_eq!(serving.leaf().unwrap(), first, "not before half its life");
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let second = serving.leaf().unwrap();
+        assert_ne!(second, first, "renewed at half its life");
+        tokio::time::sleep(PILOT_CERT_TTL / 2).await;
+        assert_ne!(serving.leaf().unwrap(), second, "and again");
+        renewal.abort();
+    }
 }

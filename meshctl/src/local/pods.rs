@@ -11,7 +11,10 @@ use std::time::Duration;
 
 use mesh_ca::auth::BootstrapTokens;
 
-use super::control::{CA_PORT, DEBUG_PORT, SECURE_DISCOVERY_PORT};
+use super::control::{DEBUG_PORT, SECURE_DISCOVERY_PORT};
+
+/// The mesh's trust bundle, as the CA writes it and as each sidecar gets a copy.
+const ROOT_CERT_FILE: &str = "root-cert.pem";
 use super::net::{self, HUB_ADDRESS};
 use super::process::{self, Recorded};
 use super::state::{self, PodRecord};
@@ -240,6 +243,12 @@ impl Mesh {
             std::os::unix::fs::chown(&path, Some(PROXY_UID), Some(PROXY_UID))
         };
         write().map_err(|e| RuntimeError::io(format!("writing {}", path.display()), e))?;
+        // The mesh root beside it, for the sidecar to check pilot before it sends the token
+        // (Istio mounts the same as root-cert.pem).
+        let root = dir.join(ROOT_CERT_FILE);
+        std::fs::copy(self.layout.ca().join(ROOT_CERT_FILE), &root)
+            .and_then(|_| std::os::unix::fs::chown(&root, Some(PROXY_UID), Some(PROXY_UID)))
+            .map_err(|e| RuntimeError::io(format!("writing {}", root.display()), e))?;
         Ok(path)
     }
 
@@ -266,7 +275,9 @@ impl Mesh {
                 .arg("--discovery-address")
                 .arg(format!("https://{HUB_ADDRESS}:{SECURE_DISCOVERY_PORT}"))
                 .arg("--ca-address")
-                .arg(format!("http://{HUB_ADDRESS}:{CA_PORT}"))
+                .arg(format!("https://{HUB_ADDRESS}:{SECURE_DISCOVERY_PORT}"))
+                .arg("--ca-root-file")
+                .arg(token.with_file_name(ROOT_CERT_FILE))
                 .arg("--bootstrap-token-file")
                 .arg(token)
                 .args(["--namespace", &pod.namespace])

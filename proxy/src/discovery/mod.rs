@@ -54,10 +54,10 @@ pub struct PilotTls {
     pub pilot_identity: String,
 }
 
-/// Opens TCP then mutual TLS to pilot, for tonic.
+/// Opens TCP then TLS (as `config` says) to pilot or the CA, for tonic.
 #[derive(Clone)]
-struct TlsConnector {
-    config: Arc<rustls::ClientConfig>,
+pub(crate) struct TlsConnector {
+    pub(crate) config: Arc<rustls::ClientConfig>,
 }
 
 impl tower_service::Service<http::Uri> for TlsConnector {

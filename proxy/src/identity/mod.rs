@@ -77,17 +77,54 @@ pub struct CaClient {
 }
 
 impl CaClient {
-    /// A client of the CA at `endpoint` (e.g. `http://127.0.0.1:15012`); connects lazily, so a
-    /// CA that is not up yet is retried by the caller's backoff.
+    /// A client of the CA at `endpoint` (`https://pilot:15012` with `tls`, the mesh root file's
+    /// trust; `http://` only for a CA on loopback); connects lazily, so a CA that is not up yet
+    /// is retried by the caller's backoff.
     pub fn new(
         endpoint: &str,
         credential: Credential,
         validity: Duration,
+        tls: Option<Arc<rustls::ClientConfig>>,
     ) -> Result<Self, IdentityError> {
-        let channel = tonic::transport::Endpoint::from_shared(endpoint.to_string())
+        let uri: http::Uri = endpoint
+            .parse()
+            .map_err(|e| IdentityError::Ca(format!("{endpoint}: {e}")))?;
+        let loopback = uri
+            .host()
+            .map(|h| h.trim_start_matches('[').trim_end_matches(']'))
+            .is_some_and(|h| {
+                h == "localhost"
+                    || h.parse::<std::net::IpAddr>()
+                        .is_ok_and(|ip| ip.is_loopback())
+            });
+        match (uri.scheme_str(), &tls) {
+            (Some("https"), Some(_)) => {}
+            (Some("https"), None) => {
+                return Err(IdentityError::Ca(format!(
+                    "{endpoint}: TLS to the CA needs the mesh root to check it: give --ca-root-file"
+                )));
+            }
+            (Some("http"), None) if loopback => {}
+            (Some("http"), _) => {
+                return Err(IdentityError::Ca(format!(
+                    "{endpoint}: the bootstrap token would cross the network in plaintext; use https:// (with --ca-root-file)"
+                )));
+            }
+            _ => {
+                return Err(IdentityError::Ca(format!(
+                    "{endpoint}: the CA address must be https://HOST:PORT"
+                )));
+            }
+        }
+        let endpoint_cfg = tonic::transport::Endpoint::from_shared(endpoint.to_string())
             .map_err(|e| IdentityError::Ca(format!("{endpoint}: {e}")))?
-            .connect_timeout(Duration::from_secs(5))
-            .connect_lazy();
+            .connect_timeout(Duration::from_secs(5));
+        let channel = match tls {
+            Some(config) => {
+                endpoint_cfg.connect_with_connector_lazy(crate::discovery::TlsConnector { config })
+            }
+            None => endpoint_cfg.connect_lazy(),
+        };
         Ok(Self {
             client: CertificatesClient::new(channel),
             credential,

@@ -71,18 +71,29 @@ impl ResolvesClientCert for SvidResolver {
 }
 
 /// Verifies a peer chain against the current roots for `usage`; returns the peer's identity.
+/// Where a verifier's trust anchors come from.
+enum Roots {
+    /// The mesh roots that came with the workload's certificate (followed through rotations).
+    Svids(Svids),
+    /// A fixed bundle (the root file a workload holds before it has a certificate).
+    Fixed(Vec<CertificateDer<'static>>),
+}
+
 fn verify_chain(
-    svids: &Svids,
+    roots: &Roots,
     end_entity: &CertificateDer<'_>,
     intermediates: &[CertificateDer<'_>],
     now: UnixTime,
     usage: webpki::KeyUsage,
 ) -> Result<String, rustls::Error> {
-    let roots = svids
-        .borrow()
-        .as_ref()
-        .map(|s| s.roots.clone())
-        .unwrap_or_default();
+    let roots = match roots {
+        Roots::Svids(svids) => svids
+            .borrow()
+            .as_ref()
+            .map(|s| s.roots.clone())
+            .unwrap_or_default(),
+        Roots::Fixed(r) => r.clone(),
+    };
     if roots.is_empty() {
         return Err(rustls::Error::General(
             "no mesh roots yet: the workload has no certificate".into(),
@@ -115,7 +126,7 @@ fn verify_chain(
 
 /// The client side: the server must chain to the roots and be `expected`.
 struct ServerIdentityVerifier {
-    svids: Svids,
+    roots: Roots,
     expected: Vec<String>,
     provider: Arc<CryptoProvider>,
 }
@@ -136,7 +147,7 @@ impl ServerCertVerifier for ServerIdentityVerifier {
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
         let id = verify_chain(
-            &self.svids,
+            &self.roots,
             end_entity,
             intermediates,
             now,
@@ -211,7 +222,7 @@ impl ClientCertVerifier for MeshClientVerifier {
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
         verify_chain(
-            &self.svids,
+            &Roots::Svids(self.svids.clone()),
             end_entity,
             intermediates,
             now,
@@ -286,7 +297,7 @@ pub fn client_config(
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(ServerIdentityVerifier {
-            svids: svids.clone(),
+            roots: Roots::Svids(svids.clone()),
             expected,
             provider,
         }))
@@ -298,4 +309,25 @@ pub fn client_config(
 /// The identity a peer proved in a finished handshake.
 pub fn peer_identity(conn: &rustls::CommonState) -> Option<String> {
     conn.peer_certificates()?.first().and_then(spiffe_id)
+}
+
+/// The client side towards the CA, before the workload has a certificate: no client
+/// certificate (the bootstrap token in the request proves who it is), the server checked
+/// against `roots` (the mesh root file) and required to be one of `expected`.
+pub fn ca_client_config(
+    roots: Vec<CertificateDer<'static>>,
+    expected: Vec<String>,
+) -> Result<Arc<ClientConfig>, ConfigError> {
+    let provider = provider();
+    let mut cfg = ClientConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(ServerIdentityVerifier {
+            roots: Roots::Fixed(roots),
+            expected,
+            provider,
+        }))
+        .with_no_client_auth();
+    cfg.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(Arc::new(cfg))
 }
