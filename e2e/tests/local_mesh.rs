@@ -695,6 +695,12 @@ fn demo_reports_the_seed_in_json_and_cleans_up() {
     assert!((52..=148).contains(&v2), "v2 got {v2}");
     assert!(r["p50_ms"].as_f64().unwrap() > 0.0);
     assert!(r["p99_ms"].as_f64().unwrap() >= r["p50_ms"].as_f64().unwrap());
+    // The demo claims only what is enforced: the circuit breaker it applies is listed.
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        log.contains("DestinationRule default/inventory-service: spec.trafficPolicy.connectionPool: accepted, not enforced yet"),
+        "{log}"
+    );
     // Cleaned up: no record, so no namespace of it either.
     assert!(!dir.path().join("runtime.json").exists());
 }
