@@ -3,7 +3,9 @@
 //! watch channel per handshake, so a renewed certificate is used by new connections while
 //! established ones carry on.
 
+mod connector;
 mod manager;
+pub(crate) use connector::TlsConnector;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -120,9 +122,7 @@ impl CaClient {
             .map_err(|e| IdentityError::Ca(format!("{endpoint}: {e}")))?
             .connect_timeout(Duration::from_secs(5));
         let channel = match tls {
-            Some(config) => {
-                endpoint_cfg.connect_with_connector_lazy(crate::discovery::TlsConnector { config })
-            }
+            Some(config) => endpoint_cfg.connect_with_connector_lazy(TlsConnector { config }),
             None => endpoint_cfg.connect_lazy(),
         };
         Ok(Self {
