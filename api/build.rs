@@ -20,10 +20,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "mesh/discovery/v1/discovery.proto",
         "mesh/ca/v1/ca.proto",
         "mesh/state/v1/state.proto",
+        "envoy/service/auth/v3/external_auth.proto",
     ];
-    for f in &files {
-        println!("cargo:rerun-if-changed=proto/{f}");
-    }
+    println!("cargo:rerun-if-changed=proto");
     let fds = protox::compile(files, ["proto"])?;
     let mut config = tonic_prost_build::configure();
     // Enum fields are `i32` in prost; in files they read and write as the value's name.

@@ -37,6 +37,8 @@ pub enum Kind {
     Deployment,
     /// discovery.k8s.io/v1 EndpointSlice.
     EndpointSlice,
+    /// core/v1 ConfigMap (of which the mesh reads only `istio` in the root namespace).
+    ConfigMap,
 }
 
 const NETWORKING: &str = "networking.istio.io";
@@ -46,7 +48,7 @@ const SECURITY_VERSIONS: &[&str] = &["v1", "v1beta1"];
 
 impl Kind {
     /// Every kind, Istio's first.
-    pub const ALL: [Kind; 16] = [
+    pub const ALL: [Kind; 17] = [
         Kind::VirtualService,
         Kind::DestinationRule,
         Kind::Gateway,
@@ -63,6 +65,7 @@ impl Kind {
         Kind::Pod,
         Kind::Deployment,
         Kind::EndpointSlice,
+        Kind::ConfigMap,
     ];
 
     /// The `kind:` string.
@@ -84,6 +87,7 @@ impl Kind {
             Kind::Pod => "Pod",
             Kind::Deployment => "Deployment",
             Kind::EndpointSlice => "EndpointSlice",
+            Kind::ConfigMap => "ConfigMap",
         }
     }
 
@@ -100,7 +104,11 @@ impl Kind {
             Kind::PeerAuthentication | Kind::AuthorizationPolicy | Kind::RequestAuthentication => {
                 SECURITY
             }
-            Kind::Namespace | Kind::Service | Kind::ServiceAccount | Kind::Pod => "",
+            Kind::Namespace
+            | Kind::Service
+            | Kind::ServiceAccount
+            | Kind::Pod
+            | Kind::ConfigMap => "",
             Kind::Deployment => "apps",
             Kind::EndpointSlice => "discovery.k8s.io",
         }

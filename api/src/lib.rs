@@ -12,6 +12,7 @@ pub mod diagnostic;
 pub mod identity;
 pub mod kinds;
 pub mod load;
+pub mod mesh_config;
 pub mod networking;
 pub mod proto;
 pub mod resource;

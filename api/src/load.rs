@@ -471,7 +471,14 @@ fn parse_typed(kind: Kind, text: &str) -> Result<Resource, Found> {
         Kind::Pod => Resource::Pod(Box::new(deserialize(text)?)),
         Kind::Deployment => Resource::Deployment(Box::new(deserialize(text)?)),
         Kind::EndpointSlice => Resource::EndpointSlice(Box::new(deserialize(text)?)),
+        Kind::ConfigMap => Resource::ConfigMap(Box::new(deserialize(text)?)),
     })
+}
+
+/// Parses YAML text into `T` strictly, the error naming the failing field (not the line: the
+/// text may sit inside another document).
+pub(crate) fn parse_value<T: DeserializeOwned>(text: &str) -> Result<T, Box<Diagnostic>> {
+    deserialize(text).map_err(|found| Box::new(found.0))
 }
 
 /// Deserializes with the path of any failing field, and its line when the parser knows it.

@@ -21,6 +21,46 @@ pub mod state {
     }
 }
 
+/// Envoy's external authorization protocol (a subset, with Envoy's field numbers), which
+/// CUSTOM AuthorizationPolicies speak to `envoyExtAuthzGrpc` providers.
+pub mod envoy {
+    /// `envoy.service`.
+    pub mod service {
+        /// `envoy.service.auth`.
+        pub mod auth {
+            /// `envoy.service.auth.v3`.
+            pub mod v3 {
+                tonic::include_proto!("envoy.service.auth.v3");
+            }
+        }
+    }
+    /// `envoy.config`.
+    pub mod config {
+        /// `envoy.config.core`.
+        pub mod core {
+            /// `envoy.config.core.v3`.
+            pub mod v3 {
+                tonic::include_proto!("envoy.config.core.v3");
+            }
+        }
+    }
+    /// `envoy.type`.
+    pub mod r#type {
+        /// `envoy.type.v3`.
+        pub mod v3 {
+            tonic::include_proto!("envoy.r#type.v3");
+        }
+    }
+}
+
+/// `google.rpc`.
+pub mod google {
+    /// `google.rpc`: the status a gRPC service reports.
+    pub mod rpc {
+        tonic::include_proto!("google.rpc");
+    }
+}
+
 /// Names both ends of the discovery stream use: resource types and the names with a meaning.
 pub mod names {
     /// Type of the per-service resources (`mesh.state.v1.Service`, named by host).

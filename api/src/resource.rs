@@ -1,7 +1,7 @@
 //! A typed resource of any kind the mesh reads.
 
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Namespace, Pod, Service, ServiceAccount};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Service, ServiceAccount};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde::Serialize;
@@ -67,6 +67,7 @@ resources! {
     Pod(Pod),
     Deployment(Deployment),
     EndpointSlice(EndpointSlice),
+    ConfigMap(ConfigMap),
 }
 
 impl Resource {

@@ -143,7 +143,11 @@ impl Pilot {
             match &config.source {
                 ConfigSource::Folder(dir) => Box::pin(watch_folder(Folder::new(dir), snap_tx)?),
                 ConfigSource::Kubernetes(client) => {
-                    let run = crate::source::kube::run(client.clone(), snap_tx, Default::default());
+                    let options = crate::source::kube::KubeOptions {
+                        root_namespace: config.mesh.root_namespace.clone(),
+                        ..Default::default()
+                    };
+                    let run = crate::source::kube::run(client.clone(), snap_tx, options);
                     let task = tokio::spawn(run);
                     // Pilot serves nothing before the cluster has been read once.
                     let _ = snap_rx.wait_for(|s| s.revision > 0).await;

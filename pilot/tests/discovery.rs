@@ -353,8 +353,9 @@ fn what_a_proxy_will_not_enforce_is_in_its_status_and_goes_when_fixed() {
     );
     assert_eq!(s.not_enforced_workload.len(), 1, "{s:?}");
     assert!(
-        s.not_enforced_workload[0]
-            .starts_with("AuthorizationPolicy shop/ext: spec.provider: accepted, not enforced yet"),
+        s.not_enforced_workload[0].starts_with(
+            "AuthorizationPolicy shop/ext: spec.provider.name: provider \"opa\" is not among the mesh configuration's extensionProviders"
+        ),
         "{s:?}"
     );
     // The DestinationRule without its connection pool: nothing left to report for services.
@@ -363,4 +364,30 @@ fn what_a_proxy_will_not_enforce_is_in_its_status_and_goes_when_fixed() {
     let s = &status.all()[0];
     assert!(s.not_enforced_services.is_empty(), "{s:?}");
     assert_eq!(s.not_enforced_workload.len(), 1, "{s:?}");
+    // A provider the registry cannot resolve is reported too: its checks fail.
+    let mesh = |service: &str| {
+        format!(
+            "---\napiVersion: v1\nkind: ConfigMap\nmetadata: {{name: istio, namespace: istio-system}}\ndata:\n  mesh: |\n    extensionProviders:\n    - name: opa\n      envoyExtAuthzGrpc: {{service: {service}, port: 9191}}\n"
+        )
+    };
+    let opa = "---\napiVersion: v1\nkind: Service\nmetadata: {name: opa, namespace: shop}\nspec:\n  selector: {app: opa}\n  ports: [{name: grpc, port: 9191}]\n";
+    session.generation(generation(
+        3,
+        &format!("{base}{custom}{}", mesh("opa.elsewhere.svc.cluster.local")),
+    ));
+    settle(&mut session, &mut client);
+    let s = &status.all()[0];
+    assert_eq!(s.not_enforced_workload.len(), 1, "{s:?}");
+    assert!(
+        s.not_enforced_workload[0].contains("names a service the registry does not have"),
+        "{s:?}"
+    );
+    // With the provider in the mesh configuration and its service known, CUSTOM is enforced.
+    session.generation(generation(
+        4,
+        &format!("{base}{custom}{opa}{}", mesh("shop/opa.shop.svc.cluster.local")),
+    ));
+    settle(&mut session, &mut client);
+    let s = &status.all()[0];
+    assert!(s.not_enforced_workload.is_empty(), "{s:?}");
 }

@@ -215,3 +215,52 @@ fn seed_order_view() {
     );
     golden("seed-order", &v.state);
 }
+
+#[test]
+fn custom_policies_carry_their_authorizers_from_the_mesh_configuration() {
+    // Istio's ext-authz task: the mesh configuration names two authorizers; a CUSTOM policy
+    // on httpbin uses the HTTP one. Only httpbin's view carries it, with its service resolved.
+    let yaml = r#"
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: istio, namespace: istio-system}
+data:
+  mesh: |
+    extensionProviders:
+    - name: sample-ext-authz-grpc
+      envoyExtAuthzGrpc: {service: ext-authz.foo.svc.cluster.local, port: 9000}
+    - name: sample-ext-authz-http
+      envoyExtAuthzHttp:
+        service: foo/ext-authz.foo.svc.cluster.local
+        port: 8000
+        includeRequestHeadersInCheck: ["x-ext-authz"]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: ext-authz, namespace: foo}
+spec:
+  selector: {app: ext-authz}
+  ports: [{name: http, port: 8000}, {name: grpc, port: 9000}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: ext-authz, namespace: foo}
+spec:
+  selector: {matchLabels: {app: httpbin}}
+  action: CUSTOM
+  provider: {name: sample-ext-authz-http}
+  rules: [{to: [{operation: {paths: ["/headers"]}}]}]
+"#;
+    let m = testing::model(&testing::resources(yaml));
+    let httpbin = view(&m, &node("foo", &[("app", "httpbin")], "10.0.0.40"));
+    let providers = &httpbin.state.extension_providers;
+    assert_eq!(providers.len(), 1, "{providers:?}");
+    assert_eq!(providers[0].name, "sample-ext-authz-http");
+    assert_eq!(providers[0].host, "ext-authz.foo.svc.cluster.local");
+    let spec: serde_json::Value = serde_json::from_str(&providers[0].spec_json).unwrap();
+    assert_eq!(spec["envoyExtAuthzHttp"]["port"], 8000);
+    // The proxy accepts what pilot sends.
+    mesh_proxy::state::State::compile(httpbin.state.clone()).unwrap();
+    let other = view(&m, &node("foo", &[("app", "curl")], "10.0.0.41"));
+    assert!(other.state.extension_providers.is_empty());
+}

@@ -84,7 +84,7 @@ fn ten_policies() -> Policies {
             "to": [{"operation": {"methods": ["GET", "POST"],
                 "paths": ["/api/*", "/orders/{*}/items"], "hosts": ["shipping*"]}}]}]}),
     ));
-    Policies::compile(&ps).unwrap()
+    Policies::compile(&ps, &[]).unwrap()
 }
 
 fn request_headers() -> HeaderMap {
@@ -145,11 +145,14 @@ fn authz(c: &mut Criterion) {
     g.bench_function("ten_policies_tcp_connection", |b| {
         b.iter(|| black_box(policies.evaluate(black_box(&tcp))).denied);
     });
-    let one = Policies::compile(&[policy(
-        "allow-order",
-        json!({"action": "ALLOW", "rules": [{"from": [{"source": {
+    let one = Policies::compile(
+        &[policy(
+            "allow-order",
+            json!({"action": "ALLOW", "rules": [{"from": [{"source": {
             "principals": ["cluster.local/ns/default/sa/order"]}}]}]}),
-    )])
+        )],
+        &[],
+    )
     .unwrap();
     assert!(!one.evaluate(&allowed).denied);
     g.bench_function("one_allow_principal", |b| {

@@ -9,7 +9,7 @@ use crate::networking::{
     DestinationRuleSpec, LoadBalancerSettings, SidecarSpec, TrafficPolicy, VirtualServiceSpec,
 };
 use crate::resource::Resource;
-use crate::security::{AuthorizationAction, AuthorizationPolicySpec, RequestAuthenticationSpec};
+use crate::security::{AuthorizationPolicySpec, RequestAuthenticationSpec};
 
 /// The start of every such warning, so tools can tell them from other warnings.
 pub const NOT_ENFORCED: &str = "accepted, not enforced yet";
@@ -112,12 +112,6 @@ pub fn in_authorization_policy(spec: &AuthorizationPolicySpec) -> Vec<Diagnostic
             "spec.targetRefs"
         };
         out.add(field, "policies attached to a Gateway or Service bind to gateways and waypoints, which are not built yet; no sidecar applies it");
-    }
-    if spec.action == Some(AuthorizationAction::Custom) {
-        out.add(
-            "spec.provider",
-            "external authorization is not available yet: the requests this policy matches are denied (fail closed)",
-        );
     }
     for (i, rule) in spec.rules.iter().enumerate() {
         for (j, c) in rule.when.iter().enumerate() {
@@ -313,14 +307,11 @@ mod tests {
     }
 
     #[test]
-    fn custom_authorization_fails_closed_and_says_so() {
+    fn custom_authorization_is_enforced() {
+        // The provider is checked against the mesh configuration by pilot (proxy-status).
         let w = warnings(
             "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: ext}\nspec:\n  action: CUSTOM\n  provider: {name: opa}\n  rules: [{}]\n",
         );
-        assert_eq!(w.len(), 1);
-        assert!(
-            w[0].starts_with("spec.provider: accepted, not enforced yet")
-                && w[0].contains("denied")
-        );
+        assert!(w.is_empty(), "{w:?}");
     }
 }

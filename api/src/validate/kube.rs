@@ -3,7 +3,7 @@
 use std::collections::BTreeSet;
 
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::core::v1::{ConfigMap, Service};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::Findings;
@@ -117,5 +117,24 @@ pub(crate) fn deployment(f: &mut Findings, d: &Deployment) {
                 format!("selector {k}={v} does not match the pod template's labels (spec.template.metadata.labels)"),
             );
         }
+    }
+}
+
+/// The mesh configuration (ConfigMap `istio`, key `mesh`); other ConfigMaps are the
+/// applications' own and have no rules here.
+pub(crate) fn config_map(f: &mut Findings, cm: &ConfigMap) {
+    if cm.metadata.name.as_deref() != Some(crate::mesh_config::CONFIG_MAP) {
+        return;
+    }
+    let Some(text) = cm
+        .data
+        .as_ref()
+        .and_then(|d| d.get(crate::mesh_config::KEY))
+    else {
+        return;
+    };
+    match crate::mesh_config::MeshConfigSpec::parse(text) {
+        Ok(spec) => f.out.extend(spec.validate()),
+        Err(d) => f.out.push(*d),
     }
 }

@@ -63,6 +63,7 @@ pub fn validate(resource: &Resource) -> Vec<Diagnostic> {
         Resource::RequestAuthentication(r) => security::request_authentication(&mut f, ns, &r.spec),
         Resource::Service(r) => kube::service(&mut f, r),
         Resource::Deployment(r) => kube::deployment(&mut f, r),
+        Resource::ConfigMap(r) => kube::config_map(&mut f, r),
         Resource::Namespace(_)
         | Resource::ServiceAccount(_)
         | Resource::Pod(_)

@@ -13,6 +13,7 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use mesh_api::Resource;
+use mesh_api::mesh_config::{self, MeshConfigSpec};
 use mesh_api::networking::{DestinationRule, Sidecar, VirtualService};
 use mesh_api::security::{AuthorizationPolicy, PeerAuthentication, RequestAuthentication};
 
@@ -80,6 +81,9 @@ pub struct Model {
     /// Contents of files that DestinationRules name (CA certificates, client certificates and
     /// keys for TLS origination), read by the source; absent files are rejections.
     pub files: BTreeMap<String, String>,
+    /// Istio's mesh configuration, from the ConfigMap `istio` in the root namespace (its
+    /// extension providers: the external authorizers CUSTOM policies name).
+    pub mesh: MeshConfigSpec,
 }
 
 pub use select::{Selector, namespace_of, oldest_first};
@@ -119,6 +123,16 @@ impl Model {
                 }
                 Resource::RequestAuthentication(p) => {
                     model.request_authentications.push((**p).clone());
+                }
+                Resource::ConfigMap(c) => {
+                    if c.metadata.name.as_deref() == Some(mesh_config::CONFIG_MAP)
+                        && c.metadata.namespace.as_deref() == Some(&model.config.root_namespace)
+                        && let Some(text) = c.data.as_ref().and_then(|d| d.get(mesh_config::KEY))
+                    {
+                        // Validated on the way in; a config that cannot be read is refused
+                        // there, so none is kept here.
+                        model.mesh = MeshConfigSpec::parse(text).unwrap_or_default();
+                    }
                 }
                 Resource::Gateway(_)
                 | Resource::WorkloadGroup(_)

@@ -8,13 +8,17 @@
 //! into its `status.validationMessages` (cleared again once a valid version arrives), as
 //! istiod's analysis does. The first snapshot is published only when every reflector has
 //! listed, so pilot never pushes a half-read mesh.
+//!
+//! The mesh configuration is read as Istio keeps it: the ConfigMap `istio` in the root
+//! namespace (key `mesh`). A version that does not validate is logged and the last good one
+//! kept.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams};
 use kube::runtime::reflector::{self, Store};
@@ -50,6 +54,8 @@ pub struct KubeOptions {
     pub write_status: bool,
     /// Field manager name for status writes.
     pub field_manager: String,
+    /// The root namespace, where the mesh configuration (ConfigMap `istio`) lives.
+    pub root_namespace: String,
 }
 
 impl Default for KubeOptions {
@@ -57,6 +63,7 @@ impl Default for KubeOptions {
         KubeOptions {
             write_status: true,
             field_manager: "mesh-pilot".into(),
+            root_namespace: crate::model::peer_authentication::DEFAULT_ROOT_NAMESPACE.into(),
         }
     }
 }
@@ -78,6 +85,7 @@ struct Stores {
     slices: Store<EndpointSlice>,
     pods: Store<Pod>,
     namespaces: Store<Namespace>,
+    mesh: Store<ConfigMap>,
     istio: Vec<(Kind, Store<DynamicObject>)>,
 }
 
@@ -86,6 +94,8 @@ struct Stores {
 struct Memory {
     accepted: BTreeMap<(String, String), Resource>,
     written: BTreeMap<(String, String), Option<String>>,
+    /// The last mesh configuration that validated.
+    mesh: Option<Resource>,
 }
 
 /// Runs the source until `tx` has no receivers.
@@ -107,8 +117,26 @@ pub async fn run(client: Client, tx: watch::Sender<Arc<Snapshot>>, options: Kube
             + 'static,
         K::DynamicType: Eq + std::hash::Hash + Clone + Send + Sync,
     {
+        start_with(api, watcher::Config::default(), writer, changed)
+    }
+    fn start_with<K>(
+        api: Api<K>,
+        config: watcher::Config,
+        writer: reflector::store::Writer<K>,
+        changed: Arc<Notify>,
+    ) -> tokio::task::JoinHandle<()>
+    where
+        K: kube::Resource
+            + Clone
+            + serde::de::DeserializeOwned
+            + std::fmt::Debug
+            + Send
+            + Sync
+            + 'static,
+        K::DynamicType: Eq + std::hash::Hash + Clone + Send + Sync,
+    {
         tokio::spawn(async move {
-            let stream = reflector::reflector(writer, watcher(api, watcher::Config::default()))
+            let stream = reflector::reflector(writer, watcher(api, config))
                 .default_backoff()
                 .touched_objects();
             futures_util::pin_mut!(stream);
@@ -140,6 +168,16 @@ pub async fn run(client: Client, tx: watch::Sender<Arc<Snapshot>>, options: Kube
         w,
         changed.clone(),
     ));
+    let (mesh, w) = reflector::store();
+    tasks.push(start_with(
+        Api::<ConfigMap>::namespaced(client.clone(), &options.root_namespace),
+        watcher::Config::default().fields(&format!(
+            "metadata.name={}",
+            mesh_api::mesh_config::CONFIG_MAP
+        )),
+        w,
+        changed.clone(),
+    ));
     let mut istio = Vec::new();
     for kind in ISTIO_KINDS {
         let ar = api_resource(kind);
@@ -156,6 +194,7 @@ pub async fn run(client: Client, tx: watch::Sender<Arc<Snapshot>>, options: Kube
         slices,
         pods,
         namespaces,
+        mesh,
         istio,
     };
     // Nothing is published before every reflector has listed once.
@@ -164,6 +203,7 @@ pub async fn run(client: Client, tx: watch::Sender<Arc<Snapshot>>, options: Kube
         stores.slices.wait_until_ready().await.ok()?;
         stores.pods.wait_until_ready().await.ok()?;
         stores.namespaces.wait_until_ready().await.ok()?;
+        stores.mesh.wait_until_ready().await.ok()?;
         for (_, s) in &stores.istio {
             s.wait_until_ready().await.ok()?;
         }
@@ -310,6 +350,34 @@ fn snapshot(
     }
     resources.extend(accepted.values().cloned().map(Arc::new));
     mem.accepted = accepted;
+    let mesh = stores.mesh.state().first().map(|cm| (**cm).clone());
+    match mesh {
+        None => mem.mesh = None,
+        Some(cm) => {
+            let resource = Resource::ConfigMap(Box::new(cm));
+            let errors: Vec<Diagnostic> = mesh_api::validate::validate(&resource)
+                .into_iter()
+                .filter(|d| d.severity == mesh_api::Severity::Error)
+                .map(|d| Diagnostic {
+                    kind: Some("ConfigMap".into()),
+                    resource: Some(resource.display_name()),
+                    ..d
+                })
+                .collect();
+            if errors.is_empty() {
+                mem.mesh = Some(resource);
+            } else {
+                findings.extend(errors);
+                if mem.mesh.is_some() {
+                    findings.push(Diagnostic::warning(format!(
+                        "ConfigMap {}: the new mesh configuration is refused; serving the last good version",
+                        resource.display_name()
+                    )));
+                }
+            }
+        }
+    }
+    resources.extend(mem.mesh.clone().map(Arc::new));
     resources.sort_by_key(|r| key_of(r));
     let files = BTreeMap::new();
     (

@@ -209,6 +209,7 @@ pub fn workload_state(model: &Model, node: &ProxyNode, scope: &Scope<'_>) -> sta
         .into_iter()
         .map(|p| policy_ref(&p.metadata, &p.spec))
         .collect(),
+        extension_providers: extension_providers(model, node),
         request_authentications: policy::request_authentication_for(
             &model.request_authentications,
             &cfg.root_namespace,
@@ -219,6 +220,55 @@ pub fn workload_state(model: &Model, node: &ProxyNode, scope: &Scope<'_>) -> sta
         .map(|p| policy_ref(&p.metadata, &p.spec))
         .collect(),
     }
+}
+
+/// The mesh configuration's authorizers that this workload's CUSTOM policies name, each with
+/// its service resolved in the registry.
+pub fn extension_providers(model: &Model, node: &ProxyNode) -> Vec<state::ExtensionProvider> {
+    let cfg = &model.config;
+    let mut names: Vec<&str> = policy::authorization_for(
+        &model.authorization_policies,
+        &cfg.root_namespace,
+        &node.namespace,
+        &node.labels,
+    )
+    .into_iter()
+    .filter(|p| p.spec.action == Some(mesh_api::security::AuthorizationAction::Custom))
+    .filter_map(|p| p.spec.provider.as_ref().map(|x| x.name.as_str()))
+    .collect();
+    names.sort_unstable();
+    names.dedup();
+    names
+        .into_iter()
+        .filter_map(|name| model.mesh.provider(name))
+        .filter(|p| p.is_authorizer())
+        .map(|p| state::ExtensionProvider {
+            name: p.name.clone(),
+            spec_json: serde_json::to_string(p).unwrap_or_default(),
+            host: authorizer_host(model, p).unwrap_or_default(),
+        })
+        .collect()
+}
+
+/// The registry host of a provider's `[<namespace>/]<hostname>`.
+pub fn authorizer_host(
+    model: &Model,
+    p: &mesh_api::mesh_config::ExtensionProvider,
+) -> Option<String> {
+    let service = p
+        .envoy_ext_authz_http
+        .as_ref()
+        .map(|h| h.service.as_str())
+        .or_else(|| p.envoy_ext_authz_grpc.as_ref().map(|g| g.service.as_str()))?;
+    let (namespace, host) = match service.split_once('/') {
+        Some((ns, h)) => (Some(ns), h),
+        None => (None, service),
+    };
+    let svc = model.registry.services.get(host)?;
+    if namespace.is_some_and(|ns| ns != svc.namespace) {
+        return None;
+    }
+    Some(svc.hostname.clone())
 }
 
 fn policy_ref(

@@ -3,6 +3,7 @@
 //! (`mesh_api::validate::not_enforced_in`), applied to the resources that reach this proxy.
 
 use mesh_api::Diagnostic;
+use mesh_api::security::AuthorizationAction;
 use mesh_api::validate::not_enforced_in as inventory;
 
 use super::{ProxyNode, Scope, destination, virtual_service_for};
@@ -63,6 +64,29 @@ pub fn in_workload(model: &Model, node: &ProxyNode, scope: &Scope<'_>) -> Vec<St
             &p.metadata,
             inventory::authorization_policy(&p.spec),
         );
+        if p.spec.action == Some(AuthorizationAction::Custom) {
+            let name = p.spec.provider.as_ref().map_or("", |x| x.name.as_str());
+            let why = match model.mesh.provider(name) {
+                None => Some(format!(
+                    "provider {name:?} is not among the mesh configuration's extensionProviders (ConfigMap istio in {}, key mesh): the requests this policy matches are denied",
+                    cfg.root_namespace
+                )),
+                Some(x) if !x.is_authorizer() => Some(format!(
+                    "provider {name:?} is not an external authorizer (envoyExtAuthzHttp or envoyExtAuthzGrpc): the requests this policy matches are denied"
+                )),
+                Some(x) if super::authorizer_host(model, x).is_none() => Some(format!(
+                    "provider {name:?} names a service the registry does not have: each check fails, so its failOpen/statusOnError decide"
+                )),
+                Some(_) => None,
+            };
+            if let Some(why) = why {
+                out.push(format!(
+                    "AuthorizationPolicy {}/{}: spec.provider.name: {why}",
+                    namespace_of(&p.metadata),
+                    p.metadata.name.as_deref().unwrap_or("")
+                ));
+            }
+        }
     }
     for p in policy::request_authentication_for(
         &model.request_authentications,

@@ -9,6 +9,7 @@
 //! an ALLOW policy, and in DENY/AUDIT/CUSTOM policies its HTTP conditions are dropped (the rule
 //! matches more): both ways the result fails closed.
 
+pub mod external;
 pub mod matcher;
 mod rule;
 
@@ -18,6 +19,7 @@ use std::sync::Arc;
 use mesh_api::proto::state::v1 as proto;
 use mesh_api::security::{AuthorizationAction, AuthorizationPolicySpec};
 
+use external::Authorizer;
 use rule::{Facts, Rule};
 
 /// What a policy does when it matches.
@@ -63,6 +65,8 @@ struct Policy {
     rules: Vec<Rule>,
     /// The CUSTOM provider's name.
     provider: String,
+    /// The CUSTOM provider, when the mesh configuration has it (else its matches are denied).
+    authorizer: Option<Arc<Authorizer>>,
 }
 
 impl Policy {
@@ -95,7 +99,27 @@ pub struct Decision {
     pub audited: Vec<Decided>,
     /// With dry-run policies: what the outcome would be if they were enforced.
     pub dry_run: Option<Box<Decision>>,
+    /// External authorizers to ask first (CUSTOM policies that matched), each once. `denied`
+    /// and `by` are the outcome once every one of them has allowed.
+    pub checks: Vec<Check>,
 }
+
+/// A CUSTOM policy that matched: its authorizer decides.
+#[derive(Clone, Debug)]
+pub struct Check {
+    /// The policy and rule that matched.
+    pub by: Decided,
+    /// Its authorizer.
+    pub authorizer: Arc<Authorizer>,
+}
+
+impl PartialEq for Check {
+    fn eq(&self, other: &Self) -> bool {
+        self.by == other.by && Arc::ptr_eq(&self.authorizer, &other.authorizer)
+    }
+}
+
+impl Eq for Check {}
 
 impl Decision {
     /// Why, in a few words, for logs and the debug header: `denied by default/deny-all
@@ -104,8 +128,8 @@ impl Decision {
         let verdict = if self.denied { "denied" } else { "allowed" };
         match &self.by {
             Some(d) if d.action == Action::Custom => format!(
-                "{verdict} by {} (CUSTOM: the external authorizer is not available, so requests the policy matches are denied)",
-                d.policy
+                "{verdict} by {} rules[{}] (CUSTOM: its provider is not in the mesh configuration, so the requests it matches are denied)",
+                d.policy, d.rule
             ),
             Some(d) => format!(
                 "{verdict} by {} rules[{}] ({})",
@@ -176,8 +200,20 @@ pub struct Policies {
 }
 
 impl Policies {
-    /// Compiles the policies pilot sent.
-    pub fn compile(policies: &[proto::Policy]) -> Result<Self, PolicyError> {
+    /// Compiles the policies pilot sent, with the external authorizers CUSTOM ones name.
+    pub fn compile(
+        policies: &[proto::Policy],
+        providers: &[proto::ExtensionProvider],
+    ) -> Result<Self, PolicyError> {
+        let mut authorizers = std::collections::HashMap::new();
+        for p in providers {
+            let a = Authorizer::compile(p).map_err(|(field, message)| PolicyError {
+                policy: format!("(mesh configuration) extensionProviders {:?}", p.name),
+                field,
+                message,
+            })?;
+            authorizers.insert(p.name.clone(), a);
+        }
         let mut out = Policies::default();
         for p in policies {
             let id: Arc<str> = format!("{}/{}", p.namespace, p.name).into();
@@ -200,11 +236,17 @@ impl Policies {
                 rules.push(rule);
             }
             let provider = spec.provider.map(|p| p.name).unwrap_or_default();
+            let authorizer = if action == Action::Custom {
+                authorizers.get(&provider).cloned()
+            } else {
+                None
+            };
             let policy = Policy {
                 id,
                 action,
                 rules,
                 provider,
+                authorizer,
             };
             if p.dry_run {
                 out.dry_run.push(policy);
@@ -275,18 +317,38 @@ fn evaluate(
         action: p.action,
         rule,
     };
-    // CUSTOM, then DENY: the first match denies. The external authorizer is not available
-    // yet, so a CUSTOM policy's match denies too (fail closed).
-    for p in custom
-        .iter()
-        .chain(extra_of(Action::Custom))
-        .chain(deny.iter())
-        .chain(extra_of(Action::Deny))
-    {
+    // CUSTOM first: a matching policy's authorizer is asked (by the caller, which may wait);
+    // one whose provider the mesh configuration lacks denies what it matches (fail closed).
+    // A dry-run evaluation asks no authorizer.
+    let mut checks: Vec<Check> = Vec::new();
+    for p in custom.iter().chain(extra_of(Action::Custom)) {
+        let Some(rule) = p.matching(f) else { continue };
+        match &p.authorizer {
+            Some(_) if extra.is_some() => {}
+            Some(a) => {
+                if !checks.iter().any(|c| Arc::ptr_eq(&c.authorizer, a)) {
+                    checks.push(Check {
+                        by: decided(p, rule),
+                        authorizer: a.clone(),
+                    });
+                }
+            }
+            None => {
+                return Decision {
+                    denied: true,
+                    by: Some(decided(p, rule)),
+                    ..Decision::default()
+                };
+            }
+        }
+    }
+    // Then DENY: the first match denies.
+    for p in deny.iter().chain(extra_of(Action::Deny)) {
         if let Some(rule) = p.matching(f) {
             return Decision {
                 denied: true,
                 by: Some(decided(p, rule)),
+                checks,
                 ..Decision::default()
             };
         }
@@ -300,6 +362,7 @@ fn evaluate(
     if allows.peek().is_none() {
         return Decision {
             audited,
+            checks,
             ..Decision::default()
         };
     }
@@ -310,6 +373,7 @@ fn evaluate(
                 by: Some(decided(p, rule)),
                 audited,
                 dry_run: None,
+                checks,
             };
         }
     }
@@ -318,6 +382,7 @@ fn evaluate(
         by: None,
         audited,
         dry_run: None,
+        checks,
     }
 }
 

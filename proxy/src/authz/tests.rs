@@ -18,7 +18,7 @@ fn policy(name: &str, spec: serde_json::Value) -> proto::Policy {
 }
 
 fn compile(policies: &[proto::Policy]) -> Policies {
-    Policies::compile(policies).unwrap()
+    Policies::compile(policies, &[]).unwrap()
 }
 
 /// A request to be evaluated, with builders for what a test changes.
@@ -328,10 +328,13 @@ fn tcp_fails_closed_on_http_rules() {
 
 #[test]
 fn bad_policies_are_refused_with_their_field() {
-    let err = Policies::compile(&[policy(
-        "p",
-        json!({"rules": [{"from": [{"source": {"ipBlocks": ["10.0.0.0/99"]}}]}]}),
-    )])
+    let err = Policies::compile(
+        &[policy(
+            "p",
+            json!({"rules": [{"from": [{"source": {"ipBlocks": ["10.0.0.0/99"]}}]}]}),
+        )],
+        &[],
+    )
     .unwrap_err();
     assert_eq!(err.policy, "default/p");
     assert_eq!(err.field, "spec.rules[0].from[0].source.ipBlocks[0]");

@@ -73,6 +73,26 @@ fn destination(state: &State, host: &str, port: u16) -> Option<SocketAddr> {
     svc.endpoint_addr(0, p)
 }
 
+/// Sends `req` to `host:port` through the proxy's outbound path, as the workload's own request
+/// would go: the response and its flags, or why there is no destination.
+pub(super) async fn send(
+    inputs: &Arc<Inputs>,
+    host: &str,
+    port: u16,
+    mut req: Request<super::Body>,
+) -> Result<(hyper::Response<super::Body>, &'static str), String> {
+    let state = inputs.state.borrow().clone();
+    let dst = destination(&state, host, port)
+        .ok_or_else(|| format!("{host}:{port} is not a service of the mesh this proxy knows"))?;
+    let ctx = Conn {
+        inputs: inputs.clone(),
+        peer: SocketAddr::from(([127, 0, 0, 1], 0)),
+        dst,
+    };
+    let (resp, _, flags) = super::outbound::decide_and_send(&mut req, &ctx, &state).await;
+    Ok((resp, flags))
+}
+
 async fn get(inputs: &Arc<Inputs>, uri: &str) -> Result<String, String> {
     let parsed: Uri = uri
         .parse()
@@ -86,9 +106,6 @@ async fn get(inputs: &Arc<Inputs>, uri: &str) -> Result<String, String> {
         .ok_or_else(|| format!("{uri:?} has no host"))?
         .to_string();
     let port = parsed.port_u16().unwrap_or(80);
-    let state = inputs.state.borrow().clone();
-    let dst = destination(&state, &host, port)
-        .ok_or_else(|| format!("{host}:{port} is not a service of the mesh this proxy knows"))?;
     let path = parsed
         .path_and_query()
         .map_or("/", |p| p.as_str())
@@ -107,12 +124,7 @@ async fn get(inputs: &Arc<Inputs>, uri: &str) -> Result<String, String> {
         hyper::header::ACCEPT,
         HeaderValue::from_static("application/json"),
     );
-    let ctx = Conn {
-        inputs: inputs.clone(),
-        peer: SocketAddr::from(([127, 0, 0, 1], 0)),
-        dst,
-    };
-    let (resp, _, flags) = super::outbound::decide_and_send(&mut req, &ctx, &state).await;
+    let (resp, flags) = send(inputs, &host, port, req).await?;
     if resp.status() != StatusCode::OK {
         return Err(format!("GET {uri}: {} (flags {flags})", resp.status()));
     }

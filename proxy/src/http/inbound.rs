@@ -102,7 +102,7 @@ async fn inbound_request(
     mut req: Request<Body>,
     caller: Caller<'_>,
     dst: SocketAddr,
-    inputs: &Inputs,
+    inputs: &Arc<Inputs>,
     app: Protocol,
 ) -> Response<Body> {
     let peer = caller.addr;

@@ -4,6 +4,7 @@
 //! (`forward.rs`) over the upstream pools (`crate::upstream`), and header semantics
 //! (`headers.rs`). Failures are answered with Envoy's status codes and response flags.
 
+pub mod ext_authz;
 pub mod fetch;
 mod forward;
 pub mod headers;

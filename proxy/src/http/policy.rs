@@ -4,10 +4,12 @@
 //! with the debug setting, sent back in `x-mesh-authz`.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use hyper::header::{HeaderName, HeaderValue};
 use hyper::{Request, Response, StatusCode};
 
+use super::ext_authz::{self, Subject, Verdict};
 use super::{Body, reply};
 use crate::authz::{Attributes, HttpAttributes};
 use crate::inputs::Inputs;
@@ -33,6 +35,8 @@ pub struct Admitted {
     pub log: Option<String>,
     /// The decision, for the debug header.
     pub reason: Option<String>,
+    /// Headers external authorizers asked to set on the response.
+    pub response_headers: Vec<(HeaderName, HeaderValue)>,
 }
 
 /// Authenticates and authorizes `req`. `Err` is the answer to send instead of forwarding,
@@ -41,7 +45,7 @@ pub async fn admit(
     req: &mut Request<Body>,
     peer: &Peer<'_>,
     dst: SocketAddr,
-    inputs: &Inputs,
+    inputs: &Arc<Inputs>,
     state: &State,
 ) -> Result<Admitted, (Response<Body>, String)> {
     if state.authn.is_empty() && state.authz.is_empty() {
@@ -95,6 +99,44 @@ pub async fn admit(
         }),
     };
     let decision = state.authz.evaluate(&attributes);
+    // CUSTOM policies that matched: their authorizers are asked first, in order; the first
+    // denial is the answer.
+    let mut response_headers = Vec::new();
+    let mut checked = String::new();
+    for c in &decision.checks {
+        let subject = Subject {
+            source: peer.addr,
+            principal: peer.identity,
+            destination: dst,
+            sni: peer.sni,
+            request: Some(&*req),
+        };
+        match ext_authz::check(inputs, &c.authorizer, &subject).await {
+            Verdict::Deny(resp, why) => {
+                let words = format!(
+                    "authz=\"denied by {} rules[{}] (CUSTOM: {why})\" source_principal=\"{}\"",
+                    c.by.policy,
+                    c.by.rule,
+                    peer.identity.unwrap_or("-")
+                );
+                tracing::debug!(target: "authz", "inbound {} -> {dst}: {words}", peer.addr);
+                return Err((resp, words));
+            }
+            Verdict::Allow(allowed) => {
+                allowed.apply(req.headers_mut());
+                response_headers.extend(allowed.downstream.iter().cloned());
+                checked.push_str(&format!(
+                    " ext_authz=\"{} allowed{}\"",
+                    c.authorizer.name,
+                    allowed
+                        .failed_open
+                        .as_deref()
+                        .map(|w| format!(": {w}"))
+                        .unwrap_or_default()
+                ));
+            }
+        }
+    }
     // The words are built only when the access log is written (off by default): an allowed
     // request with policies formats nothing.
     let logged = tracing::enabled!(target: "access", tracing::Level::INFO);
@@ -108,6 +150,7 @@ pub async fn admit(
         for a in &decision.audited {
             words.push_str(&format!(" audit=\"{} rules[{}]\"", a.policy, a.rule));
         }
+        words.push_str(&checked);
     }
     if let Some(shadow) = &decision.dry_run {
         if shadow.denied != decision.denied {
@@ -130,11 +173,15 @@ pub async fn admit(
     Ok(Admitted {
         log: logged.then_some(words),
         reason: inputs.debug_authz.then(|| decision.reason()),
+        response_headers,
     })
 }
 
 /// Adds the debug header to an admitted request's response.
 pub fn mark(resp: &mut Response<Body>, admitted: &Admitted, inputs: &Inputs) {
+    for (name, value) in &admitted.response_headers {
+        resp.headers_mut().insert(name.clone(), value.clone());
+    }
     if !inputs.debug_authz {
         return;
     }

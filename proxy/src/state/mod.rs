@@ -293,14 +293,17 @@ impl State {
             let m = known::<proto::PeerMode>("state", &field, *mode)?;
             peer_port_modes.insert(p, m.into());
         }
-        let authz =
-            crate::authz::Policies::compile(&source.authorization_policies).map_err(|e| {
-                bad(
-                    "state",
-                    format!("authorizationPolicies ({}).{}", e.policy, e.field),
-                    e.message,
-                )
-            })?;
+        let authz = crate::authz::Policies::compile(
+            &source.authorization_policies,
+            &source.extension_providers,
+        )
+        .map_err(|e| {
+            bad(
+                "state",
+                format!("authorizationPolicies ({}).{}", e.policy, e.field),
+                e.message,
+            )
+        })?;
         let authn =
             crate::authn::Authenticator::compile(&source.request_authentications).map_err(|e| {
                 bad(

@@ -59,6 +59,25 @@ pub async fn to_app<S>(
                 sni,
                 http: None,
             });
+            // CUSTOM: a gRPC authorizer checks the connection (an HTTP one cannot, and
+            // denies); the first denial closes it.
+            for c in &decision.checks {
+                let subject = crate::http::ext_authz::Subject {
+                    source: peer,
+                    principal: identity,
+                    destination: dst,
+                    sni,
+                    request: None,
+                };
+                if let crate::http::ext_authz::Verdict::Deny(_, why) =
+                    crate::http::ext_authz::check(inputs, &c.authorizer, &subject).await
+                {
+                    tcp_series(inputs, dst, identity, "-").opened();
+                    tcp_series(inputs, dst, identity, "-").closed(0, 0);
+                    tracing::info!(target: "access", "{side} {caller} -> {dst} flags=- connection closed: authz=\"denied by {} rules[{}] (CUSTOM: {why})\"", c.by.policy, c.by.rule);
+                    return;
+                }
+            }
             let mut words = format!(" authz=\"{}\"", decision.reason());
             if let Some(shadow) = &decision.dry_run {
                 if shadow.denied != decision.denied {

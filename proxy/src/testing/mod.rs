@@ -5,6 +5,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
+pub mod ext_authz;
 pub mod jwt;
 
 use std::net::SocketAddr;
