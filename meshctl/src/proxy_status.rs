@@ -237,7 +237,7 @@ mod tests {
     fn fields_not_enforced_are_listed_under_their_proxy() {
         let json = r#"{"generation": 2, "proxies": [
           {"node": {"id": "sidecar~inventory", "namespace": "default"}, "connected": true, "sent_version": 2, "acked_version": 2, "nack": null, "services": 3, "rejections": [],
-           "not_enforced_workload": ["AuthorizationPolicy default/ext: spec.provider: accepted, not enforced yet: external authorization is not available yet"],
+           "not_enforced_workload": ["AuthorizationPolicy default/ext: spec.provider.name: provider \"opa\" is not among the mesh configuration's extensionProviders (ConfigMap istio in istio-system, key mesh): the requests this policy matches are denied"],
            "not_enforced_services": ["DestinationRule default/inventory-cb: spec.trafficPolicy.connectionPool: accepted, not enforced yet: connection limits"]}
         ]}"#;
         let t = render(&serde_json::from_str(json).unwrap());
@@ -247,7 +247,7 @@ mod tests {
             .unwrap_or_else(|| panic!("no section: {t}"));
         assert!(
             section.contains(
-                "  AuthorizationPolicy default/ext: spec.provider: accepted, not enforced yet"
+                "  AuthorizationPolicy default/ext: spec.provider.name: provider \"opa\" is not among"
             ) && section.contains(
                 "  DestinationRule default/inventory-cb: spec.trafficPolicy.connectionPool"
             ),

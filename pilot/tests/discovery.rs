@@ -385,7 +385,10 @@ fn what_a_proxy_will_not_enforce_is_in_its_status_and_goes_when_fixed() {
     // With the provider in the mesh configuration and its service known, CUSTOM is enforced.
     session.generation(generation(
         4,
-        &format!("{base}{custom}{opa}{}", mesh("shop/opa.shop.svc.cluster.local")),
+        &format!(
+            "{base}{custom}{opa}{}",
+            mesh("shop/opa.shop.svc.cluster.local")
+        ),
     ));
     settle(&mut session, &mut client);
     let s = &status.all()[0];

@@ -179,6 +179,7 @@ async fn sidecar(pilot: SocketAddr, id: &str, vip: &str) -> Sidecar {
         on_demand: Some(od),
         workload: mesh_proxy::metrics::Workload::unknown(),
         debug_authz: false,
+        jwks_ca_pem: None,
     };
     Sidecar {
         proxy: Proxy::launch(&listeners, setup).await.unwrap(),

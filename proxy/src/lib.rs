@@ -91,6 +91,8 @@ pub struct Setup {
     pub workload: metrics::Workload,
     /// Whether responses say which policy decided (`x-mesh-authz`).
     pub debug_authz: bool,
+    /// CA certificates (PEM) trusted for https `jwksUri`s besides the system's roots.
+    pub jwks_ca_pem: Option<String>,
 }
 
 /// A running proxy.
@@ -154,6 +156,7 @@ impl Proxy {
             on_demand: None,
             workload: metrics::Workload::unknown(),
             debug_authz: false,
+            jwks_ca_pem: None,
         };
         Self::launch(listeners, setup).await
     }
@@ -169,6 +172,7 @@ impl Proxy {
             on_demand,
             workload,
             debug_authz,
+            jwks_ca_pem,
         } = setup;
         let outbound = bind(listeners.outbound, "outbound").await?;
         let inbound = bind(listeners.inbound, "inbound").await?;
@@ -195,9 +199,7 @@ impl Proxy {
         ];
         inputs.debug_authz = debug_authz;
         let inputs = Arc::new(inputs);
-        let fetch = http::fetch::MeshFetch {
-            inputs: Arc::downgrade(&inputs),
-        };
+        let fetch = http::fetch::MeshFetch::new(Arc::downgrade(&inputs), jwks_ca_pem);
         let _ = inputs
             .jwks
             .set(Arc::new(authn::jwks::Cache::new(Box::new(fetch))));

@@ -132,6 +132,10 @@ struct RunArgs {
     /// each inbound request (for debugging; it shows callers the names of policies).
     #[arg(long, env = "MESH_DEBUG_AUTHZ")]
     debug_authz_header: bool,
+    /// PEM file of CA certificates trusted, besides the system's roots, when fetching a
+    /// RequestAuthentication's https `jwksUri` (an issuer with a private CA).
+    #[arg(long, env = "MESH_JWKS_CA_FILE", value_name = "FILE")]
+    jwks_ca_file: Option<std::path::PathBuf>,
 }
 
 #[derive(Args)]
@@ -336,6 +340,7 @@ fn run_config(args: &RunArgs) -> anyhow::Result<RunConfig> {
         worker_threads: args.worker_threads,
         drain_timeout: Duration::from_secs(args.drain_timeout_secs),
         debug_authz: args.debug_authz_header,
+        jwks_ca_file: args.jwks_ca_file.clone(),
     })
 }
 

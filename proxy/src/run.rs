@@ -107,6 +107,8 @@ pub struct RunConfig {
     pub drain_timeout: Duration,
     /// Whether responses say which AuthorizationPolicy decided (`x-mesh-authz`).
     pub debug_authz: bool,
+    /// A PEM file of CA certificates trusted for https `jwksUri`s besides the system's roots.
+    pub jwks_ca_file: Option<PathBuf>,
 }
 
 /// Why the proxy could not start (once started it only stops by draining).
@@ -127,7 +129,7 @@ pub enum RunError {
     /// A listener.
     #[error(transparent)]
     Bind(#[from] BindError),
-    /// The bootstrap token or the CA's root file.
+    /// The bootstrap token, the CA's root file or the `--jwks-ca-file`.
     #[error("cannot read {path}: {source}")]
     Token {
         /// The file.
@@ -166,6 +168,15 @@ pub fn run(config: &RunConfig) -> Result<(), RunError> {
 }
 
 async fn serve(config: &RunConfig) -> Result<(), RunError> {
+    let jwks_ca_pem = match &config.jwks_ca_file {
+        None => None,
+        Some(path) => Some(
+            std::fs::read_to_string(path).map_err(|source| RunError::Token {
+                path: path.clone(),
+                source,
+            })?,
+        ),
+    };
     let svids = match &config.identity {
         None => None,
         Some(id) => Some(start_identity(&config.workload, id)?),
@@ -209,6 +220,7 @@ async fn serve(config: &RunConfig) -> Result<(), RunError> {
         on_demand,
         workload: workload_of(config),
         debug_authz: config.debug_authz,
+        jwks_ca_pem,
     };
     let mut proxy = Proxy::launch(&config.listeners, setup).await?;
     tracing::info!(

@@ -5,94 +5,25 @@
 
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper::{Request, StatusCode};
+use hyper_util::rt::TokioIo;
 use mesh_proxy::socket::FixedDst;
 use mesh_proxy::state::{State, proto};
-use mesh_proxy::{Listeners, Proxy};
-use rcgen::{CertificateParams, Issuer, KeyPair, PKCS_ECDSA_P256_SHA256};
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-use tokio::net::{TcpListener, TcpStream};
+use mesh_proxy::{Listeners, Proxy, testing};
+use tokio::net::TcpStream;
 use tokio::sync::watch;
 
-/// A CA (root PEM) and a leaf for `name` it signed: (root PEM, leaf PEM, leaf key PEM).
-fn pki(name: &str) -> (String, String, String) {
-    let (root, ca, ca_key) = mesh_ca::testing::external_ca();
-    let issuer = Issuer::from_ca_cert_pem(&ca, KeyPair::from_pem(&ca_key).unwrap()).unwrap();
-    let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
-    let leaf = CertificateParams::new(vec![name.to_string()])
-        .unwrap()
-        .signed_by(&key, &issuer)
-        .unwrap();
-    (root, format!("{}{ca}", leaf.pem()), key.serialize_pem())
-}
-
-/// An HTTPS server for `name`; with `client_ca`, it requires client certificates from it.
+/// An HTTPS server for `name` saying whether the client presented a certificate.
 async fn https_server(name: &str, client_ca: Option<&str>) -> (SocketAddr, String) {
-    let (root, chain, key) = pki(name);
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(chain.as_bytes())
-        .collect::<Result<_, _>>()
-        .unwrap();
-    let key = PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap();
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        .unwrap();
-    let cfg = match client_ca {
-        Some(ca) => {
-            let mut roots = rustls::RootCertStore::empty();
-            for c in CertificateDer::pem_slice_iter(ca.as_bytes()) {
-                roots.add(c.unwrap()).unwrap();
-            }
-            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
-                Arc::new(roots),
-                provider,
-            )
-            .build()
-            .unwrap();
-            builder
-                .with_client_cert_verifier(verifier)
-                .with_single_cert(certs, key)
-                .unwrap()
-        }
-        None => builder
-            .with_no_client_auth()
-            .with_single_cert(certs, key)
-            .unwrap(),
-    };
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let (c, _) = l.accept().await.unwrap();
-            let acceptor = acceptor.clone();
-            tokio::spawn(async move {
-                let Ok(tls) = acceptor.accept(c).await else {
-                    return;
-                };
-                let mutual = tls.get_ref().1.peer_certificates().is_some();
-                let svc = hyper::service::service_fn(
-                    move |_req: Request<hyper::body::Incoming>| async move {
-                        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(format!(
-                            "tls ok, client cert: {mutual}"
-                        )))))
-                    },
-                );
-                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(tls), svc)
-                    .await;
-            });
-        }
-    });
-    (addr, root)
+    testing::tls::https_server(name, client_ca, |mutual| {
+        format!("tls ok, client cert: {mutual}")
+    })
+    .await
 }
 
 async fn proxy_to(
@@ -186,7 +117,7 @@ async fn simple_tls_is_originated_and_verified() {
 
 #[tokio::test]
 async fn mutual_tls_presents_the_client_certificate() {
-    let (client_root, client_chain, client_key) = pki("client.example.com");
+    let (client_root, client_chain, client_key) = testing::tls::pki("client.example.com");
     let (server, root) = https_server("api.example.com", Some(&client_root)).await;
     let o = proto::OriginatedTls {
         ca_certificates_pem: root,
@@ -204,7 +135,7 @@ async fn mutual_tls_presents_the_client_certificate() {
 #[tokio::test]
 async fn a_server_the_ca_does_not_vouch_for_is_refused() {
     let (server, _root) = https_server("api.example.com", None).await;
-    let (other_root, _, _) = pki("api.example.com");
+    let (other_root, _, _) = testing::tls::pki("api.example.com");
     let proxy = proxy_to(
         server,
         proto::TlsMode::Simple,

@@ -325,6 +325,7 @@ async fn the_debug_setting_names_the_deciding_policy() {
             on_demand: None,
             workload: workload("shipping-v2", "shipping", "v2"),
             debug_authz: true,
+            jwks_ca_pem: None,
         },
     )
     .await
@@ -334,5 +335,78 @@ async fn the_debug_setting_names_the_deciding_policy() {
     assert_eq!(
         debug.as_deref(),
         Some("denied by default/deny-all rules[0] (DENY)")
+    );
+}
+
+/// A proxy (no identity) in front of `app` whose inbound listener takes the calls, trusting
+/// `jwks_ca_pem` for https key sets.
+async fn lone_proxy(state: Arc<State>, app: SocketAddr, jwks_ca_pem: Option<String>) -> Proxy {
+    let (tx, rx) = watch::channel(state);
+    std::mem::forget(tx);
+    Proxy::launch(
+        &testing::loopback(),
+        Setup {
+            state: rx,
+            has_state: true,
+            outbound_dst: testing::fixed("10.0.0.1:1"),
+            inbound_dst: testing::fixed(&format!("10.0.0.9:{}", app.port())),
+            svids: None,
+            on_demand: None,
+            workload: workload("booking-v1", "booking", "v1"),
+            debug_authz: false,
+            jwks_ca_pem,
+        },
+    )
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn an_https_key_set_is_fetched_over_verified_tls() {
+    // An issuer outside the mesh with a private CA, known to the mesh by a ServiceEntry
+    // (issuer.example.com:8443, one endpoint): its key set is fetched over TLS the proxy
+    // originates, the server verified for the issuer's host name.
+    const HOST: &str = "issuer.example.com";
+    let issuer = Issuer::new(SEED_ISSUER);
+    let jwks = issuer.jwks();
+    let (server, root) = testing::tls::https_server(HOST, None, move |_| jwks.clone()).await;
+    let entry = testing::service(HOST, "240.240.0.1", 8443, "https")
+        .endpoint(server, &[])
+        .build();
+    let app = http_app().await;
+    // Each proxy compiles its own state (a compiled state remembers the tokens it verified).
+    let state = || {
+        b_with(
+            app.port(),
+            proto::Protocol::Http,
+            vec![policy(
+                "require-jwt",
+                json!({"action": "ALLOW", "rules": [{"from": [{"source": {
+                "requestPrincipals": [format!("{SEED_ISSUER}/{SEED_ISSUER}")]}}]}]}),
+            )],
+            vec![policy(
+                "booking-jwt",
+                json!({"jwtRules": [{"issuer": SEED_ISSUER,
+                                 "jwksUri": format!("https://{HOST}:8443/jwks.json")}]}),
+            )],
+            vec![entry.clone()],
+        )
+    };
+    let valid = issuer.sign(Algorithm::RS256, &issuer.claims(SEED_ISSUER, "booking"));
+
+    let trusting = lone_proxy(state(), app, Some(root)).await;
+    let at = trusting.bound.inbound;
+    assert_eq!(call(at, None).await.0, StatusCode::FORBIDDEN, "no token");
+    let (status, body, _) = call(at, Some(&valid)).await;
+    assert_eq!(status, StatusCode::OK, "valid token: {body}");
+
+    // Without the issuer's CA the server cannot be verified: no keys, so the token is
+    // refused (fail closed).
+    let doubting = lone_proxy(state(), app, None).await;
+    let (status, body, _) = call(doubting.bound.inbound, Some(&valid)).await;
+    assert_eq!(
+        status,
+        StatusCode::UNAUTHORIZED,
+        "unverified key set: {body}"
     );
 }

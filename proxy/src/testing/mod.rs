@@ -7,6 +7,7 @@
 
 pub mod ext_authz;
 pub mod jwt;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -176,6 +176,7 @@ pub async fn pair(
             on_demand: None,
             workload: workload("shipping-v2", "shipping", "v2"),
             debug_authz: false,
+            jwks_ca_pem: None,
         },
     )
     .await
@@ -193,6 +194,7 @@ pub async fn pair(
             on_demand: None,
             workload: workload("order-v1", "order", "v1"),
             debug_authz: false,
+            jwks_ca_pem: None,
         },
     )
     .await
