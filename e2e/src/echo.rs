@@ -36,7 +36,19 @@ pub struct EchoConfig {
     /// Fixed answers by request path, served as JSON instead of the echo (a JWKS document
     /// for a RequestAuthentication's `jwksUri`, say).
     pub files: BTreeMap<String, Bytes>,
+    /// Answer as Istio's ext-authz sample (`samples/extauthz`, HTTP): a request carrying
+    /// `x-ext-authz: allow` is allowed (200, `x-ext-authz-check-result: allowed`), any other
+    /// denied (403, `x-ext-authz-check-result: denied`, a body saying why).
+    pub ext_authz: bool,
 }
+
+/// The header the ext-authz mode allows on.
+pub const EXT_AUTHZ_HEADER: &str = "x-ext-authz";
+/// The header the ext-authz mode answers its verdict in.
+pub const EXT_AUTHZ_RESULT: &str = "x-ext-authz-check-result";
+/// The ext-authz mode's denial.
+pub const EXT_AUTHZ_DENIED: &str =
+    "denied by ext_authz for not found header `x-ext-authz: allow` in the request";
 
 /// What an echo answer says (the JSON body).
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
@@ -170,6 +182,21 @@ impl Server {
         }
         if self.config.error_rate > 0.0 && fastrand::f64() < self.config.error_rate {
             return text(StatusCode::SERVICE_UNAVAILABLE, "injected error\n");
+        }
+        if self.config.ext_authz {
+            let allowed = req
+                .headers()
+                .get(EXT_AUTHZ_HEADER)
+                .is_some_and(|v| v.as_bytes() == b"allow");
+            let (status, verdict, body) = if allowed {
+                (StatusCode::OK, "allowed", "")
+            } else {
+                (StatusCode::FORBIDDEN, "denied", EXT_AUTHZ_DENIED)
+            };
+            let mut resp = text(status, body);
+            resp.headers_mut()
+                .insert(EXT_AUTHZ_RESULT, http::HeaderValue::from_static(verdict));
+            return resp;
         }
         if let Some(body) = self.config.files.get(req.uri().path()) {
             return Response::builder()

@@ -209,3 +209,17 @@ async fn fixed_files_are_served_as_json_at_their_path() {
     assert_eq!(status, 200);
     assert!(body.contains("\"service\":\"jwks\""), "{body}");
 }
+
+#[tokio::test]
+async fn the_ext_authz_mode_answers_as_istios_sample() {
+    let server = start(EchoConfig {
+        ext_authz: true,
+        ..config("ext-authz", "v1")
+    })
+    .await;
+    let url = format!("http://{}/orders/1", server.http);
+    let (status, body) = get(&url, &[]).await;
+    assert_eq!((status, body.as_str()), (403, echo::EXT_AUTHZ_DENIED));
+    let (status, _) = get(&url, &[("x-ext-authz", "allow")]).await;
+    assert_eq!(status, 200);
+}

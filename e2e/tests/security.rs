@@ -2,7 +2,9 @@
 //! with its issuer's key set served inside the mesh (`jwks.default.svc.cluster.local`) and
 //! fetched by booking's sidecar through its own outbound path; a DENY-all AuthorizationPolicy
 //! taking effect as soon as it is applied and stopping when deleted; a principals rule refusing
-//! a workload whose certificate proves another service account. Root only, like the rest of the
+//! a workload whose certificate proves another service account; a CUSTOM policy whose
+//! provider, named in the mesh configuration (ConfigMap `istio`), is an authorizer pod in the
+//! mesh. Root only, like the rest of the
 //! suite (`#[ignore = "needs root"]`, run by the test script with `--run-ignored all`).
 
 #![allow(clippy::expect_used, clippy::unwrap_used)]
@@ -38,13 +40,11 @@ fn bearer(token: &str) -> String {
     format!("authorization: Bearer {token}")
 }
 
-/// The seed's booking service, a client, and a pod serving `jwks` as the seed's `jwksUri`.
-fn booking_with_keys(c: &LocalCluster, jwks: &str) {
-    let keys = c.dir().join("jwks.json");
-    std::fs::write(&keys, jwks).unwrap();
-    let app = |name: &str, args: &str| {
-        format!(
-            "
+/// A Service `name` on port 8080 and its Deployment of one mesh-echo, with `args` appended to
+/// mesh-echo's (each `, "--flag", "value"`).
+fn app(name: &str, args: &str) -> String {
+    format!(
+        "
 apiVersion: v1
 kind: Service
 metadata: {{name: {name}, namespace: default}}
@@ -70,8 +70,13 @@ spec:
         ports:
         - containerPort: 8080
 "
-        )
-    };
+    )
+}
+
+/// The seed's booking service, a client, and a pod serving `jwks` as the seed's `jwksUri`.
+fn booking_with_keys(c: &LocalCluster, jwks: &str) {
+    let keys = c.dir().join("jwks.json");
+    std::fs::write(&keys, jwks).unwrap();
     let file_arg = format!(", \"--file\", \"/jwks.json={}\"", keys.display());
     let yaml = [
         app("booking-service", ""),
@@ -246,5 +251,84 @@ spec:
     assert!(
         log.contains("spiffe://cluster.local/ns/default/sa/intruder"),
         "vault's access log shows the identity it refused"
+    );
+}
+
+/// Istio's ext-authz task: the mesh configuration names the authorizer, a CUSTOM policy sends
+/// booking's `/orders*` requests to it.
+const EXT_AUTHZ: &str = r#"
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: istio, namespace: istio-system}
+data:
+  mesh: |
+    extensionProviders:
+    - name: sample-ext-authz-http
+      envoyExtAuthzHttp:
+        service: ext-authz.default.svc.cluster.local
+        port: 8080
+        includeRequestHeadersInCheck: ["x-ext-authz"]
+        headersToDownstreamOnDeny: ["x-ext-authz-check-result"]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: ext-authz, namespace: default}
+spec:
+  selector:
+    matchLabels: {app: booking-service}
+  action: CUSTOM
+  provider: {name: sample-ext-authz-http}
+  rules:
+  - to:
+    - operation:
+        paths: ["/orders*"]
+"#;
+
+#[test]
+#[ignore = "needs root: runs a mesh in network namespaces"]
+fn a_custom_policy_asks_the_authorizer_in_the_mesh() {
+    let c = harness::local("extauthz");
+    let yaml = [
+        app("booking-service", ""),
+        app("ext-authz", ", \"--ext-authz\""),
+        app("client", ""),
+    ]
+    .join("---\n");
+    c.apply_yaml(&yaml).unwrap();
+    c.wait_endpoints("client-v1-0", "booking-service.default", 1)
+        .unwrap();
+    c.wait_endpoints("booking-service-v1-0", "ext-authz.default", 1)
+        .unwrap();
+    let orders = "http://booking-service:8080/orders/1";
+    assert_eq!(send(&c, "client-v1-0", orders, 3, &[]).ok, 3);
+
+    c.apply_yaml(EXT_AUTHZ).unwrap();
+    let denied = format!("403 {}", mesh_e2e::echo::EXT_AUTHZ_DENIED);
+    assert!(
+        wait_until(DEADLINE, || all_failed_with(
+            &send(&c, "client-v1-0", orders, 1, &[]),
+            &denied
+        )),
+        "the CUSTOM policy never took effect"
+    );
+    // The authorizer's denial is the client's answer; its allowed requests go through.
+    let refused = send(&c, "client-v1-0", orders, 5, &[]);
+    assert!(all_failed_with(&refused, &denied), "{refused:?}");
+    let allowed = send(&c, "client-v1-0", orders, 5, &["x-ext-authz: allow".into()]);
+    assert_eq!(allowed.ok, 5, "{allowed:?}");
+    // A path the policy does not match is not checked.
+    let other = send(
+        &c,
+        "client-v1-0",
+        "http://booking-service:8080/health",
+        5,
+        &[],
+    );
+    assert_eq!(other.ok, 5, "{other:?}");
+    // booking's access log names the policy and the authorizer's verdict.
+    let log = std::fs::read_to_string(c.dir().join("pods/booking-service-v1-0/proxy.log")).unwrap();
+    assert!(
+        log.contains("denied by default/ext-authz rules[0] (CUSTOM: authorizer \"sample-ext-authz-http\" answered 403)"),
+        "booking's access log names the deciding policy"
     );
 }

@@ -99,6 +99,10 @@ struct Serve {
     /// for a RequestAuthentication's `jwksUri`, say.
     #[arg(long = "file", value_name = "/PATH=FILE")]
     files: Vec<String>,
+    /// Answer every HTTP request as Istio's ext-authz sample does (an external authorizer
+    /// for CUSTOM policies): allow `x-ext-authz: allow`, deny the rest with 403.
+    #[arg(long)]
+    ext_authz: bool,
 }
 
 #[derive(Args)]
@@ -224,6 +228,7 @@ async fn serve(args: Serve) -> anyhow::Result<ExitCode> {
         latency: Duration::from_millis(args.latency_ms),
         error_rate: args.error_rate,
         files,
+        ext_authz: args.ext_authz,
     };
     tokio::select! {
         () = echo::serve(config, http, tcp, grpc) => {}
