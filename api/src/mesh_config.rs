@@ -138,6 +138,33 @@ impl ExtensionProvider {
     pub fn is_authorizer(&self) -> bool {
         self.envoy_ext_authz_http.is_some() || self.envoy_ext_authz_grpc.is_some()
     }
+
+    /// The authorizer's fields that are accepted but not acted on yet: (field under the
+    /// provider, "accepted, not enforced yet: ..." message). Pilot and the proxy report these
+    /// for the providers a workload uses.
+    pub fn not_enforced(&self) -> Vec<(String, String)> {
+        let body = self
+            .envoy_ext_authz_http
+            .as_ref()
+            .and_then(|h| h.include_request_body_in_check.as_ref())
+            .map(|_| "envoyExtAuthzHttp")
+            .or_else(|| {
+                self.envoy_ext_authz_grpc
+                    .as_ref()
+                    .and_then(|g| g.include_request_body_in_check.as_ref())
+                    .map(|_| "envoyExtAuthzGrpc")
+            });
+        body.map(|kind| {
+            (
+                format!("{kind}.includeRequestBodyInCheck"),
+                format!(
+                    "{NOT_ENFORCED}: the request body is not sent to the authorizer yet; checks carry the headers only"
+                ),
+            )
+        })
+        .into_iter()
+        .collect()
+    }
 }
 
 impl MeshConfigSpec {
@@ -231,25 +258,10 @@ impl MeshConfigSpec {
                     .at_field(format!("data.mesh.extensionProviders[{i}].{kind}")),
                 );
             }
-            let body = p
-                .envoy_ext_authz_http
-                .as_ref()
-                .and_then(|h| h.include_request_body_in_check.as_ref())
-                .map(|_| "envoyExtAuthzHttp")
-                .or_else(|| {
-                    p.envoy_ext_authz_grpc
-                        .as_ref()
-                        .and_then(|g| g.include_request_body_in_check.as_ref())
-                        .map(|_| "envoyExtAuthzGrpc")
-                });
-            if let Some(kind) = body {
+            for (field, message) in p.not_enforced() {
                 out.push(
-                    Diagnostic::warning(format!(
-                        "{NOT_ENFORCED}: the request body is not sent to the authorizer yet; checks carry the headers only"
-                    ))
-                    .at_field(format!(
-                        "data.mesh.extensionProviders[{i}].{kind}.includeRequestBodyInCheck"
-                    )),
+                    Diagnostic::warning(message)
+                        .at_field(format!("data.mesh.extensionProviders[{i}].{field}")),
                 );
             }
         }

@@ -393,4 +393,17 @@ fn what_a_proxy_will_not_enforce_is_in_its_status_and_goes_when_fixed() {
     settle(&mut session, &mut client);
     let s = &status.all()[0];
     assert!(s.not_enforced_workload.is_empty(), "{s:?}");
+    // A setting of the provider that is not acted on yet is reported for the proxy using it.
+    let with_body = mesh("shop/opa.shop.svc.cluster.local").replace(
+        "port: 9191}",
+        "port: 9191, includeRequestBodyInCheck: {maxRequestBytes: 1024}}",
+    );
+    session.generation(generation(5, &format!("{base}{custom}{opa}{with_body}")));
+    settle(&mut session, &mut client);
+    let s = &status.all()[0];
+    assert_eq!(
+        s.not_enforced_workload,
+        vec!["ConfigMap istio-system/istio: data.mesh.extensionProviders[\"opa\"].envoyExtAuthzGrpc.includeRequestBodyInCheck: accepted, not enforced yet: the request body is not sent to the authorizer yet; checks carry the headers only".to_string()],
+        "{s:?}"
+    );
 }

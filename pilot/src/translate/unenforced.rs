@@ -101,6 +101,16 @@ pub fn in_workload(model: &Model, node: &ProxyNode, scope: &Scope<'_>) -> Vec<St
             inventory::request_authentication(&p.spec),
         );
     }
+    // The authorizers this proxy is sent (those its CUSTOM policies name).
+    for p in super::extension_providers(model, node) {
+        let spec = model.mesh.provider(&p.name);
+        for (field, message) in spec.iter().flat_map(|s| s.not_enforced()) {
+            out.push(format!(
+                "ConfigMap {}/istio: data.mesh.extensionProviders[{:?}].{field}: {message}",
+                cfg.root_namespace, p.name
+            ));
+        }
+    }
     if let Some(s) = scope.sidecar {
         lines(
             &mut out,

@@ -42,6 +42,15 @@ pub fn unenforced(state: &State) -> Vec<String> {
         });
         policy("RequestAuthentication", p, r);
     }
+    for p in &state.source.extension_providers {
+        let spec = serde_json::from_str::<mesh_api::mesh_config::ExtensionProvider>(&p.spec_json);
+        for (field, message) in spec.iter().flat_map(|s| s.not_enforced()) {
+            out.push(format!(
+                "mesh configuration: extensionProviders {:?}: {field}: {message}",
+                p.name
+            ));
+        }
+    }
     for svc in &state.source.services {
         let policies = std::iter::once(("trafficPolicy".to_string(), svc.traffic_policy.as_ref()))
             .chain(svc.subsets.iter().map(|s| {
@@ -80,5 +89,41 @@ pub async fn report_unenforced(mut states: watch::Receiver<Arc<State>>) {
         if states.changed().await.is_err() {
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use crate::state::proto;
+
+    #[test]
+    fn what_the_state_carries_and_is_not_enforced_is_named() {
+        let state = State::compile(proto::ProxyState {
+            extension_providers: vec![proto::ExtensionProvider {
+                name: "opa".into(),
+                spec_json: r#"{"name":"opa","envoyExtAuthzGrpc":{"service":"opa.shop.svc.cluster.local","port":9191,"includeRequestBodyInCheck":{"maxRequestBytes":1024}}}"#.into(),
+                host: "opa.shop.svc.cluster.local".into(),
+            }],
+            services: vec![proto::Service {
+                hostname: "inventory.shop.svc.cluster.local".into(),
+                traffic_policy: Some(proto::TrafficPolicy {
+                    connection_pool: Some(Default::default()),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }],
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(
+            unenforced(&state),
+            [
+                "mesh configuration: extensionProviders \"opa\": envoyExtAuthzGrpc.includeRequestBodyInCheck: accepted, not enforced yet: the request body is not sent to the authorizer yet; checks carry the headers only",
+                "service inventory.shop.svc.cluster.local: trafficPolicy.connectionPool: accepted, not enforced yet: connection and request limits are not applied (no circuit breaking yet)",
+            ]
+        );
     }
 }
