@@ -264,3 +264,35 @@ spec:
     let other = view(&m, &node("foo", &[("app", "curl")], "10.0.0.41"));
     assert!(other.state.extension_providers.is_empty());
 }
+
+#[test]
+#[ignore = "needs shared testdata"]
+fn bookinfo_fault_injection_for_jason() {
+    // Istio's fault-injection task: jason's ratings requests delayed 7s, or aborted with 500;
+    // everyone else's untouched.
+    let data = testdata();
+    let reviews = node(
+        "default",
+        &[("app", "reviews"), ("version", "v2")],
+        "10.0.0.17",
+    );
+    let delay = view(
+        &bookinfo(&data, "virtual-service-ratings-test-delay.yaml"),
+        &reviews,
+    );
+    assert!(delay.rejections.is_empty(), "{:?}", delay.rejections);
+    let r = &service(&delay.state, "ratings").http_routes;
+    let fault = r[0].fault.as_ref().expect("jason's route has the fault");
+    assert_eq!((fault.delay_ms, fault.delay_percent), (7_000, 100.0));
+    assert_eq!(fault.abort_http_status, 0);
+    assert!(r[1].fault.is_none());
+    let abort = view(
+        &bookinfo(&data, "virtual-service-ratings-test-abort.yaml"),
+        &reviews,
+    );
+    let r = &service(&abort.state, "ratings").http_routes;
+    let fault = r[0].fault.as_ref().expect("jason's route has the fault");
+    assert_eq!((fault.abort_http_status, fault.abort_percent), (500, 100.0));
+    assert_eq!(fault.delay_ms, 0);
+    assert!(r[1].fault.is_none());
+}

@@ -859,3 +859,64 @@ async fn a_drain_lets_a_request_in_flight_finish() {
         "drain finished in time"
     );
 }
+
+#[tokio::test]
+async fn faults_abort_and_delay_the_routes_they_are_on() {
+    // Bookinfo's ratings-test-abort shape: requests from jason are aborted with 500 and never
+    // reach the service; the others are delayed, then forwarded.
+    let b = backend("v1").await;
+    let jason = proto::HttpMatch {
+        headers: [(
+            "end-user".to_string(),
+            proto::StringMatch {
+                kind: Some(proto::string_match::Kind::Exact("jason".into())),
+            },
+        )]
+        .into(),
+        ..Default::default()
+    };
+    let routes = vec![
+        proto::HttpRoute {
+            matches: vec![jason],
+            destinations: vec![dest(SHOP, "v1", 100)],
+            fault: Some(proto::FaultInjection {
+                abort_http_status: 500,
+                abort_percent: 100.0,
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+        proto::HttpRoute {
+            destinations: vec![dest(SHOP, "v1", 100)],
+            fault: Some(proto::FaultInjection {
+                delay_ms: 300,
+                delay_percent: 100.0,
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+    ];
+    let (proxy, _tx) = proxy_for(
+        vec![service(SHOP, "10.96.0.20", &[(b.addr, "v1")], routes)],
+        VIP,
+    )
+    .await;
+    let mut c = h1(proxy.bound.outbound).await;
+    let aborted = get(&mut c, "/ratings/0", &[("end-user", "jason")]).await;
+    assert_eq!(aborted.status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(aborted.text, "fault filter abort");
+    assert_eq!(
+        b.connections.load(Ordering::SeqCst),
+        0,
+        "an aborted request never reaches the service"
+    );
+    let started = tokio::time::Instant::now();
+    let delayed = get(&mut c, "/ratings/0", &[("end-user", "bob")]).await;
+    assert_eq!(delayed.status, StatusCode::OK, "{}", delayed.text);
+    // A delay cannot end early: this lower bound is exact, not a timing guess.
+    assert!(
+        started.elapsed() >= Duration::from_millis(300),
+        "delayed {:?}",
+        started.elapsed()
+    );
+}

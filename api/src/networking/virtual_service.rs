@@ -367,6 +367,35 @@ pub struct FaultAbort {
     pub percentage: Option<Percent>,
 }
 
+/// gRPC status codes by the names `grpcStatus` takes (grpc/doc/statuscodes.md).
+pub const GRPC_CODES: [&str; 17] = [
+    "OK",
+    "CANCELLED",
+    "UNKNOWN",
+    "INVALID_ARGUMENT",
+    "DEADLINE_EXCEEDED",
+    "NOT_FOUND",
+    "ALREADY_EXISTS",
+    "PERMISSION_DENIED",
+    "RESOURCE_EXHAUSTED",
+    "FAILED_PRECONDITION",
+    "ABORTED",
+    "OUT_OF_RANGE",
+    "UNIMPLEMENTED",
+    "INTERNAL",
+    "UNAVAILABLE",
+    "DATA_LOSS",
+    "UNAUTHENTICATED",
+];
+
+/// The number of a gRPC status code named as `grpcStatus` names it (`UNAVAILABLE`).
+pub fn grpc_code(name: &str) -> Option<u32> {
+    GRPC_CODES
+        .iter()
+        .position(|c| *c == name)
+        .and_then(|i| u32::try_from(i).ok())
+}
+
 /// A mirror destination and share.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]

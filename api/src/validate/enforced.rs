@@ -151,9 +151,6 @@ fn virtual_service(out: &mut Out, spec: &VirtualServiceSpec) {
     }
     for (i, h) in spec.http.iter().enumerate() {
         let at = format!("spec.http[{i}]");
-        if h.fault.is_some() {
-            out.add(format!("{at}.fault"), "no delay or abort is injected");
-        }
         if h.mirror.is_some() || !h.mirrors.is_empty() {
             let field = if h.mirror.is_some() {
                 "mirror"
@@ -296,6 +293,24 @@ mod tests {
         assert!(
             w[1].starts_with("spec.trafficPolicy.outlierDetection: accepted, not enforced yet")
         );
+    }
+
+    #[test]
+    fn faults_are_enforced_and_an_unset_share_is_explained() {
+        let yaml = "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: ratings}\nspec:\n  hosts: [ratings]\n  http:\n  - fault:\n      delay: {fixedDelay: 7s}\n      abort: {grpcStatus: UNAVAILABLE, percentage: {value: 10}}\n    route: [{destination: {host: ratings}}]\n";
+        assert!(warnings(yaml).is_empty(), "{:?}", warnings(yaml));
+        let report = load_str(yaml, None);
+        let w: Vec<String> = report
+            .warnings()
+            .map(|d| d.field.clone().unwrap_or_default())
+            .collect();
+        assert_eq!(w, ["spec.http[0].fault.delay.percentage"]);
+        let bad = load_str(&yaml.replace("UNAVAILABLE", "SLOW"), None);
+        let e: Vec<String> = bad
+            .errors()
+            .map(|d| d.field.clone().unwrap_or_default())
+            .collect();
+        assert_eq!(e, ["spec.http[0].fault.abort.grpcStatus"]);
     }
 
     #[test]

@@ -362,6 +362,12 @@ fn http_route(f: &mut Findings, at: &str, r: &HttpRoute, in_delegate: bool) {
             }
             duration(f, &format!("{dat}.fixedDelay"), d.fixed_delay.as_ref());
             opt_percent(f, &format!("{dat}.percentage.value"), d.percentage.as_ref());
+            if d.percentage.is_none() && d.percent.is_none() {
+                f.warning(
+                    format!("{dat}.percentage"),
+                    "not set: as in Istio, no request is delayed; set percentage.value (100 delays every request)",
+                );
+            }
             if let Some(p) = d.percent {
                 percent(f, &format!("{dat}.percent"), f64::from(p));
             }
@@ -387,6 +393,17 @@ fn http_route(f: &mut Findings, at: &str, r: &HttpRoute, in_delegate: bool) {
                     format!("Invalid value: {s}: must be between 200 and 599"),
                 );
             }
+            if let Some(code) = &a.grpc_status
+                && crate::networking::grpc_code(code).is_none()
+            {
+                f.error(
+                    format!("{aat}.grpcStatus"),
+                    format!(
+                        "Invalid value: {code:?}: not a gRPC status code; use one of {}",
+                        crate::networking::GRPC_CODES.join(", ")
+                    ),
+                );
+            }
             if a.http2_error.is_some() {
                 f.error(
                     format!("{aat}.http2Error"),
@@ -394,6 +411,12 @@ fn http_route(f: &mut Findings, at: &str, r: &HttpRoute, in_delegate: bool) {
                 );
             }
             opt_percent(f, &format!("{aat}.percentage.value"), a.percentage.as_ref());
+            if a.percentage.is_none() {
+                f.warning(
+                    format!("{aat}.percentage"),
+                    "not set: as in Istio, no request is aborted; set percentage.value (100 aborts every request)",
+                );
+            }
         }
     }
     if r.mirror.is_some() && !r.mirrors.is_empty() {

@@ -303,7 +303,39 @@ fn one_route(
             .retries
             .as_ref()
             .map_or(DEFAULT_RETRIES, |r| u32::try_from(r.attempts).unwrap_or(0)),
+        fault: route.fault.as_ref().map(fault),
     })
+}
+
+/// A route's `fault`. An unset share injects nothing, as in Istio (Envoy's fault filter reads
+/// an absent percentage as 0); the deprecated integer `percent` of a delay still counts.
+fn fault(f: &mesh_api::networking::HttpFaultInjection) -> state::FaultInjection {
+    let mut out = state::FaultInjection::default();
+    if let Some(d) = &f.delay {
+        out.delay_ms = d.fixed_delay.as_deref().and_then(duration_ms).unwrap_or(0);
+        out.delay_percent = d
+            .percentage
+            .as_ref()
+            .map(|p| p.value)
+            .or(d.percent.map(f64::from))
+            .unwrap_or(0.0);
+    }
+    if let Some(a) = &f.abort {
+        out.abort_http_status = a
+            .http_status
+            .and_then(|s| u32::try_from(s).ok())
+            .unwrap_or(0);
+        if let Some(code) = a
+            .grpc_status
+            .as_deref()
+            .and_then(mesh_api::networking::grpc_code)
+        {
+            out.abort_grpc_status = code;
+            out.has_abort_grpc = true;
+        }
+        out.abort_percent = a.percentage.as_ref().map_or(0.0, |p| p.value);
+    }
+    out
 }
 
 fn l4_destinations(

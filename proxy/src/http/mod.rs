@@ -5,6 +5,7 @@
 //! (`headers.rs`). Failures are answered with Envoy's status codes and response flags.
 
 pub mod ext_authz;
+mod fault;
 pub mod fetch;
 mod forward;
 pub mod headers;

@@ -180,6 +180,15 @@ pub(super) async fn decide_and_send(
     {
         return (preflight, None, "-");
     }
+    let mut delayed = false;
+    if let Some(fault) = &route.fault {
+        // Boxed: only routes with a fault pay for the delay's timer in their future.
+        match Box::pin(super::fault::inject(fault)).await {
+            super::fault::Injected::Aborted(resp) => return (resp, None, "FI"),
+            super::fault::Injected::Delayed => delayed = true,
+            super::fault::Injected::None => {}
+        }
+    }
     let dest = choose_weighted(&route.destinations, |d| d.weight);
     let target = {
         let key = hash_key(req, ctx.peer);
@@ -199,6 +208,8 @@ pub(super) async fn decide_and_send(
     let sent_headers = route.cors.as_ref().map(|_| req.headers().clone());
     let (mut resp, target, flags) =
         send_to(req, target, svc, port, Some(route), dest, ctx, state).await;
+    // A delayed request that then went well says so; an upstream failure's flag says more.
+    let flags = if delayed && flags == "-" { "DI" } else { flags };
     if let Some(d) = dest {
         headers::apply(resp.headers_mut(), d.response_headers.as_ref());
     }
