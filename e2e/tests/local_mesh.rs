@@ -260,6 +260,51 @@ spec:
     assert_eq!(mallory.by_version.get("v1"), Some(&50), "{mallory:?}");
 }
 
+#[test]
+#[ignore = "needs root: runs a mesh in network namespaces"]
+fn fault_injection_aborts_jason_and_delays_the_others() {
+    // Istio's fault-injection task on the seed: jason's requests aborted with 500, the others
+    // delayed 200 ms, both in order's sidecar.
+    let c = seed("faults");
+    c.apply_yaml(
+        "
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: shipping-service, namespace: default}
+spec:
+  hosts: [shipping-service]
+  http:
+  - match:
+    - headers:
+        end-user: {exact: jason}
+    fault:
+      abort: {httpStatus: 500, percentage: {value: 100}}
+    route:
+    - destination: {host: shipping-service, subset: v1}
+  - fault:
+      delay: {fixedDelay: 200ms, percentage: {value: 100}}
+    route:
+    - destination: {host: shipping-service, subset: v1}
+",
+    )
+    .unwrap();
+    let url = "http://shipping-service:8080/";
+    let aborted = "500 fault filter abort";
+    let applied = wait_until(DEADLINE, || {
+        c.load("order-v1-0", url, &["-n", "1", "-H", "end-user: jason"])
+            .is_ok_and(|r| r.failures.get(aborted) == Some(&1))
+    });
+    assert!(applied, "the abort never took effect");
+    let jason = c
+        .load("order-v1-0", url, &["-n", "20", "-H", "end-user: jason"])
+        .unwrap();
+    assert_eq!(jason.failures.get(aborted), Some(&20), "{jason:?}");
+    let others = c.load("order-v1-0", url, &["-n", "10", "-c", "1"]).unwrap();
+    assert_eq!(others.ok, 10, "{others:?}");
+    // A delay cannot end early: every request took at least the 200 ms injected.
+    assert!(others.p50_ms >= 200.0, "{others:?}");
+}
+
 /// Runs 3000 requests from order to shipping at 300 rps (10 s) and, once traffic flows,
 /// `during`; returns the load's report.
 fn under_load(c: &LocalCluster, during: impl FnOnce()) -> Report {
