@@ -313,23 +313,7 @@ async fn the_debug_setting_names_the_deciding_policy() {
         vec![],
         vec![],
     );
-    let (_tx, rx) = watch::channel(state);
-    let proxy = Proxy::launch(
-        &testing::loopback(),
-        Setup {
-            state: rx,
-            has_state: true,
-            outbound_dst: testing::fixed("10.0.0.1:1"),
-            inbound_dst: testing::fixed(&format!("10.0.0.9:{}", app.port())),
-            svids: None,
-            on_demand: None,
-            workload: workload("shipping-v2", "shipping", "v2"),
-            debug_authz: true,
-            jwks_ca_pem: None,
-        },
-    )
-    .await
-    .unwrap();
+    let proxy = lone_proxy(state, app, |s| s.debug_authz = true).await;
     let (status, _, debug) = call(proxy.bound.inbound, None).await;
     assert_eq!(status, StatusCode::FORBIDDEN);
     assert_eq!(
@@ -338,27 +322,24 @@ async fn the_debug_setting_names_the_deciding_policy() {
     );
 }
 
-/// A proxy (no identity) in front of `app` whose inbound listener takes the calls, trusting
-/// `jwks_ca_pem` for https key sets.
-async fn lone_proxy(state: Arc<State>, app: SocketAddr, jwks_ca_pem: Option<String>) -> Proxy {
+/// A proxy (no identity) in front of `app` whose inbound listener takes the calls, its setup
+/// changed by `adjust`.
+async fn lone_proxy(state: Arc<State>, app: SocketAddr, adjust: impl FnOnce(&mut Setup)) -> Proxy {
     let (tx, rx) = watch::channel(state);
     std::mem::forget(tx);
-    Proxy::launch(
-        &testing::loopback(),
-        Setup {
-            state: rx,
-            has_state: true,
-            outbound_dst: testing::fixed("10.0.0.1:1"),
-            inbound_dst: testing::fixed(&format!("10.0.0.9:{}", app.port())),
-            svids: None,
-            on_demand: None,
-            workload: workload("booking-v1", "booking", "v1"),
-            debug_authz: false,
-            jwks_ca_pem,
-        },
-    )
-    .await
-    .unwrap()
+    let mut setup = Setup {
+        state: rx,
+        has_state: true,
+        outbound_dst: testing::fixed("10.0.0.1:1"),
+        inbound_dst: testing::fixed(&format!("10.0.0.9:{}", app.port())),
+        svids: None,
+        on_demand: None,
+        workload: workload("booking-v1", "booking", "v1"),
+        debug_authz: false,
+        jwks_ca_pem: None,
+    };
+    adjust(&mut setup);
+    Proxy::launch(&testing::loopback(), setup).await.unwrap()
 }
 
 #[tokio::test]
@@ -394,7 +375,7 @@ async fn an_https_key_set_is_fetched_over_verified_tls() {
     };
     let valid = issuer.sign(Algorithm::RS256, &issuer.claims(SEED_ISSUER, "booking"));
 
-    let trusting = lone_proxy(state(), app, Some(root)).await;
+    let trusting = lone_proxy(state(), app, |s| s.jwks_ca_pem = Some(root)).await;
     let at = trusting.bound.inbound;
     assert_eq!(call(at, None).await.0, StatusCode::FORBIDDEN, "no token");
     let (status, body, _) = call(at, Some(&valid)).await;
@@ -402,7 +383,7 @@ async fn an_https_key_set_is_fetched_over_verified_tls() {
 
     // Without the issuer's CA the server cannot be verified: no keys, so the token is
     // refused (fail closed).
-    let doubting = lone_proxy(state(), app, None).await;
+    let doubting = lone_proxy(state(), app, |_| {}).await;
     let (status, body, _) = call(doubting.bound.inbound, Some(&valid)).await;
     assert_eq!(
         status,
