@@ -150,19 +150,24 @@ async fn app() -> SocketAddr {
     addr
 }
 
-async fn allows_and_denies_as_the_sample(
-    providers: Vec<proto::ExtensionProvider>,
-    svc: proto::Service,
-    authz: &ext_authz::ExtAuthz,
-) {
-    let p = pair(
+/// Two sidecars over mesh mTLS, B in front of [`app`] on an HTTP port.
+async fn http_pair() -> Pair {
+    pair(
         app().await,
         proto::Protocol::Http,
         proto::PeerMode::Permissive,
         SHIPPING,
         true,
     )
-    .await;
+    .await
+}
+
+async fn allows_and_denies_as_the_sample(
+    providers: Vec<proto::ExtensionProvider>,
+    svc: proto::Service,
+    authz: &ext_authz::ExtAuthz,
+) {
+    let p = http_pair().await;
     let name = providers[0].name.clone();
     p.b_state
         .send(b_with(
@@ -247,14 +252,7 @@ async fn an_unreachable_authorizer_fails_closed_unless_fail_open() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap()
     };
-    let p = pair(
-        app().await,
-        proto::Protocol::Http,
-        proto::PeerMode::Permissive,
-        SHIPPING,
-        true,
-    )
-    .await;
+    let p = http_pair().await;
     let out = p.a.bound.outbound;
     for (spec, want) in [
         (
@@ -305,14 +303,7 @@ async fn an_unreachable_authorizer_fails_closed_unless_fail_open() {
 #[tokio::test]
 async fn a_provider_missing_from_the_mesh_config_denies_and_deny_applies_after_custom() {
     let authz = ext_authz::start().await;
-    let p = pair(
-        app().await,
-        proto::Protocol::Http,
-        proto::PeerMode::Permissive,
-        SHIPPING,
-        true,
-    )
-    .await;
+    let p = http_pair().await;
     let out = p.a.bound.outbound;
     p.b_state
         .send(b_with(

@@ -102,24 +102,8 @@ struct Memory {
 pub async fn run(client: Client, tx: watch::Sender<Arc<Snapshot>>, options: KubeOptions) {
     let changed = Arc::new(Notify::new());
     let mut tasks = Vec::new();
+    // One reflector task; `config` narrows what it watches (the mesh ConfigMap by name).
     fn start<K>(
-        api: Api<K>,
-        writer: reflector::store::Writer<K>,
-        changed: Arc<Notify>,
-    ) -> tokio::task::JoinHandle<()>
-    where
-        K: kube::Resource
-            + Clone
-            + serde::de::DeserializeOwned
-            + std::fmt::Debug
-            + Send
-            + Sync
-            + 'static,
-        K::DynamicType: Eq + std::hash::Hash + Clone + Send + Sync,
-    {
-        start_with(api, watcher::Config::default(), writer, changed)
-    }
-    fn start_with<K>(
         api: Api<K>,
         config: watcher::Config,
         writer: reflector::store::Writer<K>,
@@ -151,25 +135,33 @@ pub async fn run(client: Client, tx: watch::Sender<Arc<Snapshot>>, options: Kube
     let (services, w) = reflector::store();
     tasks.push(start(
         Api::<Service>::all(client.clone()),
+        watcher::Config::default(),
         w,
         changed.clone(),
     ));
     let (slices, w) = reflector::store();
     tasks.push(start(
         Api::<EndpointSlice>::all(client.clone()),
+        watcher::Config::default(),
         w,
         changed.clone(),
     ));
     let (pods, w) = reflector::store();
-    tasks.push(start(Api::<Pod>::all(client.clone()), w, changed.clone()));
+    tasks.push(start(
+        Api::<Pod>::all(client.clone()),
+        watcher::Config::default(),
+        w,
+        changed.clone(),
+    ));
     let (namespaces, w) = reflector::store();
     tasks.push(start(
         Api::<Namespace>::all(client.clone()),
+        watcher::Config::default(),
         w,
         changed.clone(),
     ));
     let (mesh, w) = reflector::store();
-    tasks.push(start_with(
+    tasks.push(start(
         Api::<ConfigMap>::namespaced(client.clone(), &options.root_namespace),
         watcher::Config::default().fields(&format!(
             "metadata.name={}",
@@ -185,6 +177,7 @@ pub async fn run(client: Client, tx: watch::Sender<Arc<Snapshot>>, options: Kube
         istio.push((kind, writer.as_reader()));
         tasks.push(start(
             Api::<DynamicObject>::all_with(client.clone(), &ar),
+            watcher::Config::default(),
             writer,
             changed.clone(),
         ));
