@@ -155,9 +155,16 @@ fn seed_split_90_10_over_mutual_tls() {
 
 /// What the sidecar of `pod` serves on its metrics port (15020), fetched inside the pod.
 fn scrape(c: &LocalCluster, pod: &str) -> String {
-    let script = "exec 3<>/dev/tcp/127.0.0.1/15020 && \
-        printf 'GET /stats/prometheus HTTP/1.0\\r\\nHost: metrics\\r\\n\\r\\n' >&3 && cat <&3";
-    let out = c.exec(pod, &["bash", "-c", script]).unwrap();
+    sidecar_get(c, pod, 15020, "/stats/prometheus")
+}
+
+/// What the sidecar of `pod` answers to GET `path` on its loopback `port`, inside the pod.
+fn sidecar_get(c: &LocalCluster, pod: &str, port: u16, path: &str) -> String {
+    let script = format!(
+        "exec 3<>/dev/tcp/127.0.0.1/{port} && \
+         printf 'GET {path} HTTP/1.0\\r\\nHost: sidecar\\r\\n\\r\\n' >&3 && cat <&3"
+    );
+    let out = c.exec(pod, &["bash", "-c", &script]).unwrap();
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -303,6 +310,47 @@ spec:
     assert_eq!(others.ok, 10, "{others:?}");
     // A delay cannot end early: every request took at least the 200 ms injected.
     assert!(others.p50_ms >= 200.0, "{others:?}");
+}
+
+#[test]
+#[ignore = "needs root: runs a mesh in network namespaces"]
+fn the_seed_circuit_breaker_overflows_two_connections_and_never_one() {
+    harness::require();
+    // Istio's circuit-breaking task on the seed's DestinationRule (one connection, one pending
+    // request, one request per connection), enforced by order's sidecar: one connection at a
+    // time never overflows; two at once sometimes do, answered at once with 503 (flag UO).
+    let c = seed("circuit-breaker");
+    c.wait_endpoints("order-v1-0", "inventory-service.default", 1)
+        .expect("order knows inventory");
+    let url = "http://inventory-service:8080/";
+    let one = c.load("order-v1-0", url, &["-n", "30", "-c", "1"]).unwrap();
+    assert_all_ok(&one);
+    let two = c.load("order-v1-0", url, &["-n", "60", "-c", "2"]).unwrap();
+    let overflow: usize = two
+        .failures
+        .iter()
+        .filter(|(why, _)| why.starts_with("503 ") && why.contains("reset reason: overflow"))
+        .map(|(_, n)| n)
+        .sum();
+    assert!(overflow > 0, "two connections at once overflow: {two:?}");
+    assert_eq!(
+        two.ok + overflow,
+        two.requests,
+        "only 200 or 503 UO: {two:?}"
+    );
+    // Counted where Istio's task reads them: the sidecar's /stats, under Envoy's names; and
+    // flagged UO in its request metrics.
+    let stats = sidecar_get(&c, "order-v1-0", 15000, "/stats");
+    let line = format!(
+        "cluster.outbound|8080||inventory-service.default.svc.cluster.local.upstream_rq_pending_overflow: {overflow}"
+    );
+    assert!(stats.contains(&line), "{line}: {stats}");
+    let flagged = requests_counted(
+        &c,
+        "order-v1-0",
+        &["response_flags=\"UO\"", "response_code=\"503\""],
+    );
+    assert_eq!(flagged, overflow, "{}", scrape(&c, "order-v1-0"));
 }
 
 /// Runs 3000 requests from order to shipping at 300 rps (10 s) and, once traffic flows,
@@ -696,19 +744,13 @@ fn ps_logs_and_proxy_status_show_the_running_mesh() {
         String::from_utf8_lossy(&status.stderr)
     );
     assert_eq!(text.matches("SYNCED").count(), 4, "{text}");
-    // The seed's circuit breaker is held by every sidecar that sees inventory, and said to be
-    // not enforced yet, field by field.
+    // The seed's DestinationRule is held by every sidecar that sees inventory: its circuit
+    // breaker enforced, its outlier detection said to be not enforced yet, by field.
     let held = "configuration it holds but does not enforce yet:";
     assert_eq!(text.matches(held).count(), 4, "{text}");
-    for field in [
-        "spec.trafficPolicy.connectionPool",
-        "spec.trafficPolicy.outlierDetection",
-    ] {
-        let line = format!(
-            "DestinationRule default/inventory-service: {field}: accepted, not enforced yet"
-        );
-        assert_eq!(text.matches(&line).count(), 4, "{line}: {text}");
-    }
+    let line = "DestinationRule default/inventory-service: spec.trafficPolicy.outlierDetection: accepted, not enforced yet";
+    assert_eq!(text.matches(line).count(), 4, "{line}: {text}");
+    assert!(!text.contains("connectionPool"), "{text}");
 }
 
 #[test]
@@ -740,12 +782,21 @@ fn demo_reports_the_seed_in_json_and_cleans_up() {
     assert!((52..=148).contains(&v2), "v2 got {v2}");
     assert!(r["p50_ms"].as_f64().unwrap() > 0.0);
     assert!(r["p99_ms"].as_f64().unwrap() >= r["p50_ms"].as_f64().unwrap());
-    // The demo claims only what is enforced: the circuit breaker it applies is listed.
+    // The circuit breaker acts: two connections at once to inventory, some refused with UO.
+    let cb = &r["circuit_breaker"];
+    let (ok, uo) = (
+        cb["ok"].as_u64().unwrap(),
+        cb["overflow_503_uo"].as_u64().unwrap(),
+    );
+    assert!(uo > 0 && ok > 0, "{cb}");
+    assert_eq!(ok + uo, cb["requests"].as_u64().unwrap(), "{cb}");
+    // The demo claims only what is enforced: what it applies and is not is listed.
     let log = String::from_utf8_lossy(&out.stderr);
     assert!(
-        log.contains("DestinationRule default/inventory-service: spec.trafficPolicy.connectionPool: accepted, not enforced yet"),
+        log.contains("DestinationRule default/inventory-service: spec.trafficPolicy.outlierDetection: accepted, not enforced yet"),
         "{log}"
     );
+    assert!(!log.contains("connectionPool"), "{log}");
     // Cleaned up: no record, so no namespace of it either.
     assert!(!dir.path().join("runtime.json").exists());
 }

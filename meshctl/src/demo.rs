@@ -1,9 +1,9 @@
 //! `meshctl demo`: starts a local mesh, applies the shipped order application
 //! (`manifests/samples/order-app/`: order, inventory, shipping v1 and v2, the 90/10 split, the
-//! circuit breaker (accepted, reported as not enforced yet), STRICT mutual TLS, the JWT policy),
-//! runs its Deployments as pods with sidecars, sends
-//! requests from order to shipping and reports who answered, how fast and whether mutual TLS
-//! carried them.
+//! circuit breaker on inventory, STRICT mutual TLS, the JWT policy), runs its Deployments as
+//! pods with sidecars, sends requests from order to shipping and reports who answered, how fast
+//! and whether mutual TLS carried them; then a short burst over two connections to inventory,
+//! whose circuit breaker (one connection, one pending request) refuses some with 503, flag UO.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -81,6 +81,36 @@ pub struct DemoReport {
     /// Wall time of the load, seconds.
     #[serde(skip)]
     pub elapsed_s: f64,
+    /// The burst to inventory, through its circuit breaker.
+    pub circuit_breaker: BurstReport,
+}
+
+/// What a burst over a few connections to a service with a circuit breaker got.
+#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+pub struct BurstReport {
+    /// The service's URL.
+    pub url: String,
+    /// Requests sent.
+    pub requests: usize,
+    /// Connections they were sent over, at once.
+    pub connections: usize,
+    /// Answered 2xx.
+    pub ok: usize,
+    /// Refused by the caller's sidecar at once: 503 with flag UO (circuit breaker overflow).
+    pub overflow_503_uo: usize,
+    /// Any other failure, by reason (absent when none).
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub failures: std::collections::BTreeMap<String, usize>,
+}
+
+/// Requests and connections of the burst to inventory.
+const BURST: (usize, usize) = (40, 2);
+const INVENTORY_URL: &str = "http://inventory-service:8080/";
+
+/// Whether a load failure is a circuit breaker's overflow (the sidecar's answer, as Envoy words
+/// it, for the requests it flags UO).
+fn is_overflow(reason: &str) -> bool {
+    reason.starts_with("503 ") && reason.contains("reset reason: overflow")
 }
 
 /// Writes the sample into `dir` and returns the folder.
@@ -171,37 +201,44 @@ fn run_in(mesh: &Mesh, options: &DemoOptions, log: &mut dyn Write) -> anyhow::Re
         "sending {} requests from order to http://shipping-service:8080/ ...",
         options.requests
     );
-    let mut cmd = mesh.exec_command(
+    let report = load(
+        mesh,
         client,
+        "http://shipping-service:8080/",
         &[
-            "mesh-echo".into(),
-            "load".into(),
-            "--url".into(),
-            "http://shipping-service:8080/".into(),
-            "-n".into(),
-            options.requests.to_string(),
-            "-c".into(),
-            "4".into(),
-            "--rate".into(),
-            options.rate.to_string(),
-            "-o".into(),
-            "json".into(),
+            "-n",
+            &options.requests.to_string(),
+            "-c",
+            "4",
+            "--rate",
+            &options.rate.to_string(),
         ],
+        options.progress,
     )?;
-    if options.progress {
-        cmd.arg("--progress");
-    }
-    let out = cmd
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .output()
-        .map_err(|e| anyhow::anyhow!("running the load from {client}: {e}"))?;
-    let report: mesh_e2e_report::Report = serde_json::from_slice(&out.stdout).map_err(|e| {
-        anyhow::anyhow!(
-            "the load from {client} printed no report ({e}): {}",
-            String::from_utf8_lossy(&out.stdout)
-        )
-    })?;
+    let (requests, connections) = BURST;
+    let _ = writeln!(
+        log,
+        "sending a burst of {requests} requests over {connections} connections from order to {INVENTORY_URL} (its circuit breaker: 1 connection, 1 pending request) ..."
+    );
+    let burst = load(
+        mesh,
+        client,
+        INVENTORY_URL,
+        &["-n", &requests.to_string(), "-c", &connections.to_string()],
+        false,
+    )?;
+    let (overflow, failures): (Vec<_>, Vec<_>) = burst
+        .failures
+        .into_iter()
+        .partition(|(why, _)| is_overflow(why));
+    let circuit_breaker = BurstReport {
+        url: INVENTORY_URL.into(),
+        requests: burst.requests,
+        connections,
+        ok: burst.ok,
+        overflow_503_uo: overflow.iter().map(|(_, n)| n).sum(),
+        failures: failures.into_iter().collect(),
+    };
     let demo = DemoReport {
         requests: report.requests,
         success_rate: if report.requests == 0 {
@@ -216,8 +253,39 @@ fn run_in(mesh: &Mesh, options: &DemoOptions, log: &mut dyn Write) -> anyhow::Re
         failures: report.failures,
         peers: report.by_peer,
         elapsed_s: report.elapsed_s,
+        circuit_breaker,
     };
     Ok(demo)
+}
+
+/// Runs `mesh-echo load` against `url` in `client`'s pod; its report.
+fn load(
+    mesh: &Mesh,
+    client: &str,
+    url: &str,
+    args: &[&str],
+    progress: bool,
+) -> anyhow::Result<mesh_e2e_report::Report> {
+    let mut argv: Vec<String> = ["mesh-echo", "load", "--url", url, "-o", "json"]
+        .iter()
+        .chain(args)
+        .map(ToString::to_string)
+        .collect();
+    if progress {
+        argv.push("--progress".into());
+    }
+    let out = mesh
+        .exec_command(client, &argv)?
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .output()
+        .map_err(|e| anyhow::anyhow!("running the load from {client}: {e}"))?;
+    serde_json::from_slice(&out.stdout).map_err(|e| {
+        anyhow::anyhow!(
+            "the load from {client} to {url} printed no report ({e}): {}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    })
 }
 
 /// The part of `mesh-echo load`'s JSON report the demo reads.
@@ -275,6 +343,19 @@ pub fn table(r: &DemoReport) -> String {
     ));
     for (why, n) in &r.failures {
         s.push_str(&format!("  failed        {n} × {why}\n"));
+    }
+    let b = &r.circuit_breaker;
+    s.push_str(&format!(
+        "\nCircuit breaker on inventory-service (1 connection, 1 pending request): a burst of {} requests over {} connections\n\n",
+        b.requests, b.connections
+    ));
+    s.push_str(&format!("  answered               {:>4}\n", b.ok));
+    s.push_str(&format!(
+        "  refused at once        {:>4}  (503, flag UO: overflow, by order's sidecar)\n",
+        b.overflow_503_uo
+    ));
+    for (why, n) in &b.failures {
+        s.push_str(&format!("  failed                 {n:>4}  {why}\n"));
     }
     s
 }

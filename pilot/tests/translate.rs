@@ -205,15 +205,43 @@ fn seed_order_view() {
         state::PeerMode::Strict
     );
     let inventory = service(&v.state, "inventory-service");
-    assert!(
-        inventory
-            .traffic_policy
-            .as_ref()
-            .unwrap()
-            .outlier_detection
-            .is_some()
+    let policy = inventory.traffic_policy.as_ref().unwrap();
+    assert!(policy.outlier_detection.is_some());
+    // The circuit breaker of Istio's task: one connection, one pending, one per connection.
+    assert_eq!(
+        policy.connection_pool,
+        Some(state::ConnectionPool {
+            max_connections: 1,
+            http1_max_pending_requests: 1,
+            max_requests_per_connection: 1,
+            ..Default::default()
+        })
     );
     golden("seed-order", &v.state);
+}
+
+#[test]
+fn connection_pools_carry_every_limit_the_proxy_applies() {
+    let m = testing::model(&testing::resources(
+        "apiVersion: v1\nkind: Service\nmetadata: {name: inventory, namespace: default}\nspec:\n  selector: {app: inventory}\n  ports: [{name: http, port: 80}]\n---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: inventory, namespace: default}\nspec:\n  host: inventory\n  trafficPolicy:\n    connectionPool:\n      tcp: {maxConnections: 3, connectTimeout: 250ms}\n      http: {http1MaxPendingRequests: 4, http2MaxRequests: 5, maxRequestsPerConnection: 6, maxRetries: 7, idleTimeout: 30s}\n",
+    ));
+    let v = view(&m, &node("default", &[("app", "order")], "10.0.0.20"));
+    let policy = service(&v.state, "inventory")
+        .traffic_policy
+        .clone()
+        .unwrap();
+    assert_eq!(
+        policy.connection_pool,
+        Some(state::ConnectionPool {
+            max_connections: 3,
+            connect_timeout_ms: 250,
+            http1_max_pending_requests: 4,
+            http2_max_requests: 5,
+            max_requests_per_connection: 6,
+            max_retries: 7,
+            idle_timeout_ms: 30_000,
+        })
+    );
 }
 
 #[test]

@@ -26,3 +26,47 @@ pub fn full(body: impl Into<Bytes>) -> Body {
         .map_err(|never| match never {})
         .boxed()
 }
+
+/// `body`, holding `guard` until the body has been read to its end or dropped: a count that
+/// must last as long as the exchange (a circuit breaker's active request, say).
+pub fn holding<G>(body: Body, guard: G) -> Body
+where
+    G: Send + Sync + Unpin + 'static,
+{
+    BodyExt::boxed(Holding {
+        body,
+        guard: Some(guard),
+    })
+}
+
+struct Holding<G> {
+    body: Body,
+    guard: Option<G>,
+}
+
+impl<G: Unpin> hyper::body::Body for Holding<G> {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        let polled = std::pin::Pin::new(&mut this.body).poll_frame(cx);
+        if let std::task::Poll::Ready(frame) = &polled
+            && (frame.is_none() || this.body.is_end_stream())
+        {
+            this.guard = None;
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
+    }
+}

@@ -6,7 +6,8 @@
 
 use crate::diagnostic::Diagnostic;
 use crate::networking::{
-    DestinationRuleSpec, LoadBalancerSettings, SidecarSpec, TrafficPolicy, VirtualServiceSpec,
+    ClientTlsMode, ConnectionPoolSettings, DestinationRuleSpec, LoadBalancerSettings, SidecarSpec,
+    TrafficPolicy, VirtualServiceSpec,
 };
 use crate::resource::Resource;
 use crate::security::{AuthorizationPolicySpec, RequestAuthenticationSpec};
@@ -86,7 +87,7 @@ pub fn in_sidecar(spec: &SidecarSpec) -> Vec<Diagnostic> {
     if spec.inbound_connection_pool.is_some() {
         out.add(
             "spec.inboundConnectionPool",
-            "connection limits are not applied (no circuit breaking yet)",
+            "limits on connections into the workload are not applied (DestinationRule connectionPool limits what callers send)",
         );
     }
     if spec
@@ -204,11 +205,12 @@ fn virtual_service(out: &mut Out, spec: &VirtualServiceSpec) {
 }
 
 fn traffic_policy(out: &mut Out, at: &str, tp: &TrafficPolicy) {
-    if tp.connection_pool.is_some() {
-        out.add(
-            format!("{at}.connectionPool"),
-            "connection and request limits are not applied (no circuit breaking yet)",
-        );
+    let originates = tp
+        .tls
+        .as_ref()
+        .is_some_and(|t| matches!(t.mode, Some(ClientTlsMode::Simple | ClientTlsMode::Mutual)));
+    if let Some(pool) = &tp.connection_pool {
+        connection_pool(out, &format!("{at}.connectionPool"), pool, originates);
     }
     if tp.outlier_detection.is_some() {
         out.add(
@@ -230,11 +232,12 @@ fn traffic_policy(out: &mut Out, at: &str, tp: &TrafficPolicy) {
     }
     for (i, p) in tp.port_level_settings.iter().enumerate() {
         let pat = format!("{at}.portLevelSettings[{i}]");
-        if p.connection_pool.is_some() {
-            out.add(
-                format!("{pat}.connectionPool"),
-                "connection and request limits are not applied (no circuit breaking yet)",
-            );
+        let originates = originates
+            || p.tls.as_ref().is_some_and(|t| {
+                matches!(t.mode, Some(ClientTlsMode::Simple | ClientTlsMode::Mutual))
+            });
+        if let Some(pool) = &p.connection_pool {
+            connection_pool(out, &format!("{pat}.connectionPool"), pool, originates);
         }
         if p.outlier_detection.is_some() {
             out.add(
@@ -242,8 +245,79 @@ fn traffic_policy(out: &mut Out, at: &str, tp: &TrafficPolicy) {
                 "failing endpoints are not ejected",
             );
         }
-        if let Some(lb) = &p.load_balancer {
-            load_balancer(out, &format!("{pat}.loadBalancer"), lb);
+        if p.load_balancer.is_some() {
+            out.add(
+                format!("{pat}.loadBalancer"),
+                "port-level load balancing is not applied: the port uses the policy's own loadBalancer",
+            );
+        }
+        if p.tls.is_some() {
+            out.add(
+                format!("{pat}.tls"),
+                "port-level TLS settings are not applied: the port uses the policy's own tls",
+            );
+        }
+    }
+}
+
+/// What of a connectionPool the proxy does not apply: the connection and request limits,
+/// timeouts and retries cap are enforced; these are not.
+fn connection_pool(out: &mut Out, at: &str, pool: &ConnectionPoolSettings, originates: bool) {
+    if let Some(t) = &pool.tcp {
+        for (name, set, what) in [
+            (
+                "tcpKeepalive",
+                t.tcp_keepalive.is_some(),
+                "upstream connections are not probed with TCP keep-alives",
+            ),
+            (
+                "maxConnectionDuration",
+                t.max_connection_duration.is_some(),
+                "upstream connections are not closed after this long",
+            ),
+            (
+                "idleTimeout",
+                t.idle_timeout.is_some(),
+                "idle TCP connections are not closed by the proxy (http.idleTimeout applies to HTTP)",
+            ),
+        ] {
+            if set {
+                out.add(format!("{at}.tcp.{name}"), what);
+            }
+        }
+    }
+    if let Some(h) = &pool.http {
+        for (name, set, what) in [
+            (
+                "h2UpgradePolicy",
+                h.h2_upgrade_policy.is_some(),
+                "the upstream protocol is chosen by the mesh (HTTP/2 between sidecars), not by this setting",
+            ),
+            (
+                "useClientProtocol",
+                h.use_client_protocol.is_some(),
+                "the upstream protocol is chosen by the mesh (HTTP/2 between sidecars), not by this setting",
+            ),
+            (
+                "maxConcurrentStreams",
+                h.max_concurrent_streams.is_some(),
+                "HTTP/2 streams per connection are not capped by this setting",
+            ),
+            (
+                "http2KeepAlive",
+                h.http2_keep_alive.is_some(),
+                "HTTP/2 connections are not kept alive with PINGs",
+            ),
+        ] {
+            if set {
+                out.add(format!("{at}.http.{name}"), what);
+            }
+        }
+        if originates && h.max_requests_per_connection.is_some_and(|n| n > 0) {
+            out.add(
+                format!("{at}.http.maxRequestsPerConnection"),
+                "connections the proxy originates TLS on (tls SIMPLE or MUTUAL) are reused without this cap; the other limits apply",
+            );
         }
     }
 }
@@ -284,14 +358,33 @@ mod tests {
     }
 
     #[test]
-    fn the_seed_circuit_breaker_is_reported_not_ignored() {
-        let w = warnings(
-            "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: inv}\nspec:\n  host: inventory\n  trafficPolicy:\n    connectionPool: {tcp: {maxConnections: 1}}\n    outlierDetection: {consecutive5xxErrors: 1}\n",
-        );
-        assert_eq!(w.len(), 2, "{w:?}");
-        assert!(w[0].starts_with("spec.trafficPolicy.connectionPool: accepted, not enforced yet"));
+    fn the_seed_circuit_breaker_is_enforced_and_its_outlier_detection_reported() {
+        let seed = "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: inv}\nspec:\n  host: inventory\n  trafficPolicy:\n    connectionPool:\n      tcp: {maxConnections: 1, connectTimeout: 1s}\n      http: {http1MaxPendingRequests: 1, maxRequestsPerConnection: 1, http2MaxRequests: 5, maxRetries: 2, idleTimeout: 30s}\n    outlierDetection: {consecutive5xxErrors: 1}\n";
+        let w = warnings(seed);
+        assert_eq!(w.len(), 1, "{w:?}");
         assert!(
-            w[1].starts_with("spec.trafficPolicy.outlierDetection: accepted, not enforced yet")
+            w[0].starts_with("spec.trafficPolicy.outlierDetection: accepted, not enforced yet")
+        );
+    }
+
+    #[test]
+    fn connection_pool_fields_not_applied_are_named() {
+        let w = warnings(
+            "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: ext}\nspec:\n  host: api.example.com\n  trafficPolicy:\n    tls: {mode: SIMPLE}\n    connectionPool:\n      tcp: {tcpKeepalive: {time: 7200s}}\n      http: {maxRequestsPerConnection: 1, h2UpgradePolicy: UPGRADE}\n    portLevelSettings:\n    - port: {number: 443}\n      loadBalancer: {simple: RANDOM}\n",
+        );
+        let fields: Vec<&str> = w
+            .iter()
+            .map(|l| l.split(": ").next().unwrap_or(""))
+            .collect();
+        assert_eq!(
+            fields,
+            [
+                "spec.trafficPolicy.connectionPool.tcp.tcpKeepalive",
+                "spec.trafficPolicy.connectionPool.http.h2UpgradePolicy",
+                "spec.trafficPolicy.connectionPool.http.maxRequestsPerConnection",
+                "spec.trafficPolicy.portLevelSettings[0].loadBalancer",
+            ],
+            "{w:?}"
         );
     }
 

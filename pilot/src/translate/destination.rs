@@ -175,6 +175,12 @@ fn policy_parts(
                 .and_then(|t| t.connect_timeout.as_deref())
                 .and_then(duration_ms)
                 .unwrap_or(0),
+            http2_max_requests: u(http.and_then(|h| h.http2_max_requests)),
+            max_retries: u(http.and_then(|h| h.max_retries)),
+            idle_timeout_ms: http
+                .and_then(|h| h.idle_timeout.as_deref())
+                .and_then(duration_ms)
+                .unwrap_or(0),
         });
     }
     if let Some(o) = outlier {

@@ -1,4 +1,4 @@
-//! Admin (127.0.0.1:15000: `/ready`, `/config_dump`, `/stats/prometheus`, `/drain`),
+//! Admin (127.0.0.1:15000: `/ready`, `/config_dump`, `/stats`, `/stats/prometheus`, `/drain`),
 //! readiness (`/healthz/ready` on 15021) and metrics (`/stats/prometheus` and
 //! `/healthz/ready` on 15020, where Prometheus scrapes), served with hyper.
 
@@ -134,17 +134,22 @@ async fn route(
             );
             r
         }
+        (&Method::GET, "/stats") => text(StatusCode::OK, cluster_stats(inputs)),
         (&Method::POST, "/drain") => {
             let _ = drain_request.try_send(());
             text(StatusCode::OK, "draining\n")
         }
-        (_, "/ready" | "/healthz/ready" | "/config_dump" | "/stats/prometheus" | "/drain") => text(
+        (
+            _,
+            "/ready" | "/healthz/ready" | "/config_dump" | "/stats" | "/stats/prometheus"
+            | "/drain",
+        ) => text(
             StatusCode::METHOD_NOT_ALLOWED,
             "use GET (POST for /drain)\n",
         ),
         _ => text(
             StatusCode::NOT_FOUND,
-            "admin paths: /ready, /config_dump, /stats/prometheus, POST /drain\n",
+            "admin paths: /ready, /config_dump, /stats, /stats/prometheus, POST /drain\n",
         ),
     }
 }
@@ -159,4 +164,64 @@ pub async fn serve_readiness(listener: TcpListener, inputs: Arc<Inputs>, drain: 
 pub async fn serve_metrics(listener: TcpListener, inputs: Arc<Inputs>, drain: drain::Watch) {
     let (tx, _rx) = mpsc::channel(1);
     serve_scoped(listener, inputs, tx, drain, Scope::Metrics).await;
+}
+
+/// The circuit breakers of the clusters the proxy has sent to, in Envoy's `/stats` text form
+/// (`cluster.<name>.upstream_rq_pending_overflow: 21`), so that Istio's circuit-breaking task
+/// reads the same here.
+fn cluster_stats(inputs: &Inputs) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    for (name, breaker) in inputs.upstreams.breakers() {
+        let s = breaker.snapshot();
+        let l = &breaker.limits;
+        let remaining = |max: u32, used: u32| max.saturating_sub(used);
+        let open = |max: u32, used: u32| u8::from(used >= max);
+        let lines: [(&str, u64); 16] = [
+            (
+                "circuit_breakers.default.cx_open",
+                open(l.max_connections, s.cx_active).into(),
+            ),
+            (
+                "circuit_breakers.default.rq_pending_open",
+                open(l.max_pending, s.rq_pending_active).into(),
+            ),
+            (
+                "circuit_breakers.default.rq_open",
+                open(l.max_requests, s.rq_active).into(),
+            ),
+            (
+                "circuit_breakers.default.rq_retry_open",
+                open(l.max_retries, s.rq_retry_active).into(),
+            ),
+            (
+                "circuit_breakers.default.remaining_cx",
+                remaining(l.max_connections, s.cx_active).into(),
+            ),
+            (
+                "circuit_breakers.default.remaining_pending",
+                remaining(l.max_pending, s.rq_pending_active).into(),
+            ),
+            (
+                "circuit_breakers.default.remaining_rq",
+                remaining(l.max_requests, s.rq_active).into(),
+            ),
+            (
+                "circuit_breakers.default.remaining_retries",
+                remaining(l.max_retries, s.rq_retry_active).into(),
+            ),
+            ("upstream_cx_active", s.cx_active.into()),
+            ("upstream_cx_overflow", s.cx_overflow),
+            ("upstream_rq_active", s.rq_active.into()),
+            ("upstream_rq_overflow", s.rq_overflow),
+            ("upstream_rq_pending_active", s.rq_pending_active.into()),
+            ("upstream_rq_pending_overflow", s.rq_pending_overflow),
+            ("upstream_rq_retry_active", s.rq_retry_active.into()),
+            ("upstream_rq_retry_overflow", s.retry_overflow),
+        ];
+        for (stat, value) in lines {
+            let _ = writeln!(out, "cluster.{name}.{stat}: {value}");
+        }
+    }
+    out
 }

@@ -1,6 +1,7 @@
 //! Sending a request to its target: the pool that fits (plaintext HTTP/1.1, HTTP/2 between
-//! sidecars, hyper-util's client for TLS origination and upgrades), the route's timeout, and
-//! retries of bodiless requests on connect failures and 503s with a new endpoint each time.
+//! sidecars, hyper-util's client for TLS origination and upgrades), the cluster's circuit
+//! breaker (503 with flag UO on overflow), the route's timeout, and retries of bodiless
+//! requests on connect failures and 503s with a new endpoint each time.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,9 +10,11 @@ use hyper::body::Body as _;
 use hyper::{Request, Response, StatusCode};
 
 use super::{Body, Conn, boxed, headers, reply};
+use crate::body::holding;
 use crate::route::{Target, to_destination};
 use crate::state::{Port, Service, State, proto};
 use crate::upstream::Failure;
+use crate::upstream::breaker::{Overflow, Room};
 
 /// Sends the request to `target`, retrying bodiless requests on connect failures and 503s with
 /// a new endpoint each time.
@@ -30,6 +33,17 @@ pub(super) async fn forward(
     headers::prepare_upstream(req, ctx.peer);
     let bodiless = req.body().is_end_stream();
     let upgrade = headers::is_upgrade(req);
+    // A cluster with a circuit breaker: its own pools, and its count of active requests.
+    let cluster = target
+        .limits
+        .as_ref()
+        .map(|l| ctx.inputs.upstreams.cluster(l));
+    let active = match cluster.as_ref().map(|c| c.breaker.start_request()) {
+        Some(Err(e)) => return overflow(target, e),
+        Some(Ok(permit)) => Some(permit),
+        None => None,
+    };
+    let mut retry_permit = None;
     let mut attempt = 0;
     loop {
         // Auto mTLS needs an identity of our own; without one, plaintext.
@@ -75,21 +89,28 @@ pub(super) async fn forward(
         }
         let _active = ctx.inputs.loads.start(target.addr);
         let upstreams = &ctx.inputs.upstreams;
+        // Without pools of our own, a cluster's breaker counts each request as holding a
+        // connection for its whole exchange (HTTP/1.1's way).
+        let mut conn_permit = None;
         let sent = async {
             if plain_h1 {
-                upstreams
-                    .outbound_h1
-                    .send(target.addr, upstream_req)
+                let pool = cluster.as_ref().map_or(&upstreams.outbound_h1, |c| &c.h1);
+                pool.send(target.addr, upstream_req)
                     .await
                     .map_err(Failure::from)
             } else if own_h2 {
                 let identity = target.mtls.then_some(&*target.identity);
-                upstreams
-                    .outbound_h2
-                    .send(target.addr, identity, upstream_req)
+                let pool = cluster.as_ref().map_or(&upstreams.outbound_h2, |c| &c.h2);
+                pool.send(target.addr, identity, upstream_req)
                     .await
                     .map_err(Failure::from)
             } else {
+                if let Some(c) = &cluster {
+                    match c.breaker.room(target.addr, || None::<()>).await? {
+                        Room::Open(permit, _pending) => conn_permit = Some(permit),
+                        Room::Ready(()) => {}
+                    }
+                }
                 let by_identity;
                 let client = if target.mtls && target.originate.is_none() {
                     by_identity = upstreams.outbound.pick_for(use_h2, &target.identity);
@@ -121,7 +142,20 @@ pub(super) async fn forward(
             Err(e) => e.connect,
             Ok(r) => r.status() == StatusCode::SERVICE_UNAVAILABLE,
         };
-        if retryable && bodiless && attempt < retries {
+        // A retry over the cluster's maxRetries is not made: the answer goes back as it is.
+        let retry = retryable
+            && bodiless
+            && attempt < retries
+            && cluster
+                .as_ref()
+                .is_none_or(|c| match c.breaker.start_retry() {
+                    Some(permit) => {
+                        retry_permit = Some(permit);
+                        true
+                    }
+                    None => false,
+                });
+        if retry {
             attempt += 1;
             if let (Some(svc), Some((d, port))) = (svc, dest)
                 && let Some(next) = to_destination(state, svc, port, d, &ctx.inputs.loads, None)
@@ -135,8 +169,14 @@ pub(super) async fn forward(
                 if upgrade && resp.status() == StatusCode::SWITCHING_PROTOCOLS {
                     headers::splice_upgrade(req, &mut resp);
                 }
+                if cluster.is_some() {
+                    // The cluster counts the request (and its connection, where the pool does
+                    // not) until the response has been read.
+                    resp = resp.map(|b| holding(b, (active, conn_permit)));
+                }
                 (resp, if attempt > 0 { "URX" } else { "-" })
             }
+            Err(e) if e.overflow => overflow_reply(target, &e.error.to_string()),
             Err(e) if e.connect => {
                 // Say why, as Envoy does ("transport failure reason: ..."): a refused
                 // connection and a peer proving the wrong identity call for different fixes.
@@ -160,6 +200,27 @@ pub(super) async fn forward(
         };
     }
 }
+
+/// The answer to a request the cluster's circuit breaker refused: Envoy's words, then which
+/// limit it was.
+fn overflow(target: &Target, e: Overflow) -> (Response<Body>, &'static str) {
+    overflow_reply(target, &e.to_string())
+}
+
+fn overflow_reply(target: &Target, why: &str) -> (Response<Body>, &'static str) {
+    let cluster = target.limits.as_ref().map_or("", |l| l.cluster.as_str());
+    tracing::debug!("circuit breaker of {cluster}: {why}");
+    (
+        reply(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &format!(
+                "upstream connect error or disconnect/reset before headers. reset reason: overflow ({cluster}: {why})"
+            ),
+        ),
+        "UO",
+    )
+}
+
 /// An error's causes, innermost last, without the client's own wrapping words.
 fn error_causes(e: &(dyn std::error::Error + 'static)) -> String {
     let mut parts = Vec::new();

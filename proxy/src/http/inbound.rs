@@ -151,6 +151,7 @@ async fn inbound_request(
         mtls_required: false,
         identity: crate::route::no_identity(),
         originate: None,
+        limits: None,
     };
     // Plaintext HTTP/1.1 to the app takes the light pool; HTTP/2 and upgrades hyper-util's.
     let plain_h1 = !h2 && !upgrade;

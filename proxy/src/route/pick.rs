@@ -30,6 +30,8 @@ pub struct Target {
     pub identity: Arc<str>,
     /// TLS the proxy originates to this endpoint (DestinationRule SIMPLE / MUTUAL).
     pub originate: Option<Arc<crate::tls::originate::Originate>>,
+    /// The cluster's circuit breakers (DestinationRule connectionPool), when it has any.
+    pub limits: Option<Arc<crate::state::PoolLimits>>,
 }
 
 impl Target {
@@ -46,6 +48,7 @@ impl Target {
             mtls_required: false,
             identity: no_identity(),
             originate: None,
+            limits: None,
         }
     }
 }
@@ -240,6 +243,10 @@ pub fn endpoint_in(
         mtls_required,
         identity,
         originate,
+        limits: svc
+            .limits_for(subset, port.port)
+            .or_else(|| svc.limits_for("", port.port))
+            .cloned(),
     })
 }
 

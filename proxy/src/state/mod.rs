@@ -5,6 +5,7 @@
 //! established.
 
 mod file;
+mod limits;
 mod report;
 
 use std::collections::HashMap;
@@ -12,6 +13,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 pub use file::{FileWatch, ParseError, Poll, StateFileError, load_file, parse_state, watch_file};
+pub use limits::{DEFAULT_CONNECT_TIMEOUT, PoolLimits};
 pub use mesh_api::proto::state::v1 as proto;
 pub use report::{report_unenforced, unenforced};
 
@@ -91,6 +93,8 @@ pub struct Service {
     tls: TlsMode,
     /// Each subset, its members and policy worked out once.
     subsets: Vec<SubsetInfo>,
+    /// Circuit breakers by subset and port, for the clusters that have them.
+    limits: Vec<(String, u16, Arc<PoolLimits>)>,
     all_members: Vec<usize>,
 }
 
@@ -120,6 +124,15 @@ impl Service {
     /// The load balancer for `subset` (its own, else the service's).
     pub fn balancer_for(&self, subset: &str) -> Balancer {
         self.subset(subset).map_or(self.balancer, |s| s.balancer)
+    }
+
+    /// The circuit breakers of the cluster `subset` (`""` for the whole service) and `port`,
+    /// when its DestinationRule sets any.
+    pub fn limits_for(&self, subset: &str, port: u16) -> Option<&Arc<PoolLimits>> {
+        self.limits
+            .iter()
+            .find(|(s, p, _)| *p == port && s == subset)
+            .map(|(_, _, l)| l)
     }
 
     /// The port numbered `port`.
@@ -436,6 +449,7 @@ impl State {
             state.compile_route_regexes(&host, spec)?;
             let service = Arc::new(Service {
                 subsets,
+                limits: limits::clusters(spec),
                 tls,
                 all_members: (0..spec.endpoints.len()).collect(),
                 host: Arc::from(spec.hostname.as_str()),

@@ -61,9 +61,6 @@ pub fn unenforced(state: &State) -> Vec<String> {
             }));
         for (at, tp) in policies {
             let Some(tp) = tp else { continue };
-            if tp.connection_pool.is_some() {
-                out.push(format!("service {}: {at}.connectionPool: {}: connection and request limits are not applied (no circuit breaking yet)", svc.hostname, mesh_api::validate::NOT_ENFORCED));
-            }
             if tp.outlier_detection.is_some() {
                 out.push(format!(
                     "service {}: {at}.outlierDetection: {}: failing endpoints are not ejected",
@@ -110,7 +107,7 @@ mod tests {
             services: vec![proto::Service {
                 hostname: "inventory.shop.svc.cluster.local".into(),
                 traffic_policy: Some(proto::TrafficPolicy {
-                    connection_pool: Some(Default::default()),
+                    outlier_detection: Some(Default::default()),
                     ..Default::default()
                 }),
                 ..Default::default()
@@ -122,7 +119,7 @@ mod tests {
             unenforced(&state),
             [
                 "mesh configuration: extensionProviders \"opa\": envoyExtAuthzGrpc.includeRequestBodyInCheck: accepted, not enforced yet: the request body is not sent to the authorizer yet; checks carry the headers only",
-                "service inventory.shop.svc.cluster.local: trafficPolicy.connectionPool: accepted, not enforced yet: connection and request limits are not applied (no circuit breaking yet)",
+                "service inventory.shop.svc.cluster.local: trafficPolicy.outlierDetection: accepted, not enforced yet: failing endpoints are not ejected",
             ]
         );
     }

@@ -50,7 +50,29 @@ pub async fn forward(
     }
     tcp_series(inputs, state, Some(&target), "-").opened();
     let _active = inputs.loads.start(target.addr);
-    let upstream = match crate::tls::connect::tcp(target.addr, None).await {
+    // The cluster's circuit breaker: over maxConnections the connection is closed at once
+    // (flag UO), as Envoy's TCP proxy does; the count lasts as long as the connection.
+    let mut connect_timeout = crate::tls::connect::CONNECT_TIMEOUT;
+    let _counted = match &target.limits {
+        Some(limits) => {
+            connect_timeout = limits.connect_timeout;
+            match inputs
+                .upstreams
+                .cluster(limits)
+                .breaker
+                .open_tcp(target.addr)
+            {
+                Ok(permit) => Some(permit),
+                Err(e) => {
+                    tracing::debug!("circuit breaker of {}: {e}", limits.cluster);
+                    finish(inputs, state, peer, dst, Some(&target), "UO", 0, 0);
+                    return;
+                }
+            }
+        }
+        None => None,
+    };
+    let upstream = match crate::tls::connect::tcp_within(target.addr, None, connect_timeout).await {
         Ok(s) => s,
         Err(e) => {
             tracing::debug!("connect {}: {e}", target.addr);

@@ -91,6 +91,15 @@ impl MtlsClient {
 
 /// Opens a TCP connection, optionally from `local`.
 pub async fn tcp(addr: SocketAddr, local: Option<IpAddr>) -> io::Result<TcpStream> {
+    tcp_within(addr, local, CONNECT_TIMEOUT).await
+}
+
+/// As [`tcp`], giving up after `timeout` (a DestinationRule's `connectTimeout`).
+pub async fn tcp_within(
+    addr: SocketAddr,
+    local: Option<IpAddr>,
+    timeout: std::time::Duration,
+) -> io::Result<TcpStream> {
     let socket = if addr.is_ipv4() {
         TcpSocket::new_v4()?
     } else {
@@ -100,7 +109,7 @@ pub async fn tcp(addr: SocketAddr, local: Option<IpAddr>) -> io::Result<TcpStrea
     if let Some(ip) = local {
         let _ = socket.bind(SocketAddr::new(ip, 0));
     }
-    tokio::time::timeout(CONNECT_TIMEOUT, socket.connect(addr))
+    tokio::time::timeout(timeout, socket.connect(addr))
         .await
         .map_err(|_| {
             io::Error::new(

@@ -21,6 +21,7 @@ use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use tokio::time::Instant;
 
+use super::breaker::{Breaker, ConnPermit, Overflow, Room};
 use crate::body::{Body, BoxError, boxed};
 
 /// How long an idle connection is kept (as hyper-util's pool was configured).
@@ -35,6 +36,8 @@ pub enum SendError {
     Connect(std::io::Error),
     /// The connection failed or closed before the response.
     Request(BoxError),
+    /// The cluster's circuit breaker refused the request (it was not sent).
+    Overflow(Overflow),
 }
 
 impl std::fmt::Display for SendError {
@@ -42,6 +45,7 @@ impl std::fmt::Display for SendError {
         match self {
             SendError::Connect(e) => write!(f, "{e}"),
             SendError::Request(e) => write!(f, "{e}"),
+            SendError::Overflow(e) => write!(f, "{e}"),
         }
     }
 }
@@ -51,12 +55,19 @@ impl std::error::Error for SendError {
         match self {
             SendError::Connect(e) => Some(e),
             SendError::Request(e) => Some(&**e),
+            SendError::Overflow(_) => None,
         }
     }
 }
 
-struct Idle {
+/// A connection and the requests it has carried.
+struct Lease {
     sender: SendRequest<Body>,
+    served: u32,
+}
+
+struct Idle {
+    lease: Lease,
     since: Instant,
 }
 
@@ -64,6 +75,10 @@ struct Idle {
 pub struct H1Pool {
     local: Option<IpAddr>,
     idle: Mutex<HashMap<SocketAddr, Vec<Idle>, foldhash::fast::RandomState>>,
+    /// The cluster's circuit breaker, for a pool of one cluster with limits.
+    breaker: Option<Arc<Breaker>>,
+    idle_timeout: Duration,
+    connect_timeout: Duration,
 }
 
 impl H1Pool {
@@ -72,6 +87,20 @@ impl H1Pool {
         Arc::new(Self {
             local,
             idle: Mutex::default(),
+            breaker: None,
+            idle_timeout: IDLE_TIMEOUT,
+            connect_timeout: crate::tls::connect::CONNECT_TIMEOUT,
+        })
+    }
+
+    /// An empty pool for the one cluster `breaker` limits.
+    pub(crate) fn limited(breaker: Arc<Breaker>) -> Arc<Self> {
+        Arc::new(Self {
+            local: None,
+            idle: Mutex::default(),
+            idle_timeout: breaker.limits.idle_timeout.unwrap_or(IDLE_TIMEOUT),
+            connect_timeout: breaker.limits.connect_timeout,
+            breaker: Some(breaker),
         })
     }
 
@@ -81,50 +110,84 @@ impl H1Pool {
         addr: SocketAddr,
         req: Request<Body>,
     ) -> Result<Response<Body>, SendError> {
-        let mut sender = self.checkout(addr).await?;
-        let resp = sender
+        let mut lease = match &self.breaker {
+            None => self.checkout(addr).await?,
+            Some(breaker) => self.checkout_limited(breaker, addr).await?,
+        };
+        let resp = lease
+            .sender
             .send_request(req)
             .await
             .map_err(|e| SendError::Request(e.into()))?;
+        lease.served += 1;
         let (parts, body) = resp.into_parts();
         let body = if body.is_end_stream() {
-            self.put_back(addr, sender);
+            self.put_back(addr, lease);
             boxed(body)
         } else {
             // Already of the proxy's error type: no extra layer.
             BodyExt::boxed(ReturnOnEnd {
                 inner: body,
-                back: Some((self.clone(), addr, sender)),
+                back: Some((self.clone(), addr, lease)),
             })
         };
         Ok(Response::from_parts(parts, body))
     }
 
-    async fn checkout(&self, addr: SocketAddr) -> Result<SendRequest<Body>, SendError> {
-        loop {
-            let idle = self
-                .idle
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .get_mut(&addr)
-                .and_then(Vec::pop);
-            let Some(mut idle) = idle else { break };
-            if idle.since.elapsed() > IDLE_TIMEOUT {
-                continue; // dropping the sender closes the connection
-            }
+    async fn checkout(&self, addr: SocketAddr) -> Result<Lease, SendError> {
+        while let Some(mut lease) = self.pop_idle(addr) {
             // Ready once the connection has finished with the previous exchange; an error means
             // the server closed it.
-            if idle.sender.ready().await.is_ok() {
-                return Ok(idle.sender);
+            if lease.sender.ready().await.is_ok() {
+                return Ok(lease);
             }
         }
         // Boxed: connecting makes a large future, which would otherwise be part of (and
         // copied with) every request's future.
-        Box::pin(self.dial(addr)).await
+        Box::pin(self.dial(addr, None)).await
     }
 
-    async fn dial(&self, addr: SocketAddr) -> Result<SendRequest<Body>, SendError> {
-        let stream = crate::tls::connect::tcp(addr, self.local)
+    /// As [`Self::checkout`], within the cluster's circuit breaker: a request with no idle
+    /// connection is pending until one frees up or it may open one, and until that is open.
+    async fn checkout_limited(
+        &self,
+        breaker: &Arc<Breaker>,
+        addr: SocketAddr,
+    ) -> Result<Lease, SendError> {
+        loop {
+            let room = breaker
+                .room(addr, || self.pop_idle(addr))
+                .await
+                .map_err(SendError::Overflow)?;
+            match room {
+                Room::Ready(mut lease) => {
+                    if lease.sender.ready().await.is_ok() {
+                        return Ok(lease);
+                    }
+                }
+                Room::Open(permit, _pending) => {
+                    return Box::pin(self.dial(addr, Some(permit))).await;
+                }
+            }
+        }
+    }
+
+    /// An idle connection to `addr` that has not idled out (dropping one closes it).
+    fn pop_idle(&self, addr: SocketAddr) -> Option<Lease> {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        let stack = idle.get_mut(&addr)?;
+        while let Some(i) = stack.pop() {
+            if i.since.elapsed() <= self.idle_timeout {
+                return Some(i.lease);
+            }
+        }
+        None
+    }
+
+    /// A new connection to `addr`; `permit` (a circuit breaker's count of it) is held until
+    /// the connection closes.
+    async fn dial(&self, addr: SocketAddr, permit: Option<ConnPermit>) -> Result<Lease, SendError> {
+        let stream = crate::tls::connect::tcp_within(addr, self.local, self.connect_timeout)
             .await
             .map_err(SendError::Connect)?;
         let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
@@ -134,21 +197,39 @@ impl H1Pool {
             if let Err(e) = conn.await {
                 tracing::debug!("upstream connection to {addr}: {e}");
             }
+            drop(permit);
         });
-        Ok(sender)
+        Ok(Lease { sender, served: 0 })
     }
 
-    fn put_back(&self, addr: SocketAddr, sender: SendRequest<Body>) {
-        if sender.is_closed() {
+    fn put_back(&self, addr: SocketAddr, lease: Lease) {
+        if lease.sender.is_closed() {
             return;
         }
-        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        let stack = idle.entry(addr).or_default();
-        if stack.len() < MAX_IDLE_PER_ADDR {
+        if let Some(breaker) = &self.breaker {
+            // A connection that has carried its share closes (dropped here); waiting requests
+            // hear of it when its task ends and the breaker counts it gone.
+            if breaker
+                .limits
+                .max_requests_per_connection
+                .is_some_and(|max| lease.served >= max)
+            {
+                return;
+            }
+        }
+        {
+            let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+            let stack = idle.entry(addr).or_default();
+            if stack.len() >= MAX_IDLE_PER_ADDR {
+                return;
+            }
             stack.push(Idle {
-                sender,
+                lease,
                 since: Instant::now(),
             });
+        }
+        if let Some(breaker) = &self.breaker {
+            breaker.freed();
         }
     }
 
@@ -167,13 +248,13 @@ impl H1Pool {
 /// (a body dropped half-read takes its connection with it).
 struct ReturnOnEnd {
     inner: Incoming,
-    back: Option<(Arc<H1Pool>, SocketAddr, SendRequest<Body>)>,
+    back: Option<(Arc<H1Pool>, SocketAddr, Lease)>,
 }
 
 impl ReturnOnEnd {
     fn give_back(&mut self) {
-        if let Some((pool, addr, sender)) = self.back.take() {
-            pool.put_back(addr, sender);
+        if let Some((pool, addr, lease)) = self.back.take() {
+            pool.put_back(addr, lease);
         }
     }
 }
@@ -363,6 +444,48 @@ mod tests {
         let resp = pool.send(addr, get("/")).await.unwrap();
         assert_eq!(read_all(resp).await, 2);
         assert_eq!(count.load(Ordering::Relaxed), 2);
+    }
+
+    fn limited(max_connections: u32, per_connection: Option<u32>) -> Arc<H1Pool> {
+        H1Pool::limited(Breaker::new(Arc::new(crate::state::PoolLimits {
+            cluster: "outbound|80||backend".into(),
+            max_connections,
+            max_pending: 16,
+            max_requests: u32::MAX,
+            max_retries: u32::MAX,
+            max_requests_per_connection: per_connection,
+            connect_timeout: Duration::from_secs(5),
+            idle_timeout: None,
+        })))
+    }
+
+    #[tokio::test]
+    async fn a_connection_closes_after_max_requests_per_connection() {
+        let (addr, count) = backend().await;
+        let pool = limited(u32::MAX, Some(2));
+        for _ in 0..6 {
+            assert_eq!(read_all(pool.send(addr, get("/")).await.unwrap()).await, 2);
+        }
+        assert_eq!(
+            count.load(Ordering::Relaxed),
+            3,
+            "two requests per connection"
+        );
+    }
+
+    #[tokio::test]
+    async fn concurrent_requests_share_max_connections() {
+        let (addr, count) = backend().await;
+        let pool = limited(2, None);
+        for _ in 0..3 {
+            let answers = futures_join(&pool, addr, 8).await;
+            assert!(answers.iter().all(|n| *n == 2));
+        }
+        assert_eq!(
+            count.load(Ordering::Relaxed),
+            2,
+            "8 at a time over 2 connections"
+        );
     }
 
     #[tokio::test]

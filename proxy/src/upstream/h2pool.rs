@@ -29,9 +29,10 @@ use hyper::{Method, Request, Response};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
 
+use super::breaker::{Breaker, ConnPermit, Room};
 use super::h1pool::SendError;
 use crate::body::{Body, BoxError, boxed};
-use crate::tls::connect::{MtlsClient, tcp};
+use crate::tls::connect::{MtlsClient, tcp_within};
 use crate::tls::mtls::ALPN_MESH_H2;
 
 /// A connection unused this long is closed (as hyper-util's pool was configured).
@@ -53,6 +54,8 @@ struct Conn {
     /// Set when the connection's task has ended.
     closed: Arc<AtomicBool>,
     used: Instant,
+    /// Streams opened on it (counted for a circuit breaker's `maxRequestsPerConnection`).
+    streams: u32,
 }
 
 impl Conn {
@@ -70,6 +73,10 @@ pub struct H2Pool {
     mtls: Option<Arc<MtlsClient>>,
     conns: Mutex<HashMap<SocketAddr, Vec<Conn>, foldhash::fast::RandomState>>,
     dialing: Mutex<Dialing>,
+    /// The cluster's circuit breaker, for a pool of one cluster with limits.
+    breaker: Option<Arc<Breaker>>,
+    idle_timeout: Duration,
+    connect_timeout: Duration,
 }
 
 impl H2Pool {
@@ -80,6 +87,22 @@ impl H2Pool {
             mtls,
             conns: Mutex::default(),
             dialing: Mutex::default(),
+            breaker: None,
+            idle_timeout: IDLE_TIMEOUT,
+            connect_timeout: crate::tls::connect::CONNECT_TIMEOUT,
+        }
+    }
+
+    /// An empty pool for the one cluster `breaker` limits.
+    pub(crate) fn limited(mtls: Option<Arc<MtlsClient>>, breaker: Arc<Breaker>) -> Self {
+        Self {
+            local: None,
+            mtls,
+            conns: Mutex::default(),
+            dialing: Mutex::default(),
+            idle_timeout: breaker.limits.idle_timeout.unwrap_or(IDLE_TIMEOUT),
+            connect_timeout: breaker.limits.connect_timeout,
+            breaker: Some(breaker),
         }
     }
 
@@ -93,6 +116,9 @@ impl H2Pool {
         identity: Option<&str>,
         req: Request<Body>,
     ) -> Result<Response<Body>, SendError> {
+        if let Some(breaker) = &self.breaker {
+            return self.send_limited(breaker, addr, identity, req).await;
+        }
         let mut retried = false;
         let sender = loop {
             let sender = self.sender(addr, identity).await?;
@@ -109,8 +135,45 @@ impl H2Pool {
         exchange(sender, req).await
     }
 
+    /// As [`Self::send`], within the cluster's circuit breaker: a request with no connection
+    /// that can take another stream is pending until one can, or until the one it may open is
+    /// open. A connection that has carried `maxRequestsPerConnection` streams takes no more and
+    /// closes once they end.
+    async fn send_limited(
+        &self,
+        breaker: &Arc<Breaker>,
+        addr: SocketAddr,
+        identity: Option<&str>,
+        req: Request<Body>,
+    ) -> Result<Response<Body>, SendError> {
+        let mut retried = false;
+        loop {
+            let room = breaker
+                .room(addr, || self.open(addr, identity))
+                .await
+                .map_err(SendError::Overflow)?;
+            let sender = match room {
+                Room::Ready(sender) => sender,
+                Room::Open(permit, _pending) => {
+                    let key = identity.map(Arc::<str>::from);
+                    Box::pin(self.dial(addr, key, Some(permit))).await?
+                }
+            };
+            match sender.ready().await {
+                Ok(ready) => return exchange(ready, req).await,
+                Err(e) if !retried => {
+                    tracing::debug!("upstream http/2 to {addr}: {e}; on a new connection");
+                    self.forget(addr, identity);
+                    retried = true;
+                }
+                Err(e) => return Err(SendError::Request(e.into())),
+            }
+        }
+    }
+
     /// The open connection to `addr` proving `identity`, if any (a closed or long-idle one is
-    /// dropped).
+    /// dropped), counting the stream the caller opens on it: one that reaches a circuit
+    /// breaker's `maxRequestsPerConnection` leaves the pool.
     fn open(&self, addr: SocketAddr, identity: Option<&str>) -> Option<SendRequest<Bytes>> {
         let mut conns = self.conns.lock().unwrap_or_else(|e| e.into_inner());
         let list = conns.get_mut(&addr)?;
@@ -119,12 +182,26 @@ impl H2Pool {
             .position(|c| c.identity.as_deref() == identity)?;
         let conn = &mut list[at];
         let now = Instant::now();
-        if conn.is_closed() || now.duration_since(conn.used) > IDLE_TIMEOUT {
+        if conn.is_closed() || now.duration_since(conn.used) > self.idle_timeout {
             list.swap_remove(at);
             return None;
         }
         conn.used = now;
-        Some(conn.sender.clone())
+        conn.streams = conn.streams.saturating_add(1);
+        let sender = conn.sender.clone();
+        if self.spent(conn.streams) {
+            list.swap_remove(at);
+        }
+        Some(sender)
+    }
+
+    /// Whether a connection that carried `streams` may take no more.
+    fn spent(&self, streams: u32) -> bool {
+        self.breaker.as_ref().is_some_and(|b| {
+            b.limits
+                .max_requests_per_connection
+                .is_some_and(|max| streams >= max)
+        })
     }
 
     fn forget(&self, addr: SocketAddr, identity: Option<&str>) {
@@ -156,7 +233,7 @@ impl H2Pool {
                 Some(s) => Ok(s),
                 // Boxed: the TLS and HTTP/2 handshakes make a large future, which would
                 // otherwise be part of (and copied with) every request's future.
-                None => Box::pin(self.dial(addr, key.1.clone())).await,
+                None => Box::pin(self.dial(addr, key.1.clone(), None)).await,
             }
         };
         self.dialing
@@ -166,20 +243,25 @@ impl H2Pool {
         dialed
     }
 
+    /// A new connection to `addr`, whose first stream is the caller's; `permit` (a circuit
+    /// breaker's count of it) is held until the connection closes.
     async fn dial(
         &self,
         addr: SocketAddr,
         identity: Option<Arc<str>>,
+        permit: Option<ConnPermit>,
     ) -> Result<SendRequest<Bytes>, SendError> {
-        let stream = tcp(addr, self.local).await.map_err(SendError::Connect)?;
+        let stream = tcp_within(addr, self.local, self.connect_timeout)
+            .await
+            .map_err(SendError::Connect)?;
         let (sender, closed) = match (&identity, &self.mtls) {
-            (None, _) => start(addr, stream).await?,
+            (None, _) => start(addr, stream, permit).await?,
             (Some(id), Some(mtls)) => {
                 let tls = mtls
                     .handshake(stream, addr, id, ALPN_MESH_H2)
                     .await
                     .map_err(SendError::Connect)?;
-                start(addr, tls).await?
+                start(addr, tls, permit).await?
             }
             (Some(_), None) => {
                 return Err(SendError::Connect(std::io::Error::new(
@@ -189,18 +271,28 @@ impl H2Pool {
             }
         };
         let now = Instant::now();
-        let mut conns = self.conns.lock().unwrap_or_else(|e| e.into_inner());
-        // Connections that closed or idled out go when a new one comes.
-        conns.retain(|_, list| {
-            list.retain(|c| !c.is_closed() && now.duration_since(c.used) <= IDLE_TIMEOUT);
-            !list.is_empty()
-        });
-        conns.entry(addr).or_default().push(Conn {
-            identity,
-            sender: sender.clone(),
-            closed,
-            used: now,
-        });
+        {
+            let mut conns = self.conns.lock().unwrap_or_else(|e| e.into_inner());
+            // Connections that closed or idled out go when a new one comes.
+            let idle_timeout = self.idle_timeout;
+            conns.retain(|_, list| {
+                list.retain(|c| !c.is_closed() && now.duration_since(c.used) <= idle_timeout);
+                !list.is_empty()
+            });
+            if !self.spent(1) {
+                conns.entry(addr).or_default().push(Conn {
+                    identity,
+                    sender: sender.clone(),
+                    closed,
+                    used: now,
+                    streams: 1,
+                });
+            }
+        }
+        if let Some(breaker) = &self.breaker {
+            // Requests waiting may share the new connection.
+            breaker.freed();
+        }
         Ok(sender)
     }
 }
@@ -210,6 +302,7 @@ impl H2Pool {
 async fn start<T>(
     addr: SocketAddr,
     io: T,
+    permit: Option<ConnPermit>,
 ) -> Result<(SendRequest<Bytes>, Arc<AtomicBool>), SendError>
 where
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -232,6 +325,7 @@ where
             tracing::debug!("upstream http/2 connection to {addr}: {e}");
         }
         flag.store(true, Relaxed);
+        drop(permit);
     });
     Ok((sender, closed))
 }

@@ -3,6 +3,7 @@
 //! it (`h2pool`), and hyper-util's client for TLS origination, HTTP/1.1 over mTLS and
 //! upgrades; towards other services and towards the local application from 127.0.0.6.
 
+pub mod breaker;
 pub(crate) mod h1pool;
 pub(crate) mod h2pool;
 
@@ -17,6 +18,7 @@ use hyper_util::rt::TokioExecutor;
 
 use crate::body::{Body, boxed};
 use crate::socket::PASSTHROUGH_SOURCE;
+use crate::state::PoolLimits;
 use crate::tls::connect::{MeshConnector, MtlsClient, Originations};
 
 /// One pool of upstream connections.
@@ -107,6 +109,8 @@ pub struct Upstreams {
     pub(crate) outbound_h2: h2pool::H2Pool,
     /// Plaintext HTTP/1.1 to the local app, from 127.0.0.6.
     app_h1: Arc<h1pool::H1Pool>,
+    /// Clusters with circuit breakers, each with pools of its own.
+    limited: Clusters,
     mtls: Option<Arc<MtlsClient>>,
     originations: Originations,
 }
@@ -125,6 +129,7 @@ impl Upstreams {
             outbound_h1: h1pool::H1Pool::new(None),
             outbound_h2: h2pool::H2Pool::new(None, mtls.clone()),
             app_h1: h1pool::H1Pool::new(Some(PASSTHROUGH_SOURCE.into())),
+            limited: Clusters::default(),
             mtls,
             originations,
         }
@@ -140,6 +145,45 @@ impl Upstreams {
         if !map.get(&addr).is_some_and(|known| Arc::ptr_eq(known, o)) {
             map.insert(addr, o.clone());
         }
+    }
+
+    /// The pools and circuit breaker of the cluster `limits` describes: the ones it had while
+    /// its limits stay the same, new ones when they change (connections already open finish
+    /// under the old counts).
+    pub fn cluster(&self, limits: &Arc<PoolLimits>) -> Arc<LimitedCluster> {
+        let mut map = self
+            .limited
+            .by_name
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(c) = map.get(&limits.cluster)
+            && (Arc::ptr_eq(&c.breaker.limits, limits) || *c.breaker.limits == **limits)
+        {
+            return c.clone();
+        }
+        let breaker = breaker::Breaker::new(limits.clone());
+        let cluster = Arc::new(LimitedCluster {
+            h1: h1pool::H1Pool::limited(breaker.clone()),
+            h2: h2pool::H2Pool::limited(self.mtls.clone(), breaker.clone()),
+            breaker,
+        });
+        map.insert(limits.cluster.clone(), cluster.clone());
+        cluster
+    }
+
+    /// Every cluster with a circuit breaker the proxy has sent to, by name, with its counts.
+    pub fn breakers(&self) -> Vec<(String, Arc<breaker::Breaker>)> {
+        let map = self
+            .limited
+            .by_name
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let mut out: Vec<_> = map
+            .iter()
+            .map(|(name, c)| (name.clone(), c.breaker.clone()))
+            .collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
     }
 
     /// Mesh mTLS, when the proxy has an identity.
@@ -175,9 +219,27 @@ impl Default for Upstreams {
     }
 }
 
-/// An upstream exchange that failed: before anything was sent (`connect`, retryable) or after.
+/// Clusters with circuit breakers by name.
+#[derive(Default)]
+struct Clusters {
+    /// Looked up for every request to such a cluster: a fast hasher (names come from pilot).
+    by_name: std::sync::Mutex<HashMap<String, Arc<LimitedCluster>, foldhash::fast::RandomState>>,
+}
+
+/// A cluster with a circuit breaker: its counts, and pools that only its requests use, so that
+/// the counts are exact.
+pub struct LimitedCluster {
+    /// The counts and limits.
+    pub breaker: Arc<breaker::Breaker>,
+    pub(crate) h1: Arc<h1pool::H1Pool>,
+    pub(crate) h2: h2pool::H2Pool,
+}
+
+/// An upstream exchange that failed: before anything was sent (`connect`, retryable), refused
+/// by the cluster's circuit breaker (`overflow`), or after it was sent.
 pub(crate) struct Failure {
     pub(crate) connect: bool,
+    pub(crate) overflow: bool,
     pub(crate) error: Box<dyn std::error::Error + Send + Sync>,
 }
 
@@ -185,6 +247,17 @@ impl From<h1pool::SendError> for Failure {
     fn from(e: h1pool::SendError) -> Self {
         Self {
             connect: matches!(e, h1pool::SendError::Connect(_)),
+            overflow: matches!(e, h1pool::SendError::Overflow(_)),
+            error: Box::new(e),
+        }
+    }
+}
+
+impl From<breaker::Overflow> for Failure {
+    fn from(e: breaker::Overflow) -> Self {
+        Self {
+            connect: false,
+            overflow: true,
             error: Box::new(e),
         }
     }
@@ -194,6 +267,7 @@ impl From<hyper_util::client::legacy::Error> for Failure {
     fn from(e: hyper_util::client::legacy::Error) -> Self {
         Self {
             connect: e.is_connect(),
+            overflow: false,
             error: Box::new(e),
         }
     }
