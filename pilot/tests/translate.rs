@@ -324,3 +324,24 @@ fn bookinfo_fault_injection_for_jason() {
     assert_eq!(fault.delay_ms, 0);
     assert!(r[1].fault.is_none());
 }
+
+#[test]
+fn outlier_detection_gets_istios_defaults() {
+    let m = testing::model(&testing::resources(
+        "apiVersion: v1\nkind: Service\nmetadata: {name: reviews, namespace: default}\nspec:\n  selector: {app: reviews}\n  ports: [{name: http, port: 80}]\n---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: reviews, namespace: default}\nspec:\n  host: reviews\n  trafficPolicy:\n    outlierDetection: {consecutiveGatewayErrors: 3}\n",
+    ));
+    let v = view(&m, &node("default", &[("app", "order")], "10.0.0.20"));
+    let policy = service(&v.state, "reviews").traffic_policy.clone().unwrap();
+    // Envoy's defaults as Istio configures them: five 5xx in a row, 10 s, 30 s, 10%, no panic.
+    assert_eq!(
+        policy.outlier_detection,
+        Some(state::OutlierDetection {
+            consecutive_5xx_errors: 5,
+            consecutive_gateway_errors: 3,
+            interval_ms: 10_000,
+            base_ejection_time_ms: 30_000,
+            max_ejection_percent: 10,
+            min_health_percent: 0,
+        })
+    );
+}

@@ -6,8 +6,8 @@
 
 use crate::diagnostic::Diagnostic;
 use crate::networking::{
-    ClientTlsMode, ConnectionPoolSettings, DestinationRuleSpec, LoadBalancerSettings, SidecarSpec,
-    TrafficPolicy, VirtualServiceSpec,
+    ClientTlsMode, ConnectionPoolSettings, DestinationRuleSpec, LoadBalancerSettings,
+    OutlierDetection, SidecarSpec, TrafficPolicy, VirtualServiceSpec,
 };
 use crate::resource::Resource;
 use crate::security::{AuthorizationPolicySpec, RequestAuthenticationSpec};
@@ -212,11 +212,8 @@ fn traffic_policy(out: &mut Out, at: &str, tp: &TrafficPolicy) {
     if let Some(pool) = &tp.connection_pool {
         connection_pool(out, &format!("{at}.connectionPool"), pool, originates);
     }
-    if tp.outlier_detection.is_some() {
-        out.add(
-            format!("{at}.outlierDetection"),
-            "failing endpoints are not ejected",
-        );
+    if let Some(o) = &tp.outlier_detection {
+        outlier_detection(out, &format!("{at}.outlierDetection"), o);
     }
     if let Some(lb) = &tp.load_balancer {
         load_balancer(out, &format!("{at}.loadBalancer"), lb);
@@ -239,11 +236,8 @@ fn traffic_policy(out: &mut Out, at: &str, tp: &TrafficPolicy) {
         if let Some(pool) = &p.connection_pool {
             connection_pool(out, &format!("{pat}.connectionPool"), pool, originates);
         }
-        if p.outlier_detection.is_some() {
-            out.add(
-                format!("{pat}.outlierDetection"),
-                "failing endpoints are not ejected",
-            );
+        if let Some(o) = &p.outlier_detection {
+            outlier_detection(out, &format!("{pat}.outlierDetection"), o);
         }
         if p.load_balancer.is_some() {
             out.add(
@@ -257,6 +251,23 @@ fn traffic_policy(out: &mut Out, at: &str, tp: &TrafficPolicy) {
                 "port-level TLS settings are not applied: the port uses the policy's own tls",
             );
         }
+    }
+}
+
+/// What of an outlierDetection the proxy does not apply: local-origin errors are counted with
+/// the upstream's 5xx, as Envoy does when they are not split.
+fn outlier_detection(out: &mut Out, at: &str, o: &OutlierDetection) {
+    if o.split_external_local_origin_errors == Some(true) {
+        out.add(
+            format!("{at}.splitExternalLocalOriginErrors"),
+            "local failures (connect, reset, timeout) count with the upstream's 5xx, not apart",
+        );
+    }
+    if o.consecutive_local_origin_failures.is_some() {
+        out.add(
+            format!("{at}.consecutiveLocalOriginFailures"),
+            "local failures count towards consecutive5xxErrors and consecutiveGatewayErrors instead",
+        );
     }
 }
 
@@ -358,12 +369,21 @@ mod tests {
     }
 
     #[test]
-    fn the_seed_circuit_breaker_is_enforced_and_its_outlier_detection_reported() {
-        let seed = "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: inv}\nspec:\n  host: inventory\n  trafficPolicy:\n    connectionPool:\n      tcp: {maxConnections: 1, connectTimeout: 1s}\n      http: {http1MaxPendingRequests: 1, maxRequestsPerConnection: 1, http2MaxRequests: 5, maxRetries: 2, idleTimeout: 30s}\n    outlierDetection: {consecutive5xxErrors: 1}\n";
+    fn the_seed_destination_rule_is_enforced_whole() {
+        let seed = "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: inv}\nspec:\n  host: inventory\n  trafficPolicy:\n    connectionPool:\n      tcp: {maxConnections: 1, connectTimeout: 1s}\n      http: {http1MaxPendingRequests: 1, maxRequestsPerConnection: 1, http2MaxRequests: 5, maxRetries: 2, idleTimeout: 30s}\n    outlierDetection: {consecutive5xxErrors: 1, consecutiveGatewayErrors: 2, interval: 1s, baseEjectionTime: 3m, maxEjectionPercent: 100, minHealthPercent: 50}\n";
         let w = warnings(seed);
-        assert_eq!(w.len(), 1, "{w:?}");
-        assert!(
-            w[0].starts_with("spec.trafficPolicy.outlierDetection: accepted, not enforced yet")
+        assert!(w.is_empty(), "{w:?}");
+        let split = seed.replace("minHealthPercent: 50", "minHealthPercent: 50, splitExternalLocalOriginErrors: true, consecutiveLocalOriginFailures: 3");
+        let fields: Vec<String> = warnings(&split)
+            .iter()
+            .map(|l| l.split(": ").next().unwrap_or("").to_string())
+            .collect();
+        assert_eq!(
+            fields,
+            [
+                "spec.trafficPolicy.outlierDetection.splitExternalLocalOriginErrors",
+                "spec.trafficPolicy.outlierDetection.consecutiveLocalOriginFailures",
+            ]
         );
     }
 

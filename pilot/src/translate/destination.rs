@@ -184,21 +184,28 @@ fn policy_parts(
         });
     }
     if let Some(o) = outlier {
+        // Istio's defaults (Envoy's, as Istio configures it): 5 consecutive 5xx, gateway
+        // errors off, a 10 s interval, 30 s base ejection, at most 10% ejected, no panic.
+        let pct =
+            |v: Option<i32>, default: u32| v.and_then(|v| u32::try_from(v).ok()).unwrap_or(default);
         out.outlier_detection = Some(state::OutlierDetection {
             consecutive_5xx_errors: o
                 .consecutive_5xx_errors
                 .or(o.consecutive_errors.and_then(|v| u32::try_from(v).ok()))
-                .unwrap_or(0),
-            interval_ms: o.interval.as_deref().and_then(duration_ms).unwrap_or(0),
+                .unwrap_or(5),
+            consecutive_gateway_errors: o.consecutive_gateway_errors.unwrap_or(0),
+            interval_ms: o
+                .interval
+                .as_deref()
+                .and_then(duration_ms)
+                .unwrap_or(10_000),
             base_ejection_time_ms: o
                 .base_ejection_time
                 .as_deref()
                 .and_then(duration_ms)
-                .unwrap_or(0),
-            max_ejection_percent: o
-                .max_ejection_percent
-                .and_then(|v| u32::try_from(v).ok())
-                .unwrap_or(0),
+                .unwrap_or(30_000),
+            max_ejection_percent: pct(o.max_ejection_percent, 10),
+            min_health_percent: pct(o.min_health_percent, 0),
         });
     }
     if let Some(tls) = tls {

@@ -1,4 +1,5 @@
-//! Admin (127.0.0.1:15000: `/ready`, `/config_dump`, `/stats`, `/stats/prometheus`, `/drain`),
+//! Admin (127.0.0.1:15000: `/ready`, `/config_dump`, `/stats`, `/clusters`, `/stats/prometheus`,
+//! `/drain`),
 //! readiness (`/healthz/ready` on 15021) and metrics (`/stats/prometheus` and
 //! `/healthz/ready` on 15020, where Prometheus scrapes), served with hyper.
 
@@ -135,21 +136,22 @@ async fn route(
             r
         }
         (&Method::GET, "/stats") => text(StatusCode::OK, cluster_stats(inputs)),
+        (&Method::GET, "/clusters") => text(StatusCode::OK, cluster_endpoints(inputs)),
         (&Method::POST, "/drain") => {
             let _ = drain_request.try_send(());
             text(StatusCode::OK, "draining\n")
         }
         (
             _,
-            "/ready" | "/healthz/ready" | "/config_dump" | "/stats" | "/stats/prometheus"
-            | "/drain",
+            "/ready" | "/healthz/ready" | "/config_dump" | "/stats" | "/clusters"
+            | "/stats/prometheus" | "/drain",
         ) => text(
             StatusCode::METHOD_NOT_ALLOWED,
             "use GET (POST for /drain)\n",
         ),
         _ => text(
             StatusCode::NOT_FOUND,
-            "admin paths: /ready, /config_dump, /stats, /stats/prometheus, POST /drain\n",
+            "admin paths: /ready, /config_dump, /stats, /clusters, /stats/prometheus, POST /drain\n",
         ),
     }
 }
@@ -221,6 +223,36 @@ fn cluster_stats(inputs: &Inputs) -> String {
         ];
         for (stat, value) in lines {
             let _ = writeln!(out, "cluster.{name}.{stat}: {value}");
+        }
+    }
+    for health in inputs.loads.outliers.all() {
+        let s = health.snapshot();
+        let name = &health.policy.cluster;
+        for (stat, value) in [
+            ("ejections_active", s.ejections_active as u64),
+            ("ejections_enforced_total", s.ejections_total),
+            ("ejections_overflow", s.ejections_overflow),
+        ] {
+            let _ = writeln!(out, "cluster.{name}.outlier_detection.{stat}: {value}");
+        }
+    }
+    out
+}
+
+/// The endpoints of the clusters with outlier detection and whether each is ejected, in
+/// Envoy's `/clusters` text form (`<cluster>::<ip:port>::health_flags::/failed_outlier_check`).
+fn cluster_endpoints(inputs: &Inputs) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    for health in inputs.loads.outliers.all() {
+        let name = &health.policy.cluster;
+        for (addr, ejected) in health.snapshot().endpoints {
+            let flags = if ejected {
+                "/failed_outlier_check"
+            } else {
+                "healthy"
+            };
+            let _ = writeln!(out, "{name}::{addr}::health_flags::{flags}");
         }
     }
     out

@@ -11,6 +11,7 @@ use hyper::{Request, Response, StatusCode};
 
 use super::{Body, Conn, boxed, headers, reply};
 use crate::body::holding;
+use crate::route::outlier::Outcome;
 use crate::route::{Target, to_destination};
 use crate::state::{Port, Service, State, proto};
 use crate::upstream::Failure;
@@ -129,6 +130,9 @@ pub(super) async fn forward(
             match tokio::time::timeout(Duration::from_millis(timeout_ms), sent).await {
                 Ok(r) => r,
                 Err(_) => {
+                    if let Some(o) = &target.outlier {
+                        o.record(target.addr, Outcome::LocalFailure);
+                    }
                     return (
                         reply(StatusCode::GATEWAY_TIMEOUT, "upstream request timeout"),
                         "UT",
@@ -138,6 +142,14 @@ pub(super) async fn forward(
         } else {
             sent.await
         };
+        // Outlier detection hears what the endpoint answered; an overflow never reached it.
+        if let Some(o) = &target.outlier {
+            match &result {
+                Ok(r) => o.record(target.addr, Outcome::Status(r.status().as_u16())),
+                Err(e) if !e.overflow => o.record(target.addr, Outcome::LocalFailure),
+                Err(_) => {}
+            }
+        }
         let retryable = match &result {
             Err(e) => e.connect,
             Ok(r) => r.status() == StatusCode::SERVICE_UNAVAILABLE,

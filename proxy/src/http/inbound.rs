@@ -152,6 +152,7 @@ async fn inbound_request(
         identity: crate::route::no_identity(),
         originate: None,
         limits: None,
+        outlier: None,
     };
     // Plaintext HTTP/1.1 to the app takes the light pool; HTTP/2 and upgrades hyper-util's.
     let plain_h1 = !h2 && !upgrade;

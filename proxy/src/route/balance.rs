@@ -1,5 +1,6 @@
 //! Choosing an endpoint: least request by power of two choices (the default), round robin,
-//! random. Active-request counts are shared by every connection of the proxy.
+//! random. Active-request counts (and outlier detection's ejections) are shared by every
+//! connection of the proxy.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -14,6 +15,8 @@ pub struct Loads {
     /// Looked up for every request: a fast hasher (the keys are endpoints pilot sent).
     active: Mutex<HashMap<SocketAddr, Arc<AtomicUsize>, foldhash::fast::RandomState>>,
     cursors: Mutex<HashMap<String, Arc<AtomicUsize>, foldhash::fast::RandomState>>,
+    /// Endpoints ejected by outlier detection, by cluster.
+    pub outliers: super::outlier::Outliers,
 }
 
 /// Counts one request against an endpoint until dropped.

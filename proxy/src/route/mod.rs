@@ -6,6 +6,7 @@
 
 pub mod balance;
 pub mod http;
+pub mod outlier;
 mod pick;
 
 use std::net::SocketAddr;

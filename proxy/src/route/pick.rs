@@ -32,6 +32,8 @@ pub struct Target {
     pub originate: Option<Arc<crate::tls::originate::Originate>>,
     /// The cluster's circuit breakers (DestinationRule connectionPool), when it has any.
     pub limits: Option<Arc<crate::state::PoolLimits>>,
+    /// The cluster's outlier detection, told what the endpoint answers, when it has one.
+    pub outlier: Option<Arc<super::outlier::ClusterHealth>>,
 }
 
 impl Target {
@@ -49,6 +51,7 @@ impl Target {
             identity: no_identity(),
             originate: None,
             limits: None,
+            outlier: None,
         }
     }
 }
@@ -179,10 +182,18 @@ pub fn endpoint_in(
     key: Option<HashKey<'_>>,
 ) -> Option<Target> {
     let members = svc.subset_members(subset);
-    let addrs: Vec<SocketAddr> = members
+    let mut addrs: Vec<SocketAddr> = members
         .iter()
         .filter_map(|i| svc.endpoint_addr(*i, port))
         .collect();
+    let cluster = svc.cluster_policy(subset, port.port);
+    // Outlier detection leaves ejected endpoints out (all of them: no healthy upstream).
+    let outlier = cluster
+        .and_then(|c| c.outlier.as_ref())
+        .map(|o| loads.outliers.cluster(o));
+    if let Some(health) = &outlier {
+        addrs = health.healthy(&addrs);
+    }
     let subset_policy = svc
         .spec
         .subsets
@@ -243,10 +254,8 @@ pub fn endpoint_in(
         mtls_required,
         identity,
         originate,
-        limits: svc
-            .limits_for(subset, port.port)
-            .or_else(|| svc.limits_for("", port.port))
-            .cloned(),
+        limits: cluster.and_then(|c| c.limits.clone()),
+        outlier,
     })
 }
 

@@ -4,16 +4,16 @@
 //! channel for each new connection, so a change applies without touching connections already
 //! established.
 
+mod cluster;
 mod file;
-mod limits;
 mod report;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
+pub use cluster::{ClusterPolicy, DEFAULT_CONNECT_TIMEOUT, OutlierPolicy, PoolLimits};
 pub use file::{FileWatch, ParseError, Poll, StateFileError, load_file, parse_state, watch_file};
-pub use limits::{DEFAULT_CONNECT_TIMEOUT, PoolLimits};
 pub use mesh_api::proto::state::v1 as proto;
 pub use report::{report_unenforced, unenforced};
 
@@ -93,8 +93,9 @@ pub struct Service {
     tls: TlsMode,
     /// Each subset, its members and policy worked out once.
     subsets: Vec<SubsetInfo>,
-    /// Circuit breakers by subset and port, for the clusters that have them.
-    limits: Vec<(String, u16, Arc<PoolLimits>)>,
+    /// Circuit breakers and outlier detection by subset and port, for the clusters that
+    /// have them.
+    clusters: Vec<ClusterPolicy>,
     all_members: Vec<usize>,
 }
 
@@ -126,13 +127,23 @@ impl Service {
         self.subset(subset).map_or(self.balancer, |s| s.balancer)
     }
 
-    /// The circuit breakers of the cluster `subset` (`""` for the whole service) and `port`,
-    /// when its DestinationRule sets any.
-    pub fn limits_for(&self, subset: &str, port: u16) -> Option<&Arc<PoolLimits>> {
-        self.limits
-            .iter()
-            .find(|(s, p, _)| *p == port && s == subset)
-            .map(|(_, _, l)| l)
+    /// The circuit breakers and outlier detection of the cluster `subset` (`""` for the whole
+    /// service; a subset the service does not define takes the service's) and `port`, when its
+    /// DestinationRule sets any.
+    pub fn cluster_policy(&self, subset: &str, port: u16) -> Option<&ClusterPolicy> {
+        if self.clusters.is_empty() {
+            return None;
+        }
+        let find = |subset: &str| {
+            self.clusters
+                .iter()
+                .find(|c| c.port == port && c.subset == subset)
+        };
+        find(subset).or_else(|| {
+            (self.subset(subset).is_none() && !subset.is_empty())
+                .then(|| find(""))
+                .flatten()
+        })
     }
 
     /// The port numbered `port`.
@@ -449,7 +460,7 @@ impl State {
             state.compile_route_regexes(&host, spec)?;
             let service = Arc::new(Service {
                 subsets,
-                limits: limits::clusters(spec),
+                clusters: cluster::clusters(spec),
                 tls,
                 all_members: (0..spec.endpoints.len()).collect(),
                 host: Arc::from(spec.hostname.as_str()),

@@ -61,12 +61,16 @@ pub fn unenforced(state: &State) -> Vec<String> {
             }));
         for (at, tp) in policies {
             let Some(tp) = tp else { continue };
-            if tp.outlier_detection.is_some() {
-                out.push(format!(
-                    "service {}: {at}.outlierDetection: {}: failing endpoints are not ejected",
-                    svc.hostname,
-                    mesh_api::validate::NOT_ENFORCED
-                ));
+            for p in &tp.port_policies {
+                let Some(policy) = &p.policy else { continue };
+                if policy.load_balancer != 0 || policy.tls_mode != 0 {
+                    out.push(format!(
+                        "service {}: {at}.portPolicies[port {}]: {}: port-level loadBalancer and tls are not applied; the policy's own apply",
+                        svc.hostname,
+                        p.port,
+                        mesh_api::validate::NOT_ENFORCED
+                    ));
+                }
             }
         }
     }
@@ -107,7 +111,13 @@ mod tests {
             services: vec![proto::Service {
                 hostname: "inventory.shop.svc.cluster.local".into(),
                 traffic_policy: Some(proto::TrafficPolicy {
-                    outlier_detection: Some(Default::default()),
+                    port_policies: vec![proto::PortTrafficPolicy {
+                        port: 8080,
+                        policy: Some(proto::TrafficPolicy {
+                            load_balancer: proto::LoadBalancer::Random.into(),
+                            ..Default::default()
+                        }),
+                    }],
                     ..Default::default()
                 }),
                 ..Default::default()
@@ -119,7 +129,7 @@ mod tests {
             unenforced(&state),
             [
                 "mesh configuration: extensionProviders \"opa\": envoyExtAuthzGrpc.includeRequestBodyInCheck: accepted, not enforced yet: the request body is not sent to the authorizer yet; checks carry the headers only",
-                "service inventory.shop.svc.cluster.local: trafficPolicy.outlierDetection: accepted, not enforced yet: failing endpoints are not ejected",
+                "service inventory.shop.svc.cluster.local: trafficPolicy.portPolicies[port 8080]: accepted, not enforced yet: port-level loadBalancer and tls are not applied; the policy's own apply",
             ]
         );
     }

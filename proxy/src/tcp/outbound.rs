@@ -8,6 +8,7 @@ use std::sync::Arc;
 use tokio::net::TcpStream;
 
 use crate::inputs::Inputs;
+use crate::route::outlier::Outcome;
 use crate::route::{PASSTHROUGH, Target, hash_str, pick_endpoint, pick_tls_endpoint};
 use crate::state::{OutboundPolicy, State};
 
@@ -72,7 +73,17 @@ pub async fn forward(
         }
         None => None,
     };
-    let upstream = match crate::tls::connect::tcp_within(target.addr, None, connect_timeout).await {
+    let connected = crate::tls::connect::tcp_within(target.addr, None, connect_timeout).await;
+    if let Some(o) = &target.outlier {
+        // A connection made counts as a success, a failed one as a local failure (Envoy's TCP
+        // proxy reports both to outlier detection).
+        let outcome = match &connected {
+            Ok(_) => Outcome::Status(200),
+            Err(_) => Outcome::LocalFailure,
+        };
+        o.record(target.addr, outcome);
+    }
+    let upstream = match connected {
         Ok(s) => s,
         Err(e) => {
             tracing::debug!("connect {}: {e}", target.addr);

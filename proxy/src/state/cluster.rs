@@ -1,8 +1,9 @@
-//! A cluster's circuit breakers as DestinationRule `connectionPool` sets them, worked out once
-//! per service, subset and port when a state arrives. The most specific policy wins, as in
-//! Istio: the subset's port-level settings, the subset's, the service's port-level settings,
-//! then the service's. What is left unset has Envoy's default (no limit), and the connect
-//! timeout Istio's (10 s).
+//! A cluster's circuit breakers and outlier detection as DestinationRule `connectionPool` and
+//! `outlierDetection` set them, worked out once per service, subset and port when a state
+//! arrives. The most specific policy wins, as in Istio: the subset's port-level settings, the
+//! subset's, the service's port-level settings, then the service's. Limits left unset have
+//! Envoy's default (none), the connect timeout Istio's (10 s); pilot fills in outlier
+//! detection's defaults.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -53,20 +54,78 @@ impl PoolLimits {
     }
 }
 
-/// The connection pool settings of `policy` for `port`: its port-level ones, else its own.
-fn pool_of(policy: Option<&proto::TrafficPolicy>, port: u16) -> Option<&proto::ConnectionPool> {
+/// A cluster's outlier detection, as the proxy applies it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OutlierPolicy {
+    /// Envoy's name for the cluster (`outbound|port|subset|host`).
+    pub cluster: String,
+    /// Consecutive 5xx (or local failures) before ejection; 0: off.
+    pub consecutive_5xx: u32,
+    /// Consecutive 502/503/504 (or local failures) before ejection; 0: off.
+    pub consecutive_gateway: u32,
+    /// The sweep interval: an ejection multiplier decays by one per healthy interval.
+    pub interval: Duration,
+    /// An ejection lasts this long times the endpoint's ejections (at most 300 s, or this).
+    pub base_ejection: Duration,
+    /// At most this share of the endpoints ejected at once.
+    pub max_ejection_percent: u32,
+    /// Below this share of healthy endpoints, all are used (panic); 0: never.
+    pub min_health_percent: u32,
+}
+
+impl OutlierPolicy {
+    fn new(cluster: String, o: &proto::OutlierDetection) -> Self {
+        Self {
+            cluster,
+            consecutive_5xx: o.consecutive_5xx_errors,
+            consecutive_gateway: o.consecutive_gateway_errors,
+            // A zero interval would make every instant a sweep: Envoy's minimum is 1 ms.
+            interval: Duration::from_millis(o.interval_ms.max(1)),
+            base_ejection: Duration::from_millis(o.base_ejection_time_ms),
+            max_ejection_percent: o.max_ejection_percent.min(100),
+            min_health_percent: o.min_health_percent.min(100),
+        }
+    }
+}
+
+/// What applies to one cluster of a service: by subset (`""` for the whole service) and port.
+#[derive(Clone, Debug)]
+pub struct ClusterPolicy {
+    /// The subset.
+    pub subset: String,
+    /// The service port.
+    pub port: u16,
+    /// Circuit breakers, when its DestinationRule sets a connectionPool.
+    pub limits: Option<Arc<PoolLimits>>,
+    /// Outlier detection, when its DestinationRule sets it.
+    pub outlier: Option<Arc<OutlierPolicy>>,
+}
+
+/// The settings `pick` chooses from `policy` for `port`: its port-level ones, else its own.
+fn part_of<'a, T>(
+    policy: Option<&'a proto::TrafficPolicy>,
+    port: u16,
+    pick: impl Fn(&'a proto::TrafficPolicy) -> Option<&'a T>,
+) -> Option<&'a T> {
     let policy = policy?;
     policy
         .port_policies
         .iter()
         .find(|p| p.port == u32::from(port))
-        .and_then(|p| p.policy.as_ref()?.connection_pool.as_ref())
-        .or(policy.connection_pool.as_ref())
+        .and_then(|p| pick(p.policy.as_ref()?))
+        .or_else(|| pick(policy))
 }
 
-/// The limits of every cluster of `spec` that has any: by subset (`""` for the service as a
-/// whole) and port.
-pub(super) fn clusters(spec: &proto::Service) -> Vec<(String, u16, Arc<PoolLimits>)> {
+fn pool_of(t: &proto::TrafficPolicy) -> Option<&proto::ConnectionPool> {
+    t.connection_pool.as_ref()
+}
+
+fn outlier_of(t: &proto::TrafficPolicy) -> Option<&proto::OutlierDetection> {
+    t.outlier_detection.as_ref()
+}
+
+/// The policies of every cluster of `spec` that has a connection pool or outlier detection.
+pub(super) fn clusters(spec: &proto::Service) -> Vec<ClusterPolicy> {
     let mut out = Vec::new();
     let subsets = std::iter::once(("", None)).chain(
         spec.subsets
@@ -78,17 +137,20 @@ pub(super) fn clusters(spec: &proto::Service) -> Vec<(String, u16, Arc<PoolLimit
             let Ok(port) = u16::try_from(p.port) else {
                 continue;
             };
-            let Some(pool) =
-                pool_of(own, port).or_else(|| pool_of(spec.traffic_policy.as_ref(), port))
-            else {
+            let service = spec.traffic_policy.as_ref();
+            let pool = part_of(own, port, pool_of).or_else(|| part_of(service, port, pool_of));
+            let outlier =
+                part_of(own, port, outlier_of).or_else(|| part_of(service, port, outlier_of));
+            if pool.is_none() && outlier.is_none() {
                 continue;
-            };
+            }
             let cluster = format!("outbound|{port}|{subset}|{}", spec.hostname);
-            out.push((
-                subset.to_string(),
+            out.push(ClusterPolicy {
+                subset: subset.to_string(),
                 port,
-                Arc::new(PoolLimits::new(cluster, pool)),
-            ));
+                limits: pool.map(|p| Arc::new(PoolLimits::new(cluster.clone(), p))),
+                outlier: outlier.map(|o| Arc::new(OutlierPolicy::new(cluster, o))),
+            });
         }
     }
     out
@@ -152,7 +214,7 @@ mod tests {
         };
         let found: Vec<(String, u16, u32)> = clusters(&spec)
             .into_iter()
-            .map(|(s, p, l)| (s, p, l.max_connections))
+            .map(|c| (c.subset, c.port, c.limits.unwrap().max_connections))
             .collect();
         let want = [
             ("", 80, 1),
@@ -167,7 +229,7 @@ mod tests {
             .map(|(s, p, m)| (s.to_string(), *p, *m))
             .collect();
         assert_eq!(found, want);
-        let limits = &clusters(&spec)[0].2;
+        let limits = clusters(&spec)[0].limits.clone().unwrap();
         assert_eq!(
             limits.cluster,
             "outbound|80||inventory.shop.svc.cluster.local"
@@ -188,5 +250,43 @@ mod tests {
             ..Default::default()
         };
         assert!(clusters(&spec).is_empty());
+    }
+}
+
+#[cfg(test)]
+mod outlier_tests {
+    use super::*;
+
+    #[test]
+    fn a_subset_without_outlier_detection_takes_the_services() {
+        let spec = proto::Service {
+            hostname: "shipping".into(),
+            ports: vec![proto::ServicePort {
+                port: 8080,
+                ..Default::default()
+            }],
+            traffic_policy: Some(proto::TrafficPolicy {
+                outlier_detection: Some(proto::OutlierDetection {
+                    consecutive_5xx_errors: 1,
+                    interval_ms: 0,
+                    max_ejection_percent: 250,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            subsets: vec![proto::Subset {
+                name: "v1".into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let found = clusters(&spec);
+        assert_eq!(found.len(), 2);
+        let o = found[1].outlier.clone().unwrap();
+        assert_eq!(o.cluster, "outbound|8080|v1|shipping");
+        assert_eq!(o.consecutive_5xx, 1);
+        assert_eq!(o.interval, Duration::from_millis(1));
+        assert_eq!(o.max_ejection_percent, 100);
+        assert!(found[1].limits.is_none());
     }
 }
