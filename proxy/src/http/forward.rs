@@ -107,7 +107,8 @@ pub(super) async fn forward(
                     .map_err(Failure::from)
             } else {
                 if let Some(c) = &cluster {
-                    match c.breaker.room(target.addr, || None::<()>).await? {
+                    // Boxed: a large future, kept out of every request's.
+                    match Box::pin(c.breaker.room(target.addr, || None::<()>)).await? {
                         Room::Open(permit, _pending) => conn_permit = Some(permit),
                         Room::Ready(()) => {}
                     }

@@ -112,7 +112,9 @@ impl H1Pool {
     ) -> Result<Response<Body>, SendError> {
         let mut lease = match &self.breaker {
             None => self.checkout(addr).await?,
-            Some(breaker) => self.checkout_limited(breaker, addr).await?,
+            // Boxed, as dialing is: a large future, which would otherwise be part of every
+            // request's future, limited or not.
+            Some(breaker) => Box::pin(self.checkout_limited(breaker, addr)).await?,
         };
         let resp = lease
             .sender

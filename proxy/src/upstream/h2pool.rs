@@ -117,7 +117,9 @@ impl H2Pool {
         req: Request<Body>,
     ) -> Result<Response<Body>, SendError> {
         if let Some(breaker) = &self.breaker {
-            return self.send_limited(breaker, addr, identity, req).await;
+            // Boxed: waiting for room makes a large future, which would otherwise be part of
+            // (and copied with) every request's future, limited or not.
+            return Box::pin(self.send_limited(breaker, addr, identity, req)).await;
         }
         let mut retried = false;
         let sender = loop {
