@@ -417,6 +417,79 @@ spec:
     );
 }
 
+#[test]
+#[ignore = "needs root: runs a mesh in network namespaces"]
+fn retries_hide_a_failing_endpoint_and_the_route_timeout_bounds_a_slow_one() {
+    harness::require();
+    let c = seed("retries");
+    // A third shipping pod answers every request with 503; the route retries 5xx.
+    let mut bad = harness::echo_pod("shipping-v3-0", "shipping", "v3", "shipping");
+    bad.command.extend(["--error-rate".into(), "1".into()]);
+    c.run(&bad).unwrap();
+    // A service whose one pod takes 2 s to answer; its route gives it 300 ms.
+    let mut slow = harness::echo_pod("slow-v1-0", "slow", "v1", "default");
+    slow.command.extend(["--latency-ms".into(), "2000".into()]);
+    c.run(&slow).unwrap();
+    c.apply_yaml(
+        "
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: shipping-service, namespace: default}
+spec:
+  hosts: [shipping-service]
+  http:
+  - route:
+    - destination: {host: shipping-service}
+    retries: {attempts: 3, retryOn: 5xx}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: slow, namespace: default}
+spec:
+  selector: {app: slow}
+  ports: [{name: http, port: 8080}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: slow, namespace: default}
+spec:
+  hosts: [slow]
+  http:
+  - route:
+    - destination: {host: slow}
+    timeout: 300ms
+",
+    )
+    .unwrap();
+    c.wait_endpoints("order-v1-0", "shipping-service.default", 3)
+        .expect("order knows the third shipping pod");
+    c.wait_endpoints("order-v1-0", "slow.default", 1)
+        .expect("order knows the slow service");
+    let url = "http://shipping-service:8080/";
+    let reached = wait_until(DEADLINE, || {
+        c.load("order-v1-0", url, &["-n", "10", "-c", "1"]).is_ok()
+            && inbound_requests(&c, "shipping-v3-0") >= 1
+    });
+    assert!(reached, "the route to all shipping pods never took effect");
+    let tried = inbound_requests(&c, "shipping-v3-0");
+    let report = c.load("order-v1-0", url, &["-n", "90", "-c", "3"]).unwrap();
+    assert_all_ok(&report);
+    assert!(
+        inbound_requests(&c, "shipping-v3-0") > tried,
+        "the failing pod was tried, and its answers retried elsewhere"
+    );
+    let slow = c
+        .load("order-v1-0", "http://slow:8080/", &["-n", "3", "-c", "1"])
+        .unwrap();
+    assert_eq!(
+        slow.failures.get("504 upstream request timeout"),
+        Some(&3),
+        "{slow:?}"
+    );
+    // Cut at the route's 300 ms, not after the pod's 2 s.
+    assert!(slow.p50_ms >= 300.0 && slow.max_ms < 2000.0, "{slow:?}");
+}
+
 /// Runs 3000 requests from order to shipping at 300 rps (10 s) and, once traffic flows,
 /// `during`; returns the load's report.
 fn under_load(c: &LocalCluster, during: impl FnOnce()) -> Report {

@@ -345,3 +345,45 @@ fn outlier_detection_gets_istios_defaults() {
         })
     );
 }
+
+#[test]
+fn retries_translate_as_istio_does() {
+    let vs = |retries: &str| {
+        testing::model(&testing::resources(&format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: ratings, namespace: default}}\nspec:\n  selector: {{app: ratings}}\n  ports: [{{name: http, port: 80}}]\n---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: ratings, namespace: default}}\nspec:\n  hosts: [ratings]\n  http:\n  - timeout: 3s\n{retries}    route: [{{destination: {{host: ratings}}}}]\n"
+        )))
+    };
+    let route = |m: &Model| {
+        let v = view(m, &node("default", &[("app", "order")], "10.0.0.20"));
+        service(&v.state, "ratings").http_routes[0].clone()
+    };
+    // Unset: Istio's default policy.
+    let r = route(&vs(""));
+    assert_eq!(r.timeout_ms, 3_000);
+    let p = r.retry.unwrap();
+    assert_eq!(p.attempts, 2);
+    assert_eq!(
+        p.retry_on,
+        [
+            "connect-failure",
+            "refused-stream",
+            "unavailable",
+            "cancelled",
+            "retriable-status-codes"
+        ]
+    );
+    assert_eq!(p.retriable_status_codes, [503]);
+    // retryOn replaces the conditions; its numbers are the retriable status codes.
+    let r = route(&vs(
+        "    retries: {attempts: 4, perTryTimeout: 250ms, retryOn: '5xx,409, reset', backoff: 40ms}\n",
+    ));
+    let p = r.retry.unwrap();
+    assert_eq!(
+        (p.attempts, p.per_try_timeout_ms, p.backoff_base_ms),
+        (4, 250, 40)
+    );
+    assert_eq!(p.retry_on, ["5xx", "reset", "retriable-status-codes"]);
+    assert_eq!(p.retriable_status_codes, [409]);
+    // attempts 0: no retries at all.
+    assert!(route(&vs("    retries: {attempts: 0}\n")).retry.is_none());
+}

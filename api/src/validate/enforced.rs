@@ -161,16 +161,17 @@ fn virtual_service(out: &mut Out, spec: &VirtualServiceSpec) {
             out.add(format!("{at}.{field}"), "requests are not mirrored");
         }
         if let Some(r) = &h.retries {
-            for (set, name) in [
-                (r.per_try_timeout.is_some(), "perTryTimeout"),
-                (!r.retry_on.is_empty(), "retryOn"),
-                (r.retry_remote_localities.is_some(), "retryRemoteLocalities"),
-                (r.backoff.is_some(), "backoff"),
-            ] {
-                if set {
+            if r.retry_remote_localities.is_some() {
+                out.add(
+                    format!("{at}.retries.retryRemoteLocalities"),
+                    "endpoints are not told apart by locality yet: retries go to any endpoint",
+                );
+            }
+            for cond in r.retry_on.split(',').map(str::trim) {
+                if matches!(cond, "retriable-headers" | "http3-post-connect-failure") {
                     out.add(
-                        format!("{at}.retries.{name}"),
-                        "only retries.attempts is applied (retrying connect failures and resets of requests without a body)",
+                        format!("{at}.retries.retryOn"),
+                        format!("{cond:?} never holds here (Istio's API names no retriable header; the mesh has no HTTP/3): it retries nothing"),
                     );
                 }
             }
@@ -221,7 +222,6 @@ fn traffic_policy(out: &mut Out, at: &str, tp: &TrafficPolicy) {
     for (name, set) in [
         ("tunnel", tp.tunnel.is_some()),
         ("proxyProtocol", tp.proxy_protocol.is_some()),
-        ("retryBudget", tp.retry_budget.is_some()),
     ] {
         if set {
             out.add(format!("{at}.{name}"), "this setting is not applied");
@@ -384,6 +384,29 @@ mod tests {
                 "spec.trafficPolicy.outlierDetection.splitExternalLocalOriginErrors",
                 "spec.trafficPolicy.outlierDetection.consecutiveLocalOriginFailures",
             ]
+        );
+    }
+
+    #[test]
+    fn retries_are_enforced_but_localities_and_conditions_that_never_hold() {
+        let yaml = "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: ratings}\nspec:\n  hosts: [ratings]\n  http:\n  - timeout: 2s\n    retries: {attempts: 3, perTryTimeout: 500ms, retryOn: 'gateway-error,connect-failure,503', backoff: 50ms}\n    route: [{destination: {host: ratings}}]\n";
+        assert!(warnings(yaml).is_empty(), "{:?}", warnings(yaml));
+        let w = warnings(
+            &yaml
+                .replace("backoff: 50ms", "retryRemoteLocalities: true")
+                .replace("503", "retriable-headers"),
+        );
+        let fields: Vec<&str> = w
+            .iter()
+            .map(|l| l.split(": ").next().unwrap_or(""))
+            .collect();
+        assert_eq!(
+            fields,
+            [
+                "spec.http[0].retries.retryRemoteLocalities",
+                "spec.http[0].retries.retryOn"
+            ],
+            "{w:?}"
         );
     }
 

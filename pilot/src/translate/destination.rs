@@ -108,6 +108,10 @@ fn traffic_policy(
         what,
         field,
     )?;
+    out.retry_budget = tp.retry_budget.as_ref().map(|b| state::RetryBudget {
+        percent: b.percent.unwrap_or(20.0),
+        min_retry_concurrency: b.min_retry_concurrency.unwrap_or(3),
+    });
     for (i, p) in tp.port_level_settings.iter().enumerate() {
         let Some(port) = p.port.as_ref().and_then(|p| p.number) else {
             continue;

@@ -304,7 +304,60 @@ fn one_route(
             .as_ref()
             .map_or(DEFAULT_RETRIES, |r| u32::try_from(r.attempts).unwrap_or(0)),
         fault: route.fault.as_ref().map(fault),
+        retry: retry_policy(route.retries.as_ref()),
     })
+}
+
+/// Istio's retry conditions when a route does not say (or says only how many attempts).
+const DEFAULT_RETRY_ON: [&str; 5] = [
+    "connect-failure",
+    "refused-stream",
+    "unavailable",
+    "cancelled",
+    "retriable-status-codes",
+];
+
+/// A route's `retries` as Istio translates them: unset, two attempts on Istio's default
+/// conditions and 503; `attempts: 0`, none; `retryOn` replaces the conditions, its numbers
+/// becoming the retriable status codes.
+fn retry_policy(r: Option<&mesh_api::networking::HttpRetry>) -> Option<state::RetryPolicy> {
+    let mut out = state::RetryPolicy {
+        attempts: DEFAULT_RETRIES,
+        retry_on: DEFAULT_RETRY_ON.map(String::from).to_vec(),
+        retriable_status_codes: vec![503],
+        ..Default::default()
+    };
+    let Some(r) = r else { return Some(out) };
+    out.attempts = u32::try_from(r.attempts).unwrap_or(0);
+    if out.attempts == 0 {
+        return None;
+    }
+    out.per_try_timeout_ms = r
+        .per_try_timeout
+        .as_deref()
+        .and_then(duration_ms)
+        .unwrap_or(0);
+    out.backoff_base_ms = r.backoff.as_deref().and_then(duration_ms).unwrap_or(0);
+    if !r.retry_on.is_empty() {
+        out.retry_on.clear();
+        out.retriable_status_codes.clear();
+        for cond in r
+            .retry_on
+            .split(',')
+            .map(str::trim)
+            .filter(|c| !c.is_empty())
+        {
+            match cond.parse::<u32>() {
+                Ok(code) => out.retriable_status_codes.push(code),
+                Err(_) => out.retry_on.push(cond.to_string()),
+            }
+        }
+        let named = out.retry_on.iter().any(|c| c == "retriable-status-codes");
+        if !out.retriable_status_codes.is_empty() && !named {
+            out.retry_on.push("retriable-status-codes".into());
+        }
+    }
+    Some(out)
 }
 
 /// A route's `fault`. An unset share injects nothing, as in Istio (Envoy's fault filter reads

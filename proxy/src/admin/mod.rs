@@ -225,6 +225,21 @@ fn cluster_stats(inputs: &Inputs) -> String {
             let _ = writeln!(out, "cluster.{name}.{stat}: {value}");
         }
     }
+    for (name, b) in inputs.loads.retry_budgets.all() {
+        let _ = writeln!(
+            out,
+            "cluster.{name}.retry_budget.budget_percent: {}",
+            b.percent
+        );
+        let _ = writeln!(
+            out,
+            "cluster.{name}.retry_budget.min_retry_concurrency: {}",
+            b.min_concurrency
+        );
+        let _ = writeln!(out, "cluster.{name}.retry_budget.active: {}", b.active);
+        let _ = writeln!(out, "cluster.{name}.retry_budget.overflow: {}", b.refused);
+        let _ = writeln!(out, "cluster.{name}.upstream_rq_retry: {}", b.made);
+    }
     for health in inputs.loads.outliers.all() {
         let s = health.snapshot();
         let name = &health.policy.cluster;

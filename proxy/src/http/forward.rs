@@ -10,30 +10,56 @@ use hyper::body::Body as _;
 use hyper::{Request, Response, StatusCode};
 
 use super::{Body, Conn, boxed, headers, reply};
-use crate::body::holding;
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use tokio::time::Instant;
+
+use super::retry::{BODY_LIMIT, Policy, Try};
+use crate::body::{full, holding};
+use crate::route::budget::RetryPermit;
 use crate::route::outlier::Outcome;
+use crate::route::retry_budget_of;
 use crate::route::{Target, to_destination};
 use crate::state::{Port, Service, State, proto};
 use crate::upstream::Failure;
+use crate::upstream::breaker::RequestPermit;
 use crate::upstream::breaker::{Overflow, Room};
 
-/// Sends the request to `target`, retrying bodiless requests on connect failures and 503s with
-/// a new endpoint each time.
+/// Sends the request to `target`, trying again on a new endpoint as the route's retry policy
+/// says, within the route's timeout (every try and back-off included).
 #[allow(clippy::too_many_arguments)]
 pub(super) async fn forward(
     req: &mut Request<Body>,
     target: &mut Target,
     h2: bool,
     timeout_ms: u64,
-    retries: u32,
+    retry: &Policy<'_>,
     ctx: &Conn,
     state: &State,
     svc: Option<&Arc<Service>>,
     dest: Option<(&proto::WeightedDestination, &Port)>,
 ) -> (Response<Body>, &'static str) {
     headers::prepare_upstream(req, ctx.peer);
-    let bodiless = req.body().is_end_stream();
     let upgrade = headers::is_upgrade(req);
+    let deadline = (timeout_ms > 0).then(|| Instant::now() + Duration::from_millis(timeout_ms));
+    // A body can go again only if it was kept whole; an upgrade goes once.
+    let mut attempts = if upgrade { 0 } else { retry.attempts };
+    let mut body = None;
+    if attempts > 0 && !req.body().is_end_stream() {
+        match keep_body(req).await {
+            Ok(Some(kept)) => body = Some(kept),
+            Ok(None) => attempts = 0,
+            Err(e) => {
+                return (
+                    reply(
+                        StatusCode::BAD_REQUEST,
+                        &format!("reading the request body: {e}"),
+                    ),
+                    "DPE",
+                );
+            }
+        }
+    }
     // A cluster with a circuit breaker: its own pools, and its count of active requests.
     let cluster = target
         .limits
@@ -44,7 +70,9 @@ pub(super) async fn forward(
         Some(Ok(permit)) => Some(permit),
         None => None,
     };
-    let mut retry_permit = None;
+    // The counts of the retry in flight (the breaker's maxRetries, the budget), held until the
+    // next try ends.
+    let mut retrying = None;
     let mut attempt = 0;
     loop {
         // Auto mTLS needs an identity of our own; without one, plaintext.
@@ -63,8 +91,13 @@ pub(super) async fn forward(
                 "UF",
             );
         }
-        // The last attempt hands the request's headers over instead of copying them.
-        let last = attempt >= retries || !bodiless;
+        if attempt > 0
+            && let Some(kept) = &body
+        {
+            *req.body_mut() = full(kept.clone());
+        }
+        // The last try hands the request's headers over instead of copying them.
+        let last = attempt >= attempts;
         let use_h2 = h2 && !upgrade;
         // Plaintext HTTP/1.1 (most traffic to apps without a sidecar) and HTTP/2 (between
         // sidecars, and to ports that speak it) take light pools of our own; TLS origination,
@@ -127,56 +160,74 @@ pub(super) async fn forward(
                     .map_err(Failure::from)
             }
         };
-        let result = if timeout_ms > 0 {
-            match tokio::time::timeout(Duration::from_millis(timeout_ms), sent).await {
-                Ok(r) => r,
-                Err(_) => {
-                    if let Some(o) = &target.outlier {
-                        o.record(target.addr, Outcome::LocalFailure);
-                    }
-                    return (
-                        reply(StatusCode::GATEWAY_TIMEOUT, "upstream request timeout"),
-                        "UT",
-                    );
-                }
-            }
-        } else {
-            sent.await
+        // This try's limit: its own timeout, and what is left of the route's.
+        let per_try = retry.per_try_timeout.map(|t| Instant::now() + t);
+        let until = match (per_try, deadline) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let result = match until {
+            Some(until) => tokio::time::timeout_at(until, sent).await.ok(),
+            None => Some(sent.await),
         };
         // Outlier detection hears what the endpoint answered; an overflow never reached it.
         if let Some(o) = &target.outlier {
             match &result {
-                Ok(r) => o.record(target.addr, Outcome::Status(r.status().as_u16())),
-                Err(e) if !e.overflow => o.record(target.addr, Outcome::LocalFailure),
-                Err(_) => {}
+                Some(Ok(r)) => o.record(target.addr, Outcome::Status(r.status().as_u16())),
+                Some(Err(e)) if e.overflow => {}
+                Some(Err(_)) | None => o.record(target.addr, Outcome::LocalFailure),
             }
         }
-        let retryable = match &result {
-            Err(e) => e.connect,
-            Ok(r) => r.status() == StatusCode::SERVICE_UNAVAILABLE,
+        let timed_out = || {
+            (
+                reply(StatusCode::GATEWAY_TIMEOUT, "upstream request timeout"),
+                "UT",
+            )
         };
-        // A retry over the cluster's maxRetries is not made: the answer goes back as it is.
-        let retry = retryable
-            && bodiless
-            && attempt < retries
-            && cluster
-                .as_ref()
-                .is_none_or(|c| match c.breaker.start_retry() {
-                    Some(permit) => {
-                        retry_permit = Some(permit);
-                        true
-                    }
-                    None => false,
-                });
-        if retry {
+        let tried = match &result {
+            None if deadline.is_some_and(|d| Instant::now() >= d) => return timed_out(),
+            None => Try::Timeout,
+            Some(Ok(resp)) => Try::Answer(resp),
+            Some(Err(e)) if e.overflow => return overflow_reply(target, &e.error.to_string()),
+            Some(Err(e)) if e.connect => Try::ConnectFailure,
+            Some(Err(e)) if refused_stream(e.error.as_ref()) => Try::RefusedStream,
+            Some(Err(_)) => Try::Reset,
+        };
+        if attempt < attempts
+            && retry.wants(&tried, req.method())
+            && let Some(held) = retry_allowed(cluster.as_deref(), ctx, state, svc, dest)
+        {
+            drop(retrying.replace(held));
             attempt += 1;
-            if let (Some(svc), Some((d, port))) = (svc, dest)
-                && let Some(next) = to_destination(state, svc, port, d, &ctx.inputs.loads, None)
-            {
-                *target = next;
+            // Envoy's jittered back-off, within the route's timeout.
+            let wait = Instant::now() + retry.backoff(attempt);
+            if deadline.is_some_and(|d| d <= wait) {
+                if let Some(d) = deadline {
+                    tokio::time::sleep_until(d).await;
+                }
+                return timed_out();
+            }
+            tokio::time::sleep_until(wait).await;
+            // Another endpoint than the one that failed, when there is one (Istio's
+            // previous-hosts predicate, five picks at most).
+            if let (Some(svc), Some((d, port))) = (svc, dest) {
+                for _ in 0..5 {
+                    let Some(next) = to_destination(state, svc, port, d, &ctx.inputs.loads, None)
+                    else {
+                        break;
+                    };
+                    let same = next.addr == target.addr;
+                    *target = next;
+                    if !same {
+                        break;
+                    }
+                }
             }
             continue;
         }
+        let Some(result) = result else {
+            return timed_out();
+        };
         return match result {
             Ok(mut resp) => {
                 if upgrade && resp.status() == StatusCode::SWITCHING_PROTOCOLS {
@@ -189,7 +240,6 @@ pub(super) async fn forward(
                 }
                 (resp, if attempt > 0 { "URX" } else { "-" })
             }
-            Err(e) if e.overflow => overflow_reply(target, &e.error.to_string()),
             Err(e) if e.connect => {
                 // Say why, as Envoy does ("transport failure reason: ..."): a refused
                 // connection and a peer proving the wrong identity call for different fixes.
@@ -212,6 +262,62 @@ pub(super) async fn forward(
             ),
         };
     }
+}
+
+/// Reads a request body small enough to send again (its size known and within
+/// [`BODY_LIMIT`]) and puts it back; `None` (nothing read) for a larger or unsized one.
+async fn keep_body(req: &mut Request<Body>) -> Result<Option<Bytes>, crate::body::BoxError> {
+    if req
+        .body()
+        .size_hint()
+        .upper()
+        .is_none_or(|n| n > BODY_LIMIT)
+    {
+        return Ok(None);
+    }
+    let taken = std::mem::replace(req.body_mut(), full(Bytes::new()));
+    let bytes = taken.collect().await?.to_bytes();
+    *req.body_mut() = full(bytes.clone());
+    Ok(Some(bytes))
+}
+
+/// The counts a retry takes, if the cluster allows one: its circuit breaker's `maxRetries`
+/// and its retry budget.
+fn retry_allowed(
+    cluster: Option<&crate::upstream::LimitedCluster>,
+    ctx: &Conn,
+    state: &State,
+    svc: Option<&Arc<Service>>,
+    dest: Option<(&proto::WeightedDestination, &Port)>,
+) -> Option<(Option<RequestPermit>, Option<RetryPermit>)> {
+    let breaker = match cluster {
+        Some(c) => Some(c.breaker.start_retry()?),
+        None => None,
+    };
+    let budget = match (svc, dest) {
+        (Some(svc), Some((d, port))) => {
+            let loads = &ctx.inputs.loads;
+            let (name, in_flight, budget) = retry_budget_of(state, svc, port, d, loads)?;
+            Some(loads.retry_budgets.try_retry(&name, budget, in_flight)?)
+        }
+        _ => None,
+    };
+    Some((breaker, budget))
+}
+
+/// Whether an HTTP/2 peer refused the stream (REFUSED_STREAM: it did not process it).
+fn refused_stream(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(e);
+    while let Some(err) = next {
+        if err
+            .downcast_ref::<h2::Error>()
+            .is_some_and(|h| h.reason() == Some(h2::Reason::REFUSED_STREAM))
+        {
+            return true;
+        }
+        next = err.source();
+    }
+    false
 }
 
 /// The answer to a request the cluster's circuit breaker refused: Envoy's words, then which

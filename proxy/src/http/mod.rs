@@ -12,6 +12,7 @@ pub mod headers;
 mod inbound;
 mod outbound;
 pub mod policy;
+mod retry;
 
 pub use inbound::{PeerTls, serve_inbound};
 

@@ -9,6 +9,7 @@ use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
 
 use super::forward::forward;
+use super::retry::Policy;
 use super::{Body, Conn, boxed, full, headers, reply};
 use crate::inputs::Inputs;
 use crate::route::http::{self as route, request_hash_key as hash_key};
@@ -110,7 +111,18 @@ pub(super) async fn decide_and_send(
             );
         }
         let mut target = Target::passthrough(ctx.dst);
-        let (resp, flags) = forward(req, &mut target, false, 0, 0, ctx, state, None, None).await;
+        let (resp, flags) = forward(
+            req,
+            &mut target,
+            false,
+            0,
+            &Policy::NONE,
+            ctx,
+            state,
+            None,
+            None,
+        )
+        .await;
         return (resp, Some(target), flags);
     };
     let Some(port) = svc
@@ -246,13 +258,13 @@ async fn send_to(
         || headers::is_grpc(req)
         || (target.mesh && !headers::is_upgrade(req));
     let timeout_ms = route.map_or(0, |r| r.timeout_ms);
-    let retries = route.map_or(0, |r| r.retries);
+    let retry = Policy::of(route);
     let (resp, flags) = forward(
         req,
         &mut target,
         h2,
         timeout_ms,
-        retries,
+        &retry,
         ctx,
         state,
         Some(svc),

@@ -17,6 +17,8 @@ pub struct Loads {
     cursors: Mutex<HashMap<String, Arc<AtomicUsize>, foldhash::fast::RandomState>>,
     /// Endpoints ejected by outlier detection, by cluster.
     pub outliers: super::outlier::Outliers,
+    /// Retry budgets, by cluster.
+    pub retry_budgets: super::budget::RetryBudgets,
 }
 
 /// Counts one request against an endpoint until dropped.

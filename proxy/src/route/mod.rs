@@ -5,6 +5,7 @@
 //! and the load balancer (`balance.rs`). It reads the compiled state and does no IO.
 
 pub mod balance;
+pub mod budget;
 pub mod http;
 pub mod outlier;
 mod pick;
@@ -13,7 +14,7 @@ use std::net::SocketAddr;
 
 pub use pick::{
     HashKey, PASSTHROUGH, Target, choose_weighted, endpoint_in, hash_str, no_identity,
-    pick_endpoint, pick_tls_endpoint, port_for, rendezvous, to_destination,
+    pick_endpoint, pick_tls_endpoint, port_for, rendezvous, retry_budget_of, to_destination,
 };
 
 use crate::state::{Protocol, Service};

@@ -173,6 +173,52 @@ pub fn to_destination(
     endpoint_in(svc, port, &dest.subset, loads, key)
 }
 
+/// What a retry budget needs of the cluster `dest` names: Envoy's name for it, the requests
+/// in flight to its endpoints, and its budget (DestinationRule `retryBudget`, else Envoy's
+/// default). Worked out only when a retry is considered.
+pub fn retry_budget_of(
+    state: &State,
+    from: &Arc<Service>,
+    in_port: &Port,
+    dest: &proto::WeightedDestination,
+    loads: &Loads,
+) -> Option<(String, usize, (f64, u32))> {
+    let svc = if dest.host.is_empty() {
+        from
+    } else {
+        state.service_by_host(&dest.host, &from.spec.namespace)?
+    };
+    let port = match dest.port {
+        0 => svc.port(in_port.port).or_else(|| svc.ports.first())?,
+        p => svc.port(u16::try_from(p).ok()?)?,
+    };
+    let in_flight = svc
+        .subset_members(&dest.subset)
+        .iter()
+        .filter_map(|i| svc.endpoint_addr(*i, port))
+        .map(|a| loads.active(a))
+        .sum();
+    let budget = svc
+        .spec
+        .subsets
+        .iter()
+        .find(|s| s.name == dest.subset)
+        .and_then(|s| s.traffic_policy.as_ref()?.retry_budget.as_ref())
+        .or_else(|| svc.spec.traffic_policy.as_ref()?.retry_budget.as_ref())
+        .map_or(
+            (
+                super::budget::DEFAULT_PERCENT,
+                super::budget::DEFAULT_MIN_CONCURRENCY,
+            ),
+            |b| (b.percent, b.min_retry_concurrency),
+        );
+    let name = format!(
+        "outbound|{}|{}|{}",
+        port.port, dest.subset, svc.spec.hostname
+    );
+    Some((name, in_flight, budget))
+}
+
 /// Picks an endpoint of `svc` (optionally of one subset) for `port`.
 pub fn endpoint_in(
     svc: &Service,
