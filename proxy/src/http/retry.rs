@@ -68,6 +68,9 @@ pub(super) struct Policy<'a> {
     pub attempts: u32,
     /// How long each try may take.
     pub per_try_timeout: Option<Duration>,
+    /// The conditions by name (read only when a try did not simply succeed).
+    names: &'a [String],
+    /// Conditions given as bits (Istio's default for an older pilot's state).
     on: u32,
     codes: &'a [u32],
     backoff_base: Duration,
@@ -93,6 +96,7 @@ impl<'a> Policy<'a> {
     pub const NONE: Policy<'static> = Policy {
         attempts: 0,
         per_try_timeout: None,
+        names: &[],
         on: 0,
         codes: &[],
         backoff_base: BACKOFF_BASE,
@@ -120,7 +124,8 @@ impl<'a> Policy<'a> {
             attempts: r.attempts,
             per_try_timeout: (r.per_try_timeout_ms > 0)
                 .then(|| Duration::from_millis(r.per_try_timeout_ms)),
-            on: r.retry_on.iter().fold(0, |on, c| on | condition(c)),
+            names: &r.retry_on,
+            on: 0,
             codes: &r.retriable_status_codes,
             backoff_base: match r.backoff_base_ms {
                 0 => BACKOFF_BASE,
@@ -134,11 +139,18 @@ impl<'a> Policy<'a> {
         if self.attempts == 0 {
             return false;
         }
+        // Most answers: a success, nothing to read.
+        if let Try::Answer(resp) = t
+            && resp.status().as_u16() < 400
+            && !resp.headers().contains_key(&GRPC_STATUS)
+        {
+            return false;
+        }
         let never_sent = matches!(t, Try::ConnectFailure | Try::RefusedStream);
         if !never_sent && !idempotent(method) {
             return false;
         }
-        let on = self.on;
+        let on = self.names.iter().fold(self.on, |on, c| on | condition(c));
         let any = |bits: u32| on & bits != 0;
         match t {
             Try::ConnectFailure => {
@@ -155,37 +167,9 @@ impl<'a> Policy<'a> {
                     || (any(ON_4XX) && code == 409)
                     || (any(ON_STATUS_CODES) && self.codes.contains(&u32::from(code)))
                     || (any(ON_RATE_LIMITED) && resp.headers().contains_key("x-envoy-ratelimited"))
-                    || self.grpc(resp)
+                    || grpc(on, resp)
             }
         }
-    }
-
-    /// The gRPC conditions, from a trailers-only answer's `grpc-status`.
-    fn grpc(&self, resp: &Response<Body>) -> bool {
-        const GRPC: u32 = ON_CANCELLED
-            | ON_DEADLINE_EXCEEDED
-            | ON_INTERNAL
-            | ON_RESOURCE_EXHAUSTED
-            | ON_UNAVAILABLE;
-        if self.on & GRPC == 0 {
-            return false;
-        }
-        let Some(status) = resp
-            .headers()
-            .get("grpc-status")
-            .and_then(|v| v.to_str().ok()?.parse::<u32>().ok())
-        else {
-            return false;
-        };
-        let bit = match status {
-            1 => ON_CANCELLED,
-            4 => ON_DEADLINE_EXCEEDED,
-            8 => ON_RESOURCE_EXHAUSTED,
-            13 => ON_INTERNAL,
-            14 => ON_UNAVAILABLE,
-            _ => 0,
-        };
-        self.on & bit != 0
     }
 
     /// How long to wait before retry number `retry` (1 for the first): Envoy's fully jittered
@@ -198,6 +182,34 @@ impl<'a> Policy<'a> {
             .min(self.backoff_base * 10);
         most.mul_f64(fastrand::f64())
     }
+}
+
+static GRPC_STATUS: hyper::header::HeaderName =
+    hyper::header::HeaderName::from_static("grpc-status");
+
+/// The gRPC conditions `on` holds, from a trailers-only answer's `grpc-status`.
+fn grpc(on: u32, resp: &Response<Body>) -> bool {
+    const GRPC: u32 =
+        ON_CANCELLED | ON_DEADLINE_EXCEEDED | ON_INTERNAL | ON_RESOURCE_EXHAUSTED | ON_UNAVAILABLE;
+    if on & GRPC == 0 {
+        return false;
+    }
+    let Some(status) = resp
+        .headers()
+        .get(&GRPC_STATUS)
+        .and_then(|v| v.to_str().ok()?.parse::<u32>().ok())
+    else {
+        return false;
+    };
+    let bit = match status {
+        1 => ON_CANCELLED,
+        4 => ON_DEADLINE_EXCEEDED,
+        8 => ON_RESOURCE_EXHAUSTED,
+        13 => ON_INTERNAL,
+        14 => ON_UNAVAILABLE,
+        _ => 0,
+    };
+    on & bit != 0
 }
 
 /// Methods a retry cannot make happen twice (RFC 9110 §9.2.2).
