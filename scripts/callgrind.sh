@@ -5,6 +5,10 @@
 #   scripts/callgrind.sh [PROXY_BINARY] hop|client|server
 #
 #   hop     one plaintext HTTP/1.1 hop (outbound, keep-alive) to nginx
+#   hop-route   the same hop through a route with a 10 s timeout and 3 retries (as a state
+#           before retry policies and connection pools could say)
+#   hop-policy  the same hop with a retry policy (3 attempts on 5xx, a 2 s per-try timeout, a
+#           10 s route timeout) and a connection pool (limits it never reaches) on the route
 #   client  the client sidecar of an mTLS pair (HTTP/1.1 in, HTTP/2 over mesh mTLS out)
 #   server  the server sidecar of that pair (mesh mTLS HTTP/2 in, HTTP/1.1 to nginx, STRICT)
 #
@@ -46,7 +50,7 @@ common="--bind-address 127.0.0.1 --worker-threads 1 --drain-timeout-secs 0"
 vg() { valgrind --tool=callgrind --callgrind-out-file="$D/cg.out" "$@" > "$D/measured.log" 2>&1 & echo $!; }
 ready() { for _ in $(seq 1 600); do curl -fs -o /dev/null "http://127.0.0.1:$1/healthz/ready" && return; sleep 0.2; done; echo "port $1 never ready" >&2; exit 1; }
 case "$WHAT" in
-  hop)
+  hop|hop-route|hop-policy)
     cat > "$D/state.yaml" <<ST
 version: callgrind
 services:
@@ -56,6 +60,25 @@ services:
   ports: [{port: 80, name: http, protocol: HTTP, targetPort: $BP}]
   endpoints: [{address: 127.0.0.1}]
 ST
+    if [ "$WHAT" = hop-route ]; then
+      cat >> "$D/state.yaml" <<ST
+  httpRoutes:
+  - destinations: [{host: backend.bench.svc.cluster.local, weight: 100}]
+    timeoutMs: 10000
+    retries: 3
+ST
+    fi
+    if [ "$WHAT" = hop-policy ]; then
+      cat >> "$D/state.yaml" <<ST
+  trafficPolicy:
+    connectionPool: {maxConnections: 100, http1MaxPendingRequests: 100, http2MaxRequests: 1000, maxRetries: 3}
+  httpRoutes:
+  - destinations: [{host: backend.bench.svc.cluster.local, weight: 100}]
+    timeoutMs: 10000
+    retries: 3
+    retry: {attempts: 3, retryOn: [5xx], perTryTimeoutMs: 2000}
+ST
+    fi
     VG=$(vg "$BIN" run --state-file "$D/state.yaml" $common --outbound-port 18201 --inbound-port 18206 \
       --admin-port 18200 --readiness-port 18221 --metrics-port 18220 --outbound-original-dst 10.96.0.10:80)
     ready 18221
@@ -93,7 +116,7 @@ ST
     fi
     ready 18121; ready 18221
     N=10000 ;;
-  *) echo "usage: scripts/callgrind.sh [PROXY_BINARY] hop|client|server" >&2; exit 2 ;;
+  *) echo "usage: scripts/callgrind.sh [PROXY_BINARY] hop|hop-route|hop-policy|client|server" >&2; exit 2 ;;
 esac
 python3 - "$VG" "$N" <<'PY'
 import http.client, subprocess, sys

@@ -112,9 +112,19 @@ impl H1Pool {
     ) -> Result<Response<Body>, SendError> {
         let mut lease = match &self.breaker {
             None => self.checkout(addr).await?,
-            // Boxed, as dialing is: a large future, which would otherwise be part of every
+            // An idle connection needs no room: taken as without limits. Waiting for room is
+            // boxed, as dialing is: a large future, which would otherwise be part of every
             // request's future, limited or not.
-            Some(breaker) => Box::pin(self.checkout_limited(breaker, addr)).await?,
+            Some(breaker) => {
+                let idle = match self.pop_idle(addr) {
+                    Some(mut lease) => lease.sender.ready().await.is_ok().then_some(lease),
+                    None => None,
+                };
+                match idle {
+                    Some(lease) => lease,
+                    None => Box::pin(self.checkout_limited(breaker, addr)).await?,
+                }
+            }
         };
         let resp = lease
             .sender
