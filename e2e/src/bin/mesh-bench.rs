@@ -76,8 +76,18 @@ impl Proto {
 }
 
 /// `pair-authz` is the pair with one ALLOW AuthorizationPolicy (the client's principal) on
-/// the server sidecar: what enforcing policy adds.
-const TARGETS: [&str; 6] = ["direct", "haproxy", "nginx", "mesh", "pair", "pair-authz"];
+/// the server sidecar: what enforcing policy adds. `mesh-policy` is the one hop with a retry
+/// policy on its route and a connection pool on its cluster (limits never reached): what
+/// resilience settings add.
+const TARGETS: [&str; 7] = [
+    "direct",
+    "haproxy",
+    "nginx",
+    "mesh",
+    "mesh-policy",
+    "pair",
+    "pair-authz",
+];
 const CONNECTIONS: usize = 64;
 /// The open-loop rate every case is measured at (requests per second).
 const LATENCY_RATE: u64 = 1000;
@@ -131,6 +141,7 @@ impl Setup {
 const TCP_VIP: &str = "127.0.0.3";
 const PAIR_VIP: &str = "127.0.0.4";
 const PAIR_AUTHZ_VIP: &str = "127.0.0.5";
+const POLICY_VIP: &str = "127.0.0.7";
 const TCP_PORT: u16 = 7000;
 const PAIR_HTTP_PORT: u16 = 7001;
 const PAIR_TCP_PORT: u16 = 7002;
@@ -306,7 +317,15 @@ fn start(dir: &Path) -> anyhow::Result<Setup> {
              - hostname: pair-authz.bench.svc.cluster.local\n  namespace: bench\n  addresses: [{PAIR_AUTHZ_VIP}]\n  \
                ports: [{{port: {PAIR_HTTP_PORT}, name: http}}, {{port: {PAIR_TCP_PORT}, name: tcp}}]\n  \
                endpoints: [{{address: 127.0.0.1, ports: {{http: {authz_inbound}, tcp: {authz_inbound}}}, \
-                 identity: \"{server_id}\", mesh: true}}]\n"
+                 identity: \"{server_id}\", mesh: true}}]\n\
+             - hostname: backend-policy.bench.svc.cluster.local\n  namespace: bench\n  addresses: [{POLICY_VIP}]\n  \
+               ports: [{{port: {PAIR_HTTP_PORT}, name: http}}, {{port: {PAIR_TCP_PORT}, name: tcp}}]\n  \
+               endpoints: [{{address: 127.0.0.1, ports: {{http: {b}, tcp: {b}}}}}]\n  \
+               trafficPolicy:\n    connectionPool: {{maxConnections: 1000, http1MaxPendingRequests: 1000, \
+                 http2MaxRequests: 10000, maxRetries: 10}}\n  \
+               httpRoutes:\n  - destinations: [{{host: backend-policy.bench.svc.cluster.local, weight: 100}}]\n    \
+                 timeoutMs: 10000\n    retries: 3\n    \
+                 retry: {{attempts: 3, retryOn: [5xx, connect-failure], perTryTimeoutMs: 2000}}\n"
         ),
     )?;
     // The same state with one ALLOW policy for the client's principal, for pair-authz's server.
@@ -342,6 +361,31 @@ fn start(dir: &Path) -> anyhow::Result<Setup> {
                 procs: vec!["mesh"],
             },
         );
+    }
+    for (proto, name, port) in [
+        (Proto::Http1, "mesh-policy", PAIR_HTTP_PORT),
+        (Proto::Tcp, "mesh-policy-tcp", PAIR_TCP_PORT),
+    ] {
+        let (p, _) = mesh.start(
+            &mut procs,
+            name,
+            None,
+            Some(Fixed::Outbound(format!("{POLICY_VIP}:{port}"))),
+            None,
+        )?;
+        let protos: &[Proto] = match proto {
+            Proto::Tcp => &[Proto::Tcp],
+            _ => &[Proto::Http1, Proto::Http2],
+        };
+        for proto in protos {
+            cases.insert(
+                (*proto, "mesh-policy"),
+                Case {
+                    addr: addr(p),
+                    procs: vec![name],
+                },
+            );
+        }
     }
     let (p, _) = mesh.start(
         &mut procs,
@@ -758,8 +802,10 @@ fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
 
     let mut figures: BTreeMap<(Proto, &str), Figures> = BTreeMap::new();
     let mut vs_haproxy: BTreeMap<(Proto, &str), Ratios> = BTreeMap::new();
-    // pair-authz ÷ pair, CPU per request saturated, per round (HTTP/1.1).
+    // pair-authz ÷ pair and mesh-policy ÷ mesh, CPU per request saturated, per round
+    // (HTTP/1.1).
     let mut authz_vs_pair = Vec::new();
+    let mut policy_vs_mesh = Vec::new();
     for round in 0..rounds {
         for proto in Proto::ALL {
             let mut saturated: BTreeMap<&str, (f64, f64)> = BTreeMap::new();
@@ -823,6 +869,10 @@ fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
             if proto == Proto::Http1 && pair > 0.0 {
                 authz_vs_pair.push(authz / pair);
             }
+            let (one, policy) = (saturated["mesh"].1, saturated["mesh-policy"].1);
+            if proto == Proto::Http1 && one > 0.0 {
+                policy_vs_mesh.push(policy / one);
+            }
             let (h_sat, h_lat) = (saturated["haproxy"], added(&at_rate, "haproxy"));
             for target in ["mesh", "pair", "nginx"] {
                 let r = vs_haproxy.entry((proto, target)).or_default();
@@ -855,6 +905,7 @@ fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
     let pair_p99 = ratio(Proto::Http1, "pair", |r| &r.added_p99);
     let reuse = median(figures[&(Proto::Http1, "mesh")].reuse.clone());
     let authz_cpu = median(authz_vs_pair);
+    let policy_cpu = median(policy_vs_mesh);
     let failed: u64 = figures
         .values()
         .map(|f| f.failed + f.at_rate.failed + f.at_half.failed)
@@ -927,6 +978,7 @@ fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
             "added_p50_pair_vs_haproxy": pair_p50,
             "added_p99_pair_vs_haproxy": pair_p99,
             "cpu_per_req_pair_authz_vs_pair": authz_cpu,
+            "cpu_per_req_mesh_policy_vs_mesh": policy_cpu,
             "upstream_reuse": reuse,
             "rss_idle_mb": rss_mb(idle_rss),
             "rss_peak_mb": rss_mb(setup.procs["mesh"].peak_rss()),
@@ -991,6 +1043,9 @@ fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
         );
         println!(
             "one ALLOW AuthorizationPolicy on the pair's server ÷ none (HTTP/1.1, saturated): CPU per request {authz_cpu:.3}"
+        );
+        println!(
+            "one hop with a retry policy and a connection pool ÷ without (HTTP/1.1, saturated): CPU per request {policy_cpu:.3} (target ≤ 1.05)"
         );
         println!(
             "mesh proxy RSS: {:.1} MiB idle (target ≤ 10 MB), {:.1} MiB idle with 1000 services and 10,000 endpoints (target ≤ 20 MB); upstream reuse {reuse:.4} (target ≥ 0.99)",
