@@ -490,6 +490,56 @@ spec:
     assert!(slow.p50_ms >= 300.0 && slow.max_ms < 2000.0, "{slow:?}");
 }
 
+#[test]
+#[ignore = "needs root: runs a mesh in network namespaces"]
+fn mirroring_copies_requests_to_v2_and_answers_from_v1() {
+    harness::require();
+    // Istio's mirroring task on the seed: every request goes to shipping v1, and a copy of
+    // each to v2, whose answers are discarded.
+    let c = seed("mirror");
+    c.apply_yaml(
+        "
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: shipping-service, namespace: default}
+spec:
+  hosts: [shipping-service]
+  http:
+  - route:
+    - destination: {host: shipping-service, subset: v1}
+      weight: 100
+    mirror: {host: shipping-service, subset: v2}
+    mirrorPercentage: {value: 100}
+",
+    )
+    .unwrap();
+    let url = "http://shipping-service:8080/";
+    // The change has arrived when 50 answers in a row come from v1 (under the seed's 90/10
+    // split, one chance in 190 of that).
+    let applied = wait_until(DEADLINE, || {
+        c.load("order-v1-0", url, &["-n", "50", "-c", "2"])
+            .is_ok_and(|r| r.by_version.get("v1") == Some(&50))
+    });
+    assert!(applied, "the route to v1 alone never took effect");
+    let before = inbound_requests(&c, "shipping-v2-0");
+    let report = c.load("order-v1-0", url, &["-n", "40", "-c", "2"]).unwrap();
+    assert_all_ok(&report);
+    assert_eq!(
+        report.by_version.get("v1"),
+        Some(&40),
+        "answers come from v1: {report:?}"
+    );
+    // Every copy arrives (they run on their own, so wait for them).
+    let copied = wait_until(DEADLINE, || {
+        inbound_requests(&c, "shipping-v2-0") >= before + 40
+    });
+    assert!(
+        copied,
+        "{} copies reached v2",
+        inbound_requests(&c, "shipping-v2-0") - before
+    );
+}
+
 /// Runs 3000 requests from order to shipping at 300 rps (10 s) and, once traffic flows,
 /// `during`; returns the load's report.
 fn under_load(c: &LocalCluster, during: impl FnOnce()) -> Report {

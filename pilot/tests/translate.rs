@@ -387,3 +387,25 @@ fn retries_translate_as_istio_does() {
     // attempts 0: no retries at all.
     assert!(route(&vs("    retries: {attempts: 0}\n")).retry.is_none());
 }
+
+#[test]
+fn mirrors_translate_with_istios_shares() {
+    let m = testing::model(&testing::resources(
+        "apiVersion: v1\nkind: Service\nmetadata: {name: httpbin, namespace: default}\nspec:\n  selector: {app: httpbin}\n  ports: [{name: http, port: 8000}]\n---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: httpbin, namespace: default}\nspec:\n  hosts: [httpbin]\n  http:\n  - route: [{destination: {host: httpbin, subset: v1}}]\n    mirrors:\n    - destination: {host: httpbin, subset: v2}\n    - destination: {host: httpbin, subset: v3, port: {number: 8000}}\n      percentage: {value: 25}\n  - route: [{destination: {host: httpbin, subset: v1}}]\n    mirror: {host: httpbin, subset: v2}\n    mirrorPercentage: {value: 10.5}\n",
+    ));
+    let v = view(&m, &node("default", &[("app", "order")], "10.0.0.20"));
+    let routes = &service(&v.state, "httpbin").http_routes;
+    let host = "httpbin.default.svc.cluster.local";
+    let mirror = |subset: &str, port: u32, percent: f64| state::Mirror {
+        host: host.into(),
+        subset: subset.into(),
+        port,
+        percent,
+    };
+    // A mirror without a share copies every request (Istio's mirroring task).
+    assert_eq!(
+        routes[0].mirrors,
+        [mirror("v2", 0, 100.0), mirror("v3", 8000, 25.0)]
+    );
+    assert_eq!(routes[1].mirrors, [mirror("v2", 0, 10.5)]);
+}

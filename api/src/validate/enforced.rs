@@ -152,14 +152,6 @@ fn virtual_service(out: &mut Out, spec: &VirtualServiceSpec) {
     }
     for (i, h) in spec.http.iter().enumerate() {
         let at = format!("spec.http[{i}]");
-        if h.mirror.is_some() || !h.mirrors.is_empty() {
-            let field = if h.mirror.is_some() {
-                "mirror"
-            } else {
-                "mirrors"
-            };
-            out.add(format!("{at}.{field}"), "requests are not mirrored");
-        }
         if let Some(r) = &h.retries {
             if r.retry_remote_localities.is_some() {
                 out.add(

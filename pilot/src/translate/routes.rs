@@ -305,7 +305,39 @@ fn one_route(
             .map_or(DEFAULT_RETRIES, |r| u32::try_from(r.attempts).unwrap_or(0)),
         fault: route.fault.as_ref().map(fault),
         retry: retry_policy(route.retries.as_ref()),
+        mirrors: mirrors(route, ns, domain),
     })
+}
+
+/// A route's mirrors: `mirror` with `mirrorPercentage` (or the deprecated integer
+/// `mirrorPercent`; 100% when neither is set, as in Istio), and each of `mirrors`.
+fn mirrors(route: &HttpRoute, ns: &str, domain: &str) -> Vec<state::Mirror> {
+    let one = |d: &mesh_api::networking::Destination, percent: f64| {
+        let w = destination(d, None, ns, domain);
+        state::Mirror {
+            host: w.host,
+            subset: w.subset,
+            port: w.port,
+            percent,
+        }
+    };
+    let mut out = Vec::new();
+    if let Some(d) = &route.mirror {
+        let percent = route
+            .mirror_percentage
+            .as_ref()
+            .map(|p| p.value)
+            .or(route.mirror_percent.map(f64::from))
+            .unwrap_or(100.0);
+        out.push(one(d, percent));
+    }
+    for m in &route.mirrors {
+        out.push(one(
+            &m.destination,
+            m.percentage.as_ref().map_or(100.0, |p| p.value),
+        ));
+    }
+    out
 }
 
 /// Istio's retry conditions when a route does not say (or says only how many attempts).

@@ -266,7 +266,9 @@ pub(super) async fn forward(
 
 /// Reads a request body small enough to send again (its size known and within
 /// [`BODY_LIMIT`]) and puts it back; `None` (nothing read) for a larger or unsized one.
-async fn keep_body(req: &mut Request<Body>) -> Result<Option<Bytes>, crate::body::BoxError> {
+pub(super) async fn keep_body(
+    req: &mut Request<Body>,
+) -> Result<Option<Bytes>, crate::body::BoxError> {
     if req
         .body()
         .size_hint()

@@ -10,6 +10,7 @@ pub mod fetch;
 mod forward;
 pub mod headers;
 mod inbound;
+mod mirror;
 mod outbound;
 pub mod policy;
 mod retry;

@@ -216,6 +216,13 @@ pub(super) async fn decide_and_send(
     if let Some(d) = dest {
         headers::apply(req.headers_mut(), d.request_headers.as_ref());
     }
+    if !route.mirrors.is_empty() {
+        // Boxed: only routes with mirrors pay for copying in their future.
+        Box::pin(super::mirror::send_copies(
+            req, route, svc, port, ctx, state,
+        ))
+        .await;
+    }
     // CORS answers need the request's Origin after the request's headers went upstream.
     let sent_headers = route.cors.as_ref().map(|_| req.headers().clone());
     let (mut resp, target, flags) =
