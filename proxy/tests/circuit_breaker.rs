@@ -108,7 +108,7 @@ async fn the_seed_limits_overflow_two_concurrent_clients_and_never_one() {
     );
     assert!(two.0 > 0, "and some get through: {two:?}");
     // Counted as Envoy counts them, where Istio's task reads them.
-    let stats = admin(proxy.bound.admin, "/stats").await;
+    let stats = testing::admin_get(proxy.bound.admin, "/stats").await;
     let cluster = "cluster.outbound|80||inventory.default.svc.cluster.local";
     assert!(
         stats.contains(&format!(
@@ -124,7 +124,7 @@ async fn the_seed_limits_overflow_two_concurrent_clients_and_never_one() {
         "{stats}"
     );
     // And flagged UO in the request metrics.
-    let metrics = admin(proxy.bound.admin, "/stats/prometheus").await;
+    let metrics = testing::admin_get(proxy.bound.admin, "/stats/prometheus").await;
     let uo = metrics
         .lines()
         .find(|l| l.starts_with("istio_requests_total{") && l.contains("response_flags=\"UO\""))
@@ -171,23 +171,6 @@ async fn between_sidecars_the_seed_limits_overflow_two_concurrent_clients_and_ne
     assert!(two.0 > 0, "and most get through: {two:?}");
 }
 
-/// GETs `path` from the proxy's admin listener; the body.
-async fn admin(addr: SocketAddr, path: &str) -> String {
-    let stream = TcpStream::connect(addr).await.unwrap();
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    let req = Request::get(path)
-        .header("host", "admin")
-        .body(Full::new(Bytes::new()))
-        .unwrap();
-    let resp = sender.send_request(req).await.unwrap();
-    assert_eq!(resp.status(), StatusCode::OK);
-    let body = resp.into_body().collect().await.unwrap().to_bytes();
-    String::from_utf8_lossy(&body).into_owned()
-}
-
 /// An app that holds every request until told to answer; says how many it holds.
 async fn holding_app() -> (SocketAddr, Arc<Notify>, Arc<AtomicUsize>) {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -221,19 +204,7 @@ async fn holding_app() -> (SocketAddr, Arc<Notify>, Arc<AtomicUsize>) {
 }
 
 async fn send(proxy: SocketAddr) -> (StatusCode, String) {
-    let stream = TcpStream::connect(proxy).await.unwrap();
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    let req = Request::get("/")
-        .header("host", "inventory")
-        .body(Full::new(Bytes::new()))
-        .unwrap();
-    let resp = sender.send_request(req).await.unwrap();
-    let status = resp.status();
-    let body = resp.into_body().collect().await.unwrap().to_bytes();
-    (status, String::from_utf8_lossy(&body).into_owned())
+    testing::http1(proxy, hyper::Method::GET, "/", "inventory", b"").await
 }
 
 #[tokio::test]
@@ -277,7 +248,7 @@ async fn requests_over_http2_max_requests_are_refused_at_once() {
         tokio::task::yield_now().await;
     }
     assert_eq!(again.await.unwrap().0, StatusCode::OK);
-    let stats = admin(proxy.bound.admin, "/stats").await;
+    let stats = testing::admin_get(proxy.bound.admin, "/stats").await;
     assert!(stats.contains(".upstream_rq_overflow: 1\n"), "{stats}");
     assert!(stats.contains(".upstream_rq_active: 0\n"), "{stats}");
 }
@@ -331,7 +302,7 @@ async fn tcp_connections_over_max_connections_are_closed_at_once() {
         );
         tokio::task::yield_now().await;
     }
-    let metrics = admin(proxy.bound.admin, "/stats/prometheus").await;
+    let metrics = testing::admin_get(proxy.bound.admin, "/stats/prometheus").await;
     assert!(
         metrics
             .lines()

@@ -15,7 +15,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use mesh_proxy::state::proto;
 use mesh_proxy::testing;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 const RATINGS: &str = "ratings.default.svc.cluster.local";
@@ -89,21 +89,7 @@ fn state(primary: SocketAddr, mirror: SocketAddr) -> proto::ProxyState {
 }
 
 async fn send(proxy: SocketAddr, method: Method, body: &'static [u8]) -> (StatusCode, String) {
-    let stream = TcpStream::connect(proxy).await.unwrap();
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    let req = Request::builder()
-        .method(method)
-        .uri("/ratings/1")
-        .header("host", "ratings:80")
-        .body(Full::new(Bytes::from_static(body)))
-        .unwrap();
-    let resp = sender.send_request(req).await.unwrap();
-    let status = resp.status();
-    let text = resp.into_body().collect().await.unwrap().to_bytes();
-    (status, String::from_utf8_lossy(&text).into_owned())
+    testing::http1(proxy, method, "/ratings/1", "ratings:80", body).await
 }
 
 /// Waits (with a deadline) until `seen` holds `n` requests.

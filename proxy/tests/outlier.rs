@@ -8,12 +8,12 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper::{Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::{Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use mesh_proxy::state::proto;
 use mesh_proxy::testing;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 const SHIPPING: &str = "shipping.default.svc.cluster.local";
@@ -58,19 +58,7 @@ fn shipping(eps: &[SocketAddr], outlier: proto::OutlierDetection) -> proto::Prox
 }
 
 async fn get(addr: SocketAddr, path: &str) -> (StatusCode, String) {
-    let stream = TcpStream::connect(addr).await.unwrap();
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    let req = Request::get(path)
-        .header("host", "shipping")
-        .body(Full::new(Bytes::new()))
-        .unwrap();
-    let resp = sender.send_request(req).await.unwrap();
-    let status = resp.status();
-    let body = resp.into_body().collect().await.unwrap().to_bytes();
-    (status, String::from_utf8_lossy(&body).into_owned())
+    testing::http1(addr, hyper::Method::GET, path, "shipping", b"").await
 }
 
 #[tokio::test]
@@ -102,7 +90,7 @@ async fn an_endpoint_answering_5xx_in_a_row_is_ejected() {
             .take(10)
             .all(|(s, b)| *s == StatusCode::OK && b == "good")
     );
-    let clusters = admin(proxy.bound.admin, "/clusters").await;
+    let clusters = testing::admin_get(proxy.bound.admin, "/clusters").await;
     let cluster = format!("outbound|80||{SHIPPING}");
     assert!(
         clusters.contains(&format!(
@@ -114,7 +102,7 @@ async fn an_endpoint_answering_5xx_in_a_row_is_ejected() {
         clusters.contains(&format!("{cluster}::{good}::health_flags::healthy\n")),
         "{clusters}"
     );
-    let stats = admin(proxy.bound.admin, "/stats").await;
+    let stats = testing::admin_get(proxy.bound.admin, "/stats").await;
     assert!(
         stats.contains(&format!(
             "cluster.{cluster}.outlier_detection.ejections_active: 1\n"
@@ -188,11 +176,4 @@ async fn a_refused_connection_counts_as_a_failure() {
         failed, 1,
         "one refused connection, then the endpoint is out"
     );
-}
-
-/// GETs `path` from the proxy's admin listener; the body.
-async fn admin(addr: SocketAddr, path: &str) -> String {
-    let (status, body) = get(addr, path).await;
-    assert_eq!(status, StatusCode::OK);
-    body
 }

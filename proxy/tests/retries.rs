@@ -17,7 +17,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use mesh_proxy::state::proto;
 use mesh_proxy::testing;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 const HOST: &str = "ratings.default.svc.cluster.local";
@@ -99,21 +99,7 @@ fn retry_on(attempts: u32, on: &[&str], per_try_timeout_ms: u64) -> Option<proto
 }
 
 async fn send(proxy: SocketAddr, method: Method, body: &'static [u8]) -> (StatusCode, String) {
-    let stream = TcpStream::connect(proxy).await.unwrap();
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    let req = Request::builder()
-        .method(method)
-        .uri("/")
-        .header("host", "ratings")
-        .body(Full::new(Bytes::from_static(body)))
-        .unwrap();
-    let resp = sender.send_request(req).await.unwrap();
-    let status = resp.status();
-    let text = resp.into_body().collect().await.unwrap().to_bytes();
-    (status, String::from_utf8_lossy(&text).into_owned())
+    testing::http1(proxy, method, "/", "ratings", body).await
 }
 
 async fn proxy_for(
@@ -253,7 +239,7 @@ async fn the_retry_budget_caps_retries() {
         StatusCode::SERVICE_UNAVAILABLE
     );
     assert_eq!(count.load(Ordering::SeqCst), 1);
-    let stats = admin(proxy.bound.admin).await;
+    let stats = testing::admin_get(proxy.bound.admin, "/stats").await;
     let cluster = format!("cluster.outbound|80||{HOST}");
     assert!(
         stats.contains(&format!("{cluster}.retry_budget.overflow: 1\n")),
@@ -264,7 +250,7 @@ async fn the_retry_budget_caps_retries() {
     count.store(0, Ordering::SeqCst);
     send(proxy.bound.outbound, Method::GET, b"").await;
     assert_eq!(count.load(Ordering::SeqCst), 3);
-    let stats = admin(proxy.bound.admin).await;
+    let stats = testing::admin_get(proxy.bound.admin, "/stats").await;
     assert!(
         stats.contains(&format!("{cluster}.retry_budget.budget_percent: 20\n")),
         "{stats}"
@@ -273,18 +259,4 @@ async fn the_retry_budget_caps_retries() {
         stats.contains(&format!("{cluster}.upstream_rq_retry: 2\n")),
         "{stats}"
     );
-}
-
-async fn admin(addr: SocketAddr) -> String {
-    let stream = TcpStream::connect(addr).await.unwrap();
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    let req = Request::get("/stats")
-        .header("host", "admin")
-        .body(Full::new(Bytes::new()))
-        .unwrap();
-    let resp = sender.send_request(req).await.unwrap();
-    String::from_utf8_lossy(&resp.into_body().collect().await.unwrap().to_bytes()).into_owned()
 }

@@ -140,6 +140,41 @@ impl ServiceBuilder {
     }
 }
 
+/// Sends one HTTP/1.1 request over a new connection to `addr` (`Host: host`); the answer's
+/// status and body as text.
+pub async fn http1(
+    addr: SocketAddr,
+    method: hyper::Method,
+    path: &str,
+    host: &str,
+    body: &'static [u8],
+) -> (hyper::StatusCode, String) {
+    use http_body_util::BodyExt;
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let req = hyper::Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", host)
+        .body(http_body_util::Full::new(bytes::Bytes::from_static(body)))
+        .unwrap();
+    let resp = sender.send_request(req).await.unwrap();
+    let status = resp.status();
+    let text = resp.into_body().collect().await.unwrap().to_bytes();
+    (status, String::from_utf8_lossy(&text).into_owned())
+}
+
+/// GETs `path` from a proxy's admin listener at `addr`; the body (the answer must be 200).
+pub async fn admin_get(addr: SocketAddr, path: &str) -> String {
+    let (status, body) = http1(addr, hyper::Method::GET, path, "admin", b"").await;
+    assert_eq!(status, hyper::StatusCode::OK, "{path}: {body}");
+    body
+}
+
 /// A TCP server answering what it reads with `name <client ip> <what it read>`.
 pub async fn named_tcp_echo(name: &'static str) -> SocketAddr {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
