@@ -161,6 +161,17 @@ pub fn to_destination(
     loads: &Loads,
     key: Option<HashKey<'_>>,
 ) -> Option<Target> {
+    let (svc, port) = service_port(state, from, in_port, dest)?;
+    endpoint_in(svc, port, &dest.subset, loads, key)
+}
+
+/// The service and port `dest` names (from `from`'s port `in_port`).
+fn service_port<'a>(
+    state: &'a State,
+    from: &'a Arc<Service>,
+    in_port: &Port,
+    dest: &proto::WeightedDestination,
+) -> Option<(&'a Service, &'a Port)> {
     let svc = if dest.host.is_empty() {
         from
     } else {
@@ -170,7 +181,7 @@ pub fn to_destination(
         0 => svc.port(in_port.port).or_else(|| svc.ports.first())?,
         p => svc.port(u16::try_from(p).ok()?)?,
     };
-    endpoint_in(svc, port, &dest.subset, loads, key)
+    Some((svc, port))
 }
 
 /// What a retry budget needs of the cluster `dest` names: Envoy's name for it, the requests
@@ -183,15 +194,7 @@ pub fn retry_budget_of(
     dest: &proto::WeightedDestination,
     loads: &Loads,
 ) -> Option<(String, usize, (f64, u32))> {
-    let svc = if dest.host.is_empty() {
-        from
-    } else {
-        state.service_by_host(&dest.host, &from.spec.namespace)?
-    };
-    let port = match dest.port {
-        0 => svc.port(in_port.port).or_else(|| svc.ports.first())?,
-        p => svc.port(u16::try_from(p).ok()?)?,
-    };
+    let (svc, port) = service_port(state, from, in_port, dest)?;
     let in_flight = svc
         .subset_members(&dest.subset)
         .iter()
