@@ -538,6 +538,23 @@ spec:
         "{} copies reached v2",
         inbound_requests(&c, "shipping-v2-0") - before
     );
+    // The copies carry the -shadow host (v2's sidecar logs each request's authority).
+    let log = std::fs::read_to_string(c.dir().join("pods/shipping-v2-0/proxy.log")).unwrap();
+    let shadowed = log
+        .lines()
+        .filter(|l| {
+            l.contains("inbound http") && l.contains("authority=shipping-service-shadow:8080")
+        })
+        .count();
+    let sample: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("inbound http"))
+        .take(3)
+        .collect();
+    assert!(
+        shadowed >= 40,
+        "{shadowed} copies logged with the -shadow host: {sample:#?}"
+    );
 }
 
 /// Runs 3000 requests from order to shipping at 300 rps (10 s) and, once traffic flows,

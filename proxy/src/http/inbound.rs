@@ -110,10 +110,24 @@ async fn inbound_request(
     let grpc = headers::is_grpc(&req);
     // The access log line is built only when it is written (off in Istio's default profile).
     let logged = tracing::enabled!(target: "access", tracing::Level::INFO);
-    let (method, path) = if logged {
-        (req.method().clone(), req.uri().path().to_string())
+    // The authority as Envoy's default access log has it (`%REQ(:AUTHORITY)%`).
+    let (method, path, authority) = if logged {
+        // The Host the caller sent: between sidecars the URI's authority is the endpoint's
+        // address.
+        let authority = req
+            .headers()
+            .get(hyper::header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .or_else(|| req.uri().authority().map(|a| a.as_str()))
+            .unwrap_or("-")
+            .to_string();
+        (
+            req.method().clone(),
+            req.uri().path().to_string(),
+            authority,
+        )
     } else {
-        (hyper::Method::GET, String::new())
+        (hyper::Method::GET, String::new(), String::new())
     };
     let state = inputs.state.borrow().clone();
     let who = policy::Peer {
@@ -128,7 +142,7 @@ async fn inbound_request(
             if logged {
                 tracing::info!(
                     target: "access",
-                    "inbound http {peer} {method} {path} {} port={} flags=- {words} duration_ms={}",
+                    "inbound http {peer} {method} {path} {} port={} flags=- {words} duration_ms={} authority={authority}",
                     resp.status().as_u16(),
                     dst.port(),
                     started.elapsed().as_millis()
@@ -194,7 +208,7 @@ async fn inbound_request(
         let words = admitted.log.as_deref().unwrap_or("");
         tracing::info!(
             target: "access",
-            "inbound http {peer} {method} {path} {} port={} flags={flags} {words} duration_ms={}",
+            "inbound http {peer} {method} {path} {} port={} flags={flags} {words} duration_ms={} authority={authority}",
             resp.status().as_u16(),
             dst.port(),
             started.elapsed().as_millis()
