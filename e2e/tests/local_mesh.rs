@@ -361,11 +361,7 @@ fn outlier_detection_ejects_a_failing_endpoint() {
     // shipping (one 5xx ejects), order's sidecar sends it one request, retries that on a
     // healthy pod (Istio's default two attempts), and sends it nothing more while ejected.
     let c = seed("outlier");
-    let mut bad = harness::echo_pod("shipping-v3-0", "shipping", "v3", "shipping");
-    bad.command.extend(["--error-rate".into(), "1".into()]);
-    c.run(&bad).unwrap();
-    c.wait_endpoints("order-v1-0", "shipping-service.default", 3)
-        .expect("order knows the third shipping pod");
+    failing_shipping_pod(&c);
     c.apply_yaml(
         "
 apiVersion: networking.istio.io/v1
@@ -389,11 +385,7 @@ spec:
     .unwrap();
     let url = "http://shipping-service:8080/";
     // Routed to all three once the change arrives; the first request v3 answers ejects it.
-    let reached = wait_until(DEADLINE, || {
-        c.load("order-v1-0", url, &["-n", "10", "-c", "1"]).is_ok()
-            && inbound_requests(&c, "shipping-v3-0") >= 1
-    });
-    assert!(reached, "the route to all shipping pods never took effect");
+    wait_until_v3_answered(&c, url);
     let clusters = sidecar_get(&c, "order-v1-0", 15000, "/clusters");
     let cluster = "outbound|8080||shipping-service.default.svc.cluster.local::";
     let ejected: Vec<&str> = clusters
@@ -423,9 +415,7 @@ fn retries_hide_a_failing_endpoint_and_the_route_timeout_bounds_a_slow_one() {
     harness::require();
     let c = seed("retries");
     // A third shipping pod answers every request with 503; the route retries 5xx.
-    let mut bad = harness::echo_pod("shipping-v3-0", "shipping", "v3", "shipping");
-    bad.command.extend(["--error-rate".into(), "1".into()]);
-    c.run(&bad).unwrap();
+    failing_shipping_pod(&c);
     // A service whose one pod takes 2 s to answer; its route gives it 300 ms.
     let mut slow = harness::echo_pod("slow-v1-0", "slow", "v1", "default");
     slow.command.extend(["--latency-ms".into(), "2000".into()]);
@@ -461,16 +451,10 @@ spec:
 ",
     )
     .unwrap();
-    c.wait_endpoints("order-v1-0", "shipping-service.default", 3)
-        .expect("order knows the third shipping pod");
     c.wait_endpoints("order-v1-0", "slow.default", 1)
         .expect("order knows the slow service");
     let url = "http://shipping-service:8080/";
-    let reached = wait_until(DEADLINE, || {
-        c.load("order-v1-0", url, &["-n", "10", "-c", "1"]).is_ok()
-            && inbound_requests(&c, "shipping-v3-0") >= 1
-    });
-    assert!(reached, "the route to all shipping pods never took effect");
+    wait_until_v3_answered(&c, url);
     let tried = inbound_requests(&c, "shipping-v3-0");
     let report = c.load("order-v1-0", url, &["-n", "90", "-c", "3"]).unwrap();
     assert_all_ok(&report);
@@ -555,6 +539,25 @@ spec:
         shadowed >= 40,
         "{shadowed} copies logged with the -shadow host: {sample:#?}"
     );
+}
+
+/// Starts a third shipping pod (v3) answering every request with 503, and waits until order's
+/// sidecar knows it.
+fn failing_shipping_pod(c: &LocalCluster) {
+    let mut bad = harness::echo_pod("shipping-v3-0", "shipping", "v3", "shipping");
+    bad.command.extend(["--error-rate".into(), "1".into()]);
+    c.run(&bad).unwrap();
+    c.wait_endpoints("order-v1-0", "shipping-service.default", 3)
+        .expect("order knows the third shipping pod");
+}
+
+/// Sends requests to `url` until v3 has answered one: the route to every shipping pod arrived.
+fn wait_until_v3_answered(c: &LocalCluster, url: &str) {
+    let reached = wait_until(DEADLINE, || {
+        c.load("order-v1-0", url, &["-n", "10", "-c", "1"]).is_ok()
+            && inbound_requests(c, "shipping-v3-0") >= 1
+    });
+    assert!(reached, "the route to all shipping pods never took effect");
 }
 
 /// Runs 3000 requests from order to shipping at 300 rps (10 s) and, once traffic flows,

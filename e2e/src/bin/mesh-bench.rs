@@ -362,31 +362,15 @@ fn start(dir: &Path) -> anyhow::Result<Setup> {
             },
         );
     }
-    for (proto, name, port) in [
-        (Proto::Http1, "mesh-policy", PAIR_HTTP_PORT),
-        (Proto::Tcp, "mesh-policy-tcp", PAIR_TCP_PORT),
-    ] {
-        let (p, _) = mesh.start(
-            &mut procs,
-            name,
-            None,
-            Some(Fixed::Outbound(format!("{POLICY_VIP}:{port}"))),
-            None,
-        )?;
-        let protos: &[Proto] = match proto {
-            Proto::Tcp => &[Proto::Tcp],
-            _ => &[Proto::Http1, Proto::Http2],
-        };
-        for proto in protos {
-            cases.insert(
-                (*proto, "mesh-policy"),
-                Case {
-                    addr: addr(p),
-                    procs: vec![name],
-                },
-            );
-        }
-    }
+    mesh.start_clients(
+        &mut procs,
+        &mut cases,
+        "mesh-policy",
+        ["mesh-policy", "mesh-policy-tcp"],
+        None,
+        POLICY_VIP,
+        None,
+    )?;
     let (p, _) = mesh.start(
         &mut procs,
         "mesh-tcp",
@@ -449,31 +433,15 @@ fn start(dir: &Path) -> anyhow::Result<Setup> {
         Some(Fixed::Inbound(format!("127.0.0.1:{b}"))),
         Some(authz_inbound),
     )?;
-    for (proto, name, port) in [
-        (Proto::Http1, "pair-authz-client", PAIR_HTTP_PORT),
-        (Proto::Tcp, "pair-authz-client-tcp", PAIR_TCP_PORT),
-    ] {
-        let (p, _) = mesh.start(
-            &mut procs,
-            name,
-            Some(CLIENT_SA),
-            Some(Fixed::Outbound(format!("{PAIR_AUTHZ_VIP}:{port}"))),
-            None,
-        )?;
-        let protos: &[Proto] = match proto {
-            Proto::Tcp => &[Proto::Tcp],
-            _ => &[Proto::Http1, Proto::Http2],
-        };
-        for proto in protos {
-            cases.insert(
-                (*proto, "pair-authz"),
-                Case {
-                    addr: addr(p),
-                    procs: vec![name, "pair-authz-server"],
-                },
-            );
-        }
-    }
+    mesh.start_clients(
+        &mut procs,
+        &mut cases,
+        "pair-authz",
+        ["pair-authz-client", "pair-authz-client-tcp"],
+        Some(CLIENT_SA),
+        PAIR_AUTHZ_VIP,
+        Some("pair-authz-server"),
+    )?;
     let setup = Setup {
         _backend: backend,
         status: addr(s),
@@ -565,6 +533,47 @@ struct MeshProxy<'a> {
 }
 
 impl MeshProxy<'_> {
+    /// Starts the two client proxies of `target`, `names[0]` for HTTP (its HTTP/1.1 and HTTP/2
+    /// cases) and `names[1]` for TCP, both sending to the service at `vip`; the CPU of
+    /// `server`, when given, counts in the cases too.
+    #[allow(clippy::too_many_arguments)]
+    fn start_clients(
+        &self,
+        procs: &mut BTreeMap<&'static str, Running>,
+        cases: &mut BTreeMap<(Proto, &'static str), Case>,
+        target: &'static str,
+        names: [&'static str; 2],
+        sa: Option<&str>,
+        vip: &str,
+        server: Option<&'static str>,
+    ) -> anyhow::Result<()> {
+        let http: &[Proto] = &[Proto::Http1, Proto::Http2];
+        for (name, port, protos) in [
+            (names[0], PAIR_HTTP_PORT, http),
+            (names[1], PAIR_TCP_PORT, &[Proto::Tcp]),
+        ] {
+            let (p, _) = self.start(
+                procs,
+                name,
+                sa,
+                Some(Fixed::Outbound(format!("{vip}:{port}"))),
+                None,
+            )?;
+            for proto in protos {
+                let mut counted = vec![name];
+                counted.extend(server);
+                cases.insert(
+                    (*proto, target),
+                    Case {
+                        addr: addr(p),
+                        procs: counted,
+                    },
+                );
+            }
+        }
+        Ok(())
+    }
+
     /// Starts `mesh-proxy run` on CPU 1 with one worker thread and access logs off (as in
     /// Istio's default profile), with the identity `bench/<sa>` when given, and waits until it
     /// is ready (state loaded, certificate in hand). Returns the outbound and inbound ports.
