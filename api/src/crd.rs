@@ -1,6 +1,7 @@
-//! CustomResourceDefinitions for Istio's kinds, generated from the Rust types so the schema the
-//! API server enforces is the one the mesh parses. Every served version (v1, v1beta1, v1alpha3
-//! for networking; v1, v1beta1 for security) carries the same schema; v1 is the storage version.
+//! CustomResourceDefinitions for Istio's kinds and the mesh's own, generated from the Rust types
+//! so the schema the API server enforces is the one the mesh parses. Every served version (v1,
+//! v1beta1, v1alpha3 for networking; v1, v1beta1 for security; v1alpha1 for policy.mesh.dev)
+//! carries the same schema; the newest is the storage version.
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
     CustomResourceDefinition, CustomResourceSubresourceStatus, CustomResourceSubresources,
@@ -9,7 +10,7 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
 use kube::CustomResourceExt;
 
 use crate::kinds::Kind;
-use crate::{networking as net, security as sec};
+use crate::{networking as net, policy, security as sec};
 
 /// The CRD of an Istio kind, with all its served versions; `None` for Kubernetes' own kinds.
 pub fn crd(kind: Kind) -> Option<CustomResourceDefinition> {
@@ -24,6 +25,7 @@ pub fn crd(kind: Kind) -> Option<CustomResourceDefinition> {
         Kind::PeerAuthentication => sec::PeerAuthentication::crd(),
         Kind::AuthorizationPolicy => sec::AuthorizationPolicy::crd(),
         Kind::RequestAuthentication => sec::RequestAuthentication::crd(),
+        Kind::RateLimitPolicy => policy::RateLimitPolicy::crd(),
         _ => return None,
     };
     let mut base = crd.spec.versions.remove(0);
@@ -57,17 +59,21 @@ pub fn crd(kind: Kind) -> Option<CustomResourceDefinition> {
         .map(|v| {
             let mut version = base.clone();
             version.name = (*v).to_string();
-            version.storage = *v == "v1";
+            version.storage = *v == kind.versions()[0];
             version.served = true;
             version
         })
         .collect();
     let labels = crd.metadata.labels.get_or_insert_with(Default::default);
     labels.insert("app.kubernetes.io/part-of".into(), "mesh".into());
-    crd.spec.names.categories = Some(vec![
-        "istio-io".into(),
-        format!("{}-istio-io", kind.group().split('.').next().unwrap_or("")),
-    ]);
+    crd.spec.names.categories = Some(if kind.is_istio() {
+        vec![
+            "istio-io".into(),
+            format!("{}-istio-io", kind.group().split('.').next().unwrap_or("")),
+        ]
+    } else {
+        vec!["mesh-dev".into()]
+    });
     Some(crd)
 }
 

@@ -25,6 +25,8 @@ pub enum Kind {
     AuthorizationPolicy,
     /// security.istio.io RequestAuthentication.
     RequestAuthentication,
+    /// policy.mesh.dev RateLimitPolicy (the mesh's own).
+    RateLimitPolicy,
     /// core/v1 Namespace.
     Namespace,
     /// core/v1 Service.
@@ -45,10 +47,12 @@ const NETWORKING: &str = "networking.istio.io";
 const SECURITY: &str = "security.istio.io";
 const NETWORKING_VERSIONS: &[&str] = &["v1", "v1beta1", "v1alpha3"];
 const SECURITY_VERSIONS: &[&str] = &["v1", "v1beta1"];
+const POLICY: &str = "policy.mesh.dev";
+const POLICY_VERSIONS: &[&str] = &["v1alpha1"];
 
 impl Kind {
     /// Every kind, Istio's first.
-    pub const ALL: [Kind; 17] = [
+    pub const ALL: [Kind; 18] = [
         Kind::VirtualService,
         Kind::DestinationRule,
         Kind::Gateway,
@@ -59,6 +63,7 @@ impl Kind {
         Kind::PeerAuthentication,
         Kind::AuthorizationPolicy,
         Kind::RequestAuthentication,
+        Kind::RateLimitPolicy,
         Kind::Namespace,
         Kind::Service,
         Kind::ServiceAccount,
@@ -81,6 +86,7 @@ impl Kind {
             Kind::PeerAuthentication => "PeerAuthentication",
             Kind::AuthorizationPolicy => "AuthorizationPolicy",
             Kind::RequestAuthentication => "RequestAuthentication",
+            Kind::RateLimitPolicy => "RateLimitPolicy",
             Kind::Namespace => "Namespace",
             Kind::Service => "Service",
             Kind::ServiceAccount => "ServiceAccount",
@@ -104,6 +110,7 @@ impl Kind {
             Kind::PeerAuthentication | Kind::AuthorizationPolicy | Kind::RequestAuthentication => {
                 SECURITY
             }
+            Kind::RateLimitPolicy => POLICY,
             Kind::Namespace
             | Kind::Service
             | Kind::ServiceAccount
@@ -119,6 +126,7 @@ impl Kind {
         match self.group() {
             NETWORKING => NETWORKING_VERSIONS,
             SECURITY => SECURITY_VERSIONS,
+            POLICY => POLICY_VERSIONS,
             _ => &["v1"],
         }
     }

@@ -14,6 +14,7 @@ pub mod kinds;
 pub mod load;
 pub mod mesh_config;
 pub mod networking;
+pub mod policy;
 pub mod proto;
 pub mod resource;
 pub mod security;

@@ -15,7 +15,7 @@ use crate::kinds::{Kind, split_api_version};
 use crate::resource::Resource;
 use crate::validate;
 use crate::yaml_index::LineIndex;
-use crate::{networking as net, security as sec};
+use crate::{networking as net, policy, security as sec};
 
 /// Where a document came from.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -464,6 +464,11 @@ fn parse_typed(kind: Kind, text: &str) -> Result<Resource, Found> {
             RequestAuthentication,
             sec::RequestAuthentication,
             sec::RequestAuthenticationSpec
+        ),
+        Kind::RateLimitPolicy => istio!(
+            RateLimitPolicy,
+            policy::RateLimitPolicy,
+            policy::RateLimitPolicySpec
         ),
         Kind::Namespace => Resource::Namespace(Box::new(deserialize(text)?)),
         Kind::Service => Resource::Service(Box::new(deserialize(text)?)),

@@ -10,6 +10,7 @@ use crate::kinds::Kind;
 use crate::networking::{
     DestinationRule, Gateway, ServiceEntry, Sidecar, VirtualService, WorkloadEntry, WorkloadGroup,
 };
+use crate::policy::RateLimitPolicy;
 use crate::security::{AuthorizationPolicy, PeerAuthentication, RequestAuthentication};
 
 macro_rules! resources {
@@ -61,6 +62,7 @@ resources! {
     PeerAuthentication(PeerAuthentication),
     AuthorizationPolicy(AuthorizationPolicy),
     RequestAuthentication(RequestAuthentication),
+    RateLimitPolicy(RateLimitPolicy),
     Namespace(Namespace),
     Service(Service),
     ServiceAccount(ServiceAccount),

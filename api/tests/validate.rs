@@ -14,6 +14,7 @@ fn doc(api: &str, kind: &str, spec: &str) -> String {
 
 const NET: &str = "networking.istio.io/v1";
 const SEC: &str = "security.istio.io/v1";
+const POL: &str = "policy.mesh.dev/v1alpha1";
 
 /// (apiVersion, kind, spec, field path, message fragment)
 const INVALID: &[(&str, &str, &str, &str, &str)] = &[
@@ -439,6 +440,70 @@ const INVALID: &[(&str, &str, &str, &str, &str)] = &[
         "spec.jwtRules[1].issuer",
         "Duplicate value",
     ),
+    // RateLimitPolicy (the mesh's own)
+    (
+        POL,
+        "RateLimitPolicy",
+        "{}",
+        "spec.limits",
+        "at least one limit",
+    ),
+    (
+        POL,
+        "RateLimitPolicy",
+        "limits:\n- name: a",
+        "spec.limits[0].tokenBucket",
+        "Required value",
+    ),
+    (
+        POL,
+        "RateLimitPolicy",
+        "limits:\n- tokenBucket: {maxTokens: 0, fillInterval: 1s}",
+        "spec.limits[0].tokenBucket.maxTokens",
+        "at least 1",
+    ),
+    (
+        POL,
+        "RateLimitPolicy",
+        "limits:\n- tokenBucket: {maxTokens: 5, fillInterval: 10ms}",
+        "spec.limits[0].tokenBucket.fillInterval",
+        "at least 50ms",
+    ),
+    (
+        POL,
+        "RateLimitPolicy",
+        "limits:\n- tokenBucket: {maxTokens: 5}",
+        "spec.limits[0].tokenBucket.fillInterval",
+        "Required value",
+    ),
+    (
+        POL,
+        "RateLimitPolicy",
+        "limits:\n- tokenBucket: {maxTokens: 5, tokensPerFill: 0, fillInterval: 1s}",
+        "spec.limits[0].tokenBucket.tokensPerFill",
+        "at least 1",
+    ),
+    (
+        POL,
+        "RateLimitPolicy",
+        "limits:\n- tokenBucket: {maxTokens: 5, fillInterval: 1s}\n  match:\n  - uri: {regex: '(a'}",
+        "spec.limits[0].match[0].uri.regex",
+        "does not compile",
+    ),
+    (
+        POL,
+        "RateLimitPolicy",
+        "limits:\n- name: a\n  tokenBucket: {maxTokens: 5, fillInterval: 1s}\n- name: a\n  tokenBucket: {maxTokens: 5, fillInterval: 1s}",
+        "spec.limits[1].name",
+        "names another limit",
+    ),
+    (
+        POL,
+        "RateLimitPolicy",
+        "limits:\n- tokenBucket: {maxTokens: 5, fillInterval: 1s}\n  match:\n  - sourceLabels: {app: a}",
+        "spec.limits[0].match[0].sourceLabels",
+        "unknown field",
+    ),
 ];
 
 #[test]
@@ -513,6 +578,11 @@ const VALID: &[(&str, &str, &str)] = &[
         SEC,
         "RequestAuthentication",
         "selector: {matchLabels: {app: r}}\njwtRules:\n- issuer: testing@secure.istio.io\n  jwksUri: https://raw.example.com/jwks.json\n  fromHeaders: [{name: x-jwt, prefix: 'Bearer '}]\n  outputClaimToHeaders: [{header: x-sub, claim: sub}]",
+    ),
+    (
+        POL,
+        "RateLimitPolicy",
+        "selector: {matchLabels: {app: r}}\nlimits:\n- name: per-workload\n  tokenBucket: {maxTokens: 100, tokensPerFill: 100, fillInterval: 1s}\n- name: writes\n  match:\n  - method: {exact: POST}\n    uri: {prefix: /api}\n    headers: {x-tenant: {}}\n    port: 8080\n  tokenBucket: {maxTokens: 10, fillInterval: 100ms}",
     ),
 ];
 

@@ -541,6 +541,87 @@ spec:
     );
 }
 
+#[test]
+#[ignore = "needs root: runs a mesh in network namespaces"]
+fn rate_limits_answer_429_rl_per_route_and_per_workload() {
+    harness::require();
+    // A RateLimitPolicy on inventory, enforced by inventory's own sidecar: a route's bucket
+    // (3 requests to /expensive) and the workload's (20 requests in all), neither filling
+    // again within the test. Requests over a limit are answered 429 with flag RL.
+    let c = seed("rate-limit");
+    c.wait_endpoints("order-v1-0", "inventory-service.default", 1)
+        .expect("order knows inventory");
+    c.apply_yaml(
+        "
+apiVersion: policy.mesh.dev/v1alpha1
+kind: RateLimitPolicy
+metadata: {name: inventory-limits, namespace: default}
+spec:
+  selector: {matchLabels: {app: inventory}}
+  limits:
+  - name: expensive
+    match:
+    - uri: {prefix: /expensive}
+    tokenBucket: {maxTokens: 3, fillInterval: 1h}
+  - name: per-workload
+    tokenBucket: {maxTokens: 20, fillInterval: 1h}
+",
+    )
+    .unwrap();
+    let limited = |r: &Report| -> usize {
+        r.failures
+            .iter()
+            .filter(|(why, _)| why.starts_with("429 ") && why.contains("local_rate_limited"))
+            .map(|(_, n)| n)
+            .sum()
+    };
+    // Applied once /expensive is refused: its bucket's 3 tokens are then spent.
+    let expensive = "http://inventory-service:8080/expensive";
+    let applied = wait_until(DEADLINE, || {
+        c.load("order-v1-0", expensive, &["-n", "1", "-c", "1"])
+            .is_ok_and(|r| limited(&r) == 1)
+    });
+    assert!(applied, "the route's limit never took effect");
+    let more = c
+        .load("order-v1-0", expensive, &["-n", "5", "-c", "1"])
+        .unwrap();
+    assert_eq!(limited(&more), 5, "/expensive stays refused: {more:?}");
+    // Everything else counts against the workload's 20 only; /expensive's 3 took 3 of them
+    // (its refusals gave theirs back).
+    let rest = c
+        .load(
+            "order-v1-0",
+            "http://inventory-service:8080/",
+            &["-n", "30", "-c", "1"],
+        )
+        .unwrap();
+    assert_eq!(
+        (rest.ok, limited(&rest)),
+        (17, 13),
+        "17 answered, then refused: {rest:?}"
+    );
+    // Counted under Envoy's names in inventory's sidecar, and flagged RL in its metrics.
+    let stats = sidecar_get(&c, "inventory-v1-0", 15000, "/stats");
+    let refused = limited(&more) + limited(&rest);
+    for line in [
+        "http_local_rate_limit.default/inventory-limits/expensive.ok: 3".to_string(),
+        "http_local_rate_limit.default/inventory-limits/per-workload.ok: 20".to_string(),
+        "http_local_rate_limit.default/inventory-limits/per-workload.rate_limited: 13".to_string(),
+    ] {
+        assert!(stats.contains(&line), "{line}: {stats}");
+    }
+    // The refusals above, and the one that showed the limit applied.
+    let flagged = || {
+        requests_counted(
+            &c,
+            "inventory-v1-0",
+            &["response_flags=\"RL\"", "response_code=\"429\""],
+        )
+    };
+    wait_until(DEADLINE, || flagged() > refused);
+    assert_eq!(flagged(), refused + 1, "{}", scrape(&c, "inventory-v1-0"));
+}
+
 /// Starts a third shipping pod (v3) answering every request with 503, and waits until order's
 /// sidecar knows it.
 fn failing_shipping_pod(c: &LocalCluster) {

@@ -85,8 +85,10 @@ fn crds_are_written_to_a_folder() {
     );
     assert_eq!(out.status.code(), Some(0));
     let written = std::fs::read_dir(&dir).unwrap().count();
-    assert_eq!(written, 10);
+    assert_eq!(written, 11, "Istio's ten kinds and RateLimitPolicy");
     let vs = std::fs::read_to_string(dir.join("virtualservice.networking.istio.io.yaml")).unwrap();
     assert!(vs.contains("kind: CustomResourceDefinition") && vs.contains("name: v1alpha3"));
+    let rlp = std::fs::read_to_string(dir.join("ratelimitpolicy.policy.mesh.dev.yaml")).unwrap();
+    assert!(rlp.contains("group: policy.mesh.dev") && rlp.contains("name: v1alpha1"));
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -409,3 +409,84 @@ fn mirrors_translate_with_istios_shares() {
     );
     assert_eq!(routes[1].mirrors, [mirror("v2", 0, 10.5)]);
 }
+
+#[test]
+fn rate_limit_policies_select_workloads_like_istio_policies() {
+    let text = r#"
+apiVersion: policy.mesh.dev/v1alpha1
+kind: RateLimitPolicy
+metadata: {name: mesh-wide, namespace: istio-system, creationTimestamp: "2026-01-01T00:00:00Z"}
+spec:
+  limits:
+  - tokenBucket: {maxTokens: 1000, fillInterval: 1s}
+---
+apiVersion: policy.mesh.dev/v1alpha1
+kind: RateLimitPolicy
+metadata: {name: shipping-limits, namespace: default, creationTimestamp: "2026-01-02T00:00:00Z"}
+spec:
+  selector: {matchLabels: {app: shipping}}
+  limits:
+  - name: per-workload
+    tokenBucket: {maxTokens: 100, tokensPerFill: 100, fillInterval: 1s}
+  - match:
+    - method: {exact: POST}
+      uri: {prefix: /orders}
+      headers: {x-tenant: {}}
+      port: 8080
+    tokenBucket: {maxTokens: 10, fillInterval: 100ms}
+---
+apiVersion: policy.mesh.dev/v1alpha1
+kind: RateLimitPolicy
+metadata: {name: elsewhere, namespace: other}
+spec:
+  limits:
+  - tokenBucket: {maxTokens: 1, fillInterval: 1m}
+"#;
+    let report = load::load_str(text, None);
+    assert!(
+        report.is_valid(),
+        "{:?}",
+        report.errors().collect::<Vec<_>>()
+    );
+    let resources: Vec<_> = report.documents.into_iter().map(|d| d.resource).collect();
+    let m = testing::model(&resources);
+    let limits = |labels: &[(&str, &str)]| {
+        view(&m, &node("default", labels, "10.0.0.40"))
+            .state
+            .rate_limits
+    };
+    let shipping = limits(&[("app", "shipping")]);
+    let names: Vec<&str> = shipping.iter().map(|l| l.name.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "istio-system/mesh-wide/0",
+            "default/shipping-limits/per-workload",
+            "default/shipping-limits/1",
+        ],
+        "mesh-wide first (oldest), then the workload's own; other namespaces' never"
+    );
+    assert_eq!(
+        (
+            shipping[1].max_tokens,
+            shipping[1].tokens_per_fill,
+            shipping[1].fill_interval_ms
+        ),
+        (100, 100, 1000)
+    );
+    let route = &shipping[2];
+    assert_eq!(
+        (route.tokens_per_fill, route.fill_interval_ms),
+        (1, 100),
+        "Envoy's default of one token per fill"
+    );
+    let m0 = &route.matches[0];
+    assert_eq!(m0.port, 8080);
+    assert!(m0.headers.contains_key("x-tenant"));
+    assert_eq!(
+        m0.uri.as_ref().unwrap().kind,
+        Some(state::string_match::Kind::Prefix("/orders".into()))
+    );
+    let order = limits(&[("app", "order")]);
+    assert_eq!(order.len(), 1, "only the mesh-wide limit selects order");
+}

@@ -37,6 +37,8 @@ pub struct Inputs {
     pub jwks: std::sync::OnceLock<Arc<crate::authn::jwks::Cache>>,
     /// Adds `x-mesh-authz` (which policy and rule decided) to responses, for debugging.
     pub debug_authz: bool,
+    /// The token buckets of the workload's RateLimitPolicies, kept across states.
+    pub rate_limits: crate::ratelimit::RateLimits,
 }
 
 impl Inputs {
@@ -76,6 +78,7 @@ impl Inputs {
             metrics: Arc::default(),
             jwks: std::sync::OnceLock::new(),
             debug_authz: false,
+            rate_limits: Default::default(),
         }
     }
 

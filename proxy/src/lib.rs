@@ -6,7 +6,7 @@
 //! from the control plane or a local file, reaching the listeners through a watch channel.
 
 // The modules form layers, from the bottom up: body, drain, identity, init, sniff, socket,
-// tls, authn, authz, state, discovery, route, metrics, upstream, inputs, http, tcp, inbound, outbound,
+// tls, authn, authz, state, discovery, route, metrics, upstream, ratelimit, inputs, http, tcp, inbound, outbound,
 // admin (then `run`, the process around them). Each uses only the ones before it; tests/layers.rs checks it and
 // docs/architecture.md draws it.
 pub mod admin;
@@ -22,6 +22,7 @@ pub mod init;
 pub mod inputs;
 pub mod metrics;
 pub mod outbound;
+pub mod ratelimit;
 pub mod route;
 pub mod run;
 pub mod sniff;

@@ -27,6 +27,7 @@ const LAYERS: &[&str] = &[
     "route",
     "metrics",
     "upstream",
+    "ratelimit",
     "inputs",
     "http",
     "tcp",

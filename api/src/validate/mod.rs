@@ -7,6 +7,7 @@ mod checks;
 mod enforced;
 mod kube;
 mod networking;
+mod policy;
 mod security;
 mod virtual_service;
 
@@ -15,6 +16,7 @@ use crate::resource::Resource;
 
 pub use checks::parse_duration;
 pub use enforced::{NOT_ENFORCED, not_enforced};
+pub use policy::MIN_FILL_INTERVAL;
 /// The same inventory per resource kind, for the spec alone (pilot's per-proxy report).
 pub mod not_enforced_in {
     pub use super::enforced::{
@@ -61,6 +63,7 @@ pub fn validate(resource: &Resource) -> Vec<Diagnostic> {
         Resource::PeerAuthentication(r) => security::peer_authentication(&mut f, &r.spec),
         Resource::AuthorizationPolicy(r) => security::authorization_policy(&mut f, ns, &r.spec),
         Resource::RequestAuthentication(r) => security::request_authentication(&mut f, ns, &r.spec),
+        Resource::RateLimitPolicy(r) => policy::rate_limit_policy(&mut f, &r.spec),
         Resource::Service(r) => kube::service(&mut f, r),
         Resource::Deployment(r) => kube::deployment(&mut f, r),
         Resource::ConfigMap(r) => kube::config_map(&mut f, r),

@@ -15,6 +15,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use mesh_api::Resource;
 use mesh_api::mesh_config::{self, MeshConfigSpec};
 use mesh_api::networking::{DestinationRule, Sidecar, VirtualService};
+use mesh_api::policy::RateLimitPolicy;
 use mesh_api::security::{AuthorizationPolicy, PeerAuthentication, RequestAuthentication};
 
 pub use registry::{MeshService, Registry, Workload};
@@ -78,6 +79,8 @@ pub struct Model {
     pub authorization_policies: Vec<AuthorizationPolicy>,
     /// RequestAuthentications.
     pub request_authentications: Vec<RequestAuthentication>,
+    /// RateLimitPolicies (policy.mesh.dev).
+    pub rate_limit_policies: Vec<RateLimitPolicy>,
     /// Contents of files that DestinationRules name (CA certificates, client certificates and
     /// keys for TLS origination), read by the source; absent files are rejections.
     pub files: BTreeMap<String, String>,
@@ -124,6 +127,7 @@ impl Model {
                 Resource::RequestAuthentication(p) => {
                     model.request_authentications.push((**p).clone());
                 }
+                Resource::RateLimitPolicy(p) => model.rate_limit_policies.push((**p).clone()),
                 Resource::ConfigMap(c) => {
                     if c.metadata.name.as_deref() == Some(mesh_config::CONFIG_MAP)
                         && c.metadata.namespace.as_deref() == Some(&model.config.root_namespace)

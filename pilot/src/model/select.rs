@@ -6,6 +6,7 @@ use std::cmp::Ordering;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use mesh_api::common::{LabelSelector, StringMap, WorkloadSelector};
+use mesh_api::policy::RateLimitPolicy;
 use mesh_api::security::{AuthorizationPolicy, PeerAuthentication, RequestAuthentication};
 
 /// Labels a workload must all carry.
@@ -91,14 +92,21 @@ pub trait WorkloadPolicy {
     }
 }
 
-impl WorkloadPolicy for PeerAuthentication {
-    fn meta(&self) -> &ObjectMeta {
-        &self.metadata
-    }
-    fn selector(&self) -> Option<&WorkloadSelector> {
-        self.spec.selector.as_ref()
-    }
+/// Policies with a `selector` only.
+macro_rules! selected_policy {
+    ($($kind:ty),+) => {$(
+        impl WorkloadPolicy for $kind {
+            fn meta(&self) -> &ObjectMeta {
+                &self.metadata
+            }
+            fn selector(&self) -> Option<&WorkloadSelector> {
+                self.spec.selector.as_ref()
+            }
+        }
+    )+};
 }
+
+selected_policy!(PeerAuthentication, RateLimitPolicy);
 
 /// Policies with `selector`, `targetRef` and `targetRefs` (AuthorizationPolicy,
 /// RequestAuthentication, and later Telemetry and WasmPlugin).

@@ -30,8 +30,8 @@ use tokio::sync::{Notify, watch};
 
 use super::{Snapshot, key_of};
 
-/// The Istio kinds pilot reads.
-const ISTIO_KINDS: [Kind; 10] = [
+/// The custom kinds pilot reads: Istio's, and the mesh's own RateLimitPolicy.
+const ISTIO_KINDS: [Kind; 11] = [
     Kind::VirtualService,
     Kind::DestinationRule,
     Kind::Gateway,
@@ -42,10 +42,8 @@ const ISTIO_KINDS: [Kind; 10] = [
     Kind::PeerAuthentication,
     Kind::AuthorizationPolicy,
     Kind::RequestAuthentication,
+    Kind::RateLimitPolicy,
 ];
-
-/// The version Istio kinds are read in.
-const READ_VERSION: &str = "v1";
 
 /// How the source behaves.
 #[derive(Clone, Debug)]
@@ -69,11 +67,13 @@ impl Default for KubeOptions {
 }
 
 fn api_resource(kind: Kind) -> ApiResource {
-    let gvk = GroupVersionKind::gvk(kind.group(), READ_VERSION, kind.name());
+    // Istio's kinds are read in v1; the mesh's own in their newest (only) version.
+    let gvk = GroupVersionKind::gvk(kind.group(), kind.versions()[0], kind.name());
     let plural = format!("{}s", kind.name().to_ascii_lowercase());
     let plural = match kind {
         Kind::WorkloadEntry => "workloadentries".to_string(),
         Kind::AuthorizationPolicy => "authorizationpolicies".to_string(),
+        Kind::RateLimitPolicy => "ratelimitpolicies".to_string(),
         _ => plural,
     };
     ApiResource::from_gvk_with_plural(&gvk, &plural)

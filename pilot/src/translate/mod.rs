@@ -3,6 +3,7 @@
 //! select it.
 
 pub mod destination;
+pub mod rate_limits;
 pub mod routes;
 pub mod unenforced;
 
@@ -219,6 +220,12 @@ pub fn workload_state(model: &Model, node: &ProxyNode, scope: &Scope<'_>) -> sta
         .into_iter()
         .map(|p| policy_ref(&p.metadata, &p.spec))
         .collect(),
+        rate_limits: rate_limits::rate_limits(&policy::rate_limits_for(
+            &model.rate_limit_policies,
+            &cfg.root_namespace,
+            &node.namespace,
+            &node.labels,
+        )),
     }
 }
 

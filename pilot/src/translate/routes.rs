@@ -35,7 +35,7 @@ pub fn duration_ms(text: &str) -> Option<u64> {
     (value >= 0.0).then(|| (value * scale).round() as u64)
 }
 
-fn string_match(m: &StringMatch) -> state::StringMatch {
+pub(super) fn string_match(m: &StringMatch) -> state::StringMatch {
     use state::string_match::Kind;
     let kind = if let Some(e) = &m.exact {
         Some(Kind::Exact(e.clone()))
@@ -47,7 +47,7 @@ fn string_match(m: &StringMatch) -> state::StringMatch {
     state::StringMatch { kind }
 }
 
-fn string_matches(
+pub(super) fn string_matches(
     map: &BTreeMap<String, StringMatch>,
     lower: bool,
 ) -> BTreeMap<String, state::StringMatch> {

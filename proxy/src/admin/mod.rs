@@ -170,7 +170,7 @@ pub async fn serve_metrics(listener: TcpListener, inputs: Arc<Inputs>, drain: dr
 
 /// The circuit breakers of the clusters the proxy has sent to, in Envoy's `/stats` text form
 /// (`cluster.<name>.upstream_rq_pending_overflow: 21`), so that Istio's circuit-breaking task
-/// reads the same here.
+/// reads the same here; then retry budgets, local rate limits and outlier ejections.
 fn cluster_stats(inputs: &Inputs) -> String {
     use std::fmt::Write as _;
     let mut out = String::new();
@@ -239,6 +239,17 @@ fn cluster_stats(inputs: &Inputs) -> String {
         let _ = writeln!(out, "cluster.{name}.retry_budget.active: {}", b.active);
         let _ = writeln!(out, "cluster.{name}.retry_budget.overflow: {}", b.refused);
         let _ = writeln!(out, "cluster.{name}.upstream_rq_retry: {}", b.made);
+    }
+    // Envoy's local rate limit counters, one prefix per limit.
+    for (name, b) in inputs.rate_limits.all() {
+        for (stat, value) in [
+            ("ok", b.ok),
+            ("rate_limited", b.limited),
+            ("tokens", b.tokens.into()),
+            ("max_tokens", b.max_tokens.into()),
+        ] {
+            let _ = writeln!(out, "http_local_rate_limit.{name}.{stat}: {value}");
+        }
     }
     for health in inputs.loads.outliers.all() {
         let s = health.snapshot();

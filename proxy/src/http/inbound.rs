@@ -151,6 +151,28 @@ async fn inbound_request(
             return resp;
         }
     };
+    if let Err(limited) = rate_limit(&req, dst, inputs, &state) {
+        let resp = timed(
+            limited_reply(&limited, grpc),
+            inputs,
+            &caller,
+            dst,
+            "RL",
+            grpc,
+            started,
+        );
+        if logged {
+            tracing::info!(
+                target: "access",
+                "inbound http {peer} {method} {path} {} port={} flags=RL ratelimit={} duration_ms={} authority={authority}",
+                resp.status().as_u16(),
+                dst.port(),
+                limited.limit,
+                started.elapsed().as_millis()
+            );
+        }
+        return resp;
+    }
     drop(state);
     headers::prepare_upstream(&mut req, peer);
     let upgrade = headers::is_upgrade(&req);
@@ -214,6 +236,54 @@ async fn inbound_request(
             started.elapsed().as_millis()
         );
     }
+    resp
+}
+
+/// Counts the request against the workload's rate limits (none: nothing to do).
+fn rate_limit(
+    req: &Request<Body>,
+    dst: SocketAddr,
+    inputs: &Inputs,
+    state: &crate::state::State,
+) -> Result<(), crate::ratelimit::Limited> {
+    if state.source.rate_limits.is_empty() {
+        return Ok(());
+    }
+    let uri = req.uri();
+    let facts = crate::route::http::RequestFacts {
+        method: req.method().as_str(),
+        path: uri.path(),
+        query: uri.query().unwrap_or(""),
+        authority: uri.authority().map_or("", |a| a.as_str()),
+        scheme: uri.scheme_str().unwrap_or("http"),
+        headers: req.headers(),
+        port: dst.port(),
+    };
+    inputs
+        .rate_limits
+        .admit(state, &facts, tokio::time::Instant::now())
+}
+
+/// Envoy's answer to a request over a local rate limit: 429 `local_rate_limited`, or for gRPC
+/// the status HTTP 429 maps to (14, UNAVAILABLE); `retry-after` says when a token is back.
+fn limited_reply(limited: &crate::ratelimit::Limited, grpc: bool) -> Response<Body> {
+    const BODY: &str = "local_rate_limited";
+    let mut resp = if grpc {
+        let mut r = Response::new(super::full(""));
+        let h = r.headers_mut();
+        h.insert(
+            hyper::header::CONTENT_TYPE,
+            HeaderValue::from_static("application/grpc"),
+        );
+        h.insert("grpc-status", HeaderValue::from_static("14"));
+        h.insert("grpc-message", HeaderValue::from_static(BODY));
+        r
+    } else {
+        reply(StatusCode::TOO_MANY_REQUESTS, BODY)
+    };
+    let secs = limited.retry_after.as_secs_f64().ceil().max(1.0) as u64;
+    resp.headers_mut()
+        .insert(hyper::header::RETRY_AFTER, HeaderValue::from(secs));
     resp
 }
 

@@ -57,6 +57,16 @@ pub fn matching<'r>(
     route.matches.iter().find(|m| matches(state, m, req, src))
 }
 
+/// True when any of `matches` accepts the request (rate limits' matches).
+pub fn any_matches(
+    state: &State,
+    matches: &[proto::HttpMatch],
+    req: &RequestFacts<'_>,
+    src: &SourceFacts<'_>,
+) -> bool {
+    matches.iter().any(|m| self::matches(state, m, req, src))
+}
+
 fn matches(
     state: &State,
     m: &proto::HttpMatch,

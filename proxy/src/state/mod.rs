@@ -345,6 +345,7 @@ impl State {
             authn,
             ..State::default()
         };
+        state.compile_rate_limit_regexes(&source.rate_limits)?;
         for spec in &source.services {
             let host = spec.hostname.clone();
             if host.is_empty() {
@@ -520,24 +521,7 @@ impl State {
                     _ => None,
                 });
             for pattern in patterns {
-                if self.regexes.contains_key(&pattern) {
-                    continue;
-                }
-                let compiled = regex::Regex::new(&format!("^(?:{pattern})$")).map_err(|e| {
-                    let why = e
-                        .to_string()
-                        .lines()
-                        .last()
-                        .unwrap_or("")
-                        .trim()
-                        .to_string();
-                    bad(
-                        host,
-                        format!("httpRoutes[{i}]"),
-                        format!("regex {pattern:?} does not compile: {why}"),
-                    )
-                })?;
-                self.regexes.insert(pattern, compiled);
+                self.anchored(host, &format!("httpRoutes[{i}]"), pattern)?;
             }
             // A rewrite replaces every match in the path, so its pattern is not anchored.
             if let Some(rw) = r.rewrite.as_ref().filter(|rw| !rw.uri_regex.is_empty()) {
@@ -559,6 +543,62 @@ impl State {
                     .insert(format!("{REWRITE_KEY}{}", rw.uri_regex), compiled);
             }
         }
+        Ok(())
+    }
+
+    /// Compiles the regular expressions of the rate limits' matches.
+    fn compile_rate_limit_regexes(
+        &mut self,
+        limits: &[proto::RateLimit],
+    ) -> Result<(), StateError> {
+        for (i, l) in limits.iter().enumerate() {
+            let field = format!("rateLimits[{i}] ({})", l.name);
+            if l.name.is_empty() {
+                return Err(bad("state", field, "every rate limit needs a name"));
+            }
+            if l.max_tokens == 0 || l.fill_interval_ms == 0 {
+                return Err(bad(
+                    "state",
+                    field,
+                    "maxTokens and fillIntervalMs must be at least 1",
+                ));
+            }
+            let patterns = l.matches.iter().flat_map(|m| {
+                [&m.uri, &m.method]
+                    .into_iter()
+                    .flatten()
+                    .chain(m.headers.values())
+                    .chain(m.query_params.values())
+            });
+            for sm in patterns {
+                if let Some(proto::string_match::Kind::Regex(re)) = &sm.kind {
+                    self.anchored("state", &field, re.clone())?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Compiles `pattern` anchored (a match is a full match), once.
+    fn anchored(&mut self, host: &str, field: &str, pattern: String) -> Result<(), StateError> {
+        if self.regexes.contains_key(&pattern) {
+            return Ok(());
+        }
+        let compiled = regex::Regex::new(&format!("^(?:{pattern})$")).map_err(|e| {
+            let why = e
+                .to_string()
+                .lines()
+                .last()
+                .unwrap_or("")
+                .trim()
+                .to_string();
+            bad(
+                host,
+                field,
+                format!("regex {pattern:?} does not compile: {why}"),
+            )
+        })?;
+        self.regexes.insert(pattern, compiled);
         Ok(())
     }
 
