@@ -57,6 +57,18 @@ fn prefix(p: &str) -> proto::HttpMatch {
     }
 }
 
+/// Order's sidecar calling shipping's over mTLS (PERMISSIVE, so plaintext reaches it too).
+async fn order_calls_shipping() -> Pair {
+    pair(
+        http_app().await,
+        proto::Protocol::Http,
+        proto::PeerMode::Permissive,
+        SHIPPING,
+        true,
+    )
+    .await
+}
+
 /// What came back: status, body, `retry-after`, `grpc-status`.
 struct Answer {
     status: StatusCode,
@@ -98,14 +110,7 @@ async fn call(addr: SocketAddr, path: &str, grpc: bool) -> Answer {
 
 #[tokio::test]
 async fn a_workload_limit_answers_429_rl_once_its_burst_is_spent() {
-    let p = pair(
-        http_app().await,
-        proto::Protocol::Http,
-        proto::PeerMode::Permissive,
-        SHIPPING,
-        true,
-    )
-    .await;
+    let p = order_calls_shipping().await;
     let name = "default/shipping-limit/per-workload";
     let limits = || limited(p.app_port, vec![limit(name, 3, 3, 60_000)]);
     p.b_state.send(limits()).unwrap();
@@ -154,14 +159,7 @@ async fn a_workload_limit_answers_429_rl_once_its_burst_is_spent() {
 
 #[tokio::test]
 async fn a_route_limit_counts_only_its_requests_and_refusals_cost_no_other_bucket() {
-    let p = pair(
-        http_app().await,
-        proto::Protocol::Http,
-        proto::PeerMode::Permissive,
-        SHIPPING,
-        true,
-    )
-    .await;
+    let p = order_calls_shipping().await;
     let mut api = limit("default/shipping-limit/api", 1, 1, 60_000);
     api.matches = vec![prefix("/api")];
     let mut other_port = limit("default/shipping-limit/other-port", 1, 1, 60_000);
@@ -205,14 +203,7 @@ async fn a_route_limit_counts_only_its_requests_and_refusals_cost_no_other_bucke
 
 #[tokio::test]
 async fn a_spent_bucket_fills_at_its_interval() {
-    let p = pair(
-        http_app().await,
-        proto::Protocol::Http,
-        proto::PeerMode::Permissive,
-        SHIPPING,
-        true,
-    )
-    .await;
+    let p = order_calls_shipping().await;
     let fill = Duration::from_millis(400);
     p.b_state
         .send(limited(
@@ -257,14 +248,7 @@ async fn a_spent_bucket_fills_at_its_interval() {
 
 #[tokio::test]
 async fn grpc_callers_get_unavailable_as_envoy_answers_them() {
-    let p = pair(
-        http_app().await,
-        proto::Protocol::Http,
-        proto::PeerMode::Permissive,
-        SHIPPING,
-        true,
-    )
-    .await;
+    let p = order_calls_shipping().await;
     p.b_state
         .send(limited(
             p.app_port,

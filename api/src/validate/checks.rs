@@ -240,6 +240,20 @@ pub(crate) fn string_match(f: &mut Findings, field: &str, m: &StringMatch, allow
     }
 }
 
+/// A match's `headers` (or `withoutHeaders`) at `at`: valid lower-case names, each with a
+/// string match (`{}` for presence).
+pub(crate) fn header_matches(f: &mut Findings, at: &str, map: &BTreeMap<String, StringMatch>) {
+    for (k, sm) in map {
+        let hat = format!("{at}.{k}");
+        if !header_name(k) {
+            f.error(&hat, format!("{k:?} is not a valid header name"));
+        } else if k.chars().any(|c| c.is_ascii_uppercase()) {
+            f.error(&hat, format!("header name {k:?} must be lower case"));
+        }
+        string_match(f, &hat, sm, true);
+    }
+}
+
 /// Label keys and values, Kubernetes syntax.
 pub(crate) fn labels(f: &mut Findings, field: &str, labels: &BTreeMap<String, String>) {
     for (k, v) in labels {

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use super::Findings;
 use super::checks::{
-    header_name, is_dns1123_label, labels, opt_port, parse_duration, string_match,
+    header_matches, is_dns1123_label, labels, opt_port, parse_duration, string_match,
 };
 use crate::policy::{RateLimitPolicySpec, TokenBucket};
 
@@ -56,15 +56,7 @@ pub(crate) fn rate_limit_policy(f: &mut Findings, spec: &RateLimitPolicySpec) {
                     string_match(f, &format!("{mat}.{name}"), sm, false);
                 }
             }
-            for (k, sm) in &m.headers {
-                let hat = format!("{mat}.headers.{k}");
-                if !header_name(k) {
-                    f.error(&hat, format!("{k:?} is not a valid header name"));
-                } else if k.chars().any(|c| c.is_ascii_uppercase()) {
-                    f.error(&hat, format!("header name {k:?} must be lower case"));
-                }
-                string_match(f, &hat, sm, true);
-            }
+            header_matches(f, &format!("{mat}.headers"), &m.headers);
             for (k, sm) in &m.query_params {
                 string_match(f, &format!("{mat}.queryParams.{k}"), sm, true);
             }

@@ -4,8 +4,8 @@ use std::collections::BTreeSet;
 
 use super::Findings;
 use super::checks::{
-    cidrs, duration, header_name, host, is_dns1123_label, labels, one_of, opt_port, percent, regex,
-    string_match,
+    cidrs, duration, header_matches, header_name, host, is_dns1123_label, labels, one_of, opt_port,
+    percent, regex, string_match,
 };
 use crate::common::Percent;
 use crate::networking::{
@@ -213,20 +213,8 @@ fn http_route(f: &mut Findings, at: &str, r: &HttpRoute, in_delegate: bool) {
                 string_match(f, &format!("{mat}.{name}"), sm, false);
             }
         }
-        for (field, map) in [
-            ("headers", &m.headers),
-            ("withoutHeaders", &m.without_headers),
-        ] {
-            for (k, sm) in map {
-                let hat = format!("{mat}.{field}.{k}");
-                if !header_name(k) {
-                    f.error(&hat, format!("{k:?} is not a valid header name"));
-                } else if k.chars().any(|c| c.is_ascii_uppercase()) {
-                    f.error(&hat, format!("header name {k:?} must be lower case"));
-                }
-                string_match(f, &hat, sm, true);
-            }
-        }
+        header_matches(f, &format!("{mat}.headers"), &m.headers);
+        header_matches(f, &format!("{mat}.withoutHeaders"), &m.without_headers);
         for (k, sm) in &m.query_params {
             string_match(f, &format!("{mat}.queryParams.{k}"), sm, true);
         }

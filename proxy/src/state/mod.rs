@@ -283,6 +283,13 @@ fn bad(service: &str, field: impl Into<String>, message: impl Into<String>) -> S
     }
 }
 
+/// Why a regex does not compile: the last line of the regex crate's message.
+fn regex_refused(pattern: &str, e: &regex::Error) -> String {
+    let text = e.to_string();
+    let why = text.lines().last().unwrap_or("").trim();
+    format!("regex {pattern:?} does not compile: {why}")
+}
+
 fn port16(service: &str, field: &str, value: u32) -> Result<u16, StateError> {
     u16::try_from(value)
         .ok()
@@ -526,17 +533,10 @@ impl State {
             // A rewrite replaces every match in the path, so its pattern is not anchored.
             if let Some(rw) = r.rewrite.as_ref().filter(|rw| !rw.uri_regex.is_empty()) {
                 let compiled = regex::Regex::new(&rw.uri_regex).map_err(|e| {
-                    let why = e
-                        .to_string()
-                        .lines()
-                        .last()
-                        .unwrap_or("")
-                        .trim()
-                        .to_string();
                     bad(
                         host,
                         format!("httpRoutes[{i}].rewrite.uriRegex"),
-                        format!("regex {:?} does not compile: {why}", rw.uri_regex),
+                        regex_refused(&rw.uri_regex, &e),
                     )
                 })?;
                 self.regexes
@@ -584,20 +584,8 @@ impl State {
         if self.regexes.contains_key(&pattern) {
             return Ok(());
         }
-        let compiled = regex::Regex::new(&format!("^(?:{pattern})$")).map_err(|e| {
-            let why = e
-                .to_string()
-                .lines()
-                .last()
-                .unwrap_or("")
-                .trim()
-                .to_string();
-            bad(
-                host,
-                field,
-                format!("regex {pattern:?} does not compile: {why}"),
-            )
-        })?;
+        let compiled = regex::Regex::new(&format!("^(?:{pattern})$"))
+            .map_err(|e| bad(host, field, regex_refused(&pattern, &e)))?;
         self.regexes.insert(pattern, compiled);
         Ok(())
     }
