@@ -12,6 +12,7 @@ pub mod diagnostic;
 pub mod identity;
 pub mod kinds;
 pub mod load;
+pub mod locality;
 pub mod mesh_config;
 pub mod networking;
 pub mod policy;

@@ -1,8 +1,9 @@
 //! Istio's mesh configuration, read where Istio keeps it: the `mesh` key of the ConfigMap
 //! `istio` in the root namespace. Of it the mesh acts on `extensionProviders` of the kinds
 //! `envoyExtAuthzHttp` and `envoyExtAuthzGrpc` (the external authorizers CUSTOM
-//! AuthorizationPolicies name); every other setting is accepted and reported as not enforced
-//! yet, so nothing written there is quietly ignored.
+//! AuthorizationPolicies name) and on `localityLbSetting` (the mesh-wide default of locality
+//! load balancing); every other setting is accepted and reported as not enforced yet, so
+//! nothing written there is quietly ignored.
 
 use std::collections::BTreeMap;
 
@@ -23,6 +24,9 @@ pub struct MeshConfigSpec {
     /// Extensions the mesh's policies may name.
     #[serde(default)]
     pub extension_providers: Vec<ExtensionProvider>,
+    /// Locality load balancing for destinations whose DestinationRule sets none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub locality_lb_setting: Option<crate::networking::LocalityLbSetting>,
     /// Every other setting, kept as written.
     #[serde(flatten)]
     pub other: BTreeMap<String, serde_json::Value>,
@@ -265,10 +269,16 @@ impl MeshConfigSpec {
                 );
             }
         }
+        if let Some(l) = &self.locality_lb_setting {
+            out.extend(crate::validate::locality_lb_findings(
+                "data.mesh.localityLbSetting",
+                l,
+            ));
+        }
         for key in self.other.keys() {
             out.push(
                 Diagnostic::warning(format!(
-                    "{NOT_ENFORCED}: the mesh reads only extensionProviders from its mesh configuration; the proxy's built-in default applies instead"
+                    "{NOT_ENFORCED}: the mesh reads only extensionProviders and localityLbSetting from its mesh configuration; the proxy's built-in default applies instead"
                 ))
                 .at_field(format!("data.mesh.{key}")),
             );
@@ -376,6 +386,27 @@ accessLogFile: /dev/stdout
         assert_eq!(found.len(), 1, "{found:?}");
         assert_eq!(found[0].field.as_deref(), Some("data.mesh.accessLogFile"));
         assert!(found[0].message.starts_with(NOT_ENFORCED));
+    }
+
+    #[test]
+    fn the_mesh_wide_locality_setting_is_read_and_checked() {
+        let ok = MeshConfigSpec::parse(
+            "localityLbSetting:\n  enabled: true\n  failover: [{from: us-west, to: us-east}]\n",
+        )
+        .unwrap();
+        assert_eq!(
+            ok.locality_lb_setting.as_ref().unwrap().failover[0].to,
+            "us-east"
+        );
+        assert!(ok.validate().is_empty(), "{:?}", ok.validate());
+        let bad =
+            MeshConfigSpec::parse("localityLbSetting:\n  failover: [{from: a, to: a}]\n").unwrap();
+        let found = bad.validate();
+        assert_eq!(
+            found[0].field.as_deref(),
+            Some("data.mesh.localityLbSetting.failover[0]"),
+            "{found:?}"
+        );
     }
 
     #[test]

@@ -440,6 +440,20 @@ const INVALID: &[(&str, &str, &str, &str, &str)] = &[
         "spec.jwtRules[1].issuer",
         "Duplicate value",
     ),
+    (
+        NET,
+        "DestinationRule",
+        "host: r\ntrafficPolicy:\n  loadBalancer:\n    localityLbSetting:\n      distribute:\n      - to: {'us-west/*': 100}",
+        "spec.trafficPolicy.loadBalancer.localityLbSetting.distribute[0].from",
+        "Required value",
+    ),
+    (
+        NET,
+        "DestinationRule",
+        "host: r\ntrafficPolicy:\n  loadBalancer:\n    localityLbSetting:\n      failoverPriority: ['bad key!']",
+        "spec.trafficPolicy.loadBalancer.localityLbSetting.failoverPriority[0]",
+        "not a label key",
+    ),
     // RateLimitPolicy (the mesh's own)
     (
         POL,

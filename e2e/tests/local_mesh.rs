@@ -622,6 +622,87 @@ spec:
     assert_eq!(flagged(), refused + 1, "{}", scrape(&c, "inventory-v1-0"));
 }
 
+/// An echo pod of `app` (answering with `version`) in `zone` of region us-west.
+fn zoned_pod(name: &str, app: &str, version: &str, zone: &str) -> PodSpec {
+    let mut pod = echo_pod(name, app, version, app);
+    pod.labels
+        .insert("topology.kubernetes.io/region".into(), "us-west".into());
+    pod.labels
+        .insert("topology.kubernetes.io/zone".into(), zone.into());
+    pod
+}
+
+#[test]
+#[ignore = "needs root: runs a mesh in network namespaces"]
+fn locality_keeps_traffic_in_the_zone_and_fails_over_without_outlier_detection() {
+    harness::require();
+    // A client in us-west/zone1 calls `catalog`, which has a pod in zone1 and one in zone2,
+    // with no DestinationRule at all: Istio's default locality load balancing, and no
+    // outlierDetection to tell the proxy when zone1 is gone.
+    let c = harness::local("locality");
+    c.apply_yaml(
+        "
+apiVersion: v1
+kind: Service
+metadata: {name: catalog, namespace: default}
+spec:
+  selector: {app: catalog}
+  ports: [{name: http, port: 8080, targetPort: 8080}]
+",
+    )
+    .unwrap();
+    for pod in [
+        zoned_pod("web-0", "web", "v1", "zone1"),
+        zoned_pod("catalog-z1-0", "catalog", "zone1", "zone1"),
+        zoned_pod("catalog-z2-0", "catalog", "zone2", "zone2"),
+    ] {
+        c.run(&pod).unwrap();
+    }
+    c.wait_endpoints("web-0", "catalog.default", 2)
+        .expect("web knows both catalog pods");
+    let url = "http://catalog:8080/";
+    let local = c.load("web-0", url, &["-n", "40", "-c", "2"]).unwrap();
+    assert_all_ok(&local);
+    assert_eq!(
+        local.by_version.get("zone1"),
+        Some(&40),
+        "every answer from the client's zone: {local:?}"
+    );
+    // Zone 1 goes dark: every TCP packet into its pod is answered with a reset, its
+    // registration left as it was (as when a zone fails before the registry notices).
+    c.exec(
+        "catalog-z1-0",
+        &[
+            "iptables",
+            "-I",
+            "INPUT",
+            "-p",
+            "tcp",
+            "-j",
+            "REJECT",
+            "--reject-with",
+            "tcp-reset",
+        ],
+    )
+    .unwrap();
+    let failed_over = wait_until(DEADLINE, || {
+        c.load("web-0", url, &["-n", "10", "-c", "1"])
+            .is_ok_and(|r| r.by_version.get("zone2") == Some(&10))
+    });
+    assert!(failed_over, "traffic never moved to zone2");
+    let after = c.load("web-0", url, &["-n", "40", "-c", "2"]).unwrap();
+    assert_all_ok(&after);
+    assert_eq!(after.by_version.get("zone2"), Some(&40), "{after:?}");
+    // The sidecar says why: the zone1 endpoint ejected for its connection failures.
+    let clusters = sidecar_get(&c, "web-0", 15000, "/clusters");
+    assert!(
+        clusters.lines().any(|l| l
+            .starts_with("outbound|8080||catalog.default.svc.cluster.local::")
+            && l.ends_with("health_flags::/failed_outlier_check")),
+        "{clusters}"
+    );
+}
+
 /// Starts a third shipping pod (v3) answering every request with 503, and waits until order's
 /// sidecar knows it.
 fn failing_shipping_pod(c: &LocalCluster) {

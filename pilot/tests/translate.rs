@@ -490,3 +490,96 @@ spec:
     let order = limits(&[("app", "order")]);
     assert_eq!(order.len(), 1, "only the mesh-wide limit selects order");
 }
+
+const ZONED: &str = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: shipping, namespace: default}
+spec:
+  selector: {app: shipping}
+  ports: [{name: http, port: 8080}]
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: shipping-a
+  namespace: default
+  labels: {app: shipping, topology.kubernetes.io/region: us-west, topology.kubernetes.io/zone: zone1}
+spec: {containers: [{name: app}]}
+status: {phase: Running, podIP: 10.0.0.31}
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: shipping-b
+  namespace: default
+  labels: {app: shipping, istio-locality: us-east.zone1.sub1}
+spec: {containers: [{name: app}]}
+status: {phase: Running, podIP: 10.0.0.32}
+"#;
+
+fn order_in(labels: &[(&str, &str)]) -> ProxyNode {
+    let mut all = vec![("app", "order")];
+    all.extend_from_slice(labels);
+    node("default", &all, "10.0.0.20")
+}
+
+#[test]
+fn localities_come_from_labels_and_locality_lb_is_on_by_default() {
+    let resources = testing::resources(ZONED);
+    let m = testing::model(&resources);
+    let v = view(
+        &m,
+        &order_in(&[
+            ("topology.kubernetes.io/region", "us-west"),
+            ("topology.kubernetes.io/zone", "zone1"),
+        ]),
+    );
+    assert_eq!(
+        v.state.locality, "us-west/zone1",
+        "the proxy's own, from its labels"
+    );
+    let svc = service(&v.state, "shipping");
+    let localities: Vec<&str> = svc.endpoints.iter().map(|e| e.locality.as_str()).collect();
+    assert_eq!(localities, ["us-west/zone1", "us-east/zone1/sub1"]);
+    let lb = svc
+        .traffic_policy
+        .as_ref()
+        .and_then(|t| t.locality_lb.as_ref());
+    assert_eq!(
+        lb,
+        Some(&state::LocalityLb::default()),
+        "Istio's default: on, ranking by locality"
+    );
+
+    // A DestinationRule that turns it off; one that distributes.
+    let off = format!(
+        "{ZONED}---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: shipping, namespace: default}}\nspec:\n  host: shipping\n  trafficPolicy:\n    loadBalancer:\n      localityLbSetting: {{enabled: false}}\n"
+    );
+    let m = testing::model(&testing::resources(&off));
+    let v = view(&m, &order_in(&[]));
+    let svc = service(&v.state, "shipping");
+    assert!(
+        svc.traffic_policy
+            .as_ref()
+            .is_none_or(|t| t.locality_lb.is_none()),
+        "enabled: false leaves none"
+    );
+
+    // The mesh configuration's setting applies where no DestinationRule sets one.
+    let mut m = testing::model(&resources);
+    m.mesh.locality_lb_setting = Some(mesh_api::networking::LocalityLbSetting {
+        failover: vec![mesh_api::networking::LocalityFailover {
+            from: "us-west".into(),
+            to: "us-east".into(),
+        }],
+        ..Default::default()
+    });
+    let v = view(&m, &order_in(&[]));
+    let lb = service(&v.state, "shipping")
+        .traffic_policy
+        .as_ref()
+        .and_then(|t| t.locality_lb.clone())
+        .unwrap();
+    assert_eq!(lb.failover[0].to, "us-east");
+}

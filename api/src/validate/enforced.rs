@@ -15,6 +15,9 @@ use crate::security::{AuthorizationPolicySpec, RequestAuthenticationSpec};
 /// The start of every such warning, so tools can tell them from other warnings.
 pub const NOT_ENFORCED: &str = "accepted, not enforced yet";
 
+/// What a workload's `network` does here.
+const NOT_MULTI_NETWORK: &str = "one network only: the endpoint is reached directly at its address, never through a network gateway";
+
 struct Out(Vec<Diagnostic>);
 
 impl Out {
@@ -42,6 +45,22 @@ pub fn not_enforced(resource: &Resource) -> Vec<Diagnostic> {
         Resource::Sidecar(r) => in_sidecar(&r.spec),
         Resource::AuthorizationPolicy(r) => in_authorization_policy(&r.spec),
         Resource::RequestAuthentication(r) => in_request_authentication(&r.spec),
+        Resource::WorkloadEntry(r) => {
+            let mut out = Out(Vec::new());
+            if !r.spec.network.is_empty() {
+                out.add("spec.network", NOT_MULTI_NETWORK);
+            }
+            out.0
+        }
+        Resource::ServiceEntry(r) => {
+            let mut out = Out(Vec::new());
+            for (i, e) in r.spec.endpoints.iter().enumerate() {
+                if !e.network.is_empty() {
+                    out.add(format!("spec.endpoints[{i}].network"), NOT_MULTI_NETWORK);
+                }
+            }
+            out.0
+        }
         Resource::WorkloadGroup(_) => {
             let mut out = Out(Vec::new());
             out.add(
@@ -156,7 +175,7 @@ fn virtual_service(out: &mut Out, spec: &VirtualServiceSpec) {
             if r.retry_remote_localities.is_some() {
                 out.add(
                     format!("{at}.retries.retryRemoteLocalities"),
-                    "endpoints are not told apart by locality yet: retries go to any endpoint",
+                    "a retry is balanced like the first try (the same locality rank while it is healthy); retries are not sent to other localities on purpose",
                 );
             }
             for cond in r.retry_on.split(',').map(str::trim) {
@@ -326,12 +345,6 @@ fn connection_pool(out: &mut Out, at: &str, pool: &ConnectionPoolSettings, origi
 }
 
 fn load_balancer(out: &mut Out, at: &str, lb: &LoadBalancerSettings) {
-    if lb.locality_lb_setting.is_some() {
-        out.add(
-            format!("{at}.localityLbSetting"),
-            "endpoints are balanced without regard to locality",
-        );
-    }
     if lb.warmup_duration_secs.is_some() || lb.warmup.is_some() {
         let field = if lb.warmup.is_some() {
             "warmup"

@@ -16,6 +16,7 @@ use crate::resource::Resource;
 
 pub use checks::parse_duration;
 pub use enforced::{NOT_ENFORCED, not_enforced};
+pub(crate) use networking::locality_lb_findings;
 pub use policy::MIN_FILL_INTERVAL;
 /// The same inventory per resource kind, for the spec alone (pilot's per-proxy report).
 pub mod not_enforced_in {
@@ -29,7 +30,7 @@ pub mod not_enforced_in {
 /// Collects findings, each at a field path.
 #[derive(Default)]
 pub(crate) struct Findings {
-    out: Vec<Diagnostic>,
+    pub(crate) out: Vec<Diagnostic>,
 }
 
 impl Findings {

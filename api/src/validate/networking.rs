@@ -13,8 +13,8 @@ use super::virtual_service::destination;
 pub(crate) use super::virtual_service::virtual_service;
 use crate::networking::{
     ClientTlsMode, ClientTlsSettings, ConnectionPoolSettings, DestinationRuleSpec, GatewaySpec,
-    LoadBalancerSettings, OutboundTrafficMode, OutlierDetection, Resolution, ServerTlsMode,
-    ServerTlsSettings, ServiceEntrySpec, SidecarPort, SidecarSpec, TrafficPolicy,
+    LoadBalancerSettings, LocalityLbSetting, OutboundTrafficMode, OutlierDetection, Resolution,
+    ServerTlsMode, ServerTlsSettings, ServiceEntrySpec, SidecarPort, SidecarSpec, TrafficPolicy,
     WorkloadEntrySpec, WorkloadGroupSpec,
 };
 
@@ -217,27 +217,7 @@ fn load_balancer(f: &mut Findings, at: &str, lb: &LoadBalancerSettings) {
         }
     }
     if let Some(l) = &lb.locality_lb_setting {
-        let lat = format!("{at}.localityLbSetting");
-        if !l.distribute.is_empty() && !l.failover.is_empty() {
-            f.error(&lat, "only one of distribute or failover may be set");
-        }
-        for (i, d) in l.distribute.iter().enumerate() {
-            let sum: u64 = d.to.values().map(|v| u64::from(*v)).sum();
-            if sum != 100 {
-                f.error(
-                    format!("{lat}.distribute[{i}].to"),
-                    format!("weights sum to {sum}, must be 100"),
-                );
-            }
-        }
-        for (i, fo) in l.failover.iter().enumerate() {
-            if fo.from == fo.to {
-                f.error(
-                    format!("{lat}.failover[{i}]"),
-                    "from and to must be different regions",
-                );
-            }
-        }
+        locality_lb_setting(f, &format!("{at}.localityLbSetting"), l);
     }
     duration(
         f,
@@ -842,4 +822,65 @@ fn sidecar_port(f: &mut Findings, at: &str, p: &SidecarPort) {
         port_name(f, &format!("{at}.name"), &p.name);
     }
     opt_port(f, &format!("{at}.targetPort"), p.target_port);
+}
+
+/// A `localityLbSetting` (a DestinationRule's, or the mesh configuration's).
+pub(crate) fn locality_lb_setting(f: &mut Findings, lat: &str, l: &LocalityLbSetting) {
+    if !l.distribute.is_empty() && !l.failover.is_empty() {
+        f.error(lat, "only one of distribute or failover may be set");
+    }
+    for (i, d) in l.distribute.iter().enumerate() {
+        let dat = format!("{lat}.distribute[{i}]");
+        if d.from.is_empty() {
+            f.error(
+                format!("{dat}.from"),
+                "Required value: the locality traffic comes from, e.g. us-west/zone1/*",
+            );
+        }
+        if d.to.is_empty() {
+            f.error(
+                format!("{dat}.to"),
+                "Required value: the localities to send to, with weights summing to 100",
+            );
+        }
+        let sum: u64 = d.to.values().map(|v| u64::from(*v)).sum();
+        if !d.to.is_empty() && sum != 100 {
+            f.error(
+                format!("{dat}.to"),
+                format!("weights sum to {sum}, must be 100"),
+            );
+        }
+    }
+    for (i, fo) in l.failover.iter().enumerate() {
+        if fo.from.is_empty() || fo.to.is_empty() {
+            f.error(
+                format!("{lat}.failover[{i}]"),
+                "Required value: both from and to regions",
+            );
+        } else if fo.from == fo.to {
+            f.error(
+                format!("{lat}.failover[{i}]"),
+                "from and to must be different regions",
+            );
+        }
+    }
+    for (i, label) in l.failover_priority.iter().enumerate() {
+        let key = label.split_once('=').map_or(label.as_str(), |(k, _)| k);
+        if super::checks::label_key(key).is_err() {
+            f.error(
+                format!("{lat}.failoverPriority[{i}]"),
+                format!("{label:?} is not a label key (or key=value)"),
+            );
+        }
+    }
+}
+
+/// [`locality_lb_setting`]'s findings on their own (the mesh configuration's setting).
+pub(crate) fn locality_lb_findings(
+    lat: &str,
+    l: &LocalityLbSetting,
+) -> Vec<crate::diagnostic::Diagnostic> {
+    let mut f = Findings::default();
+    locality_lb_setting(&mut f, lat, l);
+    f.out
 }

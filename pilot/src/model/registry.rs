@@ -38,6 +38,8 @@ pub struct Workload {
     pub ports: BTreeMap<String, u32>,
     /// Relative weight.
     pub weight: u32,
+    /// Where it runs, `region/zone/subzone` (empty: unknown).
+    pub locality: String,
 }
 
 impl Workload {
@@ -62,12 +64,14 @@ impl Workload {
             .flat_map(|c| c.ports.iter().flatten())
             .filter_map(|p| Some((p.name.clone()?, u32::try_from(p.container_port).ok()?)))
             .collect();
+        let labels = pod.metadata.labels.clone().unwrap_or_default();
         Some(Workload {
             kind: "Pod",
             name: pod.metadata.name.clone().unwrap_or_default(),
             namespace: namespace_of(pod.metadata.namespace.as_deref()),
             address,
-            labels: pod.metadata.labels.clone().unwrap_or_default(),
+            locality: mesh_api::locality::of_workload("", &labels),
+            labels,
             service_account: spec
                 .and_then(|s| s.service_account_name.clone())
                 .unwrap_or_default(),
@@ -86,6 +90,7 @@ impl Workload {
             service_account: spec.service_account.clone(),
             ports: spec.ports.clone(),
             weight: spec.weight.unwrap_or(1).max(1),
+            locality: mesh_api::locality::of_workload(&spec.locality, &spec.labels),
         }
     }
 
@@ -107,6 +112,7 @@ impl Workload {
             identity: self.identity(trust_domain),
             weight: self.weight,
             mesh: self.mesh(),
+            locality: self.locality.clone(),
         }
     }
 }
@@ -459,6 +465,7 @@ fn slice_endpoints(
                     service_account: String::new(),
                     ports: BTreeMap::new(),
                     weight: 1,
+                    locality: String::new(),
                 },
             };
             out.push(w.endpoint(trust_domain, eports));

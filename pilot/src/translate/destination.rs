@@ -5,7 +5,7 @@
 
 use mesh_api::networking::{
     ClientTlsMode, ClientTlsSettings, ConnectionPoolSettings, DestinationRule,
-    LoadBalancerSettings, OutlierDetection, SimpleLb, TrafficPolicy,
+    LoadBalancerSettings, LocalityLbSetting, OutlierDetection, SimpleLb, TrafficPolicy,
 };
 use mesh_api::proto::state::v1 as state;
 
@@ -143,6 +143,9 @@ fn policy_parts(
     field: &str,
 ) -> Result<state::TrafficPolicy, Rejection> {
     let mut out = state::TrafficPolicy::default();
+    if let Some(l) = lb.and_then(|lb| lb.locality_lb_setting.as_ref()) {
+        out.locality_lb = Some(locality_lb(l));
+    }
     if let Some(lb) = lb {
         out.set_load_balancer(match lb.simple {
             Some(SimpleLb::RoundRobin) => state::LoadBalancer::RoundRobin,
@@ -225,6 +228,60 @@ fn policy_parts(
         }
     }
     Ok(out)
+}
+
+/// Istio's `localityLbSetting` as the proxy reads it.
+fn locality_lb(l: &LocalityLbSetting) -> state::LocalityLb {
+    state::LocalityLb {
+        distribute: l
+            .distribute
+            .iter()
+            .map(|d| state::LocalityDistribute {
+                from: d.from.clone(),
+                to: d.to.clone().into_iter().collect(),
+            })
+            .collect(),
+        failover: l
+            .failover
+            .iter()
+            .map(|f| state::LocalityFailover {
+                from: f.from.clone(),
+                to: f.to.clone(),
+            })
+            .collect(),
+        failover_priority: l.failover_priority.clone(),
+        disabled: l.enabled == Some(false),
+    }
+}
+
+/// Locality load balancing for the service being built: its DestinationRule's setting, else
+/// the mesh configuration's, else Istio's default (on, ranking endpoints by locality) when any
+/// endpoint has a locality to rank by. A setting that turns it off leaves none.
+pub fn apply_locality(model: &Model, out: &mut state::Service) {
+    let own = out
+        .traffic_policy
+        .as_ref()
+        .and_then(|t| t.locality_lb.clone());
+    let effective = own.or_else(|| model.mesh.locality_lb_setting.as_ref().map(locality_lb));
+    let effective = match effective {
+        Some(l) => Some(l),
+        None if out.endpoints.iter().any(|e| !e.locality.is_empty()) => {
+            Some(state::LocalityLb::default())
+        }
+        None => None,
+    };
+    let effective = effective.filter(|l| !l.disabled);
+    match (effective, out.traffic_policy.as_mut()) {
+        (Some(l), Some(tp)) => tp.locality_lb = Some(l),
+        (Some(l), None) => {
+            out.traffic_policy = Some(state::TrafficPolicy {
+                locality_lb: Some(l),
+                ..Default::default()
+            });
+        }
+        (None, Some(tp)) => tp.locality_lb = None,
+        (None, None) => {}
+    }
 }
 
 fn originate(

@@ -220,6 +220,7 @@ pub fn workload_state(model: &Model, node: &ProxyNode, scope: &Scope<'_>) -> sta
         .into_iter()
         .map(|p| policy_ref(&p.metadata, &p.spec))
         .collect(),
+        locality: locality_of(model, node),
         rate_limits: rate_limits::rate_limits(&policy::rate_limits_for(
             &model.rate_limit_policies,
             &cfg.root_namespace,
@@ -227,6 +228,21 @@ pub fn workload_state(model: &Model, node: &ProxyNode, scope: &Scope<'_>) -> sta
             &node.labels,
         )),
     }
+}
+
+/// Where the proxy's workload runs: the locality its endpoints have in the registry (a
+/// WorkloadEntry's `locality` counts), else what its own labels say.
+fn locality_of(model: &Model, node: &ProxyNode) -> String {
+    let registry = &model.registry;
+    node.ip_addresses
+        .iter()
+        .filter_map(|ip| registry.by_endpoint.get(ip))
+        .flatten()
+        .filter_map(|host| registry.services.get(host))
+        .flat_map(|svc| &svc.endpoints)
+        .find(|e| !e.locality.is_empty() && node.ip_addresses.contains(&e.address))
+        .map(|e| e.locality.clone())
+        .unwrap_or_else(|| mesh_api::locality::of_workload("", &node.labels))
 }
 
 /// The mesh configuration's authorizers that this workload's CUSTOM policies name, each with
@@ -316,6 +332,7 @@ pub fn service_view(
         out.traffic_policy = None;
         out.subsets.clear();
     }
+    destination::apply_locality(model, &mut out);
     if svc.passthrough {
         let tp = out.traffic_policy.get_or_insert_with(Default::default);
         if tp.load_balancer() == state::LoadBalancer::Unspecified {

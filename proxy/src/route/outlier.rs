@@ -86,6 +86,7 @@ pub struct ClusterHealth {
 struct Host {
     consecutive_5xx: u32,
     consecutive_gateway: u32,
+    consecutive_local: u32,
     /// When the current ejection started.
     ejected_at: Option<Instant>,
     /// The ejection multiplier.
@@ -151,9 +152,9 @@ impl ClusterHealth {
     /// Records what `addr` answered, ejecting it when that makes too many failures in a row.
     pub fn record(&self, addr: SocketAddr, outcome: Outcome) {
         let p = &self.policy;
-        let (is_5xx, is_gateway) = match outcome {
-            Outcome::LocalFailure => (true, true),
-            Outcome::Status(code) => (code >= 500, matches!(code, 502..=504)),
+        let (is_5xx, is_gateway, is_local) = match outcome {
+            Outcome::LocalFailure => (true, true, true),
+            Outcome::Status(code) => (code >= 500, matches!(code, 502..=504), false),
         };
         let now = Instant::now();
         let mut hosts = self.hosts.lock().unwrap_or_else(|e| e.into_inner());
@@ -167,13 +168,20 @@ impl ClusterHealth {
         } else {
             0
         };
+        host.consecutive_local = if is_local {
+            host.consecutive_local + 1
+        } else {
+            0
+        };
         let tripped = (p.consecutive_5xx > 0 && host.consecutive_5xx >= p.consecutive_5xx)
-            || (p.consecutive_gateway > 0 && host.consecutive_gateway >= p.consecutive_gateway);
+            || (p.consecutive_gateway > 0 && host.consecutive_gateway >= p.consecutive_gateway)
+            || (p.consecutive_local > 0 && host.consecutive_local >= p.consecutive_local);
         if !tripped {
             return;
         }
         host.consecutive_5xx = 0;
         host.consecutive_gateway = 0;
+        host.consecutive_local = 0;
         // Envoy's cap: this ejection included, no more than maxEjectionPercent.
         let total = hosts.len() as u64;
         let ejected = hosts
@@ -244,6 +252,7 @@ mod tests {
             cluster: "outbound|8080||shipping".into(),
             consecutive_5xx,
             consecutive_gateway: 0,
+            consecutive_local: 0,
             interval: Duration::from_secs(1),
             base_ejection: Duration::from_secs(30),
             max_ejection_percent,

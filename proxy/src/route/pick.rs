@@ -258,10 +258,15 @@ pub fn endpoint_in(
                 .as_ref()
                 .and_then(|t| t.consistent_hash.as_ref())
         });
-    let hashed = match (hash_policy, key) {
-        (Some(policy), Some(key)) => key(policy).and_then(|h| rendezvous(h, &addrs)),
+    let hash = match (hash_policy, key) {
+        (Some(policy), Some(key)) => key(policy),
         _ => None,
     };
+    // Locality: the healthy endpoints of one rank (or weighted locality) of the subset.
+    if let Some(plan) = cluster.and_then(|c| c.locality.as_ref()) {
+        addrs = by_locality(plan, svc, members, port, &addrs, hash);
+    }
+    let hashed = hash.and_then(|h| rendezvous(h, &addrs));
     let addr = match hashed {
         Some(a) => a,
         None => {
@@ -306,6 +311,30 @@ pub fn endpoint_in(
         limits: cluster.and_then(|c| c.limits.clone()),
         outlier,
     })
+}
+
+/// The endpoints of the rank or locality `plan` picks for one request, of the subset's
+/// `members`, `healthy` being the ones outlier detection leaves in.
+fn by_locality(
+    plan: &crate::state::LocalityPlan,
+    svc: &Service,
+    members: &[usize],
+    port: &Port,
+    healthy: &[SocketAddr],
+    hash: Option<u64>,
+) -> Vec<SocketAddr> {
+    let candidates: Vec<(usize, SocketAddr)> = members
+        .iter()
+        .enumerate()
+        .filter_map(|(pos, i)| Some((pos, svc.endpoint_addr(*i, port)?)))
+        .collect();
+    let up: std::collections::HashSet<SocketAddr> = healthy.iter().copied().collect();
+    let chosen = plan.choose(&candidates, &|a| up.contains(&a), hash);
+    if chosen.is_empty() {
+        healthy.to_vec()
+    } else {
+        chosen
+    }
 }
 
 #[cfg(test)]

@@ -63,6 +63,9 @@ pub struct OutlierPolicy {
     pub consecutive_5xx: u32,
     /// Consecutive 502/503/504 (or local failures) before ejection; 0: off.
     pub consecutive_gateway: u32,
+    /// Consecutive local failures alone (no connection, a reset, a timeout) before ejection;
+    /// 0: off. Set only by the implicit detection of locality load balancing.
+    pub consecutive_local: u32,
     /// The sweep interval: an ejection multiplier decays by one per healthy interval.
     pub interval: Duration,
     /// An ejection lasts this long times the endpoint's ejections (at most 300 s, or this).
@@ -79,11 +82,31 @@ impl OutlierPolicy {
             cluster,
             consecutive_5xx: o.consecutive_5xx_errors,
             consecutive_gateway: o.consecutive_gateway_errors,
+            consecutive_local: 0,
             // A zero interval would make every instant a sweep: Envoy's minimum is 1 ms.
             interval: Duration::from_millis(o.interval_ms.max(1)),
             base_ejection: Duration::from_millis(o.base_ejection_time_ms),
             max_ejection_percent: o.max_ejection_percent.min(100),
             min_health_percent: o.min_health_percent.min(100),
+        }
+    }
+}
+
+impl OutlierPolicy {
+    /// What a cluster with locality load balancing and no `outlierDetection` uses, so that
+    /// traffic fails over from endpoints that cannot be reached without one: 5 connection
+    /// failures (or resets, or timeouts) in a row eject an endpoint for 30 s, Envoy's default
+    /// for local-origin failures; answers, whatever their status, never do.
+    pub fn implicit(cluster: String) -> Self {
+        Self {
+            cluster,
+            consecutive_5xx: 0,
+            consecutive_gateway: 0,
+            consecutive_local: 5,
+            interval: Duration::from_secs(10),
+            base_ejection: Duration::from_secs(30),
+            max_ejection_percent: 100,
+            min_health_percent: 0,
         }
     }
 }
@@ -97,8 +120,10 @@ pub struct ClusterPolicy {
     pub port: u16,
     /// Circuit breakers, when its DestinationRule sets a connectionPool.
     pub limits: Option<Arc<PoolLimits>>,
-    /// Outlier detection, when its DestinationRule sets it.
+    /// Outlier detection, when its DestinationRule sets it (or locality needs it).
     pub outlier: Option<Arc<OutlierPolicy>>,
+    /// Locality load balancing, when it tells the subset's endpoints apart.
+    pub locality: Option<Arc<super::LocalityPlan>>,
 }
 
 /// The settings `pick` chooses from `policy` for `port`: its port-level ones, else its own.
@@ -124,8 +149,12 @@ fn outlier_of(t: &proto::TrafficPolicy) -> Option<&proto::OutlierDetection> {
     t.outlier_detection.as_ref()
 }
 
-/// The policies of every cluster of `spec` that has a connection pool or outlier detection.
-pub(super) fn clusters(spec: &proto::Service) -> Vec<ClusterPolicy> {
+/// The policies of every cluster of `spec` that has a connection pool, outlier detection or
+/// a locality plan (`plans`, by subset).
+pub(super) fn clusters(
+    spec: &proto::Service,
+    plans: &[(String, Arc<super::LocalityPlan>)],
+) -> Vec<ClusterPolicy> {
     let mut out = Vec::new();
     let subsets = std::iter::once(("", None)).chain(
         spec.subsets
@@ -141,15 +170,26 @@ pub(super) fn clusters(spec: &proto::Service) -> Vec<ClusterPolicy> {
             let pool = part_of(own, port, pool_of).or_else(|| part_of(service, port, pool_of));
             let outlier =
                 part_of(own, port, outlier_of).or_else(|| part_of(service, port, outlier_of));
-            if pool.is_none() && outlier.is_none() {
+            let locality = plans
+                .iter()
+                .find(|(s, _)| s == subset)
+                .map(|(_, p)| p.clone());
+            if pool.is_none() && outlier.is_none() && locality.is_none() {
                 continue;
             }
             let cluster = format!("outbound|{port}|{subset}|{}", spec.hostname);
+            let outlier = match outlier {
+                Some(o) => Some(OutlierPolicy::new(cluster.clone(), o)),
+                None => locality
+                    .as_ref()
+                    .map(|_| OutlierPolicy::implicit(cluster.clone())),
+            };
             out.push(ClusterPolicy {
                 subset: subset.to_string(),
                 port,
-                limits: pool.map(|p| Arc::new(PoolLimits::new(cluster.clone(), p))),
-                outlier: outlier.map(|o| Arc::new(OutlierPolicy::new(cluster, o))),
+                limits: pool.map(|p| Arc::new(PoolLimits::new(cluster, p))),
+                outlier: outlier.map(Arc::new),
+                locality,
             });
         }
     }
@@ -212,7 +252,7 @@ mod tests {
             ],
             ..Default::default()
         };
-        let found: Vec<(String, u16, u32)> = clusters(&spec)
+        let found: Vec<(String, u16, u32)> = clusters(&spec, &[])
             .into_iter()
             .map(|c| (c.subset, c.port, c.limits.unwrap().max_connections))
             .collect();
@@ -229,7 +269,7 @@ mod tests {
             .map(|(s, p, m)| (s.to_string(), *p, *m))
             .collect();
         assert_eq!(found, want);
-        let limits = clusters(&spec)[0].limits.clone().unwrap();
+        let limits = clusters(&spec, &[])[0].limits.clone().unwrap();
         assert_eq!(
             limits.cluster,
             "outbound|80||inventory.shop.svc.cluster.local"
@@ -249,7 +289,7 @@ mod tests {
             }],
             ..Default::default()
         };
-        assert!(clusters(&spec).is_empty());
+        assert!(clusters(&spec, &[]).is_empty());
     }
 }
 
@@ -280,7 +320,7 @@ mod outlier_tests {
             }],
             ..Default::default()
         };
-        let found = clusters(&spec);
+        let found = clusters(&spec, &[]);
         assert_eq!(found.len(), 2);
         let o = found[1].outlier.clone().unwrap();
         assert_eq!(o.cluster, "outbound|8080|v1|shipping");

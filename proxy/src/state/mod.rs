@@ -6,6 +6,7 @@
 
 mod cluster;
 mod file;
+mod locality;
 mod report;
 
 use std::collections::HashMap;
@@ -14,6 +15,7 @@ use std::sync::Arc;
 
 pub use cluster::{ClusterPolicy, DEFAULT_CONNECT_TIMEOUT, OutlierPolicy, PoolLimits};
 pub use file::{FileWatch, ParseError, Poll, StateFileError, load_file, parse_state, watch_file};
+pub use locality::{LocalityPlan, locality_matches};
 pub use mesh_api::proto::state::v1 as proto;
 pub use report::{report_unenforced, unenforced};
 
@@ -283,6 +285,44 @@ fn bad(service: &str, field: impl Into<String>, message: impl Into<String>) -> S
     }
 }
 
+/// The locality plan of the service (`""`) and of each subset that locality load balancing
+/// tells apart: the subset's own `localityLb`, else the service's; `disabled` turns it off.
+fn locality_plans(
+    spec: &proto::Service,
+    subsets: &[SubsetInfo],
+    all_members: &[usize],
+    source: &proto::ProxyState,
+) -> Vec<(String, Arc<LocalityPlan>)> {
+    let service = spec
+        .traffic_policy
+        .as_ref()
+        .and_then(|t| t.locality_lb.as_ref());
+    let own = |s: &SubsetInfo| {
+        spec.subsets
+            .iter()
+            .find(|x| x.name == s.name)
+            .and_then(|x| x.traffic_policy.as_ref()?.locality_lb.as_ref())
+    };
+    let whole = std::iter::once(("", service, all_members));
+    let parts = subsets
+        .iter()
+        .map(|s| (s.name.as_str(), own(s).or(service), s.members.as_slice()));
+    whole
+        .chain(parts)
+        .filter_map(|(name, lb, members)| {
+            let lb = lb.filter(|l| !l.disabled)?;
+            let plan = LocalityPlan::new(
+                lb,
+                &source.locality,
+                &source.workload_labels,
+                &spec.endpoints,
+                members,
+            )?;
+            Some((name.to_string(), Arc::new(plan)))
+        })
+        .collect()
+}
+
 /// Why a regex does not compile: the last line of the regex crate's message.
 fn regex_refused(pattern: &str, e: &regex::Error) -> String {
     let text = e.to_string();
@@ -466,11 +506,13 @@ impl State {
                 vips.push(ip);
             }
             state.compile_route_regexes(&host, spec)?;
+            let all_members: Vec<usize> = (0..spec.endpoints.len()).collect();
+            let plans = locality_plans(spec, &subsets, &all_members, &source);
             let service = Arc::new(Service {
                 subsets,
-                clusters: cluster::clusters(spec),
+                clusters: cluster::clusters(spec, &plans),
                 tls,
-                all_members: (0..spec.endpoints.len()).collect(),
+                all_members,
                 host: Arc::from(spec.hostname.as_str()),
                 endpoint_identities: spec
                     .endpoints

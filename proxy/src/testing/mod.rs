@@ -115,6 +115,14 @@ impl ServiceBuilder {
         self
     }
 
+    /// Places the last endpoint added at `locality` (`region/zone/subzone`).
+    pub fn locality(mut self, locality: &str) -> Self {
+        if let Some(e) = self.0.endpoints.last_mut() {
+            e.locality = locality.into();
+        }
+        self
+    }
+
     /// A subset of the endpoints carrying `labels`.
     pub fn subset(mut self, name: &str, labels: &[(&str, &str)]) -> Self {
         self.0.subsets.push(proto::Subset {
