@@ -336,7 +336,7 @@ fn unknown_types_are_refused() {
 #[test]
 fn what_a_proxy_will_not_enforce_is_in_its_status_and_goes_when_fixed() {
     let base = "apiVersion: v1\nkind: Service\nmetadata: {name: inventory, namespace: shop}\nspec:\n  selector: {app: inventory}\n  ports: [{name: http, port: 80}]\n";
-    let breaker = "---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: inventory-cb, namespace: shop}\nspec:\n  host: inventory\n  trafficPolicy:\n    outlierDetection: {consecutive5xxErrors: 1, splitExternalLocalOriginErrors: true}\n";
+    let breaker = "---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: inventory-cb, namespace: shop}\nspec:\n  host: inventory\n  trafficPolicy:\n    outlierDetection: {consecutive5xxErrors: 1}\n    loadBalancer: {warmupDurationSecs: 10s}\n";
     let custom = "---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: ext, namespace: shop}\nspec:\n  selector: {matchLabels: {app: client}}\n  action: CUSTOM\n  provider: {name: opa}\n  rules: [{}]\n";
     let status = Status::default();
     let yaml = format!("{base}{breaker}{custom}");
@@ -348,7 +348,7 @@ fn what_a_proxy_will_not_enforce_is_in_its_status_and_goes_when_fixed() {
     let s = &status.all()[0];
     assert_eq!(
         s.not_enforced_services,
-        vec!["DestinationRule shop/inventory-cb: spec.trafficPolicy.outlierDetection.splitExternalLocalOriginErrors: accepted, not enforced yet: local failures (connect, reset, timeout) count with the upstream's 5xx, not apart".to_string()],
+        vec!["DestinationRule shop/inventory-cb: spec.trafficPolicy.loadBalancer.warmupDurationSecs: accepted, not enforced yet: new endpoints get their full share at once".to_string()],
         "{s:?}"
     );
     assert_eq!(s.not_enforced_workload.len(), 1, "{s:?}");

@@ -342,7 +342,24 @@ fn outlier_detection_gets_istios_defaults() {
             base_ejection_time_ms: 30_000,
             max_ejection_percent: 10,
             min_health_percent: 0,
+            split_local_origin: false,
+            consecutive_local_origin_failures: 0,
         })
+    );
+    // Split local failures: Envoy's five unless set.
+    let split = testing::model(&testing::resources(
+        "apiVersion: v1\nkind: Service\nmetadata: {name: reviews, namespace: default}\nspec:\n  selector: {app: reviews}\n  ports: [{name: http, port: 80}]\n---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: reviews, namespace: default}\nspec:\n  host: reviews\n  trafficPolicy:\n    outlierDetection: {splitExternalLocalOriginErrors: true}\n",
+    ));
+    let v = view(&split, &node("default", &[("app", "order")], "10.0.0.20"));
+    let od = service(&v.state, "reviews")
+        .traffic_policy
+        .clone()
+        .unwrap()
+        .outlier_detection
+        .unwrap();
+    assert_eq!(
+        (od.split_local_origin, od.consecutive_local_origin_failures),
+        (true, 5)
     );
 }
 

@@ -6,8 +6,8 @@
 
 use crate::diagnostic::Diagnostic;
 use crate::networking::{
-    ClientTlsMode, ConnectionPoolSettings, DestinationRuleSpec, LoadBalancerSettings,
-    OutlierDetection, SidecarSpec, TrafficPolicy, VirtualServiceSpec,
+    ClientTlsMode, ConnectionPoolSettings, DestinationRuleSpec, LoadBalancerSettings, SidecarSpec,
+    TrafficPolicy, VirtualServiceSpec,
 };
 use crate::resource::Resource;
 use crate::security::{AuthorizationPolicySpec, RequestAuthenticationSpec};
@@ -224,9 +224,6 @@ fn traffic_policy(out: &mut Out, at: &str, tp: &TrafficPolicy) {
     if let Some(pool) = &tp.connection_pool {
         connection_pool(out, &format!("{at}.connectionPool"), pool, originates);
     }
-    if let Some(o) = &tp.outlier_detection {
-        outlier_detection(out, &format!("{at}.outlierDetection"), o);
-    }
     if let Some(lb) = &tp.load_balancer {
         load_balancer(out, &format!("{at}.loadBalancer"), lb);
     }
@@ -247,9 +244,6 @@ fn traffic_policy(out: &mut Out, at: &str, tp: &TrafficPolicy) {
         if let Some(pool) = &p.connection_pool {
             connection_pool(out, &format!("{pat}.connectionPool"), pool, originates);
         }
-        if let Some(o) = &p.outlier_detection {
-            outlier_detection(out, &format!("{pat}.outlierDetection"), o);
-        }
         if p.load_balancer.is_some() {
             out.add(
                 format!("{pat}.loadBalancer"),
@@ -267,21 +261,6 @@ fn traffic_policy(out: &mut Out, at: &str, tp: &TrafficPolicy) {
 
 /// What of an outlierDetection the proxy does not apply: local-origin errors are counted with
 /// the upstream's 5xx, as Envoy does when they are not split.
-fn outlier_detection(out: &mut Out, at: &str, o: &OutlierDetection) {
-    if o.split_external_local_origin_errors == Some(true) {
-        out.add(
-            format!("{at}.splitExternalLocalOriginErrors"),
-            "local failures (connect, reset, timeout) count with the upstream's 5xx, not apart",
-        );
-    }
-    if o.consecutive_local_origin_failures.is_some() {
-        out.add(
-            format!("{at}.consecutiveLocalOriginFailures"),
-            "local failures count towards consecutive5xxErrors and consecutiveGatewayErrors instead",
-        );
-    }
-}
-
 /// What of a connectionPool the proxy does not apply: the connection and request limits,
 /// timeouts and retries cap are enforced; these are not.
 fn connection_pool(out: &mut Out, at: &str, pool: &ConnectionPoolSettings, originates: bool) {
@@ -378,18 +357,11 @@ mod tests {
         let seed = "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: inv}\nspec:\n  host: inventory\n  trafficPolicy:\n    connectionPool:\n      tcp: {maxConnections: 1, connectTimeout: 1s}\n      http: {http1MaxPendingRequests: 1, maxRequestsPerConnection: 1, http2MaxRequests: 5, maxRetries: 2, idleTimeout: 30s}\n    outlierDetection: {consecutive5xxErrors: 1, consecutiveGatewayErrors: 2, interval: 1s, baseEjectionTime: 3m, maxEjectionPercent: 100, minHealthPercent: 50}\n";
         let w = warnings(seed);
         assert!(w.is_empty(), "{w:?}");
-        let split = seed.replace("minHealthPercent: 50", "minHealthPercent: 50, splitExternalLocalOriginErrors: true, consecutiveLocalOriginFailures: 3");
-        let fields: Vec<String> = warnings(&split)
-            .iter()
-            .map(|l| l.split(": ").next().unwrap_or("").to_string())
-            .collect();
-        assert_eq!(
-            fields,
-            [
-                "spec.trafficPolicy.outlierDetection.splitExternalLocalOriginErrors",
-                "spec.trafficPolicy.outlierDetection.consecutiveLocalOriginFailures",
-            ]
+        let split = seed.replace(
+            "minHealthPercent: 50",
+            "minHealthPercent: 50, splitExternalLocalOriginErrors: true, consecutiveLocalOriginFailures: 3",
         );
+        assert!(warnings(&split).is_empty(), "{:?}", warnings(&split));
     }
 
     #[test]

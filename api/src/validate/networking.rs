@@ -158,6 +158,14 @@ fn policy_parts(
                 percent(f, &format!("{oat}.{name}"), f64::from(v));
             }
         }
+        if od.consecutive_local_origin_failures.is_some()
+            && od.split_external_local_origin_errors != Some(true)
+        {
+            f.warning(
+                format!("{oat}.consecutiveLocalOriginFailures"),
+                "has no effect unless splitExternalLocalOriginErrors is true (as in Envoy): local failures count as 5xx instead",
+            );
+        }
     }
     if let Some(tls) = tls {
         client_tls(f, &format!("{at}.tls"), tls);

@@ -195,6 +195,7 @@ fn policy_parts(
         // errors off, a 10 s interval, 30 s base ejection, at most 10% ejected, no panic.
         let pct =
             |v: Option<i32>, default: u32| v.and_then(|v| u32::try_from(v).ok()).unwrap_or(default);
+        let split = o.split_external_local_origin_errors == Some(true);
         out.outlier_detection = Some(state::OutlierDetection {
             consecutive_5xx_errors: o
                 .consecutive_5xx_errors
@@ -213,6 +214,13 @@ fn policy_parts(
                 .unwrap_or(30_000),
             max_ejection_percent: pct(o.max_ejection_percent, 10),
             min_health_percent: pct(o.min_health_percent, 0),
+            split_local_origin: split,
+            // Envoy's default when split: 5; not split, local failures count as 5xx.
+            consecutive_local_origin_failures: if split {
+                o.consecutive_local_origin_failures.unwrap_or(5)
+            } else {
+                0
+            },
         });
     }
     if let Some(tls) = tls {

@@ -4,6 +4,8 @@
 //! - Each answer an endpoint gives is recorded: `consecutive5xxErrors` 5xx in a row (or local
 //!   failures: no connection, a reset, a timeout) eject it, and so do
 //!   `consecutiveGatewayErrors` 502, 503 or 504 in a row. Any other answer resets the count.
+//!   With `splitExternalLocalOriginErrors`, local failures count apart instead:
+//!   `consecutiveLocalOriginFailures` of them in a row eject.
 //! - An ejection lasts `baseEjectionTime` times the number of times the endpoint has been
 //!   ejected (at most 300 s or the base time, whichever is longer); the multiplier decays by
 //!   one for each `interval` the endpoint spends healthy.
@@ -153,7 +155,7 @@ impl ClusterHealth {
     pub fn record(&self, addr: SocketAddr, outcome: Outcome) {
         let p = &self.policy;
         let (is_5xx, is_gateway, is_local) = match outcome {
-            Outcome::LocalFailure => (true, true, true),
+            Outcome::LocalFailure => (!p.split_local, !p.split_local, true),
             Outcome::Status(code) => (code >= 500, matches!(code, 502..=504), false),
         };
         let now = Instant::now();
@@ -253,6 +255,7 @@ mod tests {
             consecutive_5xx,
             consecutive_gateway: 0,
             consecutive_local: 0,
+            split_local: false,
             interval: Duration::from_secs(1),
             base_ejection: Duration::from_secs(30),
             max_ejection_percent,
@@ -264,6 +267,31 @@ mod tests {
         (1..=n)
             .map(|i| SocketAddr::from(([10, 0, 0, 1], 8000 + i)))
             .collect()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn split_local_failures_count_apart_from_answers() {
+        let mut p = (*policy(2, 100, 0)).clone();
+        p.split_local = true;
+        p.consecutive_local = 3;
+        let c = Outliers::default().cluster(&Arc::new(p));
+        let all = eps(2);
+        let bad = all[0];
+        // Local failures are not 5xx here: two of them with a 500 between eject nothing.
+        c.record(bad, Outcome::LocalFailure);
+        c.record(bad, Outcome::Status(500));
+        c.record(bad, Outcome::LocalFailure);
+        assert_eq!(c.healthy(&all), all);
+        // ... but an answer ends a run of local failures, so three more in a row are needed.
+        for _ in 0..3 {
+            c.record(bad, Outcome::LocalFailure);
+        }
+        assert_eq!(c.healthy(&all), vec![all[1]], "ejected by local failures");
+        // Answers still count on their own: two 500s eject the other one too.
+        let other = all[1];
+        c.record(other, Outcome::Status(500));
+        c.record(other, Outcome::Status(500));
+        assert_eq!(c.healthy(&all), Vec::<SocketAddr>::new());
     }
 
     #[tokio::test(start_paused = true)]

@@ -63,9 +63,11 @@ pub struct OutlierPolicy {
     pub consecutive_5xx: u32,
     /// Consecutive 502/503/504 (or local failures) before ejection; 0: off.
     pub consecutive_gateway: u32,
-    /// Consecutive local failures alone (no connection, a reset, a timeout) before ejection;
-    /// 0: off. Set only by the implicit detection of locality load balancing.
+    /// Consecutive local failures (no connection, a reset, a timeout) before ejection; 0: off.
     pub consecutive_local: u32,
+    /// Local failures count only towards `consecutive_local`, not as 5xx or gateway errors
+    /// (`splitExternalLocalOriginErrors`).
+    pub split_local: bool,
     /// The sweep interval: an ejection multiplier decays by one per healthy interval.
     pub interval: Duration,
     /// An ejection lasts this long times the endpoint's ejections (at most 300 s, or this).
@@ -82,7 +84,8 @@ impl OutlierPolicy {
             cluster,
             consecutive_5xx: o.consecutive_5xx_errors,
             consecutive_gateway: o.consecutive_gateway_errors,
-            consecutive_local: 0,
+            consecutive_local: o.consecutive_local_origin_failures,
+            split_local: o.split_local_origin,
             // A zero interval would make every instant a sweep: Envoy's minimum is 1 ms.
             interval: Duration::from_millis(o.interval_ms.max(1)),
             base_ejection: Duration::from_millis(o.base_ejection_time_ms),
@@ -103,6 +106,7 @@ impl OutlierPolicy {
             consecutive_5xx: 0,
             consecutive_gateway: 0,
             consecutive_local: 5,
+            split_local: true,
             interval: Duration::from_secs(10),
             base_ejection: Duration::from_secs(30),
             max_ejection_percent: 100,
