@@ -1,7 +1,8 @@
 //! Locality load balancing in-process on 127.0.0.1, from a proxy in `us-west/zone1`: traffic
 //! stays with the endpoints of its zone, fails over when they cannot be reached (without any
 //! `outlierDetection`: connection failures eject them) to the region `failover` names before
-//! any other, and `distribute` shares traffic between localities by weight.
+//! any other, `distribute` shares traffic between localities by weight, and
+//! `retryRemoteLocalities` sends a retry to the next rank.
 
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
@@ -31,6 +32,10 @@ struct App {
 }
 
 async fn app(name: &'static str) -> App {
+    app_answering(name, StatusCode::OK).await
+}
+
+async fn app_answering(name: &'static str, status: StatusCode) -> App {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
     let mut tasks = JoinSet::new();
@@ -40,7 +45,9 @@ async fn app(name: &'static str) -> App {
             let (c, _) = l.accept().await.unwrap();
             conns.spawn(async move {
                 let svc = hyper::service::service_fn(move |_req| async move {
-                    Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(name))))
+                    let mut r = Response::new(Full::new(Bytes::from(name)));
+                    *r.status_mut() = status;
+                    Ok::<_, Infallible>(r)
                 });
                 let _ = hyper::server::conn::http1::Builder::new()
                     .serve_connection(TokioIo::new(c), svc)
@@ -174,5 +181,45 @@ async fn distribute_shares_traffic_between_localities_by_weight() {
     assert!(
         !got.contains_key("east"),
         "a locality `to` does not name: {got:?}"
+    );
+}
+
+#[tokio::test]
+async fn retry_remote_localities_sends_the_retry_to_the_next_rank() {
+    let z1 = app_answering("z1", StatusCode::SERVICE_UNAVAILABLE).await;
+    let z2 = app("z2").await;
+    let with = |remote: bool| {
+        let mut state = shipping(
+            &[(&z1, "us-west/zone1"), (&z2, "us-west/zone2")],
+            proto::LocalityLb::default(),
+        );
+        state.services[0].http_routes = vec![proto::HttpRoute {
+            destinations: vec![proto::WeightedDestination {
+                host: SHIPPING.into(),
+                weight: 100,
+                ..Default::default()
+            }],
+            retry: Some(proto::RetryPolicy {
+                attempts: 2,
+                retry_on: vec!["5xx".into()],
+                retry_remote_localities: remote,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }];
+        testing::compile(state)
+    };
+    // Retries stay in the zone unless told otherwise: z1 is tried three times.
+    let (tx, rx) = watch::channel(with(false));
+    let proxy = testing::start(rx, VIP, "10.0.0.1:1", None).await;
+    assert_eq!(
+        answers(proxy.bound.outbound, 10).await,
+        [("!503".to_string(), 10)].into()
+    );
+    tx.send(with(true)).unwrap();
+    assert_eq!(
+        answers(proxy.bound.outbound, 10).await,
+        [("z2".to_string(), 10)].into(),
+        "each retry goes to zone2"
     );
 }

@@ -172,12 +172,6 @@ fn virtual_service(out: &mut Out, spec: &VirtualServiceSpec) {
     for (i, h) in spec.http.iter().enumerate() {
         let at = format!("spec.http[{i}]");
         if let Some(r) = &h.retries {
-            if r.retry_remote_localities.is_some() {
-                out.add(
-                    format!("{at}.retries.retryRemoteLocalities"),
-                    "a retry is balanced like the first try (the same locality rank while it is healthy); retries are not sent to other localities on purpose",
-                );
-            }
             for cond in r.retry_on.split(',').map(str::trim) {
                 if matches!(cond, "retriable-headers" | "http3-post-connect-failure") {
                     out.add(
@@ -365,7 +359,7 @@ mod tests {
     }
 
     #[test]
-    fn retries_are_enforced_but_localities_and_conditions_that_never_hold() {
+    fn retries_are_enforced_but_conditions_that_never_hold() {
         let yaml = "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: ratings}\nspec:\n  hosts: [ratings]\n  http:\n  - timeout: 2s\n    retries: {attempts: 3, perTryTimeout: 500ms, retryOn: 'gateway-error,connect-failure,503', backoff: 50ms}\n    route: [{destination: {host: ratings}}]\n";
         assert!(warnings(yaml).is_empty(), "{:?}", warnings(yaml));
         let w = warnings(
@@ -377,14 +371,7 @@ mod tests {
             .iter()
             .map(|l| l.split(": ").next().unwrap_or(""))
             .collect();
-        assert_eq!(
-            fields,
-            [
-                "spec.http[0].retries.retryRemoteLocalities",
-                "spec.http[0].retries.retryOn"
-            ],
-            "{w:?}"
-        );
+        assert_eq!(fields, ["spec.http[0].retries.retryOn"], "{w:?}");
     }
 
     #[test]

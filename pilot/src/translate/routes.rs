@@ -370,6 +370,7 @@ fn retry_policy(r: Option<&mesh_api::networking::HttpRetry>) -> Option<state::Re
         .and_then(duration_ms)
         .unwrap_or(0);
     out.backoff_base_ms = r.backoff.as_deref().and_then(duration_ms).unwrap_or(0);
+    out.retry_remote_localities = r.retry_remote_localities.unwrap_or(false);
     if !r.retry_on.is_empty() {
         out.retry_on.clear();
         out.retriable_status_codes.clear();

@@ -19,7 +19,7 @@ use crate::body::{full, holding};
 use crate::route::budget::RetryPermit;
 use crate::route::outlier::Outcome;
 use crate::route::retry_budget_of;
-use crate::route::{Target, to_destination};
+use crate::route::{Target, to_destination, to_destination_after};
 use crate::state::{Port, Service, State, proto};
 use crate::upstream::Failure;
 use crate::upstream::breaker::RequestPermit;
@@ -74,6 +74,8 @@ pub(super) async fn forward(
     // next try ends.
     let mut retrying = None;
     let mut attempt = 0;
+    // The endpoints tried so far, kept only for `retryRemoteLocalities`.
+    let mut tried_addrs = Vec::new();
     loop {
         // Auto mTLS needs an identity of our own; without one, plaintext.
         if target.mtls && !target.mtls_required && ctx.inputs.upstreams.mtls().is_none() {
@@ -209,11 +211,20 @@ pub(super) async fn forward(
             }
             tokio::time::sleep_until(wait).await;
             // Another endpoint than the one that failed, when there is one (Istio's
-            // previous-hosts predicate, five picks at most).
+            // previous-hosts predicate, five picks at most); with `retryRemoteLocalities`,
+            // in a locality rank not tried yet (Envoy's previous_priorities).
             if let (Some(svc), Some((d, port))) = (svc, dest) {
+                if retry.remote_localities {
+                    tried_addrs.push(target.addr);
+                }
                 for _ in 0..5 {
-                    let Some(next) = to_destination(state, svc, port, d, &ctx.inputs.loads, None)
-                    else {
+                    let loads = &ctx.inputs.loads;
+                    let next = if retry.remote_localities {
+                        to_destination_after(state, svc, port, d, loads, &tried_addrs)
+                    } else {
+                        to_destination(state, svc, port, d, loads, None)
+                    };
+                    let Some(next) = next else {
                         break;
                     };
                     let same = next.addr == target.addr;

@@ -74,6 +74,8 @@ pub(super) struct Policy<'a> {
     on: u32,
     codes: &'a [u32],
     backoff_base: Duration,
+    /// Retries leave the locality ranks already tried.
+    pub remote_localities: bool,
 }
 
 /// What one try came to.
@@ -100,6 +102,7 @@ impl<'a> Policy<'a> {
         on: 0,
         codes: &[],
         backoff_base: BACKOFF_BASE,
+        remote_localities: false,
     };
 
     /// The policy of `route`: its `retry`, or for a state from an older pilot its count of
@@ -131,6 +134,7 @@ impl<'a> Policy<'a> {
                 0 => BACKOFF_BASE,
                 ms => Duration::from_millis(ms),
             },
+            remote_localities: r.retry_remote_localities,
         }
     }
 

@@ -15,6 +15,7 @@ use std::net::SocketAddr;
 pub use pick::{
     HashKey, PASSTHROUGH, Target, choose_weighted, endpoint_in, hash_str, no_identity,
     pick_endpoint, pick_tls_endpoint, port_for, rendezvous, retry_budget_of, to_destination,
+    to_destination_after,
 };
 
 use crate::state::{Protocol, Service};

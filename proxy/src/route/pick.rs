@@ -165,6 +165,20 @@ pub fn to_destination(
     endpoint_in(svc, port, &dest.subset, loads, key)
 }
 
+/// [`to_destination`] for a retry with `retryRemoteLocalities`: away from the locality ranks
+/// (or weighted localities) of the endpoints already `tried`, when another has healthy ones.
+pub fn to_destination_after(
+    state: &State,
+    from: &Arc<Service>,
+    in_port: &Port,
+    dest: &proto::WeightedDestination,
+    loads: &Loads,
+    tried: &[SocketAddr],
+) -> Option<Target> {
+    let (svc, port) = service_port(state, from, in_port, dest)?;
+    pick_in(svc, port, &dest.subset, loads, None, tried)
+}
+
 /// The service and port `dest` names (from `from`'s port `in_port`).
 fn service_port<'a>(
     state: &'a State,
@@ -230,6 +244,18 @@ pub fn endpoint_in(
     loads: &Loads,
     key: Option<HashKey<'_>>,
 ) -> Option<Target> {
+    pick_in(svc, port, subset, loads, key, &[])
+}
+
+/// [`endpoint_in`], leaving the locality groups of `tried` when others can take the request.
+fn pick_in(
+    svc: &Service,
+    port: &Port,
+    subset: &str,
+    loads: &Loads,
+    key: Option<HashKey<'_>>,
+    tried: &[SocketAddr],
+) -> Option<Target> {
     let members = svc.subset_members(subset);
     let mut addrs: Vec<SocketAddr> = members
         .iter()
@@ -264,7 +290,7 @@ pub fn endpoint_in(
     };
     // Locality: the healthy endpoints of one rank (or weighted locality) of the subset.
     if let Some(plan) = cluster.and_then(|c| c.locality.as_ref()) {
-        addrs = by_locality(plan, svc, members, port, &addrs, hash);
+        addrs = by_locality(plan, svc, members, port, &addrs, hash, tried);
     }
     let hashed = hash.and_then(|h| rendezvous(h, &addrs));
     let addr = match hashed {
@@ -322,6 +348,7 @@ fn by_locality(
     port: &Port,
     healthy: &[SocketAddr],
     hash: Option<u64>,
+    tried: &[SocketAddr],
 ) -> Vec<SocketAddr> {
     let candidates: Vec<(usize, SocketAddr)> = members
         .iter()
@@ -329,7 +356,7 @@ fn by_locality(
         .filter_map(|(pos, i)| Some((pos, svc.endpoint_addr(*i, port)?)))
         .collect();
     let up: std::collections::HashSet<SocketAddr> = healthy.iter().copied().collect();
-    let chosen = plan.choose(&candidates, &|a| up.contains(&a), hash);
+    let chosen = plan.choose(&candidates, &|a| up.contains(&a), hash, tried);
     if chosen.is_empty() {
         healthy.to_vec()
     } else {

@@ -219,13 +219,15 @@ impl LocalityPlan {
 
     /// The endpoints one request is balanced over: of `candidates` (a member's position in
     /// the subset, its address), the healthy ones of the rank or locality chosen, by `roll`
-    /// when given (a consistent-hash key keeps its choice), else at random. Empty when no
-    /// candidate is healthy.
+    /// when given (a consistent-hash key keeps its choice), else at random. The groups of the
+    /// endpoints already `tried` are left out while others can take the request (a retry
+    /// with `retryRemoteLocalities`). Empty when no candidate is healthy.
     pub fn choose(
         &self,
         candidates: &[(usize, SocketAddr)],
         healthy: &dyn Fn(SocketAddr) -> bool,
         roll: Option<u64>,
+        tried: &[SocketAddr],
     ) -> Vec<SocketAddr> {
         let mut total = vec![0u64; self.groups];
         let mut up = vec![0u64; self.groups];
@@ -242,18 +244,35 @@ impl LocalityPlan {
                 .checked_div(total[g])
                 .map_or(0, |a| a.min(100))
         };
+        // Envoy's previous_priorities: the groups of endpoints already tried count as having
+        // no healthy endpoint, while another group has one.
+        let tried_group: Vec<bool> = (0..self.groups)
+            .map(|g| {
+                candidates
+                    .iter()
+                    .any(|(pos, addr)| self.group(*pos) == Some(g) && tried.contains(addr))
+            })
+            .collect();
+        let others_up = (0..self.groups).any(|g| !tried_group[g] && available(g) > 0);
+        let usable = |g: usize| {
+            if tried_group[g] && others_up {
+                0
+            } else {
+                available(g)
+            }
+        };
         let loads: Vec<u64> = if self.weights.is_empty() {
             let mut left = 100;
             (0..self.groups)
                 .map(|g| {
-                    let load = available(g).min(left);
+                    let load = usable(g).min(left);
                     left -= load;
                     load
                 })
                 .collect()
         } else {
             (0..self.groups)
-                .map(|g| self.weights[g] * available(g))
+                .map(|g| self.weights[g] * usable(g))
                 .collect()
         };
         let sum: u64 = loads.iter().sum();
@@ -321,7 +340,7 @@ mod tests {
         };
         let mut out = vec![0; healthy.len()];
         for _ in 0..n {
-            for a in p.choose(&cands, &up, None) {
+            for a in p.choose(&cands, &up, None, &[]) {
                 out[cands.iter().position(|c| c.1 == a).unwrap()] += 1;
             }
         }
@@ -386,6 +405,27 @@ mod tests {
         // All local endpoints down: everything fails over.
         let none = shares(&p, 100, &[false, false, false, true]);
         assert_eq!(none, [0, 0, 0, 100]);
+    }
+
+    #[test]
+    fn a_retry_leaves_the_ranks_already_tried_while_another_is_up() {
+        let eps = [ep("r/z1", &[]), ep("r/z2", &[]), ep("other/z1", &[])];
+        let p = plan(&proto::LocalityLb::default(), "r/z1", &eps).unwrap();
+        let cands: Vec<_> = (0..3).map(|i| (i, addr(i))).collect();
+        let up = |_: SocketAddr| true;
+        assert_eq!(p.choose(&cands, &up, None, &[]), [addr(0)]);
+        assert_eq!(
+            p.choose(&cands, &up, None, &[addr(0)]),
+            [addr(1)],
+            "next rank"
+        );
+        assert_eq!(p.choose(&cands, &up, None, &[addr(0), addr(1)]), [addr(2)]);
+        let all = [addr(0), addr(1), addr(2)];
+        assert_eq!(
+            p.choose(&cands, &up, None, &all),
+            [addr(0)],
+            "every rank tried: back to the first"
+        );
     }
 
     #[test]
