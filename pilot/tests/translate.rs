@@ -402,8 +402,10 @@ fn retries_translate_as_istio_does() {
     assert_eq!(p.retry_on, ["5xx", "reset", "retriable-status-codes"]);
     assert_eq!(p.retriable_status_codes, [409]);
     assert!(!p.retry_remote_localities);
-    let r = route(&vs("    retries: {attempts: 2, retryRemoteLocalities: true}
-"));
+    let r = route(&vs(
+        "    retries: {attempts: 2, retryRemoteLocalities: true}
+",
+    ));
     assert!(r.retry.unwrap().retry_remote_localities);
     // attempts 0: no retries at all.
     assert!(route(&vs("    retries: {attempts: 0}\n")).retry.is_none());

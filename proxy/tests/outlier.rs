@@ -109,6 +109,15 @@ async fn an_endpoint_answering_5xx_in_a_row_is_ejected() {
         )),
         "{stats}"
     );
+    let dump: serde_json::Value =
+        serde_json::from_str(&testing::admin_get(proxy.bound.admin, "/config_dump").await).unwrap();
+    let od = &dump["status"]["outlierDetection"][0];
+    assert_eq!(od["cluster"], cluster);
+    assert_eq!(
+        od["ejectedEndpoints"],
+        serde_json::json!([bad.to_string()]),
+        "{dump}"
+    );
 }
 
 #[tokio::test]

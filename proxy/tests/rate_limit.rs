@@ -143,6 +143,18 @@ async fn a_workload_limit_answers_429_rl_once_its_burst_is_spent() {
         "one 429 with flag RL in shipping's metrics:\n{metrics}"
     );
 
+    let dump: serde_json::Value =
+        serde_json::from_str(&testing::admin_get(p.b.bound.admin, "/config_dump").await).unwrap();
+    let bucket = &dump["status"]["rateLimits"][0];
+    assert_eq!(
+        (&bucket["name"], &bucket["tokens"], &bucket["rateLimited"]),
+        (
+            &serde_json::json!(name),
+            &serde_json::json!(0),
+            &serde_json::json!(1)
+        ),
+        "{dump}"
+    );
     // A push that keeps the limit keeps its (empty) bucket: no fresh burst.
     p.b_state.send(limits()).unwrap();
     let again = call(p.a.bound.outbound, "/orders", false).await;

@@ -259,4 +259,15 @@ async fn the_retry_budget_caps_retries() {
         stats.contains(&format!("{cluster}.upstream_rq_retry: 2\n")),
         "{stats}"
     );
+    // The same in the config dump, beside the state.
+    let dump: serde_json::Value =
+        serde_json::from_str(&testing::admin_get(proxy.bound.admin, "/config_dump").await).unwrap();
+    let budget = &dump["status"]["retryBudgets"][0];
+    assert_eq!(budget["cluster"], format!("outbound|80||{HOST}"));
+    assert_eq!(
+        (&budget["budgetPercent"], &budget["retriesMade"]),
+        (&serde_json::json!(20.0), &serde_json::json!(2)),
+        "{dump}"
+    );
+    assert!(dump["services"].is_array(), "the state is still there");
 }

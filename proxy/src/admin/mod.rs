@@ -101,7 +101,13 @@ async fn route(
         }
         (&Method::GET, "/config_dump") => {
             let state = inputs.state.borrow().clone();
-            match serde_json::to_vec_pretty(&state.source) {
+            let dump = serde_json::to_value(&state.source).map(|mut v| {
+                if let Some(map) = v.as_object_mut() {
+                    map.insert("status".into(), runtime_status(inputs));
+                }
+                v
+            });
+            match dump.and_then(|v| serde_json::to_vec_pretty(&v)) {
                 Ok(body) => {
                     let mut r = text(StatusCode::OK, body);
                     r.headers_mut().insert(
@@ -263,6 +269,70 @@ fn cluster_stats(inputs: &Inputs) -> String {
         }
     }
     out
+}
+
+/// What the proxy has made of its state so far, beside the state in `/config_dump` (as
+/// Envoy's dump carries endpoint health): each cluster's retry budget, outlier detection with
+/// its ejected endpoints, and each local rate limit's bucket.
+fn runtime_status(inputs: &Inputs) -> serde_json::Value {
+    use serde_json::json;
+    let budgets: Vec<_> = inputs
+        .loads
+        .retry_budgets
+        .all()
+        .into_iter()
+        .map(|(cluster, b)| {
+            json!({
+                "cluster": cluster,
+                "budgetPercent": b.percent,
+                "minRetryConcurrency": b.min_concurrency,
+                "retriesActive": b.active,
+                "retriesMade": b.made,
+                "retriesRefused": b.refused,
+            })
+        })
+        .collect();
+    let outliers: Vec<_> = inputs
+        .loads
+        .outliers
+        .all()
+        .into_iter()
+        .map(|health| {
+            let s = health.snapshot();
+            let ejected: Vec<String> = s
+                .endpoints
+                .iter()
+                .filter(|(_, e)| *e)
+                .map(|(a, _)| a.to_string())
+                .collect();
+            json!({
+                "cluster": health.policy.cluster,
+                "ejectedEndpoints": ejected,
+                "ejectionsActive": s.ejections_active,
+                "ejectionsTotal": s.ejections_total,
+                "ejectionsOverflow": s.ejections_overflow,
+            })
+        })
+        .collect();
+    let limits: Vec<_> = inputs
+        .rate_limits
+        .all()
+        .into_iter()
+        .map(|(name, b)| {
+            json!({
+                "name": name,
+                "tokens": b.tokens,
+                "maxTokens": b.max_tokens,
+                "ok": b.ok,
+                "rateLimited": b.limited,
+            })
+        })
+        .collect();
+    json!({
+        "retryBudgets": budgets,
+        "outlierDetection": outliers,
+        "rateLimits": limits,
+    })
 }
 
 /// The endpoints of the clusters with outlier detection and whether each is ejected, in
