@@ -322,25 +322,84 @@ impl Authority {
                 proved: want,
             });
         }
+        let san = SanType::URI(
+            want.clone()
+                .try_into()
+                .map_err(|e: rcgen::Error| SignError::Internal(e.to_string()))?,
+        );
+        self.issue(
+            &csr,
+            vec![san],
+            ttl,
+            vec![
+                ExtendedKeyUsagePurpose::ServerAuth,
+                ExtendedKeyUsagePurpose::ClientAuth,
+            ],
+        )
+    }
+
+    /// Signs `csr_pem` as a serving certificate for the DNS names `dns` (the control plane's
+    /// own HTTPS endpoints, such as the injector's webhook, which the Kubernetes API server
+    /// checks by the Service's DNS name). The CSR must ask for exactly those names. The
+    /// caller decides who may ask: this is never offered to workloads.
+    pub fn sign_server(
+        &self,
+        csr_pem: &str,
+        dns: &[String],
+        ttl: Option<Duration>,
+    ) -> Result<Signed, SignError> {
+        let csr = CertificateSigningRequestParams::from_pem(csr_pem)
+            .map_err(|e| SignError::BadCsr(e.to_string()))?;
+        let mut asked: Vec<String> = csr
+            .params
+            .subject_alt_names
+            .iter()
+            .map(|san| match san {
+                SanType::DnsName(d) => d.as_str().to_string(),
+                _ => "a name that is not DNS".into(),
+            })
+            .collect();
+        let mut want = dns.to_vec();
+        asked.sort();
+        want.sort();
+        if asked != want || want.is_empty() {
+            return Err(SignError::WrongIdentity {
+                asked: asked.join(", "),
+                proved: want.join(", "),
+            });
+        }
+        let sans = dns
+            .iter()
+            .map(|d| {
+                d.clone()
+                    .try_into()
+                    .map(SanType::DnsName)
+                    .map_err(|e: rcgen::Error| SignError::Internal(e.to_string()))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        self.issue(&csr, sans, ttl, vec![ExtendedKeyUsagePurpose::ServerAuth])
+    }
+
+    fn issue(
+        &self,
+        csr: &CertificateSigningRequestParams,
+        sans: Vec<SanType>,
+        ttl: Option<Duration>,
+        usages: Vec<ExtendedKeyUsagePurpose>,
+    ) -> Result<Signed, SignError> {
         let ttl = ttl
             .unwrap_or(self.config.default_ttl)
             .min(self.config.max_ttl);
         let now = OffsetDateTime::now_utc();
         let mut params = CertificateParams::default();
         params.distinguished_name = DistinguishedName::new();
-        params.subject_alt_names =
-            vec![SanType::URI(want.clone().try_into().map_err(
-                |e: rcgen::Error| SignError::Internal(e.to_string()),
-            )?)];
+        params.subject_alt_names = sans;
         params.is_ca = IsCa::ExplicitNoCa;
         params.key_usages = vec![
             KeyUsagePurpose::DigitalSignature,
             KeyUsagePurpose::KeyEncipherment,
         ];
-        params.extended_key_usages = vec![
-            ExtendedKeyUsagePurpose::ServerAuth,
-            ExtendedKeyUsagePurpose::ClientAuth,
-        ];
+        params.extended_key_usages = usages;
         // A minute of grace for clocks that run a little behind.
         params.not_before = now - time::Duration::minutes(1);
         params.not_after =

@@ -141,6 +141,33 @@ fn another_identity_in_the_csr_is_refused() {
 }
 
 #[test]
+fn serving_certificates_name_exactly_the_dns_names_asked() {
+    let ca = TestCa::self_signed("server", CaConfig::default());
+    let names = vec![
+        "mesh-pilot.mesh-system.svc".to_string(),
+        "mesh-pilot.mesh-system.svc.cluster.local".to_string(),
+    ];
+    let (_key, csr) = csr_for(&[
+        "DNS:mesh-pilot.mesh-system.svc.cluster.local",
+        "DNS:mesh-pilot.mesh-system.svc",
+    ]);
+    let signed = ca.authority.sign_server(&csr, &names, None).unwrap();
+    let der = CertificateDer::from_pem_slice(signed.chain[0].as_bytes()).unwrap();
+    let leaf = webpki::EndEntityCert::try_from(&der).unwrap();
+    let name = rustls_pki_types::ServerName::try_from("mesh-pilot.mesh-system.svc").unwrap();
+    leaf.verify_is_valid_for_subject_name(&name).unwrap();
+    for asked in [
+        &["DNS:mesh-pilot.mesh-system.svc"][..],
+        &["DNS:other.svc", "DNS:mesh-pilot.mesh-system.svc"],
+        &["spiffe://cluster.local/ns/mesh-system/sa/mesh-pilot"],
+    ] {
+        let (_key, csr) = csr_for(asked);
+        let err = ca.authority.sign_server(&csr, &names, None).unwrap_err();
+        assert!(matches!(err, SignError::WrongIdentity { .. }), "{asked:?}");
+    }
+}
+
+#[test]
 fn broken_csrs_are_refused() {
     let ca = TestCa::self_signed("bad-csr", CaConfig::default());
     let (_key, csr) = csr_for(&["spiffe://cluster.local/ns/default/sa/order"]);

@@ -64,3 +64,10 @@ impl Default for InjectConfig {
         }
     }
 }
+
+impl InjectConfig {
+    /// Reads settings from YAML; fields left out keep their defaults, unknown ones are refused.
+    pub fn from_yaml(text: &str) -> Result<Self, String> {
+        serde_saphyr::from_str(text).map_err(|e| e.to_string())
+    }
+}

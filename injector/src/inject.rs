@@ -8,7 +8,8 @@
 //!   `postStart` hook holds the application until the proxy is ready.
 //! - HTTP liveness, readiness and startup probes go through the proxy's health port (15021,
 //!   never captured) to the application, so kubelet's plaintext probes work under STRICT mTLS
-//!   (`sidecar.istio.io/rewriteAppHTTPProbers: "false"` keeps them as they are).
+//!   (`sidecar.istio.io/rewriteAppHTTPProbers: "false"` keeps them as they are). HTTPS, TCP,
+//!   gRPC and exec probes are left as they are.
 //! - A projected service-account token (audience `istio-ca`) proves the pod's identity to the
 //!   CA; the mesh's root certificate comes from the `istio-ca-root-cert` ConfigMap.
 //! - Labels `security.istio.io/tlsMode: istio` and the canonical service; the annotation
@@ -404,6 +405,14 @@ fn rewrite_probes_of(containers: &mut [Container]) -> serde_json::Map<String, se
             let Some(get) = probe.http_get.as_mut() else {
                 continue;
             };
+            // HTTPS probes are the application's own TLS, which kubelet reaches as it is.
+            if get
+                .scheme
+                .as_deref()
+                .is_some_and(|s| !s.eq_ignore_ascii_case("http"))
+            {
+                continue;
+            }
             let port = match &get.port {
                 IntOrString::Int(p) => Some(*p),
                 IntOrString::String(n) => named_ports.get(n).copied().or_else(|| n.parse().ok()),

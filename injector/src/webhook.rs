@@ -9,13 +9,15 @@ use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::sync::Arc;
 
+use base64::Engine;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use k8s_openapi::api::core::v1::Pod;
-use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview};
+use serde::Deserialize;
+use serde_json::json;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
@@ -28,25 +30,67 @@ pub const PATH: &str = "/inject";
 /// The largest review read (Kubernetes caps objects at about 1.5 MiB).
 const BODY_LIMIT: usize = 4 << 20;
 
-/// Answers one `AdmissionReview` (JSON) with another.
-pub fn review(body: &[u8], cfg: &InjectConfig) -> Vec<u8> {
-    let answer = match serde_json::from_slice::<AdmissionReview<Pod>>(body)
-        .map_err(|e| format!("not an AdmissionReview of a Pod: {e}"))
-        .and_then(|r| {
-            let req: Result<AdmissionRequest<Pod>, _> = r.try_into();
-            req.map_err(|e| format!("no request in it: {e}"))
-        }) {
-        Err(why) => AdmissionResponse::invalid(why),
-        Ok(req) => respond(&req, cfg),
-    };
-    serde_json::to_vec(&answer.into_review()).unwrap_or_default()
+/// The part of an `AdmissionReview` the injector reads.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Review {
+    #[serde(default)]
+    api_version: String,
+    kind: String,
+    request: Option<ReviewRequest>,
 }
 
-fn respond(req: &AdmissionRequest<Pod>, cfg: &InjectConfig) -> AdmissionResponse {
-    let allowed = AdmissionResponse::from(req);
-    let Some(pod) = req.object.as_ref() else {
-        return allowed;
+#[derive(Deserialize)]
+struct ReviewRequest {
+    uid: String,
+    #[serde(default)]
+    namespace: Option<String>,
+    #[serde(default)]
+    object: Option<Pod>,
+}
+
+/// Answers one `AdmissionReview` (JSON) with another: allowed, with the base64 JSON patch that
+/// injects the pod when it should be (Kubernetes reads `patch` as Go's `[]byte`, base64).
+pub fn review(body: &[u8], cfg: &InjectConfig) -> Vec<u8> {
+    let read = serde_json::from_slice::<Review>(body)
+        .map_err(|e| format!("not an AdmissionReview of a Pod: {e}"))
+        .and_then(|r| {
+            if r.kind != "AdmissionReview" {
+                return Err(format!("not an AdmissionReview but a {:?}", r.kind));
+            }
+            let version = if r.api_version.is_empty() {
+                "admission.k8s.io/v1".to_string()
+            } else {
+                r.api_version
+            };
+            let req = r.request.ok_or("an AdmissionReview without a request")?;
+            Ok((version, req))
+        });
+    let answer = match read {
+        Err(why) => json!({
+            "apiVersion": "admission.k8s.io/v1",
+            "kind": "AdmissionReview",
+            "response": {
+                "uid": "",
+                "allowed": false,
+                "status": {"status": "Failure", "code": 400, "reason": "BadRequest", "message": why},
+            },
+        }),
+        Ok((version, req)) => {
+            let mut response = json!({"uid": req.uid, "allowed": true});
+            if let Some(patch) = patch_for(&req, cfg) {
+                response["patchType"] = json!("JSONPatch");
+                response["patch"] = json!(base64::engine::general_purpose::STANDARD.encode(patch));
+            }
+            json!({"apiVersion": version, "kind": "AdmissionReview", "response": response})
+        }
     };
+    serde_json::to_vec(&answer).unwrap_or_default()
+}
+
+/// The patch (JSON) for the pod of `req`, when it is to be injected.
+fn patch_for(req: &ReviewRequest, cfg: &InjectConfig) -> Option<Vec<u8>> {
+    let pod = req.object.as_ref()?;
     let namespace = req
         .namespace
         .as_deref()
@@ -63,16 +107,7 @@ fn respond(req: &AdmissionRequest<Pod>, cfg: &InjectConfig) -> AdmissionResponse
         .or(pod.metadata.generate_name.as_deref())
         .unwrap_or("?");
     tracing::info!("pod {namespace}/{name}: {decision:?}");
-    match patch {
-        None => allowed,
-        Some(p) => match allowed.clone().with_patch(p) {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::error!("pod {namespace}/{name}: the patch could not be written: {e}");
-                allowed
-            }
-        },
-    }
+    serde_json::to_vec(&patch?).ok()
 }
 
 /// Serves the webhook on `listener` over TLS until the task is dropped.

@@ -97,6 +97,10 @@ fn http_probes_go_through_the_proxy() {
         app["startupProbe"]["tcpSocket"]["port"], 8080,
         "TCP probes stay as they are"
     );
+    assert_eq!(
+        spec["containers"][1]["livenessProbe"]["httpGet"]["scheme"], "HTTPS",
+        "so do HTTPS ones"
+    );
     let proxy = &spec["initContainers"][1];
     let probers: Value = serde_json::from_str(
         proxy["env"]

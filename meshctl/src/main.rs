@@ -1,6 +1,7 @@
 //! `meshctl`, the one command a mesh user types: validate configuration, generate manifests,
 //! and (as later work lands) run the mesh locally and inspect it.
 
+mod kube_inject;
 mod local_cli;
 mod manifest;
 mod proxy_status;
@@ -28,6 +29,8 @@ enum Command {
     /// Generate manifests from the mesh's types.
     #[command(subcommand)]
     Manifest(manifest::Command),
+    /// Add the sidecar to the pod templates of Kubernetes manifests, as the injector would.
+    KubeInject(kube_inject::Args),
     /// Start a mesh on this machine: pilot and the CA, and the network pods join (root).
     Up(local_cli::DirArg),
     /// Remove everything `up` and `run` created (idempotent; works after a crash).
@@ -60,6 +63,7 @@ fn main() -> ExitCode {
         Command::Validate(args) => validate::run(&args),
         Command::Manifest(cmd) => manifest::run(&cmd),
         Command::ProxyStatus(args) => proxy_status::run(&args),
+        Command::KubeInject(args) => kube_inject::run(&args),
         Command::Up(args) => local_cli::up(&args),
         Command::Down(args) => local_cli::down(&args),
         Command::Run(args) => local_cli::run(&args),

@@ -103,6 +103,7 @@ pub struct Proxy {
     trigger: drain::Trigger,
     drain_requests: mpsc::Receiver<()>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    app_probers: Arc<std::sync::OnceLock<admin::AppProbers>>,
 }
 
 /// A listener that could not be bound.
@@ -206,6 +207,7 @@ impl Proxy {
             .set(Arc::new(authn::jwks::Cache::new(Box::new(fetch))));
         let (trigger, watch) = drain::channel();
         let (drain_tx, drain_requests) = mpsc::channel(1);
+        let app_probers = Arc::new(std::sync::OnceLock::new());
         let tasks = vec![
             tokio::spawn(state::report_unenforced(inputs.state.clone())),
             tokio::spawn(outbound::serve(
@@ -225,6 +227,7 @@ impl Proxy {
                 readiness,
                 inputs.clone(),
                 watch.clone(),
+                app_probers.clone(),
             )),
             tokio::spawn(admin::serve_metrics(metrics_listener, inputs, watch)),
         ];
@@ -233,7 +236,14 @@ impl Proxy {
             trigger,
             drain_requests,
             tasks,
+            app_probers,
         })
+    }
+
+    /// The application's probes, answered on the readiness port's `/app-health/...` paths
+    /// (set once; `false` if they were set already).
+    pub fn set_app_probers(&self, probers: admin::AppProbers) -> bool {
+        self.app_probers.set(probers).is_ok()
     }
 
     /// Resolves when someone asks the admin endpoint to drain.

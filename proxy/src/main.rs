@@ -31,6 +31,19 @@ enum Command {
     /// Run the proxy: outbound (15001) and inbound (15006) capture listeners, admin (15000),
     /// readiness (15021). Exits 0 after a graceful drain on SIGTERM or POST /drain.
     Run(RunArgs),
+    /// Wait until the proxy in this pod is ready (the injector's postStart hook, so the
+    /// application starts only then). Exits 1 when it is not ready in time.
+    Wait(WaitArgs),
+}
+
+#[derive(Args)]
+struct WaitArgs {
+    /// The readiness address to ask.
+    #[arg(long, default_value = "127.0.0.1:15021")]
+    address: std::net::SocketAddr,
+    /// How long to wait, in seconds.
+    #[arg(long, default_value_t = 60)]
+    timeout_secs: u64,
 }
 
 #[derive(Args)]
@@ -136,6 +149,18 @@ struct RunArgs {
     /// RequestAuthentication's https `jwksUri` (an issuer with a private CA).
     #[arg(long, env = "MESH_JWKS_CA_FILE", value_name = "FILE")]
     jwks_ca_file: Option<std::path::PathBuf>,
+    /// The application's HTTP probes, answered through the readiness port's
+    /// `/app-health/...` paths (the injector writes them; Istio's JSON).
+    #[arg(
+        long,
+        env = "ISTIO_KUBE_APP_PROBERS",
+        value_name = "JSON",
+        hide_env_values = true
+    )]
+    app_probers: Option<String>,
+    /// Check the flags (and the application probes) and exit without starting.
+    #[arg(long)]
+    dry_run: bool,
 }
 
 #[derive(Args)]
@@ -194,6 +219,10 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Init(args) => run_init(&args),
         Command::Run(args) => run_proxy(&args),
+        Command::Wait(args) => {
+            run::wait_ready(args.address, Duration::from_secs(args.timeout_secs))
+                .map_err(anyhow::Error::from)
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -277,7 +306,15 @@ fn run_proxy(args: &RunArgs) -> anyhow::Result<()> {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .init();
-    run::run(&run_config(args)?)?;
+    let config = run_config(args)?;
+    if args.dry_run {
+        if let Some(json) = config.app_probers.as_deref() {
+            mesh_proxy::admin::AppProbers::parse(json).map_err(anyhow::Error::msg)?;
+        }
+        println!("mesh-proxy run: the flags are in order");
+        return Ok(());
+    }
+    run::run(&config)?;
     Ok(())
 }
 
@@ -341,6 +378,7 @@ fn run_config(args: &RunArgs) -> anyhow::Result<RunConfig> {
         drain_timeout: Duration::from_secs(args.drain_timeout_secs),
         debug_authz: args.debug_authz_header,
         jwks_ca_file: args.jwks_ca_file.clone(),
+        app_probers: args.app_probers.clone(),
     })
 }
 

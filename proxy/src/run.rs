@@ -109,6 +109,9 @@ pub struct RunConfig {
     pub debug_authz: bool,
     /// A PEM file of CA certificates trusted for https `jwksUri`s besides the system's roots.
     pub jwks_ca_file: Option<PathBuf>,
+    /// The application's HTTP probes kubelet sends through the proxy (Istio's
+    /// `ISTIO_KUBE_APP_PROBERS` JSON, written by the injector).
+    pub app_probers: Option<String>,
 }
 
 /// Why the proxy could not start (once started it only stops by draining).
@@ -117,6 +120,9 @@ pub enum RunError {
     /// `worker_threads` was 0.
     #[error("--worker-threads must be at least 1")]
     NoWorkers,
+    /// The application probes do not read.
+    #[error("{0}")]
+    AppProbers(String),
     /// The runtime or the signal handlers could not be set up.
     #[error("cannot start the runtime: {0}")]
     Runtime(#[source] std::io::Error),
@@ -222,7 +228,18 @@ async fn serve(config: &RunConfig) -> Result<(), RunError> {
         debug_authz: config.debug_authz,
         jwks_ca_pem,
     };
+    let probers = config
+        .app_probers
+        .as_deref()
+        .filter(|j| !j.trim().is_empty())
+        .map(crate::admin::AppProbers::parse)
+        .transpose()
+        .map_err(RunError::AppProbers)?;
     let mut proxy = Proxy::launch(&config.listeners, setup).await?;
+    if let Some(p) = probers {
+        tracing::info!("application probes through the proxy: {}", p.len());
+        proxy.set_app_probers(p);
+    }
     tracing::info!(
         "mesh-proxy ready: outbound {}, inbound {}, admin {}, readiness {}",
         proxy.bound.outbound,
@@ -381,4 +398,60 @@ fn start_identity(w: &WorkloadConfig, id: &IdentitySource) -> Result<Svids, RunE
     let (tx, rx) = watch::channel(None);
     tokio::spawn(crate::identity::keep_fresh(Arc::new(client), identity, tx));
     Ok(rx)
+}
+
+/// The proxy at `readiness` did not say it was ready in time.
+#[derive(Debug, thiserror::Error)]
+#[error("the proxy at {address} was not ready within {within:?} (last: {last})")]
+pub struct NotReady {
+    /// Where it was asked.
+    pub address: SocketAddr,
+    /// How long it was given.
+    pub within: Duration,
+    /// What it last answered.
+    pub last: String,
+}
+
+/// Waits until `GET /healthz/ready` at `readiness` answers 200, asking every 200 ms, for at
+/// most `within` (`mesh-proxy wait`).
+pub fn wait_ready(readiness: SocketAddr, within: Duration) -> Result<(), NotReady> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| NotReady {
+            address: readiness,
+            within,
+            last: format!("no runtime: {e}"),
+        })?;
+    runtime.block_on(async {
+        let deadline = tokio::time::Instant::now() + within;
+        let mut last = String::from("nothing yet");
+        let mut pace = tokio::time::interval(Duration::from_millis(200));
+        while tokio::time::Instant::now() < deadline {
+            pace.tick().await;
+            match ask_ready(readiness).await {
+                Ok(200) => return Ok(()),
+                Ok(status) => last = format!("HTTP {status}"),
+                Err(e) => last = e.to_string(),
+            }
+        }
+        Err(NotReady {
+            address: readiness,
+            within,
+            last,
+        })
+    })
+}
+
+async fn ask_ready(addr: SocketAddr) -> std::io::Result<u16> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await?;
+    s.write_all(b"GET /healthz/ready HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        .await?;
+    let mut head = [0u8; 12];
+    s.read_exact(&mut head).await?;
+    std::str::from_utf8(&head[9..12])
+        .ok()
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| std::io::Error::other("not an HTTP answer"))
 }

@@ -3,8 +3,12 @@
 //! readiness (`/healthz/ready` on 15021) and metrics (`/stats/prometheus` and
 //! `/healthz/ready` on 15020, where Prometheus scrapes), served with hyper.
 
+mod probe;
+
+pub use probe::AppProbers;
+
 use std::convert::Infallible;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -36,7 +40,8 @@ pub async fn serve(
     drain_request: mpsc::Sender<()>,
     drain: drain::Watch,
 ) {
-    serve_scoped(listener, inputs, drain_request, drain, Scope::Admin).await;
+    let none = Arc::new(OnceLock::new());
+    serve_scoped(listener, inputs, drain_request, drain, Scope::Admin, none).await;
 }
 
 async fn serve_scoped(
@@ -45,6 +50,7 @@ async fn serve_scoped(
     drain_request: mpsc::Sender<()>,
     mut drain: drain::Watch,
     scope: Scope,
+    probers: Arc<OnceLock<AppProbers>>,
 ) {
     loop {
         tokio::select! {
@@ -53,13 +59,22 @@ async fn serve_scoped(
                 let inputs = inputs.clone();
                 let drain_request = drain_request.clone();
                 let draining = drain.clone();
+                let probers = probers.clone();
                 tokio::spawn(async move {
                     let svc = service_fn(move |req| {
                         let inputs = inputs.clone();
                         let drain_request = drain_request.clone();
                         let draining = draining.is_draining();
+                        let probers = probers.clone();
                         async move {
                             let path = req.uri().path();
+                            if scope == Scope::Readiness && path.starts_with("/app-health/") {
+                                let answer = match probers.get() {
+                                    Some(p) => p.probe(path).await,
+                                    None => None,
+                                };
+                                return Ok(answer.unwrap_or_else(|| text(StatusCode::NOT_FOUND, "no such application probe (ISTIO_KUBE_APP_PROBERS)\n")));
+                            }
                             if scope == Scope::Readiness && path != "/healthz/ready" {
                                 return Ok::<_, Infallible>(text(StatusCode::NOT_FOUND, "only /healthz/ready here\n"));
                             }
@@ -162,16 +177,22 @@ async fn route(
     }
 }
 
-/// Serves only the readiness path (the 15021 port kubelet probes).
-pub async fn serve_readiness(listener: TcpListener, inputs: Arc<Inputs>, drain: drain::Watch) {
+/// Serves the readiness path and the application probes (the 15021 port kubelet probes).
+pub async fn serve_readiness(
+    listener: TcpListener,
+    inputs: Arc<Inputs>,
+    drain: drain::Watch,
+    probers: Arc<OnceLock<AppProbers>>,
+) {
     let (tx, _rx) = mpsc::channel(1);
-    serve_scoped(listener, inputs, tx, drain, Scope::Readiness).await;
+    serve_scoped(listener, inputs, tx, drain, Scope::Readiness, probers).await;
 }
 
 /// Serves Prometheus metrics and readiness (the 15020 port Prometheus scrapes).
 pub async fn serve_metrics(listener: TcpListener, inputs: Arc<Inputs>, drain: drain::Watch) {
     let (tx, _rx) = mpsc::channel(1);
-    serve_scoped(listener, inputs, tx, drain, Scope::Metrics).await;
+    let none = Arc::new(OnceLock::new());
+    serve_scoped(listener, inputs, tx, drain, Scope::Metrics, none).await;
 }
 
 /// The circuit breakers of the clusters the proxy has sent to, in Envoy's `/stats` text form
