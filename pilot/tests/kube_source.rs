@@ -38,6 +38,8 @@ struct Script {
     /// Status patches received: (path, body).
     patches: Mutex<Vec<(String, serde_json::Value)>>,
     patched: Option<watch::Sender<usize>>,
+    /// Collections the API server does not serve (their CRD is not installed): 404.
+    missing: Vec<String>,
 }
 
 type Body = BoxBody<Bytes, Infallible>;
@@ -56,6 +58,14 @@ async fn answer(script: Arc<Script>, req: Request<hyper::body::Incoming>) -> Res
         p.push((path, value.clone()));
         script.patched.as_ref().unwrap().send_replace(p.len());
         return Response::new(full(value.to_string()));
+    }
+    if script.missing.contains(&path) {
+        let mut r = Response::new(full(
+            r#"{"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure","message":"the server could not find the requested resource","reason":"NotFound","details":{},"code":404}"#
+                .to_string(),
+        ));
+        *r.status_mut() = hyper::StatusCode::NOT_FOUND;
+        return r;
     }
     if query.contains("watch=true") || query.contains("watch=1") {
         let (tx, rx) = mpsc::unbounded_channel::<String>();
@@ -274,5 +284,40 @@ async fn reflectors_fold_the_cluster_into_snapshots() {
         .unwrap();
     let (_, body) = script.patches.lock().unwrap()[1].clone();
     assert!(body["status"]["validationMessages"].is_null(), "{body}");
+    source.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kind_whose_crd_is_not_installed_is_left_out_not_waited_for() {
+    // A cluster with Istio's CRDs but not the mesh's own RateLimitPolicy.
+    let (count_tx, _count_rx) = watch::channel(0);
+    let (patched_tx, _patched_rx) = watch::channel(0);
+    let mut script = Script {
+        watch_count: Some(count_tx),
+        patched: Some(patched_tx),
+        missing: vec!["/apis/policy.mesh.dev/v1alpha1/ratelimitpolicies".into()],
+        ..Script::default()
+    };
+    for (path, file) in [
+        ("/api/v1/services", "services.json"),
+        ("/api/v1/pods", "pods.json"),
+        (
+            "/apis/discovery.k8s.io/v1/endpointslices",
+            "endpointslices.json",
+        ),
+    ] {
+        script.lists.insert(path.to_string(), fixture(file));
+    }
+    let script = Arc::new(script);
+    let url = api_server(script.clone()).await;
+    let client = kube::Client::try_from(kube::Config::new(url.parse().unwrap())).unwrap();
+    let (tx, mut rx) = watch::channel(Arc::new(Snapshot::default()));
+    let source = tokio::spawn(run(client, tx, KubeOptions::default()));
+    let first = tokio::time::timeout(DEADLINE, rx.wait_for(|s| s.revision > 0))
+        .await
+        .expect("pilot publishes without the missing kind")
+        .unwrap()
+        .clone();
+    assert_eq!(reviews_endpoints(&first).len(), 3);
     source.abort();
 }

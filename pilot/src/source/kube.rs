@@ -20,7 +20,7 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use kube::api::{ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams};
+use kube::api::{ApiResource, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client};
@@ -173,10 +173,24 @@ pub async fn run(client: Client, tx: watch::Sender<Arc<Snapshot>>, options: Kube
     let mut istio = Vec::new();
     for kind in ISTIO_KINDS {
         let ar = api_resource(kind);
+        let api = Api::<DynamicObject>::all_with(client.clone(), &ar);
+        // A kind whose CRD is not installed would keep its reflector from ever listing, and
+        // nothing would be published: it is left out, and said so.
+        if let Err(kube::Error::Api(status)) = api.list(&ListParams::default().limit(1)).await
+            && status.is_not_found()
+        {
+            tracing::warn!(
+                "{kind}: the API server does not serve {}/{} {}: its CRD is not installed, so no {kind} is read; install the mesh's CRDs (`meshctl manifest crds`) and restart pilot",
+                ar.group,
+                ar.version,
+                ar.plural
+            );
+            continue;
+        }
         let writer = reflector::store::Writer::new(ar.clone());
         istio.push((kind, writer.as_reader()));
         tasks.push(start(
-            Api::<DynamicObject>::all_with(client.clone(), &ar),
+            api,
             watcher::Config::default(),
             writer,
             changed.clone(),
