@@ -6,6 +6,7 @@
 
 pub mod debug;
 pub mod discovery;
+pub mod kube_publish;
 pub mod model;
 pub mod run;
 pub mod source;
