@@ -314,6 +314,8 @@ fn proxy_container(
         &format!("{ROOT_DIR}/root-cert.pem"),
         "--bootstrap-token-file",
         &format!("{TOKEN_DIR}/{TOKEN_VOLUME}"),
+        "--ca-credential",
+        "kubernetes",
         "--trust-domain",
         &cfg.trust_domain,
         "--namespace",

@@ -4,6 +4,8 @@
 //! them (which VirtualService routes a host, which DestinationRule and policies apply to a
 //! workload) and decides what each proxy receives.
 
+pub mod certs;
+pub mod cluster;
 pub mod debug;
 pub mod discovery;
 pub mod kube_publish;

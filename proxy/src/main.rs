@@ -8,7 +8,9 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use mesh_proxy::Listeners;
 use mesh_proxy::init::{self, CaptureConfig, Iptables, NamespaceCheck, Variant};
-use mesh_proxy::run::{self, CaTls, IdentitySource, RunConfig, StateSource, WorkloadConfig};
+use mesh_proxy::run::{
+    self, CaTls, CredentialKind, IdentitySource, RunConfig, StateSource, WorkloadConfig,
+};
 
 /// mimalloc instead of the C library's allocator: every request allocates a dozen small
 /// blocks (headers, buffers, futures), and glibc's malloc and free cost about 8% of a hop's
@@ -34,6 +36,15 @@ enum Command {
     /// Wait until the proxy in this pod is ready (the injector's postStart hook, so the
     /// application starts only then). Exits 1 when it is not ready in time.
     Wait(WaitArgs),
+}
+
+/// What the CA token file holds.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum CaCredential {
+    /// The local runtime's bootstrap token.
+    Bootstrap,
+    /// A Kubernetes projected service-account token.
+    Kubernetes,
 }
 
 #[derive(Args)]
@@ -112,6 +123,10 @@ struct RunArgs {
     /// `spiffe://<trust domain>/ns/istio-system/sa/istiod`.
     #[arg(long, value_name = "SPIFFE_ID")]
     ca_identity: Option<String>,
+    /// What the token file holds: `bootstrap` (the local runtime's) or `kubernetes` (a
+    /// projected service-account token, which the CA reviews with the API server).
+    #[arg(long, value_enum, default_value = "bootstrap")]
+    ca_credential: CaCredential,
     /// File holding the workload's bootstrap token (written by the local runtime).
     #[arg(long, value_name = "FILE")]
     bootstrap_token_file: Option<PathBuf>,
@@ -336,6 +351,10 @@ fn run_config(args: &RunArgs) -> anyhow::Result<RunConfig> {
         (Some(ca), Some(token)) => Some(IdentitySource {
             ca_address: ca.clone(),
             bootstrap_token_file: token.clone(),
+            credential: match args.ca_credential {
+                CaCredential::Bootstrap => CredentialKind::Bootstrap,
+                CaCredential::Kubernetes => CredentialKind::Kubernetes,
+            },
             cert_ttl: Duration::from_secs(args.cert_ttl_hours * 3600),
             ca_tls: args.ca_root_file.as_ref().map(|f| CaTls {
                 root_file: f.clone(),

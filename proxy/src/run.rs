@@ -44,13 +44,26 @@ pub enum StateSource {
     },
 }
 
+/// What the token presented to the CA is.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum CredentialKind {
+    /// A bootstrap token the local runtime wrote.
+    #[default]
+    Bootstrap,
+    /// A Kubernetes projected service-account token (the CA reviews it with the API server).
+    Kubernetes,
+}
+
 /// Where the workload certificate comes from.
 #[derive(Clone, Debug)]
 pub struct IdentitySource {
     /// The CA's address, e.g. `http://127.0.0.1:15012`.
     pub ca_address: String,
-    /// The bootstrap token the local runtime wrote.
+    /// The token file: the bootstrap token the local runtime wrote, or on Kubernetes the
+    /// projected service-account token.
     pub bootstrap_token_file: PathBuf,
+    /// What the token is, so the CA knows how to check it.
+    pub credential: CredentialKind,
     /// Lifetime asked for (the CA may cap it).
     pub cert_ttl: Duration,
     /// For an `https://` CA: the mesh root file to check its certificate with, and the identity
@@ -366,7 +379,10 @@ fn start_identity(w: &WorkloadConfig, id: &IdentitySource) -> Result<Svids, RunE
         .trim()
         .to_string();
     let credential = Credential {
-        kind: Some(Kind::BootstrapToken(token)),
+        kind: Some(match id.credential {
+            CredentialKind::Bootstrap => Kind::BootstrapToken(token),
+            CredentialKind::Kubernetes => Kind::KubernetesToken(token),
+        }),
     };
     let tls = match &id.ca_tls {
         None => None,

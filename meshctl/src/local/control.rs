@@ -13,10 +13,10 @@ use anyhow::Context;
 use mesh_ca::auth::BootstrapTokens;
 use mesh_ca::service::CaService;
 use mesh_ca::{Authority, CaConfig, Identity};
+use mesh_pilot::certs::{self, Subject};
 use mesh_pilot::discovery::{Debounce, tls};
 use mesh_pilot::model::MeshConfig;
 use mesh_pilot::run::{ConfigSource, Pilot, PilotConfig, SecureDiscovery};
-use rcgen::{CertificateParams, KeyPair, PKCS_ECDSA_P256_SHA256, SanType};
 
 use super::state::Layout;
 
@@ -33,50 +33,6 @@ pub const PILOT_SERVICE_ACCOUNT: &str = "istiod";
 /// How long pilot's own serving certificate lasts (Istio's workload default); it is renewed at
 /// half of that while the control plane runs.
 const PILOT_CERT_TTL: Duration = Duration::from_secs(24 * 3600);
-
-/// A fresh key and certificate for pilot: chain, key and roots, PEM.
-fn pilot_certificate(
-    authority: &Authority,
-    pilot_id: &Identity,
-    ttl: Duration,
-) -> anyhow::Result<(String, String, String)> {
-    let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
-    let mut params = CertificateParams::default();
-    params.subject_alt_names = vec![SanType::URI(pilot_id.uri().try_into()?)];
-    let csr = params.serialize_request(&key)?.pem()?;
-    let signed = authority.sign(&csr, pilot_id, Some(ttl))?;
-    Ok((
-        signed.chain.concat(),
-        key.serialize_pem(),
-        signed.roots.concat(),
-    ))
-}
-
-/// Renews pilot's serving certificate at half its lifetime, for as long as it runs; a failed
-/// renewal is retried after a minute (the current certificate still has half its life).
-pub async fn keep_fresh(
-    authority: Arc<Authority>,
-    pilot_id: Identity,
-    serving: Arc<tls::ServingCert>,
-    ttl: Duration,
-) {
-    let mut wait = ttl / 2;
-    loop {
-        tokio::time::sleep(wait).await;
-        let renewed = pilot_certificate(&authority, &pilot_id, ttl)
-            .and_then(|(chain, key, _)| Ok(serving.replace(&chain, &key)?));
-        wait = match renewed {
-            Ok(()) => {
-                tracing::info!("renewed pilot's serving certificate");
-                ttl / 2
-            }
-            Err(e) => {
-                tracing::warn!("renewing pilot's serving certificate: {e:#}; retrying in 60 s");
-                Duration::from_secs(60).min(ttl / 2)
-            }
-        };
-    }
-}
 
 /// Creates the CA's root and intermediate in `DIR/ca` when absent.
 pub fn ensure_ca(layout: &Layout) -> anyhow::Result<()> {
@@ -108,12 +64,13 @@ pub async fn serve(layout: Layout, address: IpAddr) -> anyhow::Result<()> {
         PILOT_NAMESPACE,
         PILOT_SERVICE_ACCOUNT,
     );
-    let (chain, key, roots) = pilot_certificate(&authority, &pilot_id, PILOT_CERT_TTL)?;
-    let serving = tls::ServingCert::new(&chain, &key)?;
-    let server_tls = tls::server_config_renewable(serving.clone(), &roots)?;
-    let renewal = tokio::spawn(keep_fresh(
+    let subject = Subject::Workload(pilot_id);
+    let own = certs::issue(&authority, &subject, PILOT_CERT_TTL)?;
+    let serving = tls::ServingCert::new(&own.chain, &own.key)?;
+    let server_tls = tls::server_config_renewable(serving.clone(), &own.roots)?;
+    let renewal = tokio::spawn(certs::keep_fresh(
         authority.clone(),
-        pilot_id.clone(),
+        subject,
         serving,
         PILOT_CERT_TTL,
     ));
@@ -161,10 +118,16 @@ mod tests {
         let (authority, _) = Authority::load_or_create(dir.path(), ca_config()).unwrap();
         let authority = Arc::new(authority);
         let id = Identity::new("cluster.local", PILOT_NAMESPACE, PILOT_SERVICE_ACCOUNT);
-        let (chain, key, _) = pilot_certificate(&authority, &id, PILOT_CERT_TTL).unwrap();
-        let serving = tls::ServingCert::new(&chain, &key).unwrap();
+        let subject = Subject::Workload(id);
+        let own = certs::issue(&authority, &subject, PILOT_CERT_TTL).unwrap();
+        let serving = tls::ServingCert::new(&own.chain, &own.key).unwrap();
         let first = serving.leaf().unwrap();
-        let renewal = tokio::spawn(keep_fresh(authority, id, serving.clone(), PILOT_CERT_TTL));
+        let renewal = tokio::spawn(certs::keep_fresh(
+            authority,
+            subject,
+            serving.clone(),
+            PILOT_CERT_TTL,
+        ));
         tokio::time::sleep(PILOT_CERT_TTL / 2 - Duration::from_secs(1)).await;
         assert_eq!(serving.leaf().unwrap(), first, "not before half its life");
         tokio::time::sleep(Duration::from_secs(2)).await;
