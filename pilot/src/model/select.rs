@@ -92,27 +92,20 @@ pub trait WorkloadPolicy {
     }
 }
 
-/// Policies with a `selector` only.
-macro_rules! selected_policy {
-    ($($kind:ty),+) => {$(
-        impl WorkloadPolicy for $kind {
+/// `WorkloadPolicy` for kinds with a `selector`: PeerAuthentication and RateLimitPolicy;
+/// after `targetable:`, kinds with `targetRef(s)` too (AuthorizationPolicy,
+/// RequestAuthentication, and later Telemetry and WasmPlugin).
+macro_rules! workload_policies {
+    ($($kind:ty),+; targetable: $($targetable:ty),+) => {
+        $(impl WorkloadPolicy for $kind {
             fn meta(&self) -> &ObjectMeta {
                 &self.metadata
             }
             fn selector(&self) -> Option<&WorkloadSelector> {
                 self.spec.selector.as_ref()
             }
-        }
-    )+};
-}
-
-selected_policy!(PeerAuthentication, RateLimitPolicy);
-
-/// Policies with `selector`, `targetRef` and `targetRefs` (AuthorizationPolicy,
-/// RequestAuthentication, and later Telemetry and WasmPlugin).
-macro_rules! targetable_policy {
-    ($($kind:ty),+) => {$(
-        impl WorkloadPolicy for $kind {
+        })+
+        $(impl WorkloadPolicy for $targetable {
             fn meta(&self) -> &ObjectMeta {
                 &self.metadata
             }
@@ -122,11 +115,11 @@ macro_rules! targetable_policy {
             fn targeted(&self) -> bool {
                 self.spec.target_ref.is_some() || !self.spec.target_refs.is_empty()
             }
-        }
-    )+};
+        })+
+    };
 }
 
-targetable_policy!(AuthorizationPolicy, RequestAuthentication);
+workload_policies!(PeerAuthentication, RateLimitPolicy; targetable: AuthorizationPolicy, RequestAuthentication);
 
 /// The level from which `policy` applies to a workload in `namespace` with `labels`, or
 /// `None` when it does not apply to it.
