@@ -143,3 +143,8 @@ pub fn to_yaml(docs: &[Value]) -> Result<String, serde_saphyr::ser_error::Error>
     }
     Ok(out)
 }
+
+/// Reads one YAML document into JSON values (for callers without a YAML reader of their own).
+pub fn from_yaml(text: &str) -> Result<Value, String> {
+    serde_saphyr::from_str(text).map_err(|e| e.to_string())
+}

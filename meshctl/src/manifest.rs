@@ -8,6 +8,17 @@ use mesh_api::crd;
 /// Manifest subcommands.
 #[derive(clap::Subcommand)]
 pub enum Command {
+    /// Print the manifests of an install profile (default, demo, minimal), for
+    /// `kubectl apply --server-side -f -`.
+    Generate {
+        /// The profile.
+        #[arg(long, default_value = "default")]
+        profile: String,
+        /// Change one value of the profile by its dotted path (`--set pilot.replicas=2`,
+        /// `--set injector.nativeSidecar=false`); repeatable.
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        set: Vec<String>,
+    },
     /// Write the CustomResourceDefinitions of Istio's kinds, one file per kind.
     Crds {
         /// Folder to write into; prints all to standard output when absent.
@@ -19,6 +30,26 @@ pub enum Command {
 /// Runs a manifest subcommand.
 pub fn run(cmd: &Command) -> ExitCode {
     match cmd {
+        Command::Generate { profile, set } => {
+            let values = match meshctl::profile::values(profile, set) {
+                Ok(v) => v,
+                Err(e) => {
+                    eprintln!("meshctl manifest generate: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            let docs = meshctl::profile::render(&values);
+            match mesh_injector::template::to_yaml(&docs) {
+                Ok(yaml) => {
+                    print!("{yaml}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("meshctl manifest generate: cannot write YAML: {e}");
+                    ExitCode::from(2)
+                }
+            }
+        }
         Command::Crds { out_dir } => match write_crds(out_dir.as_ref()) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
