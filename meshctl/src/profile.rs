@@ -163,6 +163,8 @@ fn scalar(raw: &str) -> Value {
 /// The name of the injector's MutatingWebhookConfiguration (pilot keeps its caBundle).
 pub const WEBHOOK_CONFIGURATION: &str = "mesh-sidecar-injector";
 const PILOT: &str = "mesh-pilot";
+/// The Secret the CA keeps its root and intermediate in.
+pub const CA_SECRET: &str = "mesh-ca";
 
 fn labels() -> Value {
     json!({"app.kubernetes.io/part-of": "mesh", "app.kubernetes.io/name": PILOT})
@@ -231,6 +233,23 @@ pub fn render(v: &Values) -> Vec<Value> {
         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": PILOT},
         "subjects": [{"kind": "ServiceAccount", "name": PILOT, "namespace": ns}],
     }));
+    // The CA keeps its root in a Secret of the control plane's namespace only.
+    out.push(json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "Role",
+        "metadata": meta(PILOT),
+        "rules": [
+            {"apiGroups": [""], "resources": ["secrets"], "resourceNames": [CA_SECRET], "verbs": ["get"]},
+            {"apiGroups": [""], "resources": ["secrets"], "verbs": ["create"]},
+        ],
+    }));
+    out.push(json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "RoleBinding",
+        "metadata": meta(PILOT),
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": PILOT},
+        "subjects": [{"kind": "ServiceAccount", "name": PILOT, "namespace": ns}],
+    }));
     out.push(json!({
         "apiVersion": "v1",
         "kind": "ConfigMap",
@@ -242,6 +261,8 @@ pub fn render(v: &Values) -> Vec<Value> {
         "--kubernetes".into(),
         "--ca-dir".into(),
         "/var/run/mesh/ca".into(),
+        "--ca-secret".into(),
+        CA_SECRET.into(),
         "--secure-discovery-address".into(),
         "0.0.0.0:15012".into(),
         "--debug-address".into(),

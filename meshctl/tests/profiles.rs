@@ -12,7 +12,7 @@ use std::process::Command;
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Service, ServiceAccount};
-use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use meshctl::profile::{ProfileError, inject_config, render, values};
 use serde_json::Value;
@@ -37,6 +37,8 @@ fn check_schema(doc: &Value) {
         "ServiceAccount" => round_trips::<ServiceAccount>(doc),
         "ClusterRole" => round_trips::<ClusterRole>(doc),
         "ClusterRoleBinding" => round_trips::<ClusterRoleBinding>(doc),
+        "Role" => round_trips::<Role>(doc),
+        "RoleBinding" => round_trips::<RoleBinding>(doc),
         "ConfigMap" => round_trips::<ConfigMap>(doc),
         "Deployment" => round_trips::<Deployment>(doc),
         "Service" => round_trips::<Service>(doc),

@@ -38,6 +38,9 @@ const PUBLISH_EVERY: Duration = Duration::from_secs(30);
 pub struct ClusterConfig {
     /// The CA's folder (its root and intermediate; created when empty).
     pub ca_dir: PathBuf,
+    /// A Secret of the control plane's namespace that keeps the CA's files across restarts
+    /// (restored into `ca_dir` when it exists, stored from it when not).
+    pub ca_secret: Option<String>,
     /// The control plane's namespace (`mesh-system`).
     pub namespace: String,
     /// Its service account: pilot's identity, which proxies check.
@@ -102,6 +105,25 @@ pub async fn start(client: Client, cfg: ClusterConfig) -> anyhow::Result<Cluster
         max_ttl: OWN_CERT_TTL,
         ..CaConfig::default()
     };
+    if let Some(secret) = &cfg.ca_secret {
+        let files =
+            kube_publish::sync_ca_secret(&client, &cfg.namespace, secret, &cfg.ca_dir, |dir| {
+                let has_files = dir.join("ca-key.pem").exists();
+                if has_files {
+                    Ok(())
+                } else {
+                    Authority::create(dir).map_err(|e| e.to_string())
+                }
+            })
+            .await?;
+        tracing::info!(
+            "the CA's root and intermediate: {}",
+            match files {
+                kube_publish::CaFiles::Restored => "restored from the Secret",
+                kube_publish::CaFiles::Stored => "new, stored in the Secret",
+            }
+        );
+    }
     let (authority, created) = Authority::load_or_create(&cfg.ca_dir, ca_config)
         .with_context(|| format!("the CA in {}", cfg.ca_dir.display()))?;
     if created {

@@ -55,6 +55,10 @@ struct ServeArgs {
     /// published to every namespace as `istio-ca-root-cert`.
     #[arg(long, value_name = "DIR", requires = "kubernetes", conflicts_with_all = ["tls_cert_chain", "tls_key", "tls_roots"])]
     ca_dir: Option<PathBuf>,
+    /// With --ca-dir: keep the CA's files in this Secret of pilot's namespace, so a restarted
+    /// control plane keeps the mesh's root (restored when it exists, stored when not).
+    #[arg(long, value_name = "NAME", requires = "ca_dir")]
+    ca_secret: Option<String>,
     /// With --ca-dir: serve the sidecar injector's webhook here (0.0.0.0:15017), its
     /// certificate from the CA for `<service-name>.<namespace>.svc`.
     #[arg(long, value_name = "ADDR", requires = "ca_dir")]
@@ -242,6 +246,7 @@ async fn serve_cluster(
         client,
         ClusterConfig {
             ca_dir,
+            ca_secret: args.ca_secret.clone(),
             namespace: args.pod_namespace.clone(),
             service_account: args.service_account.clone(),
             service: args.service_name.clone(),

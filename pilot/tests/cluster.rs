@@ -2,7 +2,8 @@
 //! TokenReviews, and the writes recorded): it publishes the mesh's root in each namespace and
 //! the webhook's caBundle; its CA signs a workload's certificate for a projected token the API
 //! server vouches for, and refuses one it does not; its webhook answers over TLS with a
-//! certificate valid for its Service's name.
+//! certificate valid for its Service's name; and a second control plane, started fresh, takes the
+//! first one's root from the Secret it stored.
 
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
@@ -37,6 +38,8 @@ type Body = BoxBody<Bytes, Infallible>;
 struct Api {
     writes: Mutex<Vec<(String, Value)>>,
     count: watch::Sender<usize>,
+    /// The CA's Secret, once created.
+    secret: Mutex<Option<Value>>,
 }
 
 fn full(v: Value) -> Body {
@@ -74,6 +77,25 @@ async fn answer(api: Arc<Api>, req: Request<hyper::body::Incoming>) -> Response<
         let stream = tokio_stream::wrappers::UnboundedReceiverStream::new(rx)
             .map(|l| Ok::<_, Infallible>(Frame::data(Bytes::from(l))));
         return Response::new(BodyExt::boxed(StreamBody::new(stream)));
+    }
+    if path == "/api/v1/namespaces/mesh-system/secrets" && method == hyper::Method::POST {
+        *api.secret.lock().unwrap() = Some(value.clone());
+        let mut r = Response::new(full(value));
+        *r.status_mut() = hyper::StatusCode::CREATED;
+        return r;
+    }
+    if path == "/api/v1/namespaces/mesh-system/secrets/mesh-ca" {
+        return match api.secret.lock().unwrap().clone() {
+            Some(secret) => Response::new(full(secret)),
+            None => {
+                let mut r = Response::new(full(json!({
+                    "kind": "Status", "apiVersion": "v1", "status": "Failure",
+                    "reason": "NotFound", "code": 404, "message": "secrets \"mesh-ca\" not found",
+                })));
+                *r.status_mut() = hyper::StatusCode::NOT_FOUND;
+                r
+            }
+        };
     }
     if path == "/apis/authentication.k8s.io/v1/tokenreviews" {
         let good = value["spec"]["token"] == "good-token";
@@ -116,6 +138,7 @@ async fn api_server() -> (String, Arc<Api>, watch::Receiver<usize>) {
     let api = Arc::new(Api {
         writes: Mutex::default(),
         count: tx,
+        secret: Mutex::default(),
     });
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
@@ -155,29 +178,43 @@ async fn the_control_plane_serves_a_cluster() {
     let client = kube::Client::try_from(kube::Config::new(url.parse().unwrap())).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let any = "127.0.0.1:0".parse().unwrap();
-    let cp = start(
-        client,
-        ClusterConfig {
-            ca_dir: dir.path().join("ca"),
-            namespace: "mesh-system".into(),
-            service_account: "mesh-pilot".into(),
-            service: "mesh-pilot".into(),
-            domain: "cluster.local".into(),
-            secure_discovery: any,
-            discovery: any,
-            debug: any,
-            webhook: Some(WebhookSettings {
-                address: any,
-                configuration: WEBHOOK_CONFIG.into(),
-                inject: mesh_injector::InjectConfig::default(),
-            }),
-            mesh: MeshConfig::default(),
-            debounce: Debounce::default(),
-            field_manager: "mesh-pilot".into(),
-        },
-    )
-    .await
-    .unwrap();
+    let config = |ca_dir: std::path::PathBuf| ClusterConfig {
+        ca_dir,
+        ca_secret: Some("mesh-ca".into()),
+        namespace: "mesh-system".into(),
+        service_account: "mesh-pilot".into(),
+        service: "mesh-pilot".into(),
+        domain: "cluster.local".into(),
+        secure_discovery: any,
+        discovery: any,
+        debug: any,
+        webhook: Some(WebhookSettings {
+            address: any,
+            configuration: WEBHOOK_CONFIG.into(),
+            inject: mesh_injector::InjectConfig::default(),
+        }),
+        mesh: MeshConfig::default(),
+        debounce: Debounce::default(),
+        field_manager: "mesh-pilot".into(),
+    };
+    let cp = start(client.clone(), config(dir.path().join("ca")))
+        .await
+        .unwrap();
+    let stored = api
+        .secret
+        .lock()
+        .unwrap()
+        .clone()
+        .expect("the CA's files stored");
+    for key in [
+        "root-cert.pem",
+        "root-key.pem",
+        "ca-cert.pem",
+        "ca-key.pem",
+        "cert-chain.pem",
+    ] {
+        assert!(stored["data"][key].is_string(), "{key} in the Secret");
+    }
 
     // The root in default, shop and its own namespace (never kube-system); the caBundle.
     tokio::time::timeout(DEADLINE, writes.wait_for(|n| *n >= 4))
@@ -277,5 +314,14 @@ async fn the_control_plane_serves_a_cluster() {
     assert_eq!(answer["response"]["uid"], "u-1");
     assert_eq!(answer["response"]["allowed"], true);
     assert_eq!(answer["response"]["patchType"], "JSONPatch");
+    let roots = cp.roots.clone();
+    cp.stop().await;
+
+    // Restarted with an empty folder: the same root, from the Secret.
+    let again = tempfile::tempdir().unwrap();
+    let cp = start(client, config(again.path().join("ca")))
+        .await
+        .unwrap();
+    assert_eq!(cp.roots, roots, "the mesh's root survives a restart");
     cp.stop().await;
 }
