@@ -3,5 +3,6 @@
 //! the same code.
 
 pub mod demo;
+pub mod kube_install;
 pub mod local;
 pub mod profile;

@@ -1,6 +1,7 @@
 //! `meshctl`, the one command a mesh user types: validate configuration, generate manifests,
 //! and (as later work lands) run the mesh locally and inspect it.
 
+mod install;
 mod kube_inject;
 mod local_cli;
 mod manifest;
@@ -31,6 +32,11 @@ enum Command {
     Manifest(manifest::Command),
     /// Add the sidecar to the pod templates of Kubernetes manifests, as the injector would.
     KubeInject(kube_inject::Args),
+    /// Install the mesh into the cluster of the current kubeconfig context (a profile's
+    /// manifests by server-side apply), and wait for its control plane.
+    Install(install::InstallArgs),
+    /// Remove what `install` created (the CRDs and mesh resources only with --purge).
+    Uninstall(install::UninstallArgs),
     /// Start a mesh on this machine: pilot and the CA, and the network pods join (root).
     Up(local_cli::DirArg),
     /// Remove everything `up` and `run` created (idempotent; works after a crash).
@@ -64,6 +70,8 @@ fn main() -> ExitCode {
         Command::Manifest(cmd) => manifest::run(&cmd),
         Command::ProxyStatus(args) => proxy_status::run(&args),
         Command::KubeInject(args) => kube_inject::run(&args),
+        Command::Install(args) => install::install(&args),
+        Command::Uninstall(args) => install::uninstall(&args),
         Command::Up(args) => local_cli::up(&args),
         Command::Down(args) => local_cli::down(&args),
         Command::Run(args) => local_cli::run(&args),

@@ -1,0 +1,118 @@
+//! `meshctl install` and `meshctl uninstall`: a profile's manifests applied to the cluster of
+//! the current kubeconfig context (or the in-cluster one), and the control plane waited for.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use meshctl::kube_install;
+use meshctl::profile;
+
+/// Arguments of `meshctl install`.
+#[derive(clap::Args)]
+pub struct InstallArgs {
+    /// The profile (default, demo, minimal).
+    #[arg(long, default_value = "default")]
+    profile: String,
+    /// Change one value of the profile (`--set pilot.replicas=2`); repeatable.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    set: Vec<String>,
+    /// How long to wait for the control plane, in seconds.
+    #[arg(long, default_value_t = 300)]
+    timeout_secs: u64,
+}
+
+/// Arguments of `meshctl uninstall`.
+#[derive(clap::Args)]
+pub struct UninstallArgs {
+    /// The profile that was installed.
+    #[arg(long, default_value = "default")]
+    profile: String,
+    /// The values that were set.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    set: Vec<String>,
+    /// Also remove the CustomResourceDefinitions, and with them every mesh resource of the
+    /// cluster (VirtualServices, DestinationRules, policies, ...).
+    #[arg(long)]
+    purge: bool,
+}
+
+async fn client() -> anyhow::Result<kube::Client> {
+    rustls::crypto::ring::default_provider()
+        .install_default()
+        .ok();
+    kube::Client::try_default().await.context(
+        "cannot reach Kubernetes: no in-cluster configuration and no usable kubeconfig (set KUBECONFIG or a current context)",
+    )
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?)
+}
+
+fn finish(command: &str, result: anyhow::Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("meshctl {command}: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Runs `meshctl install`.
+pub fn install(args: &InstallArgs) -> ExitCode {
+    let result = (|| {
+        let values = profile::values(&args.profile, &args.set)?;
+        let docs = profile::render(&values);
+        runtime()?.block_on(async {
+            let client = client().await?;
+            eprintln!("installing the {} profile into {}", values.profile, values.namespace);
+            let n = kube_install::apply_all(&client, &docs, &mut |what| {
+                eprintln!("  applied {what}");
+            })
+            .await?;
+            eprintln!("{n} objects applied; waiting for the control plane");
+            kube_install::wait_available(
+                &client,
+                &values.namespace,
+                "mesh-pilot",
+                Duration::from_secs(args.timeout_secs),
+                &mut |now| eprintln!("  {now}"),
+            )
+            .await?;
+            eprintln!(
+                "the mesh is installed. Next: kubectl label namespace default istio-injection=enabled"
+            );
+            anyhow::Ok(())
+        })
+    })();
+    finish("install", result)
+}
+
+/// Runs `meshctl uninstall`.
+pub fn uninstall(args: &UninstallArgs) -> ExitCode {
+    let result = (|| {
+        let values = profile::values(&args.profile, &args.set)?;
+        let docs = profile::render(&values);
+        runtime()?.block_on(async {
+            let client = client().await?;
+            let n = kube_install::delete_all(&client, &docs, args.purge, &mut |what| {
+                eprintln!("  deleted {what}");
+            })
+            .await?;
+            eprintln!(
+                "{n} objects deleted{}",
+                if args.purge {
+                    ""
+                } else {
+                    " (the CRDs and the mesh resources stay; --purge removes them too)"
+                }
+            );
+            anyhow::Ok(())
+        })
+    })();
+    finish("uninstall", result)
+}
