@@ -116,3 +116,63 @@ pub fn uninstall(args: &UninstallArgs) -> ExitCode {
     })();
     finish("uninstall", result)
 }
+
+/// Arguments of `meshctl verify`.
+#[derive(clap::Args)]
+pub struct VerifyArgs {
+    /// Check the cluster before an install instead of the installed mesh.
+    #[arg(long)]
+    pre: bool,
+    /// The control plane's namespace.
+    #[arg(long, default_value = "mesh-system")]
+    namespace: String,
+    /// Output format.
+    #[arg(short = 'o', long = "output", value_enum, default_value = "text")]
+    output: VerifyOutput,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum VerifyOutput {
+    Text,
+    Json,
+}
+
+/// Runs `meshctl verify`: 0 when every check holds, 1 when one does not.
+pub fn verify(args: &VerifyArgs) -> ExitCode {
+    let result = (|| {
+        runtime()?.block_on(async {
+            let checks = match client().await {
+                Err(e) => vec![meshctl::verify::Check {
+                    name: "Kubernetes API reachable".into(),
+                    ok: false,
+                    detail: format!("{e:#}"),
+                    hint: Some(
+                        "check KUBECONFIG and the current context (kubectl cluster-info)".into(),
+                    ),
+                }],
+                Ok(client) if args.pre => meshctl::verify::pre_install(&client).await,
+                Ok(client) => meshctl::verify::installed(&client, &args.namespace).await,
+            };
+            anyhow::Ok(checks)
+        })
+    })();
+    let checks = match result {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("meshctl verify: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    match args.output {
+        VerifyOutput::Text => print!("{}", meshctl::verify::render(&checks)),
+        VerifyOutput::Json => println!(
+            "{}",
+            serde_json::to_string_pretty(&checks).unwrap_or_default()
+        ),
+    }
+    if checks.iter().all(|c| c.ok) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}

@@ -6,3 +6,4 @@ pub mod demo;
 pub mod kube_install;
 pub mod local;
 pub mod profile;
+pub mod verify;

@@ -37,6 +37,9 @@ enum Command {
     Install(install::InstallArgs),
     /// Remove what `install` created (the CRDs and mesh resources only with --purge).
     Uninstall(install::UninstallArgs),
+    /// Check a cluster before an install (--pre) or the installed mesh; each check passed or
+    /// failed with what to do; exits 1 when one fails.
+    Verify(install::VerifyArgs),
     /// Start a mesh on this machine: pilot and the CA, and the network pods join (root).
     Up(local_cli::DirArg),
     /// Remove everything `up` and `run` created (idempotent; works after a crash).
@@ -72,6 +75,7 @@ fn main() -> ExitCode {
         Command::KubeInject(args) => kube_inject::run(&args),
         Command::Install(args) => install::install(&args),
         Command::Uninstall(args) => install::uninstall(&args),
+        Command::Verify(args) => install::verify(&args),
         Command::Up(args) => local_cli::up(&args),
         Command::Down(args) => local_cli::down(&args),
         Command::Run(args) => local_cli::run(&args),

@@ -1,0 +1,367 @@
+//! `meshctl verify`, in the spirit of `linkerd check`: what must hold before an install
+//! (`--pre`) or of an installed mesh, each check passed or failed with what to do about it.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::authorization::v1::{
+    ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec,
+};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{ListParams, PostParams};
+use kube::{Api, Client};
+use serde::Serialize;
+
+/// The oldest Kubernetes the mesh supports, and the first with native sidecars on by default.
+pub const MIN_MINOR: u32 = 29;
+
+/// One check's outcome.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Check {
+    /// What was checked.
+    pub name: String,
+    /// Whether it holds.
+    pub ok: bool,
+    /// What was found.
+    pub detail: String,
+    /// What to do when it does not hold.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hint: Option<String>,
+}
+
+fn pass(name: &str, detail: impl Into<String>) -> Check {
+    Check {
+        name: name.into(),
+        ok: true,
+        detail: detail.into(),
+        hint: None,
+    }
+}
+
+fn fail(name: &str, detail: impl Into<String>, hint: impl Into<String>) -> Check {
+    Check {
+        name: name.into(),
+        ok: false,
+        detail: detail.into(),
+        hint: Some(hint.into()),
+    }
+}
+
+/// The checks before an install: the API server, its version, the permissions install
+/// needs, and CRDs of the mesh's groups that another installation owns.
+pub async fn pre_install(client: &Client) -> Vec<Check> {
+    let mut out = Vec::new();
+    match client.apiserver_version().await {
+        Err(e) => {
+            out.push(fail(
+                "Kubernetes API reachable",
+                e.to_string(),
+                "check KUBECONFIG and the current context (kubectl cluster-info)",
+            ));
+            return out;
+        }
+        Ok(v) => {
+            out.push(pass("Kubernetes API reachable", v.git_version.clone()));
+            let minor: u32 = v.minor.trim_end_matches('+').parse().unwrap_or_default();
+            let major: u32 = v.major.parse().unwrap_or_default();
+            if major > 1 || minor >= MIN_MINOR {
+                out.push(pass(
+                    "Kubernetes version supported",
+                    format!("{}.{minor}", v.major),
+                ));
+            } else {
+                out.push(fail(
+                    "Kubernetes version supported",
+                    format!("{}.{minor}", v.major),
+                    format!(
+                        "the mesh needs 1.{MIN_MINOR} or later for native sidecars; on an older cluster install with --set injector.nativeSidecar=false"
+                    ),
+                ));
+            }
+        }
+    }
+    for (verb, group, resource) in [
+        ("create", "", "namespaces"),
+        (
+            "create",
+            "apiextensions.k8s.io",
+            "customresourcedefinitions",
+        ),
+        ("create", "rbac.authorization.k8s.io", "clusterroles"),
+        (
+            "create",
+            "admissionregistration.k8s.io",
+            "mutatingwebhookconfigurations",
+        ),
+    ] {
+        let name = format!("can {verb} {resource}");
+        let review = SelfSubjectAccessReview {
+            spec: SelfSubjectAccessReviewSpec {
+                resource_attributes: Some(ResourceAttributes {
+                    verb: Some(verb.into()),
+                    group: Some(group.into()),
+                    resource: Some(resource.into()),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let api: Api<SelfSubjectAccessReview> = Api::all(client.clone());
+        match api.create(&PostParams::default(), &review).await {
+            Ok(r) if r.status.as_ref().is_some_and(|s| s.allowed) => {
+                out.push(pass(&name, "allowed"))
+            }
+            Ok(r) => out.push(fail(
+                &name,
+                r.status
+                    .and_then(|s| s.reason)
+                    .unwrap_or_else(|| "denied".into()),
+                "install as a cluster administrator (cluster-admin)",
+            )),
+            Err(e) => out.push(fail(
+                &name,
+                e.to_string(),
+                "install as a cluster administrator",
+            )),
+        }
+    }
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    match crds.list(&ListParams::default()).await {
+        Ok(list) => {
+            let foreign: Vec<String> = list
+                .items
+                .iter()
+                .filter(|c| {
+                    let group = &c.spec.group;
+                    let ours = c
+                        .metadata
+                        .labels
+                        .as_ref()
+                        .and_then(|l| l.get("app.kubernetes.io/part-of"))
+                        .is_some_and(|v| v == "mesh");
+                    !ours && mesh_api::Kind::ALL.iter().any(|k| k.group() == group)
+                })
+                .filter_map(|c| c.metadata.name.clone())
+                .collect();
+            if foreign.is_empty() {
+                out.push(pass(
+                    "no conflicting CRDs",
+                    "none of the mesh's kinds is owned elsewhere",
+                ));
+            } else {
+                out.push(fail(
+                    "no conflicting CRDs",
+                    format!("installed by something else: {}", foreign.join(", ")),
+                    "another mesh (Istio?) owns these kinds; uninstall it first, or install knowing the mesh will take the CRDs over",
+                ));
+            }
+        }
+        Err(e) => out.push(fail(
+            "no conflicting CRDs",
+            e.to_string(),
+            "check the permissions to list CRDs",
+        )),
+    }
+    out
+}
+
+/// The checks of an installed mesh in `namespace`.
+pub async fn installed(client: &Client, namespace: &str) -> Vec<Check> {
+    let mut out = Vec::new();
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), namespace);
+    match deployments.get_opt("mesh-pilot").await {
+        Ok(Some(d)) => {
+            let want = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+            let have = d
+                .status
+                .as_ref()
+                .and_then(|s| s.available_replicas)
+                .unwrap_or(0);
+            if have >= want {
+                out.push(pass(
+                    "control plane ready",
+                    format!("mesh-pilot {have}/{want} available"),
+                ));
+            } else {
+                out.push(fail(
+                    "control plane ready",
+                    format!("mesh-pilot {have}/{want} available"),
+                    format!("kubectl -n {namespace} describe deployment mesh-pilot; kubectl -n {namespace} logs deploy/mesh-pilot"),
+                ));
+            }
+        }
+        Ok(None) => out.push(fail(
+            "control plane ready",
+            format!("no Deployment mesh-pilot in {namespace}"),
+            "install the mesh: meshctl install --profile default",
+        )),
+        Err(e) => out.push(fail(
+            "control plane ready",
+            e.to_string(),
+            "check the permissions to read Deployments",
+        )),
+    }
+    let webhooks: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
+    match webhooks
+        .get_opt(crate::profile::WEBHOOK_CONFIGURATION)
+        .await
+    {
+        Ok(Some(w)) => {
+            let hooks = w.webhooks.unwrap_or_default();
+            let missing = hooks
+                .iter()
+                .filter(|h| h.client_config.ca_bundle.is_none())
+                .count();
+            if missing == 0 && !hooks.is_empty() {
+                out.push(pass(
+                    "injector webhook configured",
+                    format!("{} webhooks with a caBundle", hooks.len()),
+                ));
+            } else {
+                out.push(fail(
+                    "injector webhook configured",
+                    format!("{missing} of {} webhooks without a caBundle", hooks.len()),
+                    "the control plane sets it at start; check its logs for \"caBundle\"",
+                ));
+            }
+        }
+        Ok(None) => out.push(pass(
+            "injector webhook configured",
+            "none (a profile without the injector)",
+        )),
+        Err(e) => out.push(fail(
+            "injector webhook configured",
+            e.to_string(),
+            "check the permissions to read webhook configurations",
+        )),
+    }
+    let maps: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
+    match maps.get_opt("istio-ca-root-cert").await {
+        Ok(Some(cm)) => {
+            let pem = cm
+                .data
+                .unwrap_or_default()
+                .remove("root-cert.pem")
+                .unwrap_or_default();
+            match days_left(&pem) {
+                Some(days) if days > 30 => out.push(pass("mesh root certificate valid", format!("{days} days to expiry"))),
+                Some(days) => out.push(fail(
+                    "mesh root certificate valid",
+                    format!("{days} days to expiry"),
+                    "the root must be replaced before it expires (root rotation is not automated yet)",
+                )),
+                None => out.push(fail("mesh root certificate valid", "not a certificate", "restart the control plane to publish it again")),
+            }
+        }
+        Ok(None) => out.push(fail(
+            "mesh root certificate valid",
+            format!("no ConfigMap istio-ca-root-cert in {namespace}"),
+            "the control plane publishes it at start; check its logs",
+        )),
+        Err(e) => out.push(fail(
+            "mesh root certificate valid",
+            e.to_string(),
+            "check the permissions to read ConfigMaps",
+        )),
+    }
+    // Pilot's /debug/syncz through the API server's service proxy.
+    let path =
+        format!("/api/v1/namespaces/{namespace}/services/mesh-pilot:15014/proxy/debug/syncz");
+    let req = http::Request::get(path).body(Vec::new());
+    match req {
+        Ok(req) => match client.request_text(req).await {
+            Ok(text) => out.push(proxies(&text)),
+            Err(e) => out.push(fail(
+                "proxies connected and in sync",
+                e.to_string(),
+                format!("kubectl -n {namespace} port-forward svc/mesh-pilot 15014 and meshctl proxy-status --pilot http://127.0.0.1:15014"),
+            )),
+        },
+        Err(e) => out.push(fail("proxies connected and in sync", e.to_string(), "")),
+    }
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    if let Ok(list) = namespaces.list(&ListParams::default()).await {
+        let injected: Vec<String> = list
+            .items
+            .iter()
+            .filter(|n| {
+                let labels: BTreeMap<String, String> =
+                    n.metadata.labels.clone().unwrap_or_default();
+                ["istio-injection", "mesh-injection"]
+                    .iter()
+                    .any(|k| labels.get(*k).is_some_and(|v| v == "enabled"))
+            })
+            .filter_map(|n| n.metadata.name.clone())
+            .collect();
+        out.push(if injected.is_empty() {
+            fail(
+                "namespaces labelled for injection",
+                "none",
+                "kubectl label namespace default istio-injection=enabled",
+            )
+        } else {
+            pass("namespaces labelled for injection", injected.join(", "))
+        });
+    }
+    out
+}
+
+fn proxies(syncz: &str) -> Check {
+    let name = "proxies connected and in sync";
+    let Ok(v) = serde_json::from_str::<serde_json::Value>(syncz) else {
+        return fail(
+            name,
+            "pilot answered something else than /debug/syncz",
+            "check the control plane's version",
+        );
+    };
+    let all = v["proxies"].as_array().cloned().unwrap_or_default();
+    let mut trouble = Vec::new();
+    for p in &all {
+        let id = p["node"]["id"].as_str().unwrap_or("?");
+        if p["connected"] != true {
+            trouble.push(format!("{id} disconnected"));
+        } else if let Some(n) = p["nack"].as_str() {
+            trouble.push(format!("{id} refused a push: {n}"));
+        } else if p["sent_version"] != p["acked_version"] {
+            trouble.push(format!("{id} not in sync"));
+        }
+    }
+    if trouble.is_empty() {
+        pass(name, format!("{} connected, all in sync", all.len()))
+    } else {
+        fail(
+            name,
+            trouble.join("; "),
+            "meshctl proxy-status shows each proxy and why",
+        )
+    }
+}
+
+/// Days until the first certificate of `pem` expires.
+fn days_left(pem: &str) -> Option<i64> {
+    let (_, parsed) = x509_parser::pem::parse_x509_pem(pem.as_bytes()).ok()?;
+    let cert = parsed.parse_x509().ok()?;
+    let not_after = cert.validity().not_after.timestamp();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()?
+        .as_secs();
+    Some((not_after - i64::try_from(now).ok()?) / 86_400)
+}
+
+/// The checks as lines (`✔ name: detail`, `✘ name: detail`, then `  → hint`).
+pub fn render(checks: &[Check]) -> String {
+    let mut out = String::new();
+    for c in checks {
+        let mark = if c.ok { "✔" } else { "✘" };
+        out += &format!("{mark} {}: {}\n", c.name, c.detail);
+        if let Some(h) = c.hint.as_ref().filter(|h| !h.is_empty()) {
+            out += &format!("  → {h}\n");
+        }
+    }
+    out
+}

@@ -1,0 +1,242 @@
+//! `meshctl verify` against scripted API servers of a healthy and of a broken cluster, through
+//! the real binary and a kubeconfig: before an install (`--pre`: the API, its version, the
+//! permissions, CRDs owned elsewhere) and of an installed mesh (the control plane, the
+//! webhook's caBundle, the root's expiry, the proxies through pilot's /debug/syncz by the
+//! service proxy, the namespaces labelled), each ✔ or ✘ with what to do, and the exit code.
+
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
+use std::convert::Infallible;
+use std::process::Command;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+
+fn root_pem() -> String {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    params.not_after = rcgen::date_time_ymd(2099, 1, 1);
+    params.self_signed(&key).unwrap().pem()
+}
+
+fn answer(healthy: bool, root: &str, method: &str, path: &str) -> (StatusCode, Value) {
+    let not_found = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404});
+    match (method, path) {
+        ("GET", "/version") => (
+            StatusCode::OK,
+            json!({
+                "major": "1", "minor": if healthy { "31" } else { "27" },
+                "gitVersion": if healthy { "v1.31.2" } else { "v1.27.9" },
+                "gitCommit": "", "gitTreeState": "", "buildDate": "", "goVersion": "", "compiler": "", "platform": "linux/amd64",
+            }),
+        ),
+        ("POST", "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews") => (
+            StatusCode::CREATED,
+            json!({
+                "apiVersion": "authorization.k8s.io/v1", "kind": "SelfSubjectAccessReview",
+                "spec": {}, "status": {"allowed": healthy, "reason": if healthy { "" } else { "RBAC: not cluster-admin" }},
+            }),
+        ),
+        ("GET", "/apis/apiextensions.k8s.io/v1/customresourcedefinitions") => {
+            let items = if healthy {
+                json!([])
+            } else {
+                json!([{
+                    "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+                    "metadata": {"name": "virtualservices.networking.istio.io", "labels": {"app": "istio-pilot"}},
+                    "spec": {"group": "networking.istio.io", "names": {"kind": "VirtualService", "plural": "virtualservices"}, "scope": "Namespaced", "versions": []},
+                }])
+            };
+            (
+                StatusCode::OK,
+                json!({"apiVersion": "v1", "kind": "List", "metadata": {}, "items": items}),
+            )
+        }
+        ("GET", "/apis/apps/v1/namespaces/mesh-system/deployments/mesh-pilot") => (
+            StatusCode::OK,
+            json!({
+                "apiVersion": "apps/v1", "kind": "Deployment",
+                "metadata": {"name": "mesh-pilot", "namespace": "mesh-system"},
+                "spec": {"replicas": 1, "selector": {}, "template": {}},
+                "status": {"availableReplicas": i32::from(healthy)},
+            }),
+        ),
+        (
+            "GET",
+            "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations/mesh-sidecar-injector",
+        ) => {
+            let mut hook = json!({"name": "namespace.sidecar-injector.mesh.dev", "admissionReviewVersions": ["v1"], "sideEffects": "None", "clientConfig": {}});
+            if healthy {
+                hook["clientConfig"]["caBundle"] = json!("LS0tLS1CRUdJTg==");
+            }
+            (
+                StatusCode::OK,
+                json!({"apiVersion": "admissionregistration.k8s.io/v1", "kind": "MutatingWebhookConfiguration", "metadata": {"name": "mesh-sidecar-injector"}, "webhooks": [hook]}),
+            )
+        }
+        ("GET", "/api/v1/namespaces/mesh-system/configmaps/istio-ca-root-cert") if healthy => (
+            StatusCode::OK,
+            json!({
+                "apiVersion": "v1", "kind": "ConfigMap",
+                "metadata": {"name": "istio-ca-root-cert", "namespace": "mesh-system"},
+                "data": {"root-cert.pem": root},
+            }),
+        ),
+        ("GET", "/api/v1/namespaces/mesh-system/services/mesh-pilot:15014/proxy/debug/syncz") => (
+            StatusCode::OK,
+            json!({
+                "generation": 3,
+                "proxies": [
+                    {"node": {"id": "shipping-v1-0.shop", "namespace": "shop"}, "connected": true, "sent_version": 3, "acked_version": 3, "nack": null, "services": 4},
+                    {"node": {"id": "order-v1-0.shop", "namespace": "shop"}, "connected": true, "sent_version": 3, "acked_version": if healthy { 3 } else { 2 }, "nack": if healthy { Value::Null } else { json!("state: bad regex") }, "services": 4},
+                ],
+            }),
+        ),
+        ("GET", "/api/v1/namespaces") => {
+            let labels = if healthy {
+                json!({"istio-injection": "enabled"})
+            } else {
+                json!({})
+            };
+            (
+                StatusCode::OK,
+                json!({"apiVersion": "v1", "kind": "NamespaceList", "metadata": {}, "items": [
+                    {"metadata": {"name": "shop", "labels": labels}},
+                    {"metadata": {"name": "kube-system"}},
+                ]}),
+            )
+        }
+        _ => (StatusCode::NOT_FOUND, not_found),
+    }
+}
+
+/// A scripted API server (in a thread of its own) and a kubeconfig naming it.
+fn cluster(healthy: bool, dir: &std::path::Path) -> std::path::PathBuf {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let root = root_pem();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let l = TcpListener::from_std(listener).unwrap();
+            loop {
+                let (c, _) = l.accept().await.unwrap();
+                let root = root.clone();
+                tokio::spawn(async move {
+                    let svc =
+                        hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                            let (status, body) =
+                                answer(healthy, &root, req.method().as_str(), req.uri().path());
+                            async move {
+                                let mut r = Response::new(Full::new(Bytes::from(body.to_string())));
+                                *r.status_mut() = status;
+                                Ok::<_, Infallible>(r)
+                            }
+                        });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(c), svc)
+                        .await;
+                });
+            }
+        });
+    });
+    let path = dir.join(format!("kubeconfig-{healthy}"));
+    std::fs::write(
+        &path,
+        format!("apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster: {{server: \"http://{addr}\"}}\nusers:\n- name: u\n  user: {{token: t}}\ncontexts:\n- name: c\n  context: {{cluster: c, user: u}}\ncurrent-context: c\n"),
+    )
+    .unwrap();
+    path
+}
+
+fn verify(kubeconfig: &std::path::Path, args: &[&str]) -> (Option<i32>, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_meshctl"))
+        .arg("verify")
+        .args(args)
+        .env("KUBECONFIG", kubeconfig)
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+#[test]
+fn a_healthy_cluster_passes_every_check() {
+    let dir = tempfile::tempdir().unwrap();
+    let kc = cluster(true, dir.path());
+    let (code, text) = verify(&kc, &["--pre"]);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(
+        text.contains("✔ Kubernetes version supported: 1.31"),
+        "{text}"
+    );
+    assert!(
+        text.contains("✔ can create mutatingwebhookconfigurations: allowed"),
+        "{text}"
+    );
+    let (code, text) = verify(&kc, &[]);
+    assert_eq!(code, Some(0), "{text}");
+    for line in [
+        "✔ control plane ready: mesh-pilot 1/1 available",
+        "✔ injector webhook configured: 1 webhooks with a caBundle",
+        "✔ proxies connected and in sync: 2 connected, all in sync",
+        "✔ namespaces labelled for injection: shop",
+    ] {
+        assert!(text.contains(line), "{line} in:\n{text}");
+    }
+    assert!(
+        text.contains("✔ mesh root certificate valid:") && text.contains("days to expiry"),
+        "{text}"
+    );
+    let (_, json) = verify(&kc, &["-o", "json"]);
+    let checks: Vec<Value> = serde_json::from_str(&json).unwrap();
+    assert!(checks.iter().all(|c| c["ok"] == true), "{json}");
+}
+
+#[test]
+fn a_broken_cluster_fails_with_what_to_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let kc = cluster(false, dir.path());
+    let (code, text) = verify(&kc, &["--pre"]);
+    assert_eq!(code, Some(1), "{text}");
+    for line in [
+        "✘ Kubernetes version supported: 1.27",
+        "--set injector.nativeSidecar=false",
+        "✘ can create namespaces: RBAC: not cluster-admin",
+        "✘ no conflicting CRDs: installed by something else: virtualservices.networking.istio.io",
+    ] {
+        assert!(text.contains(line), "{line} in:\n{text}");
+    }
+    let (code, text) = verify(&kc, &[]);
+    assert_eq!(code, Some(1), "{text}");
+    for line in [
+        "✘ control plane ready: mesh-pilot 0/1 available",
+        "kubectl -n mesh-system logs deploy/mesh-pilot",
+        "✘ injector webhook configured: 1 of 1 webhooks without a caBundle",
+        "✘ mesh root certificate valid: no ConfigMap istio-ca-root-cert in mesh-system",
+        "✘ proxies connected and in sync: order-v1-0.shop refused a push: state: bad regex",
+        "✘ namespaces labelled for injection: none",
+        "→ kubectl label namespace default istio-injection=enabled",
+    ] {
+        assert!(text.contains(line), "{line} in:\n{text}");
+    }
+}
+
+#[test]
+fn no_cluster_is_one_failed_check_not_a_crash() {
+    let (code, text) = verify(std::path::Path::new("/nonexistent/kubeconfig"), &[]);
+    assert_eq!(code, Some(1));
+    assert!(text.contains("✘ Kubernetes API reachable"), "{text}");
+}
