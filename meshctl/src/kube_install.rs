@@ -133,12 +133,7 @@ pub async fn wait_available(
         pace.tick().await;
         let now = match api.get(name).await {
             Ok(d) => {
-                let want = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
-                let have = d
-                    .status
-                    .as_ref()
-                    .and_then(|s| s.available_replicas)
-                    .unwrap_or(0);
+                let (have, want) = availability(&d);
                 if have >= want {
                     progress(&format!("{name}: {have}/{want} available"));
                     return Ok(());
@@ -158,6 +153,17 @@ pub async fn wait_available(
         within,
         last,
     })
+}
+
+/// A Deployment's available replicas and the replicas it wants.
+pub fn availability(d: &k8s_openapi::api::apps::v1::Deployment) -> (i32, i32) {
+    let want = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+    let have = d
+        .status
+        .as_ref()
+        .and_then(|s| s.available_replicas)
+        .unwrap_or(0);
+    (have, want)
 }
 
 /// Deletes `docs` in reverse order (CustomResourceDefinitions only with `purge`: deleting them

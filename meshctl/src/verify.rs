@@ -174,12 +174,7 @@ pub async fn installed(client: &Client, namespace: &str) -> Vec<Check> {
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), namespace);
     match deployments.get_opt("mesh-pilot").await {
         Ok(Some(d)) => {
-            let want = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
-            let have = d
-                .status
-                .as_ref()
-                .and_then(|s| s.available_replicas)
-                .unwrap_or(0);
+            let (have, want) = crate::kube_install::availability(&d);
             if have >= want {
                 out.push(pass(
                     "control plane ready",
