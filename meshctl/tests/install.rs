@@ -196,3 +196,52 @@ fn install_without_a_cluster_says_how_to_point_at_one() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("cannot reach Kubernetes"), "{stderr}");
 }
+
+/// The kind run is for public CI (no Docker here): its script, workflow and images are at least
+/// well formed, and name what exists.
+#[test]
+fn the_kind_run_for_public_ci_is_well_formed() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let script = root.join("scripts/kind-e2e.sh");
+    let syntax = Command::new("bash")
+        .arg("-n")
+        .arg(&script)
+        .output()
+        .unwrap();
+    assert!(
+        syntax.status.success(),
+        "{}",
+        String::from_utf8_lossy(&syntax.stderr)
+    );
+    let text = std::fs::read_to_string(&script).unwrap();
+    for needed in [
+        "meshctl install --profile demo",
+        "verify --pre",
+        "istio-injection=enabled",
+    ] {
+        assert!(
+            text.contains(needed) || text.contains(&needed.replace("meshctl ", "$MESHCTL ")),
+            "{needed}"
+        );
+    }
+    let workflow = std::fs::read_to_string(root.join(".github/workflows/kind-e2e.yml")).unwrap();
+    let parsed = mesh_injector::template::from_yaml(&workflow).unwrap();
+    let steps = parsed["jobs"]["kind-e2e"]["steps"].as_array().unwrap();
+    assert!(
+        steps.iter().any(|s| s["run"] == "make kind-e2e"),
+        "{parsed}"
+    );
+    let makefile = std::fs::read_to_string(root.join("Makefile")).unwrap();
+    assert!(makefile.contains("kind-e2e:") && makefile.contains("scripts/kind-e2e.sh"));
+    let dockerfile = std::fs::read_to_string(root.join("docker/Dockerfile")).unwrap();
+    for stage in ["AS proxy", "AS pilot", "AS echo"] {
+        assert!(dockerfile.contains(stage), "{stage}");
+    }
+    // The images the profile and the injector name are the ones built.
+    let v = meshctl::profile::values("demo", &[]).unwrap();
+    assert_eq!(
+        meshctl::profile::inject_config(&v).image,
+        format!("mesh/proxy:{}", v.tag)
+    );
+    assert!(text.contains("mesh/$target:$TAG") && makefile.contains("mesh/$$target:$(TAG)"));
+}
