@@ -5,86 +5,55 @@
 
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
-use std::convert::Infallible;
+mod common;
+
 use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
-use serde_json::{Value, json};
-use tokio::net::TcpListener;
+use hyper::StatusCode;
+use serde_json::json;
 
 /// (method, path, query, content type) of each request.
-type Seen = Arc<Mutex<Vec<(String, String, String, String)>>>;
+type Log = Arc<Mutex<Vec<(String, String, String, String)>>>;
 
 /// Applies echo their object; the Deployment is available from its third read; deletes of
 /// the Role answer 404 (already gone).
-fn serve(listener: std::net::TcpListener) -> Seen {
-    let seen: Seen = Arc::default();
-    let log = seen.clone();
-    let reads = Arc::new(AtomicUsize::new(0));
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            let l = TcpListener::from_std(listener).unwrap();
-            loop {
-                let (c, _) = l.accept().await.unwrap();
-                let log = log.clone();
-                let reads = reads.clone();
-                tokio::spawn(async move {
-                    let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
-                        let log = log.clone();
-                        let reads = reads.clone();
-                        async move {
-                            let method = req.method().to_string();
-                            let path = req.uri().path().to_string();
-                            let query = req.uri().query().unwrap_or("").to_string();
-                            let ctype = req
-                                .headers()
-                                .get("content-type")
-                                .map(|v| v.to_str().unwrap().to_string())
-                                .unwrap_or_default();
-                            let body = req.into_body().collect().await.unwrap().to_bytes();
-                            let value: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-                            log.lock().unwrap().push((method.clone(), path.clone(), query, ctype));
-                            let (status, answer) = match method.as_str() {
-                                "PATCH" => (StatusCode::OK, value),
-                                "GET" if path.ends_with("/deployments/mesh-pilot") => {
-                                    let n = reads.fetch_add(1, Ordering::SeqCst);
-                                    let available = i32::from(n >= 2);
-                                    (StatusCode::OK, json!({
-                                        "apiVersion": "apps/v1", "kind": "Deployment",
-                                        "metadata": {"name": "mesh-pilot", "namespace": "mesh-system"},
-                                        "spec": {"replicas": 1, "selector": {"matchLabels": {"a": "b"}}, "template": {}},
-                                        "status": {"availableReplicas": available},
-                                    }))
-                                }
-                                "DELETE" if path.contains("/roles/") => (StatusCode::NOT_FOUND, json!({
-                                    "kind": "Status", "apiVersion": "v1", "status": "Failure",
-                                    "reason": "NotFound", "code": 404, "message": "not found",
-                                })),
-                                "DELETE" => (StatusCode::OK, json!({"kind": "Status", "apiVersion": "v1", "status": "Success"})),
-                                _ => (StatusCode::NOT_FOUND, json!({"kind": "Status", "code": 404})),
-                            };
-                            let mut r = Response::new(Full::new(Bytes::from(answer.to_string())));
-                            *r.status_mut() = status;
-                            Ok::<_, Infallible>(r)
-                        }
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(c), svc)
-                        .await;
-                });
+fn serve() -> (String, Log) {
+    let log: Log = Arc::default();
+    let seen = log.clone();
+    let reads = AtomicUsize::new(0);
+    let url = common::api_server(move |r| {
+        seen.lock().unwrap().push((
+            r.method.into(),
+            r.path.into(),
+            r.query.into(),
+            r.content_type.into(),
+        ));
+        match r.method {
+            "PATCH" => (StatusCode::OK, r.body),
+            "GET" if r.path.ends_with("/deployments/mesh-pilot") => {
+                let n = reads.fetch_add(1, Ordering::SeqCst);
+                let available = i32::from(n >= 2);
+                (
+                    StatusCode::OK,
+                    json!({
+                        "apiVersion": "apps/v1", "kind": "Deployment",
+                        "metadata": {"name": "mesh-pilot", "namespace": "mesh-system"},
+                        "spec": {"replicas": 1, "selector": {"matchLabels": {"a": "b"}}, "template": {}},
+                        "status": {"availableReplicas": available},
+                    }),
+                )
             }
-        });
+            "DELETE" if r.path.contains("/roles/") => (StatusCode::NOT_FOUND, common::not_found()),
+            "DELETE" => (
+                StatusCode::OK,
+                json!({"kind": "Status", "apiVersion": "v1", "status": "Success"}),
+            ),
+            _ => (StatusCode::NOT_FOUND, common::not_found()),
+        }
     });
-    seen
+    (url, log)
 }
 
 fn meshctl(kubeconfig: &std::path::Path, args: &[&str]) -> std::process::Output {
@@ -98,19 +67,9 @@ fn meshctl(kubeconfig: &std::path::Path, args: &[&str]) -> std::process::Output 
 
 #[test]
 fn install_applies_in_order_waits_and_uninstall_deletes_in_reverse() {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.set_nonblocking(true).unwrap();
-    let addr = listener.local_addr().unwrap();
-    let seen = serve(listener);
+    let (url, seen) = serve();
     let dir = tempfile::tempdir().unwrap();
-    let kubeconfig = dir.path().join("kubeconfig");
-    std::fs::write(
-        &kubeconfig,
-        format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: scripted\n  cluster: {{server: \"http://{addr}\"}}\nusers:\n- name: admin\n  user: {{token: t}}\ncontexts:\n- name: scripted\n  context: {{cluster: scripted, user: admin}}\ncurrent-context: scripted\n"
-        ),
-    )
-    .unwrap();
+    let kubeconfig = common::kubeconfig(dir.path(), &url);
 
     let out = meshctl(
         &kubeconfig,

@@ -8,18 +8,15 @@
 
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
+mod common;
+
 use std::collections::HashMap;
-use std::convert::Infallible;
 use std::io::Write;
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper::StatusCode;
 use serde_json::{Value, json};
-use tokio::net::TcpListener;
 
 /// A resource served: (plural, kind, namespaced).
 type Served = (&'static str, &'static str, bool);
@@ -176,53 +173,11 @@ fn serve() -> (String, Arc<Server>) {
         "/api/v1/namespaces/default".into(),
         json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "default", "uid": "u1", "resourceVersion": "1"}}),
     );
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.set_nonblocking(true).unwrap();
-    let addr = listener.local_addr().unwrap();
     let shared = server.clone();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            let l = TcpListener::from_std(listener).unwrap();
-            loop {
-                let (c, _) = l.accept().await.unwrap();
-                let s = shared.clone();
-                tokio::spawn(async move {
-                    let svc =
-                        hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
-                            let s = s.clone();
-                            async move {
-                                let method = req.method().to_string();
-                                let path = req.uri().path().to_string();
-                                let query = req.uri().query().unwrap_or("").to_string();
-                                let ctype = req
-                                    .headers()
-                                    .get("content-type")
-                                    .map(|v| v.to_str().unwrap().to_string())
-                                    .unwrap_or_default();
-                                let body = req.into_body().collect().await.unwrap().to_bytes();
-                                let value: Value =
-                                    serde_json::from_slice(&body).unwrap_or(Value::Null);
-                                let (status, out) =
-                                    answer(&s, &method, &path, &query, &ctype, value);
-                                let mut r = Response::new(Full::new(Bytes::from(out.to_string())));
-                                *r.status_mut() = status;
-                                r.headers_mut()
-                                    .insert("content-type", "application/json".parse().unwrap());
-                                Ok::<_, Infallible>(r)
-                            }
-                        });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(c), svc)
-                        .await;
-                });
-            }
-        });
+    let url = common::api_server(move |r| {
+        answer(&shared, r.method, r.path, r.query, r.content_type, r.body)
     });
-    (format!("http://{addr}"), server)
+    (url, server)
 }
 
 fn kubectl(
@@ -249,12 +204,7 @@ fn kubectl(
 fn kubectl_labels_the_namespace_and_applies_the_generated_manifests() {
     let (url, server) = serve();
     let dir = tempfile::tempdir().unwrap();
-    let kc = dir.path().join("kubeconfig");
-    std::fs::write(
-        &kc,
-        format!("apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster: {{server: \"{url}\"}}\nusers:\n- name: u\n  user: {{token: t}}\ncontexts:\n- name: c\n  context: {{cluster: c, user: u}}\ncurrent-context: c\n"),
-    )
-    .unwrap();
+    let kc = common::kubeconfig(dir.path(), &url);
 
     let out = kubectl(
         &kc,

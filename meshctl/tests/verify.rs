@@ -6,15 +6,12 @@
 
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
-use std::convert::Infallible;
+mod common;
+
 use std::process::Command;
 
-use bytes::Bytes;
-use http_body_util::Full;
-use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper::StatusCode;
 use serde_json::{Value, json};
-use tokio::net::TcpListener;
 
 fn root_pem() -> String {
     let key = rcgen::KeyPair::generate().unwrap();
@@ -115,47 +112,11 @@ fn answer(healthy: bool, root: &str, method: &str, path: &str) -> (StatusCode, V
     }
 }
 
-/// A scripted API server (in a thread of its own) and a kubeconfig naming it.
+/// A scripted API server of a healthy (or broken) cluster, and a kubeconfig naming it.
 fn cluster(healthy: bool, dir: &std::path::Path) -> std::path::PathBuf {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.set_nonblocking(true).unwrap();
-    let addr = listener.local_addr().unwrap();
     let root = root_pem();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            let l = TcpListener::from_std(listener).unwrap();
-            loop {
-                let (c, _) = l.accept().await.unwrap();
-                let root = root.clone();
-                tokio::spawn(async move {
-                    let svc =
-                        hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
-                            let (status, body) =
-                                answer(healthy, &root, req.method().as_str(), req.uri().path());
-                            async move {
-                                let mut r = Response::new(Full::new(Bytes::from(body.to_string())));
-                                *r.status_mut() = status;
-                                Ok::<_, Infallible>(r)
-                            }
-                        });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(c), svc)
-                        .await;
-                });
-            }
-        });
-    });
-    let path = dir.join(format!("kubeconfig-{healthy}"));
-    std::fs::write(
-        &path,
-        format!("apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster: {{server: \"http://{addr}\"}}\nusers:\n- name: u\n  user: {{token: t}}\ncontexts:\n- name: c\n  context: {{cluster: c, user: u}}\ncurrent-context: c\n"),
-    )
-    .unwrap();
-    path
+    let url = common::api_server(move |r| answer(healthy, &root, r.method, r.path));
+    common::kubeconfig(dir, &url)
 }
 
 fn verify(kubeconfig: &std::path::Path, args: &[&str]) -> (Option<i32>, String) {
