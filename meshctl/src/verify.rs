@@ -200,11 +200,13 @@ pub async fn installed(client: &Client, namespace: &str) -> Vec<Check> {
         )),
     }
     let webhooks: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
+    let mut injector = false;
     match webhooks
         .get_opt(crate::profile::WEBHOOK_CONFIGURATION)
         .await
     {
         Ok(Some(w)) => {
+            injector = true;
             let hooks = w.webhooks.unwrap_or_default();
             let missing = hooks
                 .iter()
@@ -262,12 +264,34 @@ pub async fn installed(client: &Client, namespace: &str) -> Vec<Check> {
             "check the permissions to read ConfigMaps",
         )),
     }
+    // The webhook over HTTPS, as the API server reaches it (its service proxy).
+    if injector {
+        let name = "injector webhook answers over HTTPS";
+        let path =
+            format!("/api/v1/namespaces/{namespace}/services/https:mesh-pilot:443/proxy/ready");
+        match http::Request::get(path).body(Vec::new()) {
+            Ok(req) => match within(client.request_text(req)).await {
+                Ok(text) if text.contains("ready") => out.push(pass(name, "ready")),
+                Ok(text) => out.push(fail(
+                    name,
+                    text.trim().to_string(),
+                    "check the control plane's logs for the webhook",
+                )),
+                Err(e) => out.push(fail(
+                    name,
+                    e.to_string(),
+                    format!("pods cannot be created while it does not answer (failurePolicy: Fail); kubectl -n {namespace} logs deploy/mesh-pilot"),
+                )),
+            },
+            Err(e) => out.push(fail(name, e.to_string(), "")),
+        }
+    }
     // Pilot's /debug/syncz through the API server's service proxy.
     let path =
         format!("/api/v1/namespaces/{namespace}/services/mesh-pilot:15014/proxy/debug/syncz");
     let req = http::Request::get(path).body(Vec::new());
     match req {
-        Ok(req) => match client.request_text(req).await {
+        Ok(req) => match within(client.request_text(req)).await {
             Ok(text) => out.push(proxies(&text)),
             Err(e) => out.push(fail(
                 "proxies connected and in sync",
@@ -359,4 +383,15 @@ pub fn render(checks: &[Check]) -> String {
         }
     }
     out
+}
+
+/// `request` given 10 s: kube's client retries an unavailable service for minutes, and a
+/// check must answer.
+async fn within(
+    request: impl std::future::Future<Output = Result<String, kube::Error>>,
+) -> Result<String, String> {
+    match tokio::time::timeout(std::time::Duration::from_secs(10), request).await {
+        Ok(r) => r.map_err(|e| e.to_string()),
+        Err(_) => Err("no answer within 10 s".into()),
+    }
 }

@@ -94,6 +94,19 @@ fn answer(healthy: bool, root: &str, method: &str, path: &str) -> (StatusCode, V
                 ],
             }),
         ),
+        ("GET", "/api/v1/namespaces/mesh-system/services/https:mesh-pilot:443/proxy/ready") => {
+            if healthy {
+                (StatusCode::OK, json!("ready"))
+            } else {
+                (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    json!({
+                        "kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 503,
+                        "message": "error trying to reach service: dial tcp 10.244.0.7:15017: connect: connection refused",
+                    }),
+                )
+            }
+        }
         ("GET", "/api/v1/namespaces") => {
             let labels = if healthy {
                 json!({"istio-injection": "enabled"})
@@ -152,6 +165,7 @@ fn a_healthy_cluster_passes_every_check() {
     for line in [
         "✔ control plane ready: mesh-pilot 1/1 available",
         "✔ injector webhook configured: 1 webhooks with a caBundle",
+        "✔ injector webhook answers over HTTPS: ready",
         "✔ proxies connected and in sync: 2 connected, all in sync",
         "✔ namespaces labelled for injection: shop",
     ] {
@@ -186,6 +200,8 @@ fn a_broken_cluster_fails_with_what_to_do() {
         "✘ control plane ready: mesh-pilot 0/1 available",
         "kubectl -n mesh-system logs deploy/mesh-pilot",
         "✘ injector webhook configured: 1 of 1 webhooks without a caBundle",
+        "✘ injector webhook answers over HTTPS:",
+        "pods cannot be created while it does not answer",
         "✘ mesh root certificate valid: no ConfigMap istio-ca-root-cert in mesh-system",
         "✘ proxies connected and in sync: order-v1-0.shop refused a push: state: bad regex",
         "✘ namespaces labelled for injection: none",
