@@ -38,6 +38,25 @@ fn inbound_requests(c: &LocalCluster, pod: &str) -> usize {
         .count()
 }
 
+/// The seed application, with order's sidecar knowing inventory too.
+fn seed_with_inventory(scenario: &str) -> LocalCluster {
+    let c = seed(scenario);
+    c.wait_endpoints("order-v1-0", "inventory-service.default", 1)
+        .expect("order knows inventory");
+    c
+}
+
+/// Requests of `report` that failed with `status` and an answer containing `words`.
+fn failed_with(report: &Report, status: u16, words: &str) -> usize {
+    let prefix = format!("{status} ");
+    report
+        .failures
+        .iter()
+        .filter(|(why, _)| why.starts_with(&prefix) && why.contains(words))
+        .map(|(_, n)| n)
+        .sum()
+}
+
 fn assert_all_ok(report: &Report) {
     assert_eq!(
         report.ok, report.requests,
@@ -319,19 +338,12 @@ fn the_seed_circuit_breaker_overflows_two_connections_and_never_one() {
     // Istio's circuit-breaking task on the seed's DestinationRule (one connection, one pending
     // request, one request per connection), enforced by order's sidecar: one connection at a
     // time never overflows; two at once sometimes do, answered at once with 503 (flag UO).
-    let c = seed("circuit-breaker");
-    c.wait_endpoints("order-v1-0", "inventory-service.default", 1)
-        .expect("order knows inventory");
+    let c = seed_with_inventory("circuit-breaker");
     let url = "http://inventory-service:8080/";
     let one = c.load("order-v1-0", url, &["-n", "30", "-c", "1"]).unwrap();
     assert_all_ok(&one);
     let two = c.load("order-v1-0", url, &["-n", "60", "-c", "2"]).unwrap();
-    let overflow: usize = two
-        .failures
-        .iter()
-        .filter(|(why, _)| why.starts_with("503 ") && why.contains("reset reason: overflow"))
-        .map(|(_, n)| n)
-        .sum();
+    let overflow = failed_with(&two, 503, "reset reason: overflow");
     assert!(overflow > 0, "two connections at once overflow: {two:?}");
     assert_eq!(
         two.ok + overflow,
@@ -548,9 +560,7 @@ fn rate_limits_answer_429_rl_per_route_and_per_workload() {
     // A RateLimitPolicy on inventory, enforced by inventory's own sidecar: a route's bucket
     // (3 requests to /expensive) and the workload's (20 requests in all), neither filling
     // again within the test. Requests over a limit are answered 429 with flag RL.
-    let c = seed("rate-limit");
-    c.wait_endpoints("order-v1-0", "inventory-service.default", 1)
-        .expect("order knows inventory");
+    let c = seed_with_inventory("rate-limit");
     c.apply_yaml(
         "
 apiVersion: policy.mesh.dev/v1alpha1
@@ -568,13 +578,7 @@ spec:
 ",
     )
     .unwrap();
-    let limited = |r: &Report| -> usize {
-        r.failures
-            .iter()
-            .filter(|(why, _)| why.starts_with("429 ") && why.contains("local_rate_limited"))
-            .map(|(_, n)| n)
-            .sum()
-    };
+    let limited = |r: &Report| failed_with(r, 429, "local_rate_limited");
     // Applied once /expensive is refused: its bucket's 3 tokens are then spent.
     let expensive = "http://inventory-service:8080/expensive";
     let applied = wait_until(DEADLINE, || {
