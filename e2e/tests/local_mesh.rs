@@ -1117,6 +1117,15 @@ fn ps_logs_and_proxy_status_show_the_running_mesh() {
         String::from_utf8_lossy(&status.stderr)
     );
     assert_eq!(text.matches("SYNCED").count(), 4, "{text}");
+    // Every sidecar told pilot its version, which `meshctl verify` compares with pilot's.
+    let version = format!("  {}  ", env!("CARGO_PKG_VERSION"));
+    assert_eq!(
+        text.lines()
+            .filter(|l| l.contains("SYNCED") && l.contains(&version))
+            .count(),
+        4,
+        "{text}"
+    );
     // The seed's DestinationRule is held by every sidecar that sees inventory and enforced
     // whole (circuit breaker, outlier detection): nothing of it is listed as not enforced.
     assert!(

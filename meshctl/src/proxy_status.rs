@@ -64,6 +64,8 @@ pub struct Proxy {
 struct Node {
     id: String,
     namespace: String,
+    #[serde(default)]
+    proxy_version: String,
 }
 
 /// Fetches `/debug/syncz` from `pilot`.
@@ -112,6 +114,7 @@ pub fn render(syncz: &Syncz) -> String {
         "SENT".into(),
         "ACKED".into(),
         "SERVICES".into(),
+        "VERSION".into(),
         "STATUS".into(),
     ]];
     let v = |x: Option<u64>| x.map_or("-".to_string(), |x| x.to_string());
@@ -122,10 +125,15 @@ pub fn render(syncz: &Syncz) -> String {
             v(p.sent_version),
             v(p.acked_version),
             p.services.to_string(),
+            if p.node.proxy_version.is_empty() {
+                "-".into()
+            } else {
+                p.node.proxy_version.clone()
+            },
             status_of(p, syncz.generation),
         ]);
     }
-    let widths: Vec<usize> = (0..6)
+    let widths: Vec<usize> = (0..7)
         .map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0))
         .collect();
     let mut out = String::new();
@@ -134,7 +142,7 @@ pub fn render(syncz: &Syncz) -> String {
             .iter()
             .enumerate()
             .map(|(i, c)| {
-                if i == 5 {
+                if i == 6 {
                     c.clone()
                 } else {
                     format!("{c:<w$}", w = widths[i])

@@ -292,7 +292,10 @@ pub async fn installed(client: &Client, namespace: &str) -> Vec<Check> {
     let req = http::Request::get(path).body(Vec::new());
     match req {
         Ok(req) => match within(client.request_text(req)).await {
-            Ok(text) => out.push(proxies(&text)),
+            Ok(text) => {
+                out.push(proxies(&text));
+                out.push(versions(&text, env!("CARGO_PKG_VERSION")));
+            }
             Err(e) => out.push(fail(
                 "proxies connected and in sync",
                 e.to_string(),
@@ -356,6 +359,115 @@ fn proxies(syncz: &str) -> Check {
             name,
             trouble.join("; "),
             "meshctl proxy-status shows each proxy and why",
+        )
+    }
+}
+
+/// Whether a proxy at `proxy` may run under a control plane at `pilot`: the same major
+/// version, never newer, and at most one minor version older (the release before an
+/// upgrade). Before 1.0 every minor release may break the discovery protocol, so there the
+/// minor versions must match. `Err` says why not.
+pub fn supported_skew(pilot: &str, proxy: &str) -> Result<(), String> {
+    let parse = |v: &str| semver::Version::parse(v.trim_start_matches('v'));
+    let pilot = parse(pilot).map_err(|e| format!("the control plane's version {pilot:?}: {e}"))?;
+    if proxy.is_empty() {
+        return Err("reports no version (a proxy older than the version check)".into());
+    }
+    let proxy = parse(proxy).map_err(|e| format!("version {proxy:?}: {e}"))?;
+    let strip = |v: &semver::Version| semver::Version::new(v.major, v.minor, v.patch);
+    if strip(&proxy) > strip(&pilot) {
+        return Err(format!("{proxy} is newer than the control plane's {pilot}"));
+    }
+    let allowed_minors = if pilot.major == 0 { 0 } else { 1 };
+    if proxy.major != pilot.major || pilot.minor - proxy.minor.min(pilot.minor) > allowed_minors {
+        return Err(format!(
+            "{proxy} is too old for the control plane's {pilot} (supported: {})",
+            if allowed_minors == 0 {
+                format!("{}.{}.x", pilot.major, pilot.minor)
+            } else {
+                format!(
+                    "{}.{}.x and {}.{}.x",
+                    pilot.major,
+                    pilot.minor.saturating_sub(1),
+                    pilot.major,
+                    pilot.minor
+                )
+            }
+        ));
+    }
+    Ok(())
+}
+
+/// The data plane's versions against the control plane's (`pilot_version` and each proxy's
+/// `node.proxy_version` in `/debug/syncz`), and `meshctl`'s own (`cli`) as a note.
+fn versions(syncz: &str, cli: &str) -> Check {
+    let name = "data plane and control plane versions";
+    let Ok(v) = serde_json::from_str::<serde_json::Value>(syncz) else {
+        return fail(
+            name,
+            "pilot answered something else than /debug/syncz",
+            "check the control plane's version",
+        );
+    };
+    let Some(pilot) = v["pilot_version"].as_str() else {
+        return fail(
+            name,
+            "the control plane does not report its version",
+            "it predates the version check: meshctl install --profile P to upgrade it",
+        );
+    };
+    let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+    let mut trouble = Vec::new();
+    let mut namespaces = std::collections::BTreeSet::new();
+    for p in v["proxies"].as_array().into_iter().flatten() {
+        let version = p["node"]["proxy_version"].as_str().unwrap_or_default();
+        *counts
+            .entry(
+                if version.is_empty() {
+                    "unknown"
+                } else {
+                    version
+                }
+                .to_string(),
+            )
+            .or_default() += 1;
+        if let Err(why) = supported_skew(pilot, version) {
+            let id = p["node"]["id"].as_str().unwrap_or("?");
+            trouble.push(format!("{id}: {why}"));
+            if let Some(ns) = p["node"]["namespace"].as_str() {
+                namespaces.insert(ns.to_string());
+            }
+        }
+    }
+    let spread = counts
+        .iter()
+        .map(|(v, n)| format!("{n} at {v}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let cli_note = if cli == pilot {
+        String::new()
+    } else {
+        format!("; meshctl is {cli}")
+    };
+    if trouble.is_empty() {
+        let proxies = if spread.is_empty() {
+            "no proxies".to_string()
+        } else {
+            format!("proxies {spread}")
+        };
+        pass(name, format!("control plane {pilot}, {proxies}{cli_note}"))
+    } else {
+        let restart = namespaces
+            .iter()
+            .map(|ns| format!("kubectl rollout restart deployment -n {ns}"))
+            .collect::<Vec<_>>()
+            .join("; ");
+        fail(
+            name,
+            format!("control plane {pilot}{cli_note}; {}", trouble.join("; ")),
+            format!(
+                "restart those workloads so they are injected with the control plane's proxy: {restart}"
+            ),
         )
     }
 }

@@ -88,9 +88,10 @@ fn answer(healthy: bool, root: &str, method: &str, path: &str) -> (StatusCode, V
             StatusCode::OK,
             json!({
                 "generation": 3,
+                "pilot_version": env!("CARGO_PKG_VERSION"),
                 "proxies": [
-                    {"node": {"id": "shipping-v1-0.shop", "namespace": "shop"}, "connected": true, "sent_version": 3, "acked_version": 3, "nack": null, "services": 4},
-                    {"node": {"id": "order-v1-0.shop", "namespace": "shop"}, "connected": true, "sent_version": 3, "acked_version": if healthy { 3 } else { 2 }, "nack": if healthy { Value::Null } else { json!("state: bad regex") }, "services": 4},
+                    {"node": {"id": "shipping-v1-0.shop", "namespace": "shop", "proxy_version": env!("CARGO_PKG_VERSION")}, "connected": true, "sent_version": 3, "acked_version": 3, "nack": null, "services": 4},
+                    {"node": {"id": "order-v1-0.shop", "namespace": "shop", "proxy_version": if healthy { env!("CARGO_PKG_VERSION") } else { "0.0.9" }}, "connected": true, "sent_version": 3, "acked_version": if healthy { 3 } else { 2 }, "nack": if healthy { Value::Null } else { json!("state: bad regex") }, "services": 4},
                 ],
             }),
         ),
@@ -167,6 +168,12 @@ fn a_healthy_cluster_passes_every_check() {
         "✔ injector webhook configured: 1 webhooks with a caBundle",
         "✔ injector webhook answers over HTTPS: ready",
         "✔ proxies connected and in sync: 2 connected, all in sync",
+        concat!(
+            "✔ data plane and control plane versions: control plane ",
+            env!("CARGO_PKG_VERSION"),
+            ", proxies 2 at ",
+            env!("CARGO_PKG_VERSION")
+        ),
         "✔ namespaces labelled for injection: shop",
     ] {
         assert!(text.contains(line), "{line} in:\n{text}");
@@ -204,6 +211,8 @@ fn a_broken_cluster_fails_with_what_to_do() {
         "pods cannot be created while it does not answer",
         "✘ mesh root certificate valid: no ConfigMap istio-ca-root-cert in mesh-system",
         "✘ proxies connected and in sync: order-v1-0.shop refused a push: state: bad regex",
+        "order-v1-0.shop: 0.0.9 is too old for the control plane's",
+        "→ restart those workloads so they are injected with the control plane's proxy: kubectl rollout restart deployment -n shop",
         "✘ namespaces labelled for injection: none",
         "→ kubectl label namespace default istio-injection=enabled",
     ] {
@@ -216,4 +225,27 @@ fn no_cluster_is_one_failed_check_not_a_crash() {
     let (code, text) = verify(std::path::Path::new("/nonexistent/kubeconfig"), &[]);
     assert_eq!(code, Some(1));
     assert!(text.contains("✘ Kubernetes API reachable"), "{text}");
+}
+
+#[test]
+fn version_skew_allows_one_minor_release_behind_and_never_ahead() {
+    use meshctl::verify::supported_skew;
+    assert_eq!(supported_skew("1.4.2", "1.4.0"), Ok(()));
+    assert_eq!(supported_skew("1.4.2", "1.3.7"), Ok(()));
+    assert_eq!(supported_skew("v1.4.0", "1.4.0-rc.1"), Ok(()));
+    let too_old = supported_skew("1.4.2", "1.2.0").unwrap_err();
+    assert!(too_old.contains("supported: 1.3.x and 1.4.x"), "{too_old}");
+    let ahead = supported_skew("1.4.2", "1.5.0").unwrap_err();
+    assert!(
+        ahead.contains("newer than the control plane's 1.4.2"),
+        "{ahead}"
+    );
+    assert!(supported_skew("1.4.2", "0.9.0").is_err());
+    // Before 1.0 a minor release may change the protocol: only the same minor is supported.
+    assert_eq!(supported_skew("0.2.3", "0.2.0"), Ok(()));
+    let pre = supported_skew("0.2.3", "0.1.0").unwrap_err();
+    assert!(pre.contains("supported: 0.2.x"), "{pre}");
+    let silent = supported_skew("0.2.3", "").unwrap_err();
+    assert!(silent.contains("reports no version"), "{silent}");
+    assert!(supported_skew("0.2.3", "latest").is_err());
 }

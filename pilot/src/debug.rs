@@ -54,7 +54,11 @@ pub fn handle(state: &DebugState, path: &str, query: &str) -> Response<Full<Byte
     match path {
         "/debug/syncz" => reply(
             StatusCode::OK,
-            json!({ "generation": generation.version, "proxies": state.status.all() }),
+            json!({
+                "generation": generation.version,
+                "pilot_version": env!("CARGO_PKG_VERSION"),
+                "proxies": state.status.all(),
+            }),
         ),
         "/debug/config_dump" => {
             let Some(id) = query_param(query, "proxyID") else {

@@ -27,6 +27,7 @@ pub fn node(namespace: &str, sa: &str, labels: &[(&str, &str)], ip: &str) -> Pro
             .map(|(k, v)| ((*k).to_string(), (*v).to_string()))
             .collect(),
         ip_addresses: vec![ip.into()],
+        proxy_version: env!("CARGO_PKG_VERSION").into(),
     }
 }
 

@@ -110,6 +110,7 @@ fn node_of(node: Option<pb::Node>) -> Result<ProxyNode, tonic::Status> {
         service_account: n.service_account,
         labels: n.labels.into_iter().collect(),
         ip_addresses: n.ip_addresses,
+        proxy_version: n.proxy_version,
     })
 }
 

@@ -31,6 +31,8 @@ pub struct ProxyNode {
     pub labels: BTreeMap<String, String>,
     /// Addresses of the workload.
     pub ip_addresses: Vec<String>,
+    /// The proxy's version (`mesh-proxy`'s package version; empty from proxies too old to say).
+    pub proxy_version: String,
 }
 
 /// The Sidecar resource that scopes a workload: one selecting it in its namespace, else its
