@@ -36,6 +36,24 @@ enum Command {
     /// Wait until the proxy in this pod is ready (the injector's postStart hook, so the
     /// application starts only then). Exits 1 when it is not ready in time.
     Wait(WaitArgs),
+    /// Send one request to this proxy's admin (15000), metrics (15020) or readiness (15021)
+    /// port on loopback and print the body, as Istio's `pilot-agent request`:
+    /// `mesh-proxy request GET /config_dump`. Exits 1 unless the answer is 2xx.
+    Request(RequestArgs),
+}
+
+#[derive(Args)]
+struct RequestArgs {
+    /// The method (GET, POST).
+    method: String,
+    /// The path, e.g. /config_dump, /stats, /clusters.
+    path: String,
+    /// The loopback port to ask.
+    #[arg(long, default_value_t = 15000)]
+    port: u16,
+    /// How long to wait for the answer, in seconds.
+    #[arg(long, default_value_t = 10)]
+    timeout_secs: u64,
 }
 
 /// What the CA token file holds.
@@ -238,6 +256,7 @@ fn main() -> ExitCode {
             run::wait_ready(args.address, Duration::from_secs(args.timeout_secs))
                 .map_err(anyhow::Error::from)
         }
+        Command::Request(args) => run_request(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -246,6 +265,26 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn run_request(a: &RequestArgs) -> anyhow::Result<()> {
+    use std::io::Write;
+    let answer = run::request(
+        &a.method,
+        a.port,
+        &a.path,
+        Duration::from_secs(a.timeout_secs),
+    )?;
+    std::io::stdout().write_all(&answer.body)?;
+    anyhow::ensure!(
+        (200..300).contains(&answer.status),
+        "{} {} on port {} answered {}",
+        a.method,
+        a.path,
+        a.port,
+        answer.status
+    );
+    Ok(())
 }
 
 fn capture_config(a: &InitArgs) -> anyhow::Result<CaptureConfig> {

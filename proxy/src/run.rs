@@ -471,3 +471,54 @@ async fn ask_ready(addr: SocketAddr) -> std::io::Result<u16> {
         .and_then(|c| c.parse().ok())
         .ok_or_else(|| std::io::Error::other("not an HTTP answer"))
 }
+
+/// What `mesh-proxy request` got: the status and the body.
+#[derive(Debug)]
+pub struct Answer {
+    /// The HTTP status.
+    pub status: u16,
+    /// The body.
+    pub body: bytes::Bytes,
+}
+
+/// One request to the proxy's own admin (15000), metrics (15020) or readiness (15021) port on
+/// loopback, as Istio's `pilot-agent request`: how tools that reach a pod only by exec (the
+/// admin port listens on loopback alone) read `/config_dump`, `/stats` or `/clusters`.
+pub fn request(method: &str, port: u16, path: &str, within: Duration) -> anyhow::Result<Answer> {
+    use anyhow::Context;
+    use http_body_util::{BodyExt, Empty};
+    let method: http::Method = method
+        .to_ascii_uppercase()
+        .parse()
+        .with_context(|| format!("{method:?} is not an HTTP method"))?;
+    let path = if path.starts_with('/') {
+        path.to_string()
+    } else {
+        format!("/{path}")
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let ask = async {
+            let stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .with_context(|| format!("nothing listens on 127.0.0.1:{port} in this pod"))?;
+            let (mut sender, conn) =
+                hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
+            tokio::spawn(conn);
+            let req = http::Request::builder()
+                .method(method)
+                .uri(&path)
+                .header(http::header::HOST, "localhost")
+                .body(Empty::<bytes::Bytes>::new())?;
+            let resp = sender.send_request(req).await?;
+            let status = resp.status().as_u16();
+            let body = resp.into_body().collect().await?.to_bytes();
+            anyhow::Ok(Answer { status, body })
+        };
+        tokio::time::timeout(within, ask)
+            .await
+            .with_context(|| format!("127.0.0.1:{port} did not answer {path} within {within:?}"))?
+    })
+}
