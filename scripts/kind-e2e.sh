@@ -2,9 +2,12 @@
 # The Kubernetes end-to-end run, for a machine with Docker, kind and kubectl (public CI): builds
 # the images, creates a kind cluster, loads them, installs the demo profile with meshctl, labels
 # the default namespace, deploys the seed's order application with the images it names, and
-# checks that order reaches shipping over mTLS with the 90/10 split. These development
-# machines have no Docker engine, so it has not run here; every path it uses that can be
-# tested without a cluster is tested by `scripts/test.sh` against scripted API servers.
+# checks that order reaches shipping over mTLS with the 90/10 split; then runs the end-to-end
+# scenarios (e2e/tests/scenarios.rs, security.rs) through the harness's Kubernetes backend
+# (MESH_E2E_BACKEND=kube, e2e/src/kubernetes.rs). These development machines have no Docker
+# engine, so it has not run here; every path it uses that can be tested without a cluster is
+# tested by `scripts/test.sh` against scripted API servers (e2e/tests/kube_backend.rs among
+# them).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 TAG=${TAG:-0.1.0}
@@ -50,3 +53,12 @@ assert 850 <= v1 <= 950, r["by_version"]
 assert all(p.startswith("spiffe://") for p in r["by_peer"]), r["by_peer"]
 print("kind-e2e: 1000 of 1000 over mTLS, v1", v1)
 PY
+
+# The scenarios, one at a time (the backend owns namespace default): the smoke test's pods go
+# first, since each scenario applies what it needs and leaves the namespace empty.
+kubectl delete -f manifests/samples/order-app/ --ignore-not-found --wait=true
+# (kubectl wait fails when no pod is left to wait for, hence `|| true`.)
+kubectl wait --for=delete pod --all -n default --timeout=120s || true
+MESH_E2E_BACKEND=kube MESH_E2E_IMAGE="mesh/echo:$TAG" \
+  cargo test --release --locked -p mesh-e2e --test scenarios --test security -- \
+  --include-ignored --test-threads 1

@@ -5,6 +5,7 @@
 pub mod bench;
 pub mod echo;
 pub mod harness;
+pub mod kubernetes;
 pub mod load;
 pub mod plot;
 pub mod ws_grpc;

@@ -1,4 +1,4 @@
-//! Security policy end to end on the local backend: the seed's `require-jwt.yaml` unchanged,
+//! Security policy end to end, through the harness (the local backend here, kind with `make kind-e2e`): the seed's `require-jwt.yaml` unchanged,
 //! with its issuer's key set served inside the mesh (`jwks.default.svc.cluster.local`) and
 //! fetched by booking's sidecar through its own outbound path; a DENY-all AuthorizationPolicy
 //! taking effect as soon as it is applied and stopping when deleted; a principals rule refusing
@@ -13,7 +13,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use jsonwebtoken::Algorithm;
-use mesh_e2e::harness::{self, Cluster, LocalCluster, echo_pod};
+use mesh_e2e::harness::{self, Cluster, echo_pod};
 use mesh_e2e::load::Report;
 use mesh_proxy::testing::jwt::Issuer;
 use meshctl::local::wait_until;
@@ -22,7 +22,7 @@ const DEADLINE: Duration = Duration::from_secs(30);
 const DENIED: &str = "403 RBAC: access denied";
 
 /// `n` requests from `pod` to `url`, with `headers`.
-fn send(c: &LocalCluster, pod: &str, url: &str, n: usize, headers: &[String]) -> Report {
+fn send(c: &dyn Cluster, pod: &str, url: &str, n: usize, headers: &[String]) -> Report {
     let n = n.to_string();
     let mut args = vec!["-n", n.as_str(), "-c", "1"];
     for h in headers {
@@ -74,16 +74,16 @@ spec:
 }
 
 /// The seed's booking service, a client, and a pod serving `jwks` as the seed's `jwksUri`.
-fn booking_with_keys(c: &LocalCluster, jwks: &str) {
-    let keys = c.dir().join("jwks.json");
-    std::fs::write(&keys, jwks).unwrap();
-    let file_arg = format!(", \"--file\", \"/jwks.json={}\"", keys.display());
-    let yaml = [
-        app("booking-service", ""),
-        app("jwks", &file_arg),
-        app("client", ""),
-    ]
-    .join("---\n");
+fn booking_with_keys(c: &dyn Cluster, jwks: &str) {
+    // The key set travels in the container's env, which every backend passes on.
+    let jwks_app = app("jwks", ", \"--file\", \"/jwks.json=env:JWKS\"").replace(
+        "        ports:\n",
+        &format!(
+            "        env: [{{name: JWKS, value: {}}}]\n        ports:\n",
+            serde_json::Value::String(jwks.to_string())
+        ),
+    );
+    let yaml = [app("booking-service", ""), jwks_app, app("client", "")].join("---\n");
     c.apply_yaml(&yaml).unwrap();
     c.wait_endpoints("client-v1-0", "booking-service.default", 1)
         .unwrap();
@@ -97,12 +97,12 @@ fn the_seed_require_jwt_with_keys_served_in_the_mesh() {
     // Our sample's copy of the seed file (api/tests/samples.rs holds it to the seed's bytes).
     let seed = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../manifests/samples/order-app/require-jwt.yaml");
-    let c = harness::local("jwt");
+    let c = harness::cluster("jwt");
     let issuer = Issuer::new("testing@secure.istio.io");
-    booking_with_keys(&c, &issuer.jwks_of(&["rsa-1"]));
+    booking_with_keys(&*c, &issuer.jwks_of(&["rsa-1"]));
     let url = "http://booking-service:8080/";
     // Before the policy, anyone gets through.
-    assert_eq!(send(&c, "client-v1-0", url, 3, &[]).ok, 3);
+    assert_eq!(send(&*c, "client-v1-0", url, 3, &[]).ok, 3);
 
     c.apply(&seed).unwrap();
     let valid = issuer.sign(
@@ -112,15 +112,15 @@ fn the_seed_require_jwt_with_keys_served_in_the_mesh() {
     // No token: the ALLOW rule needs a request principal, so 403.
     assert!(
         wait_until(DEADLINE, || all_failed_with(
-            &send(&c, "client-v1-0", url, 1, &[]),
+            &send(&*c, "client-v1-0", url, 1, &[]),
             DENIED
         )),
         "require-jwt never took effect"
     );
-    let none = send(&c, "client-v1-0", url, 5, &[]);
+    let none = send(&*c, "client-v1-0", url, 5, &[]);
     assert!(all_failed_with(&none, DENIED), "{none:?}");
     // A valid token from the seed's issuer, verified with keys fetched from jwks.default.
-    let ok = send(&c, "client-v1-0", url, 5, &[bearer(&valid)]);
+    let ok = send(&*c, "client-v1-0", url, 5, &[bearer(&valid)]);
     assert_eq!(ok.ok, 5, "{ok:?}");
     // Another issuer's token (signed with the very same key): 401.
     let other = Issuer::new("someone-else@example.com");
@@ -128,7 +128,7 @@ fn the_seed_require_jwt_with_keys_served_in_the_mesh() {
         Algorithm::RS256,
         &other.claims("testing@secure.istio.io", "booking"),
     );
-    let refused = send(&c, "client-v1-0", url, 3, &[bearer(&foreign)]);
+    let refused = send(&*c, "client-v1-0", url, 3, &[bearer(&foreign)]);
     assert!(
         all_failed_with(&refused, "401 Jwt issuer is not configured"),
         "{refused:?}"
@@ -136,7 +136,7 @@ fn the_seed_require_jwt_with_keys_served_in_the_mesh() {
     // A token of the seed's issuer with a bad signature: 401 too, never 200.
     let mut forged = valid.clone();
     forged.replace_range(forged.len() - 4.., "AAAA");
-    let bad = send(&c, "client-v1-0", url, 3, &[bearer(&forged)]);
+    let bad = send(&*c, "client-v1-0", url, 3, &[bearer(&forged)]);
     assert!(
         bad.ok == 0 && bad.failures.keys().all(|k| k.starts_with("401")),
         "{bad:?}"
@@ -157,26 +157,26 @@ spec:
 #[test]
 #[ignore = "needs root: runs a mesh in network namespaces"]
 fn deny_all_refuses_at_once_and_delete_restores() {
-    let c = harness::local("deny");
+    let c = harness::cluster("deny");
     c.apply(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../manifests/samples/order-app"))
         .unwrap();
     c.wait_endpoints("order-v1-0", "shipping-service.default", 2)
         .unwrap();
     let url = "http://shipping-service:8080/";
-    assert_eq!(send(&c, "order-v1-0", url, 20, &[]).ok, 20);
+    assert_eq!(send(&*c, "order-v1-0", url, 20, &[]).ok, 20);
 
     let applied = Instant::now();
     c.apply_yaml(DENY_ALL_SHIPPING).unwrap();
     assert!(
         wait_until(DEADLINE, || all_failed_with(
-            &send(&c, "order-v1-0", url, 1, &[]),
+            &send(&*c, "order-v1-0", url, 1, &[]),
             DENIED
         )),
         "the DENY policy never took effect"
     );
     let took = applied.elapsed();
     // Once in force it holds for every request, on both shipping versions.
-    let denied = send(&c, "order-v1-0", url, 20, &[]);
+    let denied = send(&*c, "order-v1-0", url, 20, &[]);
     assert!(all_failed_with(&denied, DENIED), "{denied:?}");
     eprintln!("DENY-all in force {} ms after apply", took.as_millis());
     assert!(
@@ -184,7 +184,7 @@ fn deny_all_refuses_at_once_and_delete_restores() {
         "a DENY policy must be in force within seconds: took {took:?}"
     );
     // The sidecar's access log names the policy and rule.
-    let log = std::fs::read_to_string(c.dir().join("pods/shipping-v1-0/proxy.log")).unwrap();
+    let log = c.proxy_log("shipping-v1-0").unwrap();
     assert!(
         log.contains("denied by default/deny-shipping rules[0] (DENY)"),
         "shipping's access log names the deciding policy"
@@ -192,17 +192,17 @@ fn deny_all_refuses_at_once_and_delete_restores() {
 
     c.delete_yaml(DENY_ALL_SHIPPING).unwrap();
     assert!(
-        wait_until(DEADLINE, || send(&c, "order-v1-0", url, 1, &[]).ok == 1),
+        wait_until(DEADLINE, || send(&*c, "order-v1-0", url, 1, &[]).ok == 1),
         "deleting the policy never restored traffic"
     );
-    let back = send(&c, "order-v1-0", url, 20, &[]);
+    let back = send(&*c, "order-v1-0", url, 20, &[]);
     assert_eq!(back.ok, 20, "{back:?}");
 }
 
 #[test]
 #[ignore = "needs root: runs a mesh in network namespaces"]
 fn a_principals_rule_refuses_another_service_account() {
-    let c = harness::local("principals");
+    let c = harness::cluster("principals");
     c.apply_yaml(
         "
 apiVersion: v1
@@ -237,7 +237,7 @@ spec:
         c.wait_endpoints(pod, "vault.default", 1).unwrap();
     }
     let url = "http://vault:8080/";
-    let allowed = send(&c, "teller", url, 5, &[]);
+    let allowed = send(&*c, "teller", url, 5, &[]);
     assert_eq!(allowed.ok, 5, "{allowed:?}");
     assert_eq!(
         allowed
@@ -245,9 +245,9 @@ spec:
             .get("spiffe://cluster.local/ns/default/sa/teller"),
         Some(&5)
     );
-    let refused = send(&c, "intruder", url, 5, &[]);
+    let refused = send(&*c, "intruder", url, 5, &[]);
     assert!(all_failed_with(&refused, DENIED), "{refused:?}");
-    let log = std::fs::read_to_string(c.dir().join("pods/vault-0/proxy.log")).unwrap();
+    let log = c.proxy_log("vault-0").unwrap();
     assert!(
         log.contains("spiffe://cluster.local/ns/default/sa/intruder"),
         "vault's access log shows the identity it refused"
@@ -287,7 +287,7 @@ spec:
 #[test]
 #[ignore = "needs root: runs a mesh in network namespaces"]
 fn a_custom_policy_asks_the_authorizer_in_the_mesh() {
-    let c = harness::local("extauthz");
+    let c = harness::cluster("extauthz");
     let yaml = [
         app("booking-service", ""),
         app("ext-authz", ", \"--ext-authz\""),
@@ -300,25 +300,31 @@ fn a_custom_policy_asks_the_authorizer_in_the_mesh() {
     c.wait_endpoints("booking-service-v1-0", "ext-authz.default", 1)
         .unwrap();
     let orders = "http://booking-service:8080/orders/1";
-    assert_eq!(send(&c, "client-v1-0", orders, 3, &[]).ok, 3);
+    assert_eq!(send(&*c, "client-v1-0", orders, 3, &[]).ok, 3);
 
     c.apply_yaml(EXT_AUTHZ).unwrap();
     let denied = format!("403 {}", mesh_e2e::echo::EXT_AUTHZ_DENIED);
     assert!(
         wait_until(DEADLINE, || all_failed_with(
-            &send(&c, "client-v1-0", orders, 1, &[]),
+            &send(&*c, "client-v1-0", orders, 1, &[]),
             &denied
         )),
         "the CUSTOM policy never took effect"
     );
     // The authorizer's denial is the client's answer; its allowed requests go through.
-    let refused = send(&c, "client-v1-0", orders, 5, &[]);
+    let refused = send(&*c, "client-v1-0", orders, 5, &[]);
     assert!(all_failed_with(&refused, &denied), "{refused:?}");
-    let allowed = send(&c, "client-v1-0", orders, 5, &["x-ext-authz: allow".into()]);
+    let allowed = send(
+        &*c,
+        "client-v1-0",
+        orders,
+        5,
+        &["x-ext-authz: allow".into()],
+    );
     assert_eq!(allowed.ok, 5, "{allowed:?}");
     // A path the policy does not match is not checked.
     let other = send(
-        &c,
+        &*c,
         "client-v1-0",
         "http://booking-service:8080/health",
         5,
@@ -326,7 +332,7 @@ fn a_custom_policy_asks_the_authorizer_in_the_mesh() {
     );
     assert_eq!(other.ok, 5, "{other:?}");
     // booking's access log names the policy and the authorizer's verdict.
-    let log = std::fs::read_to_string(c.dir().join("pods/booking-service-v1-0/proxy.log")).unwrap();
+    let log = c.proxy_log("booking-service-v1-0").unwrap();
     assert!(
         log.contains("denied by default/ext-authz rules[0] (CUSTOM: authorizer \"sample-ext-authz-http\" answered 403)"),
         "booking's access log names the deciding policy"

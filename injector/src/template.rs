@@ -148,3 +148,9 @@ pub fn to_yaml(docs: &[Value]) -> Result<String, serde_saphyr::ser_error::Error>
 pub fn from_yaml(text: &str) -> Result<Value, String> {
     serde_saphyr::from_str(text).map_err(|e| e.to_string())
 }
+
+/// Reads every YAML document of `text` into JSON values, leaving out empty ones.
+pub fn documents(text: &str) -> Result<Vec<Value>, String> {
+    let docs: Vec<Value> = serde_saphyr::from_multiple(text).map_err(|e| e.to_string())?;
+    Ok(docs.into_iter().filter(|d| !d.is_null()).collect())
+}

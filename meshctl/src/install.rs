@@ -108,7 +108,7 @@ pub fn uninstall(args: &UninstallArgs) -> ExitCode {
                 if args.purge {
                     ""
                 } else {
-                    " (the CRDs and the mesh resources stay; --purge removes them too)"
+                    " (the CRDs, the mesh resources and the root namespace istio-system stay; --purge removes them too)"
                 }
             );
             anyhow::Ok(())

@@ -43,12 +43,9 @@ pub enum InstallError {
     },
 }
 
-/// Where a manifest goes: its API resource and namespace (none for cluster-scoped kinds).
-fn target(doc: &Value) -> Result<(ApiResource, Option<String>, String), InstallError> {
-    let kind = doc["kind"].as_str().unwrap_or("");
-    let api_version = doc["apiVersion"].as_str().unwrap_or("");
-    let name = doc["metadata"]["name"].as_str().unwrap_or("").to_string();
-    let (plural, namespaced) = match kind {
+/// The plural and scope of the Kubernetes kinds the mesh's manifests and tests apply.
+fn builtin(kind: &str) -> Option<(&'static str, bool)> {
+    Some(match kind {
         "Namespace" => ("namespaces", false),
         "CustomResourceDefinition" => ("customresourcedefinitions", false),
         "ClusterRole" => ("clusterroles", false),
@@ -61,7 +58,25 @@ fn target(doc: &Value) -> Result<(ApiResource, Option<String>, String), InstallE
         "Secret" => ("secrets", true),
         "Service" => ("services", true),
         "Deployment" => ("deployments", true),
-        _ => return Err(InstallError::UnknownKind(format!("{kind} {name}"))),
+        "Pod" => ("pods", true),
+        _ => return None,
+    })
+}
+
+/// Where a manifest goes: its API resource and namespace (none for cluster-scoped kinds).
+fn target(doc: &Value) -> Result<(ApiResource, Option<String>, String), InstallError> {
+    let kind = doc["kind"].as_str().unwrap_or("");
+    let api_version = doc["apiVersion"].as_str().unwrap_or("");
+    let name = doc["metadata"]["name"].as_str().unwrap_or("").to_string();
+    let (plural, namespaced) = match builtin(kind) {
+        Some((plural, namespaced)) => (plural.to_string(), namespaced),
+        None => {
+            // The mesh's own kinds and Istio's, by the plural of their CRD.
+            let (group, _) = api_version.rsplit_once('/').unwrap_or(("", api_version));
+            mesh_api::kinds::Kind::lookup(kind, group)
+                .and_then(|k| Some((mesh_api::crd::crd(k)?.spec.names.plural, k.is_namespaced())))
+                .ok_or_else(|| InstallError::UnknownKind(format!("{kind} {name}")))?
+        }
     };
     let (group, version) = api_version.rsplit_once('/').unwrap_or(("", api_version));
     let gvk = GroupVersionKind::gvk(group, version, kind);
@@ -72,7 +87,7 @@ fn target(doc: &Value) -> Result<(ApiResource, Option<String>, String), InstallE
             .to_string()
     });
     Ok((
-        ApiResource::from_gvk_with_plural(&gvk, plural),
+        ApiResource::from_gvk_with_plural(&gvk, &plural),
         namespace,
         name,
     ))
@@ -166,8 +181,9 @@ pub fn availability(d: &k8s_openapi::api::apps::v1::Deployment) -> (i32, i32) {
     (have, want)
 }
 
-/// Deletes `docs` in reverse order (CustomResourceDefinitions only with `purge`: deleting them
-/// deletes every resource of their kinds); objects already gone are skipped.
+/// Deletes `docs` in reverse order; objects already gone are skipped. CustomResourceDefinitions
+/// (deleting them deletes every resource of their kinds) and objects annotated
+/// [`crate::profile::PURGE_ONLY`] (the root namespace, with users' policies) only with `purge`.
 pub async fn delete_all(
     client: &Client,
     docs: &[Value],
@@ -176,7 +192,9 @@ pub async fn delete_all(
 ) -> Result<usize, InstallError> {
     let mut deleted = 0;
     for doc in docs.iter().rev() {
-        if doc["kind"] == "CustomResourceDefinition" && !purge {
+        let purge_only = doc["kind"] == "CustomResourceDefinition"
+            || doc["metadata"]["annotations"][crate::profile::PURGE_ONLY] == "true";
+        if purge_only && !purge {
             continue;
         }
         let (ar, namespace, name) = target(doc)?;

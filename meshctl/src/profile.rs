@@ -191,6 +191,12 @@ pub fn inject_config(v: &Values) -> mesh_injector::InjectConfig {
     }
 }
 
+/// The mesh's root namespace (pilot's default, as Istio's).
+pub const ROOT_NAMESPACE: &str = mesh_pilot::model::peer_authentication::DEFAULT_ROOT_NAMESPACE;
+
+/// Marks an object `meshctl uninstall` deletes only with `--purge`.
+pub const PURGE_ONLY: &str = "mesh.dev/uninstall";
+
 /// Every manifest of the values, in the order they apply (namespace and CRDs first).
 pub fn render(v: &Values) -> Vec<Value> {
     let ns = v.namespace.as_str();
@@ -200,6 +206,19 @@ pub fn render(v: &Values) -> Vec<Value> {
         "kind": "Namespace",
         "metadata": {"name": ns, "labels": labels()},
     })];
+    // The mesh's root namespace, where mesh-wide policy lives (Istio's name, so its YAML and
+    // the seed's apply unchanged). Uninstall keeps it unless purging: it holds users' policies.
+    if ns != ROOT_NAMESPACE {
+        out.push(json!({
+            "apiVersion": "v1",
+            "kind": "Namespace",
+            "metadata": {
+                "name": ROOT_NAMESPACE,
+                "labels": labels(),
+                "annotations": {PURGE_ONLY: "true"},
+            },
+        }));
+    }
     for (_, crd) in mesh_api::crd::all() {
         out.push(serde_json::to_value(crd).unwrap_or_default());
     }
@@ -253,7 +272,7 @@ pub fn render(v: &Values) -> Vec<Value> {
     out.push(json!({
         "apiVersion": "v1",
         "kind": "ConfigMap",
-        "metadata": {"name": "istio", "namespace": ns, "labels": labels()},
+        "metadata": {"name": "istio", "namespace": ROOT_NAMESPACE, "labels": labels()},
         "data": {"mesh": "# Istio's mesh configuration (docs/api-coverage.md: what is read)\n"},
     }));
     let mut args = vec![
@@ -268,7 +287,7 @@ pub fn render(v: &Values) -> Vec<Value> {
         "--debug-address".into(),
         "0.0.0.0:15014".into(),
         "--root-namespace".into(),
-        ns.into(),
+        ROOT_NAMESPACE.into(),
         "--domain".into(),
         v.domain.clone(),
         "--trust-domain".into(),

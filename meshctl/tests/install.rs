@@ -90,8 +90,10 @@ fn install_applies_in_order_waits_and_uninstall_deletes_in_reverse() {
     let docs = meshctl::profile::render(&meshctl::profile::values("demo", &[]).unwrap());
     assert_eq!(applies.len(), docs.len(), "every object applied once");
     assert_eq!(applies[0].1, "/api/v1/namespaces/mesh-system");
+    // The root namespace, where the seed's mesh-wide PeerAuthentication goes.
+    assert_eq!(applies[1].1, "/api/v1/namespaces/istio-system");
     assert!(
-        applies[1]
+        applies[2]
             .1
             .starts_with("/apis/apiextensions.k8s.io/v1/customresourcedefinitions/")
     );
@@ -113,7 +115,8 @@ fn install_applies_in_order_waits_and_uninstall_deletes_in_reverse() {
             .any(|(_, p, ..)| p == "/apis/apps/v1/namespaces/mesh-system/deployments/mesh-pilot")
     );
 
-    // Uninstall: reverse order, the CRDs kept; a Role already gone is no error.
+    // Uninstall: reverse order, the CRDs and the root namespace kept; a Role already gone is
+    // no error.
     seen.lock().unwrap().clear();
     let out = meshctl(&kubeconfig, &["uninstall", "--profile", "demo"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -130,7 +133,7 @@ fn install_applies_in_order_waits_and_uninstall_deletes_in_reverse() {
     assert!(
         !deletes
             .iter()
-            .any(|p| p.contains("customresourcedefinitions"))
+            .any(|p| p.contains("customresourcedefinitions") || p.ends_with("/istio-system"))
     );
     assert!(stderr.contains("--purge removes them too"), "{stderr}");
     seen.lock().unwrap().clear();
@@ -143,6 +146,12 @@ fn install_applies_in_order_waits_and_uninstall_deletes_in_reverse() {
         .filter(|(m, p, ..)| m == "DELETE" && p.contains("customresourcedefinitions"))
         .count();
     assert_eq!(crds, mesh_api::crd::all().len());
+    assert!(
+        seen.lock()
+            .unwrap()
+            .iter()
+            .any(|(m, p, ..)| m == "DELETE" && p == "/api/v1/namespaces/istio-system")
+    );
 }
 
 #[test]
@@ -182,6 +191,12 @@ fn the_kind_run_for_public_ci_is_well_formed() {
             text.contains(needed) || text.contains(&needed.replace("meshctl ", "$MESHCTL ")),
             "{needed}"
         );
+    }
+    // It runs the suite through the harness's Kubernetes backend, on test files that exist.
+    assert!(text.contains("MESH_E2E_BACKEND=kube"));
+    for test in ["scenarios", "security"] {
+        assert!(text.contains(&format!("--test {test}")), "{test}");
+        assert!(root.join(format!("e2e/tests/{test}.rs")).exists(), "{test}");
     }
     let workflow = std::fs::read_to_string(root.join(".github/workflows/kind-e2e.yml")).unwrap();
     let parsed = mesh_injector::template::from_yaml(&workflow).unwrap();

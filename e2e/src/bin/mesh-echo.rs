@@ -96,7 +96,8 @@ struct Serve {
     #[arg(long, default_value_t = 0.0)]
     error_rate: f64,
     /// Serve a file's contents as JSON at a path, `/PATH=FILE` (repeatable): a JWKS document
-    /// for a RequestAuthentication's `jwksUri`, say.
+    /// for a RequestAuthentication's `jwksUri`, say. `/PATH=env:NAME` serves the value of
+    /// environment variable NAME instead (a container's `env`, on any backend).
     #[arg(long = "file", value_name = "/PATH=FILE")]
     files: Vec<String>,
     /// Answer every HTTP request as Istio's ext-authz sample does (an external authorizer
@@ -216,8 +217,13 @@ async fn serve(args: Serve) -> anyhow::Result<ExitCode> {
         let Some((path, file)) = spec.split_once('=').filter(|(p, _)| p.starts_with('/')) else {
             anyhow::bail!("--file {spec:?}: expected /PATH=FILE (/jwks.json=keys.json)");
         };
-        let body = std::fs::read(file)
-            .map_err(|e| anyhow::anyhow!("--file {spec:?}: cannot read {file}: {e}"))?;
+        let body = match file.strip_prefix("env:") {
+            Some(var) => std::env::var(var)
+                .map_err(|e| anyhow::anyhow!("--file {spec:?}: environment variable {var}: {e}"))?
+                .into_bytes(),
+            None => std::fs::read(file)
+                .map_err(|e| anyhow::anyhow!("--file {spec:?}: cannot read {file}: {e}"))?,
+        };
         files.insert(path.to_string(), bytes::Bytes::from(body));
     }
     let config = EchoConfig {

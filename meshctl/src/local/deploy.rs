@@ -21,6 +21,9 @@ pub enum DeploymentError {
         "image {0:?}: the local runtime runs only {ECHO_IMAGE} (start other workloads with `meshctl run`)"
     )]
     Image(String),
+    /// An environment variable whose value the runtime cannot resolve.
+    #[error("env {0}: valueFrom is not supported by the local runtime (give the value itself)")]
+    EnvFrom(String),
 }
 
 /// The pods a Deployment asks for: one per replica, named `DEPLOYMENT-N`, with the template's
@@ -61,6 +64,15 @@ pub fn pods_for_deployment(d: &Deployment) -> Result<Vec<PodSpec>, DeploymentErr
         .flatten()
         .filter_map(|p| u16::try_from(p.container_port).ok())
         .collect();
+    let env = container
+        .env
+        .iter()
+        .flatten()
+        .map(|e| match (&e.value, &e.value_from) {
+            (_, Some(_)) => Err(DeploymentError::EnvFrom(e.name.clone())),
+            (value, None) => Ok((e.name.clone(), value.clone().unwrap_or_default())),
+        })
+        .collect::<Result<Vec<_>, _>>()?;
     let annotations = template
         .metadata
         .as_ref()
@@ -87,7 +99,7 @@ pub fn pods_for_deployment(d: &Deployment) -> Result<Vec<PodSpec>, DeploymentErr
             ports: ports.clone(),
             sidecar,
             command: command.clone(),
-            env: Vec::new(),
+            env: env.clone(),
         })
         .collect())
 }
@@ -156,4 +168,58 @@ pub struct Deployed {
     pub started: Vec<String>,
     /// Deployments the runtime cannot run, and why.
     pub skipped: Vec<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn deployment(env: &str) -> Deployment {
+        serde_json::from_value(
+            mesh_injector::template::from_yaml(&format!(
+                "
+metadata: {{name: keys-v1, namespace: shop}}
+spec:
+  replicas: 2
+  selector: {{matchLabels: {{app: keys}}}}
+  template:
+    metadata: {{labels: {{app: keys}}}}
+    spec:
+      serviceAccountName: keys
+      containers:
+      - name: keys
+        image: registry.example/mesh-echo:1.0
+        args: [--port, '8080']
+        env: {env}
+        ports: [{{containerPort: 8080}}]
+"
+            ))
+            .unwrap(),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn a_deployments_pods_carry_its_container_env() {
+        let pods =
+            pods_for_deployment(&deployment("[{name: JWKS, value: '{}'}, {name: EMPTY}]")).unwrap();
+        assert_eq!(pods.len(), 2);
+        assert_eq!(pods[1].name, "keys-v1-1");
+        assert_eq!(pods[0].command, ["mesh-echo", "--port", "8080"]);
+        assert_eq!(
+            pods[0].env,
+            [
+                ("JWKS".into(), "{}".into()),
+                ("EMPTY".into(), String::new())
+            ]
+        );
+        let refused = pods_for_deployment(&deployment(
+            "[{name: TOKEN, valueFrom: {secretKeyRef: {name: s, key: k}}}]",
+        ))
+        .unwrap_err();
+        assert_eq!(
+            refused.to_string(),
+            "env TOKEN: valueFrom is not supported by the local runtime (give the value itself)"
+        );
+    }
 }

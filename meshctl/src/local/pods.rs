@@ -153,6 +153,7 @@ impl Mesh {
             netns: format!("{}-{}", st.prefix, spec.name),
             hub_link: format!("p{index}"),
             command: spec.command.clone(),
+            env: spec.env.clone(),
             app: None,
             proxy: None,
         };
@@ -313,6 +314,7 @@ impl Mesh {
             .env("POD_NAMESPACE", &pod.namespace)
             .env("POD_IP", &pod.address)
             .env("SERVICE_ACCOUNT", &pod.service_account)
+            .envs(pod.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(
                 log.try_clone()
@@ -473,20 +475,8 @@ impl Mesh {
         within: Duration,
     ) -> Result<(), RuntimeError> {
         let count = || -> usize {
-            let Ok(cfg) = self.proxy_config(client) else {
-                return 0;
-            };
-            cfg["services"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter(|s| {
-                    s["hostname"]
-                        .as_str()
-                        .is_some_and(|h| h.starts_with(&format!("{host}.")) || h == host)
-                })
-                .map(|s| s["endpoints"].as_array().map_or(0, Vec::len))
-                .sum()
+            self.proxy_config(client)
+                .map_or(0, |cfg| endpoints_of(&cfg, host))
         };
         if wait_until(within, || count() >= endpoints) {
             Ok(())
@@ -505,6 +495,22 @@ impl Mesh {
 
 /// PATH for commands run in pods: the folder holding mesh-echo (and the other mesh binaries)
 /// first, so `mesh-echo` resolves without installing it.
+/// Endpoints of the services whose host name is `host` or starts with `host.`
+/// (`shipping-service.default`), in a sidecar's `/config_dump`.
+pub fn endpoints_of(config_dump: &serde_json::Value, host: &str) -> usize {
+    config_dump["services"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|s| {
+            s["hostname"]
+                .as_str()
+                .is_some_and(|h| h.starts_with(&format!("{host}.")) || h == host)
+        })
+        .map(|s| s["endpoints"].as_array().map_or(0, Vec::len))
+        .sum()
+}
+
 fn app_path() -> std::ffi::OsString {
     let inherited = std::env::var_os("PATH").unwrap_or_default();
     match find_binary("mesh-echo", "mesh-e2e") {

@@ -49,6 +49,9 @@ pub struct PodRecord {
     pub hub_link: String,
     /// The app's command line.
     pub command: Vec<String>,
+    /// Extra environment for the app.
+    #[serde(default)]
+    pub env: Vec<(String, String)>,
     /// The app process.
     pub app: Option<Recorded>,
     /// The sidecar process.

@@ -1,0 +1,387 @@
+//! End-to-end scenarios about the local runtime itself (`meshctl down`, `ps`, `logs`,
+//! `proxy-status`, `demo`, its pod registry), and those whose fault is made inside a pod's
+//! network namespace (a zone going dark by iptables, which an application container on
+//! Kubernetes may not do): they run on the local backend whatever `MESH_E2E_BACKEND` says,
+//! and the Kubernetes run leaves them out. They need root, so they are
+//! `#[ignore = "needs root"]`: `scripts/test.sh` (and so CI, as root) runs them with
+//! `--run-ignored all`, and there a mesh that cannot start is a failure with its reason.
+
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use mesh_e2e::harness::{self, Cluster, LocalCluster, echo_pod};
+use meshctl::local::{PodSpec, wait_until};
+
+const DEADLINE: Duration = Duration::from_secs(30);
+
+fn sample() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../manifests/samples/order-app")
+}
+
+/// The seed application running on the local backend, with order's sidecar knowing both
+/// shipping versions.
+fn seed(scenario: &str) -> LocalCluster {
+    let c = harness::local(scenario);
+    c.apply(&sample()).expect("apply the sample");
+    c.wait_endpoints("order-v1-0", "shipping-service.default", 2)
+        .expect("order knows shipping");
+    c
+}
+
+fn assert_all_ok(report: &mesh_e2e::load::Report) {
+    assert_eq!(
+        report.ok, report.requests,
+        "every request succeeds: {report:?}"
+    );
+}
+
+#[test]
+#[ignore = "needs root: runs a mesh in network namespaces"]
+fn an_endpoint_proving_another_identity_is_refused() {
+    let c = harness::local("identity");
+    c.apply_yaml(
+        "
+apiVersion: v1
+kind: Service
+metadata: {name: vault, namespace: default}
+spec:
+  selector: {app: vault}
+  ports:
+  - {name: http, port: 8080}
+",
+    )
+    .unwrap();
+    c.run(&echo_pod("client", "client", "v1", "client"))
+        .unwrap();
+    c.run(&echo_pod("vault-0", "vault", "v1", "intruder"))
+        .unwrap();
+    c.wait_endpoints("client", "vault.default", 1).unwrap();
+    // As registered (service account `intruder`), its certificate matches: calls work.
+    let ok = c
+        .load("client", "http://vault:8080/", &["-n", "5", "-c", "1"])
+        .unwrap();
+    assert_all_ok(&ok);
+    // The registry now claims the pod runs as `vault`, but its certificate still proves
+    // `intruder`: the client's sidecar must refuse it.
+    let registration = c.dir().join("config/pods/vault-0.json");
+    let text = std::fs::read_to_string(&registration).unwrap();
+    std::fs::write(
+        &registration,
+        text.replace(
+            "\"serviceAccountName\": \"intruder\"",
+            "\"serviceAccountName\": \"vault\"",
+        ),
+    )
+    .unwrap();
+    let expects_vault = wait_until(DEADLINE, || {
+        c.mesh.proxy_config("client").is_ok_and(|cfg| {
+            cfg.to_string()
+                .contains("spiffe://cluster.local/ns/default/sa/vault")
+        })
+    });
+    assert!(expects_vault, "the client never learned the new identity");
+    let refused = c
+        .load("client", "http://vault:8080/", &["-n", "5", "-c", "1"])
+        .unwrap();
+    assert_eq!(refused.ok, 0, "an impostor must be refused: {refused:?}");
+    // The answer says why: the identity shown and the one expected.
+    let why = refused.failures.keys().next().unwrap();
+    assert!(
+        why.contains("sa/intruder") && why.contains("sa/vault"),
+        "the refusal names both identities: {why}"
+    );
+}
+
+/// An echo pod of `app` (answering with `version`) in `zone` of region us-west.
+fn zoned_pod(name: &str, app: &str, version: &str, zone: &str) -> PodSpec {
+    let mut pod = echo_pod(name, app, version, app);
+    pod.labels
+        .insert("topology.kubernetes.io/region".into(), "us-west".into());
+    pod.labels
+        .insert("topology.kubernetes.io/zone".into(), zone.into());
+    pod
+}
+
+#[test]
+#[ignore = "needs root: runs a mesh in network namespaces"]
+fn locality_keeps_traffic_in_the_zone_and_fails_over_without_outlier_detection() {
+    harness::require();
+    // A client in us-west/zone1 calls `catalog`, which has a pod in zone1 and one in zone2,
+    // with no DestinationRule at all: Istio's default locality load balancing, and no
+    // outlierDetection to tell the proxy when zone1 is gone.
+    let c = harness::local("locality");
+    c.apply_yaml(
+        "
+apiVersion: v1
+kind: Service
+metadata: {name: catalog, namespace: default}
+spec:
+  selector: {app: catalog}
+  ports: [{name: http, port: 8080, targetPort: 8080}]
+",
+    )
+    .unwrap();
+    for pod in [
+        zoned_pod("web-0", "web", "v1", "zone1"),
+        zoned_pod("catalog-z1-0", "catalog", "zone1", "zone1"),
+        zoned_pod("catalog-z2-0", "catalog", "zone2", "zone2"),
+    ] {
+        c.run(&pod).unwrap();
+    }
+    c.wait_endpoints("web-0", "catalog.default", 2)
+        .expect("web knows both catalog pods");
+    let url = "http://catalog:8080/";
+    let local = c.load("web-0", url, &["-n", "40", "-c", "2"]).unwrap();
+    assert_all_ok(&local);
+    assert_eq!(
+        local.by_version.get("zone1"),
+        Some(&40),
+        "every answer from the client's zone: {local:?}"
+    );
+    // Zone 1 goes dark: every TCP packet into its pod is answered with a reset, its
+    // registration left as it was (as when a zone fails before the registry notices).
+    c.exec(
+        "catalog-z1-0",
+        &[
+            "iptables",
+            "-I",
+            "INPUT",
+            "-p",
+            "tcp",
+            "-j",
+            "REJECT",
+            "--reject-with",
+            "tcp-reset",
+        ],
+    )
+    .unwrap();
+    let failed_over = wait_until(DEADLINE, || {
+        c.load("web-0", url, &["-n", "10", "-c", "1"])
+            .is_ok_and(|r| r.by_version.get("zone2") == Some(&10))
+    });
+    assert!(failed_over, "traffic never moved to zone2");
+    let after = c.load("web-0", url, &["-n", "40", "-c", "2"]).unwrap();
+    assert_all_ok(&after);
+    assert_eq!(after.by_version.get("zone2"), Some(&40), "{after:?}");
+    // The sidecar says why: the zone1 endpoint ejected for its connection failures.
+    let clusters = c.sidecar_get("web-0", 15000, "/clusters").unwrap();
+    assert!(
+        clusters.lines().any(|l| l
+            .starts_with("outbound|8080||catalog.default.svc.cluster.local::")
+            && l.ends_with("health_flags::/failed_outlier_check")),
+        "{clusters}"
+    );
+}
+
+/// Host state the mesh must never change.
+fn host_snapshot() -> Vec<String> {
+    let run = |cmd: &str, args: &[&str]| {
+        std::process::Command::new(cmd)
+            .args(args)
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default()
+    };
+    // Counters differ from moment to moment: compare the rules only.
+    let rules: String = run("iptables-save", &[])
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .map(|l| l.split(" [").next().unwrap_or(l).to_string() + "\n")
+        .collect();
+    vec![
+        rules,
+        run("ip", &["-o", "link", "show"])
+            .lines()
+            .map(|l| l.split(" link/").next().unwrap_or(l).to_string() + "\n")
+            .collect(),
+        run("ip", &["route", "show", "table", "all"]),
+        std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward").unwrap_or_default(),
+    ]
+}
+
+#[test]
+#[ignore = "needs root: runs a mesh in network namespaces"]
+fn down_leaves_nothing_behind() {
+    harness::require();
+    let before = host_snapshot();
+    let c = seed("down");
+    c.run(&PodSpec {
+        name: "plain".into(),
+        namespace: "default".into(),
+        service_account: "default".into(),
+        command: vec!["sleep".into(), "600".into()],
+        ..PodSpec::default()
+    })
+    .unwrap();
+    // A stray process started with `meshctl exec` goes too.
+    let mut stray = c
+        .mesh
+        .exec_command("order-v1-0", &["sleep".into(), "600".into()])
+        .unwrap()
+        .spawn()
+        .unwrap();
+    let st = c.mesh.state().unwrap();
+    let prefix = st.prefix.clone();
+    let mut procs: Vec<_> = st.control_plane.into_iter().collect();
+    for pod in st.pods.values() {
+        procs.extend(pod.app);
+        procs.extend(pod.proxy);
+    }
+    assert_eq!(procs.len(), 1 + 5 + 4, "control plane, 5 apps, 4 sidecars");
+    // A crash: the control plane dies and nothing is cleaned up.
+    let cp = st.control_plane.unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(cp.pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    assert!(wait_until(DEADLINE, || !cp.alive()));
+
+    let report = c.mesh.down().unwrap();
+    assert_eq!(report.pods, 5);
+    assert_eq!(report.namespaces, 6, "five pods and the hub");
+    let _ = stray.wait();
+    for p in &procs {
+        assert!(!p.alive(), "process {} still runs", p.pid);
+    }
+    let namespaces = meshctl::local::net::netns_with_prefix(&prefix);
+    assert!(namespaces.is_empty(), "namespaces left: {namespaces:?}");
+    for dir in ["/etc/netns", "/run/mesh"] {
+        let left: Vec<String> = std::fs::read_dir(dir)
+            .map(|d| {
+                d.flatten()
+                    .filter_map(|e| e.file_name().into_string().ok())
+                    .filter(|n| n.starts_with(&prefix))
+                    .collect()
+            })
+            .unwrap_or_default();
+        assert!(left.is_empty(), "{dir} still holds {left:?}");
+    }
+    assert!(!c.dir().join("runtime.json").exists());
+    assert!(
+        std::fs::read_dir(c.dir().join("config/pods"))
+            .map(|d| d.count() == 0)
+            .unwrap_or(true),
+        "pod registrations left"
+    );
+    assert_eq!(
+        host_snapshot(),
+        before,
+        "the host's rules, links and routes are untouched"
+    );
+    // Idempotent.
+    let again = c.mesh.down().unwrap();
+    assert_eq!((again.pods, again.namespaces), (0, 0));
+}
+
+fn meshctl(args: &[&str]) -> std::process::Output {
+    let bin = meshctl::local::find_binary("meshctl", "meshctl").unwrap();
+    std::process::Command::new(bin).args(args).output().unwrap()
+}
+
+#[test]
+#[ignore = "needs root: runs a mesh in network namespaces"]
+fn ps_logs_and_proxy_status_show_the_running_mesh() {
+    let c = seed("cli");
+    let dir = c.dir().to_str().unwrap().to_string();
+    let ps = meshctl(&["ps", "--dir", &dir]);
+    let text = String::from_utf8_lossy(&ps.stdout);
+    assert!(ps.status.success(), "{text}");
+    assert!(text.contains("control plane: running"), "{text}");
+    for pod in [
+        "order-v1-0",
+        "inventory-v1-0",
+        "shipping-v1-0",
+        "shipping-v2-0",
+    ] {
+        let line = text.lines().find(|l| l.starts_with(pod)).unwrap_or("");
+        assert!(
+            line.contains("running") && line.contains("yes"),
+            "{pod}: {text}"
+        );
+    }
+    c.load("order-v1-0", "http://shipping-service:8080/", &["-n", "20"])
+        .unwrap();
+    let logs = meshctl(&["logs", "--dir", &dir, "shipping-v1-0", "--proxy"]);
+    let text = String::from_utf8_lossy(&logs.stdout);
+    assert!(text.contains("inbound http"), "access log lines: {text}");
+    let app = meshctl(&["logs", "--dir", &dir, "shipping-v1-0"]);
+    assert!(String::from_utf8_lossy(&app.stdout).contains("mesh-echo shipping v1 listening"));
+    let status = meshctl(&["proxy-status", "--dir", &dir]);
+    let text = String::from_utf8_lossy(&status.stdout);
+    assert!(
+        status.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+    assert_eq!(text.matches("SYNCED").count(), 4, "{text}");
+    // Every sidecar told pilot its version, which `meshctl verify` compares with pilot's.
+    let version = format!("  {}  ", env!("CARGO_PKG_VERSION"));
+    assert_eq!(
+        text.lines()
+            .filter(|l| l.contains("SYNCED") && l.contains(&version))
+            .count(),
+        4,
+        "{text}"
+    );
+    // The seed's DestinationRule is held by every sidecar that sees inventory and enforced
+    // whole (circuit breaker, outlier detection): nothing of it is listed as not enforced.
+    assert!(
+        !text.contains("DestinationRule default/inventory-service"),
+        "{text}"
+    );
+}
+
+#[test]
+#[ignore = "needs root: runs a mesh in network namespaces"]
+fn demo_reports_the_seed_in_json_and_cleans_up() {
+    harness::require();
+    let dir = tempfile::tempdir().unwrap();
+    let out = meshctl(&[
+        "demo",
+        "--dir",
+        dir.path().to_str().unwrap(),
+        "--output",
+        "json",
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(r["requests"], 1000);
+    assert_eq!(r["success_rate"], 1.0);
+    assert_eq!(r["mtls"], true);
+    let v1 = r["by_version"]["v1"].as_u64().unwrap();
+    let v2 = r["by_version"]["v2"].as_u64().unwrap();
+    assert_eq!(v1 + v2, 1000);
+    // 10% to v2: sd = sqrt(1000 * 0.1 * 0.9) ≈ 9.5; five of them.
+    assert!((52..=148).contains(&v2), "v2 got {v2}");
+    assert!(r["p50_ms"].as_f64().unwrap() > 0.0);
+    assert!(r["p99_ms"].as_f64().unwrap() >= r["p50_ms"].as_f64().unwrap());
+    // The circuit breaker acts: two connections at once to inventory, some refused with UO.
+    let cb = &r["circuit_breaker"];
+    let (ok, uo) = (
+        cb["ok"].as_u64().unwrap(),
+        cb["overflow_503_uo"].as_u64().unwrap(),
+    );
+    assert!(uo > 0 && ok > 0, "{cb}");
+    assert_eq!(ok + uo, cb["requests"].as_u64().unwrap(), "{cb}");
+    // The demo claims only what is enforced: what it applies and is not is listed (the
+    // gateway), and the DestinationRule, enforced whole, is not.
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        log.contains("Gateway default/order-gateway: spec.servers: accepted, not enforced yet"),
+        "{log}"
+    );
+    assert!(
+        !log.contains("DestinationRule default/inventory-service"),
+        "{log}"
+    );
+    // Cleaned up: no record, so no namespace of it either.
+    assert!(!dir.path().join("runtime.json").exists());
+}
