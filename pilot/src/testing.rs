@@ -28,6 +28,7 @@ pub fn node(namespace: &str, sa: &str, labels: &[(&str, &str)], ip: &str) -> Pro
             .collect(),
         ip_addresses: vec![ip.into()],
         proxy_version: env!("CARGO_PKG_VERSION").into(),
+        ..ProxyNode::default()
     }
 }
 

@@ -180,6 +180,7 @@ async fn sidecar(pilot: SocketAddr, id: &str, vip: &str) -> Sidecar {
         workload: mesh_proxy::metrics::Workload::unknown(),
         debug_authz: false,
         jwks_ca_pem: None,
+        gateway: None,
     };
     Sidecar {
         proxy: Proxy::launch(&listeners, setup).await.unwrap(),

@@ -7,7 +7,7 @@
 
 // The modules form layers, from the bottom up: body, drain, identity, init, sniff, socket,
 // tls, authn, authz, state, discovery, route, metrics, upstream, ratelimit, inputs, http, tcp, inbound, outbound,
-// admin (then `run`, the process around them). Each uses only the ones before it; tests/layers.rs checks it and
+// gateway, admin (then `run`, the process around them). Each uses only the ones before it; tests/layers.rs checks it and
 // docs/architecture.md draws it.
 pub mod admin;
 pub mod authn;
@@ -15,6 +15,7 @@ pub mod authz;
 pub mod body;
 pub mod discovery;
 pub mod drain;
+pub mod gateway;
 pub mod http;
 pub mod identity;
 pub mod inbound;
@@ -94,6 +95,9 @@ pub struct Setup {
     pub debug_authz: bool,
     /// CA certificates (PEM) trusted for https `jwksUri`s besides the system's roots.
     pub jwks_ca_pem: Option<String>,
+    /// Gateway mode: the address the gateway's listeners bind (their ports come with the
+    /// state); `None` for a sidecar.
+    pub gateway: Option<std::net::IpAddr>,
 }
 
 /// A running proxy.
@@ -159,6 +163,7 @@ impl Proxy {
             workload: metrics::Workload::unknown(),
             debug_authz: false,
             jwks_ca_pem: None,
+            gateway: None,
         };
         Self::launch(listeners, setup).await
     }
@@ -175,6 +180,7 @@ impl Proxy {
             workload,
             debug_authz,
             jwks_ca_pem,
+            gateway,
         } = setup;
         let outbound = bind(listeners.outbound, "outbound").await?;
         let inbound = bind(listeners.inbound, "inbound").await?;
@@ -208,7 +214,7 @@ impl Proxy {
         let (trigger, watch) = drain::channel();
         let (drain_tx, drain_requests) = mpsc::channel(1);
         let app_probers = Arc::new(std::sync::OnceLock::new());
-        let tasks = vec![
+        let mut tasks = vec![
             tokio::spawn(state::report_unenforced(inputs.state.clone())),
             tokio::spawn(outbound::serve(
                 outbound,
@@ -229,8 +235,15 @@ impl Proxy {
                 watch.clone(),
                 app_probers.clone(),
             )),
-            tokio::spawn(admin::serve_metrics(metrics_listener, inputs, watch)),
+            tokio::spawn(admin::serve_metrics(
+                metrics_listener,
+                inputs.clone(),
+                watch.clone(),
+            )),
         ];
+        if let Some(ip) = gateway {
+            tasks.push(tokio::spawn(gateway::serve(ip, inputs, watch)));
+        }
         Ok(Self {
             bound,
             trigger,

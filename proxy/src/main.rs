@@ -56,6 +56,16 @@ struct RequestArgs {
     timeout_secs: u64,
 }
 
+/// What the proxy is.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Mode {
+    /// Beside a workload, its traffic captured (15001, 15006).
+    Sidecar,
+    /// An ingress gateway: listens on the ports of the Istio Gateways that select it (from
+    /// pilot), on --bind-address, and routes by Host through the VirtualServices bound to them.
+    Gateway,
+}
+
 /// What the CA token file holds.
 #[derive(Clone, Copy, clap::ValueEnum)]
 enum CaCredential {
@@ -77,6 +87,9 @@ struct WaitArgs {
 
 #[derive(Args)]
 struct RunArgs {
+    /// Sidecar or gateway.
+    #[arg(long, value_enum, default_value = "sidecar")]
+    mode: Mode,
     /// The proxy's state (mesh.state.v1.ProxyState as YAML or JSON); watched for changes.
     /// Without pilot, this is how the proxy is configured.
     #[arg(
@@ -437,6 +450,7 @@ fn run_config(args: &RunArgs) -> anyhow::Result<RunConfig> {
         debug_authz: args.debug_authz_header,
         jwks_ca_file: args.jwks_ca_file.clone(),
         app_probers: args.app_probers.clone(),
+        gateway: matches!(args.mode, Mode::Gateway).then_some(bind),
     })
 }
 

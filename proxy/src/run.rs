@@ -125,6 +125,9 @@ pub struct RunConfig {
     /// The application's HTTP probes kubelet sends through the proxy (Istio's
     /// `ISTIO_KUBE_APP_PROBERS` JSON, written by the injector).
     pub app_probers: Option<String>,
+    /// Gateway mode: the address the gateway's listeners bind (their ports come from pilot);
+    /// `None` for a sidecar.
+    pub gateway: Option<std::net::IpAddr>,
 }
 
 /// Why the proxy could not start (once started it only stops by draining).
@@ -217,6 +220,7 @@ async fn serve(config: &RunConfig) -> Result<(), RunError> {
         } => {
             let (rx, od) = start_discovery(
                 &config.workload,
+                config.gateway.is_some(),
                 address,
                 pilot_identity.as_deref(),
                 svids.clone(),
@@ -240,6 +244,7 @@ async fn serve(config: &RunConfig) -> Result<(), RunError> {
         workload: workload_of(config),
         debug_authz: config.debug_authz,
         jwks_ca_pem,
+        gateway: config.gateway,
     };
     let probers = config
         .app_probers
@@ -314,18 +319,25 @@ type StateFeed = (watch::Receiver<Arc<State>>, Arc<OnDemand>);
 /// proxy reports ready only then).
 fn start_discovery(
     w: &WorkloadConfig,
+    gateway: bool,
     address: &str,
     pilot_identity: Option<&str>,
     svids: Option<Svids>,
 ) -> Result<StateFeed, RunError> {
     let name = pod_name(w);
+    // Istio's ids: `sidecar~IP~POD.NS`, and `router~...` for a gateway.
+    let (prefix, kind) = if gateway {
+        ("router", pb::ProxyKind::Gateway)
+    } else {
+        ("sidecar", pb::ProxyKind::Sidecar)
+    };
     let node = pb::Node {
         id: format!(
-            "sidecar~{}~{name}.{}",
+            "{prefix}~{}~{name}.{}",
             w.ips.first().map_or("", String::as_str),
             w.namespace
         ),
-        kind: pb::ProxyKind::Sidecar.into(),
+        kind: kind.into(),
         namespace: w.namespace.clone(),
         service_account: w.service_account.clone(),
         workload_name: name,

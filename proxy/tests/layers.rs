@@ -33,6 +33,7 @@ const LAYERS: &[&str] = &[
     "tcp",
     "inbound",
     "outbound",
+    "gateway",
     "admin",
     "run",
     "testing",

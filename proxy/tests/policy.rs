@@ -337,6 +337,7 @@ async fn lone_proxy(state: Arc<State>, app: SocketAddr, adjust: impl FnOnce(&mut
         workload: workload("booking-v1", "booking", "v1"),
         debug_authz: false,
         jwks_ca_pem: None,
+        gateway: None,
     };
     adjust(&mut setup);
     Proxy::launch(&testing::loopback(), setup).await.unwrap()

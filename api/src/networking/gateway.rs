@@ -53,6 +53,22 @@ pub struct Server {
     pub name: String,
 }
 
+impl Server {
+    /// Whether the gateway serves this server so far: plaintext HTTP (Istio's HTTP, HTTP2 or
+    /// GRPC), its `tls` block, if any, only asking to redirect to https.
+    pub fn is_plain_http(&self) -> bool {
+        let plain = self.tls.as_ref().is_none_or(|t| {
+            t.mode.is_none() && t.credential_name.is_empty() && t.server_certificate.is_empty()
+        });
+        plain
+            && self.port.as_ref().is_some_and(|p| {
+                ["HTTP", "HTTP2", "GRPC"]
+                    .iter()
+                    .any(|x| x.eq_ignore_ascii_case(&p.protocol))
+            })
+    }
+}
+
 /// A port with its protocol.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]

@@ -34,12 +34,30 @@ pub fn not_enforced(resource: &Resource) -> Vec<Diagnostic> {
     match resource {
         Resource::VirtualService(r) => in_virtual_service(&r.spec),
         Resource::DestinationRule(r) => in_destination_rule(&r.spec),
-        Resource::Gateway(_) => {
+        Resource::Gateway(r) => {
             let mut out = Out(Vec::new());
-            out.add(
-                "spec.servers",
-                "the ingress gateway is not built yet; nothing serves this Gateway's servers",
-            );
+            for (i, s) in r.spec.servers.iter().enumerate() {
+                let at = format!("spec.servers[{i}]");
+                if !s.is_plain_http() {
+                    let port = s.port.as_ref().map_or(0, |p| p.number);
+                    out.add(
+                        &at,
+                        format!("only plaintext HTTP servers are served so far (TLS termination, passthrough and TCP are not); nothing listens on port {port}"),
+                    );
+                }
+                if !s.bind.is_empty() {
+                    out.add(
+                        format!("{at}.bind"),
+                        "the gateway listens on its --bind-address",
+                    );
+                }
+                if !s.default_endpoint.is_empty() {
+                    out.add(
+                        format!("{at}.defaultEndpoint"),
+                        "a request no route matches is answered 404",
+                    );
+                }
+            }
             out.0
         }
         Resource::Sidecar(r) => in_sidecar(&r.spec),
@@ -131,7 +149,7 @@ pub fn in_authorization_policy(spec: &AuthorizationPolicySpec) -> Vec<Diagnostic
         } else {
             "spec.targetRefs"
         };
-        out.add(field, "policies attached to a Gateway or Service bind to gateways and waypoints, which are not built yet; no sidecar applies it");
+        out.add(field, "policies attached to a Gateway or Service bind to gateways and waypoints; the gateway applies no policy yet and there are no waypoints, so nothing enforces it");
     }
     for (i, rule) in spec.rules.iter().enumerate() {
         for (j, c) in rule.when.iter().enumerate() {
@@ -152,7 +170,7 @@ pub fn in_request_authentication(spec: &RequestAuthenticationSpec) -> Vec<Diagno
     if spec.target_ref.is_some() || !spec.target_refs.is_empty() {
         out.add(
             "spec.targetRefs",
-            "policies attached to a Gateway or Service bind to gateways and waypoints, which are not built yet; no sidecar applies it",
+            "policies attached to a Gateway or Service bind to gateways and waypoints; the gateway applies no policy yet and there are no waypoints, so nothing enforces it",
         );
     }
     out.0
@@ -160,12 +178,24 @@ pub fn in_request_authentication(spec: &RequestAuthenticationSpec) -> Vec<Diagno
 
 fn virtual_service(out: &mut Out, spec: &VirtualServiceSpec) {
     for (i, g) in spec.gateways.iter().enumerate() {
-        if g != "mesh" {
+        if g != "mesh" && !g.contains('/') && g.contains('.') {
             out.add(
                 format!("spec.gateways[{i}]"),
-                format!(
-                    "{g:?}: gateways are not built yet; only sidecars (\"mesh\") serve these routes"
-                ),
+                format!("{g:?}: name a Gateway as NAME or NAMESPACE/NAME; this form binds to none"),
+            );
+        }
+    }
+    if spec.gateways.iter().any(|g| g != "mesh") {
+        if !spec.tcp.is_empty() {
+            out.add(
+                "spec.tcp",
+                "gateways serve HTTP routes only so far; these reach sidecars only (\"mesh\")",
+            );
+        }
+        if !spec.tls.is_empty() {
+            out.add(
+                "spec.tls",
+                "gateways serve HTTP routes only so far; these reach sidecars only (\"mesh\")",
             );
         }
     }
@@ -196,15 +226,9 @@ fn virtual_service(out: &mut Out, spec: &VirtualServiceSpec) {
                 if name.starts_with("@request.auth.claims") {
                     out.add(
                         format!("{at}.match[{j}].headers.{name}"),
-                        "routing on JWT claims needs the token verified where routes are chosen (gateways, not built yet): this match never matches",
+                        "routing on JWT claims needs the token verified where routes are chosen (at the gateway, which does not apply RequestAuthentication yet): this match never matches",
                     );
                 }
-            }
-            if m.gateways.iter().any(|g| g != "mesh") {
-                out.add(
-                    format!("{at}.match[{j}].gateways"),
-                    "gateways are not built yet; the match applies to sidecars only when it names \"mesh\"",
-                );
             }
         }
     }

@@ -109,8 +109,10 @@ fn node_of(node: Option<pb::Node>) -> Result<ProxyNode, tonic::Status> {
         namespace: n.namespace,
         service_account: n.service_account,
         labels: n.labels.into_iter().collect(),
+        is_gateway: n.kind == pb::ProxyKind::Gateway as i32,
         ip_addresses: n.ip_addresses,
         proxy_version: n.proxy_version,
+        bound_gateway: String::new(),
     })
 }
 

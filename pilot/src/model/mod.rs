@@ -73,6 +73,8 @@ pub struct Model {
     pub destination_rules: Vec<DestinationRule>,
     /// Sidecars.
     pub sidecars: Vec<Sidecar>,
+    /// Istio Gateways, oldest first.
+    pub gateways: Vec<mesh_api::networking::Gateway>,
     /// PeerAuthentications.
     pub peer_authentications: Vec<PeerAuthentication>,
     /// AuthorizationPolicies.
@@ -138,8 +140,8 @@ impl Model {
                         model.mesh = MeshConfigSpec::parse(text).unwrap_or_default();
                     }
                 }
-                Resource::Gateway(_)
-                | Resource::WorkloadGroup(_)
+                Resource::Gateway(g) => model.gateways.push((**g).clone()),
+                Resource::WorkloadGroup(_)
                 | Resource::Namespace(_)
                 | Resource::ServiceAccount(_)
                 | Resource::Deployment(_) => {}
@@ -156,6 +158,9 @@ impl Model {
             .sort_by(|a, b| oldest_first(&a.metadata, &b.metadata));
         model
             .sidecars
+            .sort_by(|a, b| oldest_first(&a.metadata, &b.metadata));
+        model
+            .gateways
             .sort_by(|a, b| oldest_first(&a.metadata, &b.metadata));
         model
     }

@@ -3,6 +3,7 @@
 //! select it.
 
 pub mod destination;
+pub mod gateway;
 pub mod rate_limits;
 pub mod routes;
 pub mod unenforced;
@@ -33,6 +34,12 @@ pub struct ProxyNode {
     pub ip_addresses: Vec<String>,
     /// The proxy's version (`mesh-proxy`'s package version; empty from proxies too old to say).
     pub proxy_version: String,
+    /// A gateway (`mesh-proxy run --mode gateway`), not a sidecar.
+    pub is_gateway: bool,
+    /// While a gateway's routes are translated: the Gateway (`namespace/name`) they are for,
+    /// which the `gateways` of VirtualService matches are held against. Empty otherwise.
+    #[serde(skip)]
+    pub bound_gateway: String,
 }
 
 /// The Sidecar resource that scopes a workload: one selecting it in its namespace, else its
@@ -223,6 +230,11 @@ pub fn workload_state(model: &Model, node: &ProxyNode, scope: &Scope<'_>) -> sta
         .map(|p| policy_ref(&p.metadata, &p.spec))
         .collect(),
         locality: locality_of(model, node),
+        gateway_listeners: if node.is_gateway {
+            gateway::listeners(model, node)
+        } else {
+            Vec::new()
+        },
         rate_limits: rate_limits::rate_limits(&policy::rate_limits_for(
             &model.rate_limit_policies,
             &cfg.root_namespace,

@@ -80,7 +80,13 @@ fn source_applies(
     source_namespace: &str,
     node: &ProxyNode,
 ) -> bool {
-    (gateways.is_empty() || gateways.iter().any(|g| g == "mesh"))
+    let bound = if node.bound_gateway.is_empty() {
+        gateways.is_empty() || gateways.iter().any(|g| g == "mesh")
+    } else {
+        // The VirtualService is bound to this Gateway already; a match narrows it further.
+        gateways.is_empty() || gateways.contains(&node.bound_gateway)
+    };
+    bound
         && Selector::new(source_labels).matches(&node.labels)
         && (source_namespace.is_empty() || source_namespace == node.namespace)
 }

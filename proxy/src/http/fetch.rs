@@ -173,6 +173,7 @@ pub(super) async fn send(
         inputs: inputs.clone(),
         peer: SocketAddr::from(([127, 0, 0, 1], 0)),
         dst,
+        gateway: false,
     };
     let (resp, _, flags) = super::outbound::decide_and_send(&mut req, &ctx, &state).await;
     Ok((resp, flags))

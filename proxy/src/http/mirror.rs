@@ -79,6 +79,7 @@ pub(super) async fn send_copies(
             inputs: ctx.inputs.clone(),
             peer: ctx.peer,
             dst: ctx.dst,
+            gateway: ctx.gateway,
         };
         let h2 = target.mesh || super::headers::is_grpc(&copy);
         tokio::spawn(async move {

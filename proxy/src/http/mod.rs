@@ -45,7 +45,11 @@ fn reply(status: StatusCode, body: &str) -> Response<Body> {
 struct Conn {
     inputs: Arc<Inputs>,
     peer: SocketAddr,
+    /// Where the connection was headed: the original destination (captured), or the
+    /// gateway listener's own address.
     dst: SocketAddr,
+    /// Accepted by a gateway listener: routed by Host through its virtual hosts.
+    gateway: bool,
 }
 
 /// Serves HTTP/1.1 or HTTP/2 (told apart by the preface) on a captured outbound connection.
@@ -56,12 +60,38 @@ pub async fn serve_outbound(
     inputs: Arc<Inputs>,
     drain: crate::drain::Watch,
 ) {
-    let ctx = Arc::new(Conn { inputs, peer, dst });
+    let ctx = Arc::new(Conn {
+        inputs,
+        peer,
+        dst,
+        gateway: false,
+    });
     let svc = hyper::service::service_fn(move |req| {
         let ctx = ctx.clone();
         async move { Ok::<_, Infallible>(outbound::request(req, &ctx).await) }
     });
     serve_until_drained(conn, svc, drain, "outbound", peer).await;
+}
+
+/// Serves HTTP/1.1 or HTTP/2 on a connection a gateway listener (`local`) accepted.
+pub async fn serve_gateway(
+    conn: TcpStream,
+    peer: SocketAddr,
+    local: SocketAddr,
+    inputs: Arc<Inputs>,
+    drain: crate::drain::Watch,
+) {
+    let ctx = Arc::new(Conn {
+        inputs,
+        peer,
+        dst: local,
+        gateway: true,
+    });
+    let svc = hyper::service::service_fn(move |req| {
+        let ctx = ctx.clone();
+        async move { Ok::<_, Infallible>(outbound::request(req, &ctx).await) }
+    });
+    serve_until_drained(conn, svc, drain, "gateway", peer).await;
 }
 
 /// Serves one HTTP connection; when a drain begins, asks the client to stop (Connection: close

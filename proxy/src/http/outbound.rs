@@ -99,7 +99,18 @@ pub(super) async fn decide_and_send(
     ctx: &Conn,
     state: &State,
 ) -> (Response<Body>, Option<Target>, &'static str) {
-    let Some(svc) = state.service_for(ctx.dst) else {
+    let found = if ctx.gateway {
+        match gateway_routes(req, ctx, state) {
+            Ok(routes) => Some(routes),
+            Err(answered) => {
+                let (answer, flags) = *answered;
+                return (answer, None, flags);
+            }
+        }
+    } else {
+        state.service_for(ctx.dst)
+    };
+    let Some(svc) = found else {
         if state.outbound_policy == OutboundPolicy::RegistryOnly {
             return (
                 reply(
@@ -237,6 +248,70 @@ pub(super) async fn decide_and_send(
         headers::cors_response(&mut resp, sent, cors, state);
     }
     (resp, target, flags)
+}
+
+/// The routes of the gateway's virtual host for the request's Host on the listener's port,
+/// or the answer when there is none (404), or when the server redirects to https (301). The
+/// request is marked as a gateway marks it: `x-forwarded-for` and `x-forwarded-proto`.
+fn gateway_routes<'s>(
+    req: &mut Request<Body>,
+    ctx: &Conn,
+    state: &'s State,
+) -> Result<&'s Arc<Service>, Box<(Response<Body>, &'static str)>> {
+    let authority = req
+        .uri()
+        .authority()
+        .map(|a| a.as_str().to_string())
+        .or_else(|| {
+            req.headers()
+                .get(hyper::header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(str::to_string)
+        })
+        .unwrap_or_default();
+    let port = ctx.dst.port();
+    let Some(host) = state.gateway_host(port, &authority) else {
+        return Err(Box::new((
+            reply(
+                StatusCode::NOT_FOUND,
+                &format!("no virtual host of this gateway serves {authority:?} on port {port}"),
+            ),
+            "NR",
+        )));
+    };
+    if host.https_redirect {
+        let name = authority
+            .rsplit_once(':')
+            .filter(|(_, p)| p.bytes().all(|b| b.is_ascii_digit()))
+            .map_or(authority.as_str(), |(h, _)| h);
+        let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
+        let mut resp = Response::new(full(""));
+        *resp.status_mut() = StatusCode::MOVED_PERMANENTLY;
+        if let Ok(location) = format!("https://{name}{path}").parse() {
+            resp.headers_mut().insert(hyper::header::LOCATION, location);
+        }
+        return Err(Box::new((resp, "-")));
+    }
+    if host.routes.spec.http_routes.is_empty() {
+        return Err(Box::new((
+            reply(StatusCode::NOT_FOUND, "no route matched"),
+            "NR",
+        )));
+    }
+    let headers = req.headers_mut();
+    let client = ctx.peer.ip().to_string();
+    let xff = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+        Some(before) => format!("{before}, {client}"),
+        None => client,
+    };
+    if let Ok(v) = xff.parse() {
+        headers.insert("x-forwarded-for", v);
+    }
+    headers.insert(
+        "x-forwarded-proto",
+        hyper::header::HeaderValue::from_static("http"),
+    );
+    Ok(&host.routes)
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -263,6 +263,31 @@ pub struct State {
     pub authz: crate::authz::Policies,
     /// The workload's RequestAuthentications, compiled.
     pub authn: crate::authn::Authenticator,
+    /// Gateway mode: each listener port's virtual hosts, most specific first.
+    pub gateway: HashMap<u16, Vec<GatewayHost>>,
+}
+
+/// A virtual host of a gateway listener.
+#[derive(Debug)]
+pub struct GatewayHost {
+    /// Host patterns, lower case: `shop.example.com`, `*.example.com`, `*`.
+    pub domains: Vec<String>,
+    /// Answer every request with a redirect to https.
+    pub https_redirect: bool,
+    /// The routes, compiled as a service's (no endpoints of its own).
+    pub routes: Arc<Service>,
+}
+
+/// How specifically `pattern` matches the lower-case `host`: `None` when it does not; an exact
+/// name beats any wildcard, a longer `*.` suffix beats a shorter one, and `*` comes last.
+fn host_match(pattern: &str, host: &str) -> Option<usize> {
+    if pattern == "*" {
+        Some(0)
+    } else if let Some(suffix) = pattern.strip_prefix('*') {
+        (host.len() > suffix.len() && host.ends_with(suffix)).then_some(suffix.len())
+    } else {
+        (pattern == host).then_some(usize::MAX)
+    }
 }
 
 /// A state that cannot be applied; the proxy keeps its previous one.
@@ -394,137 +419,8 @@ impl State {
         };
         state.compile_rate_limit_regexes(&source.rate_limits)?;
         for spec in &source.services {
+            let (service, vips) = state.compile_service(spec, &source)?;
             let host = spec.hostname.clone();
-            if host.is_empty() {
-                return Err(bad("?", "hostname", "every service needs a hostname"));
-            }
-            let mut ports = Vec::new();
-            for (i, p) in spec.ports.iter().enumerate() {
-                let port = port16(&host, &format!("ports[{i}].port"), p.port)?;
-                let target_port = if p.target_port == 0 {
-                    port
-                } else {
-                    port16(&host, &format!("ports[{i}].targetPort"), p.target_port)?
-                };
-                // A port pilot did not classify (or a hand-written file) is named for its protocol.
-                let protocol = match known(&host, &format!("ports[{i}].protocol"), p.protocol)? {
-                    Protocol::Detect => {
-                        Protocol::from_istio_name(&p.name).unwrap_or(Protocol::Detect)
-                    }
-                    declared => declared,
-                };
-                ports.push(Port {
-                    port,
-                    name: p.name.clone(),
-                    protocol,
-                    target_port,
-                });
-            }
-            let mut endpoint_ips = Vec::new();
-            for (i, ep) in spec.endpoints.iter().enumerate() {
-                let ip: IpAddr = ep.address.parse().map_err(|_| {
-                    bad(
-                        &host,
-                        format!("endpoints[{i}].address"),
-                        format!("{:?} is not an IP address", ep.address),
-                    )
-                })?;
-                endpoint_ips.push(ip);
-            }
-            // The two enum fields only: the policy itself (with any PEM it carries) stays put.
-            let modes = |tp: Option<&proto::TrafficPolicy>| {
-                tp.map_or((0, 0), |t| (t.load_balancer, t.tls_mode))
-            };
-            let (lb, tls_mode) = modes(spec.traffic_policy.as_ref());
-            let balancer =
-                Balancer::of(known(&host, "trafficPolicy.loadBalancer", lb)?).unwrap_or_default();
-            let tls =
-                TlsMode::of(known(&host, "trafficPolicy.tlsMode", tls_mode)?).unwrap_or_default();
-            let policies =
-                std::iter::once(("trafficPolicy".to_string(), spec.traffic_policy.as_ref())).chain(
-                    spec.subsets.iter().enumerate().map(|(i, s)| {
-                        (
-                            format!("subsets[{i}].trafficPolicy"),
-                            s.traffic_policy.as_ref(),
-                        )
-                    }),
-                );
-            let mut originations = HashMap::new();
-            for (i, (field, tp)) in policies.enumerate() {
-                // Only a policy that names SIMPLE or MUTUAL itself carries what to originate; a
-                // subset that names no mode uses the service's origination.
-                let mode = tp.map_or(0, |t| t.tls_mode);
-                let Some(parsed) = TlsMode::of(known(&host, &format!("{field}.tlsMode"), mode)?)
-                else {
-                    continue;
-                };
-                if matches!(parsed, TlsMode::Simple | TlsMode::Mutual) {
-                    let spec_tls = tp.and_then(|t| t.originate.as_ref()).ok_or_else(|| {
-                        bad(&host, format!("{field}.originate"), "SIMPLE and MUTUAL need the TLS to originate (CA certificates at least)")
-                    })?;
-                    let o =
-                        crate::tls::originate::build(spec_tls, parsed == TlsMode::Mutual, &host)
-                            .map_err(|e| {
-                                bad(&host, format!("{field}.originate.{}", e.field), e.message)
-                            })?;
-                    let subset = if i == 0 {
-                        String::new()
-                    } else {
-                        spec.subsets[i - 1].name.clone()
-                    };
-                    originations.insert(subset, Arc::new(o));
-                }
-            }
-            let mut subsets = Vec::with_capacity(spec.subsets.len());
-            for (i, s) in spec.subsets.iter().enumerate() {
-                let (lb, tls_mode) = modes(s.traffic_policy.as_ref());
-                let field = format!("subsets[{i}].trafficPolicy");
-                let members = (0..spec.endpoints.len())
-                    .filter(|e| {
-                        let have = &spec.endpoints[*e].labels;
-                        s.labels.iter().all(|(k, v)| have.get(k) == Some(v))
-                    })
-                    .collect();
-                subsets.push(SubsetInfo {
-                    name: s.name.clone(),
-                    members,
-                    balancer: Balancer::of(known(&host, &format!("{field}.loadBalancer"), lb)?)
-                        .unwrap_or(balancer),
-                    tls: TlsMode::of(known(&host, &format!("{field}.tlsMode"), tls_mode)?)
-                        .unwrap_or(tls),
-                });
-            }
-            let mut vips = Vec::with_capacity(spec.addresses.len());
-            for (i, vip) in spec.addresses.iter().enumerate() {
-                let ip: IpAddr = vip.parse().map_err(|_| {
-                    bad(
-                        &host,
-                        format!("addresses[{i}]"),
-                        format!("{vip:?} is not an IP address"),
-                    )
-                })?;
-                vips.push(ip);
-            }
-            state.compile_route_regexes(&host, spec)?;
-            let all_members: Vec<usize> = (0..spec.endpoints.len()).collect();
-            let plans = locality_plans(spec, &subsets, &all_members, &source);
-            let service = Arc::new(Service {
-                subsets,
-                clusters: cluster::clusters(spec, &plans),
-                tls,
-                all_members,
-                host: Arc::from(spec.hostname.as_str()),
-                endpoint_identities: spec
-                    .endpoints
-                    .iter()
-                    .map(|e| Arc::from(e.identity.as_str()))
-                    .collect(),
-                spec: spec.clone(),
-                ports,
-                balancer,
-                endpoint_ips,
-                originations,
-            });
             for ip in vips {
                 for p in &service.ports {
                     state
@@ -544,8 +440,224 @@ impl State {
             }
             state.services.insert(host, service);
         }
+        state.compile_gateway(&source)?;
         state.source = source;
         Ok(state)
+    }
+
+    /// Checks and indexes the gateway listeners.
+    fn compile_gateway(&mut self, source: &proto::ProxyState) -> Result<(), StateError> {
+        for (i, l) in source.gateway_listeners.iter().enumerate() {
+            let at = format!("gatewayListeners[{i}]");
+            let port = port16("state", &format!("{at}.port"), l.port)?;
+            let protocol = known::<Protocol>("state", &format!("{at}.protocol"), l.protocol)?;
+            if !matches!(protocol, Protocol::Http | Protocol::Http2 | Protocol::Grpc) {
+                return Err(bad(
+                    "state",
+                    format!("{at}.protocol"),
+                    format!("{protocol:?}: gateway listeners serve HTTP only so far"),
+                ));
+            }
+            let mut hosts = Vec::with_capacity(l.hosts.len());
+            for (j, h) in l.hosts.iter().enumerate() {
+                let field = format!("{at}.hosts[{j}]");
+                if h.domains.is_empty() {
+                    return Err(bad(
+                        "state",
+                        format!("{field}.domains"),
+                        "a virtual host needs a domain",
+                    ));
+                }
+                let mut spec = h.routes.clone().unwrap_or_default();
+                if spec.hostname.is_empty() {
+                    spec.hostname = h.domains[0].clone();
+                }
+                if spec.ports.is_empty() {
+                    spec.ports.push(proto::ServicePort {
+                        port: u32::from(port),
+                        name: "http".into(),
+                        protocol: proto::Protocol::Http.into(),
+                        target_port: 0,
+                    });
+                }
+                let (routes, _) = self
+                    .compile_service(&spec, source)
+                    .map_err(|e| bad("state", format!("{field}.routes.{}", e.field), e.message))?;
+                hosts.push(GatewayHost {
+                    domains: h.domains.iter().map(|d| d.to_ascii_lowercase()).collect(),
+                    https_redirect: h.https_redirect,
+                    routes,
+                });
+            }
+            if self.gateway.insert(port, hosts).is_some() {
+                return Err(bad(
+                    "state",
+                    format!("{at}.port"),
+                    format!("port {port} is listed twice"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The virtual host of gateway listener `port` for a request's authority (`host[:port]`):
+    /// the most specific match, the first listed on a tie.
+    pub fn gateway_host(&self, port: u16, authority: &str) -> Option<&GatewayHost> {
+        let host = match authority.find(']') {
+            Some(end) => &authority[..=end],
+            None => match authority.rsplit_once(':') {
+                Some((h, p)) if !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) => h,
+                _ => authority,
+            },
+        };
+        let host = host.to_ascii_lowercase();
+        let mut best: Option<(usize, &GatewayHost)> = None;
+        for h in self.gateway.get(&port)? {
+            let score = h.domains.iter().filter_map(|d| host_match(d, &host)).max();
+            if let Some(score) = score
+                && best.is_none_or(|(b, _)| score > b)
+            {
+                best = Some((score, h));
+            }
+        }
+        best.map(|(_, h)| h)
+    }
+
+    /// Checks and indexes one service (or a gateway host's routes, carried as a service);
+    /// also returns its virtual IPs.
+    fn compile_service(
+        &mut self,
+        spec: &proto::Service,
+        source: &proto::ProxyState,
+    ) -> Result<(Arc<Service>, Vec<IpAddr>), StateError> {
+        let state = self;
+        let host = spec.hostname.clone();
+        if host.is_empty() {
+            return Err(bad("?", "hostname", "every service needs a hostname"));
+        }
+        let mut ports = Vec::new();
+        for (i, p) in spec.ports.iter().enumerate() {
+            let port = port16(&host, &format!("ports[{i}].port"), p.port)?;
+            let target_port = if p.target_port == 0 {
+                port
+            } else {
+                port16(&host, &format!("ports[{i}].targetPort"), p.target_port)?
+            };
+            // A port pilot did not classify (or a hand-written file) is named for its protocol.
+            let protocol = match known(&host, &format!("ports[{i}].protocol"), p.protocol)? {
+                Protocol::Detect => Protocol::from_istio_name(&p.name).unwrap_or(Protocol::Detect),
+                declared => declared,
+            };
+            ports.push(Port {
+                port,
+                name: p.name.clone(),
+                protocol,
+                target_port,
+            });
+        }
+        let mut endpoint_ips = Vec::new();
+        for (i, ep) in spec.endpoints.iter().enumerate() {
+            let ip: IpAddr = ep.address.parse().map_err(|_| {
+                bad(
+                    &host,
+                    format!("endpoints[{i}].address"),
+                    format!("{:?} is not an IP address", ep.address),
+                )
+            })?;
+            endpoint_ips.push(ip);
+        }
+        // The two enum fields only: the policy itself (with any PEM it carries) stays put.
+        let modes = |tp: Option<&proto::TrafficPolicy>| {
+            tp.map_or((0, 0), |t| (t.load_balancer, t.tls_mode))
+        };
+        let (lb, tls_mode) = modes(spec.traffic_policy.as_ref());
+        let balancer =
+            Balancer::of(known(&host, "trafficPolicy.loadBalancer", lb)?).unwrap_or_default();
+        let tls = TlsMode::of(known(&host, "trafficPolicy.tlsMode", tls_mode)?).unwrap_or_default();
+        let policies = std::iter::once(("trafficPolicy".to_string(), spec.traffic_policy.as_ref()))
+            .chain(spec.subsets.iter().enumerate().map(|(i, s)| {
+                (
+                    format!("subsets[{i}].trafficPolicy"),
+                    s.traffic_policy.as_ref(),
+                )
+            }));
+        let mut originations = HashMap::new();
+        for (i, (field, tp)) in policies.enumerate() {
+            // Only a policy that names SIMPLE or MUTUAL itself carries what to originate; a
+            // subset that names no mode uses the service's origination.
+            let mode = tp.map_or(0, |t| t.tls_mode);
+            let Some(parsed) = TlsMode::of(known(&host, &format!("{field}.tlsMode"), mode)?) else {
+                continue;
+            };
+            if matches!(parsed, TlsMode::Simple | TlsMode::Mutual) {
+                let spec_tls = tp.and_then(|t| t.originate.as_ref()).ok_or_else(|| {
+                    bad(
+                        &host,
+                        format!("{field}.originate"),
+                        "SIMPLE and MUTUAL need the TLS to originate (CA certificates at least)",
+                    )
+                })?;
+                let o = crate::tls::originate::build(spec_tls, parsed == TlsMode::Mutual, &host)
+                    .map_err(|e| bad(&host, format!("{field}.originate.{}", e.field), e.message))?;
+                let subset = if i == 0 {
+                    String::new()
+                } else {
+                    spec.subsets[i - 1].name.clone()
+                };
+                originations.insert(subset, Arc::new(o));
+            }
+        }
+        let mut subsets = Vec::with_capacity(spec.subsets.len());
+        for (i, s) in spec.subsets.iter().enumerate() {
+            let (lb, tls_mode) = modes(s.traffic_policy.as_ref());
+            let field = format!("subsets[{i}].trafficPolicy");
+            let members = (0..spec.endpoints.len())
+                .filter(|e| {
+                    let have = &spec.endpoints[*e].labels;
+                    s.labels.iter().all(|(k, v)| have.get(k) == Some(v))
+                })
+                .collect();
+            subsets.push(SubsetInfo {
+                name: s.name.clone(),
+                members,
+                balancer: Balancer::of(known(&host, &format!("{field}.loadBalancer"), lb)?)
+                    .unwrap_or(balancer),
+                tls: TlsMode::of(known(&host, &format!("{field}.tlsMode"), tls_mode)?)
+                    .unwrap_or(tls),
+            });
+        }
+        let mut vips = Vec::with_capacity(spec.addresses.len());
+        for (i, vip) in spec.addresses.iter().enumerate() {
+            let ip: IpAddr = vip.parse().map_err(|_| {
+                bad(
+                    &host,
+                    format!("addresses[{i}]"),
+                    format!("{vip:?} is not an IP address"),
+                )
+            })?;
+            vips.push(ip);
+        }
+        state.compile_route_regexes(&host, spec)?;
+        let all_members: Vec<usize> = (0..spec.endpoints.len()).collect();
+        let plans = locality_plans(spec, &subsets, &all_members, source);
+        let service = Arc::new(Service {
+            subsets,
+            clusters: cluster::clusters(spec, &plans),
+            tls,
+            all_members,
+            host: Arc::from(spec.hostname.as_str()),
+            endpoint_identities: spec
+                .endpoints
+                .iter()
+                .map(|e| Arc::from(e.identity.as_str()))
+                .collect(),
+            spec: spec.clone(),
+            ports,
+            balancer,
+            endpoint_ips,
+            originations,
+        });
+        Ok((service, vips))
     }
 
     /// Compiles every regular expression of `spec`'s routes (anchored, once per pattern).

@@ -177,6 +177,7 @@ pub async fn pair(
             workload: workload("shipping-v2", "shipping", "v2"),
             debug_authz: false,
             jwks_ca_pem: None,
+            gateway: None,
         },
     )
     .await
@@ -195,6 +196,7 @@ pub async fn pair(
             workload: workload("order-v1", "order", "v1"),
             debug_authz: false,
             jwks_ca_pem: None,
+            gateway: None,
         },
     )
     .await

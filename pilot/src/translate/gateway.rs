@@ -1,0 +1,216 @@
+//! Istio Gateways → the listeners of a gateway proxy: the servers of every Gateway whose
+//! `selector` matches the gateway's labels (in any namespace, as Istio does by default), each
+//! host of a server joined with the hosts of the VirtualServices bound to that Gateway
+//! (`gateways: [name]` in the VirtualService's namespace, or `namespace/name`), and those
+//! VirtualServices' HTTP routes for it. HTTP servers only so far; the others are reported as
+//! not enforced (`mesh_api::validate::not_enforced_in`).
+
+use std::collections::BTreeMap;
+
+use mesh_api::networking::{Gateway, VirtualService};
+use mesh_api::proto::state::v1 as state;
+
+use super::ProxyNode;
+use super::routes::http_routes;
+use crate::model::{Model, Selector, namespace_of};
+
+/// `gateway` as `namespace/name`, a short reference taken in `namespace` (the
+/// VirtualService's).
+pub fn qualified(gateway: &str, namespace: &str) -> String {
+    if gateway.contains('/') {
+        gateway.to_string()
+    } else {
+        format!("{namespace}/{gateway}")
+    }
+}
+
+/// The host both patterns admit, the narrower of the two (`*` and `*.` suffixes allowed), or
+/// `None` when they admit no host in common.
+pub fn intersect(a: &str, b: &str) -> Option<String> {
+    let covers = |wide: &str, narrow: &str| match wide.strip_prefix('*') {
+        None => wide.eq_ignore_ascii_case(narrow),
+        Some(suffix) => {
+            suffix.is_empty()
+                || narrow
+                    .to_ascii_lowercase()
+                    .ends_with(&suffix.to_ascii_lowercase())
+                    && narrow.len() > suffix.len()
+        }
+    };
+    if covers(a, b) {
+        Some(b.to_ascii_lowercase())
+    } else if covers(b, a) {
+        Some(a.to_ascii_lowercase())
+    } else {
+        None
+    }
+}
+
+/// A server host, `namespace/host` or `host`: whether a VirtualService of `vs_namespace` may
+/// bind to it (`*/`, `./` for the Gateway's own namespace, or that namespace), and the host.
+fn server_host<'a>(entry: &'a str, gateway_ns: &str, vs_namespace: &str) -> Option<&'a str> {
+    match entry.split_once('/') {
+        None => Some(entry),
+        Some(("*", host)) => Some(host),
+        Some((".", host)) => (vs_namespace == gateway_ns).then_some(host),
+        Some((ns, host)) => (ns == vs_namespace).then_some(host),
+    }
+}
+
+fn bound_to(vs: &VirtualService, gateway: &str) -> bool {
+    let ns = namespace_of(&vs.metadata);
+    vs.spec.gateways.iter().any(|g| qualified(g, ns) == gateway)
+}
+
+/// The Gateways that select `node`.
+pub fn selecting<'m>(model: &'m Model, node: &ProxyNode) -> impl Iterator<Item = &'m Gateway> {
+    model
+        .gateways
+        .iter()
+        .filter(|g| Selector::new(&g.spec.selector).matches(&node.labels))
+}
+
+/// The listeners of gateway `node`: one per port, its virtual hosts in the order of the
+/// Gateways (oldest first), their servers and hosts.
+pub fn listeners(model: &Model, node: &ProxyNode) -> Vec<state::GatewayListener> {
+    let mut by_port: BTreeMap<u32, state::GatewayListener> = BTreeMap::new();
+    for gw in selecting(model, node) {
+        let gw_ns = namespace_of(&gw.metadata);
+        let name = format!("{gw_ns}/{}", gw.metadata.name.as_deref().unwrap_or(""));
+        // The VirtualServices bound to it, with their match-level `gateways` qualified so the
+        // route translation can hold them against this Gateway.
+        let bound: Vec<VirtualService> = model
+            .virtual_services
+            .iter()
+            .filter(|vs| bound_to(vs, &name))
+            .map(|vs| {
+                let mut vs = vs.clone();
+                let ns = namespace_of(&vs.metadata).to_string();
+                for route in &mut vs.spec.http {
+                    for m in &mut route.matches {
+                        for g in &mut m.gateways {
+                            if g != "mesh" {
+                                *g = qualified(g, &ns);
+                            }
+                        }
+                    }
+                }
+                vs
+            })
+            .collect();
+        let mut for_gw = node.clone();
+        for_gw.bound_gateway = name.clone();
+        for server in gw.spec.servers.iter().filter(|s| s.is_plain_http()) {
+            let Some(port) = server.port.as_ref() else {
+                continue;
+            };
+            let listener = by_port
+                .entry(port.number)
+                .or_insert_with(|| state::GatewayListener {
+                    port: port.number,
+                    protocol: state::Protocol::Http.into(),
+                    hosts: Vec::new(),
+                });
+            let redirect = server
+                .tls
+                .as_ref()
+                .and_then(|t| t.https_redirect)
+                .unwrap_or(false);
+            // host → (its routes in order, the namespace of the first VirtualService).
+            let mut hosts: BTreeMap<String, (Vec<state::HttpRoute>, String)> = BTreeMap::new();
+            let mut order = Vec::new();
+            for vs in &bound {
+                let vs_ns = namespace_of(&vs.metadata);
+                for entry in &server.hosts {
+                    let Some(allowed) = server_host(entry, gw_ns, vs_ns) else {
+                        continue;
+                    };
+                    for h in &vs.spec.hosts {
+                        let Some(host) = intersect(allowed, h) else {
+                            continue;
+                        };
+                        let routes = http_routes(model, vs, &for_gw);
+                        let slot = hosts.entry(host.clone()).or_insert_with(|| {
+                            order.push(host.clone());
+                            (Vec::new(), vs_ns.to_string())
+                        });
+                        slot.0.extend(routes);
+                    }
+                }
+            }
+            for host in order {
+                if listener.hosts.iter().any(|h| h.domains.contains(&host)) {
+                    // An earlier server (or Gateway) on this port has the host already.
+                    continue;
+                }
+                let (routes, namespace) = hosts.remove(&host).unwrap_or_default();
+                listener.hosts.push(state::GatewayHost {
+                    domains: vec![host.clone()],
+                    https_redirect: redirect,
+                    routes: Some(state::Service {
+                        hostname: host,
+                        namespace,
+                        http_routes: routes,
+                        ..state::Service::default()
+                    }),
+                });
+            }
+            if redirect {
+                // Istio redirects every host of the server, routes or not.
+                for entry in &server.hosts {
+                    let host = entry
+                        .rsplit('/')
+                        .next()
+                        .unwrap_or(entry)
+                        .to_ascii_lowercase();
+                    if !listener.hosts.iter().any(|h| h.domains.contains(&host)) {
+                        listener.hosts.push(state::GatewayHost {
+                            domains: vec![host.clone()],
+                            https_redirect: true,
+                            routes: Some(state::Service {
+                                hostname: host,
+                                namespace: gw_ns.to_string(),
+                                ..state::Service::default()
+                            }),
+                        });
+                    }
+                }
+            }
+        }
+    }
+    by_port.into_values().collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hosts_intersect_to_the_narrower() {
+        assert_eq!(
+            intersect("*", "shop.example.com").as_deref(),
+            Some("shop.example.com")
+        );
+        assert_eq!(
+            intersect("*.example.com", "shop.example.com").as_deref(),
+            Some("shop.example.com")
+        );
+        assert_eq!(
+            intersect("shop.example.com", "*").as_deref(),
+            Some("shop.example.com")
+        );
+        assert_eq!(
+            intersect("*.example.com", "*.shop.example.com").as_deref(),
+            Some("*.shop.example.com")
+        );
+        assert_eq!(intersect("*", "*").as_deref(), Some("*"));
+        assert_eq!(intersect("a.example.com", "b.example.com"), None);
+        assert_eq!(intersect("*.example.com", "example.com"), None);
+        assert_eq!(qualified("gw", "shop"), "shop/gw");
+        assert_eq!(qualified("edge/gw", "shop"), "edge/gw");
+        assert_eq!(server_host("./x.com", "edge", "edge"), Some("x.com"));
+        assert_eq!(server_host("./x.com", "edge", "shop"), None);
+        assert_eq!(server_host("shop/x.com", "edge", "shop"), Some("x.com"));
+        assert_eq!(server_host("*/x.com", "edge", "shop"), Some("x.com"));
+    }
+}

@@ -1,0 +1,69 @@
+//! Gateway mode (`mesh-proxy run --mode gateway`): no capture; the proxy listens on the ports
+//! of the Istio Gateways that select it, as pilot sends them (`gateway_listeners` of the
+//! state), and routes each request by its Host through the VirtualServices bound to them. The
+//! listeners follow the state: a port that appears is bound, one that goes is closed (its
+//! connections in flight finish); a port that cannot be bound is logged with why and tried
+//! again on the next state.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+use crate::drain;
+use crate::inputs::Inputs;
+
+/// Keeps one listener per gateway port of the latest state, on `ip`, until a drain begins.
+pub async fn serve(ip: IpAddr, inputs: Arc<Inputs>, mut drain: drain::Watch) {
+    let mut state = inputs.state.clone();
+    let mut open: HashMap<u16, JoinHandle<()>> = HashMap::new();
+    loop {
+        let wanted: Vec<u16> = state.borrow_and_update().gateway.keys().copied().collect();
+        open.retain(|port, task| {
+            let keep = wanted.contains(port);
+            if !keep {
+                tracing::info!(port, "gateway: port no longer served; closing its listener");
+                task.abort();
+            }
+            keep
+        });
+        for port in wanted {
+            if open.contains_key(&port) {
+                continue;
+            }
+            let addr = SocketAddr::new(ip, port);
+            match TcpListener::bind(addr).await {
+                Ok(listener) => {
+                    tracing::info!(%addr, "gateway: listening");
+                    open.insert(
+                        port,
+                        tokio::spawn(accept(listener, inputs.clone(), drain.clone())),
+                    );
+                }
+                Err(e) => tracing::error!(%addr, "gateway: cannot listen: {e}"),
+            }
+        }
+        tokio::select! {
+            changed = state.changed() => if changed.is_err() { break },
+            () = drain.signaled() => break,
+        }
+    }
+    // The accept loops stop on the drain themselves; a closed state feed ends them here.
+    for task in open.into_values() {
+        task.abort();
+    }
+}
+
+async fn accept(listener: TcpListener, inputs: Arc<Inputs>, drain: drain::Watch) {
+    drain::accept_loop(listener, drain, "gateway", move |conn, peer, watch| {
+        let inputs = inputs.clone();
+        async move {
+            let Ok(local) = conn.local_addr() else { return };
+            let _ = conn.set_nodelay(true);
+            crate::http::serve_gateway(conn, peer, local, inputs, watch).await;
+        }
+    })
+    .await;
+}

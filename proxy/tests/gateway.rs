@@ -1,0 +1,264 @@
+//! Gateway mode in process: the listeners follow the state (a port bound when it appears,
+//! closed when it goes); a request's Host picks the most specific virtual host; its routes
+//! send it to a service's endpoint with `x-forwarded-for`/`-proto` set; an unknown host or
+//! path is 404 NR; an `httpsRedirect` server answers 301 to https; a listener of a protocol
+//! the gateway does not serve yet is refused with the field named.
+
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
+mod common;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use mesh_proxy::socket::FixedDst;
+use mesh_proxy::state::{State, proto};
+use mesh_proxy::{Proxy, Setup, testing};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+/// An app answering with what a gateway adds: `path xff proto`.
+async fn app() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (c, _) = l.accept().await.unwrap();
+            tokio::spawn(async move {
+                let svc =
+                    hyper::service::service_fn(|req: Request<hyper::body::Incoming>| async move {
+                        let h = |name: &str| {
+                            req.headers()
+                                .get(name)
+                                .map_or("-".to_string(), |v| v.to_str().unwrap().to_string())
+                        };
+                        let body = format!(
+                            "{} {} {}",
+                            req.uri().path(),
+                            h("x-forwarded-for"),
+                            h("x-forwarded-proto")
+                        );
+                        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(body))))
+                    });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(c), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn route(prefix: &str) -> proto::HttpRoute {
+    proto::HttpRoute {
+        matches: vec![proto::HttpMatch {
+            uri: Some(proto::StringMatch {
+                kind: Some(proto::string_match::Kind::Prefix(prefix.into())),
+            }),
+            ..Default::default()
+        }],
+        destinations: vec![proto::WeightedDestination {
+            host: "shop.shop.svc.cluster.local".into(),
+            port: 8080,
+            weight: 100,
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
+
+fn host(domain: &str, routes: Vec<proto::HttpRoute>, redirect: bool) -> proto::GatewayHost {
+    proto::GatewayHost {
+        domains: vec![domain.into()],
+        https_redirect: redirect,
+        routes: Some(proto::Service {
+            namespace: "shop".into(),
+            http_routes: routes,
+            ..Default::default()
+        }),
+    }
+}
+
+fn state(app: SocketAddr, listeners: Vec<proto::GatewayListener>) -> proto::ProxyState {
+    proto::ProxyState {
+        services: vec![proto::Service {
+            hostname: "shop.shop.svc.cluster.local".into(),
+            namespace: "shop".into(),
+            ports: vec![proto::ServicePort {
+                port: 8080,
+                name: "http".into(),
+                protocol: proto::Protocol::Http.into(),
+                target_port: u32::from(app.port()),
+            }],
+            endpoints: vec![proto::Endpoint {
+                address: "127.0.0.1".into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+        gateway_listeners: listeners,
+        ..Default::default()
+    }
+}
+
+fn listener(port: u16) -> proto::GatewayListener {
+    proto::GatewayListener {
+        port: u32::from(port),
+        protocol: proto::Protocol::Http.into(),
+        hosts: vec![
+            host("shop.example.com", vec![route("/api")], false),
+            host("*.example.com", Vec::new(), true),
+            host("*", vec![route("/")], false),
+        ],
+    }
+}
+
+async fn send(port: u16, host: &str, path: &str) -> Option<(StatusCode, String, String)> {
+    let stream = TcpStream::connect(("127.0.0.1", port)).await.ok()?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .ok()?;
+    tokio::spawn(conn);
+    let req = Request::builder()
+        .uri(path)
+        .header("host", host)
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let resp = sender.send_request(req).await.ok()?;
+    let status = resp.status();
+    let location = resp
+        .headers()
+        .get("location")
+        .map_or(String::new(), |v| v.to_str().unwrap().to_string());
+    let body = resp.into_body().collect().await.ok()?.to_bytes();
+    Some((
+        status,
+        String::from_utf8_lossy(&body).into_owned(),
+        location,
+    ))
+}
+
+/// Waits until `port` answers (the listener is bound once the state arrives).
+async fn answering(port: u16) -> bool {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while tokio::time::Instant::now() < deadline {
+        if TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    false
+}
+
+/// Waits until `port` refuses connections.
+async fn closed(port: u16) -> bool {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while tokio::time::Instant::now() < deadline {
+        if TcpStream::connect(("127.0.0.1", port)).await.is_err() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    false
+}
+
+#[tokio::test]
+async fn a_gateway_routes_by_host_and_follows_the_state() {
+    let app = app().await;
+    let port = free_port();
+    let first = State::compile(state(app, vec![listener(port)])).unwrap();
+    let (tx, rx) = watch::channel(Arc::new(first));
+    let _proxy = Proxy::launch(
+        &testing::loopback(),
+        Setup {
+            state: rx,
+            has_state: true,
+            outbound_dst: Arc::new(FixedDst("10.0.0.1:1".parse().unwrap())),
+            inbound_dst: Arc::new(FixedDst("10.0.0.1:1".parse().unwrap())),
+            svids: None,
+            on_demand: None,
+            workload: common::workload("istio-ingressgateway", "istio-ingressgateway", ""),
+            debug_authz: false,
+            jwks_ca_pem: None,
+            gateway: Some([127, 0, 0, 1].into()),
+        },
+    )
+    .await
+    .unwrap();
+    assert!(
+        answering(port).await,
+        "the gateway never listened on {port}"
+    );
+
+    // The exact host wins over the wildcards; the app sees what a gateway adds.
+    let (status, body, _) = send(port, "shop.example.com", "/api/items").await.unwrap();
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body, "/api/items 127.0.0.1 http");
+    // The same host, a path no route matches.
+    let (status, body, _) = send(port, "Shop.Example.com:80", "/other").await.unwrap();
+    assert_eq!(
+        (status, body.trim()),
+        (StatusCode::NOT_FOUND, "no route matched")
+    );
+    // `*.example.com` redirects; `*` takes the rest.
+    let (status, _, location) = send(port, "www.example.com:80", "/a?b=1").await.unwrap();
+    assert_eq!(status, StatusCode::MOVED_PERMANENTLY);
+    assert_eq!(location, "https://www.example.com/a?b=1");
+    let (status, body, _) = send(port, "other.org", "/x").await.unwrap();
+    assert_eq!(
+        (status, body.as_str()),
+        (StatusCode::OK, "/x 127.0.0.1 http")
+    );
+
+    // A state without the port closes it; a new port opens.
+    let other = free_port();
+    let mut only_shop = listener(other);
+    only_shop.hosts.truncate(1);
+    tx.send(Arc::new(
+        State::compile(state(app, vec![only_shop])).unwrap(),
+    ))
+    .unwrap();
+    assert!(closed(port).await, "port {port} still open");
+    assert!(
+        answering(other).await,
+        "the gateway never listened on {other}"
+    );
+    let (status, body, _) = send(other, "other.org", "/x").await.unwrap();
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(
+        body.contains("no virtual host of this gateway serves \"other.org\""),
+        "{body}"
+    );
+}
+
+#[test]
+fn a_listener_the_gateway_cannot_serve_yet_is_refused() {
+    let mut tcp = listener(8443);
+    tcp.protocol = proto::Protocol::Tcp.into();
+    let err = State::compile(state("127.0.0.1:1".parse().unwrap(), vec![tcp]))
+        .unwrap_err()
+        .to_string();
+    assert_eq!(
+        err,
+        "service state: gatewayListeners[0].protocol: Tcp: gateway listeners serve HTTP only so far"
+    );
+    let twice = vec![listener(8080), listener(8080)];
+    let err = State::compile(state("127.0.0.1:1".parse().unwrap(), twice))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("port 8080 is listed twice"), "{err}");
+}
