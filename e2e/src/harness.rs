@@ -35,6 +35,8 @@ pub trait Cluster: Sync {
     fn restart_control_plane(&self) -> anyhow::Result<()>;
     /// A pod's address.
     fn pod_ip(&self, pod: &str) -> anyhow::Result<String>;
+    /// Where the ingress gateway's port 80 is reached from a pod: `address:80`.
+    fn ingress(&self) -> anyhow::Result<String>;
 
     /// The local backend, for the parts of a scenario about the local runtime itself.
     fn as_local(&self) -> Option<&LocalCluster> {
@@ -264,6 +266,13 @@ impl Cluster for LocalCluster {
         Ok(self.mesh.pod(pod)?.address)
     }
 
+    fn ingress(&self) -> anyhow::Result<String> {
+        Ok(format!(
+            "{}:80",
+            self.mesh.pod(meshctl::local::INGRESS_GATEWAY_POD)?.address
+        ))
+    }
+
     fn as_local(&self) -> Option<&LocalCluster> {
         Some(self)
     }
@@ -312,6 +321,7 @@ pub fn echo_pod(name: &str, app: &str, version: &str, service_account: &str) -> 
         .into(),
         ports: vec![8080, 9000, 9090],
         sidecar: true,
+        gateway: false,
         command: [
             "mesh-echo",
             "--port",

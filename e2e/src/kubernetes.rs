@@ -502,11 +502,32 @@ impl Cluster for KubeCluster {
         })
     }
 
+    fn ingress(&self) -> anyhow::Result<String> {
+        self.ingress_service()
+    }
+
     fn pod_ip(&self, pod: &str) -> anyhow::Result<String> {
         self.resolve(pod)?
             .status
             .and_then(|s| s.pod_ip)
             .with_context(|| format!("pod {pod} has no address yet"))
+    }
+}
+
+impl KubeCluster {
+    /// The ingress gateway's Service, `istio-system/istio-ingressgateway`, by its cluster IP.
+    fn ingress_service(&self) -> anyhow::Result<String> {
+        let services: Api<k8s_openapi::api::core::v1::Service> =
+            Api::namespaced(self.client.clone(), "istio-system");
+        let svc = self
+            .runtime
+            .block_on(services.get_opt("istio-ingressgateway"))?
+            .context("no Service istio-system/istio-ingressgateway: the profile installed has no ingress gateway")?;
+        let ip = svc
+            .spec
+            .and_then(|s| s.cluster_ip)
+            .context("Service istio-system/istio-ingressgateway has no cluster IP")?;
+        Ok(format!("{ip}:80"))
     }
 }
 

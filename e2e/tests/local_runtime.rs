@@ -229,7 +229,11 @@ fn down_leaves_nothing_behind() {
         procs.extend(pod.app);
         procs.extend(pod.proxy);
     }
-    assert_eq!(procs.len(), 1 + 5 + 4, "control plane, 5 apps, 4 sidecars");
+    assert_eq!(
+        procs.len(),
+        1 + 5 + 4 + 1,
+        "control plane, 5 apps, 4 sidecars, the ingress gateway"
+    );
     // A crash: the control plane dies and nothing is cleaned up.
     let cp = st.control_plane.unwrap();
     nix::sys::signal::kill(
@@ -240,8 +244,8 @@ fn down_leaves_nothing_behind() {
     assert!(wait_until(DEADLINE, || !cp.alive()));
 
     let report = c.mesh.down().unwrap();
-    assert_eq!(report.pods, 5);
-    assert_eq!(report.namespaces, 6, "five pods and the hub");
+    assert_eq!(report.pods, 6, "five pods and the ingress gateway");
+    assert_eq!(report.namespaces, 7, "six pods and the hub");
     let _ = stray.wait();
     for p in &procs {
         assert!(!p.alive(), "process {} still runs", p.pid);
@@ -302,6 +306,18 @@ fn ps_logs_and_proxy_status_show_the_running_mesh() {
             "{pod}: {text}"
         );
     }
+    // `meshctl up` started the ingress gateway beside them.
+    let gateway = text
+        .lines()
+        .find(|l| l.starts_with("istio-ingressgateway-0"))
+        .unwrap_or("");
+    assert!(
+        gateway.contains("istio-system")
+            && gateway.contains("gateway")
+            && gateway.contains("running")
+            && gateway.contains("istio=ingressgateway"),
+        "{text}"
+    );
     c.load("order-v1-0", "http://shipping-service:8080/", &["-n", "20"])
         .unwrap();
     let logs = meshctl(&["logs", "--dir", &dir, "shipping-v1-0", "--proxy"]);
@@ -316,14 +332,15 @@ fn ps_logs_and_proxy_status_show_the_running_mesh() {
         "{text}{}",
         String::from_utf8_lossy(&status.stderr)
     );
-    assert_eq!(text.matches("SYNCED").count(), 4, "{text}");
+    // Four sidecars and the ingress gateway.
+    assert_eq!(text.matches("SYNCED").count(), 5, "{text}");
     // Every sidecar told pilot its version, which `meshctl verify` compares with pilot's.
     let version = format!("  {}  ", env!("CARGO_PKG_VERSION"));
     assert_eq!(
         text.lines()
             .filter(|l| l.contains("SYNCED") && l.contains(&version))
             .count(),
-        4,
+        5,
         "{text}"
     );
     // The seed's DestinationRule is held by every sidecar that sees inventory and enforced
@@ -371,17 +388,17 @@ fn demo_reports_the_seed_in_json_and_cleans_up() {
     );
     assert!(uo > 0 && ok > 0, "{cb}");
     assert_eq!(ok + uo, cb["requests"].as_u64().unwrap(), "{cb}");
-    // The demo claims only what is enforced: what it applies and is not is listed (the
-    // gateway), and the DestinationRule, enforced whole, is not.
+    // The seed's gateway.yaml serves /order through the ingress gateway, over mutual TLS
+    // from the gateway to order.
+    let ingress = &r["ingress"];
+    assert_eq!(ingress["requests"], 100, "{ingress}");
+    assert_eq!(ingress["ok"], 100, "{ingress}");
+    assert_eq!(ingress["mtls"], true, "{ingress}");
+    assert!(ingress["url"].as_str().unwrap().ends_with(":80/order"));
+    // The demo claims only what is enforced: the seed holds nothing it does not act on, so
+    // nothing is listed as not enforced.
     let log = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        log.contains("Gateway default/order-gateway: spec.servers: accepted, not enforced yet"),
-        "{log}"
-    );
-    assert!(
-        !log.contains("DestinationRule default/inventory-service"),
-        "{log}"
-    );
+    assert!(!log.contains("not enforced"), "{log}");
     // Cleaned up: no record, so no namespace of it either.
     assert!(!dir.path().join("runtime.json").exists());
 }

@@ -249,6 +249,68 @@ fn strict_mtls_refuses_a_pod_without_sidecar() {
 
 #[test]
 #[ignore = "needs root: runs a mesh in network namespaces"]
+fn the_seeds_gateway_serves_order_through_the_ingress_gateway() {
+    // The seed's gateway.yaml as written (applied with the sample): Gateway order-gateway
+    // selects the ingress gateway (`istio: ingressgateway`) and VirtualService order routes
+    // its `/order` to order:8080. A client with no sidecar stands for traffic from outside.
+    let c = seed("gateway");
+    c.run(&PodSpec {
+        name: "outside".into(),
+        namespace: "default".into(),
+        service_account: "default".into(),
+        sidecar: false,
+        command: vec!["mesh-echo".into(), "--port".into(), "8080".into()],
+        ports: vec![8080],
+        ..PodSpec::default()
+    })
+    .unwrap();
+    let ingress = c.ingress().unwrap();
+    let url = format!("http://{ingress}/order/42");
+    let served = wait_until(DEADLINE, || {
+        c.load("outside", &url, &["-n", "1"])
+            .is_ok_and(|r| r.ok == 1)
+    });
+    assert!(served, "the ingress gateway never served /order");
+    let report = c.load("outside", &url, &["-n", "200", "-c", "4"]).unwrap();
+    assert_all_ok(&report);
+    assert_eq!(report.by_version.get("v1"), Some(&200), "{report:?}");
+    // Order saw the gateway's identity: the gateway reached it over mutual TLS (the seed's
+    // STRICT policy would refuse anything else).
+    let gateway_id =
+        "spiffe://cluster.local/ns/istio-system/sa/istio-ingressgateway-service-account";
+    assert_eq!(report.by_peer.get(gateway_id), Some(&200), "{report:?}");
+    // Paths no route names are the gateway's 404, flag NR, as Envoy answers.
+    let other = c
+        .load(
+            "outside",
+            &format!("http://{ingress}/shipping"),
+            &["-n", "3"],
+        )
+        .unwrap();
+    assert_eq!(failed_with(&other, 404, ""), 3, "{other:?}");
+    // The gateway counts what it sent, as Istio's ingress gateway does (reporter source).
+    if let Some(local) = c.as_local() {
+        let metrics = local
+            .sidecar_get(
+                meshctl::local::INGRESS_GATEWAY_POD,
+                15020,
+                "/stats/prometheus",
+            )
+            .unwrap();
+        assert!(
+            metrics
+                .lines()
+                .any(|l| l.starts_with("istio_requests_total{")
+                    && l.contains("source_workload=\"istio-ingressgateway\"")
+                    && l.contains("destination_service_name=\"order\"")
+                    && l.contains("response_code=\"200\"")),
+            "{metrics}"
+        );
+    }
+}
+
+#[test]
+#[ignore = "needs root: runs a mesh in network namespaces"]
 fn header_based_routing() {
     let c = seed("headers");
     c.apply_yaml(
@@ -700,12 +762,12 @@ fn pilot_killed_and_restarted_under_traffic_fails_no_request() {
     let c = seed("restart");
     let report = under_load(&*c, || {
         c.restart_control_plane().unwrap();
-        // Every sidecar reconnects to the new pilot...
+        // Every proxy (four sidecars and the ingress gateway) reconnects to the new pilot...
         let reconnected = wait_until(DEADLINE, || {
             c.pilot_debug("/debug/syncz").is_ok_and(|v| {
-                v["proxies"]
-                    .as_array()
-                    .is_some_and(|ps| ps.iter().filter(|p| p["connected"] == true).count() == 4)
+                v["proxies"].as_array().is_some_and(|ps| {
+                    !ps.is_empty() && ps.iter().all(|p| p["connected"] == true) && ps.len() >= 5
+                })
             })
         });
         assert!(reconnected, "the sidecars did not reconnect to pilot");

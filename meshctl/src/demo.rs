@@ -3,7 +3,9 @@
 //! circuit breaker on inventory, STRICT mutual TLS, the JWT policy), runs its Deployments as
 //! pods with sidecars, sends requests from order to shipping and reports who answered, how fast
 //! and whether mutual TLS carried them; then a short burst over two connections to inventory,
-//! whose circuit breaker (one connection, one pending request) refuses some with 503, flag UO.
+//! whose circuit breaker (one connection, one pending request) refuses some with 503, flag UO;
+//! then requests through the ingress gateway to `/order`, as the seed's `gateway.yaml` routes
+//! them.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -83,7 +85,32 @@ pub struct DemoReport {
     pub elapsed_s: f64,
     /// The burst to inventory, through its circuit breaker.
     pub circuit_breaker: BurstReport,
+    /// Requests through the ingress gateway.
+    pub ingress: IngressReport,
 }
+
+/// What requests through the ingress gateway got.
+#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+pub struct IngressReport {
+    /// The URL asked, at the gateway.
+    pub url: String,
+    /// Requests sent.
+    pub requests: usize,
+    /// Answered 2xx (by order).
+    pub ok: usize,
+    /// True when order saw the gateway's mesh identity in every answer (mutual TLS from the
+    /// gateway on).
+    pub mtls: bool,
+    /// Any failure, by reason (absent when none).
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub failures: std::collections::BTreeMap<String, usize>,
+}
+
+/// Requests sent through the ingress gateway.
+const INGRESS_REQUESTS: usize = 100;
+/// The gateway's identity, as order sees it.
+const GATEWAY_ID: &str =
+    "spiffe://cluster.local/ns/istio-system/sa/istio-ingressgateway-service-account";
 
 /// What a burst over a few connections to a service with a circuit breaker got.
 #[derive(Clone, Debug, Default, Serialize, PartialEq)]
@@ -239,6 +266,33 @@ fn run_in(mesh: &Mesh, options: &DemoOptions, log: &mut dyn Write) -> anyhow::Re
         overflow_503_uo: overflow.iter().map(|(_, n)| n).sum(),
         failures: failures.into_iter().collect(),
     };
+    let gateway = crate::local::INGRESS_GATEWAY_POD;
+    let url = format!("http://{}:80/order", mesh.pod(gateway)?.address);
+    let _ = writeln!(
+        log,
+        "sending {INGRESS_REQUESTS} requests to {url} through the ingress gateway (the seed's gateway.yaml) ..."
+    );
+    // The gateway routes once pilot's view reaches it; the first answer says it has.
+    let ready = crate::local::wait_until(Duration::from_secs(30), || {
+        load(mesh, gateway, &url, &["-n", "1"], false).is_ok_and(|r| r.ok == 1)
+    });
+    if !ready {
+        anyhow::bail!("the ingress gateway did not route {url} within 30 s");
+    }
+    let through = load(
+        mesh,
+        gateway,
+        &url,
+        &["-n", &INGRESS_REQUESTS.to_string(), "-c", "2"],
+        false,
+    )?;
+    let ingress = IngressReport {
+        url,
+        requests: through.requests,
+        ok: through.ok,
+        mtls: through.ok > 0 && through.by_peer.get(GATEWAY_ID) == Some(&through.ok),
+        failures: through.failures,
+    };
     let demo = DemoReport {
         requests: report.requests,
         success_rate: if report.requests == 0 {
@@ -254,6 +308,7 @@ fn run_in(mesh: &Mesh, options: &DemoOptions, log: &mut dyn Write) -> anyhow::Re
         peers: report.by_peer,
         elapsed_s: report.elapsed_s,
         circuit_breaker,
+        ingress,
     };
     Ok(demo)
 }
@@ -355,6 +410,26 @@ pub fn table(r: &DemoReport) -> String {
         b.overflow_503_uo
     ));
     for (why, n) in &b.failures {
+        s.push_str(&format!("  failed                 {n:>4}  {why}\n"));
+    }
+    let g = &r.ingress;
+    s.push_str(&format!(
+        "\nThrough the ingress gateway (Gateway order-gateway, VirtualService order): {}\n\n",
+        g.url
+    ));
+    s.push_str(&format!(
+        "  answered by order      {:>4} of {}\n",
+        g.ok, g.requests
+    ));
+    s.push_str(&format!(
+        "  mutual TLS             {}\n",
+        if g.mtls {
+            "yes (order saw the gateway's identity)"
+        } else {
+            "NO"
+        }
+    ));
+    for (why, n) in &g.failures {
         s.push_str(&format!("  failed                 {n:>4}  {why}\n"));
     }
     s

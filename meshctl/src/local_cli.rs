@@ -121,6 +121,12 @@ pub fn up(args: &DirArg) -> ExitCode {
                 r.hub,
                 local::net::HUB_ADDRESS
             );
+            if let Some(addr) = r.gateway {
+                println!(
+                    "ingress gateway istio-system/istio-ingressgateway at {addr} (pod {}): it serves the ports of Gateways selecting istio: ingressgateway",
+                    local::INGRESS_GATEWAY_POD
+                );
+            }
             println!("next: meshctl apply -f FILE, meshctl run --name NAME -- CMD, meshctl ps");
             ExitCode::SUCCESS
         }
@@ -161,6 +167,7 @@ pub fn run(args: &RunArgs) -> ExitCode {
         labels,
         ports: args.ports.clone(),
         sidecar: !args.no_sidecar,
+        gateway: false,
         command: args.command.clone(),
         env: Vec::new(),
     };
@@ -202,7 +209,8 @@ pub fn ps(args: &DirArg) -> ExitCode {
         "NAME", "NAMESPACE", "ADDRESS", "SIDECAR", "STATUS", "LABELS"
     );
     for pod in st.pods.values() {
-        let app = pod.app.is_some_and(|p| p.alive());
+        // A gateway pod has no app: its proxy is the workload.
+        let app = pod.command.is_empty() || pod.app.is_some_and(|p| p.alive());
         let proxy = !pod.sidecar || pod.proxy.is_some_and(|p| p.alive());
         let status = match (app, proxy) {
             (true, true) => "running",
@@ -221,7 +229,11 @@ pub fn ps(args: &DirArg) -> ExitCode {
             pod.name,
             pod.namespace,
             pod.address,
-            if pod.sidecar { "yes" } else { "no" },
+            match (pod.gateway, pod.sidecar) {
+                (true, _) => "gateway",
+                (false, true) => "yes",
+                (false, false) => "no",
+            },
             status,
             labels,
             ports

@@ -98,6 +98,7 @@ pub fn pods_for_deployment(d: &Deployment) -> Result<Vec<PodSpec>, DeploymentErr
             labels: labels.clone(),
             ports: ports.clone(),
             sidecar,
+            gateway: false,
             command: command.clone(),
             env: env.clone(),
         })

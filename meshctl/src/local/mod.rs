@@ -207,7 +207,7 @@ impl Mesh {
     pub fn up(&self) -> Result<UpReport, RuntimeError> {
         net::check_prerequisites()?;
         let meshctl = find_binary("meshctl", "meshctl")?;
-        let _lock = state::lock(&self.layout.dir)?;
+        let lock = state::lock(&self.layout.dir)?;
         let mut st = match state::load(&self.layout)? {
             Some(st) => {
                 if st.control_plane.is_some_and(|p| p.alive()) {
@@ -280,9 +280,18 @@ impl Mesh {
                 hint: log_tail(&log_path, 10),
             });
         }
+        drop(lock);
+        // The ingress gateway, as Istio's demo profile has one; started once, kept across
+        // control-plane restarts.
+        let gateway = if st.pods.contains_key(INGRESS_GATEWAY_POD) {
+            None
+        } else {
+            Some(self.run(&ingress_gateway())?.address)
+        };
         Ok(UpReport {
             hub: st.hub(),
             restarted,
+            gateway,
         })
     }
 
@@ -342,6 +351,30 @@ pub struct UpReport {
     pub hub: String,
     /// True when an existing mesh's control plane was started again.
     pub restarted: bool,
+    /// The ingress gateway's address, when this call started it.
+    pub gateway: Option<String>,
+}
+
+/// The ingress gateway's pod (namespace `istio-system`; its workload, as metrics name it, is
+/// `istio-ingressgateway`).
+pub const INGRESS_GATEWAY_POD: &str = "istio-ingressgateway-0";
+
+/// The ingress gateway pod, labelled as Istio's (`istio: ingressgateway`, which Gateways'
+/// selectors name) and with its service account.
+pub fn ingress_gateway() -> PodSpec {
+    PodSpec {
+        name: INGRESS_GATEWAY_POD.into(),
+        namespace: "istio-system".into(),
+        service_account: "istio-ingressgateway-service-account".into(),
+        labels: [
+            ("app".to_string(), "istio-ingressgateway".to_string()),
+            ("istio".to_string(), "ingressgateway".to_string()),
+        ]
+        .into(),
+        sidecar: true,
+        gateway: true,
+        ..PodSpec::default()
+    }
 }
 
 /// What `down` removed.

@@ -44,6 +44,9 @@ pub struct PodSpec {
     pub ports: Vec<u16>,
     /// Whether to run a sidecar.
     pub sidecar: bool,
+    /// An ingress gateway (with `sidecar`): the proxy runs in gateway mode, with no capture
+    /// rules, and there is no app (`command` empty).
+    pub gateway: bool,
     /// The app's command line.
     pub command: Vec<String>,
     /// Extra environment for the app.
@@ -106,7 +109,7 @@ impl PodSpec {
                 "must be a DNS label (lowercase letters, digits, '-')".into(),
             ));
         }
-        if self.command.is_empty() {
+        if self.command.is_empty() && !self.gateway {
             return Err(bad(
                 "--",
                 "",
@@ -148,7 +151,8 @@ impl Mesh {
             service_account: spec.service_account.clone(),
             labels: spec.labels.clone(),
             ports: spec.ports.clone(),
-            sidecar: spec.sidecar,
+            sidecar: spec.sidecar || spec.gateway,
+            gateway: spec.gateway,
             address: address.to_string(),
             netns: format!("{}-{}", st.prefix, spec.name),
             hub_link: format!("p{index}"),
@@ -195,7 +199,24 @@ impl Mesh {
         let pod_dir = self.layout.pod_dir(&pod.name);
         std::fs::create_dir_all(&pod_dir)
             .map_err(|e| RuntimeError::io(format!("creating {}", pod_dir.display()), e))?;
-        if pod.sidecar {
+        if pod.gateway {
+            // As Istio's gateway pods: the proxy (uid 1337) may bind ports below 1024.
+            let out = net::in_netns(&pod.netns, || {
+                Command::new("sysctl")
+                    .args(["-w", "net.ipv4.ip_unprivileged_port_start=0"])
+                    .output()
+            })
+            .map_err(|e| RuntimeError::io("running sysctl", e))?;
+            if !out.status.success() {
+                return Err(RuntimeError::Command {
+                    command: format!(
+                        "sysctl net.ipv4.ip_unprivileged_port_start=0 (in {})",
+                        pod.netns
+                    ),
+                    message: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+                });
+            }
+        } else if pod.sidecar {
             let out = net::in_netns(&pod.netns, || Command::new(proxy_bin).arg("init").output())
                 .map_err(|e| RuntimeError::io("running mesh-proxy init", e))?;
             if !out.status.success() {
@@ -204,11 +225,15 @@ impl Mesh {
                     message: String::from_utf8_lossy(&out.stderr).trim().to_string(),
                 });
             }
+        }
+        if pod.sidecar {
             let token = self.issue_token(&pod)?;
             pod.proxy = Some(self.spawn_sidecar(&pod, proxy_bin, &token)?);
         }
         config::register_pod(&self.layout, &pod)?;
-        pod.app = Some(self.spawn_app(&pod)?);
+        if !pod.command.is_empty() {
+            pod.app = Some(self.spawn_app(&pod)?);
+        }
         Ok(pod)
     }
 
@@ -287,6 +312,11 @@ impl Mesh {
                 .args(["--workload-ips", &pod.address])
                 .args(["--workload-name", &pod.name])
                 .args(["--workload", pod.workload()])
+                .args(if pod.gateway {
+                    &["--mode", "gateway"][..]
+                } else {
+                    &[]
+                })
                 .env(
                     "RUST_LOG",
                     std::env::var("MESH_PROXY_LOG").unwrap_or_else(|_| "info".into()),

@@ -41,6 +41,9 @@ pub struct PodRecord {
     pub ports: Vec<u16>,
     /// Whether a sidecar runs beside the app.
     pub sidecar: bool,
+    /// An ingress gateway: its proxy runs in gateway mode, with no capture and no app.
+    #[serde(default)]
+    pub gateway: bool,
     /// Its address.
     pub address: String,
     /// Its network namespace.

@@ -205,6 +205,13 @@ impl Session {
             if let (true, Some(hosts)) = (t.wildcard, own) {
                 queue.extend(hosts.iter().cloned());
             }
+            if t.wildcard && self.node.is_gateway {
+                // A gateway's view: what its routes name, wherever it lives.
+                queue.extend(crate::translate::gateway::destinations(
+                    &generation.model,
+                    &self.node,
+                ));
+            }
             let explicit: BTreeSet<String> = t.names.clone();
             while let Some(host) = queue.pop() {
                 if desired.contains_key(&host) {

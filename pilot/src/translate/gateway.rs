@@ -181,6 +181,25 @@ pub fn listeners(model: &Model, node: &ProxyNode) -> Vec<state::GatewayListener>
     by_port.into_values().collect()
 }
 
+/// The services the routes of gateway `node` name (the rest of its view follows from them).
+pub fn destinations(model: &Model, node: &ProxyNode) -> Vec<String> {
+    let mut out: Vec<String> = listeners(model, node)
+        .iter()
+        .flat_map(|l| &l.hosts)
+        .filter_map(|h| h.routes.as_ref())
+        .flat_map(|r| &r.http_routes)
+        .flat_map(|r| {
+            r.destinations
+                .iter()
+                .map(|d| d.host.clone())
+                .chain(r.mirrors.iter().map(|m| m.host.clone()))
+        })
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
