@@ -1,6 +1,7 @@
 //! `mesh-echo`'s server: answers every HTTP/1.1 or h2c request with who answered (service,
 //! version, pod) and who called (the SPIFFE id the sidecar put in `x-forwarded-client-cert`),
-//! chains calls with `/call?url=...`, and echoes raw TCP on a second port. Added latency and an
+//! chains calls with `/call?url=...` or, for every request, to its `--upstream` URLs (as
+//! bookinfo's productpage calls details and reviews), and echoes raw TCP on a second port. Added latency and an
 //! error rate are knobs, so tests can make a destination slow or failing on purpose.
 
 use std::collections::BTreeMap;
@@ -40,6 +41,10 @@ pub struct EchoConfig {
     /// `x-ext-authz: allow` is allowed (200, `x-ext-authz-check-result: allowed`), any other
     /// denied (403, `x-ext-authz-check-result: denied`, a body saying why).
     pub ext_authz: bool,
+    /// URLs called for every request, in order, with its routing and tracing headers passed
+    /// on; their answers are part of the echo (`calls`), and one that fails makes the answer
+    /// 502.
+    pub upstreams: Vec<String>,
 }
 
 /// The header the ext-authz mode allows on.
@@ -76,6 +81,29 @@ pub struct Echo {
     /// For `/call`: what the called URL answered.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub call: Option<CallResult>,
+    /// What each `--upstream` answered.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub calls: Vec<CallResult>,
+}
+
+impl Echo {
+    /// Who answered, down the calls: `productpage/v1(details/v1,reviews/v2(ratings/v1))`; a
+    /// failed call shows as `!` and its status.
+    pub fn chain(&self) -> String {
+        let mut s = format!("{}/{}", self.service, self.version);
+        if !self.calls.is_empty() {
+            let inner: Vec<String> = self
+                .calls
+                .iter()
+                .map(|c| match &c.echo {
+                    Some(e) => e.chain(),
+                    None => format!("!{}", c.status.map_or("error".into(), |s| s.to_string())),
+                })
+                .collect();
+            s += &format!("({})", inner.join(","));
+        }
+        s
+    }
 }
 
 /// The outcome of a chained call.
@@ -214,6 +242,18 @@ impl Server {
                 return text(StatusCode::BAD_REQUEST, "/call needs ?url=http://...\n");
             };
             echo.call = Some(self.call(&url, &req).await);
+        } else {
+            for url in &self.config.upstreams {
+                echo.calls.push(self.call(url, &req).await);
+            }
+        }
+        let failed = echo
+            .calls
+            .iter()
+            .any(|c| c.echo.is_none() || c.status.is_none_or(|s| !(200..300).contains(&s)));
+        if failed {
+            let _ = req.into_body().collect().await;
+            return json(StatusCode::BAD_GATEWAY, &echo);
         }
         // Drain the request body so keep-alive connections stay usable.
         let _ = req.into_body().collect().await;
@@ -255,6 +295,7 @@ impl Server {
                 .and_then(|v| peer_from_xfcc(v)),
             headers,
             call: None,
+            calls: Vec::new(),
         }
     }
 

@@ -67,6 +67,10 @@ pub struct Report {
     pub by_service: BTreeMap<String, usize>,
     /// 2xx answers by the caller identity the destination saw (`none` = plaintext).
     pub by_peer: BTreeMap<String, usize>,
+    /// 2xx answers that called upstreams, by who answered down the calls
+    /// (`productpage/v1(details/v1,reviews/v2(ratings/v1))`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub by_chain: BTreeMap<String, usize>,
     /// Latency percentiles in milliseconds (all requests).
     pub p50_ms: f64,
     /// 90th percentile.
@@ -169,6 +173,9 @@ pub async fn run(config: LoadConfig, progress: Progress) -> anyhow::Result<Repor
                 match outcome {
                     Ok(echo) => {
                         t.report.ok += 1;
+                        if !echo.calls.is_empty() {
+                            *t.report.by_chain.entry(echo.chain()).or_default() += 1;
+                        }
                         *t.report.by_version.entry(echo.version).or_default() += 1;
                         *t.report.by_service.entry(echo.service).or_default() += 1;
                         let peer = echo.peer.unwrap_or_else(|| "none".into());

@@ -223,3 +223,68 @@ async fn the_ext_authz_mode_answers_as_istios_sample() {
     let (status, _) = get(&url, &[("x-ext-authz", "allow")]).await;
     assert_eq!(status, 200);
 }
+
+#[tokio::test]
+async fn upstreams_are_called_for_every_request_and_show_in_the_chain() {
+    let ratings = start(config("ratings", "v1")).await;
+    let reviews = start(EchoConfig {
+        upstreams: vec![format!("http://{}/ratings/0", ratings.http)],
+        ..config("reviews", "v2")
+    })
+    .await;
+    let details = start(config("details", "v1")).await;
+    let productpage = start(EchoConfig {
+        upstreams: vec![
+            format!("http://{}/details/0", details.http),
+            format!("http://{}/reviews/0", reviews.http),
+        ],
+        ..config("productpage", "v1")
+    })
+    .await;
+    let (status, body) = get(
+        &format!("http://{}/productpage", productpage.http),
+        &[("end-user", "jason")],
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let echo: echo::Echo = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        echo.chain(),
+        "productpage/v1(details/v1,reviews/v2(ratings/v1))"
+    );
+    // The routing header went down every call, as bookinfo passes `end-user` on.
+    let reviews_echo = echo.calls[1].echo.as_ref().unwrap();
+    assert_eq!(
+        reviews_echo.headers.get("end-user").map(String::as_str),
+        Some("jason")
+    );
+    assert_eq!(
+        reviews_echo.calls[0]
+            .echo
+            .as_ref()
+            .unwrap()
+            .headers
+            .get("end-user")
+            .map(String::as_str),
+        Some("jason")
+    );
+
+    // An upstream that fails makes the answer 502, with the chain saying which.
+    let broken = start(EchoConfig {
+        upstreams: vec![format!(
+            "http://{}/x",
+            start(EchoConfig {
+                error_rate: 1.0,
+                ..config("down", "v1")
+            })
+            .await
+            .http
+        )],
+        ..config("front", "v1")
+    })
+    .await;
+    let (status, body) = get(&format!("http://{}/", broken.http), &[]).await;
+    assert_eq!(status, 502, "{body}");
+    let echo: echo::Echo = serde_json::from_str(&body).unwrap();
+    assert_eq!(echo.chain(), "front/v1(!503)");
+}

@@ -309,6 +309,132 @@ fn the_seeds_gateway_serves_order_through_the_ingress_gateway() {
     }
 }
 
+/// Bookinfo's own manifests (`istio-samples/bookinfo/platform/kube/bookinfo.yaml`) with
+/// mesh-echo in place of each image: the same Services, service accounts, Deployments, labels
+/// and port, and the same calls: productpage calls details and reviews, reviews v2 and v3 call
+/// ratings, each passing `end-user` on as bookinfo does.
+fn bookinfo_with_echo() -> String {
+    let path = mesh_api::testing::shared_testdata()
+        .join("istio-samples/bookinfo/platform/kube/bookinfo.yaml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let mut docs = mesh_injector::template::documents(&text).unwrap();
+    for d in docs.iter_mut().filter(|d| d["kind"] == "Deployment") {
+        let labels = &d["spec"]["template"]["metadata"]["labels"];
+        let app = labels["app"].as_str().unwrap().to_string();
+        let version = labels["version"].as_str().unwrap().to_string();
+        let upstreams: &[&str] = match (app.as_str(), version.as_str()) {
+            ("productpage", _) => &[
+                "http://details:9080/details/0",
+                "http://reviews:9080/reviews/0",
+            ],
+            ("reviews", "v2" | "v3") => &["http://ratings:9080/ratings/0"],
+            _ => &[],
+        };
+        let mut args = vec![
+            "--port".to_string(),
+            "9080".into(),
+            "--service".into(),
+            app,
+            "--version".into(),
+            version,
+        ];
+        for u in upstreams {
+            args.extend(["--upstream".to_string(), (*u).to_string()]);
+        }
+        let container = &mut d["spec"]["template"]["spec"]["containers"][0];
+        container["image"] = serde_json::json!("mesh-echo:latest");
+        container["args"] = serde_json::json!(args);
+    }
+    mesh_injector::template::to_yaml(&docs).unwrap()
+}
+
+fn bookinfo_networking(file: &str) -> PathBuf {
+    mesh_api::testing::shared_testdata()
+        .join("istio-samples/bookinfo/networking")
+        .join(file)
+}
+
+#[test]
+#[ignore = "needs root: runs a mesh in network namespaces"]
+fn bookinfo_through_its_own_gateway_with_reviews_routed_by_its_virtual_services() {
+    let c = harness::cluster("bookinfo");
+    c.apply_yaml(&bookinfo_with_echo()).unwrap();
+    for file in [
+        "bookinfo-gateway.yaml",
+        "destination-rule-all.yaml",
+        "virtual-service-all-v1.yaml",
+    ] {
+        c.apply(&bookinfo_networking(file)).unwrap();
+    }
+    c.run(&PodSpec {
+        name: "outside".into(),
+        namespace: "default".into(),
+        service_account: "default".into(),
+        sidecar: false,
+        command: vec!["mesh-echo".into(), "--port".into(), "8080".into()],
+        ports: vec![8080],
+        ..PodSpec::default()
+    })
+    .unwrap();
+    // bookinfo-gateway serves port 8080 of the ingress gateway.
+    let gateway = c.ingress().unwrap();
+    let host = gateway.rsplit_once(':').unwrap().0;
+    let page = format!("http://{host}:8080/productpage");
+    let all_v1 = "productpage/v1(details/v1,reviews/v1)";
+    let routed = wait_until(DEADLINE, || {
+        c.load("outside", &page, &["-n", "5"])
+            .is_ok_and(|r| r.by_chain.get(all_v1) == Some(&5))
+    });
+    assert!(
+        routed,
+        "productpage never answered through the gateway with reviews v1"
+    );
+    let report = c.load("outside", &page, &["-n", "100", "-c", "4"]).unwrap();
+    assert_all_ok(&report);
+    assert_eq!(report.by_chain.get(all_v1), Some(&100), "{report:?}");
+    // The gateway's other bookinfo paths reach productpage; the rest is its 404.
+    let statics = c
+        .load(
+            "outside",
+            &format!("http://{host}:8080/static/app.css"),
+            &["-n", "3"],
+        )
+        .unwrap();
+    assert_eq!(
+        statics.by_service.get("productpage"),
+        Some(&3),
+        "{statics:?}"
+    );
+    let other = c
+        .load(
+            "outside",
+            &format!("http://{host}:8080/admin"),
+            &["-n", "2"],
+        )
+        .unwrap();
+    assert_eq!(failed_with(&other, 404, ""), 2, "{other:?}");
+
+    // Istio's request-routing task: jason's reviews from v2 (with ratings), everyone
+    // else's from v3, decided by productpage's sidecar on the header it passed on.
+    c.apply(&bookinfo_networking(
+        "virtual-service-reviews-jason-v2-v3.yaml",
+    ))
+    .unwrap();
+    let jason = "productpage/v1(details/v1,reviews/v2(ratings/v1))";
+    let others = "productpage/v1(details/v1,reviews/v3(ratings/v1))";
+    let switched = wait_until(DEADLINE, || {
+        c.load("outside", &page, &["-n", "5", "-H", "end-user: jason"])
+            .is_ok_and(|r| r.by_chain.get(jason) == Some(&5))
+    });
+    assert!(switched, "jason's requests never reached reviews v2");
+    let j = c
+        .load("outside", &page, &["-n", "50", "-H", "end-user: jason"])
+        .unwrap();
+    assert_eq!(j.by_chain.get(jason), Some(&50), "{j:?}");
+    let o = c.load("outside", &page, &["-n", "50"]).unwrap();
+    assert_eq!(o.by_chain.get(others), Some(&50), "{o:?}");
+}
+
 #[test]
 #[ignore = "needs root: runs a mesh in network namespaces"]
 fn header_based_routing() {

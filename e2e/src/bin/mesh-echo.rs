@@ -104,6 +104,11 @@ struct Serve {
     /// for CUSTOM policies): allow `x-ext-authz: allow`, deny the rest with 403.
     #[arg(long)]
     ext_authz: bool,
+    /// Call this URL for every request and include its answer (repeatable; in order), passing
+    /// on the routing and tracing headers, as bookinfo's services call each other. A failed
+    /// call makes the answer 502.
+    #[arg(long = "upstream", value_name = "URL")]
+    upstreams: Vec<String>,
 }
 
 #[derive(Args)]
@@ -235,6 +240,7 @@ async fn serve(args: Serve) -> anyhow::Result<ExitCode> {
         error_rate: args.error_rate,
         files,
         ext_authz: args.ext_authz,
+        upstreams: args.upstreams,
     };
     tokio::select! {
         () = echo::serve(config, http, tcp, grpc) => {}
