@@ -20,9 +20,9 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMapVolumeSource, Container, ContainerPort, EnvVar, EnvVarSource,
-    ExecAction, HTTPGetAction, Lifecycle, LifecycleHandler, ObjectFieldSelector, Pod, Probe,
-    ProjectedVolumeSource, ResourceRequirements, SecurityContext, ServiceAccountTokenProjection,
-    Volume, VolumeMount, VolumeProjection,
+    ExecAction, HTTPGetAction, Lifecycle, LifecycleHandler, ObjectFieldSelector, Pod,
+    PodSecurityContext, PodSpec, Probe, ProjectedVolumeSource, ResourceRequirements,
+    SecurityContext, ServiceAccountTokenProjection, Sysctl, Volume, VolumeMount, VolumeProjection,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -153,30 +153,9 @@ pub fn inject(pod: &Pod, workload: Option<&str>, cfg: &InjectConfig) -> Pod {
         spec.containers.insert(0, proxy);
         (vec![INIT_NAME], vec![PROXY_NAME])
     };
-    let volumes = spec.volumes.get_or_insert_with(Vec::new);
-    volumes.push(Volume {
-        name: TOKEN_VOLUME.into(),
-        projected: Some(ProjectedVolumeSource {
-            sources: Some(vec![VolumeProjection {
-                service_account_token: Some(ServiceAccountTokenProjection {
-                    audience: Some("istio-ca".into()),
-                    expiration_seconds: Some(43_200),
-                    path: TOKEN_VOLUME.into(),
-                }),
-                ..Default::default()
-            }]),
-            ..Default::default()
-        }),
-        ..Default::default()
-    });
-    volumes.push(Volume {
-        name: ROOT_VOLUME.into(),
-        config_map: Some(ConfigMapVolumeSource {
-            name: ROOT_CONFIG_MAP.into(),
-            ..Default::default()
-        }),
-        ..Default::default()
-    });
+    spec.volumes
+        .get_or_insert_with(Vec::new)
+        .extend(proxy_volumes());
     let annotations = out.metadata.annotations.get_or_insert_with(BTreeMap::new);
     annotations.insert(
         STATUS_ANNOTATION.into(),
@@ -199,6 +178,70 @@ pub fn inject(pod: &Pod, workload: Option<&str>, cfg: &InjectConfig) -> Pod {
 }
 
 /// `mesh-proxy init`'s arguments, with the pod's `traffic.sidecar.istio.io/*` choices.
+/// The volumes the proxy mounts: its projected service-account token (audience `istio-ca`)
+/// and the mesh root (ConfigMap `istio-ca-root-cert`).
+fn proxy_volumes() -> [Volume; 2] {
+    [
+        Volume {
+            name: TOKEN_VOLUME.into(),
+            projected: Some(ProjectedVolumeSource {
+                sources: Some(vec![VolumeProjection {
+                    service_account_token: Some(ServiceAccountTokenProjection {
+                        audience: Some("istio-ca".into()),
+                        expiration_seconds: Some(43_200),
+                        path: TOKEN_VOLUME.into(),
+                    }),
+                    ..Default::default()
+                }]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+        Volume {
+            name: ROOT_VOLUME.into(),
+            config_map: Some(ConfigMapVolumeSource {
+                name: ROOT_CONFIG_MAP.into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+    ]
+}
+
+/// The pod of an ingress gateway (Istio's `gateway` injection template): the proxy alone, in
+/// gateway mode, with the pod's `labels` and `service_account`, its token and the mesh root
+/// mounted, and ports below 1024 open to its unprivileged user (the gateway binds each Gateway
+/// server's port number itself).
+pub fn gateway_pod(
+    labels: &BTreeMap<String, String>,
+    service_account: &str,
+    workload: &str,
+    cfg: &InjectConfig,
+) -> PodSpec {
+    let labels_arg = labels
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut proxy = proxy_container(cfg, &labels_arg, workload, resources(cfg, &|_| None));
+    if let Some(args) = proxy.args.as_mut() {
+        args.splice(1..1, ["--mode".to_string(), "gateway".to_string()]);
+    }
+    PodSpec {
+        service_account_name: Some(service_account.into()),
+        containers: vec![proxy],
+        volumes: Some(proxy_volumes().to_vec()),
+        security_context: Some(PodSecurityContext {
+            sysctls: Some(vec![Sysctl {
+                name: "net.ipv4.ip_unprivileged_port_start".into(),
+                value: "0".into(),
+            }]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
 fn init_args(cfg: &InjectConfig, annotation: &dyn Fn(&str) -> Option<String>) -> Vec<String> {
     let traffic = |name: &str| annotation(&format!("traffic.sidecar.istio.io/{name}"));
     let mut excluded_inbound = PROXY_PORTS.to_string();

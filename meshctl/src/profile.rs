@@ -44,6 +44,24 @@ pub struct Values {
     pub pilot: PilotValues,
     /// The sidecar injector.
     pub injector: InjectorValues,
+    /// The ingress gateway (`istio-system/istio-ingressgateway`, as Istio's).
+    pub ingress_gateway: GatewayValues,
+}
+
+/// The ingress gateway's Deployment and Service.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct GatewayValues {
+    /// Render it.
+    pub enabled: bool,
+    /// Replicas.
+    pub replicas: u32,
+    /// The Service's type (`LoadBalancer`, as Istio's; `NodePort` or `ClusterIP` where no
+    /// load balancer exists).
+    pub service_type: String,
+    /// The ports the Service exposes, each to the same port of the gateway (which binds each
+    /// Gateway server's port number itself).
+    pub ports: Vec<u16>,
 }
 
 /// The control plane's Deployment.
@@ -371,10 +389,69 @@ pub fn render(v: &Values) -> Vec<Value> {
         "metadata": meta(PILOT),
         "spec": {"selector": {"app.kubernetes.io/name": PILOT}, "ports": service_ports},
     }));
+    if v.ingress_gateway.enabled {
+        out.extend(ingress_gateway(v));
+    }
     if v.injector.enabled {
         out.push(webhook_configuration(ns));
     }
     out
+}
+
+/// The ingress gateway's name, labels (which Gateways' selectors name) and service account, in
+/// the root namespace, as Istio's.
+const INGRESS_GATEWAY: &str = "istio-ingressgateway";
+const INGRESS_GATEWAY_ACCOUNT: &str = "istio-ingressgateway-service-account";
+
+fn ingress_gateway(v: &Values) -> Vec<Value> {
+    let labels: BTreeMap<String, String> = [
+        ("app".to_string(), INGRESS_GATEWAY.to_string()),
+        ("istio".to_string(), "ingressgateway".to_string()),
+    ]
+    .into();
+    let mut meta_labels = labels.clone();
+    meta_labels.insert("app.kubernetes.io/part-of".into(), "mesh".into());
+    let meta =
+        |name: &str| json!({"name": name, "namespace": ROOT_NAMESPACE, "labels": meta_labels});
+    let pod = mesh_injector::inject::gateway_pod(
+        &labels,
+        INGRESS_GATEWAY_ACCOUNT,
+        INGRESS_GATEWAY,
+        &inject_config(v),
+    );
+    let mut ports: Vec<Value> = v
+        .ingress_gateway
+        .ports
+        .iter()
+        .map(
+            |p| json!({"name": format!("port-{p}"), "port": p, "targetPort": p, "protocol": "TCP"}),
+        )
+        .collect();
+    ports.push(
+        json!({"name": "status-port", "port": 15021, "targetPort": 15021, "protocol": "TCP"}),
+    );
+    vec![
+        json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": meta(INGRESS_GATEWAY_ACCOUNT)}),
+        json!({
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": meta(INGRESS_GATEWAY),
+            "spec": {
+                "replicas": v.ingress_gateway.replicas,
+                "selector": {"matchLabels": labels},
+                "template": {
+                    "metadata": {"labels": labels, "annotations": {"sidecar.istio.io/inject": "false"}},
+                    "spec": pod,
+                },
+            },
+        }),
+        json!({
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": meta(INGRESS_GATEWAY),
+            "spec": {"type": v.ingress_gateway.service_type, "selector": labels, "ports": ports},
+        }),
+    ]
 }
 
 /// Three webhooks, as Kubernetes selectors cannot say "or": a namespace labelled

@@ -167,3 +167,69 @@ fn set_changes_a_value_and_refuses_what_is_not_there() {
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains("replicas: 2"));
 }
+
+#[test]
+fn the_ingress_gateway_runs_mesh_proxy_in_gateway_mode() {
+    let docs = render(&values("demo", &[]).unwrap());
+    let find = |kind: &str, name: &str| {
+        docs.iter()
+            .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
+            .unwrap_or_else(|| panic!("{kind} {name}"))
+            .clone()
+    };
+    let deployment = find("Deployment", "istio-ingressgateway");
+    assert_eq!(deployment["metadata"]["namespace"], "istio-system");
+    let template = &deployment["spec"]["template"];
+    // Gateways select it by Istio's labels.
+    assert_eq!(template["metadata"]["labels"]["istio"], "ingressgateway");
+    assert_eq!(
+        template["spec"]["serviceAccountName"],
+        "istio-ingressgateway-service-account"
+    );
+    assert_eq!(
+        template["spec"]["securityContext"]["sysctls"][0]["name"],
+        "net.ipv4.ip_unprivileged_port_start"
+    );
+    let container = &template["spec"]["containers"][0];
+    assert_eq!(container["image"], "mesh/proxy:0.1.0");
+    // Its arguments, with the pod's values the downward API gives, are mesh-proxy's.
+    let proxy = meshctl::local::find_binary("mesh-proxy", "mesh-proxy").unwrap();
+    let mut args: Vec<String> = container["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| {
+            a.as_str()
+                .unwrap()
+                .replace("$(POD_NAMESPACE)", "istio-system")
+                .replace("$(SERVICE_ACCOUNT)", "istio-ingressgateway-service-account")
+                .replace("$(POD_NAME)", "istio-ingressgateway-7c9f-x2k4p")
+                .replace("$(INSTANCE_IP)", "10.244.1.9")
+        })
+        .collect();
+    assert_eq!(args[..3], ["run", "--mode", "gateway"]);
+    args.push("--dry-run".into());
+    let run = Command::new(&proxy).args(&args).output().unwrap();
+    assert!(
+        run.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    // Its Service exposes the Gateway ports unchanged, and readiness.
+    let service = find("Service", "istio-ingressgateway");
+    let ports: Vec<u64> = service["spec"]["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["port"].as_u64().unwrap())
+        .collect();
+    assert_eq!(ports, [80, 443, 8080, 15021]);
+    assert_eq!(service["spec"]["type"], "LoadBalancer");
+    // The minimal profile has none.
+    let minimal = render(&values("minimal", &[]).unwrap());
+    assert!(
+        !minimal
+            .iter()
+            .any(|d| d["metadata"]["name"] == "istio-ingressgateway")
+    );
+}
