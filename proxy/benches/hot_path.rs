@@ -185,6 +185,7 @@ fn bench(c: &mut Criterion) {
         scheme: "http",
         headers: req.headers(),
         port: 9080,
+        claims: None,
     };
 
     let mut group = c.benchmark_group("route_match");

@@ -2,7 +2,9 @@
 //! closed when it goes); a request's Host picks the most specific virtual host; its routes
 //! send it to a service's endpoint with `x-forwarded-for`/`-proto` set; an unknown host or
 //! path is 404 NR; an `httpsRedirect` server answers 301 to https; a listener of a protocol
-//! the gateway does not serve yet is refused with the field named.
+//! the gateway does not serve yet is refused with the field named; the policies selecting the
+//! gateway apply before routing (an invalid token 401, a denial 403), and routes match on the
+//! verified token's claims (`@request.auth.claims.*`).
 
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
@@ -128,16 +130,25 @@ fn listener(port: u16) -> proto::GatewayListener {
 }
 
 async fn send(port: u16, host: &str, path: &str) -> Option<(StatusCode, String, String)> {
+    send_with(port, host, path, &[]).await
+}
+
+async fn send_with(
+    port: u16,
+    host: &str,
+    path: &str,
+    headers: &[(&str, String)],
+) -> Option<(StatusCode, String, String)> {
     let stream = TcpStream::connect(("127.0.0.1", port)).await.ok()?;
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .ok()?;
     tokio::spawn(conn);
-    let req = Request::builder()
-        .uri(path)
-        .header("host", host)
-        .body(Full::new(Bytes::new()))
-        .unwrap();
+    let mut req = Request::builder().uri(path).header("host", host);
+    for (k, v) in headers {
+        req = req.header(*k, v);
+    }
+    let req = req.body(Full::new(Bytes::new())).unwrap();
     let resp = sender.send_request(req).await.ok()?;
     let status = resp.status();
     let location = resp
@@ -261,4 +272,119 @@ fn a_listener_the_gateway_cannot_serve_yet_is_refused() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("port 8080 is listed twice"), "{err}");
+}
+
+fn claim_route(groups: &str, prefix: &str) -> proto::HttpRoute {
+    let mut r = route(prefix);
+    r.matches[0].headers = [(
+        "@request.auth.claims.groups".to_string(),
+        proto::StringMatch {
+            kind: Some(proto::string_match::Kind::Exact(groups.into())),
+        },
+    )]
+    .into();
+    // Tell the routes apart at the app: the admins' requests rewritten under /admins/.
+    r.rewrite = Some(proto::Rewrite {
+        uri: "/admins/".into(),
+        ..Default::default()
+    });
+    r
+}
+
+fn policy(name: &str, spec: serde_json::Value) -> proto::Policy {
+    proto::Policy {
+        name: name.into(),
+        namespace: "istio-system".into(),
+        spec_json: spec.to_string(),
+        dry_run: false,
+    }
+}
+
+#[tokio::test]
+async fn policies_apply_at_the_gateway_and_routes_match_on_verified_claims() {
+    use mesh_proxy::testing::jwt::Issuer;
+    let issuer = Issuer::new("https://issuer.test");
+    let app = app().await;
+    let port = free_port();
+    let mut s = state(
+        app,
+        vec![proto::GatewayListener {
+            port: u32::from(port),
+            protocol: proto::Protocol::Http.into(),
+            hosts: vec![host(
+                "*",
+                vec![claim_route("admin", "/"), route("/")],
+                false,
+            )],
+        }],
+    );
+    s.request_authentications = vec![policy(
+        "jwt",
+        serde_json::json!({"jwtRules": [{"issuer": issuer.iss, "jwks": issuer.jwks()}]}),
+    )];
+    s.authorization_policies = vec![policy(
+        "no-internal",
+        serde_json::json!({"action": "DENY", "rules": [{"to": [{"operation": {"paths": ["/internal*"]}}]}]}),
+    )];
+    let (_tx, rx) = watch::channel(Arc::new(State::compile(s).unwrap()));
+    let _proxy = Proxy::launch(
+        &testing::loopback(),
+        Setup {
+            state: rx,
+            has_state: true,
+            outbound_dst: Arc::new(FixedDst("10.0.0.1:1".parse().unwrap())),
+            inbound_dst: Arc::new(FixedDst("10.0.0.1:1".parse().unwrap())),
+            svids: None,
+            on_demand: None,
+            workload: common::workload("istio-ingressgateway", "istio-ingressgateway", ""),
+            debug_authz: false,
+            jwks_ca_pem: None,
+            gateway: Some([127, 0, 0, 1].into()),
+        },
+    )
+    .await
+    .unwrap();
+    assert!(answering(port).await);
+    let token = |groups: serde_json::Value| {
+        let mut claims = issuer.claims("alice", "shop");
+        claims["groups"] = groups;
+        let t = issuer.sign(jsonwebtoken::Algorithm::RS256, &claims);
+        ("authorization", format!("Bearer {t}"))
+    };
+    // A member of `admin` (one of a list) takes the claims route.
+    let admin = [token(serde_json::json!(["dev", "admin"]))];
+    let (status, body, _) = send_with(port, "shop", "/x", &admin).await.unwrap();
+    assert_eq!(
+        (status, body.as_str()),
+        (StatusCode::OK, "/admins/x 127.0.0.1 http")
+    );
+    // Another token, or none, the other route: the claim is unknown without a token.
+    let dev = [token(serde_json::json!("dev"))];
+    let (status, body, _) = send_with(port, "shop", "/x", &dev).await.unwrap();
+    assert_eq!(
+        (status, body.as_str()),
+        (StatusCode::OK, "/x 127.0.0.1 http")
+    );
+    let (status, body, _) = send(port, "shop", "/x").await.unwrap();
+    assert_eq!(
+        (status, body.as_str()),
+        (StatusCode::OK, "/x 127.0.0.1 http")
+    );
+    // A plain header of the claim's name is not the claim (and `@request...` is no valid
+    // header name, so a client cannot send one).
+    let forged = [("groups", "admin".to_string())];
+    let (status, body, _) = send_with(port, "shop", "/x", &forged).await.unwrap();
+    assert_eq!(
+        (status, body.as_str()),
+        (StatusCode::OK, "/x 127.0.0.1 http")
+    );
+    // An invalid token is refused before any route; so is what a DENY policy names.
+    let bad = [("authorization", "Bearer not.a.token".to_string())];
+    let (status, _, _) = send_with(port, "shop", "/x", &bad).await.unwrap();
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let (status, body, _) = send(port, "shop", "/internal/metrics").await.unwrap();
+    assert_eq!(
+        (status, body.trim()),
+        (StatusCode::FORBIDDEN, "RBAC: access denied")
+    );
 }

@@ -221,12 +221,17 @@ fn virtual_service(out: &mut Out, spec: &VirtualServiceSpec) {
                 "the response is sent without this body; use body.string",
             );
         }
+        // As in Istio, claims are known where routes are chosen only at gateways (which apply
+        // RequestAuthentication first); a sidecar never matches them.
+        let sidecars = spec.gateways.is_empty() || spec.gateways.iter().any(|g| g == "mesh");
         for (j, m) in h.matches.iter().enumerate() {
+            let for_sidecars =
+                sidecars && (m.gateways.is_empty() || m.gateways.iter().any(|g| g == "mesh"));
             for name in m.headers.keys().chain(m.without_headers.keys()) {
-                if name.starts_with("@request.auth.claims") {
+                if for_sidecars && name.starts_with("@request.auth.claims") {
                     out.add(
                         format!("{at}.match[{j}].headers.{name}"),
-                        "routing on JWT claims needs the token verified where routes are chosen (at the gateway, which does not apply RequestAuthentication yet): this match never matches",
+                        "routing on JWT claims works at gateways only (as in Istio): for sidecars this match never matches",
                     );
                 }
             }

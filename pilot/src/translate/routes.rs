@@ -53,7 +53,8 @@ pub(super) fn string_matches(
 ) -> BTreeMap<String, state::StringMatch> {
     map.iter()
         .map(|(k, v)| {
-            let key = if lower {
+            // A claim's name keeps its case; header names are case-insensitive.
+            let key = if lower && !k.starts_with("@request.auth.claims.") {
                 k.to_ascii_lowercase()
             } else {
                 k.clone()

@@ -175,7 +175,7 @@ pub(super) async fn send(
         dst,
         gateway: false,
     };
-    let (resp, _, flags) = super::outbound::decide_and_send(&mut req, &ctx, &state).await;
+    let (resp, _, flags) = super::outbound::decide_and_send(&mut req, &ctx, &state, None).await;
     Ok((resp, flags))
 }
 

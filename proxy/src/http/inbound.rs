@@ -258,6 +258,7 @@ fn rate_limit(
         scheme: uri.scheme_str().unwrap_or("http"),
         headers: req.headers(),
         port: dst.port(),
+        claims: None,
     };
     inputs
         .rate_limits

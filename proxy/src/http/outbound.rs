@@ -30,7 +30,11 @@ pub(super) async fn request(req: Request<Incoming>, ctx: &Conn) -> Response<Body
         String::new()
     };
     let grpc = headers::is_grpc(&req);
-    let (response, target, flags) = decide_and_send(&mut req, ctx, &state).await;
+    let (response, target, flags) = if ctx.gateway {
+        gateway_request(&mut req, ctx, &state).await
+    } else {
+        decide_and_send(&mut req, ctx, &state, None).await
+    };
     let response = timed(
         response,
         &ctx.inputs,
@@ -94,10 +98,38 @@ fn timed(
     response.map(|body| Timed::new(body, timer).boxed())
 }
 
+/// A request a gateway accepted: the policies that select the gateway (RequestAuthentication,
+/// AuthorizationPolicy) first, as Istio's ingress gateway applies them, then routing, which may
+/// match on the verified token's claims.
+async fn gateway_request(
+    req: &mut Request<Body>,
+    ctx: &Conn,
+    state: &State,
+) -> (Response<Body>, Option<Target>, &'static str) {
+    let peer = super::policy::Peer {
+        addr: ctx.peer,
+        identity: None,
+        sni: None,
+    };
+    match super::policy::admit(req, &peer, ctx.dst, &ctx.inputs, state).await {
+        Err((resp, words)) => {
+            tracing::debug!(target: "authz", "gateway {} -> {}: {words}", ctx.peer, ctx.dst);
+            (resp, None, "-")
+        }
+        Ok(admitted) => {
+            let claims = admitted.verified.as_ref().map(|v| &v.claims);
+            let (mut resp, target, flags) = decide_and_send(req, ctx, state, claims).await;
+            super::policy::mark(&mut resp, &admitted, &ctx.inputs);
+            (resp, target, flags)
+        }
+    }
+}
+
 pub(super) async fn decide_and_send(
     req: &mut Request<Body>,
     ctx: &Conn,
     state: &State,
+    claims: Option<&serde_json::Value>,
 ) -> (Response<Body>, Option<Target>, &'static str) {
     let found = if ctx.gateway {
         match gateway_routes(req, ctx, state) {
@@ -164,6 +196,7 @@ pub(super) async fn decide_and_send(
         scheme: uri.scheme_str().unwrap_or("http"),
         headers: req.headers(),
         port: port.port,
+        claims,
     };
     let src = route::SourceFacts {
         labels: Some(&state.source.workload_labels),

@@ -37,6 +37,8 @@ pub struct Admitted {
     pub reason: Option<String>,
     /// Headers external authorizers asked to set on the response.
     pub response_headers: Vec<(HeaderName, HeaderValue)>,
+    /// The request's verified token, when a RequestAuthentication verified one.
+    pub verified: Option<crate::authn::Verified>,
 }
 
 /// Authenticates and authorizes `req`. `Err` is the answer to send instead of forwarding,
@@ -72,7 +74,10 @@ pub async fn admit(
         }
     };
     if state.authz.is_empty() {
-        return Ok(Admitted::default());
+        return Ok(Admitted {
+            verified,
+            ..Admitted::default()
+        });
     }
     let host = req
         .uri()
@@ -174,6 +179,7 @@ pub async fn admit(
         log: logged.then_some(words),
         reason: inputs.debug_authz.then(|| decision.reason()),
         response_headers,
+        verified,
     })
 }
 

@@ -24,6 +24,49 @@ pub struct RequestFacts<'a> {
     pub headers: &'a HeaderMap,
     /// The port the workload addressed.
     pub port: u16,
+    /// The claims of the request's verified JWT, where policies were applied before routing
+    /// (gateways): what `@request.auth.claims.*` header matches read.
+    pub claims: Option<&'a serde_json::Value>,
+}
+
+/// The header-match prefix Istio uses for JWT claims (`@request.auth.claims.groups`, nested
+/// as `@request.auth.claims.a.b`).
+pub const CLAIMS: &str = "@request.auth.claims.";
+
+/// The values of claim `path` (dot-separated, nested) in `claims`: a string, each element of a
+/// list, or a number or boolean written out.
+fn claim_values(claims: &serde_json::Value, path: &str) -> Vec<String> {
+    let mut at = claims;
+    for part in path.split('.') {
+        match at.get(part) {
+            Some(v) => at = v,
+            None => return Vec::new(),
+        }
+    }
+    let one = |v: &serde_json::Value| match v {
+        serde_json::Value::String(s) => Some(s.clone()),
+        serde_json::Value::Number(n) => Some(n.to_string()),
+        serde_json::Value::Bool(b) => Some(b.to_string()),
+        _ => None,
+    };
+    match at {
+        serde_json::Value::Array(items) => items.iter().filter_map(one).collect(),
+        other => one(other).into_iter().collect(),
+    }
+}
+
+/// Whether a claim match holds: some value of the claim matches (none without claims).
+fn claim_matches(
+    state: &State,
+    claims: Option<&serde_json::Value>,
+    path: &str,
+    sm: &proto::StringMatch,
+) -> bool {
+    claims.is_some_and(|c| {
+        claim_values(c, path)
+            .iter()
+            .any(|v| string_match(state, sm, v, false))
+    })
 }
 
 /// Who sends the request (the proxy's own workload, for outbound).
@@ -88,12 +131,24 @@ fn matches(
         return false;
     }
     for (name, sm) in &m.headers {
+        if let Some(path) = name.strip_prefix(CLAIMS) {
+            if !claim_matches(state, req.claims, path, sm) {
+                return false;
+            }
+            continue;
+        }
         match header(req.headers, name) {
             Some(v) if string_match(state, sm, &v, false) => {}
             _ => return false,
         }
     }
     for (name, sm) in &m.without_headers {
+        if let Some(path) = name.strip_prefix(CLAIMS) {
+            if claim_matches(state, req.claims, path, sm) {
+                return false;
+            }
+            continue;
+        }
         if let Some(v) = header(req.headers, name)
             && string_match(state, sm, &v, false)
         {
@@ -236,6 +291,7 @@ mod tests {
             scheme: "http",
             headers,
             port: 80,
+            claims: None,
         }
     }
 
