@@ -22,6 +22,13 @@ const INVALID: &[(&str, &str, &str, &str, &str)] = &[
     (
         NET,
         "VirtualService",
+        "hosts: [r]\ngateways: [gw]\nhttp:\n- match:\n  - headers:\n      '@request.auth.claims.': {exact: a}\n  route:\n  - destination: {host: r}",
+        "spec.http[0].match[0].headers.@request.auth.claims.",
+        "name the claim",
+    ),
+    (
+        NET,
+        "VirtualService",
         "hosts: [r]\nhttp:\n- route:\n  - destination: {host: r, subset: v1}\n    weight: 90\n  - destination: {host: r, subset: v2}\n    weight: 20",
         "spec.http[0].route[1].weight",
         "weights sum to 110, must be 100",
@@ -547,6 +554,11 @@ fn each_rule_refuses_with_field_and_reason() {
 
 /// Valid documents exercising the same fields.
 const VALID: &[(&str, &str, &str)] = &[
+    (
+        NET,
+        "VirtualService",
+        "hosts: [r]\ngateways: [gw]\nhttp:\n- match:\n  - headers:\n      '@request.auth.claims.groups': {exact: admin}\n      '@request.auth.claims.realm.Role': {prefix: ops}\n  route:\n  - destination: {host: r}",
+    ),
     (
         NET,
         "VirtualService",

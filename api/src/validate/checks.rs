@@ -245,7 +245,16 @@ pub(crate) fn string_match(f: &mut Findings, field: &str, m: &StringMatch, allow
 pub(crate) fn header_matches(f: &mut Findings, at: &str, map: &BTreeMap<String, StringMatch>) {
     for (k, sm) in map {
         let hat = format!("{at}.{k}");
-        if !header_name(k) {
+        if let Some(claim) = k.strip_prefix("@request.auth.claims.") {
+            // A JWT claim (gateways route on it), its name as the token spells it; nested
+            // claims separated by dots.
+            if claim.is_empty() || claim.split('.').any(str::is_empty) {
+                f.error(
+                    &hat,
+                    format!("{k:?}: name the claim, e.g. @request.auth.claims.groups"),
+                );
+            }
+        } else if !header_name(k) {
             f.error(&hat, format!("{k:?} is not a valid header name"));
         } else if k.chars().any(|c| c.is_ascii_uppercase()) {
             f.error(&hat, format!("header name {k:?} must be lower case"));
