@@ -15,6 +15,9 @@ use tokio::task::JoinHandle;
 use crate::drain;
 use crate::inputs::Inputs;
 
+/// How long a client may take to complete its TLS handshake.
+const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Keeps one listener per gateway port of the latest state, on `ip`, until a drain begins.
 pub async fn serve(ip: IpAddr, inputs: Arc<Inputs>, mut drain: drain::Watch) {
     let mut state = inputs.state.clone();
@@ -62,7 +65,40 @@ async fn accept(listener: TcpListener, inputs: Arc<Inputs>, drain: drain::Watch)
         async move {
             let Ok(local) = conn.local_addr() else { return };
             let _ = conn.set_nodelay(true);
-            crate::http::serve_gateway(conn, peer, local, inputs, watch).await;
+            let tls = {
+                let state = inputs.state.borrow();
+                state
+                    .gateway
+                    .get(&local.port())
+                    .is_some_and(|p| !p.tls.is_empty())
+            };
+            if !tls {
+                crate::http::serve_gateway(conn, peer, local, false, inputs, watch).await;
+                return;
+            }
+            let acceptor =
+                tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), conn);
+            let Ok(Ok(start)) = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor).await else {
+                tracing::debug!(%peer, "gateway: no TLS ClientHello");
+                return;
+            };
+            let config = {
+                let state = inputs.state.borrow();
+                let sni = start.client_hello().server_name().map(str::to_string);
+                state
+                    .gateway
+                    .get(&local.port())
+                    .and_then(|p| crate::tls::terminate::pick(&p.tls, sni.as_deref()))
+                    .map(|t| t.config.clone())
+            };
+            let Some(config) = config else { return };
+            match tokio::time::timeout(HANDSHAKE_TIMEOUT, start.into_stream(config)).await {
+                Ok(Ok(stream)) => {
+                    crate::http::serve_gateway(stream, peer, local, true, inputs, watch).await;
+                }
+                Ok(Err(e)) => tracing::debug!(%peer, "gateway: TLS handshake: {e}"),
+                Err(_) => tracing::debug!(%peer, "gateway: TLS handshake timed out"),
+            }
         }
     })
     .await;

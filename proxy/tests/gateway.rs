@@ -126,6 +126,7 @@ fn listener(port: u16) -> proto::GatewayListener {
             host("*.example.com", Vec::new(), true),
             host("*", vec![route("/")], false),
         ],
+        certificates: Vec::new(),
     }
 }
 
@@ -316,6 +317,7 @@ async fn policies_apply_at_the_gateway_and_routes_match_on_verified_claims() {
                 vec![claim_route("admin", "/"), route("/")],
                 false,
             )],
+            certificates: Vec::new(),
         }],
     );
     s.request_authentications = vec![policy(
@@ -386,5 +388,162 @@ async fn policies_apply_at_the_gateway_and_routes_match_on_verified_claims() {
     assert_eq!(
         (status, body.trim()),
         (StatusCode::FORBIDDEN, "RBAC: access denied")
+    );
+}
+
+/// A GET of `/api/x` over TLS to 127.0.0.1:`port` naming `sni`, trusting `root`, presenting `client`
+/// (chain, key) when given: the status and body, or why it failed.
+async fn tls_get(
+    port: u16,
+    sni: &str,
+    root: &str,
+    client: Option<(&str, &str)>,
+) -> Result<(StatusCode, String), String> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(root.as_bytes()) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots);
+    let config = match client {
+        Some((chain, key)) => builder
+            .with_client_auth_cert(
+                CertificateDer::pem_slice_iter(chain.as_bytes())
+                    .collect::<Result<_, _>>()
+                    .unwrap(),
+                PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap(),
+            )
+            .unwrap(),
+        None => builder.with_no_client_auth(),
+    };
+    let tcp = TcpStream::connect(("127.0.0.1", port))
+        .await
+        .map_err(|e| e.to_string())?;
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(ServerName::try_from(sni.to_string()).unwrap(), tcp)
+        .await
+        .map_err(|e| format!("handshake: {e}"))?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        .await
+        .map_err(|e| e.to_string())?;
+    tokio::spawn(conn);
+    let req = Request::builder()
+        .uri("/api/x")
+        .header("host", sni)
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let resp = sender
+        .send_request(req)
+        .await
+        .map_err(|e| format!("request: {e}"))?;
+    let status = resp.status();
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok((
+        status,
+        String::from_utf8_lossy(&body.to_bytes()).into_owned(),
+    ))
+}
+
+#[tokio::test]
+async fn https_servers_terminate_tls_by_server_name_and_mutual_ones_want_a_client_certificate() {
+    use mesh_proxy::testing::tls::pki;
+    let app = app().await;
+    let (shop_root, shop_chain, shop_key) = pki("shop.example.com");
+    let (blog_root, blog_chain, blog_key) = pki("www.blog.org");
+    let (client_root, client_chain, client_key) = pki("partner.example.net");
+    let (simple, mutual) = (free_port(), free_port());
+    let certificate = |hosts: &[&str], chain: &str, key: &str, ca: &str| proto::ServerCertificate {
+        hosts: hosts.iter().map(ToString::to_string).collect(),
+        certificate_chain_pem: chain.into(),
+        private_key_pem: key.into(),
+        ca_certificates_pem: ca.into(),
+    };
+    let mut tls = listener(simple);
+    tls.certificates = vec![
+        certificate(&["shop.example.com"], &shop_chain, &shop_key, ""),
+        certificate(&["*.blog.org"], &blog_chain, &blog_key, ""),
+    ];
+    let mut mtls = listener(mutual);
+    mtls.certificates = vec![certificate(
+        &["shop.example.com"],
+        &shop_chain,
+        &shop_key,
+        &client_root,
+    )];
+    let (_tx, rx) = watch::channel(Arc::new(
+        State::compile(state(app, vec![tls, mtls])).unwrap(),
+    ));
+    let _proxy = Proxy::launch(
+        &testing::loopback(),
+        Setup {
+            state: rx,
+            has_state: true,
+            outbound_dst: Arc::new(FixedDst("10.0.0.1:1".parse().unwrap())),
+            inbound_dst: Arc::new(FixedDst("10.0.0.1:1".parse().unwrap())),
+            svids: None,
+            on_demand: None,
+            workload: common::workload("istio-ingressgateway", "istio-ingressgateway", ""),
+            debug_authz: false,
+            jwks_ca_pem: None,
+            gateway: Some([127, 0, 0, 1].into()),
+        },
+    )
+    .await
+    .unwrap();
+    assert!(answering(simple).await && answering(mutual).await);
+    // Each name gets its own certificate (each client trusts only its site's CA); the app
+    // sees the request came over https.
+    let shop = tls_get(simple, "shop.example.com", &shop_root, None).await;
+    assert_eq!(
+        shop,
+        Ok((StatusCode::OK, "/api/x 127.0.0.1 https".to_string()))
+    );
+    let blog = tls_get(simple, "www.blog.org", &blog_root, None).await;
+    assert_eq!(blog.map(|(s, _)| s), Ok(StatusCode::OK));
+    // The shop's certificate does not pass for the blog.
+    assert!(
+        tls_get(simple, "www.blog.org", &shop_root, None)
+            .await
+            .is_err()
+    );
+    // MUTUAL: no client certificate, no answer; one from the trusted CA, the route.
+    let refused = tls_get(mutual, "shop.example.com", &shop_root, None).await;
+    assert!(refused.is_err(), "{refused:?}");
+    let stranger = pki("stranger.example.net");
+    let wrong = tls_get(
+        mutual,
+        "shop.example.com",
+        &shop_root,
+        Some((&stranger.1, &stranger.2)),
+    )
+    .await;
+    assert!(wrong.is_err(), "{wrong:?}");
+    let partner = tls_get(
+        mutual,
+        "shop.example.com",
+        &shop_root,
+        Some((&client_chain, &client_key)),
+    )
+    .await;
+    assert_eq!(partner.map(|(s, _)| s), Ok(StatusCode::OK));
+    // A broken certificate is refused with the field named.
+    let mut broken = listener(free_port());
+    broken.certificates = vec![certificate(&["x"], "not pem", &shop_key, "")];
+    let err = State::compile(state(app, vec![broken]))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("gatewayListeners[0].certificates[0].certificateChainPem"),
+        "{err}"
     );
 }

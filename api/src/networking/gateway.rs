@@ -54,7 +54,31 @@ pub struct Server {
 }
 
 impl Server {
-    /// Whether the gateway serves this server so far: plaintext HTTP (Istio's HTTP, HTTP2 or
+    /// Whether the gateway serves this server so far: plaintext HTTP, or HTTPS terminated
+    /// with certificate files.
+    pub fn is_served(&self) -> bool {
+        self.is_plain_http() || self.is_https_from_files()
+    }
+
+    /// HTTPS (Istio's HTTPS, or HTTP/HTTP2/GRPC with TLS) terminated SIMPLE or MUTUAL with
+    /// `serverCertificate` and `privateKey` files (MUTUAL: and `caCertificates`).
+    pub fn is_https_from_files(&self) -> bool {
+        let http = self.port.as_ref().is_some_and(|p| {
+            ["HTTPS", "HTTP", "HTTP2", "GRPC"]
+                .iter()
+                .any(|x| x.eq_ignore_ascii_case(&p.protocol))
+        });
+        http && self.tls.as_ref().is_some_and(|t| {
+            let files = !t.server_certificate.is_empty() && !t.private_key.is_empty();
+            match t.mode {
+                Some(ServerTlsMode::Simple) => files,
+                Some(ServerTlsMode::Mutual) => files && !t.ca_certificates.is_empty(),
+                _ => false,
+            }
+        })
+    }
+
+    /// Whether the gateway serves this server so far as plaintext HTTP (Istio's HTTP, HTTP2 or
     /// GRPC), its `tls` block, if any, only asking to redirect to https.
     pub fn is_plain_http(&self) -> bool {
         let plain = self.tls.as_ref().is_none_or(|t| {

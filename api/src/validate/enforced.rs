@@ -38,12 +38,39 @@ pub fn not_enforced(resource: &Resource) -> Vec<Diagnostic> {
             let mut out = Out(Vec::new());
             for (i, s) in r.spec.servers.iter().enumerate() {
                 let at = format!("spec.servers[{i}]");
-                if !s.is_plain_http() {
+                if !s.is_served() {
                     let port = s.port.as_ref().map_or(0, |p| p.number);
                     out.add(
                         &at,
-                        format!("only plaintext HTTP servers are served so far (TLS termination, passthrough and TCP are not); nothing listens on port {port}"),
+                        format!("only HTTP servers, plaintext or HTTPS with certificate files (SIMPLE, MUTUAL), are served so far (credentialName Secrets, passthrough, ISTIO_MUTUAL and TCP are not); nothing listens on port {port}"),
                     );
+                } else if let Some(t) = s.tls.as_ref().filter(|_| s.is_https_from_files()) {
+                    let tls = format!("{at}.tls");
+                    for (set, field) in [
+                        (!t.credential_name.is_empty(), "credentialName"),
+                        (!t.credential_names.is_empty(), "credentialNames"),
+                        (!t.tls_certificates.is_empty(), "tlsCertificates"),
+                        (!t.ca_crl.is_empty(), "caCrl"),
+                        (!t.subject_alt_names.is_empty(), "subjectAltNames"),
+                        (
+                            !t.verify_certificate_spki.is_empty(),
+                            "verifyCertificateSpki",
+                        ),
+                        (
+                            !t.verify_certificate_hash.is_empty(),
+                            "verifyCertificateHash",
+                        ),
+                        (t.min_protocol_version.is_some(), "minProtocolVersion"),
+                        (t.max_protocol_version.is_some(), "maxProtocolVersion"),
+                        (!t.cipher_suites.is_empty(), "cipherSuites"),
+                    ] {
+                        if set {
+                            out.add(
+                                format!("{tls}.{field}"),
+                                "the server is served with its certificate files; this is not applied",
+                            );
+                        }
+                    }
                 }
                 if !s.bind.is_empty() {
                     out.add(

@@ -41,6 +41,17 @@ pub fn key_of(resource: &Resource) -> (String, String) {
 pub fn referenced_files(resources: &[Arc<Resource>]) -> Vec<String> {
     let mut out = Vec::new();
     for r in resources {
+        if let Resource::Gateway(gw) = &**r {
+            // HTTPS servers' certificate files (the gateway serves them as pilot sends them).
+            for t in gw.spec.servers.iter().filter_map(|s| s.tls.as_ref()) {
+                for f in [&t.server_certificate, &t.private_key, &t.ca_certificates] {
+                    if !f.is_empty() && !out.contains(f) {
+                        out.push(f.clone());
+                    }
+                }
+            }
+            continue;
+        }
         let Resource::DestinationRule(dr) = &**r else {
             continue;
         };

@@ -100,9 +100,18 @@ pub fn listeners(model: &Model, node: &ProxyNode) -> Vec<state::GatewayListener>
             .collect();
         let mut for_gw = node.clone();
         for_gw.bound_gateway = name.clone();
-        for server in gw.spec.servers.iter().filter(|s| s.is_plain_http()) {
+        for server in gw.spec.servers.iter().filter(|s| s.is_served()) {
             let Some(port) = server.port.as_ref() else {
                 continue;
+            };
+            let certificate = if server.is_https_from_files() {
+                match certificate(model, server) {
+                    Some(c) => Some(c),
+                    // A file the source could not read is a rejection there already.
+                    None => continue,
+                }
+            } else {
+                None
             };
             let listener = by_port
                 .entry(port.number)
@@ -110,10 +119,19 @@ pub fn listeners(model: &Model, node: &ProxyNode) -> Vec<state::GatewayListener>
                     port: port.number,
                     protocol: state::Protocol::Http.into(),
                     hosts: Vec::new(),
+                    certificates: Vec::new(),
                 });
+            // One port is either plaintext or TLS: a server that disagrees with the first one
+            // on its port is left out.
+            let tls_port = !listener.certificates.is_empty();
+            if !listener.hosts.is_empty() && tls_port != certificate.is_some() {
+                continue;
+            }
+            listener.certificates.extend(certificate);
             let redirect = server
                 .tls
                 .as_ref()
+                .filter(|_| !server.is_https_from_files())
                 .and_then(|t| t.https_redirect)
                 .unwrap_or(false);
             // host → (its routes in order, the namespace of the first VirtualService).
@@ -179,6 +197,31 @@ pub fn listeners(model: &Model, node: &ProxyNode) -> Vec<state::GatewayListener>
         }
     }
     by_port.into_values().collect()
+}
+
+/// The certificate of an HTTPS server served from files, as the source read them: for MUTUAL
+/// with the CA that verifies clients. `None` when a file was not read.
+fn certificate(
+    model: &Model,
+    server: &mesh_api::networking::Server,
+) -> Option<state::ServerCertificate> {
+    let tls = server.tls.as_ref()?;
+    let file = |path: &str| model.files.get(path).cloned();
+    let mutual = matches!(tls.mode, Some(mesh_api::networking::ServerTlsMode::Mutual));
+    Some(state::ServerCertificate {
+        hosts: server
+            .hosts
+            .iter()
+            .map(|h| h.rsplit('/').next().unwrap_or(h).to_ascii_lowercase())
+            .collect(),
+        certificate_chain_pem: file(&tls.server_certificate)?,
+        private_key_pem: file(&tls.private_key)?,
+        ca_certificates_pem: if mutual {
+            file(&tls.ca_certificates)?
+        } else {
+            String::new()
+        },
+    })
 }
 
 /// The services the routes of gateway `node` name (the rest of its view follows from them).

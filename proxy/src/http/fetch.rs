@@ -174,6 +174,7 @@ pub(super) async fn send(
         peer: SocketAddr::from(([127, 0, 0, 1], 0)),
         dst,
         gateway: false,
+        https: false,
     };
     let (resp, _, flags) = super::outbound::decide_and_send(&mut req, &ctx, &state, None).await;
     Ok((resp, flags))

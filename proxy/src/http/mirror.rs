@@ -80,6 +80,7 @@ pub(super) async fn send_copies(
             peer: ctx.peer,
             dst: ctx.dst,
             gateway: ctx.gateway,
+            https: ctx.https,
         };
         let h2 = target.mesh || super::headers::is_grpc(&copy);
         tokio::spawn(async move {

@@ -50,6 +50,8 @@ struct Conn {
     dst: SocketAddr,
     /// Accepted by a gateway listener: routed by Host through its virtual hosts.
     gateway: bool,
+    /// The gateway terminated TLS on this connection (the request's scheme is https).
+    https: bool,
 }
 
 /// Serves HTTP/1.1 or HTTP/2 (told apart by the preface) on a captured outbound connection.
@@ -65,6 +67,7 @@ pub async fn serve_outbound(
         peer,
         dst,
         gateway: false,
+        https: false,
     });
     let svc = hyper::service::service_fn(move |req| {
         let ctx = ctx.clone();
@@ -73,19 +76,24 @@ pub async fn serve_outbound(
     serve_until_drained(conn, svc, drain, "outbound", peer).await;
 }
 
-/// Serves HTTP/1.1 or HTTP/2 on a connection a gateway listener (`local`) accepted.
-pub async fn serve_gateway(
-    conn: TcpStream,
+/// Serves HTTP/1.1 or HTTP/2 on a connection a gateway listener (`local`) accepted: `conn`
+/// is the TCP stream, or the TLS stream when the gateway terminated TLS (`https`).
+pub async fn serve_gateway<I>(
+    conn: I,
     peer: SocketAddr,
     local: SocketAddr,
+    https: bool,
     inputs: Arc<Inputs>,
     drain: crate::drain::Watch,
-) {
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let ctx = Arc::new(Conn {
         inputs,
         peer,
         dst: local,
         gateway: true,
+        https,
     });
     let svc = hyper::service::service_fn(move |req| {
         let ctx = ctx.clone();

@@ -193,7 +193,9 @@ pub(super) async fn decide_and_send(
         path: uri.path(),
         query: uri.query().unwrap_or(""),
         authority,
-        scheme: uri.scheme_str().unwrap_or("http"),
+        scheme: uri
+            .scheme_str()
+            .unwrap_or(if ctx.https { "https" } else { "http" }),
         headers: req.headers(),
         port: port.port,
         claims,
@@ -342,7 +344,7 @@ fn gateway_routes<'s>(
     }
     headers.insert(
         "x-forwarded-proto",
-        hyper::header::HeaderValue::from_static("http"),
+        hyper::header::HeaderValue::from_static(if ctx.https { "https" } else { "http" }),
     );
     Ok(&host.routes)
 }

@@ -263,8 +263,17 @@ pub struct State {
     pub authz: crate::authz::Policies,
     /// The workload's RequestAuthentications, compiled.
     pub authn: crate::authn::Authenticator,
-    /// Gateway mode: each listener port's virtual hosts, most specific first.
-    pub gateway: HashMap<u16, Vec<GatewayHost>>,
+    /// Gateway mode: each listener port's virtual hosts and TLS.
+    pub gateway: HashMap<u16, GatewayPort>,
+}
+
+/// One gateway listener port.
+#[derive(Debug, Default)]
+pub struct GatewayPort {
+    /// Its virtual hosts.
+    pub hosts: Vec<GatewayHost>,
+    /// The certificates it terminates TLS with; plaintext when empty.
+    pub tls: Vec<crate::tls::terminate::Terminate>,
 }
 
 /// A virtual host of a gateway listener.
@@ -489,7 +498,21 @@ impl State {
                     routes,
                 });
             }
-            if self.gateway.insert(port, hosts).is_some() {
+            let mut tls = Vec::with_capacity(l.certificates.len());
+            for (j, c) in l.certificates.iter().enumerate() {
+                tls.push(crate::tls::terminate::build(c).map_err(|e| {
+                    bad(
+                        "state",
+                        format!("{at}.certificates[{j}].{}", e.field),
+                        e.message,
+                    )
+                })?);
+            }
+            if self
+                .gateway
+                .insert(port, GatewayPort { hosts, tls })
+                .is_some()
+            {
                 return Err(bad(
                     "state",
                     format!("{at}.port"),
@@ -512,7 +535,7 @@ impl State {
         };
         let host = host.to_ascii_lowercase();
         let mut best: Option<(usize, &GatewayHost)> = None;
-        for h in self.gateway.get(&port)? {
+        for h in &self.gateway.get(&port)?.hosts {
             let score = h.domains.iter().filter_map(|d| host_match(d, &host)).max();
             if let Some(score) = score
                 && best.is_none_or(|(b, _)| score > b)

@@ -4,6 +4,7 @@
 pub mod connect;
 pub mod mtls;
 pub mod originate;
+pub mod terminate;
 
 use std::time::Duration;
 
