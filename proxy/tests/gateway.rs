@@ -57,6 +57,27 @@ async fn app() -> SocketAddr {
     addr
 }
 
+/// A proxy in gateway mode on 127.0.0.1, fed `state`.
+async fn gateway(state: watch::Receiver<Arc<State>>) -> Proxy {
+    Proxy::launch(
+        &testing::loopback(),
+        Setup {
+            state,
+            has_state: true,
+            outbound_dst: Arc::new(FixedDst("10.0.0.1:1".parse().unwrap())),
+            inbound_dst: Arc::new(FixedDst("10.0.0.1:1".parse().unwrap())),
+            svids: None,
+            on_demand: None,
+            workload: common::workload("istio-ingressgateway", "istio-ingressgateway", ""),
+            debug_authz: false,
+            jwks_ca_pem: None,
+            gateway: Some([127, 0, 0, 1].into()),
+        },
+    )
+    .await
+    .unwrap()
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -194,23 +215,7 @@ async fn a_gateway_routes_by_host_and_follows_the_state() {
     let port = free_port();
     let first = State::compile(state(app, vec![listener(port)])).unwrap();
     let (tx, rx) = watch::channel(Arc::new(first));
-    let _proxy = Proxy::launch(
-        &testing::loopback(),
-        Setup {
-            state: rx,
-            has_state: true,
-            outbound_dst: Arc::new(FixedDst("10.0.0.1:1".parse().unwrap())),
-            inbound_dst: Arc::new(FixedDst("10.0.0.1:1".parse().unwrap())),
-            svids: None,
-            on_demand: None,
-            workload: common::workload("istio-ingressgateway", "istio-ingressgateway", ""),
-            debug_authz: false,
-            jwks_ca_pem: None,
-            gateway: Some([127, 0, 0, 1].into()),
-        },
-    )
-    .await
-    .unwrap();
+    let _proxy = gateway(rx).await;
     assert!(
         answering(port).await,
         "the gateway never listened on {port}"
@@ -329,23 +334,7 @@ async fn policies_apply_at_the_gateway_and_routes_match_on_verified_claims() {
         serde_json::json!({"action": "DENY", "rules": [{"to": [{"operation": {"paths": ["/internal*"]}}]}]}),
     )];
     let (_tx, rx) = watch::channel(Arc::new(State::compile(s).unwrap()));
-    let _proxy = Proxy::launch(
-        &testing::loopback(),
-        Setup {
-            state: rx,
-            has_state: true,
-            outbound_dst: Arc::new(FixedDst("10.0.0.1:1".parse().unwrap())),
-            inbound_dst: Arc::new(FixedDst("10.0.0.1:1".parse().unwrap())),
-            svids: None,
-            on_demand: None,
-            workload: common::workload("istio-ingressgateway", "istio-ingressgateway", ""),
-            debug_authz: false,
-            jwks_ca_pem: None,
-            gateway: Some([127, 0, 0, 1].into()),
-        },
-    )
-    .await
-    .unwrap();
+    let _proxy = gateway(rx).await;
     assert!(answering(port).await);
     let token = |groups: serde_json::Value| {
         let mut claims = issuer.claims("alice", "shop");
@@ -483,23 +472,7 @@ async fn https_servers_terminate_tls_by_server_name_and_mutual_ones_want_a_clien
     let (_tx, rx) = watch::channel(Arc::new(
         State::compile(state(app, vec![tls, mtls])).unwrap(),
     ));
-    let _proxy = Proxy::launch(
-        &testing::loopback(),
-        Setup {
-            state: rx,
-            has_state: true,
-            outbound_dst: Arc::new(FixedDst("10.0.0.1:1".parse().unwrap())),
-            inbound_dst: Arc::new(FixedDst("10.0.0.1:1".parse().unwrap())),
-            svids: None,
-            on_demand: None,
-            workload: common::workload("istio-ingressgateway", "istio-ingressgateway", ""),
-            debug_authz: false,
-            jwks_ca_pem: None,
-            gateway: Some([127, 0, 0, 1].into()),
-        },
-    )
-    .await
-    .unwrap();
+    let _proxy = gateway(rx).await;
     assert!(answering(simple).await && answering(mutual).await);
     // Each name gets its own certificate (each client trusts only its site's CA); the app
     // sees the request came over https.
