@@ -41,6 +41,8 @@ pub enum Kind {
     EndpointSlice,
     /// core/v1 ConfigMap (of which the mesh reads only `istio` in the root namespace).
     ConfigMap,
+    /// core/v1 Secret (of which the mesh reads those Gateways name in `credentialName`).
+    Secret,
 }
 
 const NETWORKING: &str = "networking.istio.io";
@@ -52,7 +54,7 @@ const POLICY_VERSIONS: &[&str] = &["v1alpha1"];
 
 impl Kind {
     /// Every kind, Istio's first.
-    pub const ALL: [Kind; 18] = [
+    pub const ALL: [Kind; 19] = [
         Kind::VirtualService,
         Kind::DestinationRule,
         Kind::Gateway,
@@ -71,6 +73,7 @@ impl Kind {
         Kind::Deployment,
         Kind::EndpointSlice,
         Kind::ConfigMap,
+        Kind::Secret,
     ];
 
     /// The `kind:` string.
@@ -94,6 +97,7 @@ impl Kind {
             Kind::Deployment => "Deployment",
             Kind::EndpointSlice => "EndpointSlice",
             Kind::ConfigMap => "ConfigMap",
+            Kind::Secret => "Secret",
         }
     }
 
@@ -115,7 +119,8 @@ impl Kind {
             | Kind::Service
             | Kind::ServiceAccount
             | Kind::Pod
-            | Kind::ConfigMap => "",
+            | Kind::ConfigMap
+            | Kind::Secret => "",
             Kind::Deployment => "apps",
             Kind::EndpointSlice => "discovery.k8s.io",
         }

@@ -477,6 +477,7 @@ fn parse_typed(kind: Kind, text: &str) -> Result<Resource, Found> {
         Kind::Deployment => Resource::Deployment(Box::new(deserialize(text)?)),
         Kind::EndpointSlice => Resource::EndpointSlice(Box::new(deserialize(text)?)),
         Kind::ConfigMap => Resource::ConfigMap(Box::new(deserialize(text)?)),
+        Kind::Secret => Resource::Secret(Box::new(deserialize(text)?)),
     })
 }
 

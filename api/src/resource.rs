@@ -1,7 +1,7 @@
 //! A typed resource of any kind the mesh reads.
 
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Service, ServiceAccount};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Secret, Service, ServiceAccount};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde::Serialize;
@@ -70,6 +70,7 @@ resources! {
     Deployment(Deployment),
     EndpointSlice(EndpointSlice),
     ConfigMap(ConfigMap),
+    Secret(Secret),
 }
 
 impl Resource {

@@ -257,6 +257,8 @@ pub fn render(v: &Values) -> Vec<Value> {
             {"apiGroups": [""], "resources": ["services", "pods", "namespaces"], "verbs": ["get", "list", "watch"]},
             {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": ["get", "list", "watch"]},
             {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get", "list", "watch", "create", "patch"]},
+            // Gateways' credentialName certificates, as istiod reads them.
+            {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "list", "watch"]},
             {"apiGroups": custom, "resources": ["*"], "verbs": ["get", "list", "watch"]},
             {"apiGroups": custom, "resources": ["*/status"], "verbs": ["get", "patch", "update"]},
             {"apiGroups": ["authentication.k8s.io"], "resources": ["tokenreviews"], "verbs": ["create"]},

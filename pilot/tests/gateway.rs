@@ -262,3 +262,87 @@ fn https_servers_carry_their_certificate_files() {
         "shop.shop.svc.cluster.local"
     );
 }
+
+const CREDENTIALS: &str = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: shop, namespace: shop}
+spec:
+  selector: {app: shop}
+  ports: [{name: http, port: 8080}]
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: edge, namespace: shop}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - port: {number: 443, name: https, protocol: HTTPS}
+    hosts: ["shop.example.com"]
+    tls: {mode: SIMPLE, credentialName: shop-credential}
+  - port: {number: 8443, name: https-partners, protocol: HTTPS}
+    hosts: ["shop.example.com"]
+    tls: {mode: MUTUAL, credentialName: partner-credential}
+  - port: {number: 9443, name: https-nothing, protocol: HTTPS}
+    hosts: ["shop.example.com"]
+    tls: {mode: SIMPLE, credentialName: nowhere}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: shop, namespace: shop}
+spec:
+  hosts: [shop.example.com]
+  gateways: [edge]
+  http:
+  - route:
+    - destination: {host: shop}
+---
+# As `kubectl create -n istio-system secret tls shop-credential --cert=... --key=...` writes it.
+apiVersion: v1
+kind: Secret
+type: kubernetes.io/tls
+metadata: {name: shop-credential, namespace: istio-system}
+data: {tls.crt: Q0hBSU4=, tls.key: S0VZ}
+---
+# As Istio's mutual TLS task makes it: a generic Secret and its -cacert companion.
+apiVersion: v1
+kind: Secret
+metadata: {name: partner-credential, namespace: istio-system}
+stringData: {cert: PCHAIN, key: PKEY}
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: partner-credential-cacert, namespace: istio-system}
+stringData: {cacert: PARTNERS}
+---
+# The same name in another namespace than the gateway's is not its credential.
+apiVersion: v1
+kind: Secret
+type: kubernetes.io/tls
+metadata: {name: nowhere, namespace: shop}
+data: {tls.crt: Q0hBSU4=, tls.key: S0VZ}
+"#;
+
+#[test]
+fn https_servers_take_their_certificates_from_credential_name_secrets() {
+    let ls = listeners(CREDENTIALS, &ingress());
+    assert_eq!(ls.iter().map(|l| l.port).collect::<Vec<_>>(), [443, 8443]);
+    let simple = &ls[0].certificates[0];
+    assert_eq!(
+        (
+            simple.certificate_chain_pem.as_str(),
+            simple.private_key_pem.as_str(),
+            simple.ca_certificates_pem.as_str()
+        ),
+        ("CHAIN", "KEY", "")
+    );
+    let mutual = &ls[1].certificates[0];
+    assert_eq!(
+        (
+            mutual.certificate_chain_pem.as_str(),
+            mutual.private_key_pem.as_str(),
+            mutual.ca_certificates_pem.as_str()
+        ),
+        ("PCHAIN", "PKEY", "PARTNERS")
+    );
+}

@@ -57,22 +57,24 @@ impl Server {
     /// Whether the gateway serves this server so far: plaintext HTTP, or HTTPS terminated
     /// with certificate files.
     pub fn is_served(&self) -> bool {
-        self.is_plain_http() || self.is_https_from_files()
+        self.is_plain_http() || self.is_https_terminated()
     }
 
-    /// HTTPS (Istio's HTTPS, or HTTP/HTTP2/GRPC with TLS) terminated SIMPLE or MUTUAL with
-    /// `serverCertificate` and `privateKey` files (MUTUAL: and `caCertificates`).
-    pub fn is_https_from_files(&self) -> bool {
+    /// HTTPS (Istio's HTTPS, or HTTP/HTTP2/GRPC with TLS) terminated SIMPLE or MUTUAL, with
+    /// the certificate from the Secret `credentialName` names or from `serverCertificate` and
+    /// `privateKey` files (MUTUAL: and `caCertificates`).
+    pub fn is_https_terminated(&self) -> bool {
         let http = self.port.as_ref().is_some_and(|p| {
             ["HTTPS", "HTTP", "HTTP2", "GRPC"]
                 .iter()
                 .any(|x| x.eq_ignore_ascii_case(&p.protocol))
         });
         http && self.tls.as_ref().is_some_and(|t| {
+            let secret = !t.credential_name.is_empty();
             let files = !t.server_certificate.is_empty() && !t.private_key.is_empty();
             match t.mode {
-                Some(ServerTlsMode::Simple) => files,
-                Some(ServerTlsMode::Mutual) => files && !t.ca_certificates.is_empty(),
+                Some(ServerTlsMode::Simple) => secret || files,
+                Some(ServerTlsMode::Mutual) => secret || files && !t.ca_certificates.is_empty(),
                 _ => false,
             }
         })

@@ -42,12 +42,11 @@ pub fn not_enforced(resource: &Resource) -> Vec<Diagnostic> {
                     let port = s.port.as_ref().map_or(0, |p| p.number);
                     out.add(
                         &at,
-                        format!("only HTTP servers, plaintext or HTTPS with certificate files (SIMPLE, MUTUAL), are served so far (credentialName Secrets, passthrough, ISTIO_MUTUAL and TCP are not); nothing listens on port {port}"),
+                        format!("only HTTP servers, plaintext or HTTPS (SIMPLE, MUTUAL; a credentialName Secret or certificate files), are served so far (passthrough, ISTIO_MUTUAL and TCP are not); nothing listens on port {port}"),
                     );
-                } else if let Some(t) = s.tls.as_ref().filter(|_| s.is_https_from_files()) {
+                } else if let Some(t) = s.tls.as_ref().filter(|_| s.is_https_terminated()) {
                     let tls = format!("{at}.tls");
                     for (set, field) in [
-                        (!t.credential_name.is_empty(), "credentialName"),
                         (!t.credential_names.is_empty(), "credentialNames"),
                         (!t.tls_certificates.is_empty(), "tlsCertificates"),
                         (!t.ca_crl.is_empty(), "caCrl"),
@@ -67,7 +66,7 @@ pub fn not_enforced(resource: &Resource) -> Vec<Diagnostic> {
                         if set {
                             out.add(
                                 format!("{tls}.{field}"),
-                                "the server is served with its certificate files; this is not applied",
+                                "the server is served with its credentialName or certificate files; this is not applied",
                             );
                         }
                     }

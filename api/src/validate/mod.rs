@@ -68,6 +68,7 @@ pub fn validate(resource: &Resource) -> Vec<Diagnostic> {
         Resource::Service(r) => kube::service(&mut f, r),
         Resource::Deployment(r) => kube::deployment(&mut f, r),
         Resource::ConfigMap(r) => kube::config_map(&mut f, r),
+        Resource::Secret(_) => {}
         Resource::Namespace(_)
         | Resource::ServiceAccount(_)
         | Resource::Pod(_)

@@ -75,6 +75,8 @@ pub struct Model {
     pub sidecars: Vec<Sidecar>,
     /// Istio Gateways, oldest first.
     pub gateways: Vec<mesh_api::networking::Gateway>,
+    /// Secrets (those Gateways name in `credentialName`), by `namespace/name`.
+    pub secrets: BTreeMap<String, k8s_openapi::api::core::v1::Secret>,
     /// PeerAuthentications.
     pub peer_authentications: Vec<PeerAuthentication>,
     /// AuthorizationPolicies.
@@ -141,6 +143,14 @@ impl Model {
                     }
                 }
                 Resource::Gateway(g) => model.gateways.push((**g).clone()),
+                Resource::Secret(s) => {
+                    let key = format!(
+                        "{}/{}",
+                        namespace_of(&s.metadata),
+                        s.metadata.name.as_deref().unwrap_or("")
+                    );
+                    model.secrets.insert(key, (**s).clone());
+                }
                 Resource::WorkloadGroup(_)
                 | Resource::Namespace(_)
                 | Resource::ServiceAccount(_)

@@ -11,14 +11,15 @@
 //!
 //! The mesh configuration is read as Istio keeps it: the ConfigMap `istio` in the root
 //! namespace (key `mesh`). A version that does not validate is logged and the last good one
-//! kept.
+//! kept. Secrets are watched too, and only those a Gateway names in `credentialName` (or their
+//! `-cacert` companions) are passed on, as istiod reads gateway credentials.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{ApiResource, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams};
 use kube::runtime::reflector::{self, Store};
@@ -86,6 +87,8 @@ struct Stores {
     pods: Store<Pod>,
     namespaces: Store<Namespace>,
     mesh: Store<ConfigMap>,
+    /// Secrets, of which only those Gateways name in `credentialName` are passed on.
+    secrets: Store<Secret>,
     istio: Vec<(Kind, Store<DynamicObject>)>,
 }
 
@@ -170,6 +173,13 @@ pub async fn run(client: Client, tx: watch::Sender<Arc<Snapshot>>, options: Kube
         w,
         changed.clone(),
     ));
+    let (secrets, w) = reflector::store();
+    tasks.push(start(
+        Api::<Secret>::all(client.clone()),
+        watcher::Config::default(),
+        w,
+        changed.clone(),
+    ));
     let mut istio = Vec::new();
     for kind in ISTIO_KINDS {
         let ar = api_resource(kind);
@@ -202,6 +212,7 @@ pub async fn run(client: Client, tx: watch::Sender<Arc<Snapshot>>, options: Kube
         pods,
         namespaces,
         mesh,
+        secrets,
         istio,
     };
     // Nothing is published before every reflector has listed once.
@@ -211,6 +222,7 @@ pub async fn run(client: Client, tx: watch::Sender<Arc<Snapshot>>, options: Kube
         stores.pods.wait_until_ready().await.ok()?;
         stores.namespaces.wait_until_ready().await.ok()?;
         stores.mesh.wait_until_ready().await.ok()?;
+        stores.secrets.wait_until_ready().await.ok()?;
         for (_, s) in &stores.istio {
             s.wait_until_ready().await.ok()?;
         }
@@ -357,6 +369,16 @@ fn snapshot(
     }
     resources.extend(accepted.values().cloned().map(Arc::new));
     mem.accepted = accepted;
+    // The certificates of Gateways' HTTPS servers: only the Secrets they name.
+    let named = crate::translate::gateway::credential_names(&resources);
+    resources.extend(
+        stores
+            .secrets
+            .state()
+            .iter()
+            .filter(|s| s.metadata.name.as_ref().is_some_and(|n| named.contains(n)))
+            .map(|s| Arc::new(Resource::Secret(Box::new((**s).clone())))),
+    );
     let mesh = stores.mesh.state().first().map(|cm| (**cm).clone());
     match mesh {
         None => mem.mesh = None,

@@ -104,8 +104,8 @@ pub fn listeners(model: &Model, node: &ProxyNode) -> Vec<state::GatewayListener>
             let Some(port) = server.port.as_ref() else {
                 continue;
             };
-            let certificate = if server.is_https_from_files() {
-                match certificate(model, server) {
+            let certificate = if server.is_https_terminated() {
+                match certificate(model, node, server) {
                     Some(c) => Some(c),
                     // A file the source could not read is a rejection there already.
                     None => continue,
@@ -131,7 +131,7 @@ pub fn listeners(model: &Model, node: &ProxyNode) -> Vec<state::GatewayListener>
             let redirect = server
                 .tls
                 .as_ref()
-                .filter(|_| !server.is_https_from_files())
+                .filter(|_| !server.is_https_terminated())
                 .and_then(|t| t.https_redirect)
                 .unwrap_or(false);
             // host → (its routes in order, the namespace of the first VirtualService).
@@ -199,29 +199,86 @@ pub fn listeners(model: &Model, node: &ProxyNode) -> Vec<state::GatewayListener>
     by_port.into_values().collect()
 }
 
-/// The certificate of an HTTPS server served from files, as the source read them: for MUTUAL
-/// with the CA that verifies clients. `None` when a file was not read.
+/// One key of a Secret, from `data` (or `stringData`, as a hand-written file may have it).
+fn secret_key(secret: &k8s_openapi::api::core::v1::Secret, keys: &[&str]) -> Option<String> {
+    keys.iter().find_map(|k| {
+        secret
+            .data
+            .as_ref()
+            .and_then(|d| d.get(*k))
+            .map(|b| String::from_utf8_lossy(&b.0).into_owned())
+            .or_else(|| secret.string_data.as_ref()?.get(*k).cloned())
+    })
+}
+
+/// The certificate of an HTTPS server: from the Secret its `credentialName` names in the
+/// gateway's namespace (`tls.crt`/`tls.key`, or `cert`/`key`; for MUTUAL the CA from `ca.crt`
+/// there or from Secret `<name>-cacert`, as Istio reads them), else from its files as the
+/// source read them. `None` when the material is missing (then the server is not served).
 fn certificate(
     model: &Model,
+    node: &ProxyNode,
     server: &mesh_api::networking::Server,
 ) -> Option<state::ServerCertificate> {
     let tls = server.tls.as_ref()?;
-    let file = |path: &str| model.files.get(path).cloned();
     let mutual = matches!(tls.mode, Some(mesh_api::networking::ServerTlsMode::Mutual));
-    Some(state::ServerCertificate {
-        hosts: server
-            .hosts
-            .iter()
-            .map(|h| h.rsplit('/').next().unwrap_or(h).to_ascii_lowercase())
-            .collect(),
-        certificate_chain_pem: file(&tls.server_certificate)?,
-        private_key_pem: file(&tls.private_key)?,
-        ca_certificates_pem: if mutual {
+    let hosts = server
+        .hosts
+        .iter()
+        .map(|h| h.rsplit('/').next().unwrap_or(h).to_ascii_lowercase())
+        .collect();
+    let (chain, key, ca) = if tls.credential_name.is_empty() {
+        let file = |path: &str| model.files.get(path).cloned();
+        let ca = if mutual {
             file(&tls.ca_certificates)?
         } else {
             String::new()
-        },
+        };
+        (file(&tls.server_certificate)?, file(&tls.private_key)?, ca)
+    } else {
+        let secret = |name: &str| model.secrets.get(&format!("{}/{name}", node.namespace));
+        let s = secret(&tls.credential_name)?;
+        let ca = if mutual {
+            secret_key(s, &["ca.crt", "cacert"]).or_else(|| {
+                secret_key(
+                    secret(&format!("{}-cacert", tls.credential_name))?,
+                    &["ca.crt", "cacert"],
+                )
+            })?
+        } else {
+            String::new()
+        };
+        (
+            secret_key(s, &["tls.crt", "cert"])?,
+            secret_key(s, &["tls.key", "key"])?,
+            ca,
+        )
+    };
+    Some(state::ServerCertificate {
+        hosts,
+        certificate_chain_pem: chain,
+        private_key_pem: key,
+        ca_certificates_pem: ca,
     })
+}
+
+/// The Secrets that Gateways among `resources` name in `credentialName` (and their
+/// `-cacert` companions): the only ones a source passes on.
+pub fn credential_names(
+    resources: &[std::sync::Arc<mesh_api::Resource>],
+) -> std::collections::BTreeSet<String> {
+    let mut out = std::collections::BTreeSet::new();
+    for r in resources {
+        if let mesh_api::Resource::Gateway(g) = &**r {
+            for t in g.spec.servers.iter().filter_map(|s| s.tls.as_ref()) {
+                if !t.credential_name.is_empty() {
+                    out.insert(t.credential_name.clone());
+                    out.insert(format!("{}-cacert", t.credential_name));
+                }
+            }
+        }
+    }
+    out
 }
 
 /// The services the routes of gateway `node` name (the rest of its view follows from them).
