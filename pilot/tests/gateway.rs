@@ -346,3 +346,78 @@ fn https_servers_take_their_certificates_from_credential_name_secrets() {
         ("PCHAIN", "PKEY", "PARTNERS")
     );
 }
+
+const LAYER4: &str = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: api, namespace: shop}
+spec:
+  selector: {app: api}
+  ports: [{name: tls, port: 443}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: db, namespace: shop}
+spec:
+  selector: {app: db}
+  ports: [{name: tcp, port: 5432}]
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: edge, namespace: istio-system}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - port: {number: 443, name: tls, protocol: TLS}
+    hosts: ["*/api.example.com"]
+    tls: {mode: PASSTHROUGH}
+  - port: {number: 31400, name: tcp, protocol: TCP}
+    hosts: ["*"]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: api, namespace: shop}
+spec:
+  hosts: [api.example.com]
+  gateways: [istio-system/edge]
+  tls:
+  - match:
+    - sniHosts: [api.example.com]
+    route:
+    - destination: {host: api, port: {number: 443}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: db, namespace: shop}
+spec:
+  hosts: ["*"]
+  gateways: [istio-system/edge]
+  tcp:
+  - match:
+    - port: 31400
+    route:
+    - destination: {host: db, port: {number: 5432}}
+"#;
+
+#[test]
+fn passthrough_and_tcp_servers_carry_the_tls_and_tcp_routes_bound_to_them() {
+    let model = testing::model(&testing::resources(LAYER4));
+    let v = view(&model, &ingress());
+    let ls = &v.state.gateway_listeners;
+    assert_eq!(ls.iter().map(|l| l.port).collect::<Vec<_>>(), [443, 31400]);
+    assert_eq!(ls[0].protocol, state::Protocol::Tls as i32);
+    let tls = &ls[0].hosts[0].routes.as_ref().unwrap().tls_routes[0];
+    assert_eq!(tls.sni_hosts, ["api.example.com"]);
+    assert_eq!(tls.destinations[0].host, "api.shop.svc.cluster.local");
+    assert_eq!(ls[1].protocol, state::Protocol::Tcp as i32);
+    let tcp = &ls[1].hosts[0].routes.as_ref().unwrap().tcp_routes[0];
+    assert_eq!((tcp.port, tcp.destinations[0].port), (31400, 5432));
+    // The gateway's view holds the destinations.
+    for host in ["api.shop.svc.cluster.local", "db.shop.svc.cluster.local"] {
+        assert!(
+            mesh_pilot::translate::gateway::destinations(&model, &ingress())
+                .contains(&host.to_string()),
+            "{host}"
+        );
+    }
+}

@@ -65,13 +65,47 @@ async fn accept(listener: TcpListener, inputs: Arc<Inputs>, drain: drain::Watch)
         async move {
             let Ok(local) = conn.local_addr() else { return };
             let _ = conn.set_nodelay(true);
-            let tls = {
+            let (protocol, tls) = {
                 let state = inputs.state.borrow();
                 state
                     .gateway
                     .get(&local.port())
-                    .is_some_and(|p| !p.tls.is_empty())
+                    .map_or((crate::state::Protocol::Http, false), |p| {
+                        (p.protocol, !p.tls.is_empty())
+                    })
             };
+            if matches!(
+                protocol,
+                crate::state::Protocol::Tls | crate::state::Protocol::Tcp
+            ) {
+                // Passed through by SNI, or TCP: the listener's routes pick the destination.
+                let sni = if protocol == crate::state::Protocol::Tls {
+                    crate::tls::peek_sni(&conn, HANDSHAKE_TIMEOUT).await
+                } else {
+                    None
+                };
+                let state = inputs.state.borrow().clone();
+                // Never without routes: the passthrough it would fall back to is this listener.
+                let Some(routes) = state
+                    .gateway
+                    .get(&local.port())
+                    .and_then(|p| p.hosts.first())
+                    .map(|h| h.routes.clone())
+                else {
+                    return;
+                };
+                crate::tcp::outbound::forward_to(
+                    conn,
+                    peer,
+                    local,
+                    &inputs,
+                    &state,
+                    Some(&routes),
+                    sni.as_deref(),
+                )
+                .await;
+                return;
+            }
             if !tls {
                 crate::http::serve_gateway(conn, peer, local, false, inputs, watch).await;
                 return;

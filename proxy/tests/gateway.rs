@@ -1,8 +1,9 @@
 //! Gateway mode in process: the listeners follow the state (a port bound when it appears,
 //! closed when it goes); a request's Host picks the most specific virtual host; its routes
 //! send it to a service's endpoint with `x-forwarded-for`/`-proto` set; an unknown host or
-//! path is 404 NR; an `httpsRedirect` server answers 301 to https; a listener of a protocol
-//! the gateway does not serve yet is refused with the field named; the policies selecting the
+//! path is 404 NR; an `httpsRedirect` server answers 301 to https; HTTPS is terminated by
+//! server name (MUTUAL wanting a client certificate), TLS passed through by server name, TCP
+//! forwarded by port; a listener the gateway cannot serve is refused with the field named; the policies selecting the
 //! gateway apply before routing (an invalid token 401, a denial 403), and routes match on the
 //! verified token's claims (`@request.auth.claims.*`).
 
@@ -263,7 +264,8 @@ async fn a_gateway_routes_by_host_and_follows_the_state() {
 }
 
 #[test]
-fn a_listener_the_gateway_cannot_serve_yet_is_refused() {
+fn a_listener_the_gateway_cannot_serve_is_refused() {
+    // A TCP listener has one host (its routes): three virtual hosts make no sense there.
     let mut tcp = listener(8443);
     tcp.protocol = proto::Protocol::Tcp.into();
     let err = State::compile(state("127.0.0.1:1".parse().unwrap(), vec![tcp]))
@@ -271,7 +273,16 @@ fn a_listener_the_gateway_cannot_serve_yet_is_refused() {
         .to_string();
     assert_eq!(
         err,
-        "service state: gatewayListeners[0].protocol: Tcp: gateway listeners serve HTTP only so far"
+        "service state: gatewayListeners[0].hosts: a Tcp listener has one host, its routes, and no certificates"
+    );
+    let mut unnamed = listener(8444);
+    unnamed.protocol = proto::Protocol::Detect.into();
+    let err = State::compile(state("127.0.0.1:1".parse().unwrap(), vec![unnamed]))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("names its protocol: HTTP, TLS or TCP"),
+        "{err}"
     );
     let twice = vec![listener(8080), listener(8080)];
     let err = State::compile(state("127.0.0.1:1".parse().unwrap(), twice))
@@ -519,4 +530,109 @@ async fn https_servers_terminate_tls_by_server_name_and_mutual_ones_want_a_clien
         err.contains("gatewayListeners[0].certificates[0].certificateChainPem"),
         "{err}"
     );
+}
+
+/// A service on 127.0.0.1:`port` (port 443 of the mesh), with no sidecar.
+fn backend(host: &str, port: u16) -> proto::Service {
+    proto::Service {
+        hostname: host.into(),
+        namespace: "shop".into(),
+        ports: vec![proto::ServicePort {
+            port: 443,
+            name: "tls".into(),
+            protocol: proto::Protocol::Tls.into(),
+            target_port: u32::from(port),
+        }],
+        endpoints: vec![proto::Endpoint {
+            address: "127.0.0.1".into(),
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
+
+fn to(host: &str) -> Vec<proto::WeightedDestination> {
+    vec![proto::WeightedDestination {
+        host: host.into(),
+        port: 443,
+        weight: 100,
+        ..Default::default()
+    }]
+}
+
+#[tokio::test]
+async fn tls_is_passed_through_by_server_name_and_tcp_by_port() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (https, root) = mesh_proxy::testing::tls::https_server("api.example.com", None, |_| {
+        "from the backend".to_string()
+    })
+    .await;
+    let echo = common::tcp_app().await;
+    let (tls_port, tcp_port) = (free_port(), free_port());
+    let layer4 =
+        |port: u16, protocol: proto::Protocol, routes: proto::Service| proto::GatewayListener {
+            port: u32::from(port),
+            protocol: protocol.into(),
+            hosts: vec![proto::GatewayHost {
+                domains: vec!["*".into()],
+                https_redirect: false,
+                routes: Some(routes),
+            }],
+            certificates: Vec::new(),
+        };
+    let mut s = state("127.0.0.1:1".parse().unwrap(), Vec::new());
+    s.services = vec![
+        backend("api.shop.svc.cluster.local", https.port()),
+        backend("echo.shop.svc.cluster.local", echo.port()),
+    ];
+    s.gateway_listeners = vec![
+        layer4(
+            tls_port,
+            proto::Protocol::Tls,
+            proto::Service {
+                namespace: "istio-system".into(),
+                tls_routes: vec![proto::TlsRoute {
+                    sni_hosts: vec!["api.example.com".into()],
+                    port: 0,
+                    destinations: to("api.shop.svc.cluster.local"),
+                }],
+                ..Default::default()
+            },
+        ),
+        layer4(
+            tcp_port,
+            proto::Protocol::Tcp,
+            proto::Service {
+                namespace: "istio-system".into(),
+                tcp_routes: vec![proto::TcpRoute {
+                    port: u32::from(tcp_port),
+                    destinations: to("echo.shop.svc.cluster.local"),
+                }],
+                ..Default::default()
+            },
+        ),
+    ];
+    let (_tx, rx) = watch::channel(Arc::new(State::compile(s).unwrap()));
+    let _proxy = gateway(rx).await;
+    assert!(answering(tls_port).await && answering(tcp_port).await);
+    // The backend's own certificate answers: the gateway only read the server name.
+    let (status, body) = tls_get(tls_port, "api.example.com", &root, None)
+        .await
+        .unwrap();
+    assert_eq!(
+        (status, body.as_str()),
+        (StatusCode::OK, "from the backend")
+    );
+    // A name no route has reaches nothing.
+    assert!(
+        tls_get(tls_port, "other.example.com", &root, None)
+            .await
+            .is_err()
+    );
+    // TCP: bytes both ways.
+    let mut c = TcpStream::connect(("127.0.0.1", tcp_port)).await.unwrap();
+    c.write_all(b"hello").await.unwrap();
+    let mut buf = [0u8; 9];
+    c.read_exact(&mut buf).await.unwrap();
+    assert_eq!(&buf, b"app:hello");
 }

@@ -57,7 +57,30 @@ impl Server {
     /// Whether the gateway serves this server so far: plaintext HTTP, or HTTPS terminated
     /// with certificate files.
     pub fn is_served(&self) -> bool {
-        self.is_plain_http() || self.is_https_terminated()
+        self.is_plain_http() || self.is_https_terminated() || self.is_passthrough() || self.is_tcp()
+    }
+
+    /// TLS passed through to the destination the server name routes to (Istio's TLS or HTTPS
+    /// with `tls.mode: PASSTHROUGH`).
+    pub fn is_passthrough(&self) -> bool {
+        self.port.as_ref().is_some_and(|p| {
+            ["TLS", "HTTPS"]
+                .iter()
+                .any(|x| x.eq_ignore_ascii_case(&p.protocol))
+        }) && self
+            .tls
+            .as_ref()
+            .is_some_and(|t| matches!(t.mode, Some(ServerTlsMode::Passthrough)))
+    }
+
+    /// Opaque TCP (Istio's TCP, and MONGO, REDIS, MYSQL served as TCP), no TLS of its own.
+    pub fn is_tcp(&self) -> bool {
+        self.tls.is_none()
+            && self.port.as_ref().is_some_and(|p| {
+                ["TCP", "MONGO", "REDIS", "MYSQL"]
+                    .iter()
+                    .any(|x| x.eq_ignore_ascii_case(&p.protocol))
+            })
     }
 
     /// HTTPS (Istio's HTTPS, or HTTP/HTTP2/GRPC with TLS) terminated SIMPLE or MUTUAL, with

@@ -42,7 +42,7 @@ pub fn not_enforced(resource: &Resource) -> Vec<Diagnostic> {
                     let port = s.port.as_ref().map_or(0, |p| p.number);
                     out.add(
                         &at,
-                        format!("only HTTP servers, plaintext or HTTPS (SIMPLE, MUTUAL; a credentialName Secret or certificate files), are served so far (passthrough, ISTIO_MUTUAL and TCP are not); nothing listens on port {port}"),
+                        format!("served so far: HTTP, plaintext or HTTPS (SIMPLE, MUTUAL; a credentialName Secret or certificate files), TLS PASSTHROUGH and TCP; not this one (TLS terminated to TCP, ISTIO_MUTUAL, OPTIONAL_MUTUAL); nothing listens on port {port}"),
                     );
                 } else if let Some(t) = s.tls.as_ref().filter(|_| s.is_https_terminated()) {
                     let tls = format!("{at}.tls");
@@ -211,20 +211,7 @@ fn virtual_service(out: &mut Out, spec: &VirtualServiceSpec) {
             );
         }
     }
-    if spec.gateways.iter().any(|g| g != "mesh") {
-        if !spec.tcp.is_empty() {
-            out.add(
-                "spec.tcp",
-                "gateways serve HTTP routes only so far; these reach sidecars only (\"mesh\")",
-            );
-        }
-        if !spec.tls.is_empty() {
-            out.add(
-                "spec.tls",
-                "gateways serve HTTP routes only so far; these reach sidecars only (\"mesh\")",
-            );
-        }
-    }
+
     for (i, h) in spec.http.iter().enumerate() {
         let at = format!("spec.http[{i}]");
         if let Some(r) = &h.retries {

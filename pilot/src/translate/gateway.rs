@@ -86,14 +86,30 @@ pub fn listeners(model: &Model, node: &ProxyNode) -> Vec<state::GatewayListener>
             .map(|vs| {
                 let mut vs = vs.clone();
                 let ns = namespace_of(&vs.metadata).to_string();
-                for route in &mut vs.spec.http {
-                    for m in &mut route.matches {
-                        for g in &mut m.gateways {
-                            if g != "mesh" {
-                                *g = qualified(g, &ns);
-                            }
+                let qualify = |gateways: &mut Vec<String>| {
+                    for g in gateways.iter_mut() {
+                        if g != "mesh" {
+                            *g = qualified(g, &ns);
                         }
                     }
+                };
+                for route in &mut vs.spec.http {
+                    route
+                        .matches
+                        .iter_mut()
+                        .for_each(|m| qualify(&mut m.gateways));
+                }
+                for route in &mut vs.spec.tls {
+                    route
+                        .matches
+                        .iter_mut()
+                        .for_each(|m| qualify(&mut m.gateways));
+                }
+                for route in &mut vs.spec.tcp {
+                    route
+                        .matches
+                        .iter_mut()
+                        .for_each(|m| qualify(&mut m.gateways));
                 }
                 vs
             })
@@ -104,6 +120,10 @@ pub fn listeners(model: &Model, node: &ProxyNode) -> Vec<state::GatewayListener>
             let Some(port) = server.port.as_ref() else {
                 continue;
             };
+            if server.is_passthrough() || server.is_tcp() {
+                layer4(model, &for_gw, gw_ns, server, &bound, &mut by_port);
+                continue;
+            }
             let certificate = if server.is_https_terminated() {
                 match certificate(model, node, server) {
                     Some(c) => Some(c),
@@ -121,6 +141,10 @@ pub fn listeners(model: &Model, node: &ProxyNode) -> Vec<state::GatewayListener>
                     hosts: Vec::new(),
                     certificates: Vec::new(),
                 });
+            if listener.protocol != state::Protocol::Http as i32 {
+                // The port is a TLS passthrough or TCP one already.
+                continue;
+            }
             // One port is either plaintext or TLS: a server that disagrees with the first one
             // on its port is left out.
             let tls_port = !listener.certificates.is_empty();
@@ -197,6 +221,75 @@ pub fn listeners(model: &Model, node: &ProxyNode) -> Vec<state::GatewayListener>
         }
     }
     by_port.into_values().collect()
+}
+
+/// A TLS passthrough or TCP server: its port's one virtual host carries the TLS routes (by
+/// server name) or TCP routes of the VirtualServices bound to the Gateway for its hosts.
+fn layer4(
+    model: &Model,
+    node: &ProxyNode,
+    gw_ns: &str,
+    server: &mesh_api::networking::Server,
+    bound: &[VirtualService],
+    by_port: &mut BTreeMap<u32, state::GatewayListener>,
+) {
+    let Some(port) = server.port.as_ref() else {
+        return;
+    };
+    let protocol = if server.is_passthrough() {
+        state::Protocol::Tls
+    } else {
+        state::Protocol::Tcp
+    };
+    let listener = by_port
+        .entry(port.number)
+        .or_insert_with(|| state::GatewayListener {
+            port: port.number,
+            protocol: protocol.into(),
+            hosts: Vec::new(),
+            certificates: Vec::new(),
+        });
+    if listener.protocol != protocol as i32 {
+        // The port serves another protocol already (its first server's).
+        return;
+    }
+    if listener.hosts.is_empty() {
+        listener.hosts.push(state::GatewayHost {
+            domains: vec!["*".into()],
+            https_redirect: false,
+            routes: Some(state::Service {
+                hostname: format!("{}:{}", node.bound_gateway, port.number),
+                namespace: gw_ns.to_string(),
+                ..state::Service::default()
+            }),
+        });
+    }
+    let Some(routes) = listener.hosts[0].routes.as_mut() else {
+        return;
+    };
+    for vs in bound {
+        let vs_ns = namespace_of(&vs.metadata);
+        let admitted = server.hosts.iter().any(|entry| {
+            server_host(entry, gw_ns, vs_ns).is_some_and(|allowed| {
+                vs.spec
+                    .hosts
+                    .iter()
+                    .any(|h| intersect(allowed, h).is_some())
+            })
+        });
+        if !admitted {
+            continue;
+        }
+        if protocol == state::Protocol::Tls {
+            routes
+                .tls_routes
+                .extend(super::routes::tls_routes(model, vs, node));
+        } else {
+            routes
+                .tcp_routes
+                .extend(super::routes::tcp_routes(model, vs, node));
+        }
+    }
 }
 
 /// One key of a Secret, from `data` (or `stringData`, as a hand-written file may have it).
@@ -283,18 +376,25 @@ pub fn credential_names(
 
 /// The services the routes of gateway `node` name (the rest of its view follows from them).
 pub fn destinations(model: &Model, node: &ProxyNode) -> Vec<String> {
-    let mut out: Vec<String> = listeners(model, node)
+    let mut out = Vec::new();
+    for routes in listeners(model, node)
         .iter()
         .flat_map(|l| &l.hosts)
         .filter_map(|h| h.routes.as_ref())
-        .flat_map(|r| &r.http_routes)
-        .flat_map(|r| {
-            r.destinations
-                .iter()
-                .map(|d| d.host.clone())
-                .chain(r.mirrors.iter().map(|m| m.host.clone()))
-        })
-        .collect();
+    {
+        for r in &routes.http_routes {
+            out.extend(r.destinations.iter().map(|d| d.host.clone()));
+            out.extend(r.mirrors.iter().map(|m| m.host.clone()));
+        }
+        for d in routes
+            .tls_routes
+            .iter()
+            .flat_map(|r| &r.destinations)
+            .chain(routes.tcp_routes.iter().flat_map(|r| &r.destinations))
+        {
+            out.push(d.host.clone());
+        }
+    }
     out.sort();
     out.dedup();
     out

@@ -270,6 +270,8 @@ pub struct State {
 /// One gateway listener port.
 #[derive(Debug, Default)]
 pub struct GatewayPort {
+    /// HTTP (terminated TLS or not), TLS passed through by SNI, or TCP.
+    pub protocol: Protocol,
     /// Its virtual hosts.
     pub hosts: Vec<GatewayHost>,
     /// The certificates it terminates TLS with; plaintext when empty.
@@ -460,13 +462,28 @@ impl State {
             let at = format!("gatewayListeners[{i}]");
             let port = port16("state", &format!("{at}.port"), l.port)?;
             let protocol = known::<Protocol>("state", &format!("{at}.protocol"), l.protocol)?;
-            if !matches!(protocol, Protocol::Http | Protocol::Http2 | Protocol::Grpc) {
-                return Err(bad(
-                    "state",
-                    format!("{at}.protocol"),
-                    format!("{protocol:?}: gateway listeners serve HTTP only so far"),
-                ));
-            }
+            let protocol = match protocol {
+                Protocol::Http | Protocol::Http2 | Protocol::Grpc => Protocol::Http,
+                Protocol::Tls | Protocol::Tcp => {
+                    if l.hosts.len() != 1 || !l.certificates.is_empty() {
+                        return Err(bad(
+                            "state",
+                            format!("{at}.hosts"),
+                            format!(
+                                "a {protocol:?} listener has one host, its routes, and no certificates"
+                            ),
+                        ));
+                    }
+                    protocol
+                }
+                Protocol::Detect => {
+                    return Err(bad(
+                        "state",
+                        format!("{at}.protocol"),
+                        "a gateway listener names its protocol: HTTP, TLS or TCP",
+                    ));
+                }
+            };
             let mut hosts = Vec::with_capacity(l.hosts.len());
             for (j, h) in l.hosts.iter().enumerate() {
                 let field = format!("{at}.hosts[{j}]");
@@ -510,7 +527,14 @@ impl State {
             }
             if self
                 .gateway
-                .insert(port, GatewayPort { hosts, tls })
+                .insert(
+                    port,
+                    GatewayPort {
+                        protocol,
+                        hosts,
+                        tls,
+                    },
+                )
                 .is_some()
             {
                 return Err(bad(

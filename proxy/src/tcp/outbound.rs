@@ -16,14 +16,27 @@ use crate::state::{OutboundPolicy, State};
 /// endpoint its service's routes choose, or through when it is outside the registry and the
 /// policy allows it.
 pub async fn forward(
-    mut conn: TcpStream,
+    conn: TcpStream,
     peer: SocketAddr,
     dst: SocketAddr,
     inputs: &Arc<Inputs>,
     state: &State,
     sni: Option<&str>,
 ) {
-    let svc = state.service_for(dst);
+    forward_to(conn, peer, dst, inputs, state, state.service_for(dst), sni).await;
+}
+
+/// [`forward`] through the routes of `svc` (a gateway's, for its TLS passthrough and TCP
+/// listeners), or the passthrough policy when there is none.
+pub async fn forward_to(
+    mut conn: TcpStream,
+    peer: SocketAddr,
+    dst: SocketAddr,
+    inputs: &Arc<Inputs>,
+    state: &State,
+    svc: Option<&Arc<crate::state::Service>>,
+    sni: Option<&str>,
+) {
     let target = match svc {
         Some(svc) => {
             let picked = match sni {
