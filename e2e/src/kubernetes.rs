@@ -228,6 +228,24 @@ impl KubeCluster {
     }
 
     async fn resolve_async(&self, name: &str) -> anyhow::Result<Pod> {
+        if name == meshctl::local::INGRESS_GATEWAY_POD {
+            // The local runtime's name for the ingress gateway: the profile's Deployment.
+            let gateways: Api<Pod> = Api::namespaced(self.client.clone(), "istio-system");
+            return gateways
+                .list(&ListParams::default().labels("istio=ingressgateway"))
+                .await?
+                .items
+                .into_iter()
+                .filter(|p| p.metadata.deletion_timestamp.is_none())
+                .min_by(|a, b| {
+                    a.metadata
+                        .creation_timestamp
+                        .cmp(&b.metadata.creation_timestamp)
+                })
+                .context(
+                    "no ingress gateway pod in istio-system (the profile installed has none)",
+                );
+        }
         let pods: Api<Pod> = Api::namespaced(self.client.clone(), NAMESPACE);
         if let Some(p) = pods.get_opt(name).await? {
             return Ok(p);
@@ -294,8 +312,13 @@ impl KubeCluster {
                 .find(|c| c != SIDECAR)
                 .with_context(|| format!("pod {name} has no application container"))?,
         };
+        let namespace = pod
+            .metadata
+            .namespace
+            .clone()
+            .unwrap_or_else(|| NAMESPACE.to_string());
         let mut cmd = Command::new(&self.kubectl);
-        cmd.args(["exec", "-n", NAMESPACE])
+        cmd.args(["exec", "-n", &namespace])
             .arg(pod.metadata.name.unwrap_or_default())
             .args(["-c", &container, "--"])
             .args(args);
@@ -441,7 +464,10 @@ impl Cluster for KubeCluster {
 
     fn proxy_log(&self, pod: &str) -> anyhow::Result<String> {
         let p = self.resolve(pod)?;
-        let pods: Api<Pod> = Api::namespaced(self.client.clone(), NAMESPACE);
+        let pods: Api<Pod> = Api::namespaced(
+            self.client.clone(),
+            p.metadata.namespace.as_deref().unwrap_or(NAMESPACE),
+        );
         let params = LogParams {
             container: Some(SIDECAR.into()),
             ..LogParams::default()
