@@ -199,6 +199,21 @@ pub async fn installed(client: &Client, namespace: &str) -> Vec<Check> {
             "check the permissions to read Deployments",
         )),
     }
+    // The ingress gateway, where the profile installed one (minimal has none).
+    let gateways: Api<Deployment> = Api::namespaced(client.clone(), crate::profile::ROOT_NAMESPACE);
+    if let Ok(Some(d)) = gateways.get_opt("istio-ingressgateway").await {
+        let (have, want) = crate::kube_install::availability(&d);
+        let detail = format!("istio-ingressgateway {have}/{want} available");
+        out.push(if have >= want {
+            pass("ingress gateway ready", detail)
+        } else {
+            fail(
+                "ingress gateway ready",
+                detail,
+                format!("kubectl -n {0} describe deployment istio-ingressgateway; kubectl -n {0} logs deploy/istio-ingressgateway", crate::profile::ROOT_NAMESPACE),
+            )
+        });
+    }
     let webhooks: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
     let mut injector = false;
     match webhooks

@@ -63,6 +63,15 @@ fn answer(healthy: bool, root: &str, method: &str, path: &str) -> (StatusCode, V
                 "status": {"availableReplicas": i32::from(healthy)},
             }),
         ),
+        ("GET", "/apis/apps/v1/namespaces/istio-system/deployments/istio-ingressgateway") => (
+            StatusCode::OK,
+            json!({
+                "apiVersion": "apps/v1", "kind": "Deployment",
+                "metadata": {"name": "istio-ingressgateway", "namespace": "istio-system"},
+                "spec": {"replicas": 1, "selector": {}, "template": {}},
+                "status": {"availableReplicas": i32::from(healthy)},
+            }),
+        ),
         (
             "GET",
             "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations/mesh-sidecar-injector",
@@ -165,6 +174,7 @@ fn a_healthy_cluster_passes_every_check() {
     assert_eq!(code, Some(0), "{text}");
     for line in [
         "✔ control plane ready: mesh-pilot 1/1 available",
+        "✔ ingress gateway ready: istio-ingressgateway 1/1 available",
         "✔ injector webhook configured: 1 webhooks with a caBundle",
         "✔ injector webhook answers over HTTPS: ready",
         "✔ proxies connected and in sync: 2 connected, all in sync",
@@ -205,6 +215,8 @@ fn a_broken_cluster_fails_with_what_to_do() {
     assert_eq!(code, Some(1), "{text}");
     for line in [
         "✘ control plane ready: mesh-pilot 0/1 available",
+        "✘ ingress gateway ready: istio-ingressgateway 0/1 available",
+        "kubectl -n istio-system logs deploy/istio-ingressgateway",
         "kubectl -n mesh-system logs deploy/mesh-pilot",
         "✘ injector webhook configured: 1 of 1 webhooks without a caBundle",
         "✘ injector webhook answers over HTTPS:",

@@ -51,7 +51,8 @@ pub(super) async fn request(req: Request<Incoming>, ctx: &Conn) -> Response<Body
         let service = target.as_ref().map_or("-", |t| &*t.service);
         tracing::info!(
             target: "access",
-            "outbound http {} {method} {path} {} service={service} upstream={upstream} flags={flags} duration_ms={}",
+            "{} http {} {method} {path} {} service={service} upstream={upstream} flags={flags} duration_ms={}",
+            if ctx.gateway { "gateway" } else { "outbound" },
             ctx.peer,
             response.status().as_u16(),
             started.elapsed().as_millis()
