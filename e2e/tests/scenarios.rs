@@ -47,6 +47,19 @@ fn seed_with_inventory(scenario: &str) -> Box<dyn Cluster> {
     c
 }
 
+/// A pod with no sidecar, standing for a client outside the mesh.
+fn outside() -> PodSpec {
+    PodSpec {
+        name: "outside".into(),
+        namespace: "default".into(),
+        service_account: "default".into(),
+        sidecar: false,
+        command: vec!["mesh-echo".into(), "--port".into(), "8080".into()],
+        ports: vec![8080],
+        ..PodSpec::default()
+    }
+}
+
 /// Requests of `report` that failed with `status` and an answer containing `words`.
 fn failed_with(report: &Report, status: u16, words: &str) -> usize {
     let prefix = format!("{status} ");
@@ -254,16 +267,7 @@ fn the_seeds_gateway_serves_order_through_the_ingress_gateway() {
     // selects the ingress gateway (`istio: ingressgateway`) and VirtualService order routes
     // its `/order` to order:8080. A client with no sidecar stands for traffic from outside.
     let c = seed("gateway");
-    c.run(&PodSpec {
-        name: "outside".into(),
-        namespace: "default".into(),
-        service_account: "default".into(),
-        sidecar: false,
-        command: vec!["mesh-echo".into(), "--port".into(), "8080".into()],
-        ports: vec![8080],
-        ..PodSpec::default()
-    })
-    .unwrap();
+    c.run(&outside()).unwrap();
     let ingress = c.ingress().unwrap();
     let url = format!("http://{ingress}/order/42");
     let served = wait_until(DEADLINE, || {
@@ -366,16 +370,7 @@ fn bookinfo_through_its_own_gateway_with_reviews_routed_by_its_virtual_services(
     ] {
         c.apply(&bookinfo_networking(file)).unwrap();
     }
-    c.run(&PodSpec {
-        name: "outside".into(),
-        namespace: "default".into(),
-        service_account: "default".into(),
-        sidecar: false,
-        command: vec!["mesh-echo".into(), "--port".into(), "8080".into()],
-        ports: vec![8080],
-        ..PodSpec::default()
-    })
-    .unwrap();
+    c.run(&outside()).unwrap();
     // bookinfo-gateway serves port 8080 of the ingress gateway.
     let gateway = c.ingress().unwrap();
     let host = gateway.rsplit_once(':').unwrap().0;
@@ -1081,16 +1076,7 @@ spec:
         "the gateway never got the Secret's certificate for 443"
     );
     // The port is bound: a client outside the mesh (no sidecar to accept for it) connects.
-    c.run(&PodSpec {
-        name: "outside".into(),
-        namespace: "default".into(),
-        service_account: "default".into(),
-        sidecar: false,
-        command: vec!["mesh-echo".into(), "--port".into(), "8080".into()],
-        ports: vec![8080],
-        ..PodSpec::default()
-    })
-    .unwrap();
+    c.run(&outside()).unwrap();
     let address = c.ingress().unwrap();
     let host = address.rsplit_once(':').unwrap().0;
     let connect = |port: u16| {

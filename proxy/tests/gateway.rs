@@ -186,28 +186,28 @@ async fn send_with(
     ))
 }
 
-/// Waits until `port` answers (the listener is bound once the state arrives).
-async fn answering(port: u16) -> bool {
+/// Whether connecting to `port` comes to `bound` within 10 s (the gateway binds and closes
+/// its listeners as the state arrives, in a task of its own).
+async fn comes_to(port: u16, bound: bool) -> bool {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let mut pace = tokio::time::interval(Duration::from_millis(20));
     while tokio::time::Instant::now() < deadline {
-        if TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+        pace.tick().await;
+        if TcpStream::connect(("127.0.0.1", port)).await.is_ok() == bound {
             return true;
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
     false
 }
 
+/// Waits until `port` answers.
+async fn answering(port: u16) -> bool {
+    comes_to(port, true).await
+}
+
 /// Waits until `port` refuses connections.
 async fn closed(port: u16) -> bool {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while tokio::time::Instant::now() < deadline {
-        if TcpStream::connect(("127.0.0.1", port)).await.is_err() {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    false
+    comes_to(port, false).await
 }
 
 #[tokio::test]
