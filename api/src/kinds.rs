@@ -27,6 +27,16 @@ pub enum Kind {
     RequestAuthentication,
     /// policy.mesh.dev RateLimitPolicy (the mesh's own).
     RateLimitPolicy,
+    /// gateway.networking.k8s.io GatewayClass (cluster-scoped).
+    GatewayClass,
+    /// gateway.networking.k8s.io Gateway (the Kubernetes Gateway API's, not Istio's).
+    KubeGateway,
+    /// gateway.networking.k8s.io HTTPRoute.
+    HttpRoute,
+    /// gateway.networking.k8s.io GRPCRoute.
+    GrpcRoute,
+    /// gateway.networking.k8s.io ReferenceGrant.
+    ReferenceGrant,
     /// core/v1 Namespace.
     Namespace,
     /// core/v1 Service.
@@ -51,10 +61,12 @@ const NETWORKING_VERSIONS: &[&str] = &["v1", "v1beta1", "v1alpha3"];
 const SECURITY_VERSIONS: &[&str] = &["v1", "v1beta1"];
 const POLICY: &str = "policy.mesh.dev";
 const POLICY_VERSIONS: &[&str] = &["v1alpha1"];
+const GATEWAY_API: &str = "gateway.networking.k8s.io";
+const GATEWAY_API_VERSIONS: &[&str] = &["v1", "v1beta1", "v1alpha2"];
 
 impl Kind {
     /// Every kind, Istio's first.
-    pub const ALL: [Kind; 19] = [
+    pub const ALL: [Kind; 24] = [
         Kind::VirtualService,
         Kind::DestinationRule,
         Kind::Gateway,
@@ -66,6 +78,11 @@ impl Kind {
         Kind::AuthorizationPolicy,
         Kind::RequestAuthentication,
         Kind::RateLimitPolicy,
+        Kind::GatewayClass,
+        Kind::KubeGateway,
+        Kind::HttpRoute,
+        Kind::GrpcRoute,
+        Kind::ReferenceGrant,
         Kind::Namespace,
         Kind::Service,
         Kind::ServiceAccount,
@@ -90,6 +107,11 @@ impl Kind {
             Kind::AuthorizationPolicy => "AuthorizationPolicy",
             Kind::RequestAuthentication => "RequestAuthentication",
             Kind::RateLimitPolicy => "RateLimitPolicy",
+            Kind::GatewayClass => "GatewayClass",
+            Kind::KubeGateway => "Gateway",
+            Kind::HttpRoute => "HTTPRoute",
+            Kind::GrpcRoute => "GRPCRoute",
+            Kind::ReferenceGrant => "ReferenceGrant",
             Kind::Namespace => "Namespace",
             Kind::Service => "Service",
             Kind::ServiceAccount => "ServiceAccount",
@@ -115,6 +137,11 @@ impl Kind {
                 SECURITY
             }
             Kind::RateLimitPolicy => POLICY,
+            Kind::GatewayClass
+            | Kind::KubeGateway
+            | Kind::HttpRoute
+            | Kind::GrpcRoute
+            | Kind::ReferenceGrant => GATEWAY_API,
             Kind::Namespace
             | Kind::Service
             | Kind::ServiceAccount
@@ -132,6 +159,7 @@ impl Kind {
             NETWORKING => NETWORKING_VERSIONS,
             SECURITY => SECURITY_VERSIONS,
             POLICY => POLICY_VERSIONS,
+            GATEWAY_API => GATEWAY_API_VERSIONS,
             _ => &["v1"],
         }
     }
@@ -143,7 +171,12 @@ impl Kind {
 
     /// True when a resource of this kind lives in a namespace.
     pub fn is_namespaced(self) -> bool {
-        self != Kind::Namespace
+        !matches!(self, Kind::Namespace | Kind::GatewayClass)
+    }
+
+    /// True for the Kubernetes Gateway API's kinds.
+    pub fn is_gateway_api(self) -> bool {
+        self.group() == GATEWAY_API
     }
 
     /// True when the resource is invalid without a `spec` (as Istio's CRD schemas require).

@@ -9,6 +9,7 @@
 pub mod common;
 pub mod crd;
 pub mod diagnostic;
+pub mod gateway_api;
 pub mod identity;
 pub mod kinds;
 pub mod load;

@@ -15,7 +15,7 @@ use crate::kinds::{Kind, split_api_version};
 use crate::resource::Resource;
 use crate::validate;
 use crate::yaml_index::LineIndex;
-use crate::{networking as net, policy, security as sec};
+use crate::{gateway_api as gw, networking as net, policy, security as sec};
 
 /// Where a document came from.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -470,6 +470,11 @@ fn parse_typed(kind: Kind, text: &str) -> Result<Resource, Found> {
             policy::RateLimitPolicy,
             policy::RateLimitPolicySpec
         ),
+        Kind::GatewayClass => istio!(GatewayClass, gw::GatewayClass, gw::GatewayClassSpec),
+        Kind::KubeGateway => istio!(KubeGateway, gw::Gateway, gw::GatewaySpec),
+        Kind::HttpRoute => istio!(HttpRoute, gw::HTTPRoute, gw::HTTPRouteSpec),
+        Kind::GrpcRoute => istio!(GrpcRoute, gw::GRPCRoute, gw::GRPCRouteSpec),
+        Kind::ReferenceGrant => istio!(ReferenceGrant, gw::ReferenceGrant, gw::ReferenceGrantSpec),
         Kind::Namespace => Resource::Namespace(Box::new(deserialize(text)?)),
         Kind::Service => Resource::Service(Box::new(deserialize(text)?)),
         Kind::ServiceAccount => Resource::ServiceAccount(Box::new(deserialize(text)?)),

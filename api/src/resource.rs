@@ -6,6 +6,7 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde::Serialize;
 
+use crate::gateway_api as gw;
 use crate::kinds::Kind;
 use crate::networking::{
     DestinationRule, Gateway, ServiceEntry, Sidecar, VirtualService, WorkloadEntry, WorkloadGroup,
@@ -63,6 +64,11 @@ resources! {
     AuthorizationPolicy(AuthorizationPolicy),
     RequestAuthentication(RequestAuthentication),
     RateLimitPolicy(RateLimitPolicy),
+    GatewayClass(gw::GatewayClass),
+    KubeGateway(gw::Gateway),
+    HttpRoute(gw::HTTPRoute),
+    GrpcRoute(gw::GRPCRoute),
+    ReferenceGrant(gw::ReferenceGrant),
     Namespace(Namespace),
     Service(Service),
     ServiceAccount(ServiceAccount),

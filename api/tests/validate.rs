@@ -15,6 +15,7 @@ fn doc(api: &str, kind: &str, spec: &str) -> String {
 const NET: &str = "networking.istio.io/v1";
 const SEC: &str = "security.istio.io/v1";
 const POL: &str = "policy.mesh.dev/v1alpha1";
+const GW: &str = "gateway.networking.k8s.io/v1";
 
 /// (apiVersion, kind, spec, field path, message fragment)
 const INVALID: &[(&str, &str, &str, &str, &str)] = &[
@@ -525,6 +526,84 @@ const INVALID: &[(&str, &str, &str, &str, &str)] = &[
         "spec.limits[0].match[0].sourceLabels",
         "unknown field",
     ),
+    // Gateway API
+    (
+        GW,
+        "Gateway",
+        "gatewayClassName: istio\nlisteners:\n- {name: https, port: 443, protocol: HTTPS}",
+        "spec.listeners[0].tls",
+        "an HTTPS listener needs tls",
+    ),
+    (
+        GW,
+        "Gateway",
+        "gatewayClassName: istio\nlisteners:\n- {name: a, port: 80, protocol: HTTP}\n- {name: a, port: 81, protocol: HTTP}",
+        "spec.listeners[1].name",
+        "names must be unique",
+    ),
+    (
+        GW,
+        "Gateway",
+        "gatewayClassName: istio\nlisteners:\n- {name: a, port: 80, protocol: HTTP, hostname: '1.2.3.4'}",
+        "spec.listeners[0].hostname",
+        "not a hostname",
+    ),
+    (
+        GW,
+        "HTTPRoute",
+        "parentRefs: [{name: gw}]\nrules:\n- matches:\n  - path: {type: PathPrefix, value: api}\n  backendRefs: [{name: a, port: 80}]",
+        "spec.rules[0].matches[0].path.value",
+        "must start with '/'",
+    ),
+    (
+        GW,
+        "HTTPRoute",
+        "parentRefs: [{name: gw}]\nrules:\n- backendRefs: [{name: a}]",
+        "spec.rules[0].backendRefs[0].port",
+        "the Service's port",
+    ),
+    (
+        GW,
+        "HTTPRoute",
+        "parentRefs: [{name: gw}]\nrules:\n- filters:\n  - type: RequestRedirect\n    requestRedirect: {statusCode: 305}",
+        "spec.rules[0].filters[0].requestRedirect.statusCode",
+        "use 301, 302, 303, 307 or 308",
+    ),
+    (
+        GW,
+        "HTTPRoute",
+        "parentRefs: [{name: gw}]\nrules:\n- matches:\n  - path: {type: Exact, value: /a}\n  filters:\n  - type: URLRewrite\n    urlRewrite: {path: {type: ReplacePrefixMatch, replacePrefixMatch: /b}}\n  backendRefs: [{name: a, port: 80}]",
+        "spec.rules[0].filters[0].urlRewrite.path.type",
+        "every match of the rule to be a PathPrefix",
+    ),
+    (
+        GW,
+        "HTTPRoute",
+        "parentRefs: [{name: gw}]\nrules:\n- timeouts: {request: 1s, backendRequest: 2s}\n  backendRefs: [{name: a, port: 80}]",
+        "spec.rules[0].timeouts.backendRequest",
+        "must not be longer than request",
+    ),
+    (
+        GW,
+        "HTTPRoute",
+        "parentRefs: [{name: gw}]\nrules:\n- timeouts: {request: 1.5s}\n  backendRefs: [{name: a, port: 80}]",
+        "spec.rules[0].timeouts.request",
+        "not a Gateway API duration",
+    ),
+    (
+        GW,
+        "GRPCRoute",
+        "parentRefs: [{name: gw}]\nrules:\n- matches:\n  - method: {type: Exact}\n  backendRefs: [{name: a, port: 80}]",
+        "spec.rules[0].matches[0].method",
+        "one or both of service and method",
+    ),
+    (
+        "gateway.networking.k8s.io/v1beta1",
+        "ReferenceGrant",
+        "from: []\nto: [{group: '', kind: Service}]",
+        "spec.from",
+        "at least one from entry",
+    ),
 ];
 
 #[test]
@@ -609,6 +688,21 @@ const VALID: &[(&str, &str, &str)] = &[
         POL,
         "RateLimitPolicy",
         "selector: {matchLabels: {app: r}}\nlimits:\n- name: per-workload\n  tokenBucket: {maxTokens: 100, tokensPerFill: 100, fillInterval: 1s}\n- name: writes\n  match:\n  - method: {exact: POST}\n    uri: {prefix: /api}\n    headers: {x-tenant: {}}\n    port: 8080\n  tokenBucket: {maxTokens: 10, fillInterval: 100ms}",
+    ),
+    (
+        GW,
+        "Gateway",
+        "gatewayClassName: istio\nlisteners:\n- name: https\n  port: 443\n  protocol: HTTPS\n  hostname: '*.example.com'\n  tls: {certificateRefs: [{name: cert}]}\n  allowedRoutes: {namespaces: {from: Selector, selector: {matchLabels: {shared: 'true'}}}}",
+    ),
+    (
+        GW,
+        "HTTPRoute",
+        "parentRefs: [{name: gw, sectionName: https}, {group: '', kind: Service, name: r, port: 80}]\nhostnames: [shop.example.com]\nrules:\n- matches:\n  - path: {type: PathPrefix, value: /api}\n    headers: [{name: x-v, value: '2'}]\n    queryParams: [{type: RegularExpression, name: q, value: '^a'}]\n    method: GET\n  filters:\n  - type: RequestHeaderModifier\n    requestHeaderModifier: {set: [{name: x-a, value: b}], remove: [x-c]}\n  - type: URLRewrite\n    urlRewrite: {path: {type: ReplacePrefixMatch, replacePrefixMatch: /v2}}\n  backendRefs: [{name: a, port: 80, weight: 90}, {name: b, namespace: other, port: 80, weight: 10}]\n  timeouts: {request: 10s, backendRequest: 2s}\n  retry: {attempts: 2, codes: [503], backoff: 100ms}",
+    ),
+    (
+        GW,
+        "GRPCRoute",
+        "parentRefs: [{name: gw}]\nrules:\n- matches:\n  - method: {service: shop.Cart, method: Add}\n  backendRefs: [{name: cart, port: 50051}]",
     ),
 ];
 

@@ -352,6 +352,85 @@ fn bookinfo_with_echo() -> String {
     mesh_injector::template::to_yaml(&docs).unwrap()
 }
 
+fn bookinfo_file(path: &str) -> PathBuf {
+    mesh_api::testing::shared_testdata()
+        .join("istio-samples/bookinfo")
+        .join(path)
+}
+
+#[test]
+#[ignore = "needs root: runs a mesh in network namespaces"]
+fn bookinfo_through_its_gateway_api_gateway_with_reviews_routed_by_httproutes() {
+    let c = harness::local("bookinfo-gateway-api");
+    c.apply_yaml(&bookinfo_with_echo()).unwrap();
+    c.apply(&bookinfo_file("platform/kube/bookinfo-versions.yaml"))
+        .unwrap();
+    // Bookinfo's own Gateway API YAML: the Gateway gets a gateway pod of its own
+    // (bookinfo-gateway-istio-0, as Istio deploys bookinfo-gateway-istio), the HTTPRoute
+    // binds productpage's paths to it, and a GAMMA route sends reviews to v1.
+    c.apply(&bookinfo_file("gateway-api/bookinfo-gateway.yaml"))
+        .unwrap();
+    c.apply(&bookinfo_file("gateway-api/route-reviews-v1.yaml"))
+        .unwrap();
+    c.run(&outside()).unwrap();
+    let gateway = c.mesh.pod("bookinfo-gateway-istio-0").unwrap().address;
+    let page = format!("http://{gateway}/productpage");
+    let all_v1 = "productpage/v1(details/v1,reviews/v1)";
+    let routed = wait_until(DEADLINE, || {
+        c.load("outside", &page, &["-n", "5"])
+            .is_ok_and(|r| r.by_chain.get(all_v1) == Some(&5))
+    });
+    assert!(
+        routed,
+        "productpage never answered through the Gateway API gateway with reviews v1"
+    );
+    let report = c.load("outside", &page, &["-n", "100", "-c", "4"]).unwrap();
+    assert_all_ok(&report);
+    assert_eq!(report.by_chain.get(all_v1), Some(&100), "{report:?}");
+    // PathPrefix matches whole segments; other paths get the gateway's 404.
+    let statics = c
+        .load(
+            "outside",
+            &format!("http://{gateway}/static/app.css"),
+            &["-n", "3"],
+        )
+        .unwrap();
+    assert_eq!(
+        statics.by_service.get("productpage"),
+        Some(&3),
+        "{statics:?}"
+    );
+    let other = c
+        .load(
+            "outside",
+            &format!("http://{gateway}/staticfoo"),
+            &["-n", "2"],
+        )
+        .unwrap();
+    assert_eq!(failed_with(&other, 404, ""), 2, "{other:?}");
+
+    // The 90/10 split between the reviews versions, by weights on backendRefs.
+    c.apply(&bookinfo_file("gateway-api/route-reviews-90-10.yaml"))
+        .unwrap();
+    let v2 = "productpage/v1(details/v1,reviews/v2(ratings/v1))";
+    let split = wait_until(DEADLINE, || {
+        c.load("outside", &page, &["-n", "40"])
+            .is_ok_and(|r| r.by_chain.get(v2).is_some_and(|n| *n > 0))
+    });
+    assert!(split, "reviews v2 never answered after the 90/10 route");
+    let report = c.load("outside", &page, &["-n", "400", "-c", "4"]).unwrap();
+    assert_all_ok(&report);
+    let (n1, n2) = (
+        report.by_chain.get(all_v1).copied().unwrap_or(0),
+        report.by_chain.get(v2).copied().unwrap_or(0),
+    );
+    assert_eq!(n1 + n2, 400, "{report:?}");
+    assert!(
+        (10..=70).contains(&n2),
+        "v2 answered {n2} of 400 for a 10% weight"
+    );
+}
+
 fn bookinfo_networking(file: &str) -> PathBuf {
     mesh_api::testing::shared_testdata()
         .join("istio-samples/bookinfo/networking")

@@ -107,6 +107,11 @@ pub fn handle(state: &DebugState, path: &str, query: &str) -> Response<Full<Byte
                 .map(|w| json!({"kind": w.kind, "name": format!("{}/{}", w.namespace, w.name), "address": w.address}))
                 .collect();
             let findings: Vec<String> = snapshot.findings.iter().map(ToString::to_string).collect();
+            let gateway_api: Vec<_> = model
+                .gateway_api_status
+                .iter()
+                .map(|s| json!({"object": s.describe(), "status": s.status}))
+                .collect();
             reply(
                 StatusCode::OK,
                 json!({
@@ -116,6 +121,7 @@ pub fn handle(state: &DebugState, path: &str, query: &str) -> Response<Full<Byte
                     "services": services,
                     "workloads": workloads,
                     "findings": findings,
+                    "gatewayApiStatus": gateway_api,
                 }),
             )
         }

@@ -113,7 +113,118 @@ pub fn not_enforced(resource: &Resource) -> Vec<Diagnostic> {
             );
             out.0
         }
+        Resource::KubeGateway(r) => in_kube_gateway(&r.spec),
+        Resource::HttpRoute(r) => {
+            let mut out = Out(Vec::new());
+            for (i, rule) in r.spec.rules.iter().enumerate() {
+                let at = format!("spec.rules[{i}]");
+                route_rule_extras(&mut out, &at, &rule.filters, &rule.session_persistence);
+                for (k, b) in rule.backend_refs.iter().enumerate() {
+                    route_rule_extras(
+                        &mut out,
+                        &format!("{at}.backendRefs[{k}]"),
+                        &b.filters,
+                        &None,
+                    );
+                }
+            }
+            out.0
+        }
+        Resource::GrpcRoute(r) => {
+            let mut out = Out(Vec::new());
+            for (i, rule) in r.spec.rules.iter().enumerate() {
+                let at = format!("spec.rules[{i}]");
+                route_rule_extras(&mut out, &at, &rule.filters, &rule.session_persistence);
+            }
+            out.0
+        }
+        Resource::GatewayClass(r) => {
+            let mut out = Out(Vec::new());
+            if r.spec.parameters_ref.is_some() {
+                out.add(
+                    "spec.parametersRef",
+                    "gateways of this class are deployed with the mesh's defaults; parameters are not read",
+                );
+            }
+            out.0
+        }
         _ => Vec::new(),
+    }
+}
+
+/// [`not_enforced`] for a Gateway API Gateway's spec.
+fn in_kube_gateway(spec: &crate::gateway_api::GatewaySpec) -> Vec<Diagnostic> {
+    let mut out = Out(Vec::new());
+    for (set, field, what) in [
+        (
+            spec.backend_tls.is_some(),
+            "spec.backendTLS",
+            "the gateway reaches backends with mesh mTLS or plaintext, never with these settings",
+        ),
+        (
+            spec.tls.is_some(),
+            "spec.tls",
+            "gateway-wide TLS settings are not applied; client certificate validation (tls.frontend) refuses the HTTPS listeners (status Accepted=False) rather than serve them without it",
+        ),
+        (
+            spec.allowed_listeners.is_some(),
+            "spec.allowedListeners",
+            "ListenerSets are not read; only the Gateway's own listeners are served",
+        ),
+        (
+            spec.infrastructure
+                .as_ref()
+                .is_some_and(|i| i.parameters_ref.is_some()),
+            "spec.infrastructure.parametersRef",
+            "the gateway is deployed with the mesh's defaults; parameters are not read",
+        ),
+    ] {
+        if set {
+            out.add(field, what);
+        }
+    }
+    for (i, l) in spec.listeners.iter().enumerate() {
+        let at = format!("spec.listeners[{i}]");
+        if let Some(t) = &l.tls {
+            if t.frontend_validation.is_some() {
+                out.add(
+                    format!("{at}.tls.frontendValidation"),
+                    "client certificates are not verified yet, so the listener is refused (status Accepted=False) rather than served without them",
+                );
+            }
+            if !t.options.is_empty() {
+                out.add(format!("{at}.tls.options"), "TLS options are not read");
+            }
+        }
+    }
+    out.0
+}
+
+/// Route filters and settings the gateway does not apply.
+fn route_rule_extras(
+    out: &mut Out,
+    at: &str,
+    filters: &[crate::gateway_api::HTTPRouteFilter],
+    session: &Option<serde_json::Value>,
+) {
+    if session.is_some() {
+        out.add(
+            format!("{at}.sessionPersistence"),
+            "requests are balanced without session persistence",
+        );
+    }
+    for (i, f) in filters.iter().enumerate() {
+        match f.type_.as_str() {
+            "ExtensionRef" => out.add(
+                format!("{at}.filters[{i}]"),
+                "no extension filters are known: requests this rule matches are answered 500, as the Gateway API asks",
+            ),
+            "CORS" => out.add(
+                format!("{at}.filters[{i}]"),
+                "CORS filters of HTTPRoutes are not applied yet; use a VirtualService corsPolicy",
+            ),
+            _ => {}
+        }
     }
 }
 

@@ -5,6 +5,7 @@
 
 mod checks;
 mod enforced;
+mod gateway_api;
 mod kube;
 mod networking;
 mod policy;
@@ -16,6 +17,7 @@ use crate::resource::Resource;
 
 pub use checks::parse_duration;
 pub use enforced::{NOT_ENFORCED, not_enforced};
+pub use gateway_api::parse_gateway_duration;
 pub(crate) use networking::locality_lb_findings;
 pub use policy::MIN_FILL_INTERVAL;
 /// The same inventory per resource kind, for the spec alone (pilot's per-proxy report).
@@ -68,6 +70,11 @@ pub fn validate(resource: &Resource) -> Vec<Diagnostic> {
         Resource::Service(r) => kube::service(&mut f, r),
         Resource::Deployment(r) => kube::deployment(&mut f, r),
         Resource::ConfigMap(r) => kube::config_map(&mut f, r),
+        Resource::GatewayClass(r) => gateway_api::gateway_class(&mut f, &r.spec),
+        Resource::KubeGateway(r) => gateway_api::gateway(&mut f, &r.spec),
+        Resource::HttpRoute(r) => gateway_api::http_route(&mut f, &r.spec),
+        Resource::GrpcRoute(r) => gateway_api::grpc_route(&mut f, &r.spec),
+        Resource::ReferenceGrant(r) => gateway_api::reference_grant(&mut f, &r.spec),
         Resource::Secret(_) => {}
         Resource::Namespace(_)
         | Resource::ServiceAccount(_)

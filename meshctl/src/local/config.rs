@@ -233,6 +233,13 @@ pub struct ServiceAddress {
     pub vip: Ipv4Addr,
 }
 
+/// Every resource applied so far (what fails to read now is left out).
+pub fn read_all(layout: &Layout) -> Vec<Resource> {
+    mesh_api::load::load_path(&layout.config())
+        .map(|r| r.documents.into_iter().map(|d| d.resource).collect())
+        .unwrap_or_default()
+}
+
 /// The Services applied, with their VIPs.
 pub fn services(layout: &Layout) -> Vec<ServiceAddress> {
     let dir = layout.config().join("service");

@@ -105,9 +105,42 @@ pub fn pods_for_deployment(d: &Deployment) -> Result<Vec<PodSpec>, DeploymentErr
         .collect())
 }
 
+/// The gateway pod deployed for a Gateway API Gateway of the mesh's class, as Istio deploys
+/// `NAME-istio` for it: labelled with the Gateway's name (which its generated configuration
+/// selects), in its namespace. `None` for Gateways of other classes, or ones that name the
+/// Service of a gateway deployed by hand in `spec.addresses`.
+pub fn gateway_pod_for(g: &mesh_api::gateway_api::Gateway, classes: &[String]) -> Option<PodSpec> {
+    let ours = g.spec.gateway_class_name == "istio" || classes.contains(&g.spec.gateway_class_name);
+    if !ours || !g.spec.addresses.is_empty() {
+        return None;
+    }
+    let name = g.metadata.name.clone().unwrap_or_default();
+    Some(PodSpec {
+        name: format!("{name}-istio-0"),
+        namespace: g
+            .metadata
+            .namespace
+            .clone()
+            .unwrap_or_else(|| "default".into()),
+        service_account: format!("{name}-istio"),
+        labels: [
+            (
+                "gateway.networking.k8s.io/gateway-name".to_string(),
+                name.clone(),
+            ),
+            ("istio.io/gateway-name".to_string(), name),
+        ]
+        .into(),
+        sidecar: true,
+        gateway: true,
+        ..PodSpec::default()
+    })
+}
+
 impl Mesh {
-    /// Starts the pods of every Deployment among `resources` that is not running yet. Returns
-    /// the pods started and, per Deployment the runtime cannot run, why.
+    /// Starts the pods of every Deployment among `resources` that is not running yet, and a
+    /// gateway for every Gateway API Gateway of the mesh's class. Returns the pods started
+    /// and, per Deployment the runtime cannot run, why.
     pub fn start_deployments(
         &self,
         resources: &[Resource],
@@ -115,7 +148,30 @@ impl Mesh {
     ) -> Result<(Vec<String>, Vec<String>), RuntimeError> {
         let running = self.state()?.pods;
         let (mut started, mut skipped) = (Vec::new(), Vec::new());
+        // GatewayClasses of the mesh's controller (applied now or before).
+        let classes: Vec<String> = resources
+            .iter()
+            .chain(config::read_all(&self.layout).iter())
+            .filter_map(|r| match r {
+                Resource::GatewayClass(c)
+                    if c.spec.controller_name == "istio.io/gateway-controller" =>
+                {
+                    c.metadata.name.clone()
+                }
+                _ => None,
+            })
+            .collect();
         for r in resources {
+            if let Resource::KubeGateway(g) = r {
+                if let Some(pod) = gateway_pod_for(g, &classes)
+                    && !running.contains_key(&pod.name)
+                {
+                    on_pod(&pod.name);
+                    self.run(&pod)?;
+                    started.push(pod.name.clone());
+                }
+                continue;
+            }
             let Resource::Deployment(d) = r else { continue };
             match pods_for_deployment(d) {
                 Err(why) => skipped.push(format!("Deployment {}: {why}", r.display_name())),

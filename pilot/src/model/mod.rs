@@ -2,6 +2,7 @@
 //! everything once per configuration change; the per-proxy translation (`crate::translate`)
 //! then only reads it.
 
+pub mod gateway_api;
 pub mod host;
 pub mod peer_authentication;
 pub mod policy;
@@ -91,6 +92,8 @@ pub struct Model {
     /// Istio's mesh configuration, from the ConfigMap `istio` in the root namespace (its
     /// extension providers: the external authorizers CUSTOM policies name).
     pub mesh: MeshConfigSpec,
+    /// The status of every Gateway API object the mesh answers for.
+    pub gateway_api_status: Vec<gateway_api::status::ObjectStatus>,
 }
 
 pub use select::{Selector, namespace_of, oldest_first};
@@ -109,6 +112,7 @@ impl Model {
             slices: Vec::new(),
             workload_entries: Vec::new(),
         };
+        let mut gateway_api_input = gateway_api::Input::default();
         let mut model = Model {
             config,
             files,
@@ -151,13 +155,32 @@ impl Model {
                     );
                     model.secrets.insert(key, (**s).clone());
                 }
+                Resource::GatewayClass(c) => gateway_api_input.classes.push(c),
+                Resource::KubeGateway(g) => gateway_api_input.gateways.push(g),
+                Resource::HttpRoute(r) => gateway_api_input.http_routes.push(r),
+                Resource::GrpcRoute(r) => gateway_api_input.grpc_routes.push(r),
+                Resource::ReferenceGrant(g) => gateway_api_input.grants.push(g),
+                Resource::Namespace(n) => {
+                    gateway_api_input.namespaces.insert(
+                        n.metadata.name.clone().unwrap_or_default(),
+                        n.metadata.labels.clone().unwrap_or_default(),
+                    );
+                }
                 Resource::WorkloadGroup(_)
-                | Resource::Namespace(_)
                 | Resource::ServiceAccount(_)
                 | Resource::Deployment(_) => {}
             }
         }
         model.registry = Registry::build(input, &model.config.domain, &model.config.trust_domain);
+        let converted = gateway_api::convert(
+            &gateway_api_input,
+            &model.registry,
+            &model.config.domain,
+            &model.secrets,
+        );
+        model.gateways.extend(converted.gateways);
+        model.virtual_services.extend(converted.virtual_services);
+        model.gateway_api_status = converted.statuses;
         model
             .virtual_services
             .sort_by(|a, b| oldest_first(&a.metadata, &b.metadata));

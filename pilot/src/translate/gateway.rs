@@ -64,10 +64,14 @@ fn bound_to(vs: &VirtualService, gateway: &str) -> bool {
 
 /// The Gateways that select `node`.
 pub fn selecting<'m>(model: &'m Model, node: &ProxyNode) -> impl Iterator<Item = &'m Gateway> {
-    model
-        .gateways
-        .iter()
-        .filter(|g| Selector::new(&g.spec.selector).matches(&node.labels))
+    model.gateways.iter().filter(|g| {
+        let own_namespace_only =
+            g.metadata.annotations.as_ref().is_some_and(|a| {
+                a.contains_key(crate::model::gateway_api::SAME_NAMESPACE_ANNOTATION)
+            });
+        Selector::new(&g.spec.selector).matches(&node.labels)
+            && (!own_namespace_only || namespace_of(&g.metadata) == node.namespace)
+    })
 }
 
 /// The listeners of gateway `node`: one per port, its virtual hosts in the order of the
@@ -329,7 +333,13 @@ fn certificate(
         };
         (file(&tls.server_certificate)?, file(&tls.private_key)?, ca)
     } else {
-        let secret = |name: &str| model.secrets.get(&format!("{}/{name}", node.namespace));
+        // A Gateway API listener's certificate is named `namespace/name` (it may live in
+        // another namespace, under a ReferenceGrant); Istio's are in the gateway's namespace.
+        let secret =
+            |name: &str| match name.strip_prefix(crate::model::gateway_api::SECRET_REF_PREFIX) {
+                Some(key) => model.secrets.get(key),
+                None => model.secrets.get(&format!("{}/{name}", node.namespace)),
+            };
         let s = secret(&tls.credential_name)?;
         let ca = if mutual {
             secret_key(s, &["ca.crt", "cacert"]).or_else(|| {
@@ -356,19 +366,28 @@ fn certificate(
 }
 
 /// The Secrets that Gateways among `resources` name in `credentialName` (and their
-/// `-cacert` companions): the only ones a source passes on.
+/// `-cacert` companions) or, for Gateway API Gateways, in `certificateRefs`: the only ones a
+/// source passes on.
 pub fn credential_names(
     resources: &[std::sync::Arc<mesh_api::Resource>],
 ) -> std::collections::BTreeSet<String> {
     let mut out = std::collections::BTreeSet::new();
     for r in resources {
-        if let mesh_api::Resource::Gateway(g) = &**r {
-            for t in g.spec.servers.iter().filter_map(|s| s.tls.as_ref()) {
-                if !t.credential_name.is_empty() {
-                    out.insert(t.credential_name.clone());
-                    out.insert(format!("{}-cacert", t.credential_name));
+        match &**r {
+            mesh_api::Resource::Gateway(g) => {
+                for t in g.spec.servers.iter().filter_map(|s| s.tls.as_ref()) {
+                    if !t.credential_name.is_empty() {
+                        out.insert(t.credential_name.clone());
+                        out.insert(format!("{}-cacert", t.credential_name));
+                    }
                 }
             }
+            mesh_api::Resource::KubeGateway(g) => {
+                for t in g.spec.listeners.iter().filter_map(|l| l.tls.as_ref()) {
+                    out.extend(t.certificate_refs.iter().map(|c| c.name.clone()));
+                }
+            }
+            _ => {}
         }
     }
     out

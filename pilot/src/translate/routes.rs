@@ -7,7 +7,8 @@ use std::collections::BTreeMap;
 
 use mesh_api::common::StringMatch;
 use mesh_api::networking::{
-    Destination, HeaderOperations, HttpMatchRequest, HttpRoute, RouteDestination, VirtualService,
+    Destination, HeaderOperations, HttpMatchRequest, HttpRedirect, HttpRoute,
+    RedirectPortSelection, RouteDestination, VirtualService,
 };
 use mesh_api::proto::state::v1 as state;
 
@@ -252,13 +253,7 @@ fn one_route(
         name: route.name.clone(),
         matches,
         destinations,
-        redirect: route.redirect.as_ref().map(|r| state::Redirect {
-            uri: r.uri.clone(),
-            authority: r.authority.clone(),
-            port: r.port.unwrap_or(0),
-            scheme: r.scheme.clone(),
-            code: r.redirect_code.unwrap_or(301),
-        }),
+        redirect: route.redirect.as_ref().map(|r| redirect(r, &route.matches)),
         direct_response: route
             .direct_response
             .as_ref()
@@ -489,6 +484,34 @@ pub fn tls_routes(model: &Model, vs: &VirtualService, node: &ProxyNode) -> Vec<s
                 destinations: dests.clone(),
             });
         }
+    }
+    out
+}
+
+/// A redirect; a generated Gateway API prefix redirect (`%PREFIX()%rest`) becomes a regex on
+/// the path that replaces the prefix the route matched.
+fn redirect(r: &HttpRedirect, matches: &[HttpMatchRequest]) -> state::Redirect {
+    use crate::model::gateway_api::{PREFIX_MARKER, prefix_rewrite};
+    let mut out = state::Redirect {
+        uri: r.uri.clone(),
+        authority: r.authority.clone(),
+        port: r.port.unwrap_or(0),
+        scheme: r.scheme.clone(),
+        code: r.redirect_code.unwrap_or(301),
+        protocol_default_port: r.derive_port == Some(RedirectPortSelection::FromProtocolDefault),
+        ..state::Redirect::default()
+    };
+    if let Some(rest) = r.uri.strip_prefix(PREFIX_MARKER) {
+        let prefix = matches
+            .iter()
+            .filter_map(|m| m.uri.as_ref())
+            .find_map(|u| u.exact.as_deref().or(u.prefix.as_deref()))
+            .unwrap_or("/")
+            .trim_end_matches('/');
+        let re = prefix_rewrite(prefix, rest);
+        out.uri = String::new();
+        out.uri_regex = re.pattern;
+        out.uri_regex_substitution = re.rewrite;
     }
     out
 }

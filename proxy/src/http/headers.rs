@@ -358,8 +358,13 @@ fn backrefs(sub: &str) -> String {
     out
 }
 
-/// The redirect response.
-pub fn redirect(req: &Request<Body>, rd: &proto::Redirect, authority: &str) -> Response<Body> {
+/// The redirect response. The Location leaves out a port that is the scheme's default.
+pub fn redirect(
+    req: &Request<Body>,
+    rd: &proto::Redirect,
+    authority: &str,
+    state: &State,
+) -> Response<Body> {
     let scheme = if rd.scheme.is_empty() {
         req.uri().scheme_str().unwrap_or("http")
     } else {
@@ -371,20 +376,34 @@ pub fn redirect(req: &Request<Body>, rd: &proto::Redirect, authority: &str) -> R
         rd.authority.as_str()
     };
     let port = match rd.port {
+        0 if rd.protocol_default_port => None,
         0 => authority
             .split_once(':')
-            .map(|(_, p)| format!(":{p}"))
-            .filter(|_| rd.authority.is_empty())
-            .unwrap_or_default(),
-        p => format!(":{p}"),
+            .and_then(|(_, p)| p.parse::<u32>().ok())
+            .filter(|_| rd.authority.is_empty()),
+        p => Some(p),
     };
-    let path = if rd.uri.is_empty() {
+    let port = match (scheme, port) {
+        (_, None) | ("http", Some(80)) | ("https", Some(443)) => String::new(),
+        (_, Some(p)) => format!(":{p}"),
+    };
+    let path = if !rd.uri.is_empty() {
+        rd.uri.clone()
+    } else if let Some(re) = (!rd.uri_regex.is_empty())
+        .then(|| state.rewrite_regex(&rd.uri_regex))
+        .flatten()
+    {
+        let sub = backrefs(&rd.uri_regex_substitution);
+        let new = re.replace_all(req.uri().path(), sub.as_str()).into_owned();
+        match req.uri().query() {
+            Some(q) => format!("{new}?{q}"),
+            None => new,
+        }
+    } else {
         req.uri()
             .path_and_query()
             .map_or("/", |p| p.as_str())
             .to_string()
-    } else {
-        rd.uri.clone()
     };
     let code = if rd.code == 0 { 301 } else { rd.code };
     let mut resp = Response::new(full(bytes::Bytes::new()));

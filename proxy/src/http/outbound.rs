@@ -232,7 +232,7 @@ pub(super) async fn decide_and_send(
         return (resp, None, "DR");
     }
     if let Some(rd) = &route.redirect {
-        return (headers::redirect(req, rd, authority), None, "-");
+        return (headers::redirect(req, rd, authority, state), None, "-");
     }
     if let Some(cors) = &route.cors
         && let Some(preflight) = headers::cors_preflight(req, cors, state)

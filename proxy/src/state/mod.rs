@@ -732,16 +732,27 @@ impl State {
                 self.anchored(host, &format!("httpRoutes[{i}]"), pattern)?;
             }
             // A rewrite replaces every match in the path, so its pattern is not anchored.
-            if let Some(rw) = r.rewrite.as_ref().filter(|rw| !rw.uri_regex.is_empty()) {
-                let compiled = regex::Regex::new(&rw.uri_regex).map_err(|e| {
+            let rewrites = [
+                r.rewrite
+                    .as_ref()
+                    .map(|rw| (&rw.uri_regex, "rewrite.uriRegex")),
+                r.redirect
+                    .as_ref()
+                    .map(|rd| (&rd.uri_regex, "redirect.uriRegex")),
+            ];
+            for (pattern, field) in rewrites.into_iter().flatten() {
+                if pattern.is_empty() {
+                    continue;
+                }
+                let compiled = regex::Regex::new(pattern).map_err(|e| {
                     bad(
                         host,
-                        format!("httpRoutes[{i}].rewrite.uriRegex"),
-                        regex_refused(&rw.uri_regex, &e),
+                        format!("httpRoutes[{i}].{field}"),
+                        regex_refused(pattern, &e),
                     )
                 })?;
                 self.regexes
-                    .insert(format!("{REWRITE_KEY}{}", rw.uri_regex), compiled);
+                    .insert(format!("{REWRITE_KEY}{pattern}"), compiled);
             }
         }
         Ok(())
