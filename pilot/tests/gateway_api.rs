@@ -320,3 +320,99 @@ fn status_conditions_match_istios_for_every_claimed_input() {
         assert!(claimed_files.iter().any(|f| f == c), "{c} was not checked");
     }
 }
+
+/// Routes of several HTTPRoutes on one listener and host come out in the Gateway API's
+/// precedence order, prefixes matching whole segments; a backend in another namespace needs a
+/// ReferenceGrant; a GAMMA route becomes the Service's VirtualService.
+#[test]
+fn routes_are_ordered_by_precedence_and_references_are_checked() {
+    let yaml = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: a, namespace: shop}
+spec: {selector: {app: a}, ports: [{name: http, port: 80}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: b, namespace: other}
+spec: {selector: {app: b}, ports: [{name: http, port: 80}]}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: edge, namespace: shop}
+spec:
+  gatewayClassName: istio
+  listeners: [{name: http, port: 80, protocol: HTTP}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: first, namespace: shop, creationTimestamp: "2026-01-01T00:00:00Z"}
+spec:
+  parentRefs: [{name: edge}]
+  rules:
+  - matches: [{path: {type: PathPrefix, value: /api}}]
+    backendRefs: [{name: a, port: 80}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: second, namespace: shop, creationTimestamp: "2026-01-02T00:00:00Z"}
+spec:
+  parentRefs: [{name: edge}]
+  rules:
+  - matches: [{path: {type: Exact, value: /api/login}}]
+    backendRefs: [{name: a, port: 80}]
+  - matches: [{path: {type: PathPrefix, value: /api/v2}}]
+    backendRefs: [{name: b, namespace: other, port: 80}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: mesh, namespace: shop}
+spec:
+  parentRefs: [{group: "", kind: Service, name: a, port: 80}]
+  rules:
+  - backendRefs: [{name: a, port: 80}]
+"#;
+    let model = mesh_pilot::testing::model(&mesh_pilot::testing::resources(yaml));
+    let vs = model
+        .virtual_services
+        .iter()
+        .find(|v| v.spec.gateways == ["shop/edge~http"])
+        .expect("a VirtualService bound to the listener");
+    let names: Vec<&str> = vs.spec.http.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(
+        names,
+        ["shop.second.0.0", "shop.second.1.0", "shop.first.0.0"],
+        "exact first, then the longer prefix, then the shorter"
+    );
+    // `/api` matches `/api` and `/api/...`, never `/apis`.
+    let first = &vs.spec.http[2].matches;
+    assert_eq!(
+        first[0].uri.as_ref().unwrap().exact.as_deref(),
+        Some("/api")
+    );
+    assert_eq!(
+        first[1].uri.as_ref().unwrap().prefix.as_deref(),
+        Some("/api/")
+    );
+    // Without a ReferenceGrant the backend in `other` is refused: that rule answers 500.
+    let v2 = &vs.spec.http[1];
+    assert_eq!(v2.direct_response.as_ref().map(|d| d.status), Some(500));
+    let second = model
+        .gateway_api_status
+        .iter()
+        .find(|s| s.name == "second")
+        .unwrap();
+    let conditions = second.conditions();
+    assert!(conditions.iter().any(|(_, c)| c["type"] == "ResolvedRefs"
+        && c["status"] == "False"
+        && c["reason"] == "RefNotPermitted"));
+    // The GAMMA route: Service a's own VirtualService, for every caller, on port 80.
+    let mesh = model
+        .virtual_services
+        .iter()
+        .find(|v| v.spec.hosts == ["a.shop.svc.cluster.local"])
+        .expect("the Service's VirtualService");
+    assert!(mesh.spec.gateways.is_empty());
+    assert_eq!(mesh.spec.export_to, ["*"]);
+    assert_eq!(mesh.spec.http[0].matches[0].port, Some(80));
+}

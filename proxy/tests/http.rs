@@ -320,6 +320,29 @@ async fn direct_responses_redirects_rewrites_and_header_operations() {
             }),
             ..Default::default()
         },
+        // A Gateway API prefix redirect: the matched segment replaced, the query kept, the
+        // scheme's default port left out.
+        proto::HttpRoute {
+            matches: vec![prefix("/moved/")],
+            redirect: Some(proto::Redirect {
+                uri_regex: "^/moved(/.*)?$".into(),
+                uri_regex_substitution: r"/here\1".into(),
+                scheme: "https".into(),
+                protocol_default_port: true,
+                code: 302,
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+        proto::HttpRoute {
+            matches: vec![prefix("/port/")],
+            redirect: Some(proto::Redirect {
+                port: 8443,
+                scheme: "https".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
         proto::HttpRoute {
             matches: vec![prefix("/api/v1/")],
             rewrite: Some(proto::Rewrite {
@@ -354,6 +377,15 @@ async fn direct_responses_redirects_rewrites_and_header_operations() {
     let old = get(&mut c, "/old/x", &[]).await;
     assert_eq!(old.status, StatusCode::MOVED_PERMANENTLY);
     assert_eq!(old.headers["location"], "http://shop.example.com/new");
+
+    let moved = get(&mut c, "/moved/a/b?x=1", &[]).await;
+    assert_eq!(moved.status, StatusCode::FOUND);
+    assert_eq!(
+        moved.headers["location"],
+        "https://shop.default/here/a/b?x=1"
+    );
+    let port = get(&mut c, "/port/p", &[]).await;
+    assert_eq!(port.headers["location"], "https://shop.default:8443/port/p");
 
     let api = get(
         &mut c,
