@@ -76,7 +76,7 @@ pub struct Echo {
     pub host: String,
     /// The caller's SPIFFE id, when a sidecar vouched for it (mutual TLS).
     pub peer: Option<String>,
-    /// Request headers as received (last value of each).
+    /// Request headers as received (repeated ones joined with commas).
     pub headers: BTreeMap<String, String>,
     /// For `/call`: what the called URL answered.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -208,6 +208,12 @@ impl Server {
         if !self.config.latency.is_zero() {
             tokio::time::sleep(self.config.latency).await;
         }
+        // As the Gateway API conformance echo: `?delay=1s` answers late.
+        if let Some(delay) = query_param(req.uri().query().unwrap_or(""), "delay")
+            .and_then(|d| mesh_api::validate::parse_duration(&d).ok())
+        {
+            tokio::time::sleep(delay.min(Duration::from_secs(30))).await;
+        }
         if self.config.error_rate > 0.0 && fastrand::f64() < self.config.error_rate {
             return text(StatusCode::SERVICE_UNAVAILABLE, "injected error\n");
         }
@@ -255,22 +261,51 @@ impl Server {
             let _ = req.into_body().collect().await;
             return json(StatusCode::BAD_GATEWAY, &echo);
         }
+        // As the Gateway API conformance echo: `X-Echo-Set-Header: Name:value,Other:value`
+        // sets those response headers.
+        let set: Vec<(String, String)> = req
+            .headers()
+            .get_all("x-echo-set-header")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|kv| kv.split_once(':'))
+            .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+            .collect();
         // Drain the request body so keep-alive connections stay usable.
         let _ = req.into_body().collect().await;
-        json(StatusCode::OK, &echo)
+        let mut resp = json(StatusCode::OK, &echo);
+        for (k, v) in set {
+            if let (Ok(k), Ok(v)) = (
+                http::HeaderName::from_bytes(k.as_bytes()),
+                http::HeaderValue::from_str(&v),
+            ) {
+                resp.headers_mut().append(k, v);
+            }
+        }
+        resp
     }
 
     fn describe<B>(&self, req: &Request<B>) -> Echo {
-        let headers: BTreeMap<String, String> = req
-            .headers()
-            .iter()
-            .filter_map(|(k, v)| Some((k.as_str().to_string(), v.to_str().ok()?.to_string())))
-            .collect();
-        let host = req
-            .uri()
-            .authority()
-            .map(|a| a.to_string())
-            .or_else(|| headers.get("host").cloned())
+        // A header sent several times reads as its values joined with commas, as HTTP folds
+        // them.
+        let mut headers: BTreeMap<String, String> = BTreeMap::new();
+        for (k, v) in req.headers() {
+            let Ok(v) = v.to_str() else { continue };
+            headers
+                .entry(k.as_str().to_string())
+                .and_modify(|e| {
+                    e.push(',');
+                    e.push_str(v);
+                })
+                .or_insert_with(|| v.to_string());
+        }
+        // HTTP/1.1's Host header is the authority asked for (a proxy may send the target in
+        // absolute form); HTTP/2 has only `:authority`.
+        let host = headers
+            .get("host")
+            .cloned()
+            .or_else(|| req.uri().authority().map(|a| a.to_string()))
             .unwrap_or_default();
         Echo {
             service: self.config.service.clone(),

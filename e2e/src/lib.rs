@@ -3,6 +3,7 @@
 //! `tests/` and drive the local runtime (`meshctl`'s library) in network namespaces.
 
 pub mod bench;
+pub mod conformance;
 pub mod echo;
 pub mod harness;
 pub mod kubernetes;

@@ -120,12 +120,22 @@ pub fn not_enforced(resource: &Resource) -> Vec<Diagnostic> {
                 let at = format!("spec.rules[{i}]");
                 route_rule_extras(&mut out, &at, &rule.filters, &rule.session_persistence);
                 for (k, b) in rule.backend_refs.iter().enumerate() {
-                    route_rule_extras(
-                        &mut out,
-                        &format!("{at}.backendRefs[{k}]"),
-                        &b.filters,
-                        &None,
-                    );
+                    let at = format!("{at}.backendRefs[{k}]");
+                    route_rule_extras(&mut out, &at, &b.filters, &None);
+                    if rule.backend_refs.len() < 2 {
+                        continue;
+                    }
+                    for (i, f) in b.filters.iter().enumerate() {
+                        if matches!(
+                            f.type_.as_str(),
+                            "RequestRedirect" | "URLRewrite" | "RequestMirror"
+                        ) {
+                            out.add(
+                                format!("{at}.filters[{i}]"),
+                                "a backend's own redirect, rewrite or mirror applies only when it is the rule's one backend; not applied",
+                            );
+                        }
+                    }
                 }
             }
             out.0

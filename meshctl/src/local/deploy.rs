@@ -115,8 +115,11 @@ pub fn gateway_pod_for(g: &mesh_api::gateway_api::Gateway, classes: &[String]) -
         return None;
     }
     let name = g.metadata.name.clone().unwrap_or_default();
+    // The pod's name must stay a DNS label: a long Gateway name is cut short.
+    let keep = super::pods::MAX_POD_NAME - "-istio-0".len();
+    let short: String = name.chars().take(keep).collect();
     Some(PodSpec {
-        name: format!("{name}-istio-0"),
+        name: format!("{}-istio-0", short.trim_end_matches('-')),
         namespace: g
             .metadata
             .namespace

@@ -78,8 +78,9 @@ fn is_dns_label(s: &str, max: usize) -> bool {
         && !s.ends_with('-')
 }
 
-/// Longest pod name: the namespace name `mesh-XXXX-NAME` stays readable in `ip netns`.
-const MAX_POD_NAME: usize = 40;
+/// Longest pod name: a DNS label, as in Kubernetes (gateway pods are named after their
+/// Gateway, `NAME-istio-0`).
+pub const MAX_POD_NAME: usize = 63;
 
 impl PodSpec {
     fn check(&self) -> Result<(), RuntimeError> {

@@ -206,9 +206,12 @@ pub fn upstream_request(
             .unwrap_or_else(|| PathAndQuery::from_static("/")),
     );
     let uri = Uri::from_parts(parts).map_err(http::Error::from)?;
+    // An HTTP/2 request from a mesh hop carries the endpoint's address as `:authority` and
+    // the authority asked for in its Host header, which is kept.
     let host = req
         .uri()
         .authority()
+        .filter(|_| req.version() != Version::HTTP_2 || !req.headers().contains_key(header::HOST))
         .and_then(|a| HeaderValue::from_str(a.as_str()).ok());
     let body = std::mem::replace(req.body_mut(), full(bytes::Bytes::new()));
     let mut out = Request::new(body);

@@ -582,7 +582,7 @@ fn finish_route(
 ) {
     for a in &parents {
         for key in &a.buckets {
-            let bucket = buckets.entry(key.clone()).or_default();
+            let bucket = buckets.entry(key.without_port()).or_default();
             bucket.add(route, &rules.rules, key);
         }
     }

@@ -104,6 +104,19 @@ impl BucketKey {
         }
     }
 
+    /// The key without its port: one VirtualService holds a Service's routes for all ports.
+    pub fn without_port(&self) -> Self {
+        match self {
+            BucketKey::Mesh {
+                host,
+                namespace,
+                export,
+                ..
+            } => BucketKey::mesh(host, namespace, export, None),
+            other => other.clone(),
+        }
+    }
+
     pub fn mesh(host: &str, namespace: &str, export: &str, port: Option<u16>) -> Self {
         BucketKey::Mesh {
             host: host.to_string(),
@@ -121,6 +134,8 @@ type Order = (Option<Time>, String);
 pub(crate) struct Bucket {
     entries: Vec<(Specificity, Order, (usize, usize), HttpRoute)>,
     parents: BTreeSet<String>,
+    /// The Service ports some routes apply to alone.
+    ports: BTreeSet<u16>,
 }
 
 impl Bucket {
@@ -133,6 +148,7 @@ impl Bucket {
                 port: Some(port), ..
             } = key
             {
+                self.ports.insert(*port);
                 if http.matches.is_empty() {
                     http.matches.push(HttpMatchRequest::default());
                 }
@@ -149,7 +165,36 @@ impl Bucket {
         self.entries
             .sort_by(|a, b| (Reverse(&a.0), &a.1, a.2).cmp(&(Reverse(&b.0), &b.1, b.2)));
         let parents = self.parents.into_iter().collect::<Vec<_>>().join(",");
-        let http = self.entries.into_iter().map(|e| e.3).collect();
+        let mut http: Vec<HttpRoute> = self.entries.into_iter().map(|e| e.3).collect();
+        // Routes for one port leave the Service's other ports as they were: to the Service.
+        // On the routes' own ports, a request no rule matches is answered 404, as without.
+        if let (false, BucketKey::Mesh { host, .. }) = (self.ports.is_empty(), &key) {
+            for port in &self.ports {
+                http.push(HttpRoute {
+                    name: format!("unmatched-{port}"),
+                    matches: vec![HttpMatchRequest {
+                        port: Some(u32::from(*port)),
+                        ..HttpMatchRequest::default()
+                    }],
+                    direct_response: Some(HttpDirectResponse {
+                        status: 404,
+                        body: None,
+                    }),
+                    ..HttpRoute::default()
+                });
+            }
+            http.push(HttpRoute {
+                name: "default".into(),
+                route: vec![HttpRouteDestination {
+                    destination: Destination {
+                        host: host.clone(),
+                        ..Destination::default()
+                    },
+                    ..HttpRouteDestination::default()
+                }],
+                ..HttpRoute::default()
+            });
+        }
         let (meta, mut spec) = match key {
             BucketKey::Gateway { istio, host } => {
                 let (ns, name) = istio.split_once('/').unwrap_or(("default", &istio));
@@ -162,20 +207,16 @@ impl Bucket {
                 host,
                 namespace,
                 export,
-                port,
+                ..
             } => {
                 let ns = if export == "*" { &namespace } else { &export };
-                let port = port.map_or(String::new(), |p| format!("~{p}"));
                 let mut spec = vs_spec(vec![host.clone()], Vec::new());
                 spec.export_to = vec![if export == "*" {
                     "*".into()
                 } else {
                     ".".into()
                 }];
-                (
-                    generated_meta(format!("{host}~mesh{port}"), ns, parents),
-                    spec,
-                )
+                (generated_meta(format!("{host}~mesh"), ns, parents), spec)
             }
         };
         spec.http = http;
@@ -268,6 +309,26 @@ pub(crate) fn http_rules(
                 domain,
                 &mut out.resolved,
             );
+            // A rule's only backend may carry its own redirect, rewrite or mirror: those
+            // apply to every request the rule takes.
+            if let [only] = rule.backend_refs.as_slice() {
+                let own: Vec<HTTPRouteFilter> = only
+                    .filters
+                    .iter()
+                    .filter(|f| !f.type_.ends_with("HeaderModifier"))
+                    .cloned()
+                    .collect();
+                apply_filters(
+                    &mut http,
+                    &own,
+                    prefix,
+                    route,
+                    grants,
+                    registry,
+                    domain,
+                    &mut out.resolved,
+                );
+            }
             backends(
                 &mut http,
                 &rule.backend_refs,
