@@ -245,6 +245,7 @@ pub fn render(v: &Values) -> Vec<Value> {
         "networking.istio.io",
         "security.istio.io",
         "policy.mesh.dev",
+        "gateway.networking.k8s.io",
     ]
     .iter()
     .map(|g| json!(g))
@@ -261,6 +262,9 @@ pub fn render(v: &Values) -> Vec<Value> {
             {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "list", "watch"]},
             {"apiGroups": custom, "resources": ["*"], "verbs": ["get", "list", "watch"]},
             {"apiGroups": custom, "resources": ["*/status"], "verbs": ["get", "patch", "update"]},
+            // The gateway each Gateway API Gateway asks for, as istiod deploys it.
+            {"apiGroups": ["apps"], "resources": ["deployments"], "verbs": ["get", "list", "watch", "create", "patch"]},
+            {"apiGroups": [""], "resources": ["services", "serviceaccounts"], "verbs": ["create", "patch"]},
             {"apiGroups": ["authentication.k8s.io"], "resources": ["tokenreviews"], "verbs": ["create"]},
             {"apiGroups": ["admissionregistration.k8s.io"], "resources": ["mutatingwebhookconfigurations"], "resourceNames": [WEBHOOK_CONFIGURATION], "verbs": ["get", "patch"]},
         ],

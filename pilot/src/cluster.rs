@@ -198,6 +198,22 @@ pub async fn start(client: Client, cfg: ClusterConfig) -> anyhow::Result<Cluster
         )));
     }
 
+    match &cfg.webhook {
+        Some(w) => tasks.push(tokio::spawn(crate::gateway_deploy::keep_deployed(
+            client.clone(),
+            cfg.field_manager.clone(),
+            w.inject.clone(),
+            pilot.generations.clone(),
+        ))),
+        None => tracing::info!(
+            "no injector configuration: Gateway API Gateways get no gateway deployed; name one in their spec.addresses"
+        ),
+    }
+    tasks.push(tokio::spawn(crate::gateway_status::keep_published(
+        client.clone(),
+        cfg.field_manager.clone(),
+        pilot.generations.clone(),
+    )));
     tasks.push(tokio::spawn(keep_published(client, cfg, roots.clone())));
     Ok(ClusterControlPlane {
         pilot,

@@ -8,6 +8,8 @@ pub mod certs;
 pub mod cluster;
 pub mod debug;
 pub mod discovery;
+pub mod gateway_deploy;
+pub mod gateway_status;
 pub mod kube_publish;
 pub mod model;
 pub mod run;

@@ -321,3 +321,281 @@ async fn a_kind_whose_crd_is_not_installed_is_left_out_not_waited_for() {
     assert_eq!(reviews_endpoints(&first).len(), 3);
     source.abort();
 }
+
+/// A list of the API's own JSON shape.
+fn list(kind: &str, items: serde_json::Value) -> String {
+    serde_json::json!({
+        "apiVersion": "gateway.networking.k8s.io/v1",
+        "kind": format!("{kind}List"),
+        "metadata": {"resourceVersion": "4200"},
+        "items": items,
+    })
+    .to_string()
+}
+
+#[tokio::test]
+async fn gateway_api_objects_are_read_and_a_refused_route_says_so_in_its_status() {
+    let (count_tx, _count_rx) = watch::channel(0);
+    let (patched_tx, mut patched_rx) = watch::channel(0);
+    let mut script = Script {
+        watch_count: Some(count_tx),
+        patched: Some(patched_tx),
+        ..Script::default()
+    };
+    let gateway = serde_json::json!({
+        "apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
+        "metadata": {"name": "edge", "namespace": "shop", "generation": 1},
+        "spec": {"gatewayClassName": "istio", "listeners": [{"name": "http", "port": 80, "protocol": "HTTP"}]},
+    });
+    let good = serde_json::json!({
+        "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+        "metadata": {"name": "good", "namespace": "shop", "generation": 1},
+        "spec": {"parentRefs": [{"name": "edge"}], "rules": [{"backendRefs": [{"name": "reviews", "port": 9080}]}]},
+    });
+    let bad = serde_json::json!({
+        "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+        "metadata": {"name": "bad", "namespace": "shop", "generation": 3},
+        "spec": {"parentRefs": [{"name": "edge"}], "rules": [{"matches": [{"path": {"type": "PathPrefix", "value": "api"}}]}]},
+    });
+    script.lists.insert(
+        "/apis/gateway.networking.k8s.io/v1/gateways".into(),
+        list("Gateway", serde_json::json!([gateway])),
+    );
+    script.lists.insert(
+        "/apis/gateway.networking.k8s.io/v1/httproutes".into(),
+        list("HTTPRoute", serde_json::json!([good, bad])),
+    );
+    let script = Arc::new(script);
+    let url = api_server(script.clone()).await;
+    let client = kube::Client::try_from(kube::Config::new(url.parse().unwrap())).unwrap();
+    let (tx, mut rx) = watch::channel(Arc::new(Snapshot::default()));
+    let source = tokio::spawn(run(client, tx, KubeOptions::default()));
+    let first = tokio::time::timeout(DEADLINE, rx.wait_for(|s| s.revision > 0))
+        .await
+        .expect("a first snapshot")
+        .unwrap()
+        .clone();
+    let kinds: Vec<String> = first
+        .resources
+        .iter()
+        .filter(|r| r.kind().is_gateway_api())
+        .map(|r| format!("{} {}", r.kind().name(), r.name()))
+        .collect();
+    assert_eq!(
+        kinds,
+        ["Gateway edge", "HTTPRoute good"],
+        "the refused route is left out"
+    );
+    tokio::time::timeout(DEADLINE, patched_rx.wait_for(|n| *n >= 1))
+        .await
+        .expect("the refused route's status is written")
+        .unwrap();
+    let patches = script.patches.lock().unwrap().clone();
+    let (path, body) = &patches[0];
+    assert_eq!(
+        path,
+        "/apis/gateway.networking.k8s.io/v1/namespaces/shop/httproutes/bad/status"
+    );
+    let parent = &body["status"]["parents"][0];
+    assert_eq!(parent["parentRef"]["name"], "edge");
+    assert_eq!(parent["controllerName"], "istio.io/gateway-controller");
+    let c = &parent["conditions"][0];
+    assert_eq!(
+        (&c["type"], &c["status"]),
+        (&"Accepted".into(), &"False".into())
+    );
+    assert_eq!(c["observedGeneration"], 3);
+    assert!(
+        c["message"]
+            .as_str()
+            .unwrap()
+            .contains("must start with '/'"),
+        "{c}"
+    );
+    assert!(c["lastTransitionTime"].is_string());
+    source.abort();
+}
+
+#[tokio::test]
+async fn gateway_api_status_is_written_next_to_other_controllers_parents() {
+    let (count_tx, _count_rx) = watch::channel(0);
+    let (patched_tx, _patched_rx) = watch::channel(0);
+    let mut script = Script {
+        watch_count: Some(count_tx),
+        patched: Some(patched_tx),
+        ..Script::default()
+    };
+    // The route as the cluster has it: another controller answered for its other parent.
+    let route = serde_json::json!({
+        "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+        "metadata": {"name": "r", "namespace": "shop", "generation": 2},
+        "spec": {},
+        "status": {"parents": [{
+            "parentRef": {"name": "theirs"},
+            "controllerName": "example.com/other",
+            "conditions": [{"type": "Accepted", "status": "True", "reason": "Accepted", "message": "", "lastTransitionTime": "2026-01-01T00:00:00Z"}],
+        }]},
+    });
+    script.lists.insert(
+        "/apis/gateway.networking.k8s.io/v1/namespaces/shop/httproutes/r".into(),
+        route.to_string(),
+    );
+    let gateway = serde_json::json!({
+        "apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
+        "metadata": {"name": "edge", "namespace": "shop"}, "spec": {},
+    });
+    script.lists.insert(
+        "/apis/gateway.networking.k8s.io/v1/namespaces/shop/gateways/edge".into(),
+        gateway.to_string(),
+    );
+    let script = Arc::new(script);
+    let url = api_server(script.clone()).await;
+    let client = kube::Client::try_from(kube::Config::new(url.parse().unwrap())).unwrap();
+    let model = mesh_pilot::testing::model(&mesh_pilot::testing::resources(
+        r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: edge, namespace: shop, generation: 1}
+spec:
+  gatewayClassName: istio
+  listeners: [{name: http, port: 80, protocol: HTTP}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: r, namespace: shop, generation: 2}
+spec:
+  parentRefs: [{name: edge}]
+  rules: [{backendRefs: [{name: nowhere, port: 80}]}]
+"#,
+    ));
+    let mut written = BTreeMap::new();
+    let failed = mesh_pilot::gateway_status::publish(
+        &client,
+        "mesh-pilot",
+        &model.gateway_api_status,
+        &mut written,
+    )
+    .await;
+    assert!(failed.is_empty(), "{failed:?}");
+    let patches = script.patches.lock().unwrap().clone();
+    assert_eq!(patches.len(), 2, "{patches:?}");
+    let route = patches
+        .iter()
+        .find(|(p, _)| p.ends_with("/httproutes/r/status"))
+        .unwrap();
+    let parents = route.1["status"]["parents"].as_array().unwrap();
+    assert_eq!(parents.len(), 2, "the other controller's parent is kept");
+    assert_eq!(parents[0]["controllerName"], "example.com/other");
+    let ours = &parents[1];
+    assert_eq!(ours["parentRef"]["name"], "edge");
+    let resolved = ours["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "ResolvedRefs")
+        .unwrap();
+    assert_eq!(resolved["status"], "False");
+    assert_eq!(resolved["reason"], "BackendNotFound");
+    assert_eq!(resolved["observedGeneration"], 2);
+    assert!(resolved["lastTransitionTime"].is_string());
+    let gw = patches
+        .iter()
+        .find(|(p, _)| p.ends_with("/gateways/edge/status"))
+        .unwrap();
+    assert_eq!(gw.1["status"]["listeners"][0]["attachedRoutes"], 1);
+    // Nothing changed: nothing is written again.
+    let again = mesh_pilot::gateway_status::publish(
+        &client,
+        "mesh-pilot",
+        &model.gateway_api_status,
+        &mut written,
+    )
+    .await;
+    assert!(again.is_empty());
+    assert_eq!(script.patches.lock().unwrap().len(), 2);
+}
+
+#[tokio::test]
+async fn a_gateway_api_gateway_gets_its_gateway_deployed_once() {
+    let (count_tx, _count_rx) = watch::channel(0);
+    let (patched_tx, _patched_rx) = watch::channel(0);
+    let script = Arc::new(Script {
+        watch_count: Some(count_tx),
+        patched: Some(patched_tx),
+        ..Script::default()
+    });
+    let url = api_server(script.clone()).await;
+    let client = kube::Client::try_from(kube::Config::new(url.parse().unwrap())).unwrap();
+    let model = mesh_pilot::testing::model(&mesh_pilot::testing::resources(
+        r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: edge, namespace: shop, uid: 1f2e}
+spec:
+  gatewayClassName: istio
+  listeners:
+  - {name: http, port: 80, protocol: HTTP}
+  - {name: alt, port: 8080, protocol: HTTP}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: by-hand, namespace: shop}
+spec:
+  gatewayClassName: istio
+  addresses: [{type: Hostname, value: istio-ingressgateway}]
+  listeners: [{name: http, port: 80, protocol: HTTP}]
+"#,
+    ));
+    let inject = mesh_injector::config::InjectConfig::default();
+    let mut applied = std::collections::BTreeSet::new();
+    let failed = mesh_pilot::gateway_deploy::apply(
+        &client,
+        "mesh-pilot",
+        &inject,
+        &model.gateway_deployments,
+        &mut applied,
+    )
+    .await;
+    assert!(failed.is_empty(), "{failed:?}");
+    let patches = script.patches.lock().unwrap().clone();
+    let paths: Vec<&str> = patches.iter().map(|(p, _)| p.as_str()).collect();
+    assert_eq!(
+        paths,
+        [
+            "/api/v1/namespaces/shop/serviceaccounts/edge-istio",
+            "/apis/apps/v1/namespaces/shop/deployments/edge-istio",
+            "/api/v1/namespaces/shop/services/edge-istio",
+        ],
+        "only the Gateway without an address of its own gets a deployment"
+    );
+    let deployment = &patches[1].1;
+    assert_eq!(deployment["metadata"]["ownerReferences"][0]["uid"], "1f2e");
+    let labels = &deployment["spec"]["template"]["metadata"]["labels"];
+    assert_eq!(labels["gateway.networking.k8s.io/gateway-name"], "edge");
+    let args = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+        .as_array()
+        .unwrap();
+    assert!(
+        args.windows(2)
+            .any(|w| w[0] == "--mode" && w[1] == "gateway"),
+        "{args:?}"
+    );
+    let ports: Vec<u64> = patches[2].1["spec"]["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["port"].as_u64().unwrap())
+        .collect();
+    assert_eq!(ports, [80, 8080, 15021]);
+    // Applied once: the next generation changes nothing.
+    let again = mesh_pilot::gateway_deploy::apply(
+        &client,
+        "mesh-pilot",
+        &inject,
+        &model.gateway_deployments,
+        &mut applied,
+    )
+    .await;
+    assert!(again.is_empty());
+    assert_eq!(script.patches.lock().unwrap().len(), 3);
+}

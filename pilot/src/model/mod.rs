@@ -94,6 +94,8 @@ pub struct Model {
     pub mesh: MeshConfigSpec,
     /// The status of every Gateway API object the mesh answers for.
     pub gateway_api_status: Vec<gateway_api::status::ObjectStatus>,
+    /// The gateways Gateway API Gateways ask to be deployed.
+    pub gateway_deployments: Vec<gateway_api::GatewayDeployment>,
 }
 
 pub use select::{Selector, namespace_of, oldest_first};
@@ -181,6 +183,7 @@ impl Model {
         model.gateways.extend(converted.gateways);
         model.virtual_services.extend(converted.virtual_services);
         model.gateway_api_status = converted.statuses;
+        model.gateway_deployments = converted.deployments;
         model
             .virtual_services
             .sort_by(|a, b| oldest_first(&a.metadata, &b.metadata));

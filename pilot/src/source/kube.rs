@@ -31,8 +31,9 @@ use tokio::sync::{Notify, watch};
 
 use super::{Snapshot, key_of};
 
-/// The custom kinds pilot reads: Istio's, and the mesh's own RateLimitPolicy.
-const ISTIO_KINDS: [Kind; 11] = [
+/// The custom kinds pilot reads: Istio's, the mesh's own RateLimitPolicy, and the Gateway
+/// API's (installed separately, as for Istio; when they are not, they are left out).
+const CUSTOM_KINDS: [Kind; 16] = [
     Kind::VirtualService,
     Kind::DestinationRule,
     Kind::Gateway,
@@ -44,6 +45,11 @@ const ISTIO_KINDS: [Kind; 11] = [
     Kind::AuthorizationPolicy,
     Kind::RequestAuthentication,
     Kind::RateLimitPolicy,
+    Kind::GatewayClass,
+    Kind::KubeGateway,
+    Kind::HttpRoute,
+    Kind::GrpcRoute,
+    Kind::ReferenceGrant,
 ];
 
 /// How the source behaves.
@@ -67,14 +73,21 @@ impl Default for KubeOptions {
     }
 }
 
-fn api_resource(kind: Kind) -> ApiResource {
-    // Istio's kinds are read in v1; the mesh's own in their newest (only) version.
-    let gvk = GroupVersionKind::gvk(kind.group(), kind.versions()[0], kind.name());
+/// The API resource of a custom kind, in the version pilot reads it.
+pub fn api_resource(kind: Kind) -> ApiResource {
+    // Istio's kinds are read in v1; the mesh's own in their newest (only) version; the
+    // Gateway API's ReferenceGrant in v1beta1, where the standard channel serves it.
+    let version = match kind {
+        Kind::ReferenceGrant => "v1beta1",
+        _ => kind.versions()[0],
+    };
+    let gvk = GroupVersionKind::gvk(kind.group(), version, kind.name());
     let plural = format!("{}s", kind.name().to_ascii_lowercase());
     let plural = match kind {
         Kind::WorkloadEntry => "workloadentries".to_string(),
         Kind::AuthorizationPolicy => "authorizationpolicies".to_string(),
         Kind::RateLimitPolicy => "ratelimitpolicies".to_string(),
+        Kind::GatewayClass => "gatewayclasses".to_string(),
         _ => plural,
     };
     ApiResource::from_gvk_with_plural(&gvk, &plural)
@@ -181,7 +194,7 @@ pub async fn run(client: Client, tx: watch::Sender<Arc<Snapshot>>, options: Kube
         changed.clone(),
     ));
     let mut istio = Vec::new();
-    for kind in ISTIO_KINDS {
+    for kind in CUSTOM_KINDS {
         let ar = api_resource(kind);
         let api = Api::<DynamicObject>::all_with(client.clone(), &ar);
         // A kind whose CRD is not installed would keep its reflector from ever listing, and
@@ -189,8 +202,13 @@ pub async fn run(client: Client, tx: watch::Sender<Arc<Snapshot>>, options: Kube
         if let Err(kube::Error::Api(status)) = api.list(&ListParams::default().limit(1)).await
             && status.is_not_found()
         {
+            let fix = if kind.is_gateway_api() {
+                "install the Gateway API's CRDs (its standard-install.yaml, as for Istio)"
+            } else {
+                "install the mesh's CRDs (`meshctl manifest crds`)"
+            };
             tracing::warn!(
-                "{kind}: the API server does not serve {}/{} {}: its CRD is not installed, so no {kind} is read; install the mesh's CRDs (`meshctl manifest crds`) and restart pilot",
+                "{kind}: the API server does not serve {}/{} {}: its CRD is not installed, so no {kind} is read; {fix} and restart pilot",
                 ar.group,
                 ar.version,
                 ar.plural
@@ -262,6 +280,8 @@ struct StatusWrite {
     name: String,
     generation: Option<i64>,
     message: Option<String>,
+    /// A Gateway API route's `parentRefs`, whose status entries say it is refused.
+    parent_refs: Vec<serde_json::Value>,
 }
 
 fn snapshot(
@@ -354,6 +374,9 @@ fn snapshot(
                     .get("status")
                     .and_then(|s| s.get("validationMessages"))
                     .is_some();
+                // A Gateway API object's status is written from the model once it is
+                // accepted (crate::gateway_status); here only its refusal is.
+                let had_status = had_status && !kind.is_gateway_api();
                 if message.is_some() || had_status || mem.written.contains_key(&key) {
                     writes.push(StatusWrite {
                         kind: *kind,
@@ -361,6 +384,13 @@ fn snapshot(
                         name,
                         generation: obj.metadata.generation,
                         message: message.clone(),
+                        parent_refs: obj
+                            .data
+                            .get("spec")
+                            .and_then(|s| s.get("parentRefs"))
+                            .and_then(|p| p.as_array())
+                            .cloned()
+                            .unwrap_or_default(),
                     });
                 }
                 mem.written.insert(key, message);
@@ -420,9 +450,66 @@ fn snapshot(
     )
 }
 
+/// The status that says a Gateway API object is refused, in the API's own terms (its schema
+/// keeps no other fields): `Accepted=False` on the object, or on each parent of a route.
+fn gateway_api_refusal(w: &StatusWrite, message: &str) -> serde_json::Value {
+    let now = serde_json::to_value(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+        k8s_openapi::jiff::Timestamp::now(),
+    ))
+    .unwrap_or_default();
+    let condition = serde_json::json!({
+        "type": "Accepted",
+        "status": "False",
+        "reason": if matches!(w.kind, Kind::HttpRoute | Kind::GrpcRoute) { "UnsupportedValue" } else { "Invalid" },
+        "message": format!("refused by mesh-pilot: {message}"),
+        "observedGeneration": w.generation.unwrap_or(0),
+        "lastTransitionTime": now,
+    });
+    if matches!(w.kind, Kind::HttpRoute | Kind::GrpcRoute) {
+        let parents: Vec<serde_json::Value> = w
+            .parent_refs
+            .iter()
+            .map(|p| {
+                serde_json::json!({
+                    "parentRef": p,
+                    "controllerName": crate::model::gateway_api::CONTROLLER,
+                    "conditions": [condition],
+                })
+            })
+            .collect();
+        serde_json::json!({ "status": { "parents": parents } })
+    } else {
+        serde_json::json!({ "status": { "conditions": [condition] } })
+    }
+}
+
 async fn write_status(client: &Client, options: &KubeOptions, w: StatusWrite) {
-    let api: Api<DynamicObject> =
-        Api::namespaced_with(client.clone(), &w.namespace, &api_resource(w.kind));
+    let ar = api_resource(w.kind);
+    let api: Api<DynamicObject> = if w.kind.is_namespaced() {
+        Api::namespaced_with(client.clone(), &w.namespace, &ar)
+    } else {
+        Api::all_with(client.clone(), &ar)
+    };
+    if w.kind.is_gateway_api() {
+        let Some(message) = &w.message else { return };
+        let params = PatchParams {
+            field_manager: Some(options.field_manager.clone()),
+            ..PatchParams::default()
+        };
+        let patch = gateway_api_refusal(&w, message);
+        if let Err(e) = api
+            .patch_status(&w.name, &params, &Patch::Merge(&patch))
+            .await
+        {
+            tracing::warn!(
+                "cannot write the status of {} {}/{}: {e}",
+                w.kind.name(),
+                w.namespace,
+                w.name
+            );
+        }
+        return;
+    }
     let messages = match &w.message {
         Some(m) => serde_json::json!([{
             "level": "ERROR",

@@ -70,6 +70,28 @@ pub struct Output {
     pub virtual_services: Vec<VirtualService>,
     /// The status of every Gateway API object of ours.
     pub statuses: Vec<ObjectStatus>,
+    /// The gateways to deploy: one per Gateway of ours that names no deployment of its own.
+    pub deployments: Vec<GatewayDeployment>,
+}
+
+/// A gateway deployment a Gateway asks for (as Istio deploys `NAME-istio`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GatewayDeployment {
+    /// The Gateway's namespace.
+    pub namespace: String,
+    /// The Gateway's name.
+    pub gateway: String,
+    /// The Gateway's uid (the deployment's owner, so it goes with the Gateway).
+    pub uid: String,
+    /// Its listeners' ports.
+    pub ports: Vec<u16>,
+}
+
+impl GatewayDeployment {
+    /// `NAME-istio`, the Deployment's, Service's and service account's name.
+    pub fn name(&self) -> String {
+        format!("{}-istio", self.gateway)
+    }
 }
 
 /// A listener as checked: whether routes may attach and how many did.
@@ -135,6 +157,18 @@ pub fn convert(input: &Input, registry: &Registry, domain: &str, secrets: &Secre
     }
     for state in &states {
         gateway_outputs(state, registry, &mut out);
+        let g = state.gateway;
+        if g.spec.addresses.is_empty() {
+            let mut ports: Vec<u16> = g.spec.listeners.iter().map(|l| l.port).collect();
+            ports.sort_unstable();
+            ports.dedup();
+            out.deployments.push(GatewayDeployment {
+                namespace: namespace_of(&g.metadata).to_string(),
+                gateway: g.metadata.name.clone().unwrap_or_default(),
+                uid: g.metadata.uid.clone().unwrap_or_default(),
+                ports,
+            });
+        }
     }
     out.virtual_services
         .extend(buckets.into_iter().map(|(k, b)| b.into_virtual_service(k)));
