@@ -75,6 +75,17 @@ pub struct Check {
     pub location: Option<Location>,
     /// Response headers the backend is asked to set (`X-Echo-Set-Header`).
     pub echo_set: Vec<(String, String)>,
+    /// For a gRPC call: the method of the suite's echo, and the gRPC status expected.
+    pub grpc: Option<GrpcCall>,
+}
+
+/// A call of the conformance echo's gRPC service.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct GrpcCall {
+    /// `Echo`, `EchoTwo` or `EchoThree`.
+    pub method: String,
+    /// The gRPC status code expected (0 OK, 12 Unimplemented).
+    pub code: u32,
 }
 
 /// Parts of a redirect's Location to compare (unset parts: see the suite's ground rules).
@@ -111,7 +122,12 @@ pub fn parse(text: &str) -> Vec<ConformanceTest> {
         } else if let Some(rest) = line.strip_prefix("* Features: ") {
             test.features = rest.split(',').map(|f| f.trim().to_string()).collect();
         } else if let Some(rest) = line.strip_prefix("  * ") {
-            match parse_check(rest) {
+            let parsed = if rest.starts_with("call `") {
+                parse_call(rest)
+            } else {
+                parse_check(rest)
+            };
+            match parsed {
                 Some(c) => test.checks.push(c),
                 None => test.unsupported.push(rest.to_string()),
             }
@@ -219,6 +235,65 @@ pub fn parse_check(line: &str) -> Option<Check> {
     Some(check)
 }
 
+/// One `call ...` line (a gRPC call of the suite's echo); `None` for what the runner cannot
+/// check.
+pub fn parse_call(line: &str) -> Option<Check> {
+    let rest = line.strip_prefix("call `")?;
+    let (method, clauses) = rest.split_once('`')?;
+    let mut check = Check {
+        line: line.to_string(),
+        method: "POST".into(),
+        path: format!("/{}/{method}", crate::ws_grpc::CONFORMANCE_SERVICE),
+        statuses: vec![200],
+        grpc: Some(GrpcCall {
+            method: method.to_string(),
+            code: 0,
+        }),
+        ..Check::default()
+    };
+    for clause in clauses.split("; ").map(str::trim).filter(|c| !c.is_empty()) {
+        let clause = clause.trim_start_matches(';').trim();
+        if let Some(m) = clause.strip_prefix("metadata ") {
+            let v: serde_json::Value = serde_json::from_str(m).ok()?;
+            check.host = v["Authority"].as_str().map(str::to_string);
+            for (k, v) in v["Metadata"].as_object().into_iter().flatten() {
+                check.headers.push((k.clone(), v.as_str()?.to_string()));
+            }
+        } else if let Some(code) = clause
+            .strip_prefix("expect gRPC code ")
+            .or_else(|| clause.strip_prefix("expect gRPC "))
+        {
+            let code = match code {
+                "OK" => 0,
+                "Unimplemented" => 12,
+                _ => return None,
+            };
+            if let Some(g) = check.grpc.as_mut() {
+                g.code = code;
+            }
+        } else if let Some(m) = clause.strip_prefix("response metadata ") {
+            let v: serde_json::Value = serde_json::from_str(m).ok()?;
+            for (k, values) in v.as_object()? {
+                let values: Vec<&str> = values
+                    .as_array()?
+                    .iter()
+                    .filter_map(|x| x.as_str())
+                    .collect();
+                if k.starts_with('_') {
+                    return None;
+                }
+                check.received_headers.push((k.clone(), values.join(",")));
+            }
+        } else if let Some(s) = clause.strip_prefix("served by `") {
+            check.pod_prefix = Some(s.trim_end_matches('`').to_string());
+        } else if clause.starts_with("TestCaseName=") {
+        } else {
+            return None;
+        }
+    }
+    Some(check)
+}
+
 fn received(check: &mut Check, s: &str) -> Option<()> {
     let mut rest = s;
     while !rest.is_empty() {
@@ -292,10 +367,60 @@ pub struct Answer {
     pub headers: BTreeMap<String, String>,
     /// Body, as text.
     pub body: String,
+    /// The gRPC status, for gRPC calls.
+    pub grpc_status: Option<u32>,
+}
+
+/// What the suite's gRPC echo answered, as an [`Answer`]: the gRPC status in `grpc_status`,
+/// the backend's view of the call as an echo-like JSON body (`pod`, `namespace`, `headers`).
+fn grpc_answer(
+    status: u16,
+    headers: &http::HeaderMap,
+    body: &[u8],
+    trailers: Option<&http::HeaderMap>,
+) -> Answer {
+    use prost::Message;
+    let code = trailers
+        .and_then(|t| t.get("grpc-status"))
+        .or_else(|| headers.get("grpc-status"))
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u32>().ok());
+    let mut echo = serde_json::json!({});
+    if body.len() >= 5
+        && let Ok(msg) = crate::ws_grpc::conformance_pb::EchoResponse::decode(&body[5..])
+        && let Some(a) = msg.assertions
+    {
+        let mut seen: BTreeMap<String, String> = BTreeMap::new();
+        for h in a.headers {
+            seen.entry(h.key)
+                .and_modify(|e| {
+                    e.push(',');
+                    e.push_str(&h.value);
+                })
+                .or_insert(h.value);
+        }
+        let context = a.context.unwrap_or_default();
+        echo = serde_json::json!({
+            "pod": context.pod,
+            "namespace": context.namespace,
+            "path": a.fully_qualified_method,
+            "host": a.authority,
+            "headers": seen,
+        });
+    }
+    Answer {
+        status,
+        headers: BTreeMap::new(),
+        body: echo.to_string(),
+        grpc_status: code,
+    }
 }
 
 /// Sends `check`'s request to `addr` from inside network namespace `netns`.
 pub fn send(netns: &str, addr: SocketAddr, check: &Check) -> std::io::Result<Answer> {
+    if check.grpc.is_some() {
+        return send_grpc(netns, addr, check);
+    }
     use http_body_util::BodyExt;
     let stream = meshctl::local::net::in_netns(netns, || {
         std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))
@@ -357,7 +482,64 @@ pub fn send(netns: &str, addr: SocketAddr, check: &Check) -> std::io::Result<Ans
                 status,
                 headers,
                 body: String::from_utf8_lossy(&body).into_owned(),
+                grpc_status: None,
             })
+        };
+        tokio::time::timeout(Duration::from_secs(5), fut)
+            .await
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "no answer in 5 s"))?
+    })
+}
+
+/// A gRPC call over HTTP/2 (prior knowledge) from inside `netns`, `:authority` the check's
+/// Host or the gateway's address.
+fn send_grpc(netns: &str, addr: SocketAddr, check: &Check) -> std::io::Result<Answer> {
+    use http_body_util::BodyExt;
+    let stream = meshctl::local::net::in_netns(netns, || {
+        std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))
+    })?;
+    stream.set_nonblocking(true)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let authority = check.host.clone().unwrap_or_else(|| addr.to_string());
+    runtime.block_on(async move {
+        let stream = tokio::net::TcpStream::from_std(stream)?;
+        let io = hyper_util::rt::TokioIo::new(stream);
+        let (mut sender, conn) =
+            hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io)
+                .await
+                .map_err(std::io::Error::other)?;
+        tokio::spawn(conn);
+        let mut req = hyper::Request::builder()
+            .method("POST")
+            .uri(format!("http://{authority}{}", check.path))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers");
+        for (k, v) in &check.headers {
+            req = req.header(k.to_ascii_lowercase().as_str(), v.as_str());
+        }
+        // One empty EchoRequest: no compression, length 0.
+        let req = req
+            .body(http_body_util::Full::new(bytes::Bytes::from_static(&[
+                0, 0, 0, 0, 0,
+            ])))
+            .map_err(std::io::Error::other)?;
+        let fut = async {
+            let resp = sender
+                .send_request(req)
+                .await
+                .map_err(std::io::Error::other)?;
+            let status = resp.status().as_u16();
+            let headers = resp.headers().clone();
+            let collected = resp
+                .into_body()
+                .collect()
+                .await
+                .map_err(std::io::Error::other)?;
+            let trailers = collected.trailers().cloned();
+            let body = collected.to_bytes();
+            Ok::<_, std::io::Error>(grpc_answer(status, &headers, &body, trailers.as_ref()))
         };
         tokio::time::timeout(Duration::from_secs(5), fut)
             .await
@@ -367,6 +549,17 @@ pub fn send(netns: &str, addr: SocketAddr, check: &Check) -> std::io::Result<Ans
 
 /// Why `answer` does not satisfy `check` (the request went to `addr`), or `None` when it does.
 pub fn verdict(check: &Check, answer: &Answer, addr: SocketAddr) -> Option<String> {
+    if let Some(g) = &check.grpc {
+        if answer.grpc_status != Some(g.code) {
+            return Some(format!(
+                "gRPC status {:?} (HTTP {}), want {}",
+                answer.grpc_status, answer.status, g.code
+            ));
+        }
+        if g.code != 0 {
+            return None;
+        }
+    }
     if !check.statuses.contains(&answer.status) {
         return Some(format!(
             "status {} (want {:?}): {}",
@@ -514,5 +707,21 @@ mod tests {
                 .statuses,
             [500, 502, 503]
         );
+        let call = parse_call(r#"call `Echo`; metadata {"Authority": "gateway_api_conformance.echo_basic.grpcecho.GrpcEcho", "Metadata": {"X-Header-Set": "x"}}; expect gRPC OK; response metadata {"X-Header-Add": ["a", "b"]}; served by `grpc-infra-backend-v1`; TestCaseName="t""#).unwrap();
+        assert_eq!(
+            call.path,
+            "/gateway_api_conformance.echo_basic.grpcecho.GrpcEcho/Echo"
+        );
+        assert_eq!(
+            call.headers,
+            [("X-Header-Set".to_string(), "x".to_string())]
+        );
+        assert_eq!(
+            call.received_headers,
+            [("X-Header-Add".to_string(), "a,b".to_string())]
+        );
+        assert_eq!(call.pod_prefix.as_deref(), Some("grpc-infra-backend-v1"));
+        let unimplemented = parse_call("call `EchoThree`; expect gRPC code Unimplemented").unwrap();
+        assert_eq!(unimplemented.grpc.unwrap().code, 12);
     }
 }

@@ -23,6 +23,15 @@ pub mod pb {
     tonic::include_proto!("mesh.echo.v1");
 }
 
+/// The conformance suite's gRPC echo (`gateway_api_conformance.echo_basic.grpcecho.GrpcEcho`).
+pub mod conformance_pb {
+    #![allow(missing_docs, clippy::all)]
+    tonic::include_proto!("gateway_api_conformance.echo_basic.grpcecho");
+}
+
+/// The path prefix of the conformance echo's methods.
+pub const CONFORMANCE_SERVICE: &str = "gateway_api_conformance.echo_basic.grpcecho.GrpcEcho";
+
 /// True when `req` asks to become a WebSocket.
 pub fn is_websocket<B>(req: &Request<B>) -> bool {
     req.headers()
@@ -127,17 +136,109 @@ impl pb::echo_server::Echo for EchoService {
     }
 }
 
-/// Serves `mesh.echo.v1.Echo` over h2c on `listener`.
+struct ConformanceEcho {
+    config: Arc<EchoConfig>,
+}
+
+impl ConformanceEcho {
+    fn answer(
+        &self,
+        method: &str,
+        request: &tonic::Request<conformance_pb::EchoRequest>,
+    ) -> tonic::Response<conformance_pb::EchoResponse> {
+        let headers: Vec<conformance_pb::Header> = request
+            .metadata()
+            .iter()
+            .filter_map(|kv| match kv {
+                tonic::metadata::KeyAndValueRef::Ascii(k, v) => Some(conformance_pb::Header {
+                    key: k.as_str().to_string(),
+                    value: v.to_str().ok()?.to_string(),
+                }),
+                tonic::metadata::KeyAndValueRef::Binary(..) => None,
+            })
+            .collect();
+        let authority = request
+            .metadata()
+            .get(":authority")
+            .or_else(|| request.metadata().get("host"))
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string();
+        tonic::Response::new(conformance_pb::EchoResponse {
+            assertions: Some(conformance_pb::Assertions {
+                fully_qualified_method: format!("/{CONFORMANCE_SERVICE}/{method}"),
+                headers,
+                authority,
+                context: Some(conformance_pb::Context {
+                    namespace: self.config.namespace.clone(),
+                    ingress: String::new(),
+                    service_name: self.config.service.clone(),
+                    pod: self.config.pod.clone(),
+                }),
+            }),
+        })
+    }
+}
+
+#[tonic::async_trait]
+impl conformance_pb::grpc_echo_server::GrpcEcho for ConformanceEcho {
+    async fn echo(
+        &self,
+        request: tonic::Request<conformance_pb::EchoRequest>,
+    ) -> Result<tonic::Response<conformance_pb::EchoResponse>, tonic::Status> {
+        Ok(self.answer("Echo", &request))
+    }
+
+    async fn echo_two(
+        &self,
+        request: tonic::Request<conformance_pb::EchoRequest>,
+    ) -> Result<tonic::Response<conformance_pb::EchoResponse>, tonic::Status> {
+        Ok(self.answer("EchoTwo", &request))
+    }
+
+    async fn echo_three(
+        &self,
+        request: tonic::Request<conformance_pb::EchoRequest>,
+    ) -> Result<tonic::Response<conformance_pb::EchoResponse>, tonic::Status> {
+        Ok(self.answer("EchoThree", &request))
+    }
+}
+
+/// Serves `mesh.echo.v1.Echo`, and the conformance suite's `GrpcEcho`, over h2c on
+/// `listener`.
 pub async fn serve_grpc(config: EchoConfig, listener: tokio::net::TcpListener) {
+    let config = Arc::new(config);
     let server = pb::echo_server::EchoServer::new(EchoService {
-        config: Arc::new(config),
+        config: config.clone(),
     });
+    let conformance =
+        conformance_pb::grpc_echo_server::GrpcEchoServer::new(ConformanceEcho { config });
     loop {
         let Ok((conn, _)) = listener.accept().await else {
             continue;
         };
         let _ = conn.set_nodelay(true);
-        let svc = hyper_util::service::TowerToHyperService::new(server.clone());
+        let (own, theirs) = (server.clone(), conformance.clone());
+        let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+            use tower_service::Service;
+            type Answer = std::pin::Pin<
+                Box<
+                    dyn std::future::Future<
+                            Output = Result<Response<tonic::body::Body>, std::convert::Infallible>,
+                        > + Send,
+                >,
+            >;
+            let conformance_call = req
+                .uri()
+                .path()
+                .starts_with(&format!("/{CONFORMANCE_SERVICE}/"));
+            let fut: Answer = if conformance_call {
+                Box::pin(theirs.clone().call(req))
+            } else {
+                Box::pin(own.clone().call(req))
+            };
+            fut
+        });
         tokio::spawn(async move {
             let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                 .http2_only()

@@ -39,6 +39,8 @@ const CLAIMED: &[&str] = &[
     "SupportHTTPRouteNamedRouteRule",
     "SupportHTTPRouteParentRefPort",
     "SupportReferenceGrant",
+    "SupportGRPCRoute",
+    "SupportGRPCRouteNamedRouteRule",
     "SupportMesh",
     "SupportMeshHTTPRouteBackendRequestHeaderModification",
     "SupportMeshHTTPRouteQueryParamMatching",
@@ -61,6 +63,7 @@ fn attempted(t: &ConformanceTest) -> bool {
             || f == "SupportReferenceGrant"
             || f == "SupportMesh"
             || f.starts_with("SupportHTTPRoute")
+            || f.starts_with("SupportGRPCRoute")
             || f.starts_with("SupportMeshHTTPRoute")
     })
 }
@@ -141,15 +144,33 @@ fn documents(text: &str) -> Vec<Value> {
         }
         let name = d["metadata"]["name"].as_str().unwrap_or("").to_string();
         let container = &mut d["spec"]["template"]["spec"]["containers"][0];
-        // echo-basic listens on 3000; echo-advanced on its first declared port (8080).
+        // echo-basic listens on 3000 (gRPC there when GRPC_ECHO_SERVER is set); echo-advanced
+        // on its first declared port (8080).
+        let grpc = container["env"]
+            .as_array()
+            .is_some_and(|e| e.iter().any(|v| v["name"] == "GRPC_ECHO_SERVER"));
         let port = container["ports"][0]["containerPort"]
             .as_u64()
             .unwrap_or(3000);
         container["image"] = serde_json::json!("mesh-echo:latest");
-        container["args"] = serde_json::json!(["--port", port.to_string(), "--service", name]);
+        if grpc {
+            container["args"] = serde_json::json!([
+                "--port",
+                "3100",
+                "--grpc-port",
+                port.to_string(),
+                "--service",
+                name
+            ]);
+            container["ports"] =
+                serde_json::json!([{"containerPort": port}, {"containerPort": 3100}]);
+        } else {
+            container["args"] = serde_json::json!(["--port", port.to_string(), "--service", name]);
+            container["ports"] = serde_json::json!([{"containerPort": port}]);
+        }
         container.as_object_mut().unwrap().remove("env");
         container.as_object_mut().unwrap().remove("command");
-        container["ports"] = serde_json::json!([{"containerPort": port}]);
+        container.as_object_mut().unwrap().remove("volumeMounts");
     }
     docs
 }
@@ -174,9 +195,9 @@ fn apply_each(c: &LocalCluster, docs: &[Value]) -> Vec<String> {
 
 /// The Gateway (namespace, name, listener port) the test's routes attach to first.
 fn target(docs: &[Value], base: &[Value]) -> Option<(String, String, u16)> {
-    let route = docs
-        .iter()
-        .find(|d| d["kind"] == "HTTPRoute" && d["spec"]["parentRefs"].is_array())?;
+    let route = docs.iter().find(|d| {
+        (d["kind"] == "HTTPRoute" || d["kind"] == "GRPCRoute") && d["spec"]["parentRefs"].is_array()
+    })?;
     let ns = route["metadata"]["namespace"].as_str().unwrap_or("default");
     let parent = route["spec"]["parentRefs"]
         .as_array()?
@@ -207,7 +228,10 @@ fn target(docs: &[Value], base: &[Value]) -> Option<(String, String, u16)> {
 /// How many Gateways the routes among `docs` name.
 fn gateways_named(docs: &[Value]) -> usize {
     let mut names = std::collections::BTreeSet::new();
-    for d in docs.iter().filter(|d| d["kind"] == "HTTPRoute") {
+    for d in docs
+        .iter()
+        .filter(|d| d["kind"] == "HTTPRoute" || d["kind"] == "GRPCRoute")
+    {
         let ns = d["metadata"]["namespace"].as_str().unwrap_or("default");
         for p in d["spec"]["parentRefs"].as_array().into_iter().flatten() {
             if p["kind"].as_str().unwrap_or("Gateway") == "Gateway" {

@@ -384,6 +384,35 @@ fn bookinfo_through_its_gateway_api_gateway_with_reviews_routed_by_httproutes() 
         routed,
         "productpage never answered through the Gateway API gateway with reviews v1"
     );
+    // The status pilot gives them (what `meshctl gateway-status` shows): the Gateway accepted
+    // and programmed at its pod's address, both routes accepted by their parents.
+    let model = c.mesh.pilot_debug("/debug/model").unwrap();
+    let statuses = model["gatewayApiStatus"].as_array().unwrap();
+    let status = |object: &str| {
+        statuses
+            .iter()
+            .find(|s| s["object"] == object)
+            .unwrap_or_else(|| panic!("no status for {object}: {statuses:?}"))["status"]
+            .clone()
+    };
+    let gw = status("Gateway default/bookinfo-gateway");
+    let holds = |conditions: &serde_json::Value, t: &str| {
+        conditions
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["type"] == t && c["status"] == "True")
+    };
+    assert!(holds(&gw["conditions"], "Accepted"), "{gw}");
+    assert!(holds(&gw["conditions"], "Programmed"), "{gw}");
+    assert_eq!(gw["addresses"][0]["value"], gateway.as_str(), "{gw}");
+    assert_eq!(gw["listeners"][0]["attachedRoutes"], 1, "{gw}");
+    for route in ["HTTPRoute default/bookinfo", "HTTPRoute default/reviews"] {
+        let st = status(route);
+        let conditions = &st["parents"][0]["conditions"];
+        assert!(holds(conditions, "Accepted"), "{route}: {st}");
+        assert!(holds(conditions, "ResolvedRefs"), "{route}: {st}");
+    }
     let report = c.load("outside", &page, &["-n", "100", "-c", "4"]).unwrap();
     assert_all_ok(&report);
     assert_eq!(report.by_chain.get(all_v1), Some(&100), "{report:?}");

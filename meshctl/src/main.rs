@@ -1,6 +1,7 @@
 //! `meshctl`, the one command a mesh user types: validate configuration, generate manifests,
 //! and (as later work lands) run the mesh locally and inspect it.
 
+mod gateway_status;
 mod install;
 mod kube_inject;
 mod local_cli;
@@ -27,6 +28,9 @@ enum Command {
     /// Show every proxy pilot knows: connected or not, versions sent and acknowledged, and
     /// why a push was refused.
     ProxyStatus(proxy_status::Args),
+    /// Show the Gateway API objects of the mesh's classes and their status: Gateways'
+    /// addresses and listeners, routes' parents, and every condition that does not hold.
+    GatewayStatus(gateway_status::Args),
     /// Generate manifests from the mesh's types.
     #[command(subcommand)]
     Manifest(manifest::Command),
@@ -72,6 +76,7 @@ fn main() -> ExitCode {
         Command::Validate(args) => validate::run(&args),
         Command::Manifest(cmd) => manifest::run(&cmd),
         Command::ProxyStatus(args) => proxy_status::run(&args),
+        Command::GatewayStatus(args) => gateway_status::run(&args),
         Command::KubeInject(args) => kube_inject::run(&args),
         Command::Install(args) => install::install(&args),
         Command::Uninstall(args) => install::uninstall(&args),

@@ -70,7 +70,12 @@ struct Node {
 
 /// Fetches `/debug/syncz` from `pilot`.
 pub async fn fetch(pilot: &str) -> anyhow::Result<String> {
-    let url = format!("{}/debug/syncz", pilot.trim_end_matches('/'));
+    fetch_path(pilot, "/debug/syncz").await
+}
+
+/// Fetches `path` from pilot's debug address `pilot`.
+pub async fn fetch_path(pilot: &str, path: &str) -> anyhow::Result<String> {
+    let url = format!("{}{path}", pilot.trim_end_matches('/'));
     let uri: hyper::Uri = url
         .parse()
         .with_context(|| format!("--pilot: {pilot:?} is not a URL"))?;

@@ -31,6 +31,11 @@ use tokio::net::TcpStream;
 
 use crate::inputs::Inputs;
 
+/// Marks an answer the proxy made itself (no route, no healthy upstream, ...), which a gRPC
+/// caller gets in gRPC's terms.
+#[derive(Clone, Copy, Debug)]
+struct LocalReply;
+
 fn reply(status: StatusCode, body: &str) -> Response<Body> {
     let mut r = Response::new(full(format!("{body}\n")));
     *r.status_mut() = status;
@@ -38,6 +43,44 @@ fn reply(status: StatusCode, body: &str) -> Response<Body> {
         hyper::header::CONTENT_TYPE,
         hyper::header::HeaderValue::from_static("text/plain"),
     );
+    r.extensions_mut().insert(LocalReply);
+    r
+}
+
+/// The gRPC status an HTTP status stands for (gRPC's own mapping, which Envoy applies to its
+/// local replies).
+fn grpc_status_of(status: StatusCode) -> u16 {
+    match status.as_u16() {
+        400 => 13,
+        401 => 16,
+        403 => 7,
+        404 => 12,
+        429 | 502 | 503 | 504 => 14,
+        _ => 2,
+    }
+}
+
+/// An answer the proxy made itself, for a gRPC request: HTTP 200 with `grpc-status` and
+/// `grpc-message` (trailers-only), as Envoy answers gRPC callers. Other answers pass as they are.
+fn grpc_local_reply(resp: Response<Body>) -> Response<Body> {
+    if resp.extensions().get::<LocalReply>().is_none()
+        || resp.status().is_success()
+        || resp.headers().contains_key("grpc-status")
+    {
+        return resp;
+    }
+    let code = grpc_status_of(resp.status());
+    let message = resp.status().canonical_reason().unwrap_or("");
+    let mut r = Response::new(full(""));
+    let h = r.headers_mut();
+    h.insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("application/grpc"),
+    );
+    h.insert("grpc-status", hyper::header::HeaderValue::from(code));
+    if let Ok(v) = hyper::header::HeaderValue::from_str(message) {
+        h.insert("grpc-message", v);
+    }
     r
 }
 
@@ -136,4 +179,26 @@ pub fn with_path(uri: &Uri, path_and_query: &str) -> Option<Uri> {
     let mut parts = uri.clone().into_parts();
     parts.path_and_query = Some(path_and_query.parse().ok()?);
     Uri::from_parts(parts).ok()
+}
+
+#[cfg(test)]
+mod local_reply_tests {
+    use super::*;
+
+    #[test]
+    fn a_grpc_caller_gets_the_proxys_own_answers_in_grpc_terms() {
+        let nr = grpc_local_reply(reply(StatusCode::NOT_FOUND, "no route matched"));
+        assert_eq!(nr.status(), StatusCode::OK);
+        assert_eq!(nr.headers()["grpc-status"], "12");
+        assert_eq!(nr.headers()["content-type"], "application/grpc");
+        let uh = grpc_local_reply(reply(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no healthy upstream",
+        ));
+        assert_eq!(uh.headers()["grpc-status"], "14");
+        // An upstream's own answer passes as it is.
+        let mut upstream = Response::new(full("x"));
+        *upstream.status_mut() = StatusCode::NOT_FOUND;
+        assert_eq!(grpc_local_reply(upstream).status(), StatusCode::NOT_FOUND);
+    }
 }

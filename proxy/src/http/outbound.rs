@@ -35,6 +35,11 @@ pub(super) async fn request(req: Request<Incoming>, ctx: &Conn) -> Response<Body
     } else {
         decide_and_send(&mut req, ctx, &state, None).await
     };
+    let response = if grpc {
+        super::grpc_local_reply(response)
+    } else {
+        response
+    };
     let response = timed(
         response,
         &ctx.inputs,
