@@ -245,6 +245,56 @@ fn gateways_named(docs: &[Value]) -> usize {
     names.len()
 }
 
+/// Requests sent to check a weighted split, and how far (in share of requests) each backend
+/// may be from its weight's share: four standard deviations of a 70/30 split at this count.
+const WEIGHT_SAMPLES: u32 = 400;
+const WEIGHT_TOLERANCE: f64 = 0.09;
+
+/// Sends `check` [`WEIGHT_SAMPLES`] times and holds the backends that answered against the
+/// weights of the first rule of the first route in `docs` (as upstream's weighted tests do).
+fn distribution(
+    netns: &str,
+    addr: SocketAddr,
+    check: &Check,
+    docs: &[Value],
+) -> Result<(), String> {
+    let route = docs
+        .iter()
+        .find(|d| d["kind"] == "HTTPRoute" || d["kind"] == "GRPCRoute")
+        .ok_or("no route")?;
+    let weights: Vec<(String, f64)> = route["spec"]["rules"][0]["backendRefs"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|b| {
+            (
+                b["name"].as_str().unwrap_or("").to_string(),
+                b["weight"].as_f64().unwrap_or(1.0),
+            )
+        })
+        .collect();
+    let total: f64 = weights.iter().map(|(_, w)| w).sum();
+    let mut seen: BTreeMap<String, u32> = BTreeMap::new();
+    for _ in 0..WEIGHT_SAMPLES {
+        let answer = conformance::send(netns, addr, check).map_err(|e| e.to_string())?;
+        let echo: Value = serde_json::from_str(&answer.body).unwrap_or_default();
+        // Pods are named DEPLOYMENT-N, and the suite's Deployments after their Services.
+        let pod = echo["pod"].as_str().unwrap_or("");
+        let backend = pod.rsplit_once('-').map_or(pod, |(d, _)| d).to_string();
+        *seen.entry(backend).or_default() += 1;
+    }
+    for (name, w) in &weights {
+        let want = w / total;
+        let got = f64::from(seen.get(name).copied().unwrap_or(0)) / f64::from(WEIGHT_SAMPLES);
+        if (got - want).abs() > WEIGHT_TOLERANCE {
+            return Err(format!(
+                "weights: {name} answered {got:.2} of {WEIGHT_SAMPLES} requests, its weight asks {want:.2} (seen {seen:?})"
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Waits until `check` holds three times in a row; the last failure when it never does.
 fn settle(netns: &str, addr: SocketAddr, check: &Check, deadline: Duration) -> Result<(), String> {
     let end = Instant::now() + deadline;
@@ -367,6 +417,13 @@ fn gateway_api_conformance_on_the_local_backend() {
                     settle(&mesh_client, addr, &check, Duration::from_secs(20))
                         .map_err(|why| format!("{}\n      {why}", check.line))?;
                 }
+                if t.name.ends_with("Weight") {
+                    let check = &t.checks[0];
+                    let addr = mesh_target(&c, check).ok_or("no such Service")?;
+                    let mut check = check.clone();
+                    check.host.get_or_insert_with(|| "echo".into());
+                    distribution(&mesh_client, addr, &check, &docs)?;
+                }
                 Ok(())
             })();
             match outcome {
@@ -414,6 +471,9 @@ fn gateway_api_conformance_on_the_local_backend() {
                 let addr = SocketAddr::new(addr.ip(), port);
                 settle(&client, addr, check, Duration::from_secs(20))
                     .map_err(|why| format!("{}\n      {why}", check.line))?;
+            }
+            if t.name.ends_with("Weight") {
+                distribution(&client, addr, &t.checks[0], &docs)?;
             }
             Ok(())
         })();
