@@ -296,7 +296,7 @@ fn bench_metrics(c: &mut Criterion) {
         for code in [200, 404, 500, 503] {
             let mut k = key(code);
             k.peer = h;
-            many.request_series(&k, describe).record(700);
+            many.request_series(&k, describe).record(700, 0, 0);
         }
     }
     group.bench_function("scrape_1000_series", |b| b.iter(|| many.render().len()));

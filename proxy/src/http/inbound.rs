@@ -107,7 +107,8 @@ async fn inbound_request(
 ) -> Response<Body> {
     let peer = caller.addr;
     let started = tokio::time::Instant::now();
-    let grpc = headers::is_grpc(&req);
+    let shape = super::Shape::of(&req);
+    let grpc = shape.grpc;
     // The access log line is built only when it is written (off in Istio's default profile).
     let logged = tracing::enabled!(target: "access", tracing::Level::INFO);
     // The authority as Envoy's default access log has it (`%REQ(:AUTHORITY)%`).
@@ -138,7 +139,7 @@ async fn inbound_request(
     let admitted = match policy::admit(&mut req, &who, dst, inputs, &state).await {
         Ok(a) => a,
         Err((resp, words)) => {
-            let resp = timed(resp, inputs, &caller, dst, "-", grpc, started);
+            let resp = timed(resp, inputs, &caller, dst, "-", shape, started);
             if logged {
                 tracing::info!(
                     target: "access",
@@ -158,7 +159,7 @@ async fn inbound_request(
             &caller,
             dst,
             "RL",
-            grpc,
+            shape,
             started,
         );
         if logged {
@@ -224,7 +225,7 @@ async fn inbound_request(
             ),
         },
     };
-    let mut resp = timed(resp, inputs, &caller, dst, flags, grpc, started);
+    let mut resp = timed(resp, inputs, &caller, dst, flags, shape, started);
     policy::mark(&mut resp, &admitted, inputs);
     if logged {
         let words = admitted.log.as_deref().unwrap_or("");
@@ -296,10 +297,11 @@ fn timed(
     caller: &Caller<'_>,
     dst: SocketAddr,
     flags: &'static str,
-    grpc: bool,
+    shape: super::Shape,
     started: tokio::time::Instant,
 ) -> Response<Body> {
     use crate::metrics::{Key, PEER_HEADER, Reporter, RequestProtocol, Timed, inbound_sides};
+    let grpc = shape.grpc;
     let metrics = &inputs.metrics;
     let identity = caller.identity.unwrap_or("");
     let key = Key {
@@ -326,6 +328,7 @@ fn timed(
         resp.headers_mut()
             .insert(PEER_HEADER.clone(), metrics.peer_header().clone());
     }
+    let timer = timer.request_bytes(shape.bytes);
     resp.map(|body| Timed::new(body, timer).boxed())
 }
 

@@ -31,6 +31,25 @@ use tokio::net::TcpStream;
 
 use crate::inputs::Inputs;
 
+/// What the metrics need of a request, taken before it is sent on: whether it is gRPC, and
+/// its body's declared size (Content-Length, or an HTTP/2 body's known length; a streamed body
+/// that declares none counts what it declares at least, 0).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Shape {
+    grpc: bool,
+    bytes: u64,
+}
+
+impl Shape {
+    fn of<B: hyper::body::Body>(req: &Request<B>) -> Self {
+        let hint = req.body().size_hint();
+        Shape {
+            grpc: headers::is_grpc(req),
+            bytes: hint.exact().unwrap_or_else(|| hint.lower()),
+        }
+    }
+}
+
 /// Marks an answer the proxy made itself (no route, no healthy upstream, ...), which a gRPC
 /// caller gets in gRPC's terms.
 #[derive(Clone, Copy, Debug)]

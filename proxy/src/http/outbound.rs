@@ -29,7 +29,8 @@ pub(super) async fn request(req: Request<Incoming>, ctx: &Conn) -> Response<Body
     } else {
         String::new()
     };
-    let grpc = headers::is_grpc(&req);
+    let shape = super::Shape::of(&req);
+    let grpc = shape.grpc;
     let (response, target, flags) = if ctx.gateway {
         gateway_request(&mut req, ctx, &state).await
     } else {
@@ -46,7 +47,7 @@ pub(super) async fn request(req: Request<Incoming>, ctx: &Conn) -> Response<Body
         &state,
         target.as_ref(),
         flags,
-        grpc,
+        shape,
         started,
     );
     if logged {
@@ -73,10 +74,11 @@ fn timed(
     state: &State,
     target: Option<&Target>,
     flags: &'static str,
-    grpc: bool,
+    shape: super::Shape,
     started: tokio::time::Instant,
 ) -> Response<Body> {
     use crate::metrics::{Key, Reporter, RequestProtocol, Timed, outbound_sides};
+    let grpc = shape.grpc;
     // One series for every destination outside the registry, whatever its address.
     let passthrough = target.is_none_or(|t| &*t.service == crate::route::PASSTHROUGH);
     // A sidecar answering over mTLS says which workload it serves; the app never sees it.
@@ -101,6 +103,7 @@ fn timed(
         Some(t) => outbound_sides(inputs.workload(), state, t, meta),
         None => crate::metrics::Sides::unknown_destination(inputs.workload()),
     });
+    let timer = timer.request_bytes(shape.bytes);
     response.map(|body| Timed::new(body, timer).boxed())
 }
 

@@ -19,6 +19,7 @@ use std::sync::{Arc, RwLock};
 use std::task::{Context, Poll};
 use tokio::time::Instant;
 
+use bytes::Buf;
 use hashbrown::{Equivalent, HashMap};
 use hyper::body::{Body, Frame, SizeHint};
 use prometheus_client::collector::Collector;
@@ -45,6 +46,45 @@ const DURATION_BUCKETS_US: [u64; 19] = {
     }
     us
 };
+
+/// Upper bounds of `istio_request_bytes`' and `istio_response_bytes`' buckets: the same
+/// defaults, in bytes, as Istio's sidecars use for every histogram.
+pub const SIZE_BUCKETS_BYTES: [f64; 19] = DURATION_BUCKETS_MS;
+
+/// A histogram of sizes: per-bucket counts (not cumulative; the last one is +Inf) and a sum.
+#[derive(Debug, Default)]
+struct Sizes {
+    sum: AtomicU64,
+    buckets: [AtomicU64; SIZE_BUCKETS_BYTES.len() + 1],
+}
+
+impl Sizes {
+    fn record(&self, bytes: u64) {
+        self.sum.fetch_add(bytes, Relaxed);
+        // Twice the bytes against twice the bounds: the first bound is half a byte.
+        let doubled = bytes.saturating_mul(2);
+        let bucket = SIZE_BUCKETS_BYTES
+            .iter()
+            .position(|bound| doubled <= (*bound * 2.0) as u64)
+            .unwrap_or(SIZE_BUCKETS_BYTES.len());
+        self.buckets[bucket].fetch_add(1, Relaxed);
+    }
+
+    /// `(bound, count)` per bucket, and the total count.
+    fn buckets(&self) -> (Vec<(f64, u64)>, u64) {
+        let mut count = 0;
+        let mut out = Vec::with_capacity(self.buckets.len());
+        for (i, n) in self.buckets.iter().enumerate() {
+            let n = n.load(Relaxed);
+            count += n;
+            out.push((
+                SIZE_BUCKETS_BYTES.get(i).copied().unwrap_or(f64::INFINITY),
+                n,
+            ));
+        }
+        (out, count)
+    }
+}
 
 /// Which side reports: the caller's proxy (`source`) or the callee's (`destination`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -207,11 +247,18 @@ pub struct RequestSeries {
     sum_us: AtomicU64,
     /// Requests per bucket (not cumulative; the last one is +Inf).
     buckets: [AtomicU64; DURATION_BUCKETS_US.len() + 1],
+    /// Sizes of the requests' bodies.
+    request_bytes: Sizes,
+    /// Sizes of the responses' bodies.
+    response_bytes: Sizes,
 }
 
 impl RequestSeries {
-    /// Records one request that took `micros`.
-    pub fn record(&self, micros: u64) {
+    /// Records one request that took `micros`, whose body was `request` bytes and its
+    /// response's `response` bytes.
+    pub fn record(&self, micros: u64, request: u64, response: u64) {
+        self.request_bytes.record(request);
+        self.response_bytes.record(response);
         self.count.fetch_add(1, Relaxed);
         self.sum_us.fetch_add(micros, Relaxed);
         let bucket = DURATION_BUCKETS_US
@@ -232,12 +279,23 @@ impl RequestSeries {
 pub struct Timer {
     series: Arc<RequestSeries>,
     started: Instant,
+    request_bytes: u64,
+    response_bytes: u64,
+}
+
+impl Timer {
+    /// The request's body was `bytes` long.
+    pub fn request_bytes(mut self, bytes: u64) -> Self {
+        self.request_bytes = bytes;
+        self
+    }
 }
 
 impl Drop for Timer {
     fn drop(&mut self) {
         let micros = u64::try_from(self.started.elapsed().as_micros()).unwrap_or(u64::MAX);
-        self.series.record(micros);
+        self.series
+            .record(micros, self.request_bytes, self.response_bytes);
     }
 }
 
@@ -326,6 +384,8 @@ impl Metrics {
             count: AtomicU64::new(0),
             sum_us: AtomicU64::new(0),
             buckets: std::array::from_fn(|_| AtomicU64::new(0)),
+            request_bytes: Sizes::default(),
+            response_bytes: Sizes::default(),
         })
     }
 
@@ -339,6 +399,8 @@ impl Metrics {
         Timer {
             series: self.request_series(key, describe),
             started,
+            request_bytes: 0,
+            response_bytes: 0,
         }
     }
 
@@ -464,16 +526,13 @@ fn snapshot<T>(map: &Series<T>) -> Vec<Arc<T>> {
 /// A response body that keeps its request's timer until the body is sent (or abandoned).
 pub struct Timed<B> {
     inner: B,
-    _timer: Timer,
+    timer: Timer,
 }
 
 impl<B> Timed<B> {
-    /// `inner`, timed by `timer`.
+    /// `inner`, timed by `timer`, its data counted as the response's size.
     pub fn new(inner: B, timer: Timer) -> Self {
-        Self {
-            inner,
-            _timer: timer,
-        }
+        Self { inner, timer }
     }
 }
 
@@ -485,7 +544,13 @@ impl<B: Body + Unpin> Body for Timed<B> {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
-        Pin::new(&mut self.inner).poll_frame(cx)
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &polled
+            && let Some(data) = frame.data_ref()
+        {
+            self.timer.response_bytes += data.remaining() as u64;
+        }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {
@@ -539,6 +604,29 @@ impl Collector for Metrics {
                 family
                     .encode_family(set)?
                     .encode_histogram::<NoLabelSet>(sum_ms, count, &buckets, None)?;
+            }
+        }
+        if !requests.is_empty() {
+            type Read = fn(&RequestSeries) -> &Sizes;
+            let sizes: [(&str, &str, Read); 2] = [
+                ("istio_request_bytes", "Sizes of request bodies", |s| {
+                    &s.request_bytes
+                }),
+                ("istio_response_bytes", "Sizes of response bodies", |s| {
+                    &s.response_bytes
+                }),
+            ];
+            for (name, help, read) in sizes {
+                let mut family =
+                    encoder.encode_descriptor(name, help, None, MetricType::Histogram)?;
+                for (s, set) in requests.iter().zip(&label_sets) {
+                    let sizes = read(s);
+                    let (buckets, count) = sizes.buckets();
+                    let sum = sizes.sum.load(Relaxed) as f64;
+                    family
+                        .encode_family(set)?
+                        .encode_histogram::<NoLabelSet>(sum, count, &buckets, None)?;
+                }
             }
         }
         let tcp = self.tcp_snapshot();

@@ -70,7 +70,7 @@ fn requests_render_with_istio_names_labels_and_buckets() {
     let now = Instant::now();
     for took in [Duration::from_millis(3), Duration::from_micros(200)] {
         let series = metrics.request_series(&key(host, 200), sides);
-        series.record(u64::try_from(took.as_micros()).unwrap());
+        series.record(u64::try_from(took.as_micros()).unwrap(), 0, 0);
     }
     drop(metrics.time_request(&key(host, 503), now, sides));
     let text = metrics.render();
@@ -108,6 +108,44 @@ fn requests_render_with_istio_names_labels_and_buckets() {
     );
     assert!(text.contains("mesh_proxy_build_info{"), "{text}");
     assert!(text.ends_with("# EOF\n"), "{text}");
+}
+
+#[tokio::test]
+async fn request_and_response_sizes_are_histograms_of_bodies() {
+    use http_body_util::BodyExt;
+    let metrics = Arc::new(Metrics::new(order()));
+    let host = "inventory.shop.svc.cluster.local";
+    let timer = metrics
+        .time_request(&key(host, 200), Instant::now(), sides)
+        .request_bytes(40);
+    let body = Timed::new(
+        http_body_util::Full::new(bytes::Bytes::from(vec![b'x'; 700])),
+        timer,
+    );
+    // The response's body is sent (read to its end), then dropped.
+    let read = body.collect().await.unwrap().to_bytes();
+    assert_eq!(read.len(), 700);
+    let text = metrics.render();
+    let line = |name: &str, le: &str, n: u64| {
+        text.lines().any(|l| {
+            l.starts_with(&format!("{name}_bucket{{le=\"{le}\","))
+                && l.contains("response_code=\"200\"")
+                && l.ends_with(&format!(" {n}"))
+        })
+    };
+    assert!(line("istio_request_bytes", "25.0", 0), "{text}");
+    assert!(line("istio_request_bytes", "50.0", 1), "{text}");
+    assert!(line("istio_response_bytes", "500.0", 0), "{text}");
+    assert!(line("istio_response_bytes", "1000.0", 1), "{text}");
+    assert!(
+        text.contains("# TYPE istio_request_bytes histogram"),
+        "{text}"
+    );
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("istio_response_bytes_sum{") && l.ends_with(" 700.0")),
+        "{text}"
+    );
 }
 
 #[test]
