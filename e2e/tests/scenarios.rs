@@ -1128,6 +1128,10 @@ spec:
         answer["peer"],
         "spiffe://cluster.local/ns/default/sa/client"
     );
+    // Both sidecars count the call as gRPC with the status its trailers carried.
+    let grpc_ok = ["request_protocol=\"grpc\"", "grpc_response_status=\"0\""];
+    let counted = wait_until(DEADLINE, || requests_counted(&*c, "client", &grpc_ok) >= 1);
+    assert!(counted, "{}", scrape(&*c, "client"));
 }
 
 #[test]

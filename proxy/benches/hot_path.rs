@@ -278,6 +278,7 @@ fn bench_metrics(c: &mut Criterion) {
         protocol: RequestProtocol::Http,
         code,
         flags: "-",
+        grpc_status: None,
     };
     let ok = key(200);
     metrics.request_series(&ok, describe);

@@ -313,8 +313,13 @@ fn timed(
         protocol: RequestProtocol::of_http(grpc),
         code: resp.status().as_u16(),
         flags,
+        grpc_status: if grpc {
+            crate::metrics::grpc_status(resp.headers())
+        } else {
+            None
+        },
     };
-    let timer = metrics.time_request(&key, started, || {
+    let describe = || {
         inbound_sides(
             inputs.workload(),
             &inputs.state.borrow(),
@@ -322,7 +327,13 @@ fn timed(
             identity,
             caller.meta,
         )
-    });
+    };
+    // A gRPC answer's status usually comes in its trailers, after this.
+    let timer = if grpc && key.grpc_status.is_none() {
+        metrics.time_grpc_call(&key, started, describe)
+    } else {
+        metrics.time_request(&key, started, describe)
+    };
     if caller.identity.is_some() {
         // Tells the calling sidecar which workload answered (for its metrics).
         resp.headers_mut()

@@ -98,11 +98,22 @@ fn timed(
         protocol: RequestProtocol::of_http(grpc),
         code: response.status().as_u16(),
         flags,
+        grpc_status: if grpc {
+            crate::metrics::grpc_status(response.headers())
+        } else {
+            None
+        },
     };
-    let timer = inputs.metrics.time_request(&key, started, || match target {
+    let describe = || match target {
         Some(t) => outbound_sides(inputs.workload(), state, t, meta),
         None => crate::metrics::Sides::unknown_destination(inputs.workload()),
-    });
+    };
+    // A gRPC answer's status usually comes in its trailers, after this.
+    let timer = if grpc && key.grpc_status.is_none() {
+        inputs.metrics.time_grpc_call(&key, started, describe)
+    } else {
+        inputs.metrics.time_request(&key, started, describe)
+    };
     let timer = timer.request_bytes(shape.bytes);
     response.map(|body| Timed::new(body, timer).boxed())
 }

@@ -192,6 +192,11 @@ pub fn request_labels<'a>(key: &'a Key<Box<str>>, sides: &'a Sides) -> Labels<'a
     let mut labels = sides_labels(key, sides);
     labels.push(("response_code", Cow::Owned(key.code.to_string())));
     labels.push(("response_flags", Cow::Borrowed(key.flags)));
+    labels.push((
+        "grpc_response_status",
+        key.grpc_status
+            .map_or(Cow::Borrowed(""), |c| Cow::Owned(c.to_string())),
+    ));
     labels.push(("connection_security_policy", security_policy(key)));
     labels
 }

@@ -86,6 +86,14 @@ impl Sizes {
     }
 }
 
+/// The `grpc-status` of headers or trailers.
+pub fn grpc_status(headers: &hyper::HeaderMap) -> Option<u8> {
+    headers
+        .get("grpc-status")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+}
+
 /// Which side reports: the caller's proxy (`source`) or the callee's (`destination`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Reporter {
@@ -156,6 +164,9 @@ pub struct Key<S> {
     pub code: u16,
     /// Envoy's response flags (`-` when none).
     pub flags: &'static str,
+    /// A gRPC response's `grpc-status` (none for other protocols, or when the call ended
+    /// without one).
+    pub grpc_status: Option<u8>,
 }
 
 /// A borrowed key.
@@ -168,7 +179,8 @@ impl<S: std::ops::Deref<Target = str>> std::hash::Hash for Key<S> {
         let small = u64::from(self.code)
             | u64::from(self.mtls) << 16
             | (self.protocol as u64) << 17
-            | (self.reporter as u64) << 19;
+            | (self.reporter as u64) << 19
+            | u64::from(self.grpc_status.map_or(0xff, u16::from)) << 21;
         let addr = match self.addr {
             Some(std::net::SocketAddr::V4(a)) => {
                 u64::from(a.ip().to_bits()) << 16 | u64::from(a.port())
@@ -179,7 +191,7 @@ impl<S: std::ops::Deref<Target = str>> std::hash::Hash for Key<S> {
             }
             None => 0,
         };
-        h.write_u64(small ^ addr.rotate_left(21));
+        h.write_u64(small ^ addr.rotate_left(29));
         for text in [&*self.peer, &*self.meta, self.flags] {
             h.write(text.as_bytes());
             // Keeps ("ab", "c") apart from ("a", "bc").
@@ -199,6 +211,7 @@ impl Key<&str> {
             protocol: self.protocol,
             code: self.code,
             flags: self.flags,
+            grpc_status: self.grpc_status,
         }
     }
 }
@@ -211,6 +224,7 @@ impl Equivalent<Key<Box<str>>> for Key<&str> {
             && self.mtls == key.mtls
             && self.protocol == key.protocol
             && self.flags == key.flags
+            && self.grpc_status == key.grpc_status
             && *self.peer == *key.peer
             && *self.meta == *key.meta
     }
@@ -277,10 +291,19 @@ impl RequestSeries {
 /// A request being timed: recorded once, when dropped (after its response's body was sent, or
 /// when the exchange was abandoned).
 pub struct Timer {
-    series: Arc<RequestSeries>,
+    series: Option<Arc<RequestSeries>>,
     started: Instant,
     request_bytes: u64,
     response_bytes: u64,
+    /// A gRPC call whose status comes in the trailers: its series is chosen when it ends.
+    late: Option<Box<LateSeries>>,
+}
+
+/// What choosing a gRPC call's series when it ends takes.
+struct LateSeries {
+    metrics: Arc<Metrics>,
+    key: Key<Box<str>>,
+    sides: Sides,
 }
 
 impl Timer {
@@ -294,8 +317,30 @@ impl Timer {
 impl Drop for Timer {
     fn drop(&mut self) {
         let micros = u64::try_from(self.started.elapsed().as_micros()).unwrap_or(u64::MAX);
-        self.series
-            .record(micros, self.request_bytes, self.response_bytes);
+        let series = match (self.series.take(), self.late.take()) {
+            (Some(series), _) => series,
+            (None, Some(late)) => {
+                let LateSeries {
+                    metrics,
+                    key,
+                    sides,
+                } = *late;
+                let borrowed = Key {
+                    reporter: key.reporter,
+                    peer: &*key.peer,
+                    addr: key.addr,
+                    meta: &*key.meta,
+                    mtls: key.mtls,
+                    protocol: key.protocol,
+                    code: key.code,
+                    flags: key.flags,
+                    grpc_status: key.grpc_status,
+                };
+                metrics.request_series(&borrowed, || sides)
+            }
+            (None, None) => return,
+        };
+        series.record(micros, self.request_bytes, self.response_bytes);
     }
 }
 
@@ -397,10 +442,32 @@ impl Metrics {
         describe: impl FnOnce() -> Sides,
     ) -> Timer {
         Timer {
-            series: self.request_series(key, describe),
+            series: Some(self.request_series(key, describe)),
             started,
             request_bytes: 0,
             response_bytes: 0,
+            late: None,
+        }
+    }
+
+    /// Starts timing a gRPC call whose status is not known yet (it comes in the trailers):
+    /// its series is chosen when the timer is dropped, with the `grpc-status` its body saw.
+    pub fn time_grpc_call(
+        self: &Arc<Self>,
+        key: &KeyRef<'_>,
+        started: Instant,
+        describe: impl FnOnce() -> Sides,
+    ) -> Timer {
+        Timer {
+            series: None,
+            started,
+            request_bytes: 0,
+            response_bytes: 0,
+            late: Some(Box::new(LateSeries {
+                metrics: self.clone(),
+                key: key.to_owned(),
+                sides: describe(),
+            })),
         }
     }
 
@@ -545,10 +612,14 @@ impl<B: Body + Unpin> Body for Timed<B> {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        if let Poll::Ready(Some(Ok(frame))) = &polled
-            && let Some(data) = frame.data_ref()
-        {
-            self.timer.response_bytes += data.remaining() as u64;
+        if let Poll::Ready(Some(Ok(frame))) = &polled {
+            if let Some(data) = frame.data_ref() {
+                self.timer.response_bytes += data.remaining() as u64;
+            } else if let (Some(trailers), Some(late)) =
+                (frame.trailers_ref(), self.timer.late.as_mut())
+            {
+                late.key.grpc_status = grpc_status(trailers);
+            }
         }
         polled
     }

@@ -38,6 +38,7 @@ fn key(host: &str, code: u16) -> KeyRef<'_> {
         protocol: RequestProtocol::Http,
         code,
         flags: "-",
+        grpc_status: None,
     }
 }
 
@@ -84,7 +85,7 @@ fn requests_render_with_istio_names_labels_and_buckets() {
         destination_service=\"inventory.shop.svc.cluster.local\",\
         destination_service_name=\"inventory\",destination_service_namespace=\"shop\",\
         request_protocol=\"http\",response_code=\"200\",response_flags=\"-\",\
-        connection_security_policy=\"mutual_tls\"";
+        grpc_response_status=\"\",connection_security_policy=\"mutual_tls\"";
     assert!(text.contains("# TYPE istio_requests counter"), "{text}");
     assert!(
         text.contains(&format!("istio_requests_total{{{labels}}} 2\n")),
@@ -145,6 +146,52 @@ async fn request_and_response_sizes_are_histograms_of_bodies() {
         text.lines()
             .any(|l| l.starts_with("istio_response_bytes_sum{") && l.ends_with(" 700.0")),
         "{text}"
+    );
+}
+
+#[tokio::test]
+async fn a_grpc_call_is_counted_with_the_status_its_trailers_carry() {
+    use http_body_util::BodyExt;
+    let metrics = Arc::new(Metrics::new(order()));
+    let host = "inventory.shop.svc.cluster.local";
+    let mut k = key(host, 200);
+    k.protocol = RequestProtocol::Grpc;
+    let timer = metrics.time_grpc_call(&k, Instant::now(), sides);
+    let mut trailers = hyper::HeaderMap::new();
+    trailers.insert("grpc-status", hyper::header::HeaderValue::from_static("14"));
+    /// A body of given frames.
+    struct Frames(std::collections::VecDeque<hyper::body::Frame<bytes::Bytes>>);
+    impl hyper::body::Body for Frames {
+        type Data = bytes::Bytes;
+        type Error = std::convert::Infallible;
+        fn poll_frame(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Option<Result<hyper::body::Frame<bytes::Bytes>, Self::Error>>>
+        {
+            std::task::Poll::Ready(self.0.pop_front().map(Ok))
+        }
+    }
+    let frames = Frames(
+        [
+            hyper::body::Frame::data(bytes::Bytes::from_static(b"\0\0\0\0\0")),
+            hyper::body::Frame::trailers(trailers),
+        ]
+        .into(),
+    );
+    let body = Timed::new(frames, timer);
+    let _ = body.collect().await.unwrap();
+    let text = metrics.render();
+    assert!(
+        text.lines().any(|l| l.starts_with("istio_requests_total{")
+            && l.contains("request_protocol=\"grpc\"")
+            && l.contains("grpc_response_status=\"14\"")
+            && l.ends_with(" 1")),
+        "{text}"
+    );
+    assert!(
+        !text.contains("grpc_response_status=\"\""),
+        "no series is made before the status is known: {text}"
     );
 }
 

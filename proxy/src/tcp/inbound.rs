@@ -136,6 +136,7 @@ fn tcp_series(
         protocol: RequestProtocol::Tcp,
         code: 0,
         flags,
+        grpc_status: None,
     };
     metrics.tcp_series(&key, || {
         inbound_sides(inputs.workload(), &inputs.state.borrow(), dst, peer, "")

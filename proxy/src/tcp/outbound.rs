@@ -180,6 +180,7 @@ fn tcp_series(
         protocol: RequestProtocol::Tcp,
         code: 0,
         flags,
+        grpc_status: None,
     };
     metrics.tcp_series(&key, || match target {
         Some(t) => outbound_sides(inputs.workload(), state, t, ""),
