@@ -52,6 +52,26 @@ fn query_param<'a>(query: &'a str, key: &str) -> Option<&'a str> {
 pub fn handle(state: &DebugState, path: &str, query: &str) -> Response<Full<Bytes>> {
     let generation = state.generations.borrow().clone();
     match path {
+        "/metrics" | "/stats/prometheus" => {
+            let connected = state.status.all().iter().filter(|p| p.connected).count();
+            let rejected = state
+                .snapshots
+                .borrow()
+                .findings
+                .iter()
+                .filter(|f| f.severity == mesh_api::Severity::Error)
+                .count();
+            let text = state
+                .status
+                .metrics
+                .render(connected, generation.version, rejected);
+            let mut r = Response::new(Full::new(Bytes::from(text)));
+            r.headers_mut().insert(
+                hyper::header::CONTENT_TYPE,
+                hyper::header::HeaderValue::from_static("text/plain; version=0.0.4"),
+            );
+            r
+        }
         "/debug/syncz" => reply(
             StatusCode::OK,
             json!({
@@ -127,7 +147,7 @@ pub fn handle(state: &DebugState, path: &str, query: &str) -> Response<Full<Byte
         }
         _ => reply(
             StatusCode::NOT_FOUND,
-            json!({"error": "unknown path", "paths": ["/debug/syncz", "/debug/config_dump?proxyID=ID", "/debug/model"]}),
+            json!({"error": "unknown path", "paths": ["/debug/syncz", "/debug/config_dump?proxyID=ID", "/debug/model", "/metrics"]}),
         ),
     }
 }

@@ -407,3 +407,50 @@ fn what_a_proxy_will_not_enforce_is_in_its_status_and_goes_when_fixed() {
         "{s:?}"
     );
 }
+
+/// Pushes, refusals and convergence times are counted as istiod names them, and rendered for
+/// Prometheus.
+#[test]
+fn pushes_and_refusals_are_counted_for_prometheus() {
+    let mut rng = fastrand::Rng::with_seed(5);
+    let status = Status::default();
+    let mut session = Session::new(
+        node(),
+        generation(1, &random_yaml(&mut rng)),
+        status.clone(),
+    );
+    session.request(&subscribe(WORKLOAD_TYPE)).unwrap();
+    session.request(&subscribe(SERVICE_TYPE)).unwrap();
+    let responses = session.responses();
+    assert_eq!(responses.len(), 2, "one of each type");
+    // The services' response is refused.
+    let services = responses
+        .iter()
+        .find(|r| r.type_url == SERVICE_TYPE)
+        .unwrap();
+    session
+        .request(&pb::DeltaDiscoveryRequest {
+            type_url: SERVICE_TYPE.into(),
+            response_nonce: services.nonce.clone(),
+            error_detail: Some(pb::ErrorDetail {
+                code: 3,
+                message: "bad".into(),
+            }),
+            ..Default::default()
+        })
+        .unwrap();
+    let text = status.metrics.render(1, 1, 2);
+    for line in [
+        "pilot_xds 1\n",
+        "pilot_xds_pushes{type=\"workload\"} 1\n",
+        "pilot_xds_pushes{type=\"services\"} 1\n",
+        "pilot_total_xds_rejects 1\n",
+        "pilot_proxy_convergence_time_bucket{le=\"+Inf\"} 2\n",
+        "pilot_proxy_convergence_time_count 2\n",
+        "mesh_pilot_config_generation 1\n",
+        "mesh_pilot_rejected_configs 2\n",
+        "# TYPE pilot_proxy_convergence_time histogram\n",
+    ] {
+        assert!(text.contains(line), "no {line:?} in:\n{text}");
+    }
+}

@@ -58,6 +58,8 @@ struct ViewKey {
 pub struct Generation {
     /// Increases with every build.
     pub version: u64,
+    /// When it was built (for the time to push it).
+    pub built: std::time::Instant,
     /// The model.
     pub model: Arc<Model>,
     cache: Mutex<HashMap<ViewKey, Arc<Built>>>,
@@ -76,6 +78,7 @@ impl Generation {
     pub fn new(version: u64, model: Model) -> Self {
         Generation {
             version,
+            built: std::time::Instant::now(),
             model: Arc::new(model),
             cache: Mutex::new(HashMap::new()),
         }

@@ -103,6 +103,10 @@ impl Session {
                 Some(err) => {
                     t.client = t.acked.clone();
                     t.refused = true;
+                    self.status
+                        .metrics
+                        .rejects
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     self.status.update(&id, |s| {
                         s.nack = Some(format!("{}: {}", short(type_url), err.message));
                     });
@@ -285,6 +289,9 @@ impl Session {
         t.pending = Some((nonce.clone(), generation.version));
         let version = generation.version;
         let count = desired.len();
+        self.status
+            .metrics
+            .pushed(is_services, generation.built.elapsed());
         self.status.update(&self.node.id, |s| {
             s.sent_version = Some(version);
             if is_services {
