@@ -288,3 +288,64 @@ async fn the_service_signs_for_proven_callers_only() {
         .unwrap_err();
     assert_eq!(no_credential.code(), tonic::Code::Unauthenticated);
 }
+
+#[tokio::test]
+async fn requests_issues_and_refusals_are_counted_with_the_roots_expiry() {
+    use mesh_api::proto::ca::v1::certificates_server::Certificates;
+    let ca = TestCa::self_signed("metrics", CaConfig::default());
+    let tokens = Arc::new(BootstrapTokens::default());
+    let token = tokens.issue("default", "order");
+    let service = CaService::new(ca.authority.clone(), tokens);
+    let request = |token: &str, san: &str| {
+        tonic::Request::new(CertificateRequest {
+            csr_pem: csr_for(&[san]).1,
+            credential: Some(Credential {
+                kind: Some(Kind::BootstrapToken(token.into())),
+            }),
+            validity_seconds: 0,
+        })
+    };
+    let order = "spiffe://cluster.local/ns/default/sa/order";
+    assert!(
+        service
+            .create_certificate(request(&token, order))
+            .await
+            .is_ok()
+    );
+    assert!(
+        service
+            .create_certificate(request("nope", order))
+            .await
+            .is_err()
+    );
+    let other = "spiffe://cluster.local/ns/default/sa/payments";
+    assert!(
+        service
+            .create_certificate(request(&token, other))
+            .await
+            .is_err()
+    );
+    let text = service.render_metrics();
+    for line in [
+        "citadel_server_csr_count 3\n",
+        "citadel_server_success_cert_issuance_count 1\n",
+        "citadel_server_authentication_failure_count 1\n",
+        "citadel_server_csr_sign_err_count 1\n",
+    ] {
+        assert!(text.contains(line), "no {line:?} in:\n{text}");
+    }
+    let expiry: i64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("citadel_server_root_cert_expiry_timestamp "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    assert!(
+        expiry > now,
+        "the root expires in the future: {expiry} vs {now}"
+    );
+}

@@ -27,6 +27,8 @@ pub struct DebugState {
     pub snapshots: watch::Receiver<Arc<Snapshot>>,
     /// Every proxy's status.
     pub status: Status,
+    /// The CA, when pilot serves it (its counts join pilot's metrics).
+    pub ca: Option<Arc<mesh_ca::service::CaService>>,
 }
 
 fn reply(code: StatusCode, body: serde_json::Value) -> Response<Full<Bytes>> {
@@ -61,10 +63,13 @@ pub fn handle(state: &DebugState, path: &str, query: &str) -> Response<Full<Byte
                 .iter()
                 .filter(|f| f.severity == mesh_api::Severity::Error)
                 .count();
-            let text = state
+            let mut text = state
                 .status
                 .metrics
                 .render(connected, generation.version, rejected);
+            if let Some(ca) = &state.ca {
+                text += &ca.render_metrics();
+            }
             let mut r = Response::new(Full::new(Bytes::from(text)));
             r.headers_mut().insert(
                 hyper::header::CONTENT_TYPE,

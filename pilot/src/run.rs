@@ -195,6 +195,7 @@ impl Pilot {
             generations: gen_rx.clone(),
             snapshots: snap_rx,
             status: status.clone(),
+            ca: config.secure.as_ref().and_then(|s| s.ca.clone()),
         };
         tasks.push(tokio::spawn(debug::serve(
             debug_listener,
