@@ -447,6 +447,8 @@ fn pushes_and_refusals_are_counted_for_prometheus() {
         "pilot_total_xds_rejects 1\n",
         "pilot_proxy_convergence_time_bucket{le=\"+Inf\"} 2\n",
         "pilot_proxy_convergence_time_count 2\n",
+        "pilot_xds_push_time_bucket{le=\"+Inf\"} 2\n",
+        "# TYPE pilot_xds_push_time histogram\n",
         "mesh_pilot_config_generation 1\n",
         "mesh_pilot_rejected_configs 2\n",
         "# TYPE pilot_proxy_convergence_time histogram\n",

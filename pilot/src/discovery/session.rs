@@ -185,6 +185,7 @@ impl Session {
     }
 
     fn response_for(&mut self, type_url: &'static str) -> Option<pb::DeltaDiscoveryResponse> {
+        let started = std::time::Instant::now();
         let generation = self.generation.clone();
         let scope = translate::scope(&generation.model, &self.node);
         let t = self.types.get(type_url)?;
@@ -291,7 +292,7 @@ impl Session {
         let count = desired.len();
         self.status
             .metrics
-            .pushed(is_services, generation.built.elapsed());
+            .pushed(is_services, generation.built.elapsed(), started.elapsed());
         self.status.update(&self.node.id, |s| {
             s.sent_version = Some(version);
             if is_services {

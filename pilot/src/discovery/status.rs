@@ -45,30 +45,69 @@ pub struct PushMetrics {
     pub service_pushes: AtomicU64,
     /// Responses proxies refused (NACKs).
     pub rejects: AtomicU64,
-    /// Per bucket (not cumulative; the last is +Inf), from a generation's build to a push of it.
-    convergence: [AtomicU64; CONVERGENCE_BUCKETS_S.len() + 1],
-    /// Sum of those times, in microseconds.
-    convergence_us: AtomicU64,
+    /// From a generation's build to a push of it.
+    convergence: Seconds<{ CONVERGENCE_BUCKETS_S.len() + 1 }>,
+    /// The time a push took to compute.
+    push_time: Seconds<{ PUSH_TIME_BUCKETS_S.len() + 1 }>,
+}
+
+/// Upper bounds, in seconds, of `pilot_xds_push_time`'s buckets: istiod's.
+pub const PUSH_TIME_BUCKETS_S: [f64; 9] = [0.01, 0.1, 0.5, 1.0, 3.0, 5.0, 10.0, 20.0, 30.0];
+
+/// A histogram of durations: per bucket (not cumulative; the last is +Inf) and a sum in
+/// microseconds.
+#[derive(Debug)]
+struct Seconds<const N: usize> {
+    buckets: [AtomicU64; N],
+    sum_us: AtomicU64,
+}
+
+impl<const N: usize> Default for Seconds<N> {
+    fn default() -> Self {
+        Seconds {
+            buckets: std::array::from_fn(|_| AtomicU64::new(0)),
+            sum_us: AtomicU64::new(0),
+        }
+    }
+}
+
+impl<const N: usize> Seconds<N> {
+    fn record(&self, bounds: &[f64], d: std::time::Duration) {
+        let secs = d.as_secs_f64();
+        let bucket = bounds
+            .iter()
+            .position(|b| secs <= *b)
+            .unwrap_or(bounds.len());
+        self.buckets[bucket].fetch_add(1, Relaxed);
+        self.sum_us
+            .fetch_add(u64::try_from(d.as_micros()).unwrap_or(u64::MAX), Relaxed);
+    }
+
+    fn render(&self, name: &str, help: &str, bounds: &[f64], out: &mut String) {
+        *out += &format!("# HELP {name} {help}\n# TYPE {name} histogram\n");
+        let mut cumulative = 0;
+        for (i, n) in self.buckets.iter().enumerate() {
+            cumulative += n.load(Relaxed);
+            let le = bounds.get(i).map_or("+Inf".to_string(), |b| b.to_string());
+            *out += &format!("{name}_bucket{{le=\"{le}\"}} {cumulative}\n");
+        }
+        *out += &format!(
+            "{name}_sum {}\n{name}_count {cumulative}\n",
+            self.sum_us.load(Relaxed) as f64 / 1e6
+        );
+    }
 }
 
 impl PushMetrics {
-    /// A push of a generation built `since` ago.
-    pub fn pushed(&self, services: bool, since: std::time::Duration) {
+    /// A push of a generation built `since` ago, which took `took` to compute.
+    pub fn pushed(&self, services: bool, since: std::time::Duration, took: std::time::Duration) {
         if services {
             self.service_pushes.fetch_add(1, Relaxed);
         } else {
             self.workload_pushes.fetch_add(1, Relaxed);
         }
-        let secs = since.as_secs_f64();
-        let bucket = CONVERGENCE_BUCKETS_S
-            .iter()
-            .position(|b| secs <= *b)
-            .unwrap_or(CONVERGENCE_BUCKETS_S.len());
-        self.convergence[bucket].fetch_add(1, Relaxed);
-        self.convergence_us.fetch_add(
-            u64::try_from(since.as_micros()).unwrap_or(u64::MAX),
-            Relaxed,
-        );
+        self.convergence.record(&CONVERGENCE_BUCKETS_S, since);
+        self.push_time.record(&PUSH_TIME_BUCKETS_S, took);
     }
 
     /// The Prometheus text of these counters, with `connected` proxies, the `generation` and
@@ -85,18 +124,17 @@ impl PushMetrics {
         );
         out += "# HELP pilot_total_xds_rejects Responses proxies refused (NACK).\n# TYPE pilot_total_xds_rejects counter\n";
         out += &format!("pilot_total_xds_rejects {}\n", self.rejects.load(Relaxed));
-        out += "# HELP pilot_proxy_convergence_time Seconds from a configuration's build to its push to a proxy.\n# TYPE pilot_proxy_convergence_time histogram\n";
-        let mut cumulative = 0;
-        for (i, n) in self.convergence.iter().enumerate() {
-            cumulative += n.load(Relaxed);
-            let le = CONVERGENCE_BUCKETS_S
-                .get(i)
-                .map_or("+Inf".to_string(), |b| b.to_string());
-            out += &format!("pilot_proxy_convergence_time_bucket{{le=\"{le}\"}} {cumulative}\n");
-        }
-        out += &format!(
-            "pilot_proxy_convergence_time_sum {}\npilot_proxy_convergence_time_count {cumulative}\n",
-            self.convergence_us.load(Relaxed) as f64 / 1e6
+        self.convergence.render(
+            "pilot_proxy_convergence_time",
+            "Seconds from a configuration's build to its push to a proxy.",
+            &CONVERGENCE_BUCKETS_S,
+            &mut out,
+        );
+        self.push_time.render(
+            "pilot_xds_push_time",
+            "Seconds a push took to compute.",
+            &PUSH_TIME_BUCKETS_S,
+            &mut out,
         );
         out += "# HELP mesh_pilot_config_generation The model's current generation.\n# TYPE mesh_pilot_config_generation gauge\n";
         out += &format!("mesh_pilot_config_generation {generation}\n");
