@@ -352,6 +352,28 @@ fn bookinfo_with_echo() -> String {
     mesh_injector::template::to_yaml(&docs).unwrap()
 }
 
+/// Through the gateway at `base`: 100 of 100 productpage requests with reviews v1, its
+/// static files from productpage, and `missing` the gateway's 404.
+fn bookinfo_answers_through(c: &dyn Cluster, base: &str, missing: &str) {
+    let all_v1 = "productpage/v1(details/v1,reviews/v1)";
+    let page = format!("{base}/productpage");
+    let report = c.load("outside", &page, &["-n", "100", "-c", "4"]).unwrap();
+    assert_all_ok(&report);
+    assert_eq!(report.by_chain.get(all_v1), Some(&100), "{report:?}");
+    let statics = c
+        .load("outside", &format!("{base}/static/app.css"), &["-n", "3"])
+        .unwrap();
+    assert_eq!(
+        statics.by_service.get("productpage"),
+        Some(&3),
+        "{statics:?}"
+    );
+    let other = c
+        .load("outside", &format!("{base}{missing}"), &["-n", "2"])
+        .unwrap();
+    assert_eq!(failed_with(&other, 404, ""), 2, "{other:?}");
+}
+
 fn bookinfo_file(path: &str) -> PathBuf {
     mesh_api::testing::shared_testdata()
         .join("istio-samples/bookinfo")
@@ -413,30 +435,8 @@ fn bookinfo_through_its_gateway_api_gateway_with_reviews_routed_by_httproutes() 
         assert!(holds(conditions, "Accepted"), "{route}: {st}");
         assert!(holds(conditions, "ResolvedRefs"), "{route}: {st}");
     }
-    let report = c.load("outside", &page, &["-n", "100", "-c", "4"]).unwrap();
-    assert_all_ok(&report);
-    assert_eq!(report.by_chain.get(all_v1), Some(&100), "{report:?}");
     // PathPrefix matches whole segments; other paths get the gateway's 404.
-    let statics = c
-        .load(
-            "outside",
-            &format!("http://{gateway}/static/app.css"),
-            &["-n", "3"],
-        )
-        .unwrap();
-    assert_eq!(
-        statics.by_service.get("productpage"),
-        Some(&3),
-        "{statics:?}"
-    );
-    let other = c
-        .load(
-            "outside",
-            &format!("http://{gateway}/staticfoo"),
-            &["-n", "2"],
-        )
-        .unwrap();
-    assert_eq!(failed_with(&other, 404, ""), 2, "{other:?}");
+    bookinfo_answers_through(&c, &format!("http://{gateway}"), "/staticfoo");
 
     // The 90/10 split between the reviews versions, by weights on backendRefs.
     c.apply(&bookinfo_file("gateway-api/route-reviews-90-10.yaml"))
@@ -492,30 +492,8 @@ fn bookinfo_through_its_own_gateway_with_reviews_routed_by_its_virtual_services(
         routed,
         "productpage never answered through the gateway with reviews v1"
     );
-    let report = c.load("outside", &page, &["-n", "100", "-c", "4"]).unwrap();
-    assert_all_ok(&report);
-    assert_eq!(report.by_chain.get(all_v1), Some(&100), "{report:?}");
     // The gateway's other bookinfo paths reach productpage; the rest is its 404.
-    let statics = c
-        .load(
-            "outside",
-            &format!("http://{host}:8080/static/app.css"),
-            &["-n", "3"],
-        )
-        .unwrap();
-    assert_eq!(
-        statics.by_service.get("productpage"),
-        Some(&3),
-        "{statics:?}"
-    );
-    let other = c
-        .load(
-            "outside",
-            &format!("http://{host}:8080/admin"),
-            &["-n", "2"],
-        )
-        .unwrap();
-    assert_eq!(failed_with(&other, 404, ""), 2, "{other:?}");
+    bookinfo_answers_through(&*c, &format!("http://{host}:8080"), "/admin");
 
     // Istio's request-routing task: jason's reviews from v2 (with ratings), everyone
     // else's from v3, decided by productpage's sidecar on the header it passed on.

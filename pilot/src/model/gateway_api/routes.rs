@@ -227,6 +227,15 @@ impl Bucket {
     }
 }
 
+/// What resolving a route's references reads: the route, the grants, the registry and the
+/// cluster domain.
+struct Refs<'a> {
+    route: &'a RouteRef,
+    grants: &'a Grants<'a>,
+    registry: &'a Registry,
+    domain: &'a str,
+}
+
 /// Converts an HTTPRoute's rules.
 pub(crate) fn http_rules(
     route: &RouteRef,
@@ -235,6 +244,12 @@ pub(crate) fn http_rules(
     registry: &Registry,
     domain: &str,
 ) -> Converted {
+    let refs = &Refs {
+        route,
+        grants,
+        registry,
+        domain,
+    };
     let mut out = Converted {
         rules: Vec::new(),
         resolved: Ok(()),
@@ -299,16 +314,7 @@ pub(crate) fn http_rules(
                 ..HttpRoute::default()
             };
             let prefix = (kind == "PathPrefix").then_some(prefix);
-            apply_filters(
-                &mut http,
-                &rule.filters,
-                prefix,
-                route,
-                grants,
-                registry,
-                domain,
-                &mut out.resolved,
-            );
+            apply_filters(&mut http, &rule.filters, prefix, refs, &mut out.resolved);
             // A rule's only backend may carry its own redirect, rewrite or mirror: those
             // apply to every request the rule takes.
             if let [only] = rule.backend_refs.as_slice() {
@@ -318,26 +324,9 @@ pub(crate) fn http_rules(
                     .filter(|f| !f.type_.ends_with("HeaderModifier"))
                     .cloned()
                     .collect();
-                apply_filters(
-                    &mut http,
-                    &own,
-                    prefix,
-                    route,
-                    grants,
-                    registry,
-                    domain,
-                    &mut out.resolved,
-                );
+                apply_filters(&mut http, &own, prefix, refs, &mut out.resolved);
             }
-            backends(
-                &mut http,
-                &rule.backend_refs,
-                route,
-                grants,
-                registry,
-                domain,
-                &mut out.resolved,
-            );
+            backends(&mut http, &rule.backend_refs, refs, &mut out.resolved);
             if let Some(t) = &rule.timeouts {
                 timeouts(&mut http, t, rule.retry.as_ref());
             } else if let Some(r) = &rule.retry {
@@ -362,6 +351,12 @@ pub(crate) fn grpc_rules(
     registry: &Registry,
     domain: &str,
 ) -> Converted {
+    let refs = &Refs {
+        route,
+        grants,
+        registry,
+        domain,
+    };
     let mut out = Converted {
         rules: Vec::new(),
         resolved: Ok(()),
@@ -411,25 +406,8 @@ pub(crate) fn grpc_rules(
                 }],
                 ..HttpRoute::default()
             };
-            apply_filters(
-                &mut http,
-                &rule.filters,
-                None,
-                route,
-                grants,
-                registry,
-                domain,
-                &mut out.resolved,
-            );
-            backends(
-                &mut http,
-                &rule.backend_refs,
-                route,
-                grants,
-                registry,
-                domain,
-                &mut out.resolved,
-            );
+            apply_filters(&mut http, &rule.filters, None, refs, &mut out.resolved);
+            backends(&mut http, &rule.backend_refs, refs, &mut out.resolved);
             out.rules.push(Rule {
                 specificity: Specificity {
                     path_kind: kind,
@@ -533,15 +511,11 @@ fn merge_ops(into: &mut Option<HeaderOperations>, ops: HeaderOperations) {
     target.remove.extend(ops.remove);
 }
 
-#[allow(clippy::too_many_arguments)]
 fn apply_filters(
     http: &mut HttpRoute,
     filters: &[HTTPRouteFilter],
     prefix: Option<&str>,
-    route: &RouteRef,
-    grants: &Grants,
-    registry: &Registry,
-    domain: &str,
+    refs: &Refs,
     resolved: &mut Result<(), (&'static str, String)>,
 ) {
     for f in filters {
@@ -614,7 +588,7 @@ fn apply_filters(
                         port: m.backend_ref.port,
                         ..HTTPBackendRef::default()
                     };
-                    match destination(&b, route, grants, registry, domain) {
+                    match destination(&b, refs) {
                         Ok(d) => {
                             let percent = match (&m.percent, &m.fraction) {
                                 (Some(p), _) => Some(f64::from(*p)),
@@ -666,21 +640,17 @@ pub fn prefix_rewrite(prefix: &str, with: &str) -> RegexRewrite {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
 fn backends(
     http: &mut HttpRoute,
-    refs: &[HTTPBackendRef],
-    route: &RouteRef,
-    grants: &Grants,
-    registry: &Registry,
-    domain: &str,
+    backend_refs: &[HTTPBackendRef],
+    refs: &Refs,
     resolved: &mut Result<(), (&'static str, String)>,
 ) {
     if http.redirect.is_some() || http.direct_response.is_some() {
         return;
     }
-    for b in refs {
-        match destination(b, route, grants, registry, domain) {
+    for b in backend_refs {
+        match destination(b, refs) {
             Ok(d) => {
                 let weight = b.weight.unwrap_or(1);
                 if weight == 0 {
@@ -724,13 +694,13 @@ fn backends(
 
 /// The destination a backendRef names: a Service of the mesh (`name.namespace.svc.domain`),
 /// or an Istio host name (`group: networking.istio.io, kind: Hostname`).
-fn destination(
-    b: &HTTPBackendRef,
-    route: &RouteRef,
-    grants: &Grants,
-    registry: &Registry,
-    domain: &str,
-) -> Result<Destination, (&'static str, String)> {
+fn destination(b: &HTTPBackendRef, refs: &Refs) -> Result<Destination, (&'static str, String)> {
+    let Refs {
+        route,
+        grants,
+        registry,
+        domain,
+    } = refs;
     let group = b.group.as_deref().unwrap_or("");
     let kind = b.kind.as_deref().unwrap_or("Service");
     let ns = b.namespace.as_deref().unwrap_or(&route.namespace);
