@@ -716,3 +716,21 @@ fn valid_documents_are_accepted() {
         assert_eq!(report.documents.len(), 1);
     }
 }
+
+/// Gateway API fields the mesh does not apply are said so, field by field.
+#[test]
+fn gateway_api_fields_not_applied_are_reported() {
+    let text = doc(
+        GW,
+        "Gateway",
+        "gatewayClassName: istio\ninfrastructure: {labels: {team: a}}\nlisteners:\n- {name: http, port: 80, protocol: HTTP}",
+    );
+    let report = load::load_str(&text, Some("gw.yaml"));
+    assert!(report.is_valid());
+    let warned: Vec<String> = report
+        .warnings()
+        .filter(|d| d.message.contains(mesh_api::validate::NOT_ENFORCED))
+        .filter_map(|d| d.field.clone())
+        .collect();
+    assert_eq!(warned, ["spec.infrastructure"], "{:?}", report.diagnostics);
+}

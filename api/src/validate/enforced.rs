@@ -188,6 +188,13 @@ fn in_kube_gateway(spec: &crate::gateway_api::GatewaySpec) -> Vec<Diagnostic> {
             "spec.infrastructure.parametersRef",
             "the gateway is deployed with the mesh's defaults; parameters are not read",
         ),
+        (
+            spec.infrastructure
+                .as_ref()
+                .is_some_and(|i| !i.labels.is_empty() || !i.annotations.is_empty()),
+            "spec.infrastructure",
+            "labels and annotations are not put on the gateway deployed for it",
+        ),
     ] {
         if set {
             out.add(field, what);
