@@ -25,6 +25,7 @@ pub fn crd(kind: Kind) -> Option<CustomResourceDefinition> {
         Kind::PeerAuthentication => sec::PeerAuthentication::crd(),
         Kind::AuthorizationPolicy => sec::AuthorizationPolicy::crd(),
         Kind::RequestAuthentication => sec::RequestAuthentication::crd(),
+        Kind::Telemetry => crate::telemetry::Telemetry::crd(),
         Kind::RateLimitPolicy => policy::RateLimitPolicy::crd(),
         _ => return None,
     };

@@ -25,6 +25,8 @@ pub enum Kind {
     AuthorizationPolicy,
     /// security.istio.io RequestAuthentication.
     RequestAuthentication,
+    /// telemetry.istio.io Telemetry.
+    Telemetry,
     /// policy.mesh.dev RateLimitPolicy (the mesh's own).
     RateLimitPolicy,
     /// gateway.networking.k8s.io GatewayClass (cluster-scoped).
@@ -59,6 +61,8 @@ const NETWORKING: &str = "networking.istio.io";
 const SECURITY: &str = "security.istio.io";
 const NETWORKING_VERSIONS: &[&str] = &["v1", "v1beta1", "v1alpha3"];
 const SECURITY_VERSIONS: &[&str] = &["v1", "v1beta1"];
+const TELEMETRY: &str = "telemetry.istio.io";
+const TELEMETRY_VERSIONS: &[&str] = &["v1", "v1alpha1"];
 const POLICY: &str = "policy.mesh.dev";
 const POLICY_VERSIONS: &[&str] = &["v1alpha1"];
 const GATEWAY_API: &str = "gateway.networking.k8s.io";
@@ -66,7 +70,7 @@ const GATEWAY_API_VERSIONS: &[&str] = &["v1", "v1beta1", "v1alpha2"];
 
 impl Kind {
     /// Every kind, Istio's first.
-    pub const ALL: [Kind; 24] = [
+    pub const ALL: [Kind; 25] = [
         Kind::VirtualService,
         Kind::DestinationRule,
         Kind::Gateway,
@@ -77,6 +81,7 @@ impl Kind {
         Kind::PeerAuthentication,
         Kind::AuthorizationPolicy,
         Kind::RequestAuthentication,
+        Kind::Telemetry,
         Kind::RateLimitPolicy,
         Kind::GatewayClass,
         Kind::KubeGateway,
@@ -106,6 +111,7 @@ impl Kind {
             Kind::PeerAuthentication => "PeerAuthentication",
             Kind::AuthorizationPolicy => "AuthorizationPolicy",
             Kind::RequestAuthentication => "RequestAuthentication",
+            Kind::Telemetry => "Telemetry",
             Kind::RateLimitPolicy => "RateLimitPolicy",
             Kind::GatewayClass => "GatewayClass",
             Kind::KubeGateway => "Gateway",
@@ -136,6 +142,7 @@ impl Kind {
             Kind::PeerAuthentication | Kind::AuthorizationPolicy | Kind::RequestAuthentication => {
                 SECURITY
             }
+            Kind::Telemetry => TELEMETRY,
             Kind::RateLimitPolicy => POLICY,
             Kind::GatewayClass
             | Kind::KubeGateway
@@ -158,6 +165,7 @@ impl Kind {
         match self.group() {
             NETWORKING => NETWORKING_VERSIONS,
             SECURITY => SECURITY_VERSIONS,
+            TELEMETRY => TELEMETRY_VERSIONS,
             POLICY => POLICY_VERSIONS,
             GATEWAY_API => GATEWAY_API_VERSIONS,
             _ => &["v1"],
@@ -166,7 +174,7 @@ impl Kind {
 
     /// True for Istio's custom resources (as opposed to Kubernetes' own objects).
     pub fn is_istio(self) -> bool {
-        matches!(self.group(), NETWORKING | SECURITY)
+        matches!(self.group(), NETWORKING | SECURITY | TELEMETRY)
     }
 
     /// True when a resource of this kind lives in a namespace.

@@ -20,6 +20,7 @@ pub mod policy;
 pub mod proto;
 pub mod resource;
 pub mod security;
+pub mod telemetry;
 #[cfg(feature = "test-util")]
 pub mod testing;
 pub mod validate;

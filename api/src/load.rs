@@ -15,7 +15,7 @@ use crate::kinds::{Kind, split_api_version};
 use crate::resource::Resource;
 use crate::validate;
 use crate::yaml_index::LineIndex;
-use crate::{gateway_api as gw, networking as net, policy, security as sec};
+use crate::{gateway_api as gw, networking as net, policy, security as sec, telemetry};
 
 /// Where a document came from.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -465,6 +465,7 @@ fn parse_typed(kind: Kind, text: &str) -> Result<Resource, Found> {
             sec::RequestAuthentication,
             sec::RequestAuthenticationSpec
         ),
+        Kind::Telemetry => istio!(Telemetry, telemetry::Telemetry, telemetry::TelemetrySpec),
         Kind::RateLimitPolicy => istio!(
             RateLimitPolicy,
             policy::RateLimitPolicy,

@@ -1,9 +1,12 @@
 //! Istio's mesh configuration, read where Istio keeps it: the `mesh` key of the ConfigMap
 //! `istio` in the root namespace. Of it the mesh acts on `extensionProviders` of the kinds
 //! `envoyExtAuthzHttp` and `envoyExtAuthzGrpc` (the external authorizers CUSTOM
-//! AuthorizationPolicies name) and on `localityLbSetting` (the mesh-wide default of locality
-//! load balancing); every other setting is accepted and reported as not enforced yet, so
-//! nothing written there is quietly ignored.
+//! AuthorizationPolicies name), `envoyFileAccessLog` and `opentelemetry` (access logs and
+//! tracing, named by Telemetry resources and `defaultProviders`), on `localityLbSetting` (the
+//! mesh-wide default of locality load balancing), and on the access log and tracing defaults
+//! (`accessLogFile`, `accessLogEncoding`, `enableTracing`, `defaultConfig.tracing.sampling`);
+//! every other setting is accepted and reported as not enforced yet, so nothing written there
+//! is quietly ignored.
 
 use std::collections::BTreeMap;
 
@@ -27,7 +30,106 @@ pub struct MeshConfigSpec {
     /// Locality load balancing for destinations whose DestinationRule sets none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub locality_lb_setting: Option<crate::networking::LocalityLbSetting>,
+    /// Every proxy writes an access log here (`/dev/stdout`); none when empty (unless a
+    /// Telemetry resource or `defaultProviders.accessLogging` asks for one).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub access_log_file: String,
+    /// `JSON` or `TEXT` (Envoy's default text line); JSON when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_log_encoding: Option<AccessLogEncoding>,
+    /// A custom access log format (Envoy's command operators).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub access_log_format: String,
+    /// The providers used when no Telemetry resource names one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_providers: Option<DefaultProviders>,
+    /// Tracing on (the default) or off for the whole mesh.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enable_tracing: Option<bool>,
+    /// Defaults for every proxy (Istio's ProxyConfig); of it `tracing.sampling` is read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_config: Option<ProxyConfigDefaults>,
     /// Every other setting, kept as written.
+    #[serde(flatten)]
+    pub other: BTreeMap<String, serde_json::Value>,
+}
+
+/// How access log lines are written.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum AccessLogEncoding {
+    /// One JSON object per line.
+    #[default]
+    Json,
+    /// Envoy's default text line.
+    Text,
+}
+
+/// `defaultProviders`: provider names per kind of telemetry.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DefaultProviders {
+    /// Tracing providers.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tracing: Vec<String>,
+    /// Metrics providers.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub metrics: Vec<String>,
+    /// Access log providers.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub access_logging: Vec<String>,
+}
+
+/// `defaultConfig`, the proxies' defaults; only `tracing.sampling` is read.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ProxyConfigDefaults {
+    /// Tracing defaults.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tracing: Option<TracingDefaults>,
+    /// Every other setting, kept as written.
+    #[serde(flatten)]
+    pub other: BTreeMap<String, serde_json::Value>,
+}
+
+/// `defaultConfig.tracing`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TracingDefaults {
+    /// Percentage of requests sampled when no Telemetry sets one (Istio's 1.0 when unset).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sampling: Option<f64>,
+    /// Every other setting (zipkin, custom tags, ...), kept as written.
+    #[serde(flatten)]
+    pub other: BTreeMap<String, serde_json::Value>,
+}
+
+/// Istio's `EnvoyFileAccessLogProvider`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct FileAccessLog {
+    /// The file (`/dev/stdout` when empty).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub path: String,
+    /// A custom format.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_format: Option<serde_json::Value>,
+}
+
+/// Istio's `OpenTelemetryTracingProvider`: spans exported over OTLP.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OpenTelemetryTracing {
+    /// The collector's service, `[<namespace>/]<hostname>`.
+    #[serde(default)]
+    pub service: String,
+    /// Its OTLP port (4317 for gRPC).
+    #[serde(default)]
+    pub port: u32,
+    /// Longest tag value; longer ones are cut.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_tag_length: Option<u32>,
+    /// Every other setting (http, resourceDetectors, dynatraceSampler), kept as written.
     #[serde(flatten)]
     pub other: BTreeMap<String, serde_json::Value>,
 }
@@ -45,7 +147,13 @@ pub struct ExtensionProvider {
     /// An external authorizer speaking Envoy's ext_authz gRPC protocol.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub envoy_ext_authz_grpc: Option<ExtAuthzGrpc>,
-    /// Other kinds of provider (tracers, access loggers, ...), kept as written.
+    /// An access log file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub envoy_file_access_log: Option<FileAccessLog>,
+    /// An OpenTelemetry collector that receives spans.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub opentelemetry: Option<OpenTelemetryTracing>,
+    /// Other kinds of provider (zipkin, datadog, ...), kept as written.
     #[serde(flatten)]
     pub other: BTreeMap<String, serde_json::Value>,
 }
@@ -147,6 +255,7 @@ impl ExtensionProvider {
     /// provider, "accepted, not enforced yet: ..." message). Pilot and the proxy report these
     /// for the providers a workload uses.
     pub fn not_enforced(&self) -> Vec<(String, String)> {
+        let mut out = Vec::new();
         let body = self
             .envoy_ext_authz_http
             .as_ref()
@@ -158,16 +267,37 @@ impl ExtensionProvider {
                     .and_then(|g| g.include_request_body_in_check.as_ref())
                     .map(|_| "envoyExtAuthzGrpc")
             });
-        body.map(|kind| {
-            (
+        if let Some(kind) = body {
+            out.push((
                 format!("{kind}.includeRequestBodyInCheck"),
                 format!(
                     "{NOT_ENFORCED}: the request body is not sent to the authorizer yet; checks carry the headers only"
                 ),
-            )
-        })
-        .into_iter()
-        .collect()
+            ));
+        }
+        if self
+            .envoy_file_access_log
+            .as_ref()
+            .is_some_and(|f| f.log_format.is_some())
+        {
+            out.push((
+                "envoyFileAccessLog.logFormat".into(),
+                format!(
+                    "{NOT_ENFORCED}: lines are written in the mesh's JSON form (accessLogEncoding TEXT: Envoy's default line), not in a custom format"
+                ),
+            ));
+        }
+        if let Some(o) = &self.opentelemetry {
+            for key in o.other.keys() {
+                out.push((
+                    format!("opentelemetry.{key}"),
+                    format!(
+                        "{NOT_ENFORCED}: spans are exported over OTLP/gRPC to the service and port, with the proxy's own resource attributes"
+                    ),
+                ));
+            }
+        }
+        out
     }
 }
 
@@ -219,6 +349,8 @@ impl MeshConfigSpec {
             }
             let kinds = usize::from(p.envoy_ext_authz_http.is_some())
                 + usize::from(p.envoy_ext_authz_grpc.is_some())
+                + usize::from(p.envoy_file_access_log.is_some())
+                + usize::from(p.opentelemetry.is_some())
                 + p.other.len();
             if kinds != 1 {
                 err(
@@ -252,12 +384,21 @@ impl MeshConfigSpec {
                 target(&mut err, &at, &g.service, g.port, g.timeout.as_deref());
                 status(&mut err, &at, &g.status_on_error);
             }
+            if let Some(o) = &p.opentelemetry {
+                target(
+                    &mut err,
+                    &format!("{at}.opentelemetry"),
+                    &o.service,
+                    o.port,
+                    None,
+                );
+            }
         }
         for (i, p) in self.extension_providers.iter().enumerate() {
             for kind in p.other.keys() {
                 out.push(
                     Diagnostic::warning(format!(
-                        "{NOT_ENFORCED}: {kind} providers are not used by this mesh; only {AUTHZ_KINDS} (external authorization) are"
+                        "{NOT_ENFORCED}: {kind} providers are not used by this mesh; only {AUTHZ_KINDS} (external authorization), envoyFileAccessLog (access logs) and opentelemetry (tracing) are"
                     ))
                     .at_field(format!("data.mesh.extensionProviders[{i}].{kind}")),
                 );
@@ -269,18 +410,65 @@ impl MeshConfigSpec {
                 );
             }
         }
+        if let Some(sampling) = self
+            .default_config
+            .as_ref()
+            .and_then(|c| c.tracing.as_ref())
+            .and_then(|t| t.sampling)
+            && !(0.0..=100.0).contains(&sampling)
+        {
+            out.push(
+                Diagnostic::error(format!(
+                    "{sampling} is out of range: a percentage from 0.0 to 100.0"
+                ))
+                .at_field("data.mesh.defaultConfig.tracing.sampling"),
+            );
+        }
         if let Some(l) = &self.locality_lb_setting {
             out.extend(crate::validate::locality_lb_findings(
                 "data.mesh.localityLbSetting",
                 l,
             ));
         }
+        let mut warn = |field: String, what: &str| {
+            out.push(Diagnostic::warning(format!("{NOT_ENFORCED}: {what}")).at_field(field));
+        };
+        if !self.access_log_format.is_empty() {
+            warn(
+                "data.mesh.accessLogFormat".into(),
+                "lines are written in the mesh's JSON form (accessLogEncoding TEXT: Envoy's default line), not in a custom format",
+            );
+        }
+        if let Some(d) = &self.default_providers {
+            for (i, name) in d.metrics.iter().enumerate() {
+                if name != "prometheus" {
+                    warn(
+                        format!("data.mesh.defaultProviders.metrics[{i}]"),
+                        "metrics are served for Prometheus only (provider prometheus), on :15020/stats/prometheus",
+                    );
+                }
+            }
+        }
+        if let Some(c) = &self.default_config {
+            if let Some(t) = &c.tracing {
+                for key in t.other.keys() {
+                    warn(
+                        format!("data.mesh.defaultConfig.tracing.{key}"),
+                        "spans go to the opentelemetry provider that defaultProviders.tracing or a Telemetry resource names; of defaultConfig.tracing only sampling is read",
+                    );
+                }
+            }
+            for key in c.other.keys() {
+                warn(
+                    format!("data.mesh.defaultConfig.{key}"),
+                    "of defaultConfig only tracing.sampling is read; the proxy's built-in default applies instead",
+                );
+            }
+        }
         for key in self.other.keys() {
-            out.push(
-                Diagnostic::warning(format!(
-                    "{NOT_ENFORCED}: the mesh reads only extensionProviders and localityLbSetting from its mesh configuration; the proxy's built-in default applies instead"
-                ))
-                .at_field(format!("data.mesh.{key}")),
+            warn(
+                format!("data.mesh.{key}"),
+                "the mesh reads extensionProviders, defaultProviders, localityLbSetting, the access log settings, enableTracing and defaultConfig.tracing.sampling from its mesh configuration; the proxy's built-in default applies instead",
             );
         }
         out
@@ -297,7 +485,7 @@ fn target(
     if service.is_empty() {
         err(
             format!("{at}.service"),
-            "Required value: the authorizer's service, `[<namespace>/]<hostname>`, e.g. ext-authz.foo.svc.cluster.local".into(),
+            "Required value: the provider's service, `[<namespace>/]<hostname>`, e.g. ext-authz.foo.svc.cluster.local".into(),
         );
     } else {
         let host = service.rsplit_once('/').map_or(service, |(_, h)| h);
@@ -311,7 +499,7 @@ fn target(
     if port == 0 || port > 65535 {
         err(
             format!("{at}.port"),
-            format!("{port} is not a port: give the authorizer's service port, 1-65535"),
+            format!("{port} is not a port: give the provider's service port, 1-65535"),
         );
     }
     if let Some(t) = timeout {
@@ -370,7 +558,7 @@ extensionProviders:
     service: ext-authz.foo.svc.cluster.local
     port: 8000
     includeRequestHeadersInCheck: ["x-ext-authz"]
-accessLogFile: /dev/stdout
+enableAutoMtls: true
 "#;
         let spec = MeshConfigSpec::parse(yaml).unwrap();
         assert_eq!(spec.extension_providers.len(), 2);
@@ -384,8 +572,73 @@ accessLogFile: /dev/stdout
         );
         let found = spec.validate();
         assert_eq!(found.len(), 1, "{found:?}");
-        assert_eq!(found[0].field.as_deref(), Some("data.mesh.accessLogFile"));
+        assert_eq!(found[0].field.as_deref(), Some("data.mesh.enableAutoMtls"));
         assert!(found[0].message.starts_with(NOT_ENFORCED));
+    }
+
+    #[test]
+    fn access_log_and_tracing_settings_are_read_and_the_rest_reported() {
+        let yaml = r#"
+accessLogFile: /dev/stdout
+accessLogEncoding: TEXT
+enableTracing: true
+defaultProviders: {tracing: [otel], accessLogging: [envoy], metrics: [stackdriver]}
+defaultConfig:
+  tracing: {sampling: 100, zipkin: {address: zipkin:9411}}
+  holdApplicationUntilProxyStarts: true
+extensionProviders:
+- name: otel
+  opentelemetry: {service: otel.observability.svc.cluster.local, port: 4317, http: {path: /v1/traces}}
+- name: file
+  envoyFileAccessLog: {path: /tmp/a.log}
+"#;
+        let spec = MeshConfigSpec::parse(yaml).unwrap();
+        assert_eq!(spec.access_log_encoding, Some(AccessLogEncoding::Text));
+        assert_eq!(
+            spec.default_config
+                .as_ref()
+                .unwrap()
+                .tracing
+                .as_ref()
+                .unwrap()
+                .sampling,
+            Some(100.0)
+        );
+        let mut warned: Vec<String> = spec
+            .validate()
+            .into_iter()
+            .map(|d| {
+                assert!(d.message.starts_with(NOT_ENFORCED), "{d:?}");
+                d.field.unwrap()
+            })
+            .collect();
+        warned.sort();
+        assert_eq!(
+            warned,
+            [
+                "data.mesh.defaultConfig.holdApplicationUntilProxyStarts",
+                "data.mesh.defaultConfig.tracing.zipkin",
+                "data.mesh.defaultProviders.metrics[0]",
+                "data.mesh.extensionProviders[0].opentelemetry.http",
+            ]
+        );
+        let bad = MeshConfigSpec::parse(
+            "defaultConfig: {tracing: {sampling: 101}}\nextensionProviders: [{name: o, opentelemetry: {service: '', port: 4317}}]\n",
+        )
+        .unwrap();
+        let errors: Vec<String> = bad
+            .validate()
+            .into_iter()
+            .filter(|d| d.severity == crate::Severity::Error)
+            .map(|d| d.field.unwrap())
+            .collect();
+        assert_eq!(
+            errors,
+            [
+                "data.mesh.extensionProviders[0].opentelemetry.service",
+                "data.mesh.defaultConfig.tracing.sampling",
+            ]
+        );
     }
 
     #[test]

@@ -13,6 +13,7 @@ use crate::networking::{
 };
 use crate::policy::RateLimitPolicy;
 use crate::security::{AuthorizationPolicy, PeerAuthentication, RequestAuthentication};
+use crate::telemetry::Telemetry;
 
 macro_rules! resources {
     ($($variant:ident($ty:ty)),* $(,)?) => {
@@ -63,6 +64,7 @@ resources! {
     PeerAuthentication(PeerAuthentication),
     AuthorizationPolicy(AuthorizationPolicy),
     RequestAuthentication(RequestAuthentication),
+    Telemetry(Telemetry),
     RateLimitPolicy(RateLimitPolicy),
     GatewayClass(gw::GatewayClass),
     KubeGateway(gw::Gateway),

@@ -70,13 +70,13 @@ fn json_and_lists_are_read() {
 
 #[test]
 fn unhandled_kinds_warn_and_are_skipped() {
-    let text = "apiVersion: telemetry.istio.io/v1\nkind: Telemetry\nmetadata: {name: t}\nspec: {}\n---\napiVersion: v1\nkind: ServiceAccount\nmetadata: {name: sa}\n";
+    let text = "apiVersion: extensions.istio.io/v1alpha1\nkind: WasmPlugin\nmetadata: {name: t}\nspec: {}\n---\napiVersion: v1\nkind: ServiceAccount\nmetadata: {name: sa}\n";
     let report = load::load_str(text, Some("t.yaml"));
     assert!(report.is_valid());
     assert_eq!(report.documents.len(), 1);
     let warnings: Vec<String> = report.warnings().map(ToString::to_string).collect();
     assert_eq!(warnings.len(), 1);
-    assert!(warnings[0].starts_with("t.yaml:1: warning: Telemetry default/t: kind Telemetry (telemetry.istio.io/v1) is not handled"), "{}", warnings[0]);
+    assert!(warnings[0].starts_with("t.yaml:1: warning: WasmPlugin default/t: kind WasmPlugin (extensions.istio.io/v1alpha1) is not handled"), "{}", warnings[0]);
 }
 
 #[test]

@@ -100,6 +100,6 @@ fn crds_serve_every_version_with_the_newest_stored() {
         assert_eq!(def.spec.names.kind, kind.name());
         assert_eq!(def.spec.scope, "Namespaced");
     }
-    // Istio's ten, and the mesh's own RateLimitPolicy.
-    assert_eq!(crd::all().len(), 11);
+    // Istio's eleven (with Telemetry), and the mesh's own RateLimitPolicy.
+    assert_eq!(crd::all().len(), 12);
 }

@@ -95,13 +95,12 @@ enum Outcome {
 
 /// Kinds in Istio's validation data that the mesh does not read (yet); their documents are
 /// skipped with a warning instead of being judged. Listed in docs/api-coverage.md.
-const UNHANDLED_KINDS: [(&str, &str); 5] = [
+const UNHANDLED_KINDS: [(&str, &str); 4] = [
     (
         "EnvoyFilter",
         "Envoy-specific patches; the mesh's proxy is not Envoy",
     ),
     ("ProxyConfig", "proxy tuning, not read yet"),
-    ("Telemetry", "telemetry API, not read yet"),
     ("WasmPlugin", "Wasm extensions are not supported"),
     ("TrafficExtension", "extensions are not supported"),
 ];

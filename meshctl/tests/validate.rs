@@ -85,7 +85,7 @@ fn crds_are_written_to_a_folder() {
     );
     assert_eq!(out.status.code(), Some(0));
     let written = std::fs::read_dir(&dir).unwrap().count();
-    assert_eq!(written, 11, "Istio's ten kinds and RateLimitPolicy");
+    assert_eq!(written, 12, "Istio's eleven kinds and RateLimitPolicy");
     let vs = std::fs::read_to_string(dir.join("virtualservice.networking.istio.io.yaml")).unwrap();
     assert!(vs.contains("kind: CustomResourceDefinition") && vs.contains("name: v1alpha3"));
     let rlp = std::fs::read_to_string(dir.join("ratelimitpolicy.policy.mesh.dev.yaml")).unwrap();

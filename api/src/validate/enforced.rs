@@ -11,6 +11,7 @@ use crate::networking::{
 };
 use crate::resource::Resource;
 use crate::security::{AuthorizationPolicySpec, RequestAuthenticationSpec};
+use crate::telemetry::TelemetrySpec;
 
 /// The start of every such warning, so tools can tell them from other warnings.
 pub const NOT_ENFORCED: &str = "accepted, not enforced yet";
@@ -89,6 +90,7 @@ pub fn not_enforced(resource: &Resource) -> Vec<Diagnostic> {
         Resource::Sidecar(r) => in_sidecar(&r.spec),
         Resource::AuthorizationPolicy(r) => in_authorization_policy(&r.spec),
         Resource::RequestAuthentication(r) => in_request_authentication(&r.spec),
+        Resource::Telemetry(r) => in_telemetry(&r.spec),
         Resource::WorkloadEntry(r) => {
             let mut out = Out(Vec::new());
             if !r.spec.network.is_empty() {
@@ -326,6 +328,66 @@ pub fn in_request_authentication(spec: &RequestAuthenticationSpec) -> Vec<Diagno
             "spec.targetRefs",
             "policies attached to a Gateway or Service bind to gateways and waypoints; the gateway applies no policy yet and there are no waypoints, so nothing enforces it",
         );
+    }
+    out.0
+}
+
+/// [`not_enforced`] for a Telemetry's spec. Which providers it names exist and are served is
+/// checked against the mesh configuration, per proxy, by pilot.
+pub fn in_telemetry(spec: &TelemetrySpec) -> Vec<Diagnostic> {
+    let mut out = Out(Vec::new());
+    if spec.target_ref.is_some() || !spec.target_refs.is_empty() {
+        let field = if spec.target_ref.is_some() {
+            "spec.targetRef"
+        } else {
+            "spec.targetRefs"
+        };
+        out.add(field, "Telemetry attached to a Gateway or Service binds to gateways and waypoints by reference; use a selector: nothing applies this one");
+    }
+    for (i, t) in spec.tracing.iter().enumerate() {
+        if t.use_request_id_for_trace_sampling.is_some() {
+            out.add(
+                format!("spec.tracing[{i}].useRequestIdForTraceSampling"),
+                "the first proxy of a trace samples it at random with the configured percentage; the request id plays no part",
+            );
+        }
+        if t.enable_istio_tags.is_some() {
+            out.add(
+                format!("spec.tracing[{i}].enableIstioTags"),
+                "spans always carry the mesh's own attributes (workload, namespace, canonical service)",
+            );
+        }
+    }
+    for (i, m) in spec.metrics.iter().enumerate() {
+        let at = format!("spec.metrics[{i}]");
+        for (j, p) in m.providers.iter().enumerate() {
+            if p.name != "prometheus" {
+                out.add(
+                    format!("{at}.providers[{j}].name"),
+                    format!("{:?}: metrics are served for Prometheus only (provider prometheus), on :15020/stats/prometheus", p.name),
+                );
+            }
+        }
+        if !m.overrides.is_empty() {
+            out.add(
+                format!("{at}.overrides"),
+                "Istio's standard metrics stay on with their standard labels",
+            );
+        }
+        if m.reporting_interval.is_some() {
+            out.add(
+                format!("{at}.reportingInterval"),
+                "a TCP connection's bytes are counted when it closes",
+            );
+        }
+    }
+    for (i, a) in spec.access_logging.iter().enumerate() {
+        if a.filter.is_some() {
+            out.add(
+                format!("spec.accessLogging[{i}].filter"),
+                "every request is logged: filter expressions are not evaluated yet",
+            );
+        }
     }
     out.0
 }

@@ -10,6 +10,7 @@ mod kube;
 mod networking;
 mod policy;
 mod security;
+mod telemetry;
 mod virtual_service;
 
 use crate::diagnostic::Diagnostic;
@@ -25,7 +26,7 @@ pub mod not_enforced_in {
     pub use super::enforced::{
         in_authorization_policy as authorization_policy, in_destination_rule as destination_rule,
         in_request_authentication as request_authentication, in_sidecar as sidecar,
-        in_virtual_service as virtual_service,
+        in_telemetry as telemetry, in_virtual_service as virtual_service,
     };
 }
 
@@ -66,6 +67,7 @@ pub fn validate(resource: &Resource) -> Vec<Diagnostic> {
         Resource::PeerAuthentication(r) => security::peer_authentication(&mut f, &r.spec),
         Resource::AuthorizationPolicy(r) => security::authorization_policy(&mut f, ns, &r.spec),
         Resource::RequestAuthentication(r) => security::request_authentication(&mut f, ns, &r.spec),
+        Resource::Telemetry(r) => telemetry::telemetry(&mut f, ns, &r.spec),
         Resource::RateLimitPolicy(r) => policy::rate_limit_policy(&mut f, &r.spec),
         Resource::Service(r) => kube::service(&mut f, r),
         Resource::Deployment(r) => kube::deployment(&mut f, r),

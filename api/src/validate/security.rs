@@ -40,7 +40,7 @@ pub(crate) fn peer_authentication(f: &mut Findings, spec: &PeerAuthenticationSpe
 }
 
 /// Shared by AuthorizationPolicy and RequestAuthentication: a selector or target references.
-fn selection(
+pub(crate) fn selection(
     f: &mut Findings,
     namespace: &str,
     selector: Option<&WorkloadSelector>,
