@@ -86,6 +86,8 @@ pub struct Model {
     pub request_authentications: Vec<RequestAuthentication>,
     /// RateLimitPolicies (policy.mesh.dev).
     pub rate_limit_policies: Vec<RateLimitPolicy>,
+    /// Telemetry resources.
+    pub telemetries: Vec<mesh_api::telemetry::Telemetry>,
     /// Contents of files that DestinationRules name (CA certificates, client certificates and
     /// keys for TLS origination), read by the source; absent files are rejections.
     pub files: BTreeMap<String, String>,
@@ -138,6 +140,7 @@ impl Model {
                     model.request_authentications.push((**p).clone());
                 }
                 Resource::RateLimitPolicy(p) => model.rate_limit_policies.push((**p).clone()),
+                Resource::Telemetry(t) => model.telemetries.push((**t).clone()),
                 Resource::ConfigMap(c) => {
                     if c.metadata.name.as_deref() == Some(mesh_config::CONFIG_MAP)
                         && c.metadata.namespace.as_deref() == Some(&model.config.root_namespace)

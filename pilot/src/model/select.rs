@@ -8,6 +8,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use mesh_api::common::{LabelSelector, StringMap, WorkloadSelector};
 use mesh_api::policy::RateLimitPolicy;
 use mesh_api::security::{AuthorizationPolicy, PeerAuthentication, RequestAuthentication};
+use mesh_api::telemetry::Telemetry;
 
 /// Labels a workload must all carry.
 #[derive(Clone, Copy, Debug)]
@@ -94,7 +95,7 @@ pub trait WorkloadPolicy {
 
 /// `WorkloadPolicy` for kinds with a `selector`: PeerAuthentication and RateLimitPolicy;
 /// after `targetable:`, kinds with `targetRef(s)` too (AuthorizationPolicy,
-/// RequestAuthentication, and later Telemetry and WasmPlugin).
+/// RequestAuthentication, Telemetry).
 macro_rules! workload_policies {
     ($($kind:ty),+; targetable: $($targetable:ty),+) => {
         $(impl WorkloadPolicy for $kind {
@@ -119,7 +120,7 @@ macro_rules! workload_policies {
     };
 }
 
-workload_policies!(PeerAuthentication, RateLimitPolicy; targetable: AuthorizationPolicy, RequestAuthentication);
+workload_policies!(PeerAuthentication, RateLimitPolicy; targetable: AuthorizationPolicy, RequestAuthentication, Telemetry);
 
 /// The level from which `policy` applies to a workload in `namespace` with `labels`, or
 /// `None` when it does not apply to it.

@@ -33,7 +33,7 @@ use super::{Snapshot, key_of};
 
 /// The custom kinds pilot reads: Istio's, the mesh's own RateLimitPolicy, and the Gateway
 /// API's (installed separately, as for Istio; when they are not, they are left out).
-const CUSTOM_KINDS: [Kind; 16] = [
+const CUSTOM_KINDS: [Kind; 17] = [
     Kind::VirtualService,
     Kind::DestinationRule,
     Kind::Gateway,
@@ -44,6 +44,7 @@ const CUSTOM_KINDS: [Kind; 16] = [
     Kind::PeerAuthentication,
     Kind::AuthorizationPolicy,
     Kind::RequestAuthentication,
+    Kind::Telemetry,
     Kind::RateLimitPolicy,
     Kind::GatewayClass,
     Kind::KubeGateway,
@@ -87,6 +88,7 @@ pub fn api_resource(kind: Kind) -> ApiResource {
         Kind::WorkloadEntry => "workloadentries".to_string(),
         Kind::AuthorizationPolicy => "authorizationpolicies".to_string(),
         Kind::RateLimitPolicy => "ratelimitpolicies".to_string(),
+        Kind::Telemetry => "telemetries".to_string(),
         Kind::GatewayClass => "gatewayclasses".to_string(),
         _ => plural,
     };

@@ -6,6 +6,7 @@ pub mod destination;
 pub mod gateway;
 pub mod rate_limits;
 pub mod routes;
+pub mod telemetry;
 pub mod unenforced;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -235,6 +236,7 @@ pub fn workload_state(model: &Model, node: &ProxyNode, scope: &Scope<'_>) -> sta
         } else {
             Vec::new()
         },
+        telemetry: Some(telemetry::resolve(model, node).telemetry),
         rate_limits: rate_limits::rate_limits(&policy::rate_limits_for(
             &model.rate_limit_policies,
             &cfg.root_namespace,
@@ -297,6 +299,11 @@ pub fn authorizer_host(
         .as_ref()
         .map(|h| h.service.as_str())
         .or_else(|| p.envoy_ext_authz_grpc.as_ref().map(|g| g.service.as_str()))?;
+    service_host(model, service)
+}
+
+/// The registry host of a provider's service, written `[<namespace>/]<hostname>`.
+pub fn service_host(model: &Model, service: &str) -> Option<String> {
     let (namespace, host) = match service.split_once('/') {
         Some((ns, h)) => (Some(ns), h),
         None => (None, service),

@@ -111,6 +111,15 @@ pub fn in_workload(model: &Model, node: &ProxyNode, scope: &Scope<'_>) -> Vec<St
             ));
         }
     }
+    for t in super::telemetry::applying(model, node) {
+        lines(
+            &mut out,
+            "Telemetry",
+            &t.metadata,
+            inventory::telemetry(&t.spec),
+        );
+    }
+    out.extend(super::telemetry::resolve(model, node).problems);
     if let Some(s) = scope.sidecar {
         lines(
             &mut out,
