@@ -39,6 +39,9 @@ pub struct Inputs {
     pub debug_authz: bool,
     /// The token buckets of the workload's RateLimitPolicies, kept across states.
     pub rate_limits: crate::ratelimit::RateLimits,
+    /// Where spans go, kept across states; set once the proxy runs (spans are sent through the
+    /// proxy's own outbound path).
+    pub tracers: std::sync::OnceLock<crate::telemetry::trace::Tracers>,
 }
 
 impl Inputs {
@@ -79,6 +82,7 @@ impl Inputs {
             jwks: std::sync::OnceLock::new(),
             debug_authz: false,
             rate_limits: Default::default(),
+            tracers: std::sync::OnceLock::new(),
         }
     }
 

@@ -6,7 +6,7 @@
 //! from the control plane or a local file, reaching the listeners through a watch channel.
 
 // The modules form layers, from the bottom up: body, drain, identity, init, sniff, socket,
-// tls, authn, authz, state, discovery, route, metrics, upstream, ratelimit, inputs, http, tcp, inbound, outbound,
+// tls, authn, authz, telemetry, state, discovery, route, metrics, upstream, ratelimit, inputs, http, tcp, inbound, outbound,
 // gateway, admin (then `run`, the process around them). Each uses only the ones before it; tests/layers.rs checks it and
 // docs/architecture.md draws it.
 pub mod admin;
@@ -30,6 +30,7 @@ pub mod sniff;
 pub mod socket;
 pub mod state;
 pub mod tcp;
+pub mod telemetry;
 #[cfg(feature = "test-util")]
 pub mod testing;
 pub mod tls;
@@ -211,6 +212,7 @@ impl Proxy {
         let _ = inputs
             .jwks
             .set(Arc::new(authn::jwks::Cache::new(Box::new(fetch))));
+        let _ = inputs.tracers.set(tracers(&inputs));
         let (trigger, watch) = drain::channel();
         let (drain_tx, drain_requests) = mpsc::channel(1);
         let app_probers = Arc::new(std::sync::OnceLock::new());
@@ -275,4 +277,27 @@ impl Proxy {
         }
         finished
     }
+}
+
+/// The span pipeline of the proxy with `inputs`: spans of its workload, sent as OTLP/gRPC
+/// `Export` calls through its own outbound path.
+fn tracers(inputs: &Arc<Inputs>) -> telemetry::trace::Tracers {
+    let w = inputs.metrics.local();
+    let local = telemetry::trace::Local {
+        name: w.name.clone(),
+        namespace: w.namespace.clone(),
+        canonical_service: w.canonical_service.clone(),
+        canonical_revision: w.canonical_revision.clone(),
+    };
+    let weak = Arc::downgrade(inputs);
+    let export: telemetry::trace::Export = Arc::new(move |host, port, message| {
+        let weak = weak.clone();
+        Box::pin(async move {
+            let inputs = weak.upgrade().ok_or("the proxy stopped")?;
+            http::fetch::grpc_call(&inputs, &host, port, telemetry::trace::EXPORT_PATH, message)
+                .await
+                .map(|_| ())
+        })
+    });
+    telemetry::trace::Tracers::new(local, export)
 }

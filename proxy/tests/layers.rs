@@ -22,6 +22,7 @@ const LAYERS: &[&str] = &[
     "tls",
     "authn",
     "authz",
+    "telemetry",
     "state",
     "discovery",
     "route",

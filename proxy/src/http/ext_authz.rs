@@ -20,7 +20,6 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use http_body_util::BodyExt;
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::{Request, Response, StatusCode};
 use mesh_api::proto::envoy::config::core::v3 as core;
@@ -33,8 +32,6 @@ use crate::inputs::Inputs;
 
 /// The gRPC method checks call.
 pub const CHECK_PATH: &str = "/envoy.service.auth.v3.Authorization/Check";
-/// The most bytes read of an authorizer's answer.
-pub const MAX_ANSWER_BYTES: usize = 64 * 1024;
 /// The header an HTTP authorizer lists request headers to drop in.
 pub static HEADERS_TO_REMOVE: HeaderName =
     HeaderName::from_static("x-envoy-auth-headers-to-remove");
@@ -176,30 +173,6 @@ fn host_of(req: &Request<Body>) -> &str {
         .unwrap_or("")
 }
 
-async fn read(mut body: Body) -> Result<(bytes::Bytes, Option<HeaderMap>), String> {
-    let mut data = Vec::new();
-    let mut trailers = None;
-    while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|e| format!("reading the answer: {e}"))?;
-        match frame.into_data() {
-            Ok(chunk) => {
-                if data.len() + chunk.len() > MAX_ANSWER_BYTES {
-                    return Err(format!(
-                        "the answer is larger than {MAX_ANSWER_BYTES} bytes"
-                    ));
-                }
-                data.extend_from_slice(&chunk);
-            }
-            Err(frame) => {
-                if let Ok(t) = frame.into_trailers() {
-                    trailers = Some(t);
-                }
-            }
-        }
-    }
-    Ok((data.into(), trailers))
-}
-
 async fn http_check(
     inputs: &Arc<Inputs>,
     a: &Authorizer,
@@ -264,7 +237,7 @@ async fn http_check(
         }
         return Outcome::Allowed(allowed);
     }
-    let body = match read(body).await {
+    let body = match super::fetch::read_answer(body).await {
         Ok((b, _)) => b,
         Err(e) => return Outcome::Failed(e),
     };
@@ -386,62 +359,10 @@ pub fn check_request(subject: &Subject<'_>, own_principal: &str) -> auth::CheckR
 async fn grpc_check(inputs: &Arc<Inputs>, a: &Authorizer, subject: &Subject<'_>) -> Outcome {
     let principal = inputs.workload().principal.to_string();
     let message = check_request(subject, &principal).encode_to_vec();
-    let mut frame = Vec::with_capacity(5 + message.len());
-    frame.push(0);
-    frame.extend_from_slice(
-        &u32::try_from(message.len())
-            .unwrap_or(u32::MAX)
-            .to_be_bytes(),
-    );
-    frame.extend_from_slice(&message);
-    let mut req = Request::new(full(frame));
-    *req.method_mut() = http::Method::POST;
-    *req.uri_mut() = http::Uri::from_static(CHECK_PATH);
-    let h = req.headers_mut();
-    if let Ok(v) = HeaderValue::from_str(&format!("{}:{}", a.host, a.port)) {
-        h.insert(header::HOST, v);
-    }
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/grpc"),
-    );
-    h.insert(header::TE, HeaderValue::from_static("trailers"));
-    let (resp, flags) = match super::fetch::send(inputs, &a.host, a.port, req).await {
-        Ok(r) => r,
+    let payload = match super::fetch::grpc_call(inputs, &a.host, a.port, CHECK_PATH, message).await
+    {
+        Ok(p) => p,
         Err(e) => return Outcome::Failed(e),
-    };
-    if resp.status() != StatusCode::OK {
-        return Outcome::Failed(format!("answered HTTP {} (flags {flags})", resp.status()));
-    }
-    let (parts, body) = resp.into_parts();
-    let (bytes, trailers) = match read(body).await {
-        Ok(r) => r,
-        Err(e) => return Outcome::Failed(e),
-    };
-    let grpc_status = |m: &HeaderMap| {
-        m.get("grpc-status")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string)
-    };
-    let code = grpc_status(&parts.headers).or_else(|| trailers.as_ref().and_then(grpc_status));
-    if code.as_deref() != Some("0") {
-        let message = trailers
-            .as_ref()
-            .and_then(|t| t.get("grpc-message"))
-            .or_else(|| parts.headers.get("grpc-message"))
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("");
-        return Outcome::Failed(format!(
-            "gRPC status {} {message}",
-            code.as_deref().unwrap_or("missing")
-        ));
-    }
-    if bytes.len() < 5 {
-        return Outcome::Failed("the answer holds no message".into());
-    }
-    let len = u32::from_be_bytes([bytes[1], bytes[2], bytes[3], bytes[4]]) as usize;
-    let Some(payload) = bytes.get(5..5 + len) else {
-        return Outcome::Failed("the answer's message is cut short".into());
     };
     let answer = match auth::CheckResponse::decode(payload) {
         Ok(a) => a,

@@ -180,6 +180,101 @@ pub(super) async fn send(
     Ok((resp, flags))
 }
 
+/// Makes the unary gRPC call `path` to `host:port` through the proxy's outbound path, with
+/// `message` (encoded) as its request: the answer's message, or why there is none.
+pub(crate) async fn grpc_call(
+    inputs: &Arc<Inputs>,
+    host: &str,
+    port: u16,
+    path: &'static str,
+    message: Vec<u8>,
+) -> Result<bytes::Bytes, String> {
+    use hyper::header::{self, HeaderMap};
+    let mut frame = Vec::with_capacity(5 + message.len());
+    frame.push(0);
+    frame.extend_from_slice(
+        &u32::try_from(message.len())
+            .unwrap_or(u32::MAX)
+            .to_be_bytes(),
+    );
+    frame.extend_from_slice(&message);
+    let mut req = Request::new(full(frame));
+    *req.method_mut() = http::Method::POST;
+    *req.uri_mut() = Uri::from_static(path);
+    let h = req.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(&format!("{host}:{port}")) {
+        h.insert(header::HOST, v);
+    }
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/grpc"),
+    );
+    h.insert(header::TE, HeaderValue::from_static("trailers"));
+    let (resp, flags) = send(inputs, host, port, req).await?;
+    if resp.status() != StatusCode::OK {
+        return Err(format!("answered HTTP {} (flags {flags})", resp.status()));
+    }
+    let (parts, body) = resp.into_parts();
+    let (bytes, trailers) = read_answer(body).await?;
+    let grpc_status = |m: &HeaderMap| {
+        m.get("grpc-status")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
+    let code = grpc_status(&parts.headers).or_else(|| trailers.as_ref().and_then(grpc_status));
+    if code.as_deref() != Some("0") {
+        let message = trailers
+            .as_ref()
+            .and_then(|t| t.get("grpc-message"))
+            .or_else(|| parts.headers.get("grpc-message"))
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        return Err(format!(
+            "gRPC status {} {message}",
+            code.as_deref().unwrap_or("missing")
+        ));
+    }
+    if bytes.len() < 5 {
+        return Err("the answer holds no message".into());
+    }
+    let len = u32::from_be_bytes([bytes[1], bytes[2], bytes[3], bytes[4]]) as usize;
+    let payload = bytes
+        .get(5..5 + len)
+        .ok_or("the answer's message is cut short")?;
+    Ok(bytes::Bytes::copy_from_slice(payload))
+}
+
+/// The most bytes read of an answer to the proxy's own calls.
+pub const MAX_ANSWER_BYTES: usize = 64 * 1024;
+
+/// The body and trailers of an answer to one of the proxy's own calls, up to
+/// [`MAX_ANSWER_BYTES`].
+pub(crate) async fn read_answer(
+    mut body: super::Body,
+) -> Result<(bytes::Bytes, Option<hyper::HeaderMap>), String> {
+    let mut data = Vec::new();
+    let mut trailers = None;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| format!("reading the answer: {e}"))?;
+        match frame.into_data() {
+            Ok(chunk) => {
+                if data.len() + chunk.len() > MAX_ANSWER_BYTES {
+                    return Err(format!(
+                        "the answer is larger than {MAX_ANSWER_BYTES} bytes"
+                    ));
+                }
+                data.extend_from_slice(&chunk);
+            }
+            Err(frame) => {
+                if let Ok(t) = frame.into_trailers() {
+                    trailers = Some(t);
+                }
+            }
+        }
+    }
+    Ok((data.into(), trailers))
+}
+
 /// The GET request for `parsed`: its path, Host and `Accept: application/json`; with the
 /// host and port it goes to.
 fn key_set_request(

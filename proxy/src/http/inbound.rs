@@ -109,28 +109,22 @@ async fn inbound_request(
     let started = tokio::time::Instant::now();
     let shape = super::Shape::of(&req);
     let grpc = shape.grpc;
-    // The access log line is built only when it is written (off in Istio's default profile).
-    let logged = tracing::enabled!(target: "access", tracing::Level::INFO);
-    // The authority as Envoy's default access log has it (`%REQ(:AUTHORITY)%`).
-    let (method, path, authority) = if logged {
-        // The Host the caller sent: between sidecars the URI's authority is the endpoint's
-        // address.
-        let authority = req
-            .headers()
-            .get(hyper::header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .or_else(|| req.uri().authority().map(|a| a.as_str()))
-            .unwrap_or("-")
-            .to_string();
-        (
-            req.method().clone(),
-            req.uri().path().to_string(),
-            authority,
-        )
-    } else {
-        (hyper::Method::GET, String::new(), String::new())
-    };
     let state = inputs.state.borrow().clone();
+    let span = super::start_span(
+        &mut req,
+        crate::telemetry::trace::Side::Server,
+        &state,
+        inputs,
+        peer,
+        dst,
+    );
+    // Only a logged request holds on to the logs.
+    let mut entry = (!state.telemetry.server_logs.is_empty()).then(|| {
+        let mut e = super::log_entry(&mut req, "inbound", peer, dst);
+        e.requested_server_name = caller.sni.map(str::to_string);
+        e.downstream_peer_principal = caller.identity.map(str::to_string);
+        (e, state.telemetry.server_logs.clone())
+    });
     let who = policy::Peer {
         addr: peer,
         identity: caller.identity,
@@ -138,41 +132,24 @@ async fn inbound_request(
     };
     let admitted = match policy::admit(&mut req, &who, dst, inputs, &state).await {
         Ok(a) => a,
-        Err((resp, words)) => {
-            let resp = timed(resp, inputs, &caller, dst, "-", shape, started);
-            if logged {
-                tracing::info!(
-                    target: "access",
-                    "inbound http {peer} {method} {path} {} port={} flags=- {words} duration_ms={} authority={authority}",
-                    resp.status().as_u16(),
-                    dst.port(),
-                    started.elapsed().as_millis()
-                );
-            }
-            return resp;
+        Err((resp, _)) => {
+            let entry = entry.map(|(mut e, logs)| {
+                super::log_response(&mut e, &resp, "-", grpc);
+                (e, logs)
+            });
+            return timed(resp, inputs, &caller, dst, "-", shape, started, entry, span);
         }
     };
     if let Err(limited) = rate_limit(&req, dst, inputs, &state) {
-        let resp = timed(
-            limited_reply(&limited, grpc),
-            inputs,
-            &caller,
-            dst,
-            "RL",
-            shape,
-            started,
+        let resp = limited_reply(&limited, grpc);
+        let entry = entry.map(|(mut e, logs)| {
+            super::log_response(&mut e, &resp, "RL", grpc);
+            e.policy = Some(format!("rate limited by {}", limited.limit));
+            (e, logs)
+        });
+        return timed(
+            resp, inputs, &caller, dst, "RL", shape, started, entry, span,
         );
-        if logged {
-            tracing::info!(
-                target: "access",
-                "inbound http {peer} {method} {path} {} port={} flags=RL ratelimit={} duration_ms={} authority={authority}",
-                resp.status().as_u16(),
-                dst.port(),
-                limited.limit,
-                started.elapsed().as_millis()
-            );
-        }
-        return resp;
     }
     drop(state);
     headers::prepare_upstream(&mut req, peer);
@@ -225,18 +202,16 @@ async fn inbound_request(
             ),
         },
     };
-    let mut resp = timed(resp, inputs, &caller, dst, flags, shape, started);
-    policy::mark(&mut resp, &admitted, inputs);
-    if logged {
-        let words = admitted.log.as_deref().unwrap_or("");
-        tracing::info!(
-            target: "access",
-            "inbound http {peer} {method} {path} {} port={} flags={flags} {words} duration_ms={} authority={authority}",
-            resp.status().as_u16(),
-            dst.port(),
-            started.elapsed().as_millis()
-        );
+    if let Some((e, _)) = entry.as_mut() {
+        super::log_response(e, &resp, flags, grpc);
+        e.upstream_host = Some(target.addr.to_string());
+        e.upstream_cluster = Some(format!("inbound|{}||", dst.port()));
+        e.policy = admitted.log.clone().filter(|w| !w.is_empty());
     }
+    let mut resp = timed(
+        resp, inputs, &caller, dst, flags, shape, started, entry, span,
+    );
+    policy::mark(&mut resp, &admitted, inputs);
     resp
 }
 
@@ -291,6 +266,7 @@ fn limited_reply(limited: &crate::ratelimit::Limited, grpc: bool) -> Response<Bo
 
 /// Counts the request in its series once its response's body is sent (reporter
 /// `destination`).
+#[allow(clippy::too_many_arguments)]
 fn timed(
     mut resp: Response<Body>,
     inputs: &Inputs,
@@ -299,6 +275,8 @@ fn timed(
     flags: &'static str,
     shape: super::Shape,
     started: tokio::time::Instant,
+    log: Option<(crate::telemetry::Entry, Arc<[crate::telemetry::Log]>)>,
+    span: Option<crate::telemetry::trace::ActiveSpan>,
 ) -> Response<Body> {
     use crate::metrics::{Key, PEER_HEADER, Reporter, RequestProtocol, Timed, inbound_sides};
     let grpc = shape.grpc;
@@ -339,7 +317,16 @@ fn timed(
         resp.headers_mut()
             .insert(PEER_HEADER.clone(), metrics.peer_header().clone());
     }
-    let timer = timer.request_bytes(shape.bytes);
+    let mut timer = timer.request_bytes(shape.bytes);
+    if let Some((e, logs)) = log {
+        timer = timer.log(e, &logs);
+    }
+    let span = span.map(|mut s| {
+        let cluster = format!("inbound|{}||", dst.port());
+        s.respond(key.code, flags, Some(&cluster), key.grpc_status);
+        s
+    });
+    timer = timer.trace(span);
     resp.map(|body| Timed::new(body, timer).boxed())
 }
 

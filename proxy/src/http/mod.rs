@@ -50,6 +50,90 @@ impl Shape {
     }
 }
 
+/// Starts the access log entry of a request arriving from `remote` at `local`, giving the
+/// request an `x-request-id` when it has none (so the log and the upstream see the same one).
+pub(crate) fn log_entry(
+    req: &mut Request<Body>,
+    direction: &'static str,
+    remote: SocketAddr,
+    local: SocketAddr,
+) -> crate::telemetry::Entry {
+    use crate::telemetry::access_log::trace_id;
+    ensure_request_id(req);
+    let h = req.headers();
+    let text = |name: &str| {
+        h.get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
+    let mut e = crate::telemetry::Entry::started(direction);
+    e.method = Some(req.method().to_string());
+    e.path = req.uri().path_and_query().map(|p| p.as_str().to_string());
+    e.protocol = Some(match req.version() {
+        hyper::Version::HTTP_2 => "HTTP/2",
+        hyper::Version::HTTP_10 => "HTTP/1.0",
+        _ => "HTTP/1.1",
+    });
+    e.authority = text("host").or_else(|| req.uri().authority().map(|a| a.to_string()));
+    e.user_agent = text("user-agent");
+    e.x_forwarded_for = text("x-forwarded-for");
+    e.request_id = text("x-request-id");
+    e.trace_id = trace_id(h);
+    e.downstream_remote_address = Some(remote);
+    e.downstream_local_address = Some(local);
+    e
+}
+
+/// Gives `req` an `x-request-id` when it has none, as Envoy does, so logs, spans and the
+/// upstream see the same one.
+pub(crate) fn ensure_request_id(req: &mut Request<Body>) {
+    if !req.headers().contains_key(&headers::X_REQUEST_ID)
+        && let Ok(id) = hyper::header::HeaderValue::from_str(&headers::request_id())
+    {
+        req.headers_mut().insert(headers::X_REQUEST_ID.clone(), id);
+    }
+}
+
+/// Starts `req`'s span on `side` when the state traces that side (writing the context the
+/// next hop sees into its headers either way).
+pub(crate) fn start_span(
+    req: &mut Request<Body>,
+    side: crate::telemetry::trace::Side,
+    state: &crate::state::State,
+    inputs: &crate::inputs::Inputs,
+    remote: SocketAddr,
+    local: SocketAddr,
+) -> Option<crate::telemetry::trace::ActiveSpan> {
+    let config = state.telemetry.traced(side)?;
+    ensure_request_id(req);
+    crate::telemetry::trace::start(config, inputs.tracers.get(), req, side, remote, local)
+}
+
+/// Fills in what a response says in its access log entry.
+pub(crate) fn log_response(
+    e: &mut crate::telemetry::Entry,
+    resp: &Response<Body>,
+    flags: &'static str,
+    grpc: bool,
+) {
+    e.response_code = resp.status().as_u16();
+    e.response_flags = flags;
+    let denied = resp.extensions().get::<policy::DeniedBy>();
+    e.response_code_details = match denied {
+        Some(_) if resp.status() == StatusCode::UNAUTHORIZED => "jwt_authn_access_denied".into(),
+        Some(_) => "rbac_access_denied_matched_policy".into(),
+        None => crate::telemetry::access_log::details_of(
+            flags,
+            resp.extensions().get::<LocalReply>().is_some(),
+        )
+        .into(),
+    };
+    e.denied_by = denied.map(|d| d.0.to_string());
+    if grpc {
+        e.grpc_status = crate::metrics::grpc_status(resp.headers());
+    }
+}
+
 /// Marks an answer the proxy made itself (no route, no healthy upstream, ...), which a gRPC
 /// caller gets in gRPC's terms.
 #[derive(Clone, Copy, Debug)]
@@ -100,6 +184,8 @@ fn grpc_local_reply(resp: Response<Body>) -> Response<Body> {
     if let Ok(v) = hyper::header::HeaderValue::from_str(message) {
         h.insert("grpc-message", v);
     }
+    // Kept: what the proxy decided and why, for the access log.
+    *r.extensions_mut() = resp.into_parts().0.extensions;
     r
 }
 

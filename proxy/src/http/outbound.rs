@@ -21,14 +21,18 @@ pub(super) async fn request(req: Request<Incoming>, ctx: &Conn) -> Response<Body
     let mut req = req.map(boxed);
     let state = ctx.inputs.state.borrow().clone();
     let started = tokio::time::Instant::now();
-    // The access log line is built only when it is written (off in Istio's default profile).
-    let logged = tracing::enabled!(target: "access", tracing::Level::INFO);
-    let method = req.method().clone();
-    let path = if logged {
-        req.uri().path().to_string()
-    } else {
-        String::new()
-    };
+    // Outbound requests and every request of a gateway are the CLIENT side's.
+    let direction = if ctx.gateway { "gateway" } else { "outbound" };
+    let span = super::start_span(
+        &mut req,
+        crate::telemetry::trace::Side::Client,
+        &state,
+        &ctx.inputs,
+        ctx.peer,
+        ctx.dst,
+    );
+    let entry = (!state.telemetry.client_logs.is_empty())
+        .then(|| super::log_entry(&mut req, direction, ctx.peer, ctx.dst));
     let shape = super::Shape::of(&req);
     let grpc = shape.grpc;
     let (response, target, flags) = if ctx.gateway {
@@ -41,7 +45,37 @@ pub(super) async fn request(req: Request<Incoming>, ctx: &Conn) -> Response<Body
     } else {
         response
     };
-    let response = timed(
+    let cluster = target.as_ref().map(|t| {
+        if &*t.service == crate::route::PASSTHROUGH {
+            "PassthroughCluster".to_string()
+        } else {
+            format!("outbound|{}|{}|{}", ctx.dst.port(), t.subset, t.service)
+        }
+    });
+    let span = span.map(|mut s| {
+        let grpc_status = grpc
+            .then(|| crate::metrics::grpc_status(response.headers()))
+            .flatten();
+        s.respond(
+            response.status().as_u16(),
+            flags,
+            cluster.as_deref(),
+            grpc_status,
+        );
+        s
+    });
+    let entry = entry.map(|mut e| {
+        super::log_response(&mut e, &response, flags, grpc);
+        if let Some(t) = &target {
+            e.upstream_host = Some(t.addr.to_string());
+            e.upstream_cluster = cluster;
+            if t.mtls && !t.identity.is_empty() {
+                e.upstream_peer_principal = Some(t.identity.to_string());
+            }
+        }
+        e
+    });
+    timed(
         response,
         &ctx.inputs,
         &state,
@@ -49,25 +83,13 @@ pub(super) async fn request(req: Request<Incoming>, ctx: &Conn) -> Response<Body
         flags,
         shape,
         started,
-    );
-    if logged {
-        let upstream = target
-            .as_ref()
-            .map_or_else(|| "-".to_string(), |t| t.addr.to_string());
-        let service = target.as_ref().map_or("-", |t| &*t.service);
-        tracing::info!(
-            target: "access",
-            "{} http {} {method} {path} {} service={service} upstream={upstream} flags={flags} duration_ms={}",
-            if ctx.gateway { "gateway" } else { "outbound" },
-            ctx.peer,
-            response.status().as_u16(),
-            started.elapsed().as_millis()
-        );
-    }
-    response
+        entry,
+        span,
+    )
 }
 
 /// Counts the request in its series once its response's body is sent (reporter `source`).
+#[allow(clippy::too_many_arguments)]
 fn timed(
     mut response: Response<Body>,
     inputs: &Inputs,
@@ -76,6 +98,8 @@ fn timed(
     flags: &'static str,
     shape: super::Shape,
     started: tokio::time::Instant,
+    entry: Option<crate::telemetry::Entry>,
+    span: Option<crate::telemetry::trace::ActiveSpan>,
 ) -> Response<Body> {
     use crate::metrics::{Key, Reporter, RequestProtocol, Timed, outbound_sides};
     let grpc = shape.grpc;
@@ -114,7 +138,11 @@ fn timed(
     } else {
         inputs.metrics.time_request(&key, started, describe)
     };
-    let timer = timer.request_bytes(shape.bytes);
+    let mut timer = timer.request_bytes(shape.bytes);
+    if let Some(e) = entry {
+        timer = timer.log(e, &state.telemetry.client_logs);
+    }
+    timer = timer.trace(span);
     response.map(|body| Timed::new(body, timer).boxed())
 }
 

@@ -41,9 +41,29 @@ pub struct Admitted {
     pub verified: Option<crate::authn::Verified>,
 }
 
+/// Marks a response a policy refused with why (for the access log's `denied_by`).
+#[derive(Clone, Debug)]
+pub struct DeniedBy(pub Arc<str>);
+
 /// Authenticates and authorizes `req`. `Err` is the answer to send instead of forwarding,
-/// with the access log's words.
+/// with the access log's words (also in the response's [`DeniedBy`] extension).
 pub async fn admit(
+    req: &mut Request<Body>,
+    peer: &Peer<'_>,
+    dst: SocketAddr,
+    inputs: &Arc<Inputs>,
+    state: &State,
+) -> Result<Admitted, (Response<Body>, String)> {
+    admit_unmarked(req, peer, dst, inputs, state)
+        .await
+        .map_err(|(mut resp, words)| {
+            resp.extensions_mut()
+                .insert(DeniedBy(Arc::from(words.as_str())));
+            (resp, words)
+        })
+}
+
+async fn admit_unmarked(
     req: &mut Request<Body>,
     peer: &Peer<'_>,
     dst: SocketAddr,
@@ -69,7 +89,7 @@ pub async fn admit(
                     hyper::header::WWW_AUTHENTICATE,
                     HeaderValue::from_static("Bearer realm=\"mesh\", error=\"invalid_token\""),
                 );
-                return Err((resp, format!("authn=refused ({})", refused.0)));
+                return Err((resp, format!("RequestAuthentication: {}", refused.0)));
             }
         }
     };
@@ -119,10 +139,8 @@ pub async fn admit(
         match ext_authz::check(inputs, &c.authorizer, &subject).await {
             Verdict::Deny(resp, why) => {
                 let words = format!(
-                    "authz=\"denied by {} rules[{}] (CUSTOM: {why})\" source_principal=\"{}\"",
-                    c.by.policy,
-                    c.by.rule,
-                    peer.identity.unwrap_or("-")
+                    "denied by {} rules[{}] (CUSTOM: {why})",
+                    c.by.policy, c.by.rule
                 );
                 tracing::debug!(target: "authz", "inbound {} -> {dst}: {words}", peer.addr);
                 return Err((resp, words));
@@ -131,7 +149,7 @@ pub async fn admit(
                 allowed.apply(req.headers_mut());
                 response_headers.extend(allowed.downstream.iter().cloned());
                 checked.push_str(&format!(
-                    " ext_authz=\"{} allowed{}\"",
+                    "; ext_authz {} allowed{}",
                     c.authorizer.name,
                     allowed
                         .failed_open
@@ -142,18 +160,14 @@ pub async fn admit(
             }
         }
     }
-    // The words are built only when the access log is written (off by default): an allowed
+    // The words are built only when an access log is written (off by default): an allowed
     // request with policies formats nothing.
-    let logged = tracing::enabled!(target: "access", tracing::Level::INFO);
+    let logged = state.telemetry.logging();
     let mut words = String::new();
     if logged {
-        words = format!(
-            "authz=\"{}\" source_principal=\"{}\"",
-            decision.reason(),
-            peer.identity.unwrap_or("-")
-        );
+        words = decision.reason();
         for a in &decision.audited {
-            words.push_str(&format!(" audit=\"{} rules[{}]\"", a.policy, a.rule));
+            words.push_str(&format!("; audited by {} rules[{}]", a.policy, a.rule));
         }
         words.push_str(&checked);
     }
@@ -162,10 +176,13 @@ pub async fn admit(
             tracing::info!(target: "authz", "inbound {} -> {dst} {} {}: dry-run: would be {}", peer.addr, req.method(), req.uri().path(), shadow.reason());
         }
         if logged {
-            words.push_str(&format!(" dry_run=\"{}\"", shadow.reason()));
+            words.push_str(&format!("; dry run: would be {}", shadow.reason()));
         }
     }
     if decision.denied {
+        if words.is_empty() {
+            words = decision.reason();
+        }
         let mut resp = reply(StatusCode::FORBIDDEN, "RBAC: access denied");
         if inputs.debug_authz
             && let Ok(v) = HeaderValue::from_str(&decision.reason())

@@ -297,6 +297,16 @@ pub struct Timer {
     response_bytes: u64,
     /// A gRPC call whose status comes in the trailers: its series is chosen when it ends.
     late: Option<Box<LateSeries>>,
+    /// The access log line written when the exchange ends, when some log is on.
+    log: Option<Box<PendingLog>>,
+    /// The request's span, ended with the exchange, when it is traced.
+    span: Option<Box<crate::telemetry::trace::ActiveSpan>>,
+}
+
+/// An access log entry waiting for the end of its exchange.
+struct PendingLog {
+    entry: crate::telemetry::Entry,
+    logs: Arc<[crate::telemetry::Log]>,
 }
 
 /// What choosing a gRPC call's series when it ends takes.
@@ -312,11 +322,48 @@ impl Timer {
         self.request_bytes = bytes;
         self
     }
+
+    /// Writes `entry` to `logs` when the exchange ends, with its duration, byte counts and (for
+    /// a gRPC call) final status filled in.
+    pub fn log(
+        mut self,
+        entry: crate::telemetry::Entry,
+        logs: &Arc<[crate::telemetry::Log]>,
+    ) -> Self {
+        if !logs.is_empty() {
+            self.log = Some(Box::new(PendingLog {
+                entry,
+                logs: logs.clone(),
+            }));
+        }
+        self
+    }
+
+    /// Ends `span` when the exchange ends, with its byte counts and (for a gRPC call) final
+    /// status.
+    pub fn trace(mut self, span: Option<crate::telemetry::trace::ActiveSpan>) -> Self {
+        self.span = span.map(Box::new);
+        self
+    }
 }
 
 impl Drop for Timer {
     fn drop(&mut self) {
         let micros = u64::try_from(self.started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        if let Some(span) = self.span.take() {
+            let grpc = self.late.as_ref().and_then(|l| l.key.grpc_status);
+            span.end(self.request_bytes, self.response_bytes, grpc);
+        }
+        if let Some(pending) = self.log.take() {
+            let PendingLog { mut entry, logs } = *pending;
+            entry.duration = micros / 1000;
+            entry.bytes_received = self.request_bytes;
+            entry.bytes_sent = self.response_bytes;
+            if let Some(late) = &self.late {
+                entry.grpc_status = late.key.grpc_status;
+            }
+            entry.write(&logs);
+        }
         let series = match (self.series.take(), self.late.take()) {
             (Some(series), _) => series,
             (None, Some(late)) => {
@@ -447,6 +494,8 @@ impl Metrics {
             request_bytes: 0,
             response_bytes: 0,
             late: None,
+            log: None,
+            span: None,
         }
     }
 
@@ -468,6 +517,8 @@ impl Metrics {
                 key: key.to_owned(),
                 sides: describe(),
             })),
+            log: None,
+            span: None,
         }
     }
 
@@ -752,6 +803,20 @@ impl Collector for Metrics {
                 MetricType::Info,
             )?
             .encode_info(&info)?;
+        let sinks = crate::telemetry::access_log::sinks();
+        if !sinks.is_empty() {
+            let mut family = encoder.encode_descriptor(
+                "mesh_proxy_access_log_dropped",
+                "Access log lines dropped because their file's writer fell behind",
+                None,
+                MetricType::Counter,
+            )?;
+            for sink in sinks {
+                family
+                    .encode_family(&[("path", sink.path())])?
+                    .encode_counter::<NoLabelSet, _, u64>(&sink.dropped(), None)?;
+            }
+        }
         Ok(())
     }
 }

@@ -265,6 +265,8 @@ pub struct State {
     pub authn: crate::authn::Authenticator,
     /// Gateway mode: each listener port's virtual hosts and TLS.
     pub gateway: HashMap<u16, GatewayPort>,
+    /// Access logs (and tracing) the state asks for.
+    pub telemetry: crate::telemetry::Telemetry,
 }
 
 /// One gateway listener port.
@@ -426,6 +428,7 @@ impl State {
             peer_port_modes,
             authz,
             authn,
+            telemetry: crate::telemetry::Telemetry::compile(source.telemetry.as_ref()),
             ..State::default()
         };
         state.compile_rate_limit_regexes(&source.rate_limits)?;

@@ -44,6 +44,35 @@ pub async fn to_app<S>(
         Some(id) => ("inbound mtls tcp", format!("{peer} ({id})")),
         None => ("inbound tcp", peer.to_string()),
     };
+    let started = tokio::time::Instant::now();
+    let logs = inputs.state.borrow().telemetry.server_logs.clone();
+    let entry = (!logs.is_empty()).then(|| {
+        let mut e = crate::telemetry::Entry::started("inbound");
+        e.downstream_remote_address = Some(peer);
+        e.downstream_local_address = Some(dst);
+        e.requested_server_name = sni.map(str::to_string);
+        e.downstream_peer_principal = identity.map(str::to_string);
+        e.upstream_cluster = Some(format!("inbound|{}||", dst.port()));
+        e
+    });
+    // The connection's access log line, when one is written.
+    let log = |flags: &'static str, received: u64, sent: u64, denied_by: Option<String>| {
+        let Some(mut e) = entry.clone() else { return };
+        e.response_flags = flags;
+        e.response_code_details = if denied_by.is_some() {
+            "rbac_access_denied_matched_policy".into()
+        } else {
+            crate::telemetry::access_log::details_of(flags, false).into()
+        };
+        e.denied_by = denied_by;
+        e.bytes_received = received;
+        e.bytes_sent = sent;
+        e.duration = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        if flags != "UF" && e.denied_by.is_none() {
+            e.upstream_host = Some(format!("127.0.0.1:{}", dst.port()));
+        }
+        e.write(&logs);
+    };
     // AuthorizationPolicy over TCP: decided once per connection; a denial closes it before a
     // byte reaches the app.
     let words = {
@@ -74,7 +103,12 @@ pub async fn to_app<S>(
                 {
                     tcp_series(inputs, dst, identity, "-").opened();
                     tcp_series(inputs, dst, identity, "-").closed(0, 0);
-                    tracing::info!(target: "access", "{side} {caller} -> {dst} flags=- connection closed: authz=\"denied by {} rules[{}] (CUSTOM: {why})\"", c.by.policy, c.by.rule);
+                    let by = format!(
+                        "denied by {} rules[{}] (CUSTOM: {why})",
+                        c.by.policy, c.by.rule
+                    );
+                    tracing::debug!(target: "access", "{side} {caller} -> {dst} connection closed: {by}");
+                    log("-", 0, 0, Some(by));
                     return;
                 }
             }
@@ -88,7 +122,8 @@ pub async fn to_app<S>(
             if decision.denied {
                 tcp_series(inputs, dst, identity, "-").opened();
                 tcp_series(inputs, dst, identity, "-").closed(0, 0);
-                tracing::info!(target: "access", "{side} {caller} -> {dst} flags=- connection closed:{words}");
+                tracing::debug!(target: "access", "{side} {caller} -> {dst} connection closed:{words}");
+                log("-", 0, 0, Some(decision.reason()));
                 return;
             }
             words
@@ -99,18 +134,21 @@ pub async fn to_app<S>(
         Ok(s) => s,
         Err(e) => {
             tcp_series(inputs, dst, identity, "UF").closed(0, 0);
-            tracing::info!(target: "access", "{side} {peer} -> {dst} flags=UF error={e}");
+            tracing::debug!(target: "access", "{side} {peer} -> {dst} flags=UF error={e}");
+            log("UF", 0, 0, None);
             return;
         }
     };
     match crate::tcp::splice(stream, &mut app).await {
         Ok((sent, received)) => {
             tcp_series(inputs, dst, identity, "-").closed(sent, received);
-            tracing::info!(target: "access", "{side} {caller} -> {dst} flags=- sent={received} received={sent}{words}")
+            tracing::debug!(target: "access", "{side} {caller} -> {dst} flags=- sent={received} received={sent}{words}");
+            log("-", sent, received, None);
         }
         Err(_) => {
             tcp_series(inputs, dst, identity, "DC").closed(0, 0);
-            tracing::info!(target: "access", "{side} {caller} -> {dst} flags=DC")
+            tracing::debug!(target: "access", "{side} {caller} -> {dst} flags=DC");
+            log("DC", 0, 0, None);
         }
     }
 }

@@ -37,6 +37,14 @@ pub async fn forward_to(
     svc: Option<&Arc<crate::state::Service>>,
     sni: Option<&str>,
 ) {
+    let ends = Ends {
+        peer,
+        dst,
+        sni,
+        entry: (!state.telemetry.client_logs.is_empty())
+            .then(|| crate::telemetry::Entry::started("outbound")),
+        started: tokio::time::Instant::now(),
+    };
     let target = match svc {
         Some(svc) => {
             let picked = match sni {
@@ -46,14 +54,14 @@ pub async fn forward_to(
             match picked {
                 Some(t) => t,
                 None => {
-                    finish(inputs, state, peer, dst, None, "UH", 0, 0);
+                    finish(inputs, state, &ends, None, "UH", 0, 0);
                     return;
                 }
             }
         }
         None if state.outbound_policy == OutboundPolicy::AllowAny => Target::passthrough(dst),
         None => {
-            finish(inputs, state, peer, dst, None, "NR", 0, 0);
+            finish(inputs, state, &ends, None, "NR", 0, 0);
             return;
         }
     };
@@ -79,7 +87,7 @@ pub async fn forward_to(
                 Ok(permit) => Some(permit),
                 Err(e) => {
                     tracing::debug!("circuit breaker of {}: {e}", limits.cluster);
-                    finish(inputs, state, peer, dst, Some(&target), "UO", 0, 0);
+                    finish(inputs, state, &ends, Some(&target), "UO", 0, 0);
                     return;
                 }
             }
@@ -100,7 +108,7 @@ pub async fn forward_to(
         Ok(s) => s,
         Err(e) => {
             tracing::debug!("connect {}: {e}", target.addr);
-            finish(inputs, state, peer, dst, Some(&target), "UF", 0, 0);
+            finish(inputs, state, &ends, Some(&target), "UF", 0, 0);
             return;
         }
     };
@@ -109,7 +117,7 @@ pub async fn forward_to(
             Ok(mut tls) => crate::tcp::splice(&mut conn, &mut tls).await,
             Err(e) => {
                 tracing::warn!("TLS to {}: {e}", target.addr);
-                finish(inputs, state, peer, dst, Some(&target), "UF", 0, 0);
+                finish(inputs, state, &ends, Some(&target), "UF", 0, 0);
                 return;
             }
         }
@@ -119,7 +127,7 @@ pub async fn forward_to(
                 "mTLS to {} needs a workload certificate, and the proxy has none",
                 target.addr
             );
-            finish(inputs, state, peer, dst, Some(&target), "UF", 0, 0);
+            finish(inputs, state, &ends, Some(&target), "UF", 0, 0);
             return;
         };
         match mtls
@@ -134,7 +142,7 @@ pub async fn forward_to(
             Ok(mut tls) => crate::tcp::splice(&mut conn, &mut tls).await,
             Err(e) => {
                 tracing::warn!("mTLS to {}: {e}", target.addr);
-                finish(inputs, state, peer, dst, Some(&target), "UF", 0, 0);
+                finish(inputs, state, &ends, Some(&target), "UF", 0, 0);
                 return;
             }
         }
@@ -143,10 +151,8 @@ pub async fn forward_to(
         crate::tcp::splice(&mut conn, &mut upstream).await
     };
     match result {
-        Ok((sent, received)) => {
-            finish(inputs, state, peer, dst, Some(&target), "-", sent, received)
-        }
-        Err(_) => finish(inputs, state, peer, dst, Some(&target), "DC", 0, 0),
+        Ok((sent, received)) => finish(inputs, state, &ends, Some(&target), "-", sent, received),
+        Err(_) => finish(inputs, state, &ends, Some(&target), "DC", 0, 0),
     }
 }
 
@@ -190,12 +196,20 @@ fn tcp_series(
 
 /// Ends a connection: its metrics (one refused before a destination was chosen counts as opened
 /// and closed at once) and one access-log line with an Envoy-style response flag.
+/// The two ends of a connection, and its access log entry when one is written.
+struct Ends<'a> {
+    peer: SocketAddr,
+    dst: SocketAddr,
+    sni: Option<&'a str>,
+    entry: Option<crate::telemetry::Entry>,
+    started: tokio::time::Instant,
+}
+
 #[allow(clippy::too_many_arguments)]
 fn finish(
     inputs: &Inputs,
     state: &crate::state::State,
-    peer: SocketAddr,
-    dst: SocketAddr,
+    ends: &Ends<'_>,
     target: Option<&Target>,
     flags: &'static str,
     sent: u64,
@@ -206,7 +220,27 @@ fn finish(
         series.opened();
     }
     series.closed(sent, received);
-    let service = target.map_or("-", |t| &*t.service);
-    let upstream = target.map_or_else(|| "-".to_string(), |t| t.addr.to_string());
-    tracing::info!(target: "access", "outbound tcp {peer} -> {dst} service={service} upstream={upstream} flags={flags} sent={sent} received={received}");
+    let Some(mut e) = ends.entry.clone() else {
+        return;
+    };
+    e.response_flags = flags;
+    e.response_code_details = crate::telemetry::access_log::details_of(flags, false).into();
+    e.bytes_received = sent;
+    e.bytes_sent = received;
+    e.duration = u64::try_from(ends.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+    e.downstream_remote_address = Some(ends.peer);
+    e.downstream_local_address = Some(ends.dst);
+    e.requested_server_name = ends.sni.map(str::to_string);
+    if let Some(t) = target {
+        e.upstream_host = Some(t.addr.to_string());
+        e.upstream_cluster = Some(if &*t.service == PASSTHROUGH {
+            "PassthroughCluster".to_string()
+        } else {
+            format!("outbound|{}|{}|{}", ends.dst.port(), t.subset, t.service)
+        });
+        if t.mtls && !t.identity.is_empty() {
+            e.upstream_peer_principal = Some(t.identity.to_string());
+        }
+    }
+    e.write(&state.telemetry.client_logs);
 }

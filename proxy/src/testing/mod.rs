@@ -7,6 +7,7 @@
 
 pub mod ext_authz;
 pub mod jwt;
+pub mod otlp;
 pub mod tls;
 
 use std::net::SocketAddr;
