@@ -41,6 +41,9 @@ pub struct EchoConfig {
     /// `x-ext-authz: allow` is allowed (200, `x-ext-authz-check-result: allowed`), any other
     /// denied (403, `x-ext-authz-check-result: denied`, a body saying why).
     pub ext_authz: bool,
+    /// Receive spans as an OpenTelemetry collector's OTLP/gRPC receiver does and list them at
+    /// `GET /spans` ([`otlp`]).
+    pub otlp: bool,
     /// URLs called for every request, in order, with its routing and tracing headers passed
     /// on; their answers are part of the echo (`calls`), and one that fails makes the answer
     /// 502.
@@ -136,6 +139,8 @@ type Client = hyper_util::client::legacy::Client<
 struct Server {
     config: EchoConfig,
     client: Client,
+    /// The spans received in OTLP mode.
+    spans: std::sync::Mutex<Vec<otlp::Span>>,
 }
 
 /// Serves HTTP (HTTP/1.1 and h2c on the same port) on `http` and, when given, the TCP echo on
@@ -151,7 +156,11 @@ pub async fn serve(
     }
     let client = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
         .build(hyper_util::client::legacy::connect::HttpConnector::new());
-    let server = Arc::new(Server { config, client });
+    let server = Arc::new(Server {
+        config,
+        client,
+        spans: std::sync::Mutex::default(),
+    });
     if let Some(tcp) = tcp {
         let greeting = format!(
             "service={} version={} pod={}\n",
@@ -216,6 +225,9 @@ impl Server {
         }
         if self.config.error_rate > 0.0 && fastrand::f64() < self.config.error_rate {
             return text(StatusCode::SERVICE_UNAVAILABLE, "injected error\n");
+        }
+        if self.config.otlp {
+            return self.otlp(req).await;
         }
         if self.config.ext_authz {
             let allowed = req
@@ -284,6 +296,37 @@ impl Server {
             }
         }
         resp
+    }
+
+    /// OTLP mode: `TraceService/Export` keeps the spans (answered in gRPC's terms, the status
+    /// in the headers), `GET /spans` lists them.
+    async fn otlp(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
+        if req.uri().path() == "/spans" {
+            let spans = self.spans.lock().map(|s| s.clone()).unwrap_or_default();
+            return json(StatusCode::OK, &spans);
+        }
+        let status = if req.uri().path() != otlp::EXPORT_PATH {
+            "12"
+        } else {
+            match req.into_body().collect().await {
+                Ok(body) => match otlp::spans(&body.to_bytes()) {
+                    Some(got) => {
+                        if let Ok(mut spans) = self.spans.lock() {
+                            spans.extend(got);
+                        }
+                        "0"
+                    }
+                    None => "3",
+                },
+                Err(_) => "3",
+            }
+        };
+        // An empty ExportTraceServiceResponse, framed.
+        Response::builder()
+            .header(http::header::CONTENT_TYPE, "application/grpc")
+            .header("grpc-status", status)
+            .body(Full::new(Bytes::from_static(&[0, 0, 0, 0, 0])))
+            .unwrap_or_default()
     }
 
     fn describe<B>(&self, req: &Request<B>) -> Echo {
@@ -447,5 +490,79 @@ mod tests {
             query_param("a=1&url=http%3A%2F%2Fx%3A8080%2F", "url").as_deref(),
             Some("http://x:8080/")
         );
+    }
+}
+
+/// The spans an OTLP/gRPC `Export` call carries, as mesh-echo's OTLP mode lists them.
+pub mod otlp {
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+    use opentelemetry_proto::tonic::common::v1::any_value::Value;
+    use prost::Message;
+    use serde::{Deserialize, Serialize};
+    use std::collections::BTreeMap;
+
+    /// The gRPC method spans are exported with.
+    pub const EXPORT_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
+
+    /// One span: where it came from, its ids as hex, and its attributes as text.
+    #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+    pub struct Span {
+        /// Its resource's `service.name`.
+        pub service: String,
+        /// Its name.
+        pub name: String,
+        /// OTLP's kind: 2 SERVER, 3 CLIENT.
+        pub kind: i32,
+        /// Its trace.
+        pub trace_id: String,
+        /// Its id.
+        pub span_id: String,
+        /// Its parent's id, empty for a root.
+        pub parent_span_id: String,
+        /// Its attributes.
+        pub attributes: BTreeMap<String, String>,
+    }
+
+    /// The spans of one gRPC-framed `ExportTraceServiceRequest`, or `None` when it is not one.
+    pub fn spans(framed: &[u8]) -> Option<Vec<Span>> {
+        let request = ExportTraceServiceRequest::decode(framed.get(5..)?).ok()?;
+        let hex = |b: &[u8]| b.iter().map(|b| format!("{b:02x}")).collect::<String>();
+        let text = |v: Option<&Value>| match v {
+            Some(Value::StringValue(s)) => s.clone(),
+            Some(Value::IntValue(i)) => i.to_string(),
+            Some(Value::BoolValue(b)) => b.to_string(),
+            Some(other) => format!("{other:?}"),
+            None => String::new(),
+        };
+        let mut out = Vec::new();
+        for rs in request.resource_spans {
+            let attrs = rs.resource.map(|r| r.attributes).unwrap_or_default();
+            let service = attrs
+                .iter()
+                .find(|a| a.key == "service.name")
+                .map(|a| text(a.value.as_ref().and_then(|v| v.value.as_ref())))
+                .unwrap_or_default();
+            for span in rs.scope_spans.into_iter().flat_map(|s| s.spans) {
+                out.push(Span {
+                    service: service.clone(),
+                    name: span.name,
+                    kind: span.kind,
+                    trace_id: hex(&span.trace_id),
+                    span_id: hex(&span.span_id),
+                    parent_span_id: hex(&span.parent_span_id),
+                    attributes: span
+                        .attributes
+                        .iter()
+                        .map(|a| {
+                            (
+                                a.key.clone(),
+                                text(a.value.as_ref().and_then(|v| v.value.as_ref())),
+                            )
+                        })
+                        .collect(),
+                });
+            }
+        }
+        Some(out)
     }
 }

@@ -322,7 +322,11 @@ fn ps_logs_and_proxy_status_show_the_running_mesh() {
         .unwrap();
     let logs = meshctl(&["logs", "--dir", &dir, "shipping-v1-0", "--proxy"]);
     let text = String::from_utf8_lossy(&logs.stdout);
-    assert!(text.contains("inbound http"), "access log lines: {text}");
+    // The local mesh starts with access logs on (as Istio's demo profile): JSON lines.
+    assert!(
+        text.contains(r#""direction":"inbound","method":"GET""#),
+        "access log lines: {text}"
+    );
     let app = meshctl(&["logs", "--dir", &dir, "shipping-v1-0"]);
     assert!(String::from_utf8_lossy(&app.stdout).contains("mesh-echo shipping v1 listening"));
     let status = meshctl(&["proxy-status", "--dir", &dir]);

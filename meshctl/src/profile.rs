@@ -297,7 +297,7 @@ pub fn render(v: &Values) -> Vec<Value> {
         "apiVersion": "v1",
         "kind": "ConfigMap",
         "metadata": {"name": "istio", "namespace": ROOT_NAMESPACE, "labels": labels()},
-        "data": {"mesh": "# Istio's mesh configuration (docs/api-coverage.md: what is read)\n"},
+        "data": {"mesh": mesh_config(v)},
     }));
     let mut args = vec![
         "serve".to_string(),
@@ -496,4 +496,15 @@ fn webhook_configuration(ns: &str) -> Value {
             ]}), json!({"matchLabels": {"sidecar.istio.io/inject": "true"}})),
         ],
     })
+}
+
+/// The mesh configuration a profile starts with: the demo profile turns access logs on, as
+/// Istio's does.
+fn mesh_config(v: &Values) -> String {
+    let mut mesh =
+        String::from("# Istio's mesh configuration (docs/api-coverage.md: what is read)\n");
+    if v.profile == "demo" {
+        mesh.push_str("accessLogFile: /dev/stdout\n");
+    }
+    mesh
 }

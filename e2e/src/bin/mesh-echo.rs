@@ -104,6 +104,10 @@ struct Serve {
     /// for CUSTOM policies): allow `x-ext-authz: allow`, deny the rest with 403.
     #[arg(long)]
     ext_authz: bool,
+    /// Receive spans as an OpenTelemetry collector's OTLP/gRPC receiver does (`TraceService/
+    /// Export`, on the HTTP port as h2c) and list them as JSON at `GET /spans`.
+    #[arg(long)]
+    otlp: bool,
     /// Call this URL for every request and include its answer (repeatable; in order), passing
     /// on the routing and tracing headers, as bookinfo's services call each other. A failed
     /// call makes the answer 502.
@@ -240,6 +244,7 @@ async fn serve(args: Serve) -> anyhow::Result<ExitCode> {
         error_rate: args.error_rate,
         files,
         ext_authz: args.ext_authz,
+        otlp: args.otlp,
         upstreams: args.upstreams,
     };
     tokio::select! {

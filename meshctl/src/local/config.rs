@@ -73,6 +73,39 @@ pub fn file_for(layout: &Layout, resource: &Resource) -> PathBuf {
         .join(format!("{ns}.{}.json", resource.name()))
 }
 
+/// The mesh configuration a new local mesh starts with (ConfigMap `istio-system/istio`), as
+/// Istio's demo profile sets it: every sidecar writes an access log line per request to its
+/// standard output (`meshctl logs POD --proxy`). `meshctl apply` of another `istio` ConfigMap
+/// replaces it.
+pub const DEFAULT_MESH_CONFIG: &str = "apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: istio
+  namespace: istio-system
+data:
+  mesh: |
+    # As Istio's demo profile: access logs on stdout, as JSON lines.
+    accessLogFile: /dev/stdout
+";
+
+/// Writes [`DEFAULT_MESH_CONFIG`] into a configuration folder that does not exist yet (the
+/// first `up` in DIR): a mesh configuration the user deleted stays deleted.
+pub fn write_default_mesh_config(layout: &Layout) -> Result<(), RuntimeError> {
+    if layout.config().exists() {
+        return Ok(());
+    }
+    let report = load::load_str(DEFAULT_MESH_CONFIG, None);
+    let Some(doc) = report.documents.into_iter().next() else {
+        return Err(RuntimeError::io(
+            "the default mesh configuration",
+            std::io::Error::other(format!("{:?}", report.diagnostics)),
+        ));
+    };
+    let path = file_for(layout, &doc.resource);
+    let text = serde_json::to_string_pretty(&doc.resource).unwrap_or_default() + "\n";
+    write_atomically(&path, &text)
+}
+
 fn io(what: String) -> impl FnOnce(std::io::Error) -> RuntimeError {
     move |e| RuntimeError::io(what, e)
 }
@@ -378,6 +411,25 @@ pub fn unregister_pod(layout: &Layout, name: &str) -> Result<(), RuntimeError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_first_up_writes_the_demo_mesh_configuration_and_never_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let layout = Layout {
+            dir: dir.path().into(),
+        };
+        write_default_mesh_config(&layout).unwrap();
+        let written = read_all(&layout);
+        assert_eq!(written.len(), 1, "{written:?}");
+        assert_eq!(written[0].display_name(), "istio-system/istio");
+        let path = layout.config().join("configmap/istio-system.istio.json");
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.contains("accessLogFile: /dev/stdout"), "{text}");
+        // Deleted by the user: the next `up` leaves it deleted.
+        std::fs::remove_file(&path).unwrap();
+        write_default_mesh_config(&layout).unwrap();
+        assert!(!path.exists());
+    }
 
     #[test]
     fn short_names_only_in_the_pods_namespace() {

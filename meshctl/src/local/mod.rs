@@ -224,6 +224,7 @@ impl Mesh {
                 // Recorded before anything is created: a crash from here on is cleaned up by
                 // `down`.
                 state::save(&self.layout, &st)?;
+                config::write_default_mesh_config(&self.layout)?;
                 st
             }
         };
