@@ -233,3 +233,108 @@ fn the_ingress_gateway_runs_mesh_proxy_in_gateway_mode() {
             .any(|d| d["metadata"]["name"] == "istio-ingressgateway")
     );
 }
+
+/// The documents of `manifests/addons/NAME`.
+fn addon(name: &str) -> Vec<Value> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../manifests/addons")
+        .join(name);
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_saphyr::from_multiple::<Value>(&text)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .into_iter()
+        .filter(|d| !d.is_null())
+        .collect()
+}
+
+/// The Prometheus and Grafana addons are objects Kubernetes reads whole, in the demo profile's
+/// namespace; Prometheus's jobs keep the pods by the annotations the injector sets and pilot by
+/// the Service and port the profile renders; Grafana reads that Prometheus.
+#[test]
+fn the_addons_scrape_what_the_demo_profile_installs() {
+    let prometheus = addon("prometheus.yaml");
+    let grafana = addon("grafana.yaml");
+    let v = values("demo", &[]).unwrap();
+    let rendered = render(&v);
+    let pilot = rendered
+        .iter()
+        .find(|d| d["kind"] == "Service" && d["metadata"]["name"] == "mesh-pilot")
+        .expect("the demo profile renders pilot's Service");
+    let ns = pilot["metadata"]["namespace"].as_str().unwrap();
+    for d in prometheus.iter().chain(&grafana) {
+        check_schema(d);
+        if let Some(n) = d["metadata"]["namespace"].as_str() {
+            assert_eq!(n, ns, "{} {}", d["kind"], d["metadata"]["name"]);
+        }
+    }
+    let config_map = |docs: &[Value], name: &str| {
+        docs.iter()
+            .find(|d| d["kind"] == "ConfigMap" && d["metadata"]["name"] == name)
+            .unwrap_or_else(|| panic!("no ConfigMap {name}"))
+            .clone()
+    };
+    let config: Value = serde_saphyr::from_str(
+        config_map(&prometheus, "prometheus")["data"]["prometheus.yml"]
+            .as_str()
+            .unwrap(),
+    )
+    .unwrap();
+    let jobs = config["scrape_configs"].as_array().unwrap();
+    let job = |name: &str| {
+        jobs.iter()
+            .find(|j| j["job_name"] == name)
+            .unwrap_or_else(|| panic!("no job {name}"))
+    };
+
+    // Pilot: the Service's port 15014, by name.
+    let debug_port = pilot["spec"]["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["port"] == 15014)
+        .expect("pilot's debug port");
+    let pilot_job = job("mesh-pilot");
+    assert_eq!(
+        pilot_job["relabel_configs"][0]["regex"],
+        format!("mesh-pilot;{}", debug_port["name"].as_str().unwrap())
+    );
+    assert_eq!(
+        pilot_job["kubernetes_sd_configs"][0]["namespaces"]["names"][0],
+        ns
+    );
+
+    // Sidecars: the annotations the injector puts on a pod, as Prometheus names them.
+    let deployment = "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: order, namespace: default}\nspec:\n  selector: {matchLabels: {app: order}}\n  template:\n    metadata: {labels: {app: order}}\n    spec:\n      containers:\n      - {name: order, image: order}\n";
+    let (injected, _) =
+        mesh_injector::template::inject_manifests(deployment, &inject_config(&v)).unwrap();
+    let annotations = injected[0]["spec"]["template"]["metadata"]["annotations"]
+        .as_object()
+        .unwrap();
+    let pods = serde_json::to_string(&job("kubernetes-pods")["relabel_configs"]).unwrap();
+    for key in [
+        "prometheus.io/scrape",
+        "prometheus.io/port",
+        "prometheus.io/path",
+    ] {
+        assert!(annotations.contains_key(key), "{key}: {annotations:?}");
+        let meta = format!(
+            "__meta_kubernetes_pod_annotation_{}",
+            key.replace(['.', '/', '-'], "_")
+        );
+        assert!(pods.contains(&meta), "the pods job reads {meta}: {pods}");
+    }
+    assert_eq!(annotations["prometheus.io/scrape"], "true");
+    assert_eq!(annotations["prometheus.io/port"], "15020");
+
+    // Grafana: its data source is that Prometheus, its dashboards the folder the docs name.
+    let datasources = config_map(&grafana, "grafana")["data"]["datasources.yaml"].clone();
+    assert!(
+        datasources
+            .as_str()
+            .unwrap()
+            .contains(&format!("url: http://prometheus.{ns}.svc:9090")),
+        "{datasources}"
+    );
+    let dashboards = Path::new(env!("CARGO_MANIFEST_DIR")).join("../manifests/addons/dashboards");
+    assert!(dashboards.join("mesh.json").is_file());
+}

@@ -391,3 +391,69 @@ async fn the_ca_is_served_over_tls_beside_discovery_and_pilots_certificate_is_re
         .unwrap();
     pilot.stop().await;
 }
+
+/// The Grafana dashboards in `manifests/addons/dashboards` query only metrics pilot and the CA
+/// it serves really put on pilot's metrics page (the sidecars' are checked in
+/// proxy/tests/dashboards.rs).
+#[tokio::test]
+async fn every_control_plane_metric_a_dashboard_queries_is_served() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let ca = TestCa::self_signed("mesh", CaConfig::default());
+    let dir = tempfile::tempdir().unwrap();
+    let pilot_id = Identity::new("cluster.local", "istio-system", "istiod");
+    let (key, csr) = csr_for(&[&pilot_id.uri()]);
+    let signed = ca.authority.sign(&csr, &pilot_id, None).unwrap();
+    let serving = tls::ServingCert::new(&signed.chain.concat(), &key.serialize_pem()).unwrap();
+    let pilot = Pilot::start(PilotConfig {
+        source: ConfigSource::Folder(dir.path().to_path_buf()),
+        discovery: "127.0.0.1:0".parse().unwrap(),
+        debug: "127.0.0.1:0".parse().unwrap(),
+        mesh: MeshConfig::default(),
+        debounce: Debounce::default(),
+        secure: Some(SecureDiscovery {
+            address: "127.0.0.1:0".parse().unwrap(),
+            tls: tls::server_config_renewable(serving, &signed.roots.concat()).unwrap(),
+            ca: Some(Arc::new(mesh_ca::service::CaService::new(
+                ca.authority.clone(),
+                Arc::new(mesh_ca::auth::BootstrapTokens::default()),
+            ))),
+        }),
+    })
+    .await
+    .unwrap();
+    let mut conn = tokio::net::TcpStream::connect(pilot.debug_addr)
+        .await
+        .unwrap();
+    conn.write_all(b"GET /metrics HTTP/1.0\r\nHost: pilot\r\n\r\n")
+        .await
+        .unwrap();
+    let mut page = String::new();
+    conn.read_to_string(&mut page).await.unwrap();
+    let served: std::collections::BTreeSet<&str> = page
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .filter_map(|l| l.split(['{', ' ']).next())
+        .collect();
+    let queried = mesh_api::testing::dashboard_metrics();
+    let control: Vec<_> = queried
+        .iter()
+        .filter(|(m, _)| {
+            ["pilot_", "citadel_", "mesh_pilot_"]
+                .iter()
+                .any(|p| m.starts_with(p))
+        })
+        .collect();
+    assert!(
+        control.len() >= 8,
+        "the dashboards query pilot's and the CA's metrics: {queried:?}"
+    );
+    let missing: Vec<_> = control
+        .iter()
+        .filter(|(m, _)| !served.contains(m.as_str()))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "queried but not served: {missing:#?}\n{page}"
+    );
+    pilot.stop().await;
+}
