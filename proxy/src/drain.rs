@@ -2,6 +2,8 @@
 //! Listeners hold a [`Watch`]; each connection holds a [`Guard`]; [`Trigger::drain`] signals
 //! and then waits until every guard is gone or the deadline passes.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
@@ -11,6 +13,7 @@ pub struct Trigger {
     signal: watch::Sender<bool>,
     done: mpsc::Receiver<()>,
     _own: mpsc::Sender<()>,
+    open: Arc<AtomicUsize>,
 }
 
 /// Tells listeners and connections that a drain began.
@@ -18,6 +21,8 @@ pub struct Trigger {
 pub struct Watch {
     signal: watch::Receiver<bool>,
     done: mpsc::Sender<()>,
+    /// Connections the traffic listeners hold open (shared by every watch of the channel).
+    open: Arc<AtomicUsize>,
 }
 
 /// Held by work in flight; the drain waits for all guards to drop.
@@ -30,15 +35,18 @@ pub struct Guard {
 pub fn channel() -> (Trigger, Watch) {
     let (signal_tx, signal_rx) = watch::channel(false);
     let (done_tx, done_rx) = mpsc::channel(1);
+    let open = Arc::new(AtomicUsize::new(0));
     let watch = Watch {
         signal: signal_rx,
         done: done_tx.clone(),
+        open: open.clone(),
     };
     (
         Trigger {
             signal: signal_tx,
             done: done_rx,
             _own: done_tx,
+            open,
         },
         watch,
     )
@@ -55,6 +63,7 @@ impl Trigger {
         Watch {
             signal: self.signal.subscribe(),
             done: self._own.clone(),
+            open: self.open.clone(),
         }
     }
 
@@ -65,6 +74,7 @@ impl Trigger {
             signal,
             mut done,
             _own,
+            open: _,
         } = self;
         let _ = signal.send(true);
         drop(_own);
@@ -90,6 +100,11 @@ impl Watch {
         *self.signal.borrow()
     }
 
+    /// Connections open on the traffic listeners (outbound, inbound, gateway).
+    pub fn open_connections(&self) -> usize {
+        self.open.load(Ordering::Relaxed)
+    }
+
     /// A guard for one piece of work.
     pub fn guard(&self) -> Guard {
         Guard {
@@ -113,12 +128,33 @@ pub async fn accept_loop<H, F>(
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((conn, peer)) => {
-                    tokio::spawn(handle(conn, peer, drain.clone()));
+                    let open = Open::new(&drain.open);
+                    let work = handle(conn, peer, drain.clone());
+                    tokio::spawn(async move {
+                        work.await;
+                        drop(open);
+                    });
                 }
                 Err(e) => tracing::warn!("{side} accept: {e}"),
             },
             () = drain.signaled() => return,
         }
+    }
+}
+
+/// One open connection, counted until dropped.
+struct Open(Arc<AtomicUsize>);
+
+impl Open {
+    fn new(count: &Arc<AtomicUsize>) -> Self {
+        count.fetch_add(1, Ordering::Relaxed);
+        Open(count.clone())
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

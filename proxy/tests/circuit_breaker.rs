@@ -131,6 +131,21 @@ async fn the_seed_limits_overflow_two_concurrent_clients_and_never_one() {
         .unwrap_or_else(|| panic!("no UO series: {metrics}"));
     assert!(uo.contains("response_code=\"503\""), "{uo}");
     assert!(uo.ends_with(&format!(" {}", two.1)), "{uo}");
+    // The pool's own counts are on the metrics page too, with Envoy's names.
+    let pool = "{cluster_name=\"outbound|80||inventory.default.svc.cluster.local\"}";
+    for line in [
+        format!(
+            "envoy_cluster_upstream_rq_pending_overflow_total{pool} {}",
+            two.1
+        ),
+        format!("envoy_cluster_upstream_rq_pending_active{pool} 0"),
+        format!("envoy_cluster_upstream_rq_active{pool} 0"),
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "no {line:?} in {metrics}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

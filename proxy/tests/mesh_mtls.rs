@@ -14,6 +14,7 @@ use hyper::{Request, StatusCode};
 use hyper_util::rt::TokioIo;
 use mesh_proxy::Proxy;
 use mesh_proxy::state::proto;
+use mesh_proxy::testing;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -52,6 +53,45 @@ async fn tcp_between_proxies_rides_mtls() {
         .unwrap()
         .unwrap();
     assert_eq!(&buf[..n], b"app:ping");
+
+    // While it is open, each sidecar's metrics page counts it, with the certificate's life
+    // and the state version (a scrape is not a traffic connection).
+    for admin in [p.a.bound.admin, p.b.bound.admin] {
+        let page = testing::admin_get(admin, "/stats/prometheus").await;
+        assert!(
+            page.lines()
+                .any(|l| l == "envoy_server_total_connections 1"),
+            "{page}"
+        );
+        assert!(
+            page.lines()
+                .any(|l| l == "mesh_proxy_state_info{version=\"none\"} 1"),
+            "{page}"
+        );
+        let expiry: f64 = page
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("istio_agent_cert_expiry_seconds{resource_name=\"default\"} ")
+            })
+            .unwrap_or_else(|| panic!("no certificate expiry: {page}"))
+            .parse()
+            .unwrap();
+        assert!(expiry > 60.0 && expiry < 366.0 * 86400.0, "{expiry}");
+    }
+    drop(c);
+    // Closed: the count goes back to 0 (once both sidecars have seen the close).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let page = testing::admin_get(p.a.bound.admin, "/stats/prometheus").await;
+        if page
+            .lines()
+            .any(|l| l == "envoy_server_total_connections 0")
+        {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{page}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 #[tokio::test]

@@ -64,6 +64,7 @@ async fn serve_scoped(
                     let svc = service_fn(move |req| {
                         let inputs = inputs.clone();
                         let drain_request = drain_request.clone();
+                        let connections = draining.open_connections();
                         let draining = draining.is_draining();
                         let probers = probers.clone();
                         async move {
@@ -81,7 +82,7 @@ async fn serve_scoped(
                             if scope == Scope::Metrics && !matches!(path, "/healthz/ready" | "/stats/prometheus") {
                                 return Ok::<_, Infallible>(text(StatusCode::NOT_FOUND, "paths here: /stats/prometheus, /healthz/ready\n"));
                             }
-                            Ok::<_, Infallible>(route(req, &inputs, &drain_request, draining).await)
+                            Ok::<_, Infallible>(route(req, &inputs, &drain_request, draining, connections).await)
                         }
                     });
                     let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(conn), svc).await;
@@ -103,6 +104,7 @@ async fn route(
     inputs: &Inputs,
     drain_request: &mpsc::Sender<()>,
     draining: bool,
+    connections: usize,
 ) -> Response<Full<Bytes>> {
     match (req.method(), req.uri().path()) {
         (&Method::GET, "/ready" | "/healthz/ready") => {
@@ -141,7 +143,10 @@ async fn route(
             // A proxy with many series takes milliseconds to render them: off the threads
             // that carry traffic.
             let metrics = inputs.metrics.clone();
-            let Ok(body) = tokio::task::spawn_blocking(move || metrics.render()).await else {
+            let health = health(inputs, connections);
+            let Ok(body) =
+                tokio::task::spawn_blocking(move || metrics.render_with(Some(health))).await
+            else {
                 return text(
                     StatusCode::INTERNAL_SERVER_ERROR,
                     "rendering the metrics failed\n",
@@ -193,6 +198,44 @@ pub async fn serve_metrics(listener: TcpListener, inputs: Arc<Inputs>, drain: dr
     let (tx, _rx) = mpsc::channel(1);
     let none = Arc::new(OnceLock::new());
     serve_scoped(listener, inputs, tx, drain, Scope::Metrics, none).await;
+}
+
+/// The proxy's own health for its metrics page: its certificate's remaining life, the state
+/// it serves with, its open connections and its clusters' pools.
+fn health(inputs: &Inputs, connections: usize) -> crate::metrics::Health {
+    let cert_expiry_seconds = inputs
+        .svids
+        .as_ref()
+        .and_then(|s| s.borrow().clone())
+        .map(
+            |svid| match svid.not_after.duration_since(std::time::SystemTime::now()) {
+                Ok(left) => left.as_secs_f64(),
+                Err(past) => -past.duration().as_secs_f64(),
+            },
+        );
+    let pools = inputs
+        .upstreams
+        .breakers()
+        .into_iter()
+        .map(|(cluster, breaker)| {
+            let s = breaker.snapshot();
+            crate::metrics::Pool {
+                cluster,
+                cx_active: s.cx_active.into(),
+                rq_active: s.rq_active.into(),
+                rq_pending_active: s.rq_pending_active.into(),
+                cx_overflow: s.cx_overflow,
+                rq_pending_overflow: s.rq_pending_overflow,
+                rq_overflow: s.rq_overflow,
+            }
+        })
+        .collect();
+    crate::metrics::Health {
+        cert_expiry_seconds,
+        state_version: inputs.state.borrow().source.version.clone(),
+        connections: u64::try_from(connections).unwrap_or(u64::MAX),
+        pools,
+    }
 }
 
 /// The circuit breakers of the clusters the proxy has sent to, in Envoy's `/stats` text form

@@ -536,8 +536,16 @@ impl Metrics {
 
     /// The Prometheus (OpenMetrics) text of every series.
     pub fn render(self: &Arc<Self>) -> String {
+        self.render_with(None)
+    }
+
+    /// The Prometheus (OpenMetrics) text of every series, and of the proxy's own `health`.
+    pub fn render_with(self: &Arc<Self>, health: Option<Health>) -> String {
         let mut registry = Registry::default();
         registry.register_collector(Box::new(self.clone()));
+        if let Some(h) = health {
+            registry.register_collector(Box::new(h));
+        }
         let mut text = String::new();
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut text, &registry);
@@ -815,6 +823,132 @@ impl Collector for Metrics {
                 family
                     .encode_family(&[("path", sink.path())])?
                     .encode_counter::<NoLabelSet, _, u64>(&sink.dropped(), None)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The proxy's own health, gathered when Prometheus scrapes, named as Istio's agent and
+/// Envoy name theirs.
+#[derive(Debug, Default)]
+pub struct Health {
+    /// Seconds until the workload certificate expires (negative once it has), when the proxy
+    /// has one: `istio_agent_cert_expiry_seconds`.
+    pub cert_expiry_seconds: Option<f64>,
+    /// The version of the state the proxy serves with (pilot's), empty before the first.
+    pub state_version: String,
+    /// Connections open on the traffic listeners: `envoy_server_total_connections`.
+    pub connections: u64,
+    /// The connection pool of each cluster the proxy has sent to.
+    pub pools: Vec<Pool>,
+}
+
+/// One cluster's connection pool and circuit breaker, as Envoy's `cluster.<name>.` stats.
+#[derive(Debug, Default)]
+pub struct Pool {
+    /// Istio's cluster name (`outbound|9080|v1|reviews.default.svc.cluster.local`).
+    pub cluster: String,
+    /// Connections open.
+    pub cx_active: u64,
+    /// Requests under way.
+    pub rq_active: u64,
+    /// Requests waiting for a connection.
+    pub rq_pending_active: u64,
+    /// Connections refused by `maxConnections`.
+    pub cx_overflow: u64,
+    /// Requests refused by `http1MaxPendingRequests`.
+    pub rq_pending_overflow: u64,
+    /// Requests refused by `http2MaxRequests`.
+    pub rq_overflow: u64,
+}
+
+impl Collector for Health {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        if let Some(secs) = self.cert_expiry_seconds {
+            encoder
+                .encode_descriptor(
+                    "istio_agent_cert_expiry_seconds",
+                    "Seconds until the workload certificate expires",
+                    None,
+                    MetricType::Gauge,
+                )?
+                .encode_family(&[("resource_name", "default")])?
+                .encode_gauge(&secs)?;
+        }
+        encoder
+            .encode_descriptor(
+                "envoy_server_total_connections",
+                "Connections open on the traffic listeners",
+                None,
+                MetricType::Gauge,
+            )?
+            .encode_gauge(&self.connections)?;
+        let version: &str = if self.state_version.is_empty() {
+            "none"
+        } else {
+            &self.state_version
+        };
+        encoder
+            .encode_descriptor(
+                "mesh_proxy_state",
+                "The version of the configuration the proxy serves with",
+                None,
+                MetricType::Info,
+            )?
+            .encode_info(&[("version", version)])?;
+        if self.pools.is_empty() {
+            return Ok(());
+        }
+        type Read = fn(&Pool) -> u64;
+        let gauges: [(&str, &str, Read); 3] = [
+            (
+                "envoy_cluster_upstream_cx_active",
+                "Connections open",
+                |p| p.cx_active,
+            ),
+            (
+                "envoy_cluster_upstream_rq_active",
+                "Requests under way",
+                |p| p.rq_active,
+            ),
+            (
+                "envoy_cluster_upstream_rq_pending_active",
+                "Requests waiting for a connection",
+                |p| p.rq_pending_active,
+            ),
+        ];
+        for (name, help, read) in gauges {
+            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+            for p in &self.pools {
+                family
+                    .encode_family(&[("cluster_name", p.cluster.as_str())])?
+                    .encode_gauge(&read(p))?;
+            }
+        }
+        let counters: [(&str, &str, Read); 3] = [
+            (
+                "envoy_cluster_upstream_cx_overflow",
+                "Connections refused by the circuit breaker",
+                |p| p.cx_overflow,
+            ),
+            (
+                "envoy_cluster_upstream_rq_pending_overflow",
+                "Requests refused by the pending-request limit",
+                |p| p.rq_pending_overflow,
+            ),
+            (
+                "envoy_cluster_upstream_rq_overflow",
+                "Requests refused by the request limit",
+                |p| p.rq_overflow,
+            ),
+        ];
+        for (name, help, read) in counters {
+            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+            for p in &self.pools {
+                family
+                    .encode_family(&[("cluster_name", p.cluster.as_str())])?
+                    .encode_counter::<NoLabelSet, _, u64>(&read(p), None)?;
             }
         }
         Ok(())
