@@ -7,6 +7,9 @@
 #   hop     one plaintext HTTP/1.1 hop (outbound, keep-alive) to nginx
 #   hop-route   the same hop through a route with a 10 s timeout and 3 retries (as a state
 #           before retry policies and connection pools could say)
+#   hop-log the same hop with a JSON access log line per request (to a file)
+#   hop-trace   the same hop traced: a CLIENT span per request, sampled at $SAMPLING% (100), exported over
+#           OTLP/gRPC to a collector that is not there (the export fails and is dropped)
 #   hop-policy  the same hop with a retry policy (3 attempts on 5xx, a 2 s per-try timeout, a
 #           10 s route timeout) and a connection pool (limits it never reaches) on the route
 #   client  the client sidecar of an mTLS pair (HTTP/1.1 in, HTTP/2 over mesh mTLS out)
@@ -50,7 +53,7 @@ common="--bind-address 127.0.0.1 --worker-threads 1 --drain-timeout-secs 0"
 vg() { valgrind --tool=callgrind --callgrind-out-file="$D/cg.out" "$@" > "$D/measured.log" 2>&1 & echo $!; }
 ready() { for _ in $(seq 1 600); do curl -fs -o /dev/null "http://127.0.0.1:$1/healthz/ready" && return; sleep 0.2; done; echo "port $1 never ready" >&2; exit 1; }
 case "$WHAT" in
-  hop|hop-route|hop-policy)
+  hop|hop-route|hop-policy|hop-log|hop-trace)
     cat > "$D/state.yaml" <<ST
 version: callgrind
 services:
@@ -66,6 +69,18 @@ ST
   - destinations: [{host: backend.bench.svc.cluster.local, weight: 100}]
     timeoutMs: 10000
     retries: 3
+ST
+    fi
+    if [ "$WHAT" = hop-log ]; then
+      cat >> "$D/state.yaml" <<ST
+telemetry:
+  accessLogs: [{provider: envoy, path: $D/access.log, client: true}]
+ST
+    fi
+    if [ "$WHAT" = hop-trace ]; then
+      cat >> "$D/state.yaml" <<ST
+telemetry:
+  tracing: {provider: otel, sampling: ${SAMPLING:-100}, host: 127.0.0.1, port: 18099, client: true}
 ST
     fi
     if [ "$WHAT" = hop-policy ]; then

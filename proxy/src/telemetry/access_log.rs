@@ -3,9 +3,10 @@
 //! what explains a failure (`response_code_details`, the policy that denied it, the peers'
 //! identities, the trace id), or as Envoy's default text line (`TEXT`).
 //!
-//! Lines go to a writer thread per file (`/dev/stdout` by default) through a bounded queue: a
-//! request never waits on the disk or on whoever reads the proxy's output. When the queue is
-//! full the line is dropped and counted (`mesh_proxy_access_log_dropped_total`).
+//! Entries go to a writer thread per file (`/dev/stdout` by default) through a bounded queue,
+//! and are formatted there: a request never waits on the disk, on whoever reads the proxy's
+//! output, or on the formatting. When the queue is full the entry is dropped and counted
+//! (`mesh_proxy_access_log_dropped_total`).
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -15,23 +16,26 @@ use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::SystemTime;
 
-use serde::Serialize;
+use std::fmt::Write as _;
 
 /// Lines a writer holds before new ones are dropped.
 const QUEUE: usize = 16 * 1024;
+
+/// One entry on its way to a file, and the form it is written in.
+type Queued = (Box<Entry>, bool);
 
 /// Where one file's lines go.
 #[derive(Debug)]
 pub struct Sink {
     path: String,
-    tx: SyncSender<String>,
+    tx: SyncSender<Queued>,
     dropped: AtomicU64,
 }
 
 impl Sink {
-    /// Queues one line (with its newline).
-    fn write(&self, line: String) {
-        match self.tx.try_send(line) {
+    /// Queues one entry, to be written as Envoy's text line when `text`, else as JSON.
+    fn write(&self, entry: Box<Entry>, text: bool) {
+        match self.tx.try_send((entry, text)) {
             Ok(()) => {}
             Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
                 self.dropped.fetch_add(1, Relaxed);
@@ -84,7 +88,7 @@ pub fn sink(path: &str) -> Result<Arc<Sink>, String> {
                 .map_err(|e| format!("access log {path}: {e}"))?,
         )
     };
-    let (tx, rx) = sync_channel(QUEUE);
+    let (tx, rx) = sync_channel::<Queued>(QUEUE);
     std::thread::Builder::new()
         .name("access-log".into())
         .spawn(move || write_lines(rx, out))
@@ -98,13 +102,23 @@ pub fn sink(path: &str) -> Result<Arc<Sink>, String> {
     Ok(s)
 }
 
-/// Writes queued lines, flushing whenever the queue is empty.
-fn write_lines(rx: Receiver<String>, out: Box<dyn Write + Send>) {
+/// Formats and writes queued entries, flushing whenever the queue is empty.
+fn write_lines(rx: Receiver<Queued>, out: Box<dyn Write + Send>) {
     let mut out = std::io::BufWriter::with_capacity(64 * 1024, out);
-    while let Ok(line) = rx.recv() {
+    let mut line = String::with_capacity(1024);
+    let mut write = |(entry, text): Queued, out: &mut std::io::BufWriter<Box<dyn Write + Send>>| {
+        line.clear();
+        if text {
+            entry.text_into(&mut line);
+        } else {
+            entry.json_into(&mut line);
+        }
         let _ = out.write_all(line.as_bytes());
+    };
+    while let Ok(first) = rx.recv() {
+        write(first, &mut out);
         while let Ok(more) = rx.try_recv() {
-            let _ = out.write_all(more.as_bytes());
+            write(more, &mut out);
         }
         let _ = out.flush();
     }
@@ -121,10 +135,10 @@ pub struct Log {
 
 /// One request (or TCP connection), as its log line says it. Keys are Istio's JSON access
 /// log's; what is unknown is `null` (`-` in the text line).
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug)]
 pub struct Entry {
-    /// When the request arrived (RFC 3339, UTC, milliseconds).
-    pub start_time: String,
+    /// When the request arrived (written as RFC 3339, UTC, milliseconds).
+    pub start_time: SystemTime,
     /// `outbound`, `inbound` or `gateway`.
     pub direction: &'static str,
     /// The method (none for TCP).
@@ -184,30 +198,108 @@ impl Entry {
     /// An entry started now.
     pub fn started(direction: &'static str) -> Self {
         Entry {
-            start_time: rfc3339(SystemTime::now()),
+            start_time: SystemTime::now(),
             direction,
+            method: None,
+            path: None,
+            protocol: None,
+            response_code: 0,
             response_flags: "-",
-            ..Entry::default()
+            response_code_details: String::new(),
+            grpc_status: None,
+            bytes_received: 0,
+            bytes_sent: 0,
+            duration: 0,
+            x_forwarded_for: None,
+            user_agent: None,
+            request_id: None,
+            trace_id: None,
+            authority: None,
+            upstream_host: None,
+            upstream_cluster: None,
+            downstream_local_address: None,
+            downstream_remote_address: None,
+            requested_server_name: None,
+            downstream_peer_principal: None,
+            upstream_peer_principal: None,
+            denied_by: None,
+            policy: None,
         }
     }
 
     /// The JSON line.
     pub fn json(&self) -> String {
-        let mut line = serde_json::to_string(self).unwrap_or_default();
-        line.push('\n');
+        let mut line = String::with_capacity(1024);
+        self.json_into(&mut line);
         line
+    }
+
+    /// Appends the JSON line (with its newline) to `out`: keys in a fixed order, strings
+    /// escaped as JSON asks.
+    fn json_into(&self, out: &mut String) {
+        let mut json = Json { out, first: true };
+        json.out.push('{');
+        json.key("start_time");
+        json.out.push('"');
+        rfc3339_into(self.start_time, json.out);
+        json.out.push('"');
+        json.str("direction", Some(self.direction));
+        json.str("method", self.method.as_deref());
+        json.str("path", self.path.as_deref());
+        json.str("protocol", self.protocol);
+        json.num("response_code", Some(u64::from(self.response_code)));
+        json.str("response_flags", Some(self.response_flags));
+        json.str("response_code_details", Some(&self.response_code_details));
+        json.num("grpc_status", self.grpc_status.map(u64::from));
+        json.num("bytes_received", Some(self.bytes_received));
+        json.num("bytes_sent", Some(self.bytes_sent));
+        json.num("duration", Some(self.duration));
+        json.str("x_forwarded_for", self.x_forwarded_for.as_deref());
+        json.str("user_agent", self.user_agent.as_deref());
+        json.str("request_id", self.request_id.as_deref());
+        json.str("trace_id", self.trace_id.as_deref());
+        json.str("authority", self.authority.as_deref());
+        json.str("upstream_host", self.upstream_host.as_deref());
+        json.str("upstream_cluster", self.upstream_cluster.as_deref());
+        json.addr("downstream_local_address", self.downstream_local_address);
+        json.addr("downstream_remote_address", self.downstream_remote_address);
+        json.str(
+            "requested_server_name",
+            self.requested_server_name.as_deref(),
+        );
+        json.str(
+            "downstream_peer_principal",
+            self.downstream_peer_principal.as_deref(),
+        );
+        json.str(
+            "upstream_peer_principal",
+            self.upstream_peer_principal.as_deref(),
+        );
+        json.str("denied_by", self.denied_by.as_deref());
+        json.str("policy", self.policy.as_deref());
+        json.out.push_str("}\n");
     }
 
     /// Envoy's default text line (Istio's `accessLogEncoding: TEXT`), with the trace id and the
     /// denying policy after it when there are some.
     pub fn text(&self) -> String {
+        let mut line = String::with_capacity(512);
+        self.text_into(&mut line);
+        line
+    }
+
+    /// Appends the text line (with its newline) to `out`.
+    fn text_into(&self, out: &mut String) {
         fn d<T: std::fmt::Display>(v: &Option<T>) -> String {
             v.as_ref()
                 .map_or_else(|| "-".to_string(), ToString::to_string)
         }
-        let mut line = format!(
+        let mut start = String::with_capacity(24);
+        rfc3339_into(self.start_time, &mut start);
+        let _ = write!(
+            out,
             "[{}] \"{} {} {}\" {} {} {} - \"-\" {} {} {} - \"{}\" \"{}\" \"{}\" \"{}\" \"{}\" {} - {} {} {} -",
-            self.start_time,
+            start,
             d(&self.method),
             d(&self.path),
             d(&self.protocol),
@@ -232,34 +324,135 @@ impl Entry {
             d(&self.requested_server_name),
         );
         if let Some(t) = &self.trace_id {
-            line.push_str(&format!(" trace_id={t}"));
+            let _ = write!(out, " trace_id={t}");
         }
         if let Some(by) = &self.denied_by {
-            line.push_str(&format!(" denied_by=\"{by}\""));
+            let _ = write!(out, " denied_by=\"{by}\"");
         }
-        line.push('\n');
-        line
+        out.push('\n');
     }
 
-    /// Writes the entry to every log.
-    pub fn write(&self, logs: &[Log]) {
-        let (mut json, mut text) = (None, None);
-        for log in logs {
-            let line = if log.text {
-                text.get_or_insert_with(|| self.text()).clone()
-            } else {
-                json.get_or_insert_with(|| self.json()).clone()
-            };
-            log.sink.write(line);
+    /// Queues the entry for every log (formatted by each file's writer).
+    pub fn write(self, logs: &[Log]) {
+        let Some((last, rest)) = logs.split_last() else {
+            return;
+        };
+        for log in rest {
+            log.sink.write(Box::new(self.clone()), log.text);
+        }
+        last.sink.write(Box::new(self), last.text);
+    }
+}
+
+/// Writes JSON members into a line.
+struct Json<'a> {
+    out: &'a mut String,
+    first: bool,
+}
+
+impl Json<'_> {
+    fn key(&mut self, key: &str) {
+        if !std::mem::take(&mut self.first) {
+            self.out.push(',');
+        }
+        self.out.push('"');
+        self.out.push_str(key);
+        self.out.push_str("\":");
+    }
+
+    fn str(&mut self, key: &str, value: Option<&str>) {
+        self.key(key);
+        match value {
+            None => self.out.push_str("null"),
+            // Most values need no escaping: copied as they are.
+            Some(v) if v.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') => {
+                self.out.push('"');
+                self.out.push_str(v);
+                self.out.push('"');
+            }
+            Some(v) => self
+                .out
+                .push_str(&serde_json::to_string(v).unwrap_or_else(|_| "null".into())),
+        }
+    }
+
+    fn num(&mut self, key: &str, value: Option<u64>) {
+        self.key(key);
+        match value {
+            None => self.out.push_str("null"),
+            Some(n) => push_digits(self.out, n, 1),
+        }
+    }
+
+    fn addr(&mut self, key: &str, value: Option<SocketAddr>) {
+        self.key(key);
+        match value {
+            None => self.out.push_str("null"),
+            Some(SocketAddr::V4(a)) => {
+                self.out.push('"');
+                for (i, octet) in a.ip().octets().into_iter().enumerate() {
+                    if i > 0 {
+                        self.out.push('.');
+                    }
+                    push_digits(self.out, u64::from(octet), 1);
+                }
+                self.out.push(':');
+                push_digits(self.out, u64::from(a.port()), 1);
+                self.out.push('"');
+            }
+            Some(a) => {
+                let _ = write!(self.out, "\"{a}\"");
+            }
         }
     }
 }
 
+/// Appends `n` in decimal, zero-padded to `width` digits (formatting machinery costs more than
+/// the line's other work put together).
+fn push_digits(out: &mut String, mut n: u64, width: usize) {
+    let mut buf = [b'0'; 20];
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    let start = i.min(buf.len().saturating_sub(width));
+    // The buffer holds only ASCII digits.
+    out.push_str(std::str::from_utf8(&buf[start..]).unwrap_or("0"));
+}
+
 /// `2026-12-07T08:15:02.123Z`.
 pub fn rfc3339(t: SystemTime) -> String {
-    jiff::Timestamp::try_from(t)
-        .map(|ts| ts.strftime("%Y-%m-%dT%H:%M:%S%.3fZ").to_string())
-        .unwrap_or_default()
+    let mut out = String::with_capacity(24);
+    rfc3339_into(t, &mut out);
+    out
+}
+
+/// Appends `t` as RFC 3339 in UTC with milliseconds.
+fn rfc3339_into(t: SystemTime, out: &mut String) {
+    let Ok(ts) = jiff::Timestamp::try_from(t) else {
+        return;
+    };
+    let dt = jiff::tz::Offset::UTC.to_datetime(ts);
+    let field = |v: i16| u64::try_from(v).unwrap_or(0);
+    push_digits(out, field(dt.year()), 4);
+    out.push('-');
+    push_digits(out, field(dt.month().into()), 2);
+    out.push('-');
+    push_digits(out, field(dt.day().into()), 2);
+    out.push('T');
+    push_digits(out, field(dt.hour().into()), 2);
+    out.push(':');
+    push_digits(out, field(dt.minute().into()), 2);
+    out.push(':');
+    push_digits(out, field(dt.second().into()), 2);
+    out.push('.');
+    push_digits(out, field(dt.millisecond()), 3);
+    out.push('Z');
 }
 
 /// The trace id of a request's `traceparent` (W3C) or B3 headers.
@@ -336,6 +529,25 @@ mod tests {
         assert!(
             text.contains("\"GET /items?x=1 HTTP/1.1\" 503 UF upstream_reset"),
             "{text}"
+        );
+        // What needs escaping is escaped; the rest is copied as it is.
+        e.user_agent = Some("say \"hi\"\\ \u{1} héllo".into());
+        e.start_time = SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(1_796_631_302_123);
+        let v: serde_json::Value = serde_json::from_str(&e.json()).unwrap();
+        assert_eq!(v["user_agent"], "say \"hi\"\\ \u{1} héllo");
+        assert_eq!(v["start_time"], "2026-12-07T08:15:02.123Z");
+        e.start_time = SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(1_796_631_302_007);
+        e.downstream_local_address = Some("10.0.0.7:8080".parse().unwrap());
+        e.downstream_remote_address = Some("[::1]:40000".parse().unwrap());
+        e.bytes_sent = 0;
+        e.duration = 1234567;
+        let v: serde_json::Value = serde_json::from_str(&e.json()).unwrap();
+        assert_eq!(v["start_time"], "2026-12-07T08:15:02.007Z");
+        assert_eq!(v["downstream_local_address"], "10.0.0.7:8080");
+        assert_eq!(v["downstream_remote_address"], "[::1]:40000");
+        assert_eq!(
+            (v["bytes_sent"].as_u64(), v["duration"].as_u64()),
+            (Some(0), Some(1234567))
         );
     }
 
