@@ -299,6 +299,24 @@ spec:
         .expect("the proxy refuses the state and pilot records it");
     let nack = pilot.status.all()[0].nack.clone().unwrap();
     assert!(nack.contains("shipping"), "{nack}");
+    // The sidecar counts what it refused on its own metrics page too.
+    let page = {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut conn = TcpStream::connect(sc.proxy.bound.admin).await.unwrap();
+        conn.write_all(b"GET /stats/prometheus HTTP/1.0\r\n\r\n")
+            .await
+            .unwrap();
+        let mut page = String::new();
+        conn.read_to_string(&mut page).await.unwrap();
+        page
+    };
+    let refused: u64 = page
+        .lines()
+        .find_map(|l| l.strip_prefix("mesh_proxy_state_refused_total "))
+        .unwrap_or_else(|| panic!("no refusal count: {page}"))
+        .parse()
+        .unwrap();
+    assert!(refused >= 1, "{page}");
     assert_eq!(call(sc.proxy.bound.outbound).await.as_deref(), Ok("v2"));
     pilot.stop().await;
 }

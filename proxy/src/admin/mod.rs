@@ -233,6 +233,7 @@ fn health(inputs: &Inputs, connections: usize) -> crate::metrics::Health {
     crate::metrics::Health {
         cert_expiry_seconds,
         state_version: inputs.state.borrow().source.version.clone(),
+        states_refused: inputs.on_demand.as_ref().map(|od| od.refused()),
         connections: u64::try_from(connections).unwrap_or(u64::MAX),
         pools,
     }

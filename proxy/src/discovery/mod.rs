@@ -302,6 +302,9 @@ async fn stream_once(
                         None
                     }
                     Err(refused) => {
+                        if let Some(od) = on_demand {
+                            od.note_refused();
+                        }
                         let message = refused.to_string();
                         tracing::warn!(nonce = %r.nonce, "discovery: refusing an update, keeping the current state: {message}");
                         Some(pb::ErrorDetail { code: 3, message })

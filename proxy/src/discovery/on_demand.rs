@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use mesh_api::proto::discovery::v1 as pb;
@@ -14,12 +15,14 @@ use tokio::time::Instant;
 /// an address outside the mesh does not ask again on every connection.
 const NEGATIVE_TTL: Duration = Duration::from_secs(5);
 
-/// The data path's handle on the discovery client.
+/// The data path's handle on the discovery client: on-demand lookups, and how many responses
+/// the client refused (for the proxy's metrics page).
 #[derive(Debug)]
 pub struct OnDemand {
     requests: mpsc::UnboundedSender<pb::OnDemandLookup>,
     waiters: Mutex<HashMap<String, Vec<oneshot::Sender<()>>>>,
     negative: Mutex<HashMap<String, Instant>>,
+    refused: AtomicU64,
 }
 
 impl OnDemand {
@@ -29,7 +32,18 @@ impl OnDemand {
             requests,
             waiters: Mutex::new(HashMap::new()),
             negative: Mutex::new(HashMap::new()),
+            refused: AtomicU64::new(0),
         }
+    }
+
+    /// Responses the discovery client refused (NACKed) since the proxy started.
+    pub fn refused(&self) -> u64 {
+        self.refused.load(Ordering::Relaxed)
+    }
+
+    /// The discovery client refused a response.
+    pub(crate) fn note_refused(&self) {
+        self.refused.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Asks pilot for the service at `addr` and waits until it answers or `deadline` passes.

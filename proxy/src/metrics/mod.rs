@@ -838,6 +838,8 @@ pub struct Health {
     pub cert_expiry_seconds: Option<f64>,
     /// The version of the state the proxy serves with (pilot's), empty before the first.
     pub state_version: String,
+    /// States from pilot the proxy refused (NACKed), when pilot feeds it.
+    pub states_refused: Option<u64>,
     /// Connections open on the traffic listeners: `envoy_server_total_connections`.
     pub connections: u64,
     /// The connection pool of each cluster the proxy has sent to.
@@ -897,6 +899,16 @@ impl Collector for Health {
                 MetricType::Info,
             )?
             .encode_info(&[("version", version)])?;
+        if let Some(n) = self.states_refused {
+            encoder
+                .encode_descriptor(
+                    "mesh_proxy_state_refused",
+                    "States from pilot the proxy refused (NACKed); meshctl proxy-status says why",
+                    None,
+                    MetricType::Counter,
+                )?
+                .encode_counter::<NoLabelSet, _, u64>(&n, None)?;
+        }
         if self.pools.is_empty() {
             return Ok(());
         }
