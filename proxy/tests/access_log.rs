@@ -15,6 +15,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::{Request, StatusCode};
 use hyper_util::rt::TokioIo;
 use mesh_proxy::state::{State, proto};
+use mesh_proxy::testing;
 use serde_json::Value;
 use tokio::net::TcpStream;
 
@@ -38,21 +39,21 @@ fn with_log(state: &State, path: &Path, client: bool, server: bool, text: bool) 
 
 /// The lines of `path` once it has `n`, within a deadline.
 async fn lines(path: &Path, n: usize) -> Vec<String> {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
+    let read = || {
         let text = std::fs::read_to_string(path).unwrap_or_default();
-        let got: Vec<String> = text.lines().map(str::to_string).collect();
-        if got.len() >= n {
-            return got;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{} has {} lines, want {n}: {got:?}",
-            path.display(),
-            got.len()
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+        std::future::ready(text.lines().map(str::to_string).collect::<Vec<_>>())
+    };
+    let got = testing::poll_until(Duration::from_secs(10), read, |l: &Vec<String>| {
+        l.len() >= n
+    })
+    .await;
+    assert!(
+        got.len() >= n,
+        "{} has {} lines, want {n}: {got:?}",
+        path.display(),
+        got.len()
+    );
+    got
 }
 
 async fn send(addr: std::net::SocketAddr, traceparent: &str) -> (StatusCode, String) {
@@ -133,7 +134,7 @@ async fn each_side_writes_one_json_line_per_request_with_istios_fields() {
     assert_eq!(a["request_id"], b["request_id"]);
     assert_eq!(b["bytes_sent"], body.len());
     // The metrics page counts lines dropped per file (none here).
-    let metrics = mesh_proxy::testing::admin_get(p.a.bound.admin, "/stats/prometheus").await;
+    let metrics = testing::admin_get(p.a.bound.admin, "/stats/prometheus").await;
     assert!(
         metrics.contains(&format!(
             "mesh_proxy_access_log_dropped_total{{path=\"{}\"}} 0",

@@ -13,8 +13,6 @@ use std::time::Duration;
 
 use mesh_proxy::state::{State, proto};
 use mesh_proxy::testing;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 use common::*;
 
@@ -63,31 +61,21 @@ async fn every_sidecar_metric_a_dashboard_queries_is_served() {
         true,
     )
     .await;
-    let mut c = TcpStream::connect(tcp.a.bound.outbound).await.unwrap();
-    c.write_all(b"ping").await.unwrap();
-    let mut buf = [0u8; 16];
-    let n = tokio::time::timeout(Duration::from_secs(5), c.read(&mut buf))
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(&buf[..n], b"app:ping");
-    drop(c);
+    drop(tcp_ping(tcp.a.bound.outbound).await);
 
     // Both sides count when the exchange ends; wait for the TCP connection's close.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    let served = loop {
+    let scrape = || async {
         let mut served = BTreeSet::new();
         for proxy in [&http.a, &http.b, &tcp.a, &tcp.b] {
             let page = testing::admin_get(proxy.bound.admin, "/stats/prometheus").await;
             served.extend(samples(&page));
         }
-        if served.contains("istio_tcp_connections_closed_total")
-            || tokio::time::Instant::now() >= deadline
-        {
-            break served;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        served
     };
+    let served = testing::poll_until(Duration::from_secs(10), scrape, |s: &BTreeSet<String>| {
+        s.contains("istio_tcp_connections_closed_total")
+    })
+    .await;
     let queried = mesh_api::testing::dashboard_metrics();
     let sidecar: Vec<_> = queried
         .iter()

@@ -45,14 +45,7 @@ async fn tcp_between_proxies_rides_mtls() {
         true,
     )
     .await;
-    let mut c = TcpStream::connect(p.a.bound.outbound).await.unwrap();
-    c.write_all(b"ping").await.unwrap();
-    let mut buf = [0u8; 16];
-    let n = tokio::time::timeout(Duration::from_secs(5), c.read(&mut buf))
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(&buf[..n], b"app:ping");
+    let c = tcp_ping(p.a.bound.outbound).await;
 
     // While it is open, each sidecar's metrics page counts it, with the certificate's life
     // and the state version (a scrape is not a traffic connection).
@@ -80,18 +73,17 @@ async fn tcp_between_proxies_rides_mtls() {
     }
     drop(c);
     // Closed: the count goes back to 0 (once both sidecars have seen the close).
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    loop {
-        let page = testing::admin_get(p.a.bound.admin, "/stats/prometheus").await;
-        if page
-            .lines()
+    let closed = |page: &String| {
+        page.lines()
             .any(|l| l == "envoy_server_total_connections 0")
-        {
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "{page}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    };
+    let page = testing::poll_until(
+        Duration::from_secs(5),
+        || testing::admin_get(p.a.bound.admin, "/stats/prometheus"),
+        closed,
+    )
+    .await;
+    assert!(closed(&page), "{page}");
 }
 
 #[tokio::test]
@@ -361,14 +353,7 @@ async fn tcp_connections_and_bytes_are_counted_on_both_sides() {
         true,
     )
     .await;
-    let mut c = TcpStream::connect(p.a.bound.outbound).await.unwrap();
-    c.write_all(b"ping").await.unwrap();
-    let mut buf = [0u8; 16];
-    let n = tokio::time::timeout(Duration::from_secs(5), c.read(&mut buf))
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(&buf[..n], b"app:ping");
+    let c = tcp_ping(p.a.bound.outbound).await;
     let source = [
         "reporter=\"source\"",
         "request_protocol=\"tcp\"",

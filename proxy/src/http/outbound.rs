@@ -45,13 +45,17 @@ pub(super) async fn request(req: Request<Incoming>, ctx: &Conn) -> Response<Body
     } else {
         response
     };
-    let cluster = target.as_ref().map(|t| {
-        if &*t.service == crate::route::PASSTHROUGH {
-            "PassthroughCluster".to_string()
-        } else {
-            format!("outbound|{}|{}|{}", ctx.dst.port(), t.subset, t.service)
-        }
-    });
+    // Istio's cluster name, only when a log line or a span will carry it.
+    let cluster = target
+        .as_ref()
+        .filter(|_| entry.is_some() || span.is_some())
+        .map(|t| {
+            if &*t.service == crate::route::PASSTHROUGH {
+                "PassthroughCluster".to_string()
+            } else {
+                format!("outbound|{}|{}|{}", ctx.dst.port(), t.subset, t.service)
+            }
+        });
     let span = span.map(|mut s| {
         let grpc_status = grpc
             .then(|| crate::metrics::grpc_status(response.headers()))

@@ -27,6 +27,27 @@ use crate::state::{State, proto};
 use crate::tls::mtls::Svids;
 use crate::{Listeners, Proxy};
 
+/// Runs `probe` until `done` holds for what it returns or `deadline` has passed (checking
+/// every 10 ms), and returns its last answer: the caller asserts on it, so a condition that
+/// never held fails with what was seen.
+pub async fn poll_until<T, Fut>(
+    deadline: Duration,
+    mut probe: impl FnMut() -> Fut,
+    done: impl Fn(&T) -> bool,
+) -> T
+where
+    Fut: std::future::Future<Output = T>,
+{
+    let until = tokio::time::Instant::now() + deadline;
+    loop {
+        let got = probe().await;
+        if done(&got) || tokio::time::Instant::now() >= until {
+            return got;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// Every listener on 127.0.0.1 with a port the kernel picks.
 pub fn loopback() -> Listeners {
     let any: SocketAddr = ([127, 0, 0, 1], 0).into();

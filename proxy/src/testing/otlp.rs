@@ -67,14 +67,12 @@ impl OtlpReceiver {
 
     /// The spans once there are at least `n`, or what there is at `deadline`.
     pub async fn wait_for(&self, n: usize, deadline: Duration) -> Vec<ReceivedSpan> {
-        let until = tokio::time::Instant::now() + deadline;
-        loop {
-            let spans = self.spans();
-            if spans.len() >= n || tokio::time::Instant::now() >= until {
-                return spans;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        super::poll_until(
+            deadline,
+            || std::future::ready(self.spans()),
+            |s: &Vec<ReceivedSpan>| s.len() >= n,
+        )
+        .await
     }
 }
 

@@ -62,6 +62,20 @@ pub async fn http_app() -> SocketAddr {
     addr
 }
 
+/// Sends `ping` over a connection to `addr` (a pair's A, in front of [`tcp_app`]) and checks
+/// the app's echo; the connection stays open for the caller.
+pub async fn tcp_ping(addr: SocketAddr) -> TcpStream {
+    let mut c = TcpStream::connect(addr).await.unwrap();
+    c.write_all(b"ping").await.unwrap();
+    let mut buf = [0u8; 16];
+    let n = tokio::time::timeout(std::time::Duration::from_secs(5), c.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&buf[..n], b"app:ping");
+    c
+}
+
 /// A TCP app echoing with a prefix.
 pub async fn tcp_app() -> SocketAddr {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
