@@ -141,6 +141,8 @@ struct Server {
     client: Client,
     /// The spans received in OTLP mode.
     spans: std::sync::Mutex<Vec<otlp::Span>>,
+    /// Requests answered, for the application's own metrics (`GET /metrics`).
+    answered: std::sync::atomic::AtomicU64,
 }
 
 /// Serves HTTP (HTTP/1.1 and h2c on the same port) on `http` and, when given, the TCP echo on
@@ -160,6 +162,7 @@ pub async fn serve(
         config,
         client,
         spans: std::sync::Mutex::default(),
+        answered: std::sync::atomic::AtomicU64::new(0),
     });
     if let Some(tcp) = tcp {
         let greeting = format!(
@@ -244,6 +247,11 @@ impl Server {
                 .insert(EXT_AUTHZ_RESULT, http::HeaderValue::from_static(verdict));
             return resp;
         }
+        if req.uri().path() == "/metrics" && req.method() == http::Method::GET {
+            return self.metrics();
+        }
+        self.answered
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         if let Some(body) = self.config.files.get(req.uri().path()) {
             return Response::builder()
                 .header(http::header::CONTENT_TYPE, "application/json")
@@ -300,6 +308,25 @@ impl Server {
 
     /// OTLP mode: `TraceService/Export` keeps the spans (answered in gRPC's terms, the status
     /// in the headers), `GET /spans` lists them.
+    /// The application's own metrics in Prometheus's text format, as an application with a
+    /// `prometheus.io/port` annotation serves them (the sidecar merges them into its page).
+    fn metrics(&self) -> Response<Full<Bytes>> {
+        let body = format!(
+            "# HELP mesh_echo_requests_total Requests this echo server answered.\n\
+             # TYPE mesh_echo_requests_total counter\n\
+             mesh_echo_requests_total{{service=\"{}\",version=\"{}\"}} {}\n",
+            self.config.service,
+            self.config.version,
+            self.answered.load(std::sync::atomic::Ordering::Relaxed)
+        );
+        let mut resp = Response::new(Full::new(Bytes::from(body)));
+        resp.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        );
+        resp
+    }
+
     async fn otlp(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
         if req.uri().path() == "/spans" {
             let spans = self.spans.lock().map(|s| s.clone()).unwrap_or_default();

@@ -337,6 +337,6 @@ pub fn echo_pod(name: &str, app: &str, version: &str, service_account: &str) -> 
         ]
         .map(String::from)
         .to_vec(),
-        env: Vec::new(),
+        ..PodSpec::default()
     }
 }

@@ -188,6 +188,18 @@ fn seed_split_90_10_over_mutual_tls() {
     };
     wait_until(DEADLINE, || answered() >= total);
     assert_eq!(answered(), total, "{}", scrape(&*c, "shipping-v2-0"));
+
+    // order's Deployment asks Prometheus to scrape its own metrics (prometheus.io/port 8080):
+    // its sidecar serves them on the same page, in order's format.
+    let page = scrape(&*c, "order-v1-0");
+    assert!(
+        page.contains("mesh_echo_requests_total{service=\"order\",version=\"v1\"}"),
+        "{page}"
+    );
+    assert!(
+        page.contains("# TYPE istio_requests_total counter") && !page.contains("# EOF"),
+        "the sidecar's families in the application's text format: {page}"
+    );
 }
 
 /// What the sidecar of `pod` serves on its metrics port (15020), fetched inside the pod.

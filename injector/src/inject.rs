@@ -38,6 +38,9 @@ pub const INIT_NAME: &str = "istio-init";
 pub const STATUS_ANNOTATION: &str = "sidecar.istio.io/status";
 /// The probes the proxy forwards to the application, as JSON (Istio's variable).
 pub const APP_PROBERS_ENV: &str = "ISTIO_KUBE_APP_PROBERS";
+/// The pod's original `prometheus.io/*` annotations, for the proxy to merge the application's
+/// metrics into its own page (Istio's variable and JSON).
+pub const PROMETHEUS_ANNOTATIONS_ENV: &str = "ISTIO_PROMETHEUS_ANNOTATIONS";
 /// The proxy's health port (readiness, application probes).
 pub const HEALTH_PORT: i32 = 15021;
 /// The proxy's metrics port.
@@ -89,6 +92,7 @@ pub fn inject(pod: &Pod, workload: Option<&str>, cfg: &InjectConfig) -> Pod {
     let rewrite_probes = annotation("sidecar.istio.io/rewriteAppHTTPProbers")
         .is_none_or(|v| !v.eq_ignore_ascii_case("false"));
     let resources = resources(cfg, &annotation);
+    let prometheus = prometheus_merge(&annotation);
 
     let spec = out.spec.get_or_insert_with(Default::default);
     let probers = if rewrite_probes {
@@ -105,6 +109,16 @@ pub fn inject(pod: &Pod, workload: Option<&str>, cfg: &InjectConfig) -> Pod {
         proxy.env.get_or_insert_with(Vec::new).push(EnvVar {
             name: APP_PROBERS_ENV.into(),
             value: Some(serde_json::Value::Object(probers).to_string()),
+            value_from: None,
+        });
+    }
+    if let Some(PrometheusMerge {
+        original: Some(json),
+    }) = &prometheus
+    {
+        proxy.env.get_or_insert_with(Vec::new).push(EnvVar {
+            name: PROMETHEUS_ANNOTATIONS_ENV.into(),
+            value: Some(json.clone()),
             value_from: None,
         });
     }
@@ -167,14 +181,59 @@ pub fn inject(pod: &Pod, workload: Option<&str>, cfg: &InjectConfig) -> Pod {
         })
         .to_string(),
     );
-    for (k, v) in [
-        ("prometheus.io/scrape", "true".to_string()),
-        ("prometheus.io/port", METRICS_PORT.to_string()),
-        ("prometheus.io/path", "/stats/prometheus".to_string()),
-    ] {
-        annotations.entry(k.into()).or_insert(v);
+    if prometheus.is_some() {
+        for (k, v) in [
+            ("prometheus.io/scrape", "true".to_string()),
+            ("prometheus.io/port", METRICS_PORT.to_string()),
+            ("prometheus.io/path", "/stats/prometheus".to_string()),
+        ] {
+            annotations.insert(k.into(), v);
+        }
     }
     out
+}
+
+/// Metrics merging, as Istio's injector does it: Prometheus is pointed at the proxy's
+/// 15020, which serves the proxy's metrics and the application's, unless the pod says
+/// `prometheus.io/scrape: "false"`.
+struct PrometheusMerge {
+    /// The pod's own `prometheus.io/*` annotations as `ISTIO_PROMETHEUS_ANNOTATIONS` JSON,
+    /// when it had any.
+    original: Option<String>,
+}
+
+/// The pod's own `prometheus.io/*` annotations as the `ISTIO_PROMETHEUS_ANNOTATIONS` JSON the
+/// proxy reads, when it has any and has not opted out of scraping.
+pub fn original_prometheus_annotations(annotations: &BTreeMap<String, String>) -> Option<String> {
+    prometheus_merge(&|k| annotations.get(k).cloned()).and_then(|m| m.original)
+}
+
+fn prometheus_merge(annotation: &dyn Fn(&str) -> Option<String>) -> Option<PrometheusMerge> {
+    let scrape = annotation("prometheus.io/scrape");
+    if scrape
+        .as_deref()
+        .is_some_and(|s| s.trim().eq_ignore_ascii_case("false"))
+    {
+        return None;
+    }
+    let port = annotation("prometheus.io/port");
+    if port.as_deref().map(str::trim) == Some(&METRICS_PORT.to_string()) {
+        // Injected before (or pointed at the proxy by hand): nothing more to merge, and a
+        // second pass changes nothing.
+        return Some(PrometheusMerge { original: None });
+    }
+    let path = annotation("prometheus.io/path");
+    if scrape.is_none() && port.is_none() && path.is_none() {
+        return Some(PrometheusMerge { original: None });
+    }
+    let original = serde_json::json!({
+        "scrape": scrape.unwrap_or_default(),
+        "path": path.unwrap_or_default(),
+        "port": port.unwrap_or_default(),
+    });
+    Some(PrometheusMerge {
+        original: Some(original.to_string()),
+    })
 }
 
 /// `mesh-proxy init`'s arguments, with the pod's `traffic.sidecar.istio.io/*` choices.

@@ -15,7 +15,7 @@ use k8s_openapi::api::core::v1::Pod;
 
 pub use config::InjectConfig;
 pub use decide::{Decision, decide};
-pub use inject::inject;
+pub use inject::{PROMETHEUS_ANNOTATIONS_ENV, inject, original_prometheus_annotations};
 
 /// The JSON patch that injects `pod` (in `namespace`, labelled `namespace_labels`), with the
 /// decision; no patch when the decision is to leave it.

@@ -244,3 +244,54 @@ fn without_native_sidecars_the_proxy_goes_first_and_holds_the_app() {
     assert_eq!(&hook[..2], ["mesh-proxy", "wait"]);
     assert_eq!(spec.init_containers.unwrap().len(), 1, "istio-init only");
 }
+
+#[test]
+fn prometheus_is_pointed_at_the_proxy_which_merges_the_apps_own_metrics() {
+    let env_of = |p: &Pod| -> Option<String> {
+        let spec = p.spec.as_ref().unwrap();
+        spec.init_containers
+            .iter()
+            .flatten()
+            .chain(spec.containers.iter())
+            .filter(|c| c.name == "istio-proxy")
+            .flat_map(|c| c.env.iter().flatten())
+            .find(|e| e.name == "ISTIO_PROMETHEUS_ANNOTATIONS")
+            .and_then(|e| e.value.clone())
+    };
+    let annotations = |p: &Pod| p.metadata.annotations.clone().unwrap_or_default();
+
+    let scraped = pod(
+        "metadata:\n  name: shop\n  annotations:\n    prometheus.io/scrape: \"true\"\n    prometheus.io/port: \"9090\"\nspec:\n  containers:\n  - name: shop\n    image: shop\n",
+    );
+    let out = inject(&scraped, None, &InjectConfig::default());
+    let a = annotations(&out);
+    assert_eq!(a["prometheus.io/port"], "15020");
+    assert_eq!(a["prometheus.io/path"], "/stats/prometheus");
+    let original: Value = serde_json::from_str(&env_of(&out).unwrap()).unwrap();
+    assert_eq!(
+        original,
+        json!({"scrape": "true", "port": "9090", "path": ""})
+    );
+
+    let plain =
+        pod("metadata:\n  name: shop\nspec:\n  containers:\n  - name: shop\n    image: shop\n");
+    let out = inject(&plain, None, &InjectConfig::default());
+    assert_eq!(
+        annotations(&out)["prometheus.io/port"],
+        "15020",
+        "the proxy's metrics alone"
+    );
+    assert_eq!(env_of(&out), None);
+
+    let opted_out = pod(
+        "metadata:\n  name: shop\n  annotations:\n    prometheus.io/scrape: \"false\"\nspec:\n  containers:\n  - name: shop\n    image: shop\n",
+    );
+    let out = inject(&opted_out, None, &InjectConfig::default());
+    let a = annotations(&out);
+    assert_eq!(
+        a["prometheus.io/scrape"], "false",
+        "the pod's choice stands"
+    );
+    assert!(!a.contains_key("prometheus.io/port"));
+    assert_eq!(env_of(&out), None);
+}

@@ -169,7 +169,7 @@ pub fn run(args: &RunArgs) -> ExitCode {
         sidecar: !args.no_sidecar,
         gateway: false,
         command: args.command.clone(),
-        env: Vec::new(),
+        ..PodSpec::default()
     };
     match Mesh::new(&args.dir.dir).run(&spec) {
         Ok(pod) => {

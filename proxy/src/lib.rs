@@ -108,7 +108,7 @@ pub struct Proxy {
     trigger: drain::Trigger,
     drain_requests: mpsc::Receiver<()>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
-    app_probers: Arc<std::sync::OnceLock<admin::AppProbers>>,
+    app: Arc<admin::App>,
 }
 
 /// A listener that could not be bound.
@@ -215,7 +215,7 @@ impl Proxy {
         let _ = inputs.tracers.set(tracers(&inputs));
         let (trigger, watch) = drain::channel();
         let (drain_tx, drain_requests) = mpsc::channel(1);
-        let app_probers = Arc::new(std::sync::OnceLock::new());
+        let app = Arc::new(admin::App::default());
         let mut tasks = vec![
             tokio::spawn(state::report_unenforced(inputs.state.clone())),
             tokio::spawn(outbound::serve(
@@ -235,12 +235,13 @@ impl Proxy {
                 readiness,
                 inputs.clone(),
                 watch.clone(),
-                app_probers.clone(),
+                app.clone(),
             )),
             tokio::spawn(admin::serve_metrics(
                 metrics_listener,
                 inputs.clone(),
                 watch.clone(),
+                app.clone(),
             )),
         ];
         if let Some(ip) = gateway {
@@ -251,14 +252,20 @@ impl Proxy {
             trigger,
             drain_requests,
             tasks,
-            app_probers,
+            app,
         })
     }
 
     /// The application's probes, answered on the readiness port's `/app-health/...` paths
     /// (set once; `false` if they were set already).
     pub fn set_app_probers(&self, probers: admin::AppProbers) -> bool {
-        self.app_probers.set(probers).is_ok()
+        self.app.probers.set(probers).is_ok()
+    }
+
+    /// Where the application serves its own metrics, merged into the metrics port's page
+    /// (set once; `false` if it was set already).
+    pub fn set_app_metrics(&self, metrics: admin::AppMetrics) -> bool {
+        self.app.metrics.set(metrics).is_ok()
     }
 
     /// Resolves when someone asks the admin endpoint to drain.

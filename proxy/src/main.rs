@@ -204,6 +204,10 @@ struct RunArgs {
         hide_env_values = true
     )]
     app_probers: Option<String>,
+    /// Where the application serves its own Prometheus metrics, merged into the metrics
+    /// port's page (the injector writes the pod's original `prometheus.io/*`; Istio's JSON).
+    #[arg(long, env = "ISTIO_PROMETHEUS_ANNOTATIONS", value_name = "JSON")]
+    app_metrics: Option<String>,
     /// Check the flags (and the application probes) and exit without starting.
     #[arg(long)]
     dry_run: bool,
@@ -378,6 +382,9 @@ fn run_proxy(args: &RunArgs) -> anyhow::Result<()> {
         if let Some(json) = config.app_probers.as_deref() {
             mesh_proxy::admin::AppProbers::parse(json).map_err(anyhow::Error::msg)?;
         }
+        if let Some(json) = config.app_metrics.as_deref() {
+            mesh_proxy::admin::AppMetrics::parse(json).map_err(anyhow::Error::msg)?;
+        }
         println!("mesh-proxy run: the flags are in order");
         return Ok(());
     }
@@ -450,6 +457,7 @@ fn run_config(args: &RunArgs) -> anyhow::Result<RunConfig> {
         debug_authz: args.debug_authz_header,
         jwks_ca_file: args.jwks_ca_file.clone(),
         app_probers: args.app_probers.clone(),
+        app_metrics: args.app_metrics.clone(),
         gateway: matches!(args.mode, Mode::Gateway).then_some(bind),
     })
 }

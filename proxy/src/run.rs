@@ -125,6 +125,9 @@ pub struct RunConfig {
     /// The application's HTTP probes kubelet sends through the proxy (Istio's
     /// `ISTIO_KUBE_APP_PROBERS` JSON, written by the injector).
     pub app_probers: Option<String>,
+    /// Where the application serves its own metrics, merged into the metrics port's page
+    /// (Istio's `ISTIO_PROMETHEUS_ANNOTATIONS` JSON, written by the injector).
+    pub app_metrics: Option<String>,
     /// Gateway mode: the address the gateway's listeners bind (their ports come from pilot);
     /// `None` for a sidecar.
     pub gateway: Option<std::net::IpAddr>,
@@ -139,6 +142,9 @@ pub enum RunError {
     /// The application probes do not read.
     #[error("{0}")]
     AppProbers(String),
+    /// Where the application serves its metrics does not read.
+    #[error("{0}")]
+    AppMetrics(String),
     /// The runtime or the signal handlers could not be set up.
     #[error("cannot start the runtime: {0}")]
     Runtime(#[source] std::io::Error),
@@ -253,10 +259,24 @@ async fn serve(config: &RunConfig) -> Result<(), RunError> {
         .map(crate::admin::AppProbers::parse)
         .transpose()
         .map_err(RunError::AppProbers)?;
+    let app_metrics = config
+        .app_metrics
+        .as_deref()
+        .filter(|j| !j.trim().is_empty())
+        .map(crate::admin::AppMetrics::parse)
+        .transpose()
+        .map_err(RunError::AppMetrics)?
+        .flatten()
+        // Never the page itself, wherever it is served.
+        .filter(|m| m.port() != config.listeners.metrics.port());
     let mut proxy = Proxy::launch(&config.listeners, setup).await?;
     if let Some(p) = probers {
         tracing::info!("application probes through the proxy: {}", p.len());
         proxy.set_app_probers(p);
+    }
+    if let Some(m) = app_metrics {
+        tracing::info!("the application's metrics at {} are merged", m.target());
+        proxy.set_app_metrics(m);
     }
     tracing::info!(
         "mesh-proxy ready: outbound {}, inbound {}, admin {}, readiness {}",

@@ -86,6 +86,12 @@ pub fn pods_for_deployment(d: &Deployment) -> Result<Vec<PodSpec>, DeploymentErr
         .as_ref()
         .and_then(|m| m.labels.clone())
         .unwrap_or_default();
+    // As the injector does on Kubernetes: the sidecar serves the app's own metrics on 15020.
+    let proxy_env: Vec<(String, String)> =
+        mesh_injector::original_prometheus_annotations(&annotations)
+            .map(|json| (mesh_injector::PROMETHEUS_ANNOTATIONS_ENV.to_string(), json))
+            .into_iter()
+            .collect();
     let replicas = spec.replicas.unwrap_or(1).max(0) as usize;
     Ok((0..replicas)
         .map(|i| PodSpec {
@@ -101,6 +107,7 @@ pub fn pods_for_deployment(d: &Deployment) -> Result<Vec<PodSpec>, DeploymentErr
             gateway: false,
             command: command.clone(),
             env: env.clone(),
+            proxy_env: proxy_env.clone(),
         })
         .collect())
 }

@@ -51,6 +51,9 @@ pub struct PodSpec {
     pub command: Vec<String>,
     /// Extra environment for the app.
     pub env: Vec<(String, String)>,
+    /// Extra environment for the sidecar (what the injector would set from the pod's
+    /// annotations, such as `ISTIO_PROMETHEUS_ANNOTATIONS`).
+    pub proxy_env: Vec<(String, String)>,
 }
 
 /// Parses `k=v,k2=v2` (`--labels`).
@@ -159,6 +162,7 @@ impl Mesh {
             hub_link: format!("p{index}"),
             command: spec.command.clone(),
             env: spec.env.clone(),
+            proxy_env: spec.proxy_env.clone(),
             app: None,
             proxy: None,
         };
@@ -322,6 +326,7 @@ impl Mesh {
                     "RUST_LOG",
                     std::env::var("MESH_PROXY_LOG").unwrap_or_else(|_| "info".into()),
                 )
+                .envs(pod.proxy_env.iter().map(|(k, v)| (k, v)))
                 .current_dir("/")
                 .stdin(Stdio::null())
                 .stdout(log.try_clone()?)

@@ -55,6 +55,9 @@ pub struct PodRecord {
     /// Extra environment for the app.
     #[serde(default)]
     pub env: Vec<(String, String)>,
+    /// Extra environment for the sidecar.
+    #[serde(default)]
+    pub proxy_env: Vec<(String, String)>,
     /// The app process.
     pub app: Option<Recorded>,
     /// The sidecar process.

@@ -3,8 +3,10 @@
 //! readiness (`/healthz/ready` on 15021) and metrics (`/stats/prometheus` and
 //! `/healthz/ready` on 15020, where Prometheus scrapes), served with hyper.
 
+mod app_metrics;
 mod probe;
 
+pub use app_metrics::{AppMetrics, to_prometheus_text};
 pub use probe::AppProbers;
 
 use std::convert::Infallible;
@@ -33,6 +35,16 @@ enum Scope {
     Metrics,
 }
 
+/// What the proxy knows of the application beside it, set once it has read it: the probes
+/// kubelet sends through the proxy and where the application serves its own metrics.
+#[derive(Default)]
+pub struct App {
+    /// The application's HTTP probes (`ISTIO_KUBE_APP_PROBERS`).
+    pub probers: OnceLock<AppProbers>,
+    /// The application's metrics, merged into 15020's page (`ISTIO_PROMETHEUS_ANNOTATIONS`).
+    pub metrics: OnceLock<AppMetrics>,
+}
+
 /// Serves admin requests until a drain begins. A POST to `/drain` sends on `drain_request`.
 pub async fn serve(
     listener: TcpListener,
@@ -40,7 +52,7 @@ pub async fn serve(
     drain_request: mpsc::Sender<()>,
     drain: drain::Watch,
 ) {
-    let none = Arc::new(OnceLock::new());
+    let none = Arc::new(App::default());
     serve_scoped(listener, inputs, drain_request, drain, Scope::Admin, none).await;
 }
 
@@ -50,7 +62,7 @@ async fn serve_scoped(
     drain_request: mpsc::Sender<()>,
     mut drain: drain::Watch,
     scope: Scope,
-    probers: Arc<OnceLock<AppProbers>>,
+    app: Arc<App>,
 ) {
     loop {
         tokio::select! {
@@ -59,18 +71,18 @@ async fn serve_scoped(
                 let inputs = inputs.clone();
                 let drain_request = drain_request.clone();
                 let draining = drain.clone();
-                let probers = probers.clone();
+                let app = app.clone();
                 tokio::spawn(async move {
                     let svc = service_fn(move |req| {
                         let inputs = inputs.clone();
                         let drain_request = drain_request.clone();
                         let connections = draining.open_connections();
                         let draining = draining.is_draining();
-                        let probers = probers.clone();
+                        let app = app.clone();
                         async move {
                             let path = req.uri().path();
                             if scope == Scope::Readiness && path.starts_with("/app-health/") {
-                                let answer = match probers.get() {
+                                let answer = match app.probers.get() {
                                     Some(p) => p.probe(path).await,
                                     None => None,
                                 };
@@ -81,6 +93,9 @@ async fn serve_scoped(
                             }
                             if scope == Scope::Metrics && !matches!(path, "/healthz/ready" | "/stats/prometheus") {
                                 return Ok::<_, Infallible>(text(StatusCode::NOT_FOUND, "paths here: /stats/prometheus, /healthz/ready\n"));
+                            }
+                            if scope == Scope::Metrics && path == "/stats/prometheus" && req.method() == Method::GET {
+                                return Ok(merged_metrics(&req, &inputs, &app, connections).await);
                             }
                             Ok::<_, Infallible>(route(req, &inputs, &drain_request, draining, connections).await)
                         }
@@ -140,26 +155,13 @@ async fn route(
             }
         }
         (&Method::GET, "/stats/prometheus") => {
-            // A proxy with many series takes milliseconds to render them: off the threads
-            // that carry traffic.
-            let metrics = inputs.metrics.clone();
-            let health = health(inputs, connections);
-            let Ok(body) =
-                tokio::task::spawn_blocking(move || metrics.render_with(Some(health))).await
-            else {
+            let Some(body) = render_metrics(inputs, None, connections).await else {
                 return text(
                     StatusCode::INTERNAL_SERVER_ERROR,
                     "rendering the metrics failed\n",
                 );
             };
-            let mut r = text(StatusCode::OK, body);
-            r.headers_mut().insert(
-                hyper::header::CONTENT_TYPE,
-                hyper::header::HeaderValue::from_static(
-                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                ),
-            );
-            r
+            metrics_page(app_metrics::OPENMETRICS, body)
         }
         (&Method::GET, "/stats") => text(StatusCode::OK, cluster_stats(inputs)),
         (&Method::GET, "/clusters") => text(StatusCode::OK, cluster_endpoints(inputs)),
@@ -187,17 +189,76 @@ pub async fn serve_readiness(
     listener: TcpListener,
     inputs: Arc<Inputs>,
     drain: drain::Watch,
-    probers: Arc<OnceLock<AppProbers>>,
+    app: Arc<App>,
 ) {
     let (tx, _rx) = mpsc::channel(1);
-    serve_scoped(listener, inputs, tx, drain, Scope::Readiness, probers).await;
+    serve_scoped(listener, inputs, tx, drain, Scope::Readiness, app).await;
 }
 
-/// Serves Prometheus metrics and readiness (the 15020 port Prometheus scrapes).
-pub async fn serve_metrics(listener: TcpListener, inputs: Arc<Inputs>, drain: drain::Watch) {
+/// Serves Prometheus metrics, merged with the application's own, and readiness (the 15020
+/// port Prometheus scrapes).
+pub async fn serve_metrics(
+    listener: TcpListener,
+    inputs: Arc<Inputs>,
+    drain: drain::Watch,
+    app: Arc<App>,
+) {
     let (tx, _rx) = mpsc::channel(1);
-    let none = Arc::new(OnceLock::new());
-    serve_scoped(listener, inputs, tx, drain, Scope::Metrics, none).await;
+    serve_scoped(listener, inputs, tx, drain, Scope::Metrics, app).await;
+}
+
+/// The proxy's metrics page (OpenMetrics). A proxy with many series takes milliseconds to
+/// render them: off the threads that carry traffic.
+async fn render_metrics(
+    inputs: &Inputs,
+    app_scrape_failures: Option<u64>,
+    connections: usize,
+) -> Option<String> {
+    let metrics = inputs.metrics.clone();
+    let mut health = health(inputs, connections);
+    health.app_scrape_failures = app_scrape_failures;
+    tokio::task::spawn_blocking(move || metrics.render_with(Some(health)))
+        .await
+        .ok()
+}
+
+/// 15020's page: the proxy's metrics and, when the application serves its own, those too,
+/// in the application's format.
+async fn merged_metrics(
+    req: &Request<Incoming>,
+    inputs: &Inputs,
+    app: &App,
+    connections: usize,
+) -> Response<Full<Bytes>> {
+    let (page, failures) = match app.metrics.get() {
+        Some(m) => {
+            let page = m
+                .scrape(
+                    req.headers().get(hyper::header::ACCEPT),
+                    req.headers().get("x-prometheus-scrape-timeout-seconds"),
+                )
+                .await;
+            (page, Some(m.failures()))
+        }
+        None => (None, None),
+    };
+    let Some(ours) = render_metrics(inputs, failures, connections).await else {
+        return text(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "rendering the metrics failed\n",
+        );
+    };
+    let (content_type, body) = app_metrics::merge(ours, page);
+    metrics_page(content_type, body)
+}
+
+fn metrics_page(content_type: &'static str, body: String) -> Response<Full<Bytes>> {
+    let mut r = text(StatusCode::OK, body);
+    r.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static(content_type),
+    );
+    r
 }
 
 /// The proxy's own health for its metrics page: its certificate's remaining life, the state
@@ -234,6 +295,7 @@ fn health(inputs: &Inputs, connections: usize) -> crate::metrics::Health {
         cert_expiry_seconds,
         state_version: inputs.state.borrow().source.version.clone(),
         states_refused: inputs.on_demand.as_ref().map(|od| od.refused()),
+        app_scrape_failures: None,
         connections: u64::try_from(connections).unwrap_or(u64::MAX),
         pools,
     }

@@ -840,6 +840,8 @@ pub struct Health {
     pub state_version: String,
     /// States from pilot the proxy refused (NACKed), when pilot feeds it.
     pub states_refused: Option<u64>,
+    /// Scrapes of the application's own metrics that failed, when it has them merged.
+    pub app_scrape_failures: Option<u64>,
     /// Connections open on the traffic listeners: `envoy_server_total_connections`.
     pub connections: u64,
     /// The connection pool of each cluster the proxy has sent to.
@@ -904,6 +906,16 @@ impl Collector for Health {
                 .encode_descriptor(
                     "mesh_proxy_state_refused",
                     "States from pilot the proxy refused (NACKed); meshctl proxy-status says why",
+                    None,
+                    MetricType::Counter,
+                )?
+                .encode_counter::<NoLabelSet, _, u64>(&n, None)?;
+        }
+        if let Some(n) = self.app_scrape_failures {
+            encoder
+                .encode_descriptor(
+                    "mesh_proxy_app_metrics_scrape_failures",
+                    "Scrapes of the application's own metrics (merged into this page) that failed",
                     None,
                     MetricType::Counter,
                 )?
