@@ -1,5 +1,5 @@
 //! Admin (127.0.0.1:15000: `/ready`, `/config_dump`, `/stats`, `/clusters`, `/stats/prometheus`,
-//! `/drain`),
+//! `/tap`, `/drain`),
 //! readiness (`/healthz/ready` on 15021) and metrics (`/stats/prometheus` and
 //! `/healthz/ready` on 15020, where Prometheus scrapes), served with hyper.
 
@@ -13,7 +13,8 @@ use std::convert::Infallible;
 use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
-use http_body_util::Full;
+use http_body_util::{Either, Full, StreamBody};
+use hyper::body::Frame;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
@@ -77,9 +78,15 @@ async fn serve_scoped(
                         let inputs = inputs.clone();
                         let drain_request = drain_request.clone();
                         let connections = draining.open_connections();
+                        let draining_watch = draining.clone();
                         let draining = draining.is_draining();
                         let app = app.clone();
                         async move {
+                            let path = req.uri().path();
+                            if scope == Scope::Admin && path == "/tap" {
+                                return Ok(tap(&req, draining_watch));
+                            }
+                            let answer = async {
                             let path = req.uri().path();
                             if scope == Scope::Readiness && path.starts_with("/app-health/") {
                                 let answer = match app.probers.get() {
@@ -98,6 +105,8 @@ async fn serve_scoped(
                                 return Ok(merged_metrics(&req, &inputs, &app, connections).await);
                             }
                             Ok::<_, Infallible>(route(req, &inputs, &drain_request, draining, connections).await)
+                            };
+                            answer.await.map(|r| r.map(Either::Left))
                         }
                     });
                     let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(conn), svc).await;
@@ -106,6 +115,49 @@ async fn serve_scoped(
             _ = drain.signaled() => return,
         }
     }
+}
+
+/// The body of a `/tap` stream: JSON lines as entries come.
+type TapBody = StreamBody<tokio_stream::wrappers::ReceiverStream<Result<Frame<Bytes>, Infallible>>>;
+
+/// `GET /tap?filters`: streams the requests the proxy finishes from now on as JSON lines (the
+/// access log's keys), until the caller goes or the proxy drains. The response's headers are
+/// sent once the watch has begun, so whatever the caller sends after them is seen.
+fn tap(req: &Request<Incoming>, mut drain: drain::Watch) -> Response<Either<Full<Bytes>, TapBody>> {
+    use crate::telemetry::tap;
+    if req.method() != Method::GET {
+        return text(StatusCode::METHOD_NOT_ALLOWED, "use GET for /tap\n").map(Either::Left);
+    }
+    let filter = match tap::Filter::parse(req.uri().query().unwrap_or("")) {
+        Ok(f) => f,
+        Err(e) => return text(StatusCode::BAD_REQUEST, format!("{e}\n")).map(Either::Left),
+    };
+    let mut watch = tap::Watch::start();
+    let (tx, rx) = mpsc::channel::<Result<Frame<Bytes>, Infallible>>(64);
+    tokio::spawn(async move {
+        loop {
+            let line = tokio::select! {
+                next = watch.next() => match next {
+                    tap::Next::Entry(e) if filter.matches(&e) => e.json(),
+                    tap::Next::Entry(_) => continue,
+                    tap::Next::Missed(n) => format!("{{\"missed\":{n}}}\n"),
+                },
+                _ = tx.closed() => return,
+                _ = drain.signaled() => return,
+            };
+            if tx.send(Ok(Frame::data(Bytes::from(line)))).await.is_err() {
+                return;
+            }
+        }
+    });
+    let mut r = Response::new(Either::Right(StreamBody::new(
+        tokio_stream::wrappers::ReceiverStream::new(rx),
+    )));
+    r.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("application/x-ndjson"),
+    );
+    r
 }
 
 fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
@@ -179,7 +231,7 @@ async fn route(
         ),
         _ => text(
             StatusCode::NOT_FOUND,
-            "admin paths: /ready, /config_dump, /stats, /clusters, /stats/prometheus, POST /drain\n",
+            "admin paths: /ready, /config_dump, /stats, /clusters, /stats/prometheus, /tap, POST /drain\n",
         ),
     }
 }

@@ -119,7 +119,7 @@ async fn inbound_request(
         dst,
     );
     // Only a logged request holds on to the logs.
-    let mut entry = (!state.telemetry.server_logs.is_empty()).then(|| {
+    let mut entry = state.telemetry.server_entries().then(|| {
         let mut e = super::log_entry(&mut req, "inbound", peer, dst);
         e.requested_server_name = caller.sni.map(str::to_string);
         e.downstream_peer_principal = caller.identity.map(str::to_string);

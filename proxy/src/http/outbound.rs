@@ -31,7 +31,9 @@ pub(super) async fn request(req: Request<Incoming>, ctx: &Conn) -> Response<Body
         ctx.peer,
         ctx.dst,
     );
-    let entry = (!state.telemetry.client_logs.is_empty())
+    let entry = state
+        .telemetry
+        .client_entries()
         .then(|| super::log_entry(&mut req, direction, ctx.peer, ctx.dst));
     let shape = super::Shape::of(&req);
     let grpc = shape.grpc;

@@ -330,7 +330,7 @@ impl Timer {
         entry: crate::telemetry::Entry,
         logs: &Arc<[crate::telemetry::Log]>,
     ) -> Self {
-        if !logs.is_empty() {
+        if !logs.is_empty() || crate::telemetry::tap::watched() {
             self.log = Some(Box::new(PendingLog {
                 entry,
                 logs: logs.clone(),

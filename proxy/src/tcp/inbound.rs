@@ -46,7 +46,7 @@ pub async fn to_app<S>(
     };
     let started = tokio::time::Instant::now();
     let logs = inputs.state.borrow().telemetry.server_logs.clone();
-    let entry = (!logs.is_empty()).then(|| {
+    let entry = (!logs.is_empty() || crate::telemetry::tap::watched()).then(|| {
         let mut e = crate::telemetry::Entry::started("inbound");
         e.downstream_remote_address = Some(peer);
         e.downstream_local_address = Some(dst);

@@ -41,7 +41,9 @@ pub async fn forward_to(
         peer,
         dst,
         sni,
-        entry: (!state.telemetry.client_logs.is_empty())
+        entry: state
+            .telemetry
+            .client_entries()
             .then(|| crate::telemetry::Entry::started("outbound")),
         started: tokio::time::Instant::now(),
     };

@@ -332,8 +332,10 @@ impl Entry {
         out.push('\n');
     }
 
-    /// Queues the entry for every log (formatted by each file's writer).
+    /// Queues the entry for every log (formatted by each file's writer), and offers it to
+    /// whoever taps the proxy.
     pub fn write(self, logs: &[Log]) {
+        super::tap::publish(&self);
         let Some((last, rest)) = logs.split_last() else {
             return;
         };

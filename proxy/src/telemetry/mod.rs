@@ -2,6 +2,7 @@
 //! by pilot): access logs, and spans of the requests it carries.
 
 pub mod access_log;
+pub mod tap;
 pub mod trace;
 
 use std::sync::Arc;
@@ -63,8 +64,19 @@ impl Telemetry {
         })
     }
 
-    /// Whether any access log is written.
+    /// Whether any access log is written, or someone taps the proxy: an entry is made for
+    /// each request only then.
     pub fn logging(&self) -> bool {
-        !self.client_logs.is_empty() || !self.server_logs.is_empty()
+        !self.client_logs.is_empty() || !self.server_logs.is_empty() || tap::watched()
+    }
+
+    /// Whether requests sent are logged or tapped.
+    pub fn client_entries(&self) -> bool {
+        !self.client_logs.is_empty() || tap::watched()
+    }
+
+    /// Whether requests received are logged or tapped.
+    pub fn server_entries(&self) -> bool {
+        !self.server_logs.is_empty() || tap::watched()
     }
 }
