@@ -406,3 +406,164 @@ fn demo_reports_the_seed_in_json_and_cleans_up() {
     // Cleaned up: no record, so no namespace of it either.
     assert!(!dir.path().join("runtime.json").exists());
 }
+
+/// A running `meshctl` whose stdout is read once it exits and whose stderr lines come as
+/// they are written.
+struct Watching {
+    child: std::process::Child,
+    stderr: std::sync::mpsc::Receiver<String>,
+}
+
+impl Watching {
+    fn start(args: &[&str]) -> Watching {
+        use std::io::BufRead;
+        use std::process::Stdio;
+        let bin = meshctl::local::find_binary("meshctl", "meshctl").unwrap();
+        let mut child = std::process::Command::new(bin)
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let (tx, stderr) = std::sync::mpsc::channel();
+        let err = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(err).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        Watching { child, stderr }
+    }
+
+    /// Waits (within a deadline) for a stderr line containing `words`.
+    fn wait_for(&self, words: &str) -> String {
+        let deadline = std::time::Instant::now() + DEADLINE;
+        let mut seen = Vec::new();
+        while let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) {
+            match self.stderr.recv_timeout(left) {
+                Ok(line) if line.contains(words) => return line,
+                Ok(line) => seen.push(line),
+                Err(_) => break,
+            }
+        }
+        panic!("no {words:?} on meshctl's stderr within {DEADLINE:?}: {seen:?}");
+    }
+
+    /// Its stdout once it exits (within a deadline; killed and failed otherwise).
+    fn output(mut self) -> (std::process::ExitStatus, String) {
+        use std::io::Read;
+        let exited = wait_until(DEADLINE, || matches!(self.child.try_wait(), Ok(Some(_))));
+        if !exited {
+            let _ = self.child.kill();
+        }
+        assert!(exited, "meshctl did not finish within {DEADLINE:?}");
+        let status = self.child.wait().unwrap();
+        let mut out = String::new();
+        self.child
+            .stdout
+            .take()
+            .unwrap()
+            .read_to_string(&mut out)
+            .unwrap();
+        (status, out)
+    }
+}
+
+#[test]
+#[ignore = "needs root: runs a mesh in network namespaces"]
+fn tap_streams_a_services_requests_live_with_filters() {
+    let c = seed("tap");
+    let dir = c.dir().to_str().unwrap().to_string();
+    let order = "spiffe://cluster.local/ns/default/sa/order";
+
+    // Every request shipping's sidecars receive, as JSON; both versions' pods are watched.
+    let tap = Watching::start(&[
+        "tap",
+        "svc/shipping-service",
+        "--direction",
+        "inbound",
+        "--max",
+        "6",
+        "-o",
+        "json",
+        "--dir",
+        &dir,
+    ]);
+    let started = tap.wait_for("tapping");
+    assert!(
+        started.contains("shipping-v1-0") && started.contains("shipping-v2-0"),
+        "{started}"
+    );
+    let report = c
+        .load("order-v1-0", "http://shipping-service:8080/", &["-n", "6"])
+        .unwrap();
+    assert_all_ok(&report);
+    let (status, out) = tap.output();
+    assert!(status.success(), "{out}");
+    let lines: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 6, "{out}");
+    for l in &lines {
+        assert!(l["pod"].as_str().unwrap().starts_with("shipping-v"), "{l}");
+        assert_eq!(l["direction"], "inbound", "{l}");
+        assert_eq!(l["method"], "GET", "{l}");
+        assert_eq!(l["path"], "/", "{l}");
+        assert_eq!(l["response_code"], 200, "{l}");
+        assert_eq!(
+            l["downstream_peer_principal"], order,
+            "over mutual TLS: {l}"
+        );
+        assert!(l["duration"].is_u64(), "{l}");
+    }
+
+    // One pod, as lines, only what goes to inventory: the shipping traffic passes unshown.
+    let tap = Watching::start(&[
+        "tap",
+        "order-v1-0",
+        "--authority",
+        "inventory-service",
+        "--max",
+        "1",
+        "--dir",
+        &dir,
+    ]);
+    tap.wait_for("tapping 1 sidecar");
+    c.wait_endpoints("order-v1-0", "inventory-service.default", 1)
+        .unwrap();
+    let shipping = c
+        .load("order-v1-0", "http://shipping-service:8080/", &["-n", "3"])
+        .unwrap();
+    assert_all_ok(&shipping);
+    let inventory = c
+        .load(
+            "order-v1-0",
+            "http://inventory-service:8080/stock",
+            &["-n", "1"],
+        )
+        .unwrap();
+    assert_all_ok(&inventory);
+    let (status, out) = tap.output();
+    assert!(status.success(), "{out}");
+    assert_eq!(out.lines().count(), 1, "{out}");
+    assert!(
+        out.starts_with("order-v1-0 outbound GET inventory-service:8080/stock 200 "),
+        "{out}"
+    );
+    assert!(
+        out.contains("-> default/inventory mtls"),
+        "the identity inventory proved: {out}"
+    );
+
+    // A target that names nothing says what there is.
+    let wrong = meshctl(&["tap", "svc/nothing", "--dir", &dir]);
+    assert!(!wrong.status.success());
+    let err = String::from_utf8_lossy(&wrong.stderr);
+    assert!(
+        err.contains("\"svc/nothing\"") && err.contains("order-v1-0"),
+        "{err}"
+    );
+}

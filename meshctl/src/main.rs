@@ -7,6 +7,7 @@ mod kube_inject;
 mod local_cli;
 mod manifest;
 mod proxy_status;
+mod tap;
 mod validate;
 
 use std::process::ExitCode;
@@ -65,6 +66,8 @@ enum Command {
     Delete(local_cli::FilesArgs),
     /// Start a mesh, run the order application, send it traffic and show what happened.
     Demo(local_cli::DemoArgs),
+    /// Watch the requests a pod, Service or Deployment's sidecars carry, live, with filters.
+    Tap(tap::Args),
     /// The local mesh's control plane (started by `meshctl up`).
     #[command(hide = true)]
     ControlPlane(local_cli::DirArg),
@@ -91,6 +94,7 @@ fn main() -> ExitCode {
         Command::Apply(args) => local_cli::apply(&args),
         Command::Delete(args) => local_cli::delete(&args),
         Command::Demo(args) => local_cli::demo(&args),
+        Command::Tap(args) => tap::run(&args),
         Command::ControlPlane(args) => local_cli::control_plane(&args),
     }
 }

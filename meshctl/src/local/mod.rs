@@ -8,6 +8,7 @@ pub mod config;
 pub mod control;
 pub mod deploy;
 pub mod net;
+pub mod observe;
 pub mod pods;
 pub mod process;
 pub mod state;
@@ -83,6 +84,9 @@ pub enum RuntimeError {
     /// No such pod.
     #[error("no pod {0:?} in this mesh (`meshctl ps` lists them)")]
     NoPod(String),
+    /// What a `tap` or `dashboard` names matches no pod.
+    #[error("{0}")]
+    Target(String),
     /// Something did not become ready in time.
     #[error("{what} was not ready within {secs} s{hint}")]
     NotReady {
