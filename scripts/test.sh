@@ -11,7 +11,7 @@ export CARGO_INCREMENTAL=0
 # OS packages the suite needs beyond the Rust toolchain (pinned in rust-toolchain.toml): the
 # capture tests create network namespaces (iproute2), write rules in them (iptables) and run
 # the proxy as uid 1337 (setpriv, from util-linux); mesh-bench's plot test draws its labels
-# with DejaVu Sans; the Kubernetes tests drive kubectl.
+# with DejaVu Sans; the Kubernetes tests drive kubectl; the dashboard test drives Chromium.
 need_packages=()
 command -v ip >/dev/null 2>&1 || need_packages+=(iproute2)
 command -v iptables >/dev/null 2>&1 || [ -x /usr/sbin/iptables ] || need_packages+=(iptables)
@@ -19,6 +19,8 @@ command -v setpriv >/dev/null 2>&1 || need_packages+=(util-linux)
 [ -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || need_packages+=(fonts-dejavu-core)
 # The real kubectl runs the docs' Kubernetes commands against a scripted API server.
 command -v kubectl >/dev/null 2>&1 || need_packages+=(kubernetes-client)
+# `meshctl dashboard` is checked in a headless browser.
+command -v chromium >/dev/null 2>&1 || [ -n "${MESH_CHROMIUM:-}" ] || need_packages+=(chromium)
 if ((${#need_packages[@]})); then
   apt-get update -qq && apt-get install -y -qq "${need_packages[@]}"
 fi

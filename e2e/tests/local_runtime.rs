@@ -414,6 +414,14 @@ struct Watching {
     stderr: std::sync::mpsc::Receiver<String>,
 }
 
+impl Drop for Watching {
+    fn drop(&mut self) {
+        // Never left running after its test, whatever the test's outcome.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 impl Watching {
     fn start(args: &[&str]) -> Watching {
         use std::io::BufRead;
@@ -566,4 +574,172 @@ fn tap_streams_a_services_requests_live_with_filters() {
         err.contains("\"svc/nothing\"") && err.contains("order-v1-0"),
         "{err}"
     );
+}
+
+/// The browser the dashboard test drives: `MESH_CHROMIUM`, else Debian's `chromium`.
+fn chromium() -> PathBuf {
+    if let Ok(p) = std::env::var("MESH_CHROMIUM") {
+        return PathBuf::from(p);
+    }
+    ["chromium", "chromium-browser", "google-chrome"]
+        .iter()
+        .find_map(|name| {
+            std::env::var_os("PATH").and_then(|paths| {
+                std::env::split_paths(&paths)
+                    .map(|d| d.join(name))
+                    .find(|p| p.is_file())
+            })
+        })
+        .expect(
+            "the dashboard test drives a headless Chromium: install it with \
+             `apt-get install -y chromium` (scripts/test.sh does) or set MESH_CHROMIUM",
+        )
+}
+
+/// Headless Chromium on `url` with `args` (`--dump-dom`, `--screenshot=...`): its stdout.
+fn browse(url: &str, args: &[&str]) -> String {
+    let out = std::process::Command::new(chromium())
+        .args([
+            "--headless",
+            // As root, Chromium runs only without its sandbox.
+            "--no-sandbox",
+            "--disable-gpu",
+            "--hide-scrollbars",
+            "--window-size=1400,760",
+            // The page's first fetch of /api/graph is drawn before the page counts as loaded.
+            "--virtual-time-budget=3000",
+        ])
+        .args(args)
+        .arg(url)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "chromium {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// GET `url` (http://127.0.0.1:PORT/path) with HTTP/1.0: the body.
+fn http_get(url: &str) -> String {
+    use std::io::{Read, Write};
+    let rest = url.strip_prefix("http://").unwrap();
+    let (addr, path) = rest.split_at(rest.find('/').unwrap());
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    text.split_once("\r\n\r\n").unwrap().1.to_string()
+}
+
+#[test]
+#[ignore = "needs root (a mesh in network namespaces) and a headless Chromium"]
+fn the_dashboard_draws_the_live_service_graph_in_a_browser() {
+    let browser = chromium();
+    let c = seed("dashboard");
+    let dir = c.dir().to_str().unwrap().to_string();
+    let dashboard = Watching::start(&[
+        "dashboard",
+        "--port",
+        "0",
+        "--interval",
+        "1",
+        "--window",
+        "10",
+        "--dir",
+        &dir,
+    ]);
+    let line = dashboard.wait_for("dashboard at http://127.0.0.1:");
+    let url = line.split_whitespace().nth(2).unwrap().to_string();
+
+    std::thread::scope(|s| {
+        // 100 rps from order to shipping for 8 s, while the dashboard scrapes every second.
+        let load = s.spawn(|| {
+            c.load(
+                "order-v1-0",
+                "http://shipping-service:8080/",
+                &["-n", "800", "-c", "2", "--rate", "100"],
+            )
+            .unwrap()
+        });
+        // Once two scrapes have seen the traffic, the edge has a rate.
+        let graph_url = format!("{url}api/graph");
+        let flowing = || {
+            let v: serde_json::Value = serde_json::from_str(&http_get(&graph_url)).unwrap();
+            v["edges"].as_array().unwrap().iter().any(|e| {
+                e["source"] == "default/order-v1"
+                    && e["target"] == "default/shipping-v1"
+                    && e["rps"].as_f64().unwrap_or(0.0) > 10.0
+            })
+        };
+        assert!(
+            wait_until(DEADLINE, flowing),
+            "the graph never showed order -> shipping-v1 with a rate: {}",
+            http_get(&graph_url)
+        );
+        let v: serde_json::Value = serde_json::from_str(&http_get(&graph_url)).unwrap();
+        let edge = v["edges"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["source"] == "default/order-v1" && e["target"] == "default/shipping-v1")
+            .unwrap();
+        assert_eq!(edge["success_rate"], 1.0, "{edge}");
+        assert_eq!(edge["mtls"], "mutual_tls", "{edge}");
+        assert!(edge["p99_ms"].as_f64().unwrap() > 0.0, "{edge}");
+
+        // What a browser draws of it: the DOM after the page's script ran...
+        let dom = browse(&url, &["--dump-dom"]);
+        for node in [
+            "default/order-v1",
+            "default/shipping-v1",
+            "default/shipping-v2",
+        ] {
+            assert!(
+                dom.contains(&format!("data-id=\"{node}\"")),
+                "{node} in {dom}"
+            );
+        }
+        assert!(
+            dom.contains(
+                "data-source=\"default/order-v1\" data-target=\"default/shipping-v1\" data-mtls=\"mutual_tls\""
+            ),
+            "{dom}"
+        );
+        assert!(
+            dom.contains(" rps · 100% · p99 ") && dom.contains(" · mTLS</text>"),
+            "an edge's label: {dom}"
+        );
+        assert!(
+            dom.contains("data-service=\"shipping-service.default.svc.cluster.local\""),
+            "the golden signals row: {dom}"
+        );
+        assert!(dom.contains("data-ready=\"true\""), "{dom}");
+
+        // ... and a screenshot of it among the test artefacts.
+        let artefacts = Path::new(env!("CARGO_TARGET_TMPDIR"))
+            .parent()
+            .unwrap()
+            .join("test-artefacts");
+        std::fs::create_dir_all(&artefacts).unwrap();
+        let png = artefacts.join("dashboard.png");
+        let _ = std::fs::remove_file(&png);
+        browse(&url, &[&format!("--screenshot={}", png.display())]);
+        let bytes = std::fs::read(&png).unwrap();
+        assert!(
+            bytes.starts_with(b"\x89PNG\r\n\x1a\n") && bytes.len() > 20_000,
+            "{} is {} bytes",
+            png.display(),
+            bytes.len()
+        );
+        eprintln!(
+            "the dashboard as {} drew it: {}",
+            browser.display(),
+            png.display()
+        );
+
+        assert_all_ok(&load.join().unwrap());
+    });
+    drop(dashboard);
 }

@@ -443,6 +443,8 @@ pub fn next_steps(dir: &Path) -> String {
          \x20 meshctl ps --dir {d}\n\
          \x20 meshctl exec --dir {d} order-v1-0 -- mesh-echo load --url http://shipping-service:8080/ -n 200\n\
          \x20 meshctl logs --dir {d} shipping-v2-0 --proxy\n\
+         \x20 meshctl tap --dir {d} svc/shipping-service      (live requests; Ctrl-C stops)\n\
+         \x20 meshctl dashboard --dir {d}                     (http://127.0.0.1:15300/)\n\
          \x20 meshctl proxy-status --dir {d}\n\
          \x20 meshctl apply --dir {d} -f my-change.yaml\n\
          \x20 meshctl down --dir {d}\n"

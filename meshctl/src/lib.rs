@@ -2,6 +2,7 @@
 //! and the demo. The binary is a thin command line over it, and the end-to-end suite drives
 //! the same code.
 
+pub mod dashboard;
 pub mod demo;
 pub mod kube_install;
 pub mod local;

@@ -1,6 +1,7 @@
 //! `meshctl`, the one command a mesh user types: validate configuration, generate manifests,
 //! and (as later work lands) run the mesh locally and inspect it.
 
+mod dashboard_cli;
 mod gateway_status;
 mod install;
 mod kube_inject;
@@ -68,6 +69,9 @@ enum Command {
     Demo(local_cli::DemoArgs),
     /// Watch the requests a pod, Service or Deployment's sidecars carry, live, with filters.
     Tap(tap::Args),
+    /// Serve a page on localhost with the live service graph and each service's golden
+    /// signals, from the sidecars' metrics.
+    Dashboard(dashboard_cli::Args),
     /// The local mesh's control plane (started by `meshctl up`).
     #[command(hide = true)]
     ControlPlane(local_cli::DirArg),
@@ -95,6 +99,7 @@ fn main() -> ExitCode {
         Command::Delete(args) => local_cli::delete(&args),
         Command::Demo(args) => local_cli::demo(&args),
         Command::Tap(args) => tap::run(&args),
+        Command::Dashboard(args) => dashboard_cli::run(&args),
         Command::ControlPlane(args) => local_cli::control_plane(&args),
     }
 }
