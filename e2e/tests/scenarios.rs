@@ -189,15 +189,41 @@ fn seed_split_90_10_over_mutual_tls() {
     wait_until(DEADLINE, || answered() >= total);
     assert_eq!(answered(), total, "{}", scrape(&*c, "shipping-v2-0"));
 
-    // order's Deployment asks Prometheus to scrape its own metrics (prometheus.io/port 8080):
-    // its sidecar serves them on the same page, in order's format.
-    let page = scrape(&*c, "order-v1-0");
+    // A Deployment that asks Prometheus to scrape its own metrics (prometheus.io/port 8080):
+    // its sidecar serves them on the same page, in the app's format.
+    c.apply_yaml(
+        r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: stats-v1, namespace: default}
+spec:
+  replicas: 1
+  selector: {matchLabels: {app: stats}}
+  template:
+    metadata:
+      labels: {app: stats, version: v1}
+      annotations: {prometheus.io/scrape: "true", prometheus.io/port: "8080", prometheus.io/path: /metrics}
+    spec:
+      serviceAccountName: stats
+      containers:
+      - name: stats
+        image: mesh-echo:latest
+        args: ["--port", "8080", "--service", "stats", "--version", "v1"]
+        ports: [{containerPort: 8080}]
+"#,
+    )
+    .unwrap();
+    let page = || {
+        c.sidecar_get("stats-v1-0", 15020, "/stats/prometheus")
+            .unwrap_or_default()
+    };
+    let merged =
+        |p: &String| p.contains("mesh_echo_requests_total{service=\"stats\",version=\"v1\"}");
+    wait_until(DEADLINE, || merged(&page()));
+    let page = page();
+    assert!(merged(&page), "{page}");
     assert!(
-        page.contains("mesh_echo_requests_total{service=\"order\",version=\"v1\"}"),
-        "{page}"
-    );
-    assert!(
-        page.contains("# TYPE istio_requests_total counter") && !page.contains("# EOF"),
+        page.contains("# TYPE mesh_proxy_build_info gauge") && !page.contains("# EOF"),
         "the sidecar's families in the application's text format: {page}"
     );
 }
