@@ -17,26 +17,22 @@ use super::Entry;
 /// Entries a slow watcher may fall behind by before it misses some.
 const BACKLOG: usize = 4096;
 
-struct Hub {
-    watchers: AtomicUsize,
-    tx: broadcast::Sender<Arc<Entry>>,
-}
+/// How many watch: a plain static, so the request path's question is one load.
+static WATCHERS: AtomicUsize = AtomicUsize::new(0);
 
-static HUB: LazyLock<Hub> = LazyLock::new(|| Hub {
-    watchers: AtomicUsize::new(0),
-    tx: broadcast::channel(BACKLOG).0,
-});
+static HUB: LazyLock<broadcast::Sender<Arc<Entry>>> =
+    LazyLock::new(|| broadcast::channel(BACKLOG).0);
 
 /// Whether someone is watching: the request path builds an entry only then (or for a log).
 #[inline]
 pub fn watched() -> bool {
-    HUB.watchers.load(Ordering::Relaxed) > 0
+    WATCHERS.load(Ordering::Relaxed) > 0
 }
 
 /// Offers a finished entry to the watchers.
 pub fn publish(entry: &Entry) {
     if watched() {
-        let _ = HUB.tx.send(Arc::new(entry.clone()));
+        let _ = HUB.send(Arc::new(entry.clone()));
     }
 }
 
@@ -48,8 +44,8 @@ pub struct Watch {
 impl Watch {
     /// Starts watching.
     pub fn start() -> Watch {
-        let rx = HUB.tx.subscribe();
-        HUB.watchers.fetch_add(1, Ordering::Relaxed);
+        let rx = HUB.subscribe();
+        WATCHERS.fetch_add(1, Ordering::Relaxed);
         Watch { rx }
     }
 
@@ -65,7 +61,7 @@ impl Watch {
 
 impl Drop for Watch {
     fn drop(&mut self) {
-        HUB.watchers.fetch_sub(1, Ordering::Relaxed);
+        WATCHERS.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
