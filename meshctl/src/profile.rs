@@ -498,13 +498,22 @@ fn webhook_configuration(ns: &str) -> Value {
     })
 }
 
-/// The mesh configuration a profile starts with: the demo profile turns access logs on, as
-/// Istio's does.
+/// The mesh configuration a profile starts with: the demo profile turns access logs on and
+/// traces every request, as Istio's does, to the Jaeger addon's collector
+/// (`manifests/addons/jaeger.yaml`) over OTLP/gRPC.
 fn mesh_config(v: &Values) -> String {
     let mut mesh =
         String::from("# Istio's mesh configuration (docs/api-coverage.md: what is read)\n");
     if v.profile == "demo" {
         mesh.push_str("accessLogFile: /dev/stdout\n");
+        mesh.push_str(&format!(
+            "enableTracing: true\n\
+             defaultConfig:\n  tracing:\n    sampling: 100\n\
+             extensionProviders:\n\
+             - name: otel-tracing\n  opentelemetry:\n    service: jaeger-collector.{}.svc.{}\n    port: 4317\n\
+             defaultProviders:\n  tracing: [otel-tracing]\n",
+            v.namespace, v.domain
+        ));
     }
     mesh
 }

@@ -338,3 +338,67 @@ fn the_addons_scrape_what_the_demo_profile_installs() {
     let dashboards = Path::new(env!("CARGO_MANIFEST_DIR")).join("../manifests/addons/dashboards");
     assert!(dashboards.join("mesh.json").is_file());
 }
+
+/// As Istio's demo profile: every request traced. The demo profile's mesh configuration and the
+/// Jaeger addon's Service, given to pilot, send every sidecar tracing at 100% to the addon's
+/// OTLP/gRPC port; the default profile traces nothing.
+#[test]
+fn the_demo_profile_traces_every_request_to_the_jaeger_addon() {
+    use mesh_pilot::model::{MeshConfig, Model};
+    use mesh_pilot::translate::ProxyNode;
+    use mesh_pilot::translate::telemetry::resolve;
+
+    let jaeger = addon("jaeger.yaml");
+    for d in &jaeger {
+        check_schema(d);
+    }
+    let collector = jaeger
+        .iter()
+        .find(|d| d["kind"] == "Service" && d["metadata"]["name"] == "jaeger-collector")
+        .expect("the addon's collector Service");
+    let otlp = collector["spec"]["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["port"] == 4317)
+        .expect("OTLP/gRPC on 4317");
+    assert!(
+        otlp["name"].as_str().unwrap().starts_with("grpc"),
+        "named for gRPC, so the sidecars speak HTTP/2 to it: {otlp}"
+    );
+
+    let node = ProxyNode {
+        id: "order-1.default".into(),
+        namespace: "default".into(),
+        labels: [("app".to_string(), "order".to_string())].into(),
+        ..ProxyNode::default()
+    };
+    let tracing_of = |profile: &str| {
+        let v = values(profile, &[]).unwrap();
+        let mesh = render(&v)
+            .into_iter()
+            .find(|d| d["kind"] == "ConfigMap" && d["metadata"]["name"] == "istio")
+            .expect("the profile renders the mesh configuration");
+        let docs: Vec<String> = std::iter::once(&mesh)
+            .chain(&jaeger)
+            .map(|d| serde_json::to_string(d).unwrap())
+            .collect();
+        let report = mesh_api::load::load_str(&docs.join("\n---\n"), None);
+        assert!(report.is_valid(), "{profile}: {:?}", report.diagnostics);
+        let resources: Vec<_> = report.documents.into_iter().map(|d| d.resource).collect();
+        let model = Model::build(MeshConfig::default(), &resources, Default::default());
+        let resolved = resolve(&model, &node);
+        assert!(
+            resolved.problems.is_empty(),
+            "{profile}: {:?}",
+            resolved.problems
+        );
+        resolved.telemetry.tracing
+    };
+    let demo = tracing_of("demo").expect("the demo profile traces");
+    assert_eq!(demo.sampling, 100.0);
+    assert_eq!(demo.host, "jaeger-collector.mesh-system.svc.cluster.local");
+    assert_eq!(demo.port, 4317);
+    assert!(demo.client && demo.server, "{demo:?}");
+    assert_eq!(tracing_of("default"), None);
+}
