@@ -6,6 +6,7 @@
 //! CustomResourceDefinitions. It does no IO of its own beyond reading the files it is asked to
 //! load: no sockets, no runtime, no global state.
 
+pub mod analyze;
 pub mod common;
 pub mod crd;
 pub mod diagnostic;

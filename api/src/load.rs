@@ -160,7 +160,7 @@ pub fn load_str(text: &str, file: Option<&str>) -> LoadReport {
 }
 
 /// Splits a YAML stream at `---` lines, keeping each document's 1-based first line.
-fn split_documents(text: &str) -> Vec<(usize, &str)> {
+pub(crate) fn split_documents(text: &str) -> Vec<(usize, &str)> {
     let mut docs = Vec::new();
     let (mut start_byte, mut start_line, mut offset) = (0, 1, 0);
     for (i, line) in text.split_inclusive('\n').enumerate() {

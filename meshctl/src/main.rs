@@ -1,6 +1,7 @@
 //! `meshctl`, the one command a mesh user types: validate configuration, generate manifests,
 //! and (as later work lands) run the mesh locally and inspect it.
 
+mod analyze;
 mod dashboard_cli;
 mod gateway_status;
 mod install;
@@ -27,6 +28,9 @@ struct Cli {
 enum Command {
     /// Check mesh configuration (Istio YAML or JSON) without applying it.
     Validate(validate::Args),
+    /// Run Istio's analyzers over configuration files or the local mesh: each finding with its
+    /// IST code, level, resource and what to do; exits 1 on an Error.
+    Analyze(analyze::Args),
     /// Show every proxy pilot knows: connected or not, versions sent and acknowledged, and
     /// why a push was refused.
     ProxyStatus(proxy_status::Args),
@@ -81,6 +85,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Validate(args) => validate::run(&args),
+        Command::Analyze(args) => analyze::run(&args),
         Command::Manifest(cmd) => manifest::run(&cmd),
         Command::ProxyStatus(args) => proxy_status::run(&args),
         Command::GatewayStatus(args) => gateway_status::run(&args),

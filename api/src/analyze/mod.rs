@@ -1,0 +1,292 @@
+//! `meshctl analyze`: analyzers over a snapshot of the configuration and the cluster objects
+//! beside it (Services, Deployments, Pods, Namespaces, ...), reporting what Istio's
+//! `istioctl analyze` reports, with its codes and names (`IST0118
+//! PortNameIsNotUnderNamingConvention`), its levels, the resource as `Kind namespace/name`, and
+//! what to do about it.
+//!
+//! The snapshot takes every document as written, valid or not and of any kind, since Istio's
+//! analyzers look at Kubernetes objects the mesh does not otherwise read; what the schema
+//! refuses is reported as IST0106 by `schema.ValidationAnalyzer`.
+
+mod checks;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::Serialize;
+use serde_json::Value;
+
+/// A message's level, as Istio's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+pub enum Level {
+    /// Wrong: traffic or policy will not be what the configuration says.
+    Error,
+    /// Probably wrong.
+    Warning,
+    /// Worth knowing.
+    Info,
+}
+
+impl std::fmt::Display for Level {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Level::Error => "Error",
+            Level::Warning => "Warning",
+            Level::Info => "Info",
+        })
+    }
+}
+
+/// One of Istio's message types.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Code {
+    /// `IST0118`.
+    pub code: &'static str,
+    /// `PortNameIsNotUnderNamingConvention`.
+    pub name: &'static str,
+    /// Its level.
+    pub level: Level,
+}
+
+/// What an analyzer found.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Message {
+    /// `IST0118`.
+    pub code: &'static str,
+    /// `PortNameIsNotUnderNamingConvention`.
+    pub name: &'static str,
+    /// Its level.
+    pub level: Level,
+    /// The resource: `Service my-namespace/my-service` (no namespace when it has none).
+    pub origin: String,
+    /// What is wrong.
+    pub text: String,
+    /// What to do about it.
+    pub hint: String,
+    /// The file it came from, when it came from one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub file: Option<String>,
+    /// The line its document starts on.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub line: Option<usize>,
+}
+
+impl std::fmt::Display for Message {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} [{}] ({}) {}",
+            self.level, self.code, self.origin, self.text
+        )?;
+        if let (Some(file), Some(line)) = (&self.file, self.line) {
+            write!(f, " ({file}:{line})")?;
+        }
+        if !self.hint.is_empty() {
+            write!(f, "\n  → {}", self.hint)?;
+        }
+        Ok(())
+    }
+}
+
+/// One object of the snapshot, as written.
+#[derive(Clone, Debug)]
+pub struct Object {
+    /// Its kind.
+    pub kind: String,
+    /// Its namespace as written (none when it says none).
+    pub namespace: Option<String>,
+    /// Its name.
+    pub name: String,
+    /// The whole document.
+    pub value: Value,
+    /// The file, when from one.
+    pub file: Option<String>,
+    /// The line its document starts on.
+    pub line: usize,
+}
+
+impl Object {
+    /// `Kind namespace/name`, or `Kind name` without a namespace (Istio's origin).
+    pub fn origin(&self) -> String {
+        match &self.namespace {
+            Some(ns) => format!("{} {ns}/{}", self.kind, self.name),
+            None => format!("{} {}", self.kind, self.name),
+        }
+    }
+
+    /// Its namespace, `default` when it says none (where Kubernetes would put it).
+    pub fn ns(&self) -> &str {
+        self.namespace.as_deref().unwrap_or("default")
+    }
+
+    /// `spec`.
+    pub fn spec(&self) -> &Value {
+        &self.value["spec"]
+    }
+
+    /// Its labels.
+    pub fn labels(&self) -> BTreeMap<String, String> {
+        string_map(&self.value["metadata"]["labels"])
+    }
+
+    /// A message about this object.
+    pub fn message(&self, code: Code, text: String, hint: impl Into<String>) -> Message {
+        Message {
+            code: code.code,
+            name: code.name,
+            level: code.level,
+            origin: self.origin(),
+            text,
+            hint: hint.into(),
+            file: self.file.clone(),
+            line: self.file.as_ref().map(|_| self.line),
+        }
+    }
+}
+
+/// A JSON object of strings as a map (labels, selectors).
+pub fn string_map(v: &Value) -> BTreeMap<String, String> {
+    v.as_object()
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| {
+                    let v = match v {
+                        Value::String(s) => s.clone(),
+                        other => other.to_string(),
+                    };
+                    (k.clone(), v)
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// What is analyzed: every object, and the files' findings the schema check reports.
+#[derive(Clone, Debug, Default)]
+pub struct Snapshot {
+    /// Every object, in input order.
+    pub objects: Vec<Object>,
+    /// Istio's root namespace (`istio-system`).
+    pub root_namespace: String,
+}
+
+impl Snapshot {
+    /// An empty snapshot with Istio's root namespace.
+    pub fn new() -> Self {
+        Snapshot {
+            objects: Vec::new(),
+            root_namespace: "istio-system".into(),
+        }
+    }
+
+    /// Adds the documents of `text` (from `file`); a document that is not YAML is an error
+    /// naming the file and line.
+    pub fn add_text(&mut self, text: &str, file: Option<&str>) -> Result<(), String> {
+        for (line, chunk) in crate::load::split_documents(text) {
+            let value: Value = serde_saphyr::from_str(chunk)
+                .map_err(|e| format!("{}:{line}: not YAML: {e}", file.unwrap_or("<input>")))?;
+            if value.is_null() {
+                continue;
+            }
+            let items = match value["items"].as_array() {
+                Some(items) if value["kind"].as_str().is_some_and(|k| k.ends_with("List")) => {
+                    items.clone()
+                }
+                _ => vec![value],
+            };
+            for v in items {
+                let Some(kind) = v["kind"].as_str() else {
+                    continue;
+                };
+                self.objects.push(Object {
+                    kind: kind.to_string(),
+                    namespace: v["metadata"]["namespace"].as_str().map(str::to_string),
+                    name: v["metadata"]["name"].as_str().unwrap_or("").to_string(),
+                    value: v.clone(),
+                    file: file.map(str::to_string),
+                    line,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Adds a file, or every `.yaml`, `.yml` and `.json` file under a folder (sorted).
+    pub fn add_path(&mut self, path: &Path) -> Result<(), String> {
+        if path.is_dir() {
+            let mut files = Vec::new();
+            collect(path, &mut files).map_err(|e| format!("{}: {e}", path.display()))?;
+            files.sort();
+            for f in files {
+                self.add_path(&f)?;
+            }
+            return Ok(());
+        }
+        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        self.add_text(&text, Some(&path.display().to_string()))
+    }
+
+    /// The objects of `kind`.
+    pub fn of_kind<'a>(&'a self, kind: &'a str) -> impl Iterator<Item = &'a Object> + 'a {
+        self.objects.iter().filter(move |o| o.kind == kind)
+    }
+}
+
+fn collect(dir: &Path, out: &mut Vec<std::path::PathBuf>) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let p = entry?.path();
+        if p.is_dir() {
+            collect(&p, out)?;
+        } else if p
+            .extension()
+            .and_then(|e| e.to_str())
+            .is_some_and(|e| matches!(e, "yaml" | "yml" | "json"))
+        {
+            out.push(p);
+        }
+    }
+    Ok(())
+}
+
+/// An analyzer, by Istio's name.
+pub struct Analyzer {
+    /// `service.PortNameAnalyzer`.
+    pub name: &'static str,
+    /// What it looks at.
+    pub about: &'static str,
+    run: fn(&Snapshot, &mut Vec<Message>),
+}
+
+/// Every analyzer, by Istio's names.
+pub fn analyzers() -> &'static [Analyzer] {
+    checks::ALL
+}
+
+/// The messages of every analyzer (or only the one named `only`) over `snapshot`, sorted by
+/// level, then resource, then code.
+pub fn analyze(snapshot: &Snapshot, only: Option<&str>) -> Result<Vec<Message>, String> {
+    let chosen: Vec<&Analyzer> = match only {
+        Some(name) => {
+            let a = analyzers().iter().find(|a| a.name == name).ok_or_else(|| {
+                format!(
+                    "no analyzer {name:?}; the analyzers: {}",
+                    analyzers()
+                        .iter()
+                        .map(|a| a.name)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            })?;
+            vec![a]
+        }
+        None => analyzers().iter().collect(),
+    };
+    let mut out = Vec::new();
+    for a in chosen {
+        (a.run)(snapshot, &mut out);
+    }
+    out.sort_by(|a, b| {
+        (a.level, &a.origin, a.code, &a.text).cmp(&(b.level, &b.origin, b.code, &b.text))
+    });
+    Ok(out)
+}

@@ -1,0 +1,141 @@
+//! `meshctl analyze`'s analyzers against Istio's own cases (`../shared/testdata/istio-analyze`,
+//! its EXPECTED.md): each case runs only its analyzer over its input files, and the multiset of
+//! (code, resource) must equal the one Istio's tests expect. The test prints the pass counts per
+//! analyzer; every case of an analyzer we have must pass.
+
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
+use std::collections::BTreeMap;
+
+use mesh_api::analyze::{Snapshot, analyze, analyzers};
+
+struct Case {
+    analyzer: String,
+    name: String,
+    files: Vec<String>,
+    extra: Option<String>,
+    expected: Vec<(String, String)>,
+}
+
+fn backticked(s: &str) -> Vec<String> {
+    s.split('`')
+        .enumerate()
+        .filter(|(i, _)| i % 2 == 1)
+        .map(|(_, t)| t.to_string())
+        .collect()
+}
+
+fn cases(expected_md: &str) -> Vec<Case> {
+    let mut out = Vec::new();
+    let mut analyzer = String::new();
+    for line in expected_md.lines() {
+        if line.starts_with("## ") {
+            // Another part of the file (the code catalogue): no cases there.
+            analyzer.clear();
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("### ") {
+            analyzer = backticked(rest)
+                .first()
+                .map(|s| s.split(' ').next().unwrap_or("").to_string())
+                .unwrap_or_default();
+            continue;
+        }
+        if analyzer.is_empty() || !line.starts_with("| ") || line.starts_with("| Case") {
+            continue;
+        }
+        let cells: Vec<&str> = line.trim_matches('|').split(" | ").map(str::trim).collect();
+        if cells.len() != 4 {
+            continue;
+        }
+        let mut expected = Vec::new();
+        if !cells[3].contains("no messages") {
+            for m in cells[3].split("<br>") {
+                let code = m.split_whitespace().next().unwrap().to_string();
+                let origin = backticked(m).pop().unwrap();
+                let times = m
+                    .rsplit('×')
+                    .next()
+                    .filter(|_| m.contains('×'))
+                    .and_then(|n| n.trim().parse::<usize>().ok())
+                    .unwrap_or(1);
+                for _ in 0..times {
+                    expected.push((code.clone(), origin.clone()));
+                }
+            }
+        }
+        expected.sort();
+        out.push(Case {
+            analyzer: analyzer.clone(),
+            name: cells[0].to_string(),
+            files: backticked(cells[1]),
+            extra: (cells[2] != "—").then(|| cells[2].to_string()),
+            expected,
+        });
+    }
+    out
+}
+
+#[test]
+#[ignore = "needs shared testdata"]
+fn istios_analyzer_cases_pass_for_every_analyzer_we_have() {
+    let dir = mesh_api::testing::shared_testdata().join("istio-analyze");
+    let all = cases(&std::fs::read_to_string(dir.join("EXPECTED.md")).unwrap());
+    assert!(all.len() > 60, "EXPECTED.md read as {} cases", all.len());
+    let ours: Vec<&str> = analyzers().iter().map(|a| a.name).collect();
+    let mut tally: BTreeMap<&str, (usize, usize)> = BTreeMap::new();
+    let mut failures = Vec::new();
+    for case in &all {
+        let implemented = ours.contains(&case.analyzer.as_str());
+        let entry = tally.entry(&case.analyzer).or_default();
+        entry.1 += 1;
+        if !implemented {
+            continue;
+        }
+        if case.extra.is_some() || case.files.iter().any(|f| f.contains(": ")) {
+            failures.push(format!(
+                "{} / {}: needs {:?}, which the harness cannot give yet",
+                case.analyzer, case.name, case.extra
+            ));
+            continue;
+        }
+        let mut snapshot = Snapshot::new();
+        for f in &case.files {
+            snapshot.add_path(&dir.join(f)).unwrap();
+        }
+        let mut got: Vec<(String, String)> = analyze(&snapshot, Some(&case.analyzer))
+            .unwrap()
+            .into_iter()
+            .map(|m| (m.code.to_string(), m.origin))
+            .collect();
+        got.sort();
+        if got == case.expected {
+            entry.0 += 1;
+        } else {
+            failures.push(format!(
+                "{} / {} ({:?}):\n  want {:?}\n  got  {:?}",
+                case.analyzer, case.name, case.files, case.expected, got
+            ));
+        }
+    }
+    let mut report = String::from("Istio's analyzer cases (passed/cases; - = not ours yet):\n");
+    for (name, (passed, total)) in &tally {
+        if ours.contains(name) {
+            report += &format!("  {name}: {passed}/{total}\n");
+        } else {
+            report += &format!("  {name}: -/{total}\n");
+        }
+    }
+    eprintln!("{report}");
+    assert!(failures.is_empty(), "{report}\n{}", failures.join("\n"));
+    for a in analyzers()
+        .iter()
+        .filter(|a| a.name != "schema.ValidationAnalyzer")
+    {
+        assert!(
+            tally.get(a.name).is_some_and(|(p, _)| *p > 0),
+            "{} has no passing upstream case",
+            a.name
+        );
+    }
+}
