@@ -26,6 +26,21 @@ pub(super) const ALL: &[Analyzer] = &[
         run: conflicting_gateways,
     },
     Analyzer {
+        name: "virtualservice.DestinationRuleAnalyzer",
+        about: "VirtualService routes and mirrors naming subsets no DestinationRule defines",
+        run: route_subsets,
+    },
+    Analyzer {
+        name: "virtualservice.ConflictingMeshGatewayHostsAnalyzer",
+        about: "VirtualServices for the mesh claiming the same host where both are visible",
+        run: conflicting_mesh_hosts,
+    },
+    Analyzer {
+        name: "virtualservice.GatewayAnalyzer",
+        about: "VirtualServices bound to Gateways that do not exist or serve none of their hosts",
+        run: route_gateways,
+    },
+    Analyzer {
         name: "deployment.ApplicationUIDAnalyzer",
         about: "applications running as the proxy's user id 1337",
         run: application_uid,
@@ -51,6 +66,26 @@ const IST0145: Code = Code {
     code: "IST0145",
     name: "ConflictingGateways",
     level: Level::Error,
+};
+const IST0101: Code = Code {
+    code: "IST0101",
+    name: "ReferencedResourceNotFound",
+    level: Level::Error,
+};
+const IST0109: Code = Code {
+    code: "IST0109",
+    name: "ConflictingMeshGatewayVirtualServiceHosts",
+    level: Level::Error,
+};
+const IST0132: Code = Code {
+    code: "IST0132",
+    name: "VirtualServiceHostNotFoundInGateway",
+    level: Level::Warning,
+};
+const IST0165: Code = Code {
+    code: "IST0165",
+    name: "ReferencedInternalGateway",
+    level: Level::Warning,
 };
 const IST0144: Code = Code {
     code: "IST0144",
@@ -241,6 +276,253 @@ fn application_uid(snapshot: &Snapshot, out: &mut Vec<Message>) {
                 "it runs as user id 1337, the proxy's: the mesh never captures that user's traffic".into(),
                 "run the application as another user (securityContext.runAsUser)",
             ));
+        }
+    }
+}
+
+/// The cluster's DNS domain.
+const DOMAIN: &str = "svc.cluster.local";
+
+/// A host as the mesh resolves it in namespace `ns`: a short name is a Service of that
+/// namespace (`reviews` is `reviews.NS.svc.cluster.local`); a name with a dot stands as written.
+pub(super) fn fqdn(host: &str, ns: &str) -> String {
+    if host.contains('.') || host.contains('*') {
+        host.to_ascii_lowercase()
+    } else {
+        format!("{}.{ns}.{DOMAIN}", host.to_ascii_lowercase())
+    }
+}
+
+/// Every `destination` (and mirror) a VirtualService routes to, with where it is.
+fn destinations(vs: &Object) -> Vec<(String, &Value)> {
+    let mut out = Vec::new();
+    let spec = vs.spec();
+    for (kind, key) in [("http", "route"), ("tcp", "route"), ("tls", "route")] {
+        for (i, rule) in spec[kind].as_array().into_iter().flatten().enumerate() {
+            for (j, r) in rule[key].as_array().into_iter().flatten().enumerate() {
+                out.push((format!("spec.{kind}[{i}].{key}[{j}].destination"), &r["destination"]));
+            }
+            if kind == "http" {
+                if rule["mirror"].is_object() {
+                    out.push((format!("spec.http[{i}].mirror"), &rule["mirror"]));
+                }
+                for (j, m) in rule["mirrors"].as_array().into_iter().flatten().enumerate() {
+                    out.push((format!("spec.http[{i}].mirrors[{j}].destination"), &m["destination"]));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// IST0101: a route or mirror to a subset that no DestinationRule for its host defines.
+fn route_subsets(snapshot: &Snapshot, out: &mut Vec<Message>) {
+    let mut subsets: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for dr in snapshot.of_kind("DestinationRule") {
+        let Some(host) = dr.spec()["host"].as_str() else {
+            continue;
+        };
+        let names = subsets.entry(fqdn(host, dr.ns())).or_default();
+        for s in dr.spec()["subsets"].as_array().into_iter().flatten() {
+            if let Some(n) = s["name"].as_str() {
+                names.insert(n.to_string());
+            }
+        }
+    }
+    for vs in snapshot.of_kind("VirtualService") {
+        for (field, d) in destinations(vs) {
+            let (Some(host), Some(subset)) = (d["host"].as_str(), d["subset"].as_str()) else {
+                continue;
+            };
+            let host = fqdn(host, vs.ns());
+            if subsets.get(&host).is_some_and(|s| s.contains(subset)) {
+                continue;
+            }
+            out.push(vs.message(
+                IST0101,
+                format!("{field}: subset {subset:?} of {host} is defined by no DestinationRule"),
+                format!("add subset {subset:?} to the DestinationRule for {host}, or route to a subset it has"),
+            ));
+        }
+    }
+}
+
+/// The namespaces a resource is visible in (`exportTo`): `None` for every one.
+fn visible_in(o: &Object) -> Option<BTreeSet<String>> {
+    let export = o.spec()["exportTo"].as_array()?;
+    if export.is_empty() {
+        return None;
+    }
+    let mut set = BTreeSet::new();
+    for e in export.iter().filter_map(Value::as_str) {
+        match e {
+            "*" => return None,
+            "." => {
+                set.insert(o.ns().to_string());
+            }
+            ns => {
+                set.insert(ns.to_string());
+            }
+        }
+    }
+    Some(set)
+}
+
+fn scopes_meet(a: &Option<BTreeSet<String>>, b: &Option<BTreeSet<String>>) -> bool {
+    match (a, b) {
+        (Some(a), Some(b)) => !a.is_disjoint(b),
+        _ => true,
+    }
+}
+
+/// IST0109: two VirtualServices bound to the mesh (no `gateways`, or `mesh` among them) that
+/// claim the same host where both are visible: which one a sidecar uses is undefined.
+fn conflicting_mesh_hosts(snapshot: &Snapshot, out: &mut Vec<Message>) {
+    let mesh_bound: Vec<(&Object, Vec<String>, Option<BTreeSet<String>>)> = snapshot
+        .of_kind("VirtualService")
+        .filter(|vs| match vs.spec()["gateways"].as_array() {
+            None => true,
+            Some(g) => g.is_empty() || g.iter().any(|g| g.as_str() == Some("mesh")),
+        })
+        .map(|vs| {
+            let hosts = vs.spec()["hosts"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str)
+                .map(|h| fqdn(h, vs.ns()))
+                .collect();
+            (vs, hosts, visible_in(vs))
+        })
+        .collect();
+    for (i, (vs, hosts, scope)) in mesh_bound.iter().enumerate() {
+        let mut with = BTreeSet::new();
+        for (j, (other, other_hosts, other_scope)) in mesh_bound.iter().enumerate() {
+            if i == j || !scopes_meet(scope, other_scope) {
+                continue;
+            }
+            for h in hosts {
+                for o in other_hosts.iter().filter(|o| hosts_overlap(h, o)) {
+                    with.insert(format!("{h} ({o} of {})", other.origin()));
+                }
+            }
+        }
+        if !with.is_empty() {
+            out.push(vs.message(
+                IST0109,
+                format!(
+                    "for the mesh it claims hosts another VirtualService claims: {}",
+                    with.into_iter().collect::<Vec<_>>().join("; ")
+                ),
+                "merge the VirtualServices for a host into one, or narrow their exportTo",
+            ));
+        }
+    }
+}
+
+/// Whether a Gateway's host (`[ns/]host`, as written in the Gateway in `gateway_ns`) takes
+/// VirtualService host `vs_host` from namespace `vs_ns`.
+fn gateway_host_takes(gw_host: &str, gateway_ns: &str, vs_host: &str, vs_ns: &str) -> bool {
+    let (ns, host) = match gw_host.split_once('/') {
+        Some((ns, host)) => (ns, host),
+        None => ("*", gw_host),
+    };
+    let ns_ok = match ns {
+        "*" => true,
+        "." => vs_ns == gateway_ns,
+        ns => ns == vs_ns,
+    };
+    let (host, vs_host) = (host.to_ascii_lowercase(), vs_host.to_ascii_lowercase());
+    let host_ok = match host.strip_prefix('*') {
+        Some(suffix) => vs_host.ends_with(suffix) && vs_host.len() > suffix.len() || host == "*",
+        None => host == vs_host,
+    };
+    ns_ok && host_ok
+}
+
+/// IST0101, IST0132 and IST0165: each Gateway a VirtualService binds to (but `mesh`) must
+/// exist, as an Istio Gateway or a Gateway API Gateway, and serve at least one of its hosts; a
+/// Gateway generated from a Gateway API one is internal and is not to be named.
+fn route_gateways(snapshot: &Snapshot, out: &mut Vec<Message>) {
+    // Istio Gateways and Gateway API Gateways by namespace/name: their namespace and hosts.
+    let mut gateways: BTreeMap<String, (String, Vec<String>)> = BTreeMap::new();
+    for g in snapshot.of_kind("Gateway") {
+        let api = g.value["apiVersion"].as_str().unwrap_or("");
+        let hosts: Vec<String> = if api.starts_with("gateway.networking.k8s.io") {
+            g.spec()["listeners"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|l| l["hostname"].as_str().unwrap_or("*").to_string())
+                .collect()
+        } else {
+            g.spec()["servers"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .flat_map(|s| s["hosts"].as_array().into_iter().flatten())
+                .filter_map(|h| h.as_str().map(str::to_string))
+                .collect()
+        };
+        gateways
+            .entry(format!("{}/{}", g.ns(), g.name))
+            .or_insert_with(|| (g.ns().to_string(), Vec::new()))
+            .1
+            .extend(hosts);
+    }
+    for vs in snapshot.of_kind("VirtualService") {
+        let hosts: Vec<&str> = vs.spec()["hosts"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .collect();
+        for (i, gw) in vs.spec()["gateways"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .enumerate()
+        {
+            if gw == "mesh" {
+                continue;
+            }
+            if gw.contains("~istio-autogenerated-k8s-gateway") {
+                out.push(vs.message(
+                    IST0165,
+                    format!("spec.gateways[{i}] names {gw:?}, a Gateway the mesh generates from a Gateway API Gateway"),
+                    "bind to the Gateway API Gateway with an HTTPRoute, or to an Istio Gateway of your own",
+                ));
+                continue;
+            }
+            let key = match gw.split_once('/') {
+                Some(_) => gw.to_string(),
+                None => format!("{}/{gw}", vs.ns()),
+            };
+            let Some((gw_ns, gw_hosts)) = gateways.get(&key) else {
+                out.push(vs.message(
+                    IST0101,
+                    format!("spec.gateways[{i}]: Gateway {key} does not exist"),
+                    format!("create Gateway {key}, or name one that exists (namespace/name)"),
+                ));
+                continue;
+            };
+            let served = hosts.iter().any(|h| {
+                gw_hosts
+                    .iter()
+                    .any(|g| gateway_host_takes(g, gw_ns, h, vs.ns()))
+            });
+            if !served {
+                out.push(vs.message(
+                    IST0132,
+                    format!(
+                        "none of its hosts ({}) is among those Gateway {key} serves ({})",
+                        hosts.join(", "),
+                        gw_hosts.join(", ")
+                    ),
+                    format!("add the host to a server of Gateway {key}, or change the VirtualService's hosts"),
+                ));
+            }
         }
     }
 }
