@@ -378,7 +378,9 @@ fn scopes_meet(a: &Option<BTreeSet<String>>, b: &Option<BTreeSet<String>>) -> bo
 /// IST0109: two VirtualServices bound to the mesh (no `gateways`, or `mesh` among them) that
 /// claim the same host where both are visible: which one a sidecar uses is undefined.
 fn conflicting_mesh_hosts(snapshot: &Snapshot, out: &mut Vec<Message>) {
-    let mesh_bound: Vec<(&Object, Vec<String>, Option<BTreeSet<String>>)> = snapshot
+    /// A VirtualService for the mesh, its hosts and where it is visible.
+    type Bound<'a> = (&'a Object, Vec<String>, Option<BTreeSet<String>>);
+    let mesh_bound: Vec<Bound> = snapshot
         .of_kind("VirtualService")
         .filter(|vs| match vs.spec()["gateways"].as_array() {
             None => true,
