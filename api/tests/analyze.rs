@@ -92,7 +92,14 @@ fn istios_analyzer_cases_pass_for_every_analyzer_we_have() {
         if !implemented {
             continue;
         }
-        if case.extra.is_some() || case.files.iter().any(|f| f.contains(": ")) {
+        let mesh_config = case
+            .extra
+            .as_deref()
+            .filter(|e| e.starts_with("mesh config:"))
+            .and_then(|e| backticked(e).pop());
+        if (case.extra.is_some() && mesh_config.is_none())
+            || case.files.iter().any(|f| f.contains(": "))
+        {
             failures.push(format!(
                 "{} / {}: needs {:?}, which the harness cannot give yet",
                 case.analyzer, case.name, case.extra
@@ -100,6 +107,9 @@ fn istios_analyzer_cases_pass_for_every_analyzer_we_have() {
             continue;
         }
         let mut snapshot = Snapshot::new();
+        if let Some(m) = &mesh_config {
+            snapshot.set_mesh_config(&dir.join(m)).unwrap();
+        }
         for f in &case.files {
             snapshot.add_path(&dir.join(f)).unwrap();
         }

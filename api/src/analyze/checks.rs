@@ -41,6 +41,16 @@ pub(super) const ALL: &[Analyzer] = &[
         run: route_gateways,
     },
     Analyzer {
+        name: "destinationrule.CaCertificateAnalyzer",
+        about: "DestinationRules originating TLS without verifying the server's certificate",
+        run: unverified_tls,
+    },
+    Analyzer {
+        name: "serviceentry.ProtocolAddressesAnalyzer",
+        about: "ServiceEntries with TCP (or unsaid) ports and no addresses",
+        run: service_entry_addresses,
+    },
+    Analyzer {
         name: "deployment.ApplicationUIDAnalyzer",
         about: "applications running as the proxy's user id 1337",
         run: application_uid,
@@ -85,6 +95,21 @@ const IST0132: Code = Code {
 const IST0165: Code = Code {
     code: "IST0165",
     name: "ReferencedInternalGateway",
+    level: Level::Warning,
+};
+const IST0128: Code = Code {
+    code: "IST0128",
+    name: "NoServerCertificateVerificationDestinationLevel",
+    level: Level::Warning,
+};
+const IST0129: Code = Code {
+    code: "IST0129",
+    name: "NoServerCertificateVerificationPortLevel",
+    level: Level::Warning,
+};
+const IST0134: Code = Code {
+    code: "IST0134",
+    name: "ServiceEntryAddressesRequired",
     level: Level::Warning,
 };
 const IST0144: Code = Code {
@@ -525,6 +550,83 @@ fn route_gateways(snapshot: &Snapshot, out: &mut Vec<Message>) {
                     format!("add the host to a server of Gateway {key}, or change the VirtualService's hosts"),
                 ));
             }
+        }
+    }
+}
+
+/// IST0128 and IST0129: TLS originated (SIMPLE or MUTUAL) with no `caCertificates`, so the
+/// server's certificate is not verified; unless `insecureSkipVerify` says so on purpose, or a
+/// gateway's DestinationRule (with a `workloadSelector`) takes its CA from `credentialName`.
+fn unverified_tls(snapshot: &Snapshot, out: &mut Vec<Message>) {
+    for dr in snapshot.of_kind("DestinationRule") {
+        let spec = dr.spec();
+        let selected = spec["workloadSelector"].is_object();
+        let host = spec["host"].as_str().unwrap_or("");
+        let unverified = |tls: &Value| -> Option<String> {
+            let mode = tls["mode"].as_str()?;
+            if !matches!(mode, "SIMPLE" | "MUTUAL") {
+                return None;
+            }
+            let has_ca = tls["caCertificates"].as_str().is_some_and(|c| !c.is_empty());
+            let from_secret = selected
+                && tls["credentialName"].as_str().is_some_and(|c| !c.is_empty());
+            let skip = tls["insecureSkipVerify"].as_bool() == Some(true);
+            (!has_ca && !from_secret && !skip).then(|| mode.to_string())
+        };
+        if let Some(mode) = unverified(&spec["trafficPolicy"]["tls"]) {
+            out.push(dr.message(
+                IST0128,
+                format!("spec.trafficPolicy.tls: {mode} TLS to {host} with no caCertificates: the server's certificate is not verified"),
+                "set caCertificates (or credentialName with a workloadSelector, for a gateway)",
+            ));
+        }
+        for (i, p) in spec["trafficPolicy"]["portLevelSettings"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .enumerate()
+        {
+            if let Some(mode) = unverified(&p["tls"]) {
+                let port = p["port"]["number"].as_u64().unwrap_or(0);
+                out.push(dr.message(
+                    IST0129,
+                    format!("spec.trafficPolicy.portLevelSettings[{i}].tls: {mode} TLS to {host} port {port} with no caCertificates: the server's certificate is not verified"),
+                    "set caCertificates (or credentialName with a workloadSelector, for a gateway)",
+                ));
+            }
+        }
+    }
+}
+
+/// IST0134: a ServiceEntry with a TCP port (or one that says no protocol) and no addresses:
+/// sidecars cannot tell its connections from others to the same port, unless addresses are
+/// allocated for it (`ISTIO_META_DNS_AUTO_ALLOCATE`, or ones in its status).
+fn service_entry_addresses(snapshot: &Snapshot, out: &mut Vec<Message>) {
+    let auto_allocate = snapshot.mesh()["defaultConfig"]["proxyMetadata"]
+        ["ISTIO_META_DNS_AUTO_ALLOCATE"]
+        .as_str()
+        == Some("true");
+    if auto_allocate {
+        return;
+    }
+    for se in snapshot.of_kind("ServiceEntry") {
+        let has = |v: &Value| v.as_array().is_some_and(|a| !a.is_empty());
+        if has(&se.spec()["addresses"]) || has(&se.value["status"]["addresses"]) {
+            continue;
+        }
+        let tcp = se.spec()["ports"].as_array().into_iter().flatten().find(|p| {
+            let proto = p["protocol"].as_str().unwrap_or("");
+            proto.is_empty() || proto.eq_ignore_ascii_case("TCP")
+        });
+        if let Some(p) = tcp {
+            out.push(se.message(
+                IST0134,
+                format!(
+                    "port {} is TCP (or says no protocol) and the entry has no addresses: its connections cannot be told apart",
+                    p["number"].as_u64().unwrap_or(0)
+                ),
+                "add spec.addresses, give the port its protocol (HTTP, HTTPS, TLS, ...), or set ISTIO_META_DNS_AUTO_ALLOCATE",
+            ));
         }
     }
 }

@@ -168,6 +168,9 @@ pub struct Snapshot {
     pub objects: Vec<Object>,
     /// Istio's root namespace (`istio-system`).
     pub root_namespace: String,
+    /// The mesh configuration (`MeshConfig` as YAML; `null` for Istio's defaults): from the
+    /// snapshot's ConfigMap `istio` in the root namespace, or given.
+    pub mesh_config: Value,
 }
 
 impl Snapshot {
@@ -176,7 +179,31 @@ impl Snapshot {
         Snapshot {
             objects: Vec::new(),
             root_namespace: "istio-system".into(),
+            mesh_config: Value::Null,
         }
+    }
+
+    /// Takes the mesh configuration from a file of `MeshConfig` YAML (what the ConfigMap
+    /// `istio`'s `mesh` key holds).
+    pub fn set_mesh_config(&mut self, path: &Path) -> Result<(), String> {
+        let text =
+            std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        self.mesh_config = serde_saphyr::from_str(&text)
+            .map_err(|e| format!("{}: not YAML: {e}", path.display()))?;
+        Ok(())
+    }
+
+    /// The mesh configuration: as given, else the `mesh` key of ConfigMap `istio` in the root
+    /// namespace, else `null`.
+    pub fn mesh(&self) -> Value {
+        if !self.mesh_config.is_null() {
+            return self.mesh_config.clone();
+        }
+        self.of_kind("ConfigMap")
+            .find(|c| c.name == "istio" && c.ns() == self.root_namespace)
+            .and_then(|c| c.value["data"]["mesh"].as_str())
+            .and_then(|m| serde_saphyr::from_str(m).ok())
+            .unwrap_or(Value::Null)
     }
 
     /// Adds the documents of `text` (from `file`); a document that is not YAML is an error
