@@ -51,6 +51,11 @@ pub(super) const ALL: &[Analyzer] = &[
         run: service_entry_addresses,
     },
     Analyzer {
+        name: "gateway.IngressGatewayPortAnalyzer",
+        about: "Gateways selecting no pod, or listening on ports their Services do not expose",
+        run: gateway_ports,
+    },
+    Analyzer {
         name: "deployment.ApplicationUIDAnalyzer",
         about: "applications running as the proxy's user id 1337",
         run: application_uid,
@@ -110,6 +115,11 @@ const IST0129: Code = Code {
 const IST0134: Code = Code {
     code: "IST0134",
     name: "ServiceEntryAddressesRequired",
+    level: Level::Warning,
+};
+const IST0162: Code = Code {
+    code: "IST0162",
+    name: "GatewayPortNotDefinedOnService",
     level: Level::Warning,
 };
 const IST0144: Code = Code {
@@ -627,6 +637,80 @@ fn service_entry_addresses(snapshot: &Snapshot, out: &mut Vec<Message>) {
                 ),
                 "add spec.addresses, give the port its protocol (HTTP, HTTPS, TLS, ...), or set ISTIO_META_DNS_AUTO_ALLOCATE",
             ));
+        }
+    }
+}
+
+fn selects(selector: &BTreeMap<String, String>, labels: &BTreeMap<String, String>) -> bool {
+    selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+}
+
+fn selector_text(selector: &BTreeMap<String, String>) -> String {
+    selector
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// IST0101 and IST0162: an Istio Gateway whose selector matches no pod, or whose server port is
+/// neither the port nor the target port of a Service in front of those pods: nothing reaches
+/// that listener.
+fn gateway_ports(snapshot: &Snapshot, out: &mut Vec<Message>) {
+    let pods: Vec<&Object> = snapshot.of_kind("Pod").collect();
+    let services: Vec<&Object> = snapshot.of_kind("Service").collect();
+    for gw in snapshot
+        .of_kind("Gateway")
+        .filter(|g| g.value["apiVersion"].as_str().is_some_and(|a| a.starts_with("networking.istio.io")))
+    {
+        let selector = string_map(&gw.spec()["selector"]);
+        let mut matched = 0;
+        let mut ports = BTreeSet::new();
+        for pod in &pods {
+            let labels = pod.labels();
+            if !selects(&selector, &labels) {
+                continue;
+            }
+            matched += 1;
+            for svc in services.iter().filter(|s| s.ns() == pod.ns()) {
+                let svc_selector = string_map(&svc.spec()["selector"]);
+                if svc_selector.is_empty() || !selects(&svc_selector, &labels) {
+                    continue;
+                }
+                for p in svc.spec()["ports"].as_array().into_iter().flatten() {
+                    if !p["protocol"].as_str().unwrap_or("TCP").eq_ignore_ascii_case("TCP") {
+                        continue;
+                    }
+                    let target = p["targetPort"]
+                        .as_u64()
+                        .or_else(|| p["targetPort"].as_str().and_then(|t| t.parse().ok()));
+                    ports.extend(target);
+                    ports.extend(p["port"].as_u64());
+                }
+            }
+        }
+        if matched == 0 {
+            out.push(gw.message(
+                IST0101,
+                format!("spec.selector ({}) selects no pod: no gateway serves it", selector_text(&selector)),
+                "deploy the gateway those labels name, or change the selector to its labels",
+            ));
+            continue;
+        }
+        for (i, server) in gw.spec()["servers"].as_array().into_iter().flatten().enumerate() {
+            let Some(port) = server["port"]["number"].as_u64() else {
+                continue;
+            };
+            if !ports.contains(&port) {
+                out.push(gw.message(
+                    IST0162,
+                    format!(
+                        "spec.servers[{i}] listens on {port}, which no Service in front of the pods selected by {} sends to",
+                        selector_text(&selector)
+                    ),
+                    format!("add port {port} (as its targetPort) to the gateway's Service, or use a port it exposes"),
+                ));
+            }
         }
     }
 }
