@@ -56,6 +56,21 @@ pub(super) const ALL: &[Analyzer] = &[
         run: gateway_ports,
     },
     Analyzer {
+        name: "sidecar.SelectorAnalyzer",
+        about: "Sidecars selecting no workload, or the same workloads as another",
+        run: sidecar_selectors,
+    },
+    Analyzer {
+        name: "telemetry.SelectorAnalyzer",
+        about: "Telemetries selecting no workload, or the same workloads as another",
+        run: telemetry_selectors,
+    },
+    Analyzer {
+        name: "telemetry.DefaultSelectorAnalyzer",
+        about: "namespaces with more than one Telemetry without a selector",
+        run: telemetry_defaults,
+    },
+    Analyzer {
         name: "deployment.ApplicationUIDAnalyzer",
         about: "applications running as the proxy's user id 1337",
         run: application_uid,
@@ -121,6 +136,26 @@ const IST0162: Code = Code {
     code: "IST0162",
     name: "GatewayPortNotDefinedOnService",
     level: Level::Warning,
+};
+const IST0110: Code = Code {
+    code: "IST0110",
+    name: "ConflictingSidecarWorkloadSelectors",
+    level: Level::Error,
+};
+const IST0111: Code = Code {
+    code: "IST0111",
+    name: "MultipleSidecarsWithoutWorkloadSelectors",
+    level: Level::Error,
+};
+const IST0159: Code = Code {
+    code: "IST0159",
+    name: "ConflictingTelemetryWorkloadSelectors",
+    level: Level::Error,
+};
+const IST0160: Code = Code {
+    code: "IST0160",
+    name: "MultipleTelemetriesWithoutWorkloadSelectors",
+    level: Level::Error,
 };
 const IST0144: Code = Code {
     code: "IST0144",
@@ -713,4 +748,108 @@ fn gateway_ports(snapshot: &Snapshot, out: &mut Vec<Message>) {
             }
         }
     }
+}
+
+/// Resources of `kind` that select workloads (`selector(spec)`; none for a namespace-wide one):
+/// IST0101 when one selects no pod of its namespace, `conflict` on each of two or more that
+/// select the same pod (which one applies is undefined).
+fn workload_selectors(
+    snapshot: &Snapshot,
+    out: &mut Vec<Message>,
+    kind: &str,
+    selector: fn(&Value) -> Option<&Value>,
+    conflict: Code,
+) {
+    let pods: Vec<&Object> = snapshot.of_kind("Pod").collect();
+    let mut selected_by: BTreeMap<usize, Vec<&Object>> = BTreeMap::new();
+    for r in snapshot.of_kind(kind) {
+        let Some(sel) = selector(r.spec()).map(string_map).filter(|s| !s.is_empty()) else {
+            continue;
+        };
+        let mut any = false;
+        for (i, pod) in pods.iter().enumerate() {
+            if pod.ns() == r.ns() && selects(&sel, &pod.labels()) {
+                any = true;
+                selected_by.entry(i).or_default().push(r);
+            }
+        }
+        if !any {
+            out.push(r.message(
+                IST0101,
+                format!("its selector ({}) selects no pod in namespace {}", selector_text(&sel), r.ns()),
+                "change the selector to the labels of a workload in this namespace",
+            ));
+        }
+    }
+    let mut reported = BTreeSet::new();
+    for (i, rs) in selected_by.into_iter().filter(|(_, rs)| rs.len() > 1) {
+        for r in &rs {
+            if !reported.insert(r.origin()) {
+                continue;
+            }
+            let others: Vec<String> = rs
+                .iter()
+                .filter(|o| o.origin() != r.origin())
+                .map(|o| o.origin())
+                .collect();
+            out.push(r.message(
+                conflict,
+                format!(
+                    "it selects pod {}, as {} does: which one applies is undefined",
+                    pods[i].name,
+                    others.join(", ")
+                ),
+                format!("give each workload one {kind}: narrow the selectors or merge the resources"),
+            ));
+        }
+    }
+}
+
+/// Two or more resources of `kind` without a selector in one namespace: `code` on each.
+fn namespace_defaults(
+    snapshot: &Snapshot,
+    out: &mut Vec<Message>,
+    kind: &str,
+    selector: fn(&Value) -> Option<&Value>,
+    code: Code,
+) {
+    let mut by_ns: BTreeMap<&str, Vec<&Object>> = BTreeMap::new();
+    for r in snapshot.of_kind(kind) {
+        if selector(r.spec()).map(string_map).is_none_or(|s| s.is_empty()) {
+            by_ns.entry(r.ns()).or_default().push(r);
+        }
+    }
+    for (ns, rs) in by_ns.into_iter().filter(|(_, rs)| rs.len() > 1) {
+        for r in &rs {
+            out.push(r.message(
+                code,
+                format!("namespace {ns} has {} {kind}s without a selector: which one applies is undefined", rs.len()),
+                format!("keep one {kind} without a selector per namespace; give the others selectors"),
+            ));
+        }
+    }
+}
+
+fn sidecar_selector(spec: &Value) -> Option<&Value> {
+    spec.get("workloadSelector").map(|w| &w["labels"])
+}
+
+fn telemetry_selector(spec: &Value) -> Option<&Value> {
+    spec.get("selector").map(|s| &s["matchLabels"])
+}
+
+/// IST0101, IST0110 and IST0111 for Sidecars.
+fn sidecar_selectors(snapshot: &Snapshot, out: &mut Vec<Message>) {
+    workload_selectors(snapshot, out, "Sidecar", sidecar_selector, IST0110);
+    namespace_defaults(snapshot, out, "Sidecar", sidecar_selector, IST0111);
+}
+
+/// IST0101 and IST0159 for Telemetries.
+fn telemetry_selectors(snapshot: &Snapshot, out: &mut Vec<Message>) {
+    workload_selectors(snapshot, out, "Telemetry", telemetry_selector, IST0159);
+}
+
+/// IST0160 for Telemetries.
+fn telemetry_defaults(snapshot: &Snapshot, out: &mut Vec<Message>) {
+    namespace_defaults(snapshot, out, "Telemetry", telemetry_selector, IST0160);
 }
