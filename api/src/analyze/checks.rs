@@ -71,6 +71,16 @@ pub(super) const ALL: &[Analyzer] = &[
         run: telemetry_defaults,
     },
     Analyzer {
+        name: "telemetry.ProviderAnalyzer",
+        about: "Telemetry access logging that names no provider when the mesh has no default",
+        run: telemetry_providers,
+    },
+    Analyzer {
+        name: "virtualservice.JWTClaimRouteAnalyzer",
+        about: "routes on JWT claims at a gateway no RequestAuthentication applies to",
+        run: jwt_claim_routes,
+    },
+    Analyzer {
         name: "deployment.ApplicationUIDAnalyzer",
         about: "applications running as the proxy's user id 1337",
         run: application_uid,
@@ -155,6 +165,16 @@ const IST0159: Code = Code {
 const IST0160: Code = Code {
     code: "IST0160",
     name: "MultipleTelemetriesWithoutWorkloadSelectors",
+    level: Level::Error,
+};
+const IST0157: Code = Code {
+    code: "IST0157",
+    name: "InvalidTelemetryProvider",
+    level: Level::Warning,
+};
+const IST0149: Code = Code {
+    code: "IST0149",
+    name: "JwtClaimBasedRoutingWithoutRequestAuthN",
     level: Level::Error,
 };
 const IST0144: Code = Code {
@@ -852,4 +872,104 @@ fn telemetry_selectors(snapshot: &Snapshot, out: &mut Vec<Message>) {
 /// IST0160 for Telemetries.
 fn telemetry_defaults(snapshot: &Snapshot, out: &mut Vec<Message>) {
     namespace_defaults(snapshot, out, "Telemetry", telemetry_selector, IST0160);
+}
+
+/// IST0157: an `accessLogging` entry of a Telemetry that names no provider and does not turn
+/// logging off, where the mesh configuration names no default access log provider: it does
+/// nothing.
+fn telemetry_providers(snapshot: &Snapshot, out: &mut Vec<Message>) {
+    let mesh = snapshot.mesh();
+    let defaults = mesh["defaultProviders"]["accessLogging"]
+        .as_array()
+        .is_some_and(|d| !d.is_empty());
+    if defaults {
+        return;
+    }
+    for t in snapshot.of_kind("Telemetry") {
+        let empty: Vec<usize> = t.spec()["accessLogging"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .enumerate()
+            .filter(|(_, l)| {
+                l["providers"].as_array().is_none_or(|p| p.is_empty())
+                    && l["disabled"].as_bool() != Some(true)
+            })
+            .map(|(i, _)| i)
+            .collect();
+        if let Some(i) = empty.first() {
+            out.push(t.message(
+                IST0157,
+                format!("spec.accessLogging[{i}] names no provider, and the mesh configuration has no defaultProviders.accessLogging: it is ignored"),
+                "name a provider (envoy, or one of the mesh configuration's extensionProviders), or set defaultProviders.accessLogging",
+            ));
+        }
+    }
+}
+
+/// Whether a VirtualService's HTTP matches route on JWT claims (`@request.auth.claims.`).
+fn routes_on_claims(vs: &Object) -> bool {
+    vs.spec()["http"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|r| r["match"].as_array().into_iter().flatten())
+        .any(|m| {
+            ["headers", "withoutHeaders"].iter().any(|k| {
+                m[*k]
+                    .as_object()
+                    .is_some_and(|h| h.keys().any(|k| k.starts_with("@request.auth.claims")))
+            })
+        })
+}
+
+/// IST0149: a VirtualService that routes on JWT claims at a gateway whose pods no
+/// RequestAuthentication applies to: the claims are never there, so the route never matches.
+fn jwt_claim_routes(snapshot: &Snapshot, out: &mut Vec<Message>) {
+    let pods: Vec<&Object> = snapshot.of_kind("Pod").collect();
+    let authn: Vec<(&Object, BTreeMap<String, String>)> = snapshot
+        .of_kind("RequestAuthentication")
+        .map(|r| (r, string_map(&r.spec()["selector"]["matchLabels"])))
+        .collect();
+    let covered = |pod: &Object| {
+        authn.iter().any(|(r, sel)| {
+            let ns_ok = r.ns() == snapshot.root_namespace || r.ns() == pod.ns();
+            ns_ok && (sel.is_empty() || selects(sel, &pod.labels()))
+        })
+    };
+    for vs in snapshot.of_kind("VirtualService").filter(|v| routes_on_claims(v)) {
+        for gw in vs.spec()["gateways"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .filter(|g| *g != "mesh")
+        {
+            let (ns, name) = gw.split_once('/').unwrap_or((vs.ns(), gw));
+            let Some(gateway) = snapshot
+                .of_kind("Gateway")
+                .find(|g| g.ns() == ns && g.name == name)
+            else {
+                continue;
+            };
+            let selector = string_map(&gateway.spec()["selector"]);
+            let uncovered: Vec<&str> = pods
+                .iter()
+                .filter(|p| !selector.is_empty() && selects(&selector, &p.labels()))
+                .filter(|p| !covered(p))
+                .map(|p| p.name.as_str())
+                .collect();
+            if !uncovered.is_empty() {
+                out.push(vs.message(
+                    IST0149,
+                    format!(
+                        "it routes on JWT claims at Gateway {ns}/{name}, but no RequestAuthentication applies to its pods ({}): the claims are never there",
+                        uncovered.join(", ")
+                    ),
+                    "add a RequestAuthentication selecting the gateway's pods (or in the root namespace)",
+                ));
+                break;
+            }
+        }
+    }
 }
