@@ -81,6 +81,11 @@ pub(super) const ALL: &[Analyzer] = &[
         run: jwt_claim_routes,
     },
     Analyzer {
+        name: "schema.ValidationAnalyzer.VirtualService",
+        about: "VirtualService rules no request can reach and matches earlier ones cover",
+        run: unreachable_rules,
+    },
+    Analyzer {
         name: "deployment.ApplicationUIDAnalyzer",
         about: "applications running as the proxy's user id 1337",
         run: application_uid,
@@ -176,6 +181,16 @@ const IST0149: Code = Code {
     code: "IST0149",
     name: "JwtClaimBasedRoutingWithoutRequestAuthN",
     level: Level::Error,
+};
+const IST0130: Code = Code {
+    code: "IST0130",
+    name: "VirtualServiceUnreachableRule",
+    level: Level::Warning,
+};
+const IST0131: Code = Code {
+    code: "IST0131",
+    name: "VirtualServiceIneffectiveMatch",
+    level: Level::Info,
 };
 const IST0144: Code = Code {
     code: "IST0144",
@@ -969,6 +984,104 @@ fn jwt_claim_routes(snapshot: &Snapshot, out: &mut Vec<Message>) {
                     "add a RequestAuthentication selecting the gateway's pods (or in the root namespace)",
                 ));
                 break;
+            }
+        }
+    }
+}
+
+/// A rule's name for messages: its `name`, else its place.
+fn rule_name(rule: &Value, kind: &str, i: usize) -> String {
+    match rule["name"].as_str() {
+        Some(n) if !n.is_empty() => format!("spec.{kind}[{i}] ({n:?})"),
+        _ => format!("spec.{kind}[{i}]"),
+    }
+}
+
+/// A match without its `name`: what it matches.
+fn match_key(m: &Value) -> Value {
+    let mut m = m.clone();
+    if let Some(o) = m.as_object_mut() {
+        o.remove("name");
+    }
+    m
+}
+
+/// Whether an earlier HTTP match takes every request a later one would: a URI prefix that
+/// starts the later's URI prefix, and every other condition of the earlier one the same in the
+/// later one.
+fn http_match_covers(earlier: &Value, later: &Value) -> bool {
+    let (Some(e), Some(l)) = (
+        earlier["uri"]["prefix"].as_str(),
+        later["uri"]["prefix"].as_str(),
+    ) else {
+        return false;
+    };
+    if !l.starts_with(e) {
+        return false;
+    }
+    let (Some(eo), Some(lo)) = (earlier.as_object(), later.as_object()) else {
+        return false;
+    };
+    eo.iter()
+        .filter(|(k, _)| *k != "uri" && *k != "name")
+        .all(|(k, v)| lo.get(k) == Some(v))
+}
+
+/// IST0130 and IST0131: in each list of rules (`http`, `tcp`, `tls`), a rule after one with no
+/// match is never reached, a match that repeats an earlier one does nothing (and a rule whose
+/// every match does is never reached), and an HTTP match an earlier URI prefix already takes
+/// does nothing.
+fn unreachable_rules(snapshot: &Snapshot, out: &mut Vec<Message>) {
+    for vs in snapshot.of_kind("VirtualService") {
+        for kind in ["http", "tcp", "tls"] {
+            let Some(rules) = vs.spec()[kind].as_array() else {
+                continue;
+            };
+            let mut seen: Vec<(Value, usize)> = Vec::new();
+            let mut catch_all: Option<usize> = None;
+            for (i, rule) in rules.iter().enumerate() {
+                let matches = rule["match"].as_array().filter(|m| !m.is_empty());
+                let Some(matches) = matches else {
+                    if let Some(first) = catch_all {
+                        out.push(vs.message(
+                            IST0130,
+                            format!("{} is never reached: {} before it has no match and takes every request", rule_name(rule, kind, i), rule_name(&rules[first], kind, first)),
+                            "give the rules matches, or keep one rule without a match, last",
+                        ));
+                    }
+                    catch_all = Some(i);
+                    continue;
+                };
+                let mut repeated = 0;
+                for (j, m) in matches.iter().enumerate() {
+                    let key = match_key(m);
+                    if let Some((_, at)) = seen.iter().find(|(k, _)| *k == key) {
+                        repeated += 1;
+                        out.push(vs.message(
+                            IST0131,
+                            format!("{}.match[{j}] repeats a match of {}: it does nothing", rule_name(rule, kind, i), rule_name(&rules[*at], kind, *at)),
+                            "remove the repeated match, or change it",
+                        ));
+                        continue;
+                    }
+                    if kind == "http"
+                        && let Some((_, at)) = seen.iter().find(|(k, _)| http_match_covers(k, &key))
+                    {
+                        out.push(vs.message(
+                            IST0131,
+                            format!("{}.match[{j}] takes only requests an earlier match of {} already takes: it does nothing", rule_name(rule, kind, i), rule_name(&rules[*at], kind, *at)),
+                            "put the more specific match first, or remove it",
+                        ));
+                    }
+                    seen.push((key, i));
+                }
+                if repeated == matches.len() {
+                    out.push(vs.message(
+                        IST0130,
+                        format!("{} is never reached: every match of it is an earlier rule's", rule_name(rule, kind, i)),
+                        "remove the rule, or give it a match of its own",
+                    ));
+                }
             }
         }
     }
