@@ -353,6 +353,26 @@ fn ps_logs_and_proxy_status_show_the_running_mesh() {
         !text.contains("DestinationRule default/inventory-service"),
         "{text}"
     );
+
+    // `meshctl analyze` on the running mesh: the seed, its pods and its gateway, all in order.
+    let analyze = meshctl(&["analyze", "--dir", &dir]);
+    let text = String::from_utf8_lossy(&analyze.stdout);
+    assert!(analyze.status.success(), "{text}");
+    assert!(text.starts_with("✔ No validation issues found"), "{text}");
+    // A Sidecar selecting nothing that runs is an Error, naming it.
+    c.apply_yaml(
+        "apiVersion: networking.istio.io/v1\nkind: Sidecar\nmetadata: {name: typo, namespace: default}\nspec:\n  workloadSelector: {labels: {app: ordr}}\n  egress: [{hosts: [\"./*\"]}]\n",
+    )
+    .unwrap();
+    let analyze = meshctl(&["analyze", "--dir", &dir]);
+    let text = String::from_utf8_lossy(&analyze.stdout);
+    assert_eq!(analyze.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains(
+            "Error [IST0101] (Sidecar default/typo) its selector (app=ordr) selects no pod"
+        ),
+        "{text}"
+    );
 }
 
 #[test]

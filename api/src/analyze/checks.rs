@@ -405,14 +405,20 @@ fn destinations(vs: &Object) -> Vec<(String, &Value)> {
     for (kind, key) in [("http", "route"), ("tcp", "route"), ("tls", "route")] {
         for (i, rule) in spec[kind].as_array().into_iter().flatten().enumerate() {
             for (j, r) in rule[key].as_array().into_iter().flatten().enumerate() {
-                out.push((format!("spec.{kind}[{i}].{key}[{j}].destination"), &r["destination"]));
+                out.push((
+                    format!("spec.{kind}[{i}].{key}[{j}].destination"),
+                    &r["destination"],
+                ));
             }
             if kind == "http" {
                 if rule["mirror"].is_object() {
                     out.push((format!("spec.http[{i}].mirror"), &rule["mirror"]));
                 }
                 for (j, m) in rule["mirrors"].as_array().into_iter().flatten().enumerate() {
-                    out.push((format!("spec.http[{i}].mirrors[{j}].destination"), &m["destination"]));
+                    out.push((
+                        format!("spec.http[{i}].mirrors[{j}].destination"),
+                        &m["destination"],
+                    ));
                 }
             }
         }
@@ -647,9 +653,13 @@ fn unverified_tls(snapshot: &Snapshot, out: &mut Vec<Message>) {
             if !matches!(mode, "SIMPLE" | "MUTUAL") {
                 return None;
             }
-            let has_ca = tls["caCertificates"].as_str().is_some_and(|c| !c.is_empty());
+            let has_ca = tls["caCertificates"]
+                .as_str()
+                .is_some_and(|c| !c.is_empty());
             let from_secret = selected
-                && tls["credentialName"].as_str().is_some_and(|c| !c.is_empty());
+                && tls["credentialName"]
+                    .as_str()
+                    .is_some_and(|c| !c.is_empty());
             let skip = tls["insecureSkipVerify"].as_bool() == Some(true);
             (!has_ca && !from_secret && !skip).then(|| mode.to_string())
         };
@@ -682,10 +692,9 @@ fn unverified_tls(snapshot: &Snapshot, out: &mut Vec<Message>) {
 /// sidecars cannot tell its connections from others to the same port, unless addresses are
 /// allocated for it (`ISTIO_META_DNS_AUTO_ALLOCATE`, or ones in its status).
 fn service_entry_addresses(snapshot: &Snapshot, out: &mut Vec<Message>) {
-    let auto_allocate = snapshot.mesh()["defaultConfig"]["proxyMetadata"]
-        ["ISTIO_META_DNS_AUTO_ALLOCATE"]
-        .as_str()
-        == Some("true");
+    let auto_allocate =
+        snapshot.mesh()["defaultConfig"]["proxyMetadata"]["ISTIO_META_DNS_AUTO_ALLOCATE"].as_str()
+            == Some("true");
     if auto_allocate {
         return;
     }
@@ -694,10 +703,14 @@ fn service_entry_addresses(snapshot: &Snapshot, out: &mut Vec<Message>) {
         if has(&se.spec()["addresses"]) || has(&se.value["status"]["addresses"]) {
             continue;
         }
-        let tcp = se.spec()["ports"].as_array().into_iter().flatten().find(|p| {
-            let proto = p["protocol"].as_str().unwrap_or("");
-            proto.is_empty() || proto.eq_ignore_ascii_case("TCP")
-        });
+        let tcp = se.spec()["ports"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|p| {
+                let proto = p["protocol"].as_str().unwrap_or("");
+                proto.is_empty() || proto.eq_ignore_ascii_case("TCP")
+            });
         if let Some(p) = tcp {
             out.push(se.message(
                 IST0134,
@@ -727,28 +740,33 @@ fn selector_text(selector: &BTreeMap<String, String>) -> String {
 /// neither the port nor the target port of a Service in front of those pods: nothing reaches
 /// that listener.
 fn gateway_ports(snapshot: &Snapshot, out: &mut Vec<Message>) {
-    let pods: Vec<&Object> = snapshot.of_kind("Pod").collect();
+    let pods = snapshot.workloads();
     let services: Vec<&Object> = snapshot.of_kind("Service").collect();
-    for gw in snapshot
-        .of_kind("Gateway")
-        .filter(|g| g.value["apiVersion"].as_str().is_some_and(|a| a.starts_with("networking.istio.io")))
-    {
+    for gw in snapshot.of_kind("Gateway").filter(|g| {
+        g.value["apiVersion"]
+            .as_str()
+            .is_some_and(|a| a.starts_with("networking.istio.io"))
+    }) {
         let selector = string_map(&gw.spec()["selector"]);
         let mut matched = 0;
         let mut ports = BTreeSet::new();
         for pod in &pods {
-            let labels = pod.labels();
-            if !selects(&selector, &labels) {
+            let labels = &pod.labels;
+            if !selects(&selector, labels) {
                 continue;
             }
             matched += 1;
-            for svc in services.iter().filter(|s| s.ns() == pod.ns()) {
+            for svc in services.iter().filter(|s| s.ns() == pod.object.ns()) {
                 let svc_selector = string_map(&svc.spec()["selector"]);
-                if svc_selector.is_empty() || !selects(&svc_selector, &labels) {
+                if svc_selector.is_empty() || !selects(&svc_selector, labels) {
                     continue;
                 }
                 for p in svc.spec()["ports"].as_array().into_iter().flatten() {
-                    if !p["protocol"].as_str().unwrap_or("TCP").eq_ignore_ascii_case("TCP") {
+                    if !p["protocol"]
+                        .as_str()
+                        .unwrap_or("TCP")
+                        .eq_ignore_ascii_case("TCP")
+                    {
                         continue;
                     }
                     let target = p["targetPort"]
@@ -762,12 +780,20 @@ fn gateway_ports(snapshot: &Snapshot, out: &mut Vec<Message>) {
         if matched == 0 {
             out.push(gw.message(
                 IST0101,
-                format!("spec.selector ({}) selects no pod: no gateway serves it", selector_text(&selector)),
+                format!(
+                    "spec.selector ({}) selects no pod: no gateway serves it",
+                    selector_text(&selector)
+                ),
                 "deploy the gateway those labels name, or change the selector to its labels",
             ));
             continue;
         }
-        for (i, server) in gw.spec()["servers"].as_array().into_iter().flatten().enumerate() {
+        for (i, server) in gw.spec()["servers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .enumerate()
+        {
             let Some(port) = server["port"]["number"].as_u64() else {
                 continue;
             };
@@ -795,7 +821,7 @@ fn workload_selectors(
     selector: fn(&Value) -> Option<&Value>,
     conflict: Code,
 ) {
-    let pods: Vec<&Object> = snapshot.of_kind("Pod").collect();
+    let pods = snapshot.workloads();
     let mut selected_by: BTreeMap<usize, Vec<&Object>> = BTreeMap::new();
     for r in snapshot.of_kind(kind) {
         let Some(sel) = selector(r.spec()).map(string_map).filter(|s| !s.is_empty()) else {
@@ -803,7 +829,7 @@ fn workload_selectors(
         };
         let mut any = false;
         for (i, pod) in pods.iter().enumerate() {
-            if pod.ns() == r.ns() && selects(&sel, &pod.labels()) {
+            if pod.object.ns() == r.ns() && selects(&sel, &pod.labels) {
                 any = true;
                 selected_by.entry(i).or_default().push(r);
             }
@@ -811,7 +837,11 @@ fn workload_selectors(
         if !any {
             out.push(r.message(
                 IST0101,
-                format!("its selector ({}) selects no pod in namespace {}", selector_text(&sel), r.ns()),
+                format!(
+                    "its selector ({}) selects no pod in namespace {}",
+                    selector_text(&sel),
+                    r.ns()
+                ),
                 "change the selector to the labels of a workload in this namespace",
             ));
         }
@@ -830,11 +860,14 @@ fn workload_selectors(
             out.push(r.message(
                 conflict,
                 format!(
-                    "it selects pod {}, as {} does: which one applies is undefined",
-                    pods[i].name,
+                    "it selects {} {}, as {} does: which one applies is undefined",
+                    pods[i].object.kind,
+                    pods[i].object.name,
                     others.join(", ")
                 ),
-                format!("give each workload one {kind}: narrow the selectors or merge the resources"),
+                format!(
+                    "give each workload one {kind}: narrow the selectors or merge the resources"
+                ),
             ));
         }
     }
@@ -850,7 +883,10 @@ fn namespace_defaults(
 ) {
     let mut by_ns: BTreeMap<&str, Vec<&Object>> = BTreeMap::new();
     for r in snapshot.of_kind(kind) {
-        if selector(r.spec()).map(string_map).is_none_or(|s| s.is_empty()) {
+        if selector(r.spec())
+            .map(string_map)
+            .is_none_or(|s| s.is_empty())
+        {
             by_ns.entry(r.ns()).or_default().push(r);
         }
     }
@@ -941,18 +977,21 @@ fn routes_on_claims(vs: &Object) -> bool {
 /// IST0149: a VirtualService that routes on JWT claims at a gateway whose pods no
 /// RequestAuthentication applies to: the claims are never there, so the route never matches.
 fn jwt_claim_routes(snapshot: &Snapshot, out: &mut Vec<Message>) {
-    let pods: Vec<&Object> = snapshot.of_kind("Pod").collect();
+    let pods = snapshot.workloads();
     let authn: Vec<(&Object, BTreeMap<String, String>)> = snapshot
         .of_kind("RequestAuthentication")
         .map(|r| (r, string_map(&r.spec()["selector"]["matchLabels"])))
         .collect();
-    let covered = |pod: &Object| {
+    let covered = |pod: &super::Workload| {
         authn.iter().any(|(r, sel)| {
-            let ns_ok = r.ns() == snapshot.root_namespace || r.ns() == pod.ns();
-            ns_ok && (sel.is_empty() || selects(sel, &pod.labels()))
+            let ns_ok = r.ns() == snapshot.root_namespace || r.ns() == pod.object.ns();
+            ns_ok && (sel.is_empty() || selects(sel, &pod.labels))
         })
     };
-    for vs in snapshot.of_kind("VirtualService").filter(|v| routes_on_claims(v)) {
+    for vs in snapshot
+        .of_kind("VirtualService")
+        .filter(|v| routes_on_claims(v))
+    {
         for gw in vs.spec()["gateways"]
             .as_array()
             .into_iter()
@@ -970,9 +1009,9 @@ fn jwt_claim_routes(snapshot: &Snapshot, out: &mut Vec<Message>) {
             let selector = string_map(&gateway.spec()["selector"]);
             let uncovered: Vec<&str> = pods
                 .iter()
-                .filter(|p| !selector.is_empty() && selects(&selector, &p.labels()))
+                .filter(|p| !selector.is_empty() && selects(&selector, &p.labels))
                 .filter(|p| !covered(p))
-                .map(|p| p.name.as_str())
+                .map(|p| p.object.name.as_str())
                 .collect();
             if !uncovered.is_empty() {
                 out.push(vs.message(
@@ -1059,7 +1098,11 @@ fn unreachable_rules(snapshot: &Snapshot, out: &mut Vec<Message>) {
                         repeated += 1;
                         out.push(vs.message(
                             IST0131,
-                            format!("{}.match[{j}] repeats a match of {}: it does nothing", rule_name(rule, kind, i), rule_name(&rules[*at], kind, *at)),
+                            format!(
+                                "{}.match[{j}] repeats a match of {}: it does nothing",
+                                rule_name(rule, kind, i),
+                                rule_name(&rules[*at], kind, *at)
+                            ),
                             "remove the repeated match, or change it",
                         ));
                         continue;
@@ -1078,7 +1121,10 @@ fn unreachable_rules(snapshot: &Snapshot, out: &mut Vec<Message>) {
                 if repeated == matches.len() {
                     out.push(vs.message(
                         IST0130,
-                        format!("{} is never reached: every match of it is an earlier rule's", rule_name(rule, kind, i)),
+                        format!(
+                            "{} is never reached: every match of it is an earlier rule's",
+                            rule_name(rule, kind, i)
+                        ),
                         "remove the rule, or give it a match of its own",
                     ));
                 }

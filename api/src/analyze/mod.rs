@@ -186,8 +186,7 @@ impl Snapshot {
     /// Takes the mesh configuration from a file of `MeshConfig` YAML (what the ConfigMap
     /// `istio`'s `mesh` key holds).
     pub fn set_mesh_config(&mut self, path: &Path) -> Result<(), String> {
-        let text =
-            std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
         self.mesh_config = serde_saphyr::from_str(&text)
             .map_err(|e| format!("{}: not YAML: {e}", path.display()))?;
         Ok(())
@@ -253,6 +252,54 @@ impl Snapshot {
         self.add_text(&text, Some(&path.display().to_string()))
     }
 
+    /// What runs: every Pod, and the pod template of every Deployment, StatefulSet, DaemonSet,
+    /// ReplicaSet and Job (files often hold those, not pods).
+    pub fn workloads(&self) -> Vec<Workload<'_>> {
+        self.objects
+            .iter()
+            .filter_map(|o| {
+                let labels = match o.kind.as_str() {
+                    "Pod" => o.labels(),
+                    "Deployment" | "StatefulSet" | "DaemonSet" | "ReplicaSet" => {
+                        string_map(&o.spec()["template"]["metadata"]["labels"])
+                    }
+                    "Job" => string_map(&o.spec()["template"]["metadata"]["labels"]),
+                    _ => return None,
+                };
+                Some(Workload { object: o, labels })
+            })
+            .collect()
+    }
+
+    /// Adds what an install of the mesh puts beside the user's configuration, for analyzing
+    /// files on their own: the ingress gateway (pod and Service in `istio-system`, labelled
+    /// `istio: ingressgateway`, ports 80, 443, 8080 and 15021), as `meshctl install` and
+    /// `meshctl up` run it.
+    pub fn add_installed_defaults(&mut self) {
+        const INSTALLED: &str = "\
+apiVersion: v1
+kind: Pod
+metadata:
+  name: istio-ingressgateway
+  namespace: istio-system
+  labels: {app: istio-ingressgateway, istio: ingressgateway}
+spec:
+  containers: [{name: istio-proxy}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: istio-ingressgateway, namespace: istio-system}
+spec:
+  selector: {app: istio-ingressgateway, istio: ingressgateway}
+  ports:
+  - {name: http2, port: 80, protocol: TCP}
+  - {name: https, port: 443, protocol: TCP}
+  - {name: http-alt, port: 8080, protocol: TCP}
+  - {name: status-port, port: 15021, protocol: TCP}
+";
+        let _ = self.add_text(INSTALLED, None);
+    }
+
     /// The objects of `kind`.
     pub fn of_kind<'a>(&'a self, kind: &'a str) -> impl Iterator<Item = &'a Object> + 'a {
         self.objects.iter().filter(move |o| o.kind == kind)
@@ -273,6 +320,14 @@ fn collect(dir: &Path, out: &mut Vec<std::path::PathBuf>) -> std::io::Result<()>
         }
     }
     Ok(())
+}
+
+/// A Pod, or a workload resource's pod template.
+pub struct Workload<'a> {
+    /// The Pod or the resource holding the template.
+    pub object: &'a Object,
+    /// The pods' labels.
+    pub labels: BTreeMap<String, String>,
 }
 
 /// An analyzer, by Istio's name.
