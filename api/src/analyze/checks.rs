@@ -86,6 +86,11 @@ pub(super) const ALL: &[Analyzer] = &[
         run: unreachable_rules,
     },
     Analyzer {
+        name: "destinationrule.PodNotSelectedAnalyzer",
+        about: "DestinationRules for unknown hosts, and subsets that select no pod",
+        run: subsets_select_pods,
+    },
+    Analyzer {
         name: "deployment.ApplicationUIDAnalyzer",
         about: "applications running as the proxy's user id 1337",
         run: application_uid,
@@ -191,6 +196,16 @@ const IST0131: Code = Code {
     code: "IST0131",
     name: "VirtualServiceIneffectiveMatch",
     level: Level::Info,
+};
+const IST0173: Code = Code {
+    code: "IST0173",
+    name: "DestinationRuleSubsetNotSelectPods",
+    level: Level::Error,
+};
+const IST0174: Code = Code {
+    code: "IST0174",
+    name: "UnknownDestinationRuleHost",
+    level: Level::Warning,
 };
 const IST0144: Code = Code {
     code: "IST0144",
@@ -1128,6 +1143,78 @@ fn unreachable_rules(snapshot: &Snapshot, out: &mut Vec<Message>) {
                         "remove the rule, or give it a match of its own",
                     ));
                 }
+            }
+        }
+    }
+}
+
+/// IST0174 and IST0173: a DestinationRule whose host is no Service and no ServiceEntry host;
+/// and, for a Service's host, a subset whose labels select none of the Service's pods (a
+/// pod's node gives it the `topology.kubernetes.io/*` labels; an empty value selects nothing).
+fn subsets_select_pods(snapshot: &Snapshot, out: &mut Vec<Message>) {
+    let services: BTreeMap<String, &Object> = snapshot
+        .of_kind("Service")
+        .map(|s| (format!("{}.{}.{DOMAIN}", s.name, s.ns()), s))
+        .collect();
+    let entries: Vec<String> = snapshot
+        .of_kind("ServiceEntry")
+        .flat_map(|se| se.spec()["hosts"].as_array().cloned().unwrap_or_default())
+        .filter_map(|h| h.as_str().map(str::to_ascii_lowercase))
+        .collect();
+    let nodes: BTreeMap<&str, BTreeMap<String, String>> = snapshot
+        .of_kind("Node")
+        .map(|n| (n.name.as_str(), n.labels()))
+        .collect();
+    let workloads = snapshot.workloads();
+    for dr in snapshot.of_kind("DestinationRule") {
+        let Some(host) = dr.spec()["host"].as_str() else {
+            continue;
+        };
+        if host.contains('*') {
+            continue;
+        }
+        let host = fqdn(host, dr.ns());
+        let Some(svc) = services.get(&host) else {
+            if !entries.iter().any(|e| hosts_overlap(e, &host)) {
+                out.push(dr.message(
+                    IST0174,
+                    format!("spec.host {host} is no Service and no ServiceEntry host: the rule applies to nothing"),
+                    "correct the host (name.namespace.svc.cluster.local), or create the Service or ServiceEntry",
+                ));
+            }
+            continue;
+        };
+        let selector = string_map(&svc.spec()["selector"]);
+        let pods: Vec<BTreeMap<String, String>> = workloads
+            .iter()
+            .filter(|w| w.object.ns() == svc.ns() && !selector.is_empty() && selects(&selector, &w.labels))
+            .map(|w| {
+                let mut labels = w.labels.clone();
+                let node = w.object.spec()["nodeName"].as_str().and_then(|n| nodes.get(n));
+                for (k, v) in node.into_iter().flatten() {
+                    if k.starts_with("topology.kubernetes.io/") {
+                        labels.entry(k.clone()).or_insert_with(|| v.clone());
+                    }
+                }
+                labels
+            })
+            .collect();
+        for (i, subset) in dr.spec()["subsets"].as_array().into_iter().flatten().enumerate() {
+            let labels = string_map(&subset["labels"]);
+            if labels.is_empty() {
+                continue;
+            }
+            let selected = !labels.values().any(String::is_empty)
+                && pods.iter().any(|p| selects(&labels, p));
+            if !selected {
+                out.push(dr.message(
+                    IST0173,
+                    format!(
+                        "spec.subsets[{i}] ({}) selects none of the pods of {host}: requests routed to it fail",
+                        subset["name"].as_str().unwrap_or("")
+                    ),
+                    "correct the subset's labels to those of a version of the service that runs",
+                ));
             }
         }
     }
