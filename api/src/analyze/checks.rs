@@ -91,6 +91,11 @@ pub(super) const ALL: &[Analyzer] = &[
         run: subsets_select_pods,
     },
     Analyzer {
+        name: "deployment.ServiceAssociationAnalyzer",
+        about: "meshed Deployments whose Services give one port two protocols or one target two ports",
+        run: service_association,
+    },
+    Analyzer {
         name: "deployment.ApplicationUIDAnalyzer",
         about: "applications running as the proxy's user id 1337",
         run: application_uid,
@@ -205,6 +210,16 @@ const IST0173: Code = Code {
 const IST0174: Code = Code {
     code: "IST0174",
     name: "UnknownDestinationRuleHost",
+    level: Level::Warning,
+};
+const IST0116: Code = Code {
+    code: "IST0116",
+    name: "DeploymentAssociatedToMultipleServices",
+    level: Level::Warning,
+};
+const IST0137: Code = Code {
+    code: "IST0137",
+    name: "DeploymentConflictingPorts",
     level: Level::Warning,
 };
 const IST0144: Code = Code {
@@ -1216,6 +1231,101 @@ fn subsets_select_pods(snapshot: &Snapshot, out: &mut Vec<Message>) {
                     "correct the subset's labels to those of a version of the service that runs",
                 ));
             }
+        }
+    }
+}
+
+/// Whether a Deployment's pods get a sidecar: not when its template says
+/// `sidecar.istio.io/inject: "false"`; when it says `"true"`; else as its namespace is
+/// labelled (a namespace the snapshot does not hold counts as injected).
+fn meshed(snapshot: &Snapshot, d: &Object) -> bool {
+    let meta = &d.spec()["template"]["metadata"];
+    let said = meta["annotations"]["sidecar.istio.io/inject"]
+        .as_str()
+        .or_else(|| meta["labels"]["sidecar.istio.io/inject"].as_str());
+    match said {
+        Some("false") => return false,
+        Some("true") => return true,
+        _ => {}
+    }
+    match snapshot.of_kind("Namespace").find(|n| n.name == d.ns()) {
+        None => true,
+        Some(ns) => {
+            let labels = ns.labels();
+            labels.get("istio-injection").map(String::as_str) == Some("enabled")
+                || labels.contains_key("istio.io/rev")
+                || labels.get("mesh-injection").map(String::as_str) == Some("enabled")
+        }
+    }
+}
+
+/// IST0116 and IST0137: the Services in front of a meshed Deployment's pods must give each
+/// port one protocol, and each target port one service port, or the sidecar cannot tell how
+/// to treat the traffic.
+fn service_association(snapshot: &Snapshot, out: &mut Vec<Message>) {
+    let services: Vec<&Object> = snapshot.of_kind("Service").collect();
+    for d in snapshot.of_kind("Deployment") {
+        if system_namespace(d.ns(), snapshot) || !meshed(snapshot, d) {
+            continue;
+        }
+        let labels = string_map(&d.spec()["template"]["metadata"]["labels"]);
+        // port -> protocol -> services; target port -> port -> services
+        let mut protocols: BTreeMap<u64, BTreeMap<String, Vec<String>>> = BTreeMap::new();
+        let mut targets: BTreeMap<u64, BTreeMap<u64, Vec<String>>> = BTreeMap::new();
+        for svc in services.iter().filter(|s| s.ns() == d.ns()) {
+            let sel = string_map(&svc.spec()["selector"]);
+            if sel.is_empty() || !selects(&sel, &labels) {
+                continue;
+            }
+            for p in svc.spec()["ports"].as_array().into_iter().flatten() {
+                let Some(port) = p["port"].as_u64() else {
+                    continue;
+                };
+                let declared = p["appProtocol"]
+                    .as_str()
+                    .filter(|a| !a.is_empty())
+                    .or_else(|| p["name"].as_str())
+                    .unwrap_or("");
+                let protocol = match Protocol::from_istio_name(declared) {
+                    Some(Protocol::Detect) | None => p["protocol"].as_str().unwrap_or("TCP").to_ascii_uppercase(),
+                    Some(known) => format!("{known:?}").to_ascii_uppercase(),
+                };
+                protocols
+                    .entry(port)
+                    .or_default()
+                    .entry(protocol)
+                    .or_default()
+                    .push(svc.name.clone());
+                let target = p["targetPort"].as_u64().unwrap_or(port);
+                targets
+                    .entry(target)
+                    .or_default()
+                    .entry(port)
+                    .or_default()
+                    .push(svc.name.clone());
+            }
+        }
+        for (port, by_protocol) in protocols.iter().filter(|(_, m)| m.len() > 1) {
+            let services: Vec<String> = by_protocol
+                .iter()
+                .map(|(p, s)| format!("{} ({p})", s.join(", ")))
+                .collect();
+            out.push(d.message(
+                IST0116,
+                format!("its pods are behind Services that give port {port} different protocols: {}", services.join("; ")),
+                format!("give port {port} one protocol in every Service that selects these pods"),
+            ));
+        }
+        for (target, by_port) in targets.iter().filter(|(_, m)| m.len() > 1) {
+            let services: Vec<String> = by_port
+                .iter()
+                .map(|(p, s)| format!("{} (port {p})", s.join(", ")))
+                .collect();
+            out.push(d.message(
+                IST0137,
+                format!("Services send target port {target} of its pods from different ports: {}", services.join("; ")),
+                format!("use one service port for target port {target}"),
+            ));
         }
     }
 }
