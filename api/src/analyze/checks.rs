@@ -1202,10 +1202,14 @@ fn subsets_select_pods(snapshot: &Snapshot, out: &mut Vec<Message>) {
         let selector = string_map(&svc.spec()["selector"]);
         let pods: Vec<BTreeMap<String, String>> = workloads
             .iter()
-            .filter(|w| w.object.ns() == svc.ns() && !selector.is_empty() && selects(&selector, &w.labels))
+            .filter(|w| {
+                w.object.ns() == svc.ns() && !selector.is_empty() && selects(&selector, &w.labels)
+            })
             .map(|w| {
                 let mut labels = w.labels.clone();
-                let node = w.object.spec()["nodeName"].as_str().and_then(|n| nodes.get(n));
+                let node = w.object.spec()["nodeName"]
+                    .as_str()
+                    .and_then(|n| nodes.get(n));
                 for (k, v) in node.into_iter().flatten() {
                     if k.starts_with("topology.kubernetes.io/") {
                         labels.entry(k.clone()).or_insert_with(|| v.clone());
@@ -1214,13 +1218,18 @@ fn subsets_select_pods(snapshot: &Snapshot, out: &mut Vec<Message>) {
                 labels
             })
             .collect();
-        for (i, subset) in dr.spec()["subsets"].as_array().into_iter().flatten().enumerate() {
+        for (i, subset) in dr.spec()["subsets"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .enumerate()
+        {
             let labels = string_map(&subset["labels"]);
             if labels.is_empty() {
                 continue;
             }
-            let selected = !labels.values().any(String::is_empty)
-                && pods.iter().any(|p| selects(&labels, p));
+            let selected =
+                !labels.values().any(String::is_empty) && pods.iter().any(|p| selects(&labels, p));
             if !selected {
                 out.push(dr.message(
                     IST0173,
@@ -1287,7 +1296,9 @@ fn service_association(snapshot: &Snapshot, out: &mut Vec<Message>) {
                     .or_else(|| p["name"].as_str())
                     .unwrap_or("");
                 let protocol = match Protocol::from_istio_name(declared) {
-                    Some(Protocol::Detect) | None => p["protocol"].as_str().unwrap_or("TCP").to_ascii_uppercase(),
+                    Some(Protocol::Detect) | None => {
+                        p["protocol"].as_str().unwrap_or("TCP").to_ascii_uppercase()
+                    }
                     Some(known) => format!("{known:?}").to_ascii_uppercase(),
                 };
                 protocols
@@ -1312,7 +1323,10 @@ fn service_association(snapshot: &Snapshot, out: &mut Vec<Message>) {
                 .collect();
             out.push(d.message(
                 IST0116,
-                format!("its pods are behind Services that give port {port} different protocols: {}", services.join("; ")),
+                format!(
+                    "its pods are behind Services that give port {port} different protocols: {}",
+                    services.join("; ")
+                ),
                 format!("give port {port} one protocol in every Service that selects these pods"),
             ));
         }
@@ -1323,7 +1337,10 @@ fn service_association(snapshot: &Snapshot, out: &mut Vec<Message>) {
                 .collect();
             out.push(d.message(
                 IST0137,
-                format!("Services send target port {target} of its pods from different ports: {}", services.join("; ")),
+                format!(
+                    "Services send target port {target} of its pods from different ports: {}",
+                    services.join("; ")
+                ),
                 format!("use one service port for target port {target}"),
             ));
         }
