@@ -354,6 +354,37 @@ fn ps_logs_and_proxy_status_show_the_running_mesh() {
         "{text}"
     );
 
+    // `meshctl proxy-config`: what order's sidecar holds, as tables.
+    let config = |what: &str| {
+        let out = meshctl(&["proxy-config", "--dir", &dir, "order-v1-0", what]);
+        assert!(
+            out.status.success(),
+            "{what}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let clusters = config("clusters");
+    for subset in ["v1", "v2"] {
+        let cluster = format!("outbound|8080|{subset}|shipping-service.default.svc.cluster.local");
+        assert!(clusters.contains(&cluster), "{clusters}");
+    }
+    let routes = config("routes");
+    assert!(
+        routes.contains("shipping-service.default.svc.cluster.local|v1 90%, shipping-service.default.svc.cluster.local|v2 10%"),
+        "the seed's split: {routes}"
+    );
+    let endpoints = config("endpoints");
+    assert_eq!(
+        endpoints
+            .lines()
+            .filter(|l| l.contains("HEALTHY") && l.contains("sa/shipping"))
+            .count(),
+        2,
+        "{endpoints}"
+    );
+    assert!(config("policies").contains("mTLS STRICT"));
+
     // `meshctl analyze` on the running mesh: the seed, its pods and its gateway, all in order.
     let analyze = meshctl(&["analyze", "--dir", &dir]);
     let text = String::from_utf8_lossy(&analyze.stdout);

@@ -8,6 +8,7 @@ mod install;
 mod kube_inject;
 mod local_cli;
 mod manifest;
+mod proxy_config;
 mod proxy_status;
 mod tap;
 mod validate;
@@ -34,6 +35,8 @@ enum Command {
     /// Show every proxy pilot knows: connected or not, versions sent and acknowledged, and
     /// why a push was refused.
     ProxyStatus(proxy_status::Args),
+    /// Show the state a sidecar holds: clusters, endpoints, listeners, routes or policies.
+    ProxyConfig(proxy_config::Args),
     /// Show the Gateway API objects of the mesh's classes and their status: Gateways'
     /// addresses and listeners, routes' parents, and every condition that does not hold.
     GatewayStatus(gateway_status::Args),
@@ -88,6 +91,7 @@ fn main() -> ExitCode {
         Command::Analyze(args) => analyze::run(&args),
         Command::Manifest(cmd) => manifest::run(&cmd),
         Command::ProxyStatus(args) => proxy_status::run(&args),
+        Command::ProxyConfig(args) => proxy_config::run(&args),
         Command::GatewayStatus(args) => gateway_status::run(&args),
         Command::KubeInject(args) => kube_inject::run(&args),
         Command::Install(args) => install::install(&args),
