@@ -385,6 +385,19 @@ fn ps_logs_and_proxy_status_show_the_running_mesh() {
     );
     assert!(config("policies").contains("mTLS STRICT"));
 
+    // `meshctl describe pod`: what applies to shipping v1.
+    let out = meshctl(&["describe", "pod", "--dir", &dir, "shipping-v1-0"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    for line in [
+        "Service: shipping-service (shipping-service.default.svc.cluster.local), ports: http 8080",
+        "VirtualService:   default/shipping-service (1 rule(s); for mesh)",
+        "DestinationRule:  default/shipping-service (this pod is in subset v1)",
+        "mTLS:          STRICT (PeerAuthentication istio-system/default, mesh-wide)",
+    ] {
+        assert!(text.contains(line), "{line}: {text}");
+    }
+
     // `meshctl analyze` on the running mesh: the seed, its pods and its gateway, all in order.
     let analyze = meshctl(&["analyze", "--dir", &dir]);
     let text = String::from_utf8_lossy(&analyze.stdout);

@@ -3,6 +3,7 @@
 
 mod analyze;
 mod dashboard_cli;
+mod describe;
 mod gateway_status;
 mod install;
 mod kube_inject;
@@ -37,6 +38,10 @@ enum Command {
     ProxyStatus(proxy_status::Args),
     /// Show the state a sidecar holds: clusters, endpoints, listeners, routes or policies.
     ProxyConfig(proxy_config::Args),
+    /// Show the configuration that applies to a pod: its services, their VirtualServices and
+    /// DestinationRules, its mTLS mode and the policies that apply to it.
+    #[command(subcommand)]
+    Describe(describe::Command),
     /// Show the Gateway API objects of the mesh's classes and their status: Gateways'
     /// addresses and listeners, routes' parents, and every condition that does not hold.
     GatewayStatus(gateway_status::Args),
@@ -92,6 +97,7 @@ fn main() -> ExitCode {
         Command::Manifest(cmd) => manifest::run(&cmd),
         Command::ProxyStatus(args) => proxy_status::run(&args),
         Command::ProxyConfig(args) => proxy_config::run(&args),
+        Command::Describe(cmd) => describe::run(&cmd),
         Command::GatewayStatus(args) => gateway_status::run(&args),
         Command::KubeInject(args) => kube_inject::run(&args),
         Command::Install(args) => install::install(&args),
