@@ -807,3 +807,106 @@ fn the_dashboard_draws_the_live_service_graph_in_a_browser() {
     });
     drop(dashboard);
 }
+
+#[test]
+#[ignore = "needs root: runs a mesh in network namespaces"]
+fn why_explains_a_routed_a_denied_and_an_unrouted_request() {
+    let c = seed("why");
+    let dir = c.dir().to_str().unwrap().to_string();
+    let why = |url: &str| {
+        let out = meshctl(&["why", "--dir", &dir, "order-v1-0", url]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    // The seed: the 90/10 split over mutual TLS, nothing denies it.
+    let text = why("http://shipping-service:8080/orders");
+    for line in [
+        "1. Service: shipping-service.default.svc.cluster.local port 8080 (HTTP)",
+        "2. Route: http[0] of VirtualService default/shipping-service",
+        "Destination shipping-service.default.svc.cluster.local|v1 (90%) (DestinationRule default/shipping-service): 1 endpoint(s)",
+        "shipping-v2-0 (10.244.",
+        "mutual TLS (order-v1-0 proves spiffe://cluster.local/ns/default/sa/order), STRICT there; no AuthorizationPolicy: allowed",
+        "Verdict: 90%: shipping-v1-0 answers; 10%: shipping-v2-0 answers.",
+    ] {
+        assert!(text.contains(line), "{line}: {text}");
+    }
+    // What the sidecars answer agrees: every request answered, by both versions.
+    let report = c
+        .load(
+            "order-v1-0",
+            "http://shipping-service:8080/orders",
+            &["-n", "40"],
+        )
+        .unwrap();
+    assert_all_ok(&report);
+
+    // A DENY policy at shipping and a route for inventory that takes /stock only.
+    c.apply_yaml(
+        "apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: deny-admin, namespace: default}
+spec:
+  selector: {matchLabels: {app: shipping}}
+  action: DENY
+  rules: [{to: [{operation: {paths: [\"/admin*\"]}}]}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: inventory-stock, namespace: default}
+spec:
+  hosts: [inventory-service]
+  http: [{match: [{uri: {prefix: /stock}}], route: [{destination: {host: inventory-service}}]}]
+",
+    )
+    .unwrap();
+    let denied = "403 from shipping-v1-0's sidecar: denied by default/deny-admin rules[0] (DENY)";
+    let mut text = String::new();
+    wait_until(DEADLINE, || {
+        text = why("http://shipping-service:8080/admin/users");
+        text.contains(denied)
+    });
+    assert!(text.contains(denied), "{text}");
+    assert!(
+        text.contains("10%: 403 from shipping-v2-0's sidecar"),
+        "{text}"
+    );
+    // The sidecars agree.
+    let report = c
+        .load(
+            "order-v1-0",
+            "http://shipping-service:8080/admin/users",
+            &["-n", "10"],
+        )
+        .unwrap();
+    assert_eq!(failed_with(&report, 403), 10, "{report:?}");
+
+    let unrouted = "Verdict: 404 from the caller's sidecar (flag NR): no route matches";
+    wait_until(DEADLINE, || {
+        text = why("http://inventory-service:8080/other");
+        text.contains(unrouted)
+    });
+    assert!(text.contains(unrouted), "{text}");
+    assert!(
+        text.contains("of VirtualService default/inventory-stock"),
+        "{text}"
+    );
+    assert!(
+        why("http://inventory-service:8080/stock/7")
+            .contains("Verdict: 100%: inventory-v1-0 answers.")
+    );
+}
+
+/// Requests of `report` that failed with `status`.
+fn failed_with(report: &mesh_e2e::load::Report, status: u16) -> usize {
+    let prefix = format!("{status} ");
+    report
+        .failures
+        .iter()
+        .filter(|(why, _)| why.starts_with(&prefix))
+        .map(|(_, n)| n)
+        .sum()
+}

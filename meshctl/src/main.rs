@@ -13,6 +13,7 @@ mod proxy_config;
 mod proxy_status;
 mod tap;
 mod validate;
+mod why;
 
 use std::process::ExitCode;
 
@@ -42,6 +43,9 @@ enum Command {
     /// DestinationRules, its mTLS mode and the policies that apply to it.
     #[command(subcommand)]
     Describe(describe::Command),
+    /// Explain the fate of a request from a pod to a URL: the service, the route, the
+    /// endpoints, mTLS and the policies that decide it, and a verdict.
+    Why(why::Args),
     /// Show the Gateway API objects of the mesh's classes and their status: Gateways'
     /// addresses and listeners, routes' parents, and every condition that does not hold.
     GatewayStatus(gateway_status::Args),
@@ -98,6 +102,7 @@ fn main() -> ExitCode {
         Command::ProxyStatus(args) => proxy_status::run(&args),
         Command::ProxyConfig(args) => proxy_config::run(&args),
         Command::Describe(cmd) => describe::run(&cmd),
+        Command::Why(args) => why::run(&args),
         Command::GatewayStatus(args) => gateway_status::run(&args),
         Command::KubeInject(args) => kube_inject::run(&args),
         Command::Install(args) => install::install(&args),
