@@ -174,3 +174,26 @@ fn istios_analyzer_cases_pass_for_every_analyzer_we_have() {
         );
     }
 }
+
+#[test]
+fn what_proxies_report_becomes_messages_on_the_resources_they_name() {
+    let syncz = serde_json::json!({"proxies": [
+        {"node": {"id": "sidecar~10.0.0.3~order-v1-0.default"}, "nack": "Service shipping: bad CA",
+         "rejections": ["DestinationRule shop/x: spec.trafficPolicy.tls.caCertificates: file missing"],
+         "not_enforced_workload": [], "not_enforced_services": ["Telemetry default/t: spec.metrics[0].overrides: accepted, not enforced yet"]},
+        {"node": {"id": "sidecar~10.0.0.4~shipping-v1-0.default"}, "nack": null, "rejections": [],
+         "not_enforced_workload": ["Telemetry default/t: spec.metrics[0].overrides: accepted, not enforced yet"], "not_enforced_services": []}
+    ]});
+    let m = mesh_api::analyze::proxy_messages(&syncz);
+    let got: Vec<(&str, &str)> = m.iter().map(|m| (m.code, m.origin.as_str())).collect();
+    assert_eq!(
+        got,
+        [
+            ("MESH0001", "Pod default/order-v1-0"),
+            ("MESH0002", "DestinationRule shop/x"),
+            ("MESH0003", "Telemetry default/t"),
+        ],
+        "each once, on what it names: {m:?}"
+    );
+    assert!(m[0].text.contains("bad CA"));
+}

@@ -417,6 +417,18 @@ fn ps_logs_and_proxy_status_show_the_running_mesh() {
         ),
         "{text}"
     );
+    // What the proxies report is there too: a field accepted but not enforced yet, by name.
+    c.apply_yaml(
+        "apiVersion: telemetry.istio.io/v1\nkind: Telemetry\nmetadata: {name: quiet-metrics, namespace: default}\nspec:\n  metrics: [{providers: [{name: prometheus}], overrides: [{match: {metric: REQUEST_COUNT}, disabled: true}]}]\n",
+    )
+    .unwrap();
+    let reported = "Warning [MESH0003] (Telemetry default/quiet-metrics) spec.metrics[0].overrides: accepted, not enforced yet";
+    let mut text = String::new();
+    wait_until(DEADLINE, || {
+        text = String::from_utf8_lossy(&meshctl(&["analyze", "--dir", &dir]).stdout).into_owned();
+        text.contains(reported)
+    });
+    assert!(text.contains(reported), "{text}");
 }
 
 #[test]

@@ -6,7 +6,7 @@ use std::io::Read;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use mesh_api::analyze::{Level, Snapshot, analyze, analyzers};
+use mesh_api::analyze::{Level, Snapshot, analyze, analyzers, proxy_messages};
 
 use crate::local_cli::DirArg;
 
@@ -74,13 +74,24 @@ pub fn run(args: &Args) -> ExitCode {
         eprintln!("error: {e}");
         return ExitCode::from(2);
     }
-    let messages = match analyze(&snapshot, args.only.as_deref()) {
+    let mut messages = match analyze(&snapshot, args.only.as_deref()) {
         Ok(m) => m,
         Err(e) => {
             eprintln!("error: --only: {e}");
             return ExitCode::from(2);
         }
     };
+    // The local mesh: what its proxies report too (NACKs, what pilot could not apply, what is
+    // accepted but not enforced yet).
+    if args.files.is_empty() && args.only.is_none() {
+        match meshctl::local::Mesh::new(&args.dir.dir).pilot_debug("/debug/syncz") {
+            Ok(syncz) => messages.extend(proxy_messages(&syncz)),
+            Err(e) => eprintln!("warning: the proxies' reports are left out: pilot: {e}"),
+        }
+        messages.sort_by(|a, b| {
+            (a.level, &a.origin, a.code, &a.text).cmp(&(b.level, &b.origin, b.code, &b.text))
+        });
+    }
     match args.output.as_str() {
         "json" => match serde_json::to_string_pretty(&messages) {
             Ok(s) => println!("{s}"),

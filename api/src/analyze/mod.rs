@@ -372,3 +372,101 @@ pub fn analyze(snapshot: &Snapshot, only: Option<&str>) -> Result<Vec<Message>, 
     });
     Ok(out)
 }
+
+/// A proxy refused the configuration pilot sent it (a NACK): it keeps serving the last one it
+/// took.
+pub const MESH0001: Code = Code {
+    code: "MESH0001",
+    name: "ProxyRejectedConfiguration",
+    level: Level::Error,
+};
+/// Pilot could not use (part of) a resource for some proxy: it is left out of what they get.
+pub const MESH0002: Code = Code {
+    code: "MESH0002",
+    name: "ConfigurationNotApplied",
+    level: Level::Error,
+};
+/// A field the mesh accepts but does not enforce yet, for some proxy.
+pub const MESH0003: Code = Code {
+    code: "MESH0003",
+    name: "AcceptedNotEnforcedYet",
+    level: Level::Warning,
+};
+
+/// The messages of what the proxies report to pilot (its `/debug/syncz`): NACKs, resources
+/// pilot could not apply, and fields accepted but not enforced yet, each once, on the resource
+/// it names (or the proxy's pod).
+pub fn proxy_messages(syncz: &Value) -> Vec<Message> {
+    let mut out: Vec<Message> = Vec::new();
+    let mut seen = std::collections::BTreeSet::new();
+    let mut push = |code: Code, line: &str, pod: &str, hint: &str| {
+        // "Kind namespace/name: field: what" names its resource.
+        let (origin, text) = match line.split_once(": ") {
+            Some((head, rest))
+                if head.contains(' ') && head.contains('/') && !head.contains(": ") =>
+            {
+                (head.to_string(), rest.to_string())
+            }
+            _ => (pod.to_string(), line.to_string()),
+        };
+        if seen.insert((code.code, origin.clone(), text.clone())) {
+            out.push(Message {
+                code: code.code,
+                name: code.name,
+                level: code.level,
+                origin,
+                text,
+                hint: hint.to_string(),
+                file: None,
+                line: None,
+            });
+        }
+    };
+    for p in syncz["proxies"].as_array().into_iter().flatten() {
+        // sidecar~10.244.0.3~order-v1-0.default
+        let id = p["node"]["id"].as_str().unwrap_or("");
+        let pod = id
+            .rsplit('~')
+            .next()
+            .and_then(|n| n.rsplit_once('.'))
+            .map(|(name, ns)| format!("Pod {ns}/{name}"))
+            .unwrap_or_else(|| format!("Proxy {id}"));
+        if let Some(nack) = p["nack"].as_str() {
+            push(
+                MESH0001,
+                &format!("its proxy refused the last configuration: {nack}"),
+                &pod,
+                "fix what the message names; the proxy serves with the last configuration it took (meshctl proxy-status)",
+            );
+        }
+        for r in p["rejections"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+        {
+            push(
+                MESH0002,
+                r,
+                &pod,
+                "fix the field as the message says; until then pilot leaves it out",
+            );
+        }
+        for key in ["not_enforced_workload", "not_enforced_services"] {
+            for r in p[key]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str)
+            {
+                push(
+                    MESH0003,
+                    r,
+                    &pod,
+                    "the mesh keeps the field but does not act on it yet (docs/api-coverage.md)",
+                );
+            }
+        }
+    }
+    out
+}
