@@ -384,6 +384,12 @@ fn ps_logs_and_proxy_status_show_the_running_mesh() {
         "{endpoints}"
     );
     assert!(config("policies").contains("mTLS STRICT"));
+    let secrets = config("secrets");
+    assert!(
+        secrets.contains("default        Cert Chain  spiffe://cluster.local/ns/default/sa/order"),
+        "{secrets}"
+    );
+    assert!(secrets.contains("ROOTCA"), "{secrets}");
 
     // `meshctl describe pod`: what applies to shipping v1.
     let out = meshctl(&["describe", "pod", "--dir", &dir, "shipping-v1-0"]);

@@ -1,6 +1,6 @@
-//! `meshctl proxy-config POD clusters|endpoints|listeners|routes|policies`: the state a sidecar
-//! holds, read from its admin port's `/config_dump` (as `istioctl proxy-config` reads Envoy's),
-//! as a table or `-o json`. The local mesh only for now.
+//! `meshctl proxy-config POD clusters|endpoints|listeners|routes|policies|secrets`: the state a
+//! sidecar holds, read from its admin port's `/config_dump` (and `/certs` for secrets), as
+//! `istioctl proxy-config` reads Envoy's, as a table or `-o json`. The local mesh only for now.
 
 use std::process::ExitCode;
 
@@ -21,6 +21,8 @@ pub enum What {
     Routes,
     /// The security policies that apply to the workload: mTLS mode, authorization, JWT.
     Policies,
+    /// The workload certificate (identity, validity) and the mesh roots it trusts.
+    Secrets,
 }
 
 /// `meshctl proxy-config`.
@@ -52,7 +54,12 @@ pub fn run(args: &Args) -> ExitCode {
         return fail(format!("pod {} has no sidecar", pod.name));
     }
     let addr = std::net::SocketAddr::from(([127, 0, 0, 1], 15000));
-    let dump = match meshctl::local::pods::http_get(&pod.netns, addr, "/config_dump") {
+    let path = if args.what == What::Secrets {
+        "/certs"
+    } else {
+        "/config_dump"
+    };
+    let dump = match meshctl::local::pods::http_get(&pod.netns, addr, path) {
         Ok((200, body)) => body,
         Ok((status, body)) => {
             return fail(format!(
@@ -97,6 +104,7 @@ pub fn part(dump: &Value, what: What) -> Value {
             "authorizationPolicies",
             "requestAuthentications",
         ]),
+        What::Secrets => dump.clone(),
     }
 }
 
@@ -411,6 +419,37 @@ pub fn table(dump: &Value, what: What) -> String {
                         what,
                     ]);
                 }
+            }
+        }
+        What::Secrets => {
+            rows.push(
+                [
+                    "RESOURCE NAME",
+                    "TYPE",
+                    "IDENTITY / SUBJECT",
+                    "VALID UNTIL",
+                    "DAYS LEFT",
+                ]
+                .map(String::from)
+                .to_vec(),
+            );
+            for c in array(dump, "certificates") {
+                rows.push(vec![
+                    text(c, "name").into(),
+                    "Cert Chain".into(),
+                    text(c, "identity").into(),
+                    text(c, "validUntil").into(),
+                    format!("{:.1}", c["secondsLeft"].as_f64().unwrap_or(0.0) / 86_400.0),
+                ]);
+            }
+            for r in array(dump, "roots") {
+                rows.push(vec![
+                    "ROOTCA".into(),
+                    "CA".into(),
+                    text(r, "subject").into(),
+                    text(r, "validUntil").into(),
+                    String::new(),
+                ]);
             }
         }
     }

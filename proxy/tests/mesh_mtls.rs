@@ -381,3 +381,33 @@ async fn tcp_connections_and_bytes_are_counted_on_both_sides() {
     expect_sample(&p.b, "istio_tcp_connections_closed_total", &destination, 1).await;
     expect_sample(&p.b, "istio_tcp_received_bytes_total", &destination, 4).await;
 }
+
+#[tokio::test]
+async fn the_admin_port_says_which_certificate_and_roots_the_proxy_holds() {
+    let p = pair(
+        http_app().await,
+        proto::Protocol::Http,
+        proto::PeerMode::Strict,
+        SHIPPING,
+        true,
+    )
+    .await;
+    let (status, body) = testing::http1(
+        p.a.bound.admin,
+        hyper::Method::GET,
+        "/certs",
+        "localhost",
+        b"",
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let cert = &v["certificates"][0];
+    assert_eq!(cert["identity"], ORDER);
+    assert!(cert["secondsLeft"].as_f64().unwrap() > 0.0, "{v}");
+    assert!(cert["validUntil"].as_str().unwrap().ends_with('Z'), "{v}");
+    assert!(!cert["serialNumber"].as_str().unwrap().is_empty(), "{v}");
+    let root = &v["roots"][0];
+    assert_eq!(root["sha256"].as_str().unwrap().len(), 64, "{v}");
+    assert!(root["subject"].as_str().is_some(), "{v}");
+}

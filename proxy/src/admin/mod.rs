@@ -1,5 +1,5 @@
 //! Admin (127.0.0.1:15000: `/ready`, `/config_dump`, `/stats`, `/clusters`, `/stats/prometheus`,
-//! `/tap`, `/drain`),
+//! `/tap`, `/certs`, `/drain`),
 //! readiness (`/healthz/ready` on 15021) and metrics (`/stats/prometheus` and
 //! `/healthz/ready` on 15020, where Prometheus scrapes), served with hyper.
 
@@ -215,6 +215,14 @@ async fn route(
             };
             metrics_page(app_metrics::OPENMETRICS, body)
         }
+        (&Method::GET, "/certs") => {
+            let mut r = text(StatusCode::OK, certificates(inputs).to_string());
+            r.headers_mut().insert(
+                hyper::header::CONTENT_TYPE,
+                hyper::header::HeaderValue::from_static("application/json"),
+            );
+            r
+        }
         (&Method::GET, "/stats") => text(StatusCode::OK, cluster_stats(inputs)),
         (&Method::GET, "/clusters") => text(StatusCode::OK, cluster_endpoints(inputs)),
         (&Method::POST, "/drain") => {
@@ -224,14 +232,14 @@ async fn route(
         (
             _,
             "/ready" | "/healthz/ready" | "/config_dump" | "/stats" | "/clusters"
-            | "/stats/prometheus" | "/drain",
+            | "/stats/prometheus" | "/certs" | "/drain",
         ) => text(
             StatusCode::METHOD_NOT_ALLOWED,
             "use GET (POST for /drain)\n",
         ),
         _ => text(
             StatusCode::NOT_FOUND,
-            "admin paths: /ready, /config_dump, /stats, /clusters, /stats/prometheus, /tap, POST /drain\n",
+            "admin paths: /ready, /config_dump, /stats, /clusters, /stats/prometheus, /tap, /certs, POST /drain\n",
         ),
     }
 }
@@ -351,6 +359,57 @@ fn health(inputs: &Inputs, connections: usize) -> crate::metrics::Health {
         connections: u64::try_from(connections).unwrap_or(u64::MAX),
         pools,
     }
+}
+
+/// The workload certificate and the mesh roots the proxy holds (as Envoy's `/certs`, for
+/// `meshctl proxy-config POD secrets`): identity, validity, serial, and each root's subject,
+/// validity and SHA-256. `{"certificates": []}` for a proxy without an identity.
+fn certificates(inputs: &Inputs) -> serde_json::Value {
+    use serde_json::json;
+    use x509_parser::prelude::*;
+    let Some(svid) = inputs.svids.as_ref().and_then(|s| s.borrow().clone()) else {
+        return json!({"certificates": [], "roots": []});
+    };
+    let rfc3339 = crate::telemetry::access_log::rfc3339;
+    let left = match svid.not_after.duration_since(std::time::SystemTime::now()) {
+        Ok(d) => d.as_secs_f64(),
+        Err(e) => -e.duration().as_secs_f64(),
+    };
+    let serial = svid
+        .chain
+        .first()
+        .and_then(|c| X509Certificate::from_der(c.as_ref()).ok())
+        .map(|(_, c)| c.raw_serial_as_string())
+        .unwrap_or_default();
+    let roots: Vec<serde_json::Value> = svid
+        .roots
+        .iter()
+        .map(|r| {
+            let sha = ring::digest::digest(&ring::digest::SHA256, r.as_ref());
+            let hex: String = sha.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+            match X509Certificate::from_der(r.as_ref()) {
+                Ok((_, c)) => json!({
+                    "subject": c.subject().to_string(),
+                    "validFrom": rfc3339(c.validity().not_before.to_datetime().into()),
+                    "validUntil": rfc3339(c.validity().not_after.to_datetime().into()),
+                    "sha256": hex,
+                }),
+                Err(_) => json!({"sha256": hex}),
+            }
+        })
+        .collect();
+    json!({
+        "certificates": [{
+            "name": "default",
+            "identity": svid.identity,
+            "serialNumber": serial,
+            "validFrom": rfc3339(svid.not_before),
+            "validUntil": rfc3339(svid.not_after),
+            "secondsLeft": left.round(),
+            "chainLength": svid.chain.len(),
+        }],
+        "roots": roots,
+    })
 }
 
 /// The circuit breakers of the clusters the proxy has sent to, in Envoy's `/stats` text form
