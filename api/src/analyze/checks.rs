@@ -76,6 +76,11 @@ pub(super) const ALL: &[Analyzer] = &[
         run: telemetry_providers,
     },
     Analyzer {
+        name: "virtualservice.DestinationHostAnalyzer",
+        about: "gateway routes to hosts whose mesh routes (subsets) they bypass",
+        run: ingress_bypasses_mesh_routes,
+    },
+    Analyzer {
         name: "virtualservice.JWTClaimRouteAnalyzer",
         about: "routes on JWT claims at a gateway no RequestAuthentication applies to",
         run: jwt_claim_routes,
@@ -220,6 +225,11 @@ const IST0116: Code = Code {
 const IST0137: Code = Code {
     code: "IST0137",
     name: "DeploymentConflictingPorts",
+    level: Level::Warning,
+};
+const IST0140: Code = Code {
+    code: "IST0140",
+    name: "IngressRouteRulesNotAffected",
     level: Level::Warning,
 };
 const IST0144: Code = Code {
@@ -1342,6 +1352,54 @@ fn service_association(snapshot: &Snapshot, out: &mut Vec<Message>) {
                     services.join("; ")
                 ),
                 format!("use one service port for target port {target}"),
+            ));
+        }
+    }
+}
+
+/// IST0140: a VirtualService for gateways only that sends to a host with no subset, where a
+/// VirtualService for the mesh routes that host: the gateway's requests go to every endpoint,
+/// and the mesh's rules (its subsets, its split) do not apply to them.
+fn ingress_bypasses_mesh_routes(snapshot: &Snapshot, out: &mut Vec<Message>) {
+    let mesh_routed: BTreeSet<String> = snapshot
+        .of_kind("VirtualService")
+        .filter(|vs| {
+            vs.spec()["gateways"]
+                .as_array()
+                .is_none_or(|g| g.is_empty() || g.iter().any(|g| g.as_str() == Some("mesh")))
+        })
+        .flat_map(|vs| {
+            vs.spec()["hosts"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str)
+                .map(|h| fqdn(h, vs.ns()))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    for vs in snapshot.of_kind("VirtualService") {
+        let Some(gateways) = vs.spec()["gateways"].as_array() else {
+            continue;
+        };
+        if gateways.is_empty() || gateways.iter().any(|g| g.as_str() == Some("mesh")) {
+            continue;
+        }
+        let bypassed: BTreeSet<String> = destinations(vs)
+            .into_iter()
+            .filter(|(_, d)| d["subset"].as_str().is_none_or(str::is_empty))
+            .filter_map(|(_, d)| d["host"].as_str().map(|h| fqdn(h, vs.ns())))
+            .filter(|h| mesh_routed.contains(h))
+            .collect();
+        if !bypassed.is_empty() {
+            let hosts: Vec<String> = bypassed.into_iter().collect();
+            out.push(vs.message(
+                IST0140,
+                format!(
+                    "it sends gateway requests to {} with no subset: the mesh's VirtualService rules for it do not apply to them",
+                    hosts.join(", ")
+                ),
+                "route to the subsets here too (or bind the mesh's VirtualService to the gateway as well)",
             ));
         }
     }
