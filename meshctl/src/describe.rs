@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::process::ExitCode;
 
-use mesh_api::analyze::{Object, Snapshot, string_map};
+use mesh_api::analyze::{Object, Snapshot, fqdn, selects, string_map};
 use serde_json::Value;
 
 use crate::local_cli::DirArg;
@@ -48,10 +48,6 @@ pub fn run(cmd: &Command) -> ExitCode {
     }
 }
 
-fn selects(selector: &BTreeMap<String, String>, labels: &BTreeMap<String, String>) -> bool {
-    selector.iter().all(|(k, v)| labels.get(k) == Some(v))
-}
-
 /// Whether a policy-like resource (`selector` under `spec.selector.matchLabels` or
 /// `spec.workloadSelector.labels`) applies to a pod: mesh-wide from the root namespace, or in
 /// the pod's namespace, when its selector (if any) matches the pod.
@@ -64,14 +60,6 @@ fn applies(r: &Object, root: &str, ns: &str, labels: &BTreeMap<String, String>) 
     };
     let in_scope = r.ns() == ns || (r.ns() == root && selector.is_empty());
     in_scope && selects(&selector, labels)
-}
-
-fn fqdn(host: &str, ns: &str) -> String {
-    if host.contains('.') {
-        host.to_string()
-    } else {
-        format!("{host}.{ns}.svc.cluster.local")
-    }
 }
 
 fn name(o: &Object) -> String {

@@ -10,7 +10,7 @@ use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::process::ExitCode;
 
-use mesh_api::analyze::Snapshot;
+use mesh_api::analyze::{Snapshot, fqdn};
 use mesh_api::proto::state::v1 as proto;
 use mesh_proxy::state::{PeerMode, State};
 use serde_json::Value;
@@ -242,14 +242,7 @@ fn explain(args: &Args) -> Result<String, String> {
                     .into_iter()
                     .flatten()
                     .filter_map(Value::as_str)
-                    .any(|h| {
-                        let fq = if h.contains('.') {
-                            h.to_string()
-                        } else {
-                            format!("{h}.{}.svc.cluster.local", vs.ns())
-                        };
-                        fq == hostname
-                    })
+                    .any(|h| fqdn(h, vs.ns()) == hostname)
         })
         .map(|vs| format!("VirtualService {}/{}", vs.ns(), vs.name))
         .collect();
@@ -446,14 +439,9 @@ fn explain(args: &Args) -> Result<String, String> {
         let dr = snapshot
             .of_kind("DestinationRule")
             .find(|dr| {
-                dr.spec()["host"].as_str().is_some_and(|h| {
-                    let fq = if h.contains('.') {
-                        h.to_string()
-                    } else {
-                        format!("{h}.{}.svc.cluster.local", dr.ns())
-                    };
-                    fq == d.host
-                })
+                dr.spec()["host"]
+                    .as_str()
+                    .is_some_and(|h| fqdn(h, dr.ns()) == d.host)
             })
             .map(|dr| format!(" (DestinationRule {}/{})", dr.ns(), dr.name))
             .unwrap_or_default();

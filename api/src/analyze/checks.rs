@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::Value;
 
-use super::{Analyzer, Code, Level, Message, Object, Snapshot, string_map};
+use super::{Analyzer, Code, Level, Message, Object, Snapshot, fqdn, selects, string_map};
 use crate::proto::state::v1::Protocol;
 
 /// Every analyzer.
@@ -329,9 +329,6 @@ fn hosts_overlap(a: &str, b: &str) -> bool {
 fn conflicting_gateways(snapshot: &Snapshot, out: &mut Vec<Message>) {
     let gateways: Vec<&Object> = snapshot.of_kind("Gateway").collect();
     let pods: Vec<BTreeMap<String, String>> = snapshot.of_kind("Pod").map(|p| p.labels()).collect();
-    let selects = |sel: &BTreeMap<String, String>, labels: &BTreeMap<String, String>| {
-        sel.iter().all(|(k, v)| labels.get(k) == Some(v))
-    };
     let servers = |g: &Object| -> Vec<(u64, Vec<String>)> {
         g.spec()["servers"]
             .as_array()
@@ -427,16 +424,6 @@ fn application_uid(snapshot: &Snapshot, out: &mut Vec<Message>) {
 
 /// The cluster's DNS domain.
 const DOMAIN: &str = "svc.cluster.local";
-
-/// A host as the mesh resolves it in namespace `ns`: a short name is a Service of that
-/// namespace (`reviews` is `reviews.NS.svc.cluster.local`); a name with a dot stands as written.
-pub(super) fn fqdn(host: &str, ns: &str) -> String {
-    if host.contains('.') || host.contains('*') {
-        host.to_ascii_lowercase()
-    } else {
-        format!("{}.{ns}.{DOMAIN}", host.to_ascii_lowercase())
-    }
-}
 
 /// Every `destination` (and mirror) a VirtualService routes to, with where it is.
 fn destinations(vs: &Object) -> Vec<(String, &Value)> {
@@ -762,10 +749,6 @@ fn service_entry_addresses(snapshot: &Snapshot, out: &mut Vec<Message>) {
             ));
         }
     }
-}
-
-fn selects(selector: &BTreeMap<String, String>, labels: &BTreeMap<String, String>) -> bool {
-    selector.iter().all(|(k, v)| labels.get(k) == Some(v))
 }
 
 fn selector_text(selector: &BTreeMap<String, String>) -> String {

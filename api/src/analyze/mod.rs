@@ -161,6 +161,23 @@ pub fn string_map(v: &Value) -> BTreeMap<String, String> {
         .unwrap_or_default()
 }
 
+/// Whether `selector` selects `labels`: every key of it with the same value (an empty selector
+/// selects everything).
+pub fn selects(selector: &BTreeMap<String, String>, labels: &BTreeMap<String, String>) -> bool {
+    selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+}
+
+/// A host as the mesh resolves it in namespace `ns`: a short name is a Service of that
+/// namespace (`reviews` is `reviews.NS.svc.cluster.local`); a name with a dot (or a wildcard)
+/// stands as written. Lowercase, as DNS names compare.
+pub fn fqdn(host: &str, ns: &str) -> String {
+    if host.contains('.') || host.contains('*') {
+        host.to_ascii_lowercase()
+    } else {
+        format!("{}.{ns}.svc.cluster.local", host.to_ascii_lowercase())
+    }
+}
+
 /// What is analyzed: every object, and the files' findings the schema check reports.
 #[derive(Clone, Debug, Default)]
 pub struct Snapshot {
