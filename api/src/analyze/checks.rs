@@ -328,7 +328,8 @@ fn hosts_overlap(a: &str, b: &str) -> bool {
 /// meets is undefined.
 fn conflicting_gateways(snapshot: &Snapshot, out: &mut Vec<Message>) {
     let gateways: Vec<&Object> = snapshot.of_kind("Gateway").collect();
-    let pods: Vec<BTreeMap<String, String>> = snapshot.of_kind("Pod").map(|p| p.labels()).collect();
+    let pods: Vec<BTreeMap<String, String>> =
+        snapshot.workloads().into_iter().map(|w| w.labels).collect();
     let servers = |g: &Object| -> Vec<(u64, Vec<String>)> {
         g.spec()["servers"]
             .as_array()
