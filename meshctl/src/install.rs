@@ -37,7 +37,8 @@ pub struct UninstallArgs {
     purge: bool,
 }
 
-async fn client() -> anyhow::Result<kube::Client> {
+/// A client of the cluster of the current kubeconfig context (or the one the pod runs in).
+pub(crate) async fn client() -> anyhow::Result<kube::Client> {
     rustls::crypto::ring::default_provider()
         .install_default()
         .ok();

@@ -1,7 +1,11 @@
 //! `meshctl analyze` as a user runs it: messages with Istio's codes, the resource and a hint,
-//! `-o json`, exit 1 on an Error and 0 when there is only advice, and the seed's sample clean.
+//! `-o json`, exit 1 on an Error and 0 when there is only advice, the seed's sample clean, and
+//! a cluster (`--kube`, a scripted API server) with files applied over it and its pilot's
+//! reports.
 
 #![allow(clippy::expect_used, clippy::unwrap_used)]
+
+mod common;
 
 use std::path::Path;
 use std::process::Command;
@@ -114,5 +118,131 @@ fn the_seed_sample_has_no_issues() {
     assert!(
         text.starts_with("✔ No validation issues found when analyzing 18 resources."),
         "{text}"
+    );
+}
+
+/// A cluster's list of `items`.
+fn list(items: serde_json::Value) -> serde_json::Value {
+    serde_json::json!({"apiVersion": "v1", "kind": "List", "metadata": {"resourceVersion": "7"}, "items": items})
+}
+
+#[test]
+fn a_cluster_is_analyzed_with_files_applied_over_it_and_its_proxies_reports() {
+    use hyper::StatusCode;
+    use serde_json::json;
+    let url = common::api_server(|seen| {
+        let ok = |v| (StatusCode::OK, v);
+        match seen.path {
+            "/api/v1/namespaces" => ok(list(json!([
+                {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "shop", "labels": {"istio-injection": "enabled"}}},
+            ]))),
+            "/api/v1/services" => ok(list(json!([
+                {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "orders", "namespace": "shop"},
+                 "spec": {"selector": {"app": "orders"}, "ports": [{"name": "web", "port": 8080}]}},
+            ]))),
+            "/api/v1/pods" => ok(list(json!([
+                {"apiVersion": "v1", "kind": "Pod",
+                 "metadata": {"name": "orders-1", "namespace": "shop", "labels": {"app": "orders"},
+                              "managedFields": [{"manager": "kubelet"}]},
+                 "spec": {"containers": [{"name": "orders", "image": "orders"}, {"name": "istio-proxy", "image": "proxy"}]}},
+            ]))),
+            "/apis/networking.istio.io/v1/virtualservices" => ok(list(json!([
+                {"apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
+                 "metadata": {"name": "orders", "namespace": "shop"},
+                 "spec": {"hosts": ["orders.example.com"], "gateways": ["shop-gateway"],
+                          "http": [{"route": [{"destination": {"host": "orders"}}]}]}},
+            ]))),
+            // The mesh's own kind is not installed in this cluster.
+            "/apis/policy.mesh.dev/v1alpha1/ratelimitpolicies" => {
+                (StatusCode::NOT_FOUND, common::not_found())
+            }
+            "/api/v1/namespaces/istio-system/configmaps/istio" => {
+                (StatusCode::NOT_FOUND, common::not_found())
+            }
+            "/debug/syncz" => ok(json!({"generation": 3, "proxies": [
+                {"node": {"id": "sidecar~10.1.0.4~orders-1.shop", "namespace": "shop"}, "connected": true,
+                 "sent_version": 3, "acked_version": 2, "nack": "listener 0.0.0.0_8080: bad regex", "services": 1},
+            ]})),
+            _ => ok(list(json!([]))),
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = common::kubeconfig(dir.path(), &url);
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_meshctl"))
+            .args(args)
+            .env("KUBECONFIG", &kubeconfig)
+            .env_remove("MESH_PILOT_DEBUG")
+            .output()
+            .unwrap()
+    };
+
+    let out = run(&["analyze", "--kube"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{text}{err}");
+    assert!(
+        text.contains("Error [IST0101] (VirtualService shop/orders)")
+            && text.contains("shop-gateway"),
+        "{text}"
+    );
+    assert!(
+        text.contains("Info [IST0118] (Service shop/orders)"),
+        "{text}"
+    );
+    assert!(
+        err.contains("ratelimitpolicies") && err.contains("CRD is not installed"),
+        "{err}"
+    );
+
+    // The file's version replaces the cluster's: the Gateway is there now.
+    let fix = dir.path().join("fix.yaml");
+    std::fs::write(
+        &fix,
+        "\
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: shop-gateway, namespace: shop}
+spec:
+  selector: {app: orders}
+  servers: [{port: {number: 8080, name: http, protocol: HTTP}, hosts: [orders.example.com]}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: orders, namespace: shop}
+spec:
+  selector: {app: orders}
+  ports: [{name: http-web, port: 8080}]
+",
+    )
+    .unwrap();
+    let out = run(&["analyze", "--kube", "-f", fix.to_str().unwrap()]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(text.contains("No validation issues found"), "{text}");
+
+    // Its pilot's reports: the proxy that refused its configuration.
+    let out = run(&[
+        "analyze",
+        "--kube",
+        "-f",
+        fix.to_str().unwrap(),
+        "--pilot",
+        &url,
+        "-o",
+        "json",
+    ]);
+    let found: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(out.status.code(), Some(1), "{found}");
+    let nack = found
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["code"] == "MESH0001")
+        .unwrap_or_else(|| panic!("{found}"));
+    assert_eq!(nack["origin"], "Pod shop/orders-1");
+    assert!(
+        nack["text"].as_str().unwrap().contains("bad regex"),
+        "{nack}"
     );
 }

@@ -3,7 +3,8 @@
 //! references, endpoint conditions, an injected sidecar container), then watch events. Checks
 //! that endpoints come from EndpointSlices with the pods' labels and identities, that a refused
 //! VirtualService is left out with its reason written to its status (and cleared once fixed),
-//! and that watch events reach the snapshot.
+//! that the analyzers' messages and fields not enforced yet reach Istio objects' statuses, and
+//! that watch events reach the snapshot.
 
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
@@ -598,4 +599,169 @@ spec:
     .await;
     assert!(again.is_empty());
     assert_eq!(script.patches.lock().unwrap().len(), 3);
+}
+
+/// The `validationMessages` codes of the last status written at `path` (none when cleared).
+fn codes_written(script: &Script, path: &str) -> Option<Vec<String>> {
+    let patches = script.patches.lock().unwrap();
+    let (_, body) = patches.iter().rev().find(|(p, _)| p == path)?;
+    Some(
+        body["status"]["validationMessages"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|m| m["type"]["code"].as_str().unwrap().to_string())
+            .collect(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn istio_objects_get_the_analyzers_messages_in_their_status_until_fixed() {
+    let (count_tx, mut count_rx) = watch::channel(0);
+    let (patched_tx, mut patched_rx) = watch::channel(0);
+    let mut script = Script {
+        watch_count: Some(count_tx),
+        patched: Some(patched_tx),
+        ..Script::default()
+    };
+    for (path, file) in [
+        ("/api/v1/services", "services.json"),
+        ("/api/v1/pods", "pods.json"),
+        (
+            "/apis/discovery.k8s.io/v1/endpointslices",
+            "endpointslices.json",
+        ),
+    ] {
+        script.lists.insert(path.to_string(), fixture(file));
+    }
+    // A VirtualService bound to a Gateway nobody wrote (IST0101), a Gateway with a field the
+    // mesh keeps but does not act on yet (MESH0003), and a DestinationRule with nothing to say.
+    let vs = serde_json::json!({
+        "apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
+        "metadata": {"name": "edge", "namespace": "default", "generation": 4, "resourceVersion": "5000"},
+        "spec": {"hosts": ["reviews.example.com"], "gateways": ["missing-gateway"],
+                 "http": [{"route": [{"destination": {"host": "reviews"}}]}]},
+    });
+    let gateway = serde_json::json!({
+        "apiVersion": "networking.istio.io/v1", "kind": "Gateway",
+        "metadata": {"name": "bound", "namespace": "default", "generation": 1},
+        "spec": {"selector": {"app": "reviews"},
+                 "servers": [{"port": {"number": 9080, "name": "http", "protocol": "HTTP"}, "hosts": ["*"], "bind": "10.0.0.1"}]},
+    });
+    let quiet = serde_json::json!({
+        "apiVersion": "networking.istio.io/v1", "kind": "DestinationRule",
+        "metadata": {"name": "reviews", "namespace": "default", "generation": 1},
+        "spec": {"host": "reviews", "subsets": [{"name": "v1", "labels": {"version": "v1"}}]},
+    });
+    let istio_list = |kind: &str, item: &serde_json::Value| {
+        serde_json::json!({"apiVersion": "networking.istio.io/v1", "kind": format!("{kind}List"),
+                           "metadata": {"resourceVersion": "5000"}, "items": [item]})
+        .to_string()
+    };
+    script.lists.insert(
+        "/apis/networking.istio.io/v1/virtualservices".into(),
+        istio_list("VirtualService", &vs),
+    );
+    script.lists.insert(
+        "/apis/networking.istio.io/v1/gateways".into(),
+        istio_list("Gateway", &gateway),
+    );
+    script.lists.insert(
+        "/apis/networking.istio.io/v1/destinationrules".into(),
+        istio_list("DestinationRule", &quiet),
+    );
+    let script = Arc::new(script);
+    let url = api_server(script.clone()).await;
+    let client = kube::Client::try_from(kube::Config::new(url.parse().unwrap())).unwrap();
+    let (tx, _rx) = watch::channel(Arc::new(Snapshot::default()));
+    let source = tokio::spawn(run(client, tx, KubeOptions::default()));
+
+    let vs_status = "/apis/networking.istio.io/v1/namespaces/default/virtualservices/edge/status";
+    let gw_status = "/apis/networking.istio.io/v1/namespaces/default/gateways/bound/status";
+    tokio::time::timeout(
+        DEADLINE,
+        patched_rx.wait_for(|_| {
+            codes_written(&script, vs_status).is_some()
+                && codes_written(&script, gw_status).is_some()
+        }),
+    )
+    .await
+    .expect("both statuses are written")
+    .unwrap();
+    assert_eq!(codes_written(&script, vs_status).unwrap(), ["IST0101"]);
+    assert_eq!(codes_written(&script, gw_status).unwrap(), ["MESH0003"]);
+    {
+        let patches = script.patches.lock().unwrap();
+        let (_, body) = patches.iter().find(|(p, _)| p == vs_status).unwrap();
+        let m = &body["status"]["validationMessages"][0];
+        assert_eq!(m["level"], "ERROR");
+        assert_eq!(m["type"]["name"], "ReferencedResourceNotFound");
+        assert!(
+            m["description"]
+                .as_str()
+                .unwrap()
+                .contains("missing-gateway"),
+            "{m}"
+        );
+        assert!(m["hint"].is_string(), "{m}");
+        assert_eq!(
+            m["documentationUrl"],
+            "https://istio.io/latest/docs/reference/config/analysis/ist0101/"
+        );
+        assert_eq!(body["status"]["observedGeneration"], "4");
+        let (_, body) = patches.iter().find(|(p, _)| p == gw_status).unwrap();
+        let m = &body["status"]["validationMessages"][0];
+        assert_eq!(m["level"], "WARNING");
+        assert!(
+            m["description"]
+                .as_str()
+                .unwrap()
+                .starts_with("spec.servers[0].bind: accepted, not enforced yet"),
+            "{m}"
+        );
+        assert!(
+            !patches.iter().any(|(p, _)| p.contains("destinationrules")),
+            "an object with nothing to say is not written: {patches:?}"
+        );
+    }
+
+    // The VirtualService is fixed: its messages are cleared, once.
+    let vs_path = "/apis/networking.istio.io/v1/virtualservices";
+    tokio::time::timeout(
+        DEADLINE,
+        count_rx.wait_for(|_| script.watches.lock().unwrap().contains_key(vs_path)),
+    )
+    .await
+    .expect("VirtualServices are watched")
+    .unwrap();
+    let mut fixed = vs.clone();
+    fixed["spec"]["gateways"] = serde_json::json!(["mesh"]);
+    fixed["spec"]["hosts"] = serde_json::json!(["reviews"]);
+    fixed["metadata"]["generation"] = 5.into();
+    fixed["metadata"]["resourceVersion"] = "5100".into();
+    let before = script.patches.lock().unwrap().len();
+    send(
+        &script,
+        vs_path,
+        serde_json::json!({"type": "MODIFIED", "object": fixed}),
+    );
+    tokio::time::timeout(
+        DEADLINE,
+        patched_rx.wait_for(|_| codes_written(&script, vs_status) == Some(vec![])),
+    )
+    .await
+    .expect("the fixed VirtualService's messages are cleared")
+    .unwrap();
+    let patches = script.patches.lock().unwrap();
+    let (_, body) = patches.iter().rev().find(|(p, _)| p == vs_status).unwrap();
+    assert!(body["status"]["validationMessages"].is_null(), "{body}");
+    assert_eq!(body["status"]["observedGeneration"], "5");
+    assert_eq!(
+        patches.len(),
+        before + 1,
+        "only the changed status is written: {:?}",
+        &patches[before..]
+    );
+    drop(patches);
+    source.abort();
 }

@@ -238,20 +238,26 @@ impl Snapshot {
                 _ => vec![value],
             };
             for v in items {
-                let Some(kind) = v["kind"].as_str() else {
-                    continue;
-                };
-                self.objects.push(Object {
-                    kind: kind.to_string(),
-                    namespace: v["metadata"]["namespace"].as_str().map(str::to_string),
-                    name: v["metadata"]["name"].as_str().unwrap_or("").to_string(),
-                    value: v.clone(),
-                    file: file.map(str::to_string),
-                    line,
-                });
+                self.add_value(v, file, line);
             }
         }
         Ok(())
+    }
+
+    /// Adds one object (as the API serves it, or as a document of `file` starting on
+    /// `line`); a value without a `kind` is not an object and is left out.
+    pub fn add_value(&mut self, value: Value, file: Option<&str>, line: usize) {
+        let Some(kind) = value["kind"].as_str().map(str::to_string) else {
+            return;
+        };
+        self.objects.push(Object {
+            kind,
+            namespace: value["metadata"]["namespace"].as_str().map(str::to_string),
+            name: value["metadata"]["name"].as_str().unwrap_or("").to_string(),
+            value,
+            file: file.map(str::to_string),
+            line,
+        });
     }
 
     /// Adds a file, or every `.yaml`, `.yml` and `.json` file under a folder (sorted).
@@ -354,6 +360,15 @@ pub struct Analyzer {
     /// What it looks at.
     pub about: &'static str,
     run: fn(&Snapshot, &mut Vec<Message>),
+}
+
+impl Analyzer {
+    /// Its messages over `snapshot`, in the order it finds them.
+    pub fn check(&self, snapshot: &Snapshot) -> Vec<Message> {
+        let mut out = Vec::new();
+        (self.run)(snapshot, &mut out);
+        out
+    }
 }
 
 /// Every analyzer, by Istio's names.

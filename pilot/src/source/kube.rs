@@ -4,9 +4,10 @@
 //! Istio resources are read as `v1`: their CRDs (Istio's own since 1.22, and ours) serve every
 //! version with one schema and no conversion, so an object written as `v1alpha3` or `v1beta1`
 //! is listed through `v1` as well. Each one passes the same strict parse and validation as a
-//! file; a refused one keeps its last good version in the snapshot and gets the reason written
-//! into its `status.validationMessages` (cleared again once a valid version arrives), as
-//! istiod's analysis does. The first snapshot is published only when every reflector has
+//! file; a refused one keeps its last good version in the snapshot. Its reason, its fields not
+//! enforced yet and the analyzers' messages are written into its `status.validationMessages`
+//! (cleared again once they no longer hold) by [`super::kube_status`], as istiod's analysis
+//! does. The first snapshot is published only when every reflector has
 //! listed, so pilot never pushes a half-read mesh.
 //!
 //! The mesh configuration is read as Istio keeps it: the ConfigMap `istio` in the root
@@ -29,11 +30,12 @@ use mesh_api::load;
 use mesh_api::{Diagnostic, Kind, Resource};
 use tokio::sync::{Notify, watch};
 
+use super::kube_status::{self, Checked};
 use super::{Snapshot, key_of};
 
 /// The custom kinds pilot reads: Istio's, the mesh's own RateLimitPolicy, and the Gateway
 /// API's (installed separately, as for Istio; when they are not, they are left out).
-const CUSTOM_KINDS: [Kind; 17] = [
+pub const CUSTOM_KINDS: [Kind; 17] = [
     Kind::VirtualService,
     Kind::DestinationRule,
     Kind::Gateway,
@@ -253,12 +255,22 @@ pub async fn run(client: Client, tx: watch::Sender<Arc<Snapshot>>, options: Kube
         () = tx.closed() => return,
     }
     let memory = Mutex::new(Memory::default());
+    let (analysis_tx, analysis_rx) = watch::channel(None);
+    if options.write_status {
+        tasks.push(tokio::spawn(kube_status::run(
+            client.clone(),
+            options.clone(),
+            analysis_rx,
+        )));
+    }
     let mut revision = 0;
     loop {
         revision += 1;
-        let (snapshot, writes) = snapshot(&stores, &memory, revision);
+        let (snapshot, writes, mut analysis) = snapshot(&stores, &memory, revision);
         tx.send_replace(Arc::new(snapshot));
         if options.write_status {
+            analysis.root_namespace = options.root_namespace.clone();
+            analysis_tx.send_replace(Some(Arc::new(analysis)));
             for w in writes {
                 write_status(&client, &options, w).await;
             }
@@ -275,13 +287,13 @@ pub async fn run(client: Client, tx: watch::Sender<Arc<Snapshot>>, options: Kube
     }
 }
 
-/// A status to write: the object, and the refusal (None clears it).
+/// A Gateway API object's refusal to write into its status.
 struct StatusWrite {
     kind: Kind,
     namespace: String,
     name: String,
     generation: Option<i64>,
-    message: Option<String>,
+    message: String,
     /// A Gateway API route's `parentRefs`, whose status entries say it is refused.
     parent_refs: Vec<serde_json::Value>,
 }
@@ -290,7 +302,7 @@ fn snapshot(
     stores: &Stores,
     memory: &Mutex<Memory>,
     revision: u64,
-) -> (Snapshot, Vec<StatusWrite>) {
+) -> (Snapshot, Vec<StatusWrite>, kube_status::Input) {
     let mut resources: Vec<Arc<Resource>> = Vec::new();
     resources.extend(
         stores
@@ -322,6 +334,13 @@ fn snapshot(
     );
     let mut findings = Vec::new();
     let mut writes = Vec::new();
+    let mut analysis = kube_status::Input {
+        services: stores.services.state(),
+        pods: stores.pods.state(),
+        namespaces: stores.namespaces.state(),
+        mesh: stores.mesh.state().first().cloned(),
+        ..kube_status::Input::default()
+    };
     let mut mem = memory.lock().unwrap_or_else(|e| e.into_inner());
     let mut accepted = BTreeMap::new();
     for (kind, store) in &stores.istio {
@@ -355,6 +374,30 @@ fn snapshot(
                         .join("; "),
                 )
             };
+            if !kind.is_gateway_api() {
+                analysis.checked.push(Checked {
+                    kind: *kind,
+                    namespace: namespace.clone(),
+                    name: name.clone(),
+                    generation: obj.metadata.generation,
+                    had_messages: obj
+                        .data
+                        .get("status")
+                        .and_then(|s| s.get("validationMessages"))
+                        .is_some_and(|m| !m.is_null()),
+                    refusal: message.clone(),
+                    not_enforced: report
+                        .diagnostics
+                        .iter()
+                        .filter(|d| d.severity == mesh_api::Severity::Warning)
+                        .filter(|d| d.message.starts_with(mesh_api::validate::NOT_ENFORCED))
+                        .map(|d| match &d.field {
+                            Some(f) => format!("{f}: {}", d.message),
+                            None => d.message.clone(),
+                        })
+                        .collect(),
+                });
+            }
             match report.documents.into_iter().next() {
                 Some(doc) if message.is_none() => {
                     accepted.insert(key.clone(), doc.resource);
@@ -370,16 +413,11 @@ fn snapshot(
                     }
                 }
             }
-            if mem.written.get(&key) != Some(&message) {
-                let had_status = obj
-                    .data
-                    .get("status")
-                    .and_then(|s| s.get("validationMessages"))
-                    .is_some();
-                // A Gateway API object's status is written from the model once it is
-                // accepted (crate::gateway_status); here only its refusal is.
-                let had_status = had_status && !kind.is_gateway_api();
-                if message.is_some() || had_status || mem.written.contains_key(&key) {
+            // A Gateway API object's status is written from the model once it is accepted
+            // (crate::gateway_status); here only its refusal is. Istio objects' statuses are
+            // written by kube_status.
+            if kind.is_gateway_api() && mem.written.get(&key) != Some(&message) {
+                if let Some(message) = &message {
                     writes.push(StatusWrite {
                         kind: *kind,
                         namespace,
@@ -397,6 +435,7 @@ fn snapshot(
                 }
                 mem.written.insert(key, message);
             }
+            analysis.objects.push(value);
         }
     }
     resources.extend(accepted.values().cloned().map(Arc::new));
@@ -449,6 +488,7 @@ fn snapshot(
             findings,
         },
         writes,
+        analysis,
     )
 }
 
@@ -485,6 +525,7 @@ fn gateway_api_refusal(w: &StatusWrite, message: &str) -> serde_json::Value {
     }
 }
 
+/// Writes a Gateway API object's refusal into its status.
 async fn write_status(client: &Client, options: &KubeOptions, w: StatusWrite) {
     let ar = api_resource(w.kind);
     let api: Api<DynamicObject> = if w.kind.is_namespaced() {
@@ -492,43 +533,15 @@ async fn write_status(client: &Client, options: &KubeOptions, w: StatusWrite) {
     } else {
         Api::all_with(client.clone(), &ar)
     };
-    if w.kind.is_gateway_api() {
-        let Some(message) = &w.message else { return };
-        let params = PatchParams {
-            field_manager: Some(options.field_manager.clone()),
-            ..PatchParams::default()
-        };
-        let patch = gateway_api_refusal(&w, message);
-        if let Err(e) = api
-            .patch_status(&w.name, &params, &Patch::Merge(&patch))
-            .await
-        {
-            tracing::warn!(
-                "cannot write the status of {} {}/{}: {e}",
-                w.kind.name(),
-                w.namespace,
-                w.name
-            );
-        }
-        return;
-    }
-    let messages = match &w.message {
-        Some(m) => serde_json::json!([{
-            "level": "ERROR",
-            "type": {"code": "IST0106", "name": "SchemaValidationError"},
-            "description": format!("refused by mesh-pilot: {m}"),
-        }]),
-        None => serde_json::Value::Null,
-    };
-    let patch = serde_json::json!({
-        "status": {"validationMessages": messages, "observedGeneration": w.generation.map(|g| g.to_string())}
-    });
     let params = PatchParams {
         field_manager: Some(options.field_manager.clone()),
         ..PatchParams::default()
     };
-    let merge = Patch::Merge(&patch);
-    if let Err(e) = api.patch_status(&w.name, &params, &merge).await {
+    let patch = gateway_api_refusal(&w, &w.message);
+    if let Err(e) = api
+        .patch_status(&w.name, &params, &Patch::Merge(&patch))
+        .await
+    {
         tracing::warn!(
             "cannot write the status of {} {}/{}: {e}",
             w.kind.name(),

@@ -4,6 +4,7 @@
 
 pub mod folder;
 pub mod kube;
+pub mod kube_status;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
