@@ -110,13 +110,19 @@ fn errors_fail_the_command_and_advice_does_not() {
 }
 
 #[test]
-fn the_seed_sample_has_no_issues() {
+fn the_seed_sample_has_no_errors_and_one_warning_about_its_jwt_policy() {
     let sample = Path::new(env!("CARGO_MANIFEST_DIR")).join("../manifests/samples/order-app");
     let out = meshctl(&["analyze", "-f", sample.to_str().unwrap()]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}");
+    // The seed's JWT policy is for a booking-service its app.yaml does not deploy (the e2e
+    // security suite deploys one): Istio's analyzer says so too.
+    let lines: Vec<&str> = text.lines().filter(|l| !l.starts_with("  →")).collect();
+    assert_eq!(lines.len(), 1, "{text}");
     assert!(
-        text.starts_with("✔ No validation issues found when analyzing 18 resources."),
+        lines[0].starts_with(
+            "Warning [IST0127] (AuthorizationPolicy default/require-jwt) its selector (app=booking-service) selects no meshed workload"
+        ),
         "{text}"
     );
 }

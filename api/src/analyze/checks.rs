@@ -77,8 +77,18 @@ pub(super) const ALL: &[Analyzer] = &[
     },
     Analyzer {
         name: "virtualservice.DestinationHostAnalyzer",
-        about: "gateway routes to hosts whose mesh routes (subsets) they bypass",
-        run: ingress_bypasses_mesh_routes,
+        about: "routes to hosts or ports nothing defines, gateway routes without a port to a host with several, and gateway routes bypassing the mesh's routes",
+        run: destination_hosts,
+    },
+    Analyzer {
+        name: "auth.AuthorizationPoliciesAnalyzer",
+        about: "AuthorizationPolicies selecting no meshed workload, or naming namespaces that do not exist",
+        run: authorization_policies,
+    },
+    Analyzer {
+        name: "auth.MTLSAnalyzer",
+        about: "DestinationRules sending without the mesh's mTLS to workloads whose PeerAuthentication is STRICT",
+        run: mtls_conflicts,
     },
     Analyzer {
         name: "virtualservice.JWTClaimRouteAnalyzer",
@@ -230,6 +240,21 @@ const IST0137: Code = Code {
 const IST0140: Code = Code {
     code: "IST0140",
     name: "IngressRouteRulesNotAffected",
+    level: Level::Warning,
+};
+const IST0112: Code = Code {
+    code: "IST0112",
+    name: "VirtualServiceDestinationPortSelectorRequired",
+    level: Level::Error,
+};
+const IST0113: Code = Code {
+    code: "IST0113",
+    name: "MTLSPolicyConflict",
+    level: Level::Error,
+};
+const IST0127: Code = Code {
+    code: "IST0127",
+    name: "NoMatchingWorkloadsFound",
     level: Level::Warning,
 };
 const IST0144: Code = Code {
@@ -1385,6 +1410,378 @@ fn ingress_bypasses_mesh_routes(snapshot: &Snapshot, out: &mut Vec<Message>) {
                 ),
                 "route to the subsets here too (or bind the mesh's VirtualService to the gateway as well)",
             ));
+        }
+    }
+}
+
+/// A host a VirtualService can send to: a Service's or a ServiceEntry's, its ports, and the
+/// namespaces it is visible in (`None`: every one).
+struct Destination {
+    ports: BTreeSet<u64>,
+    visible: Option<BTreeSet<String>>,
+}
+
+/// Every host Services and ServiceEntries define, by FQDN (wildcards as written).
+fn defined_hosts(snapshot: &Snapshot) -> BTreeMap<String, Vec<Destination>> {
+    let mut hosts: BTreeMap<String, Vec<Destination>> = BTreeMap::new();
+    for svc in snapshot.of_kind("Service") {
+        // A Service's visibility is its `networking.istio.io/exportTo` annotation.
+        let visible = svc.value["metadata"]["annotations"]["networking.istio.io/exportTo"]
+            .as_str()
+            .and_then(|list| {
+                let mut set = BTreeSet::new();
+                for e in list.split(',').map(str::trim) {
+                    match e {
+                        "*" => return None,
+                        "." => set.insert(svc.ns().to_string()),
+                        ns => set.insert(ns.to_string()),
+                    };
+                }
+                Some(set)
+            });
+        let ports = svc.spec()["ports"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|p| p["port"].as_u64())
+            .collect();
+        hosts
+            .entry(format!("{}.{}.{DOMAIN}", svc.name, svc.ns()))
+            .or_default()
+            .push(Destination { ports, visible });
+    }
+    for se in snapshot.of_kind("ServiceEntry") {
+        let ports: BTreeSet<u64> = se.spec()["ports"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|p| p["number"].as_u64())
+            .collect();
+        for h in se.spec()["hosts"].as_array().into_iter().flatten() {
+            if let Some(h) = h.as_str() {
+                hosts
+                    .entry(fqdn(h, se.ns()))
+                    .or_default()
+                    .push(Destination {
+                        ports: ports.clone(),
+                        visible: visible_in(se),
+                    });
+            }
+        }
+    }
+    hosts
+}
+
+/// The ports of `host` as seen from namespace `ns` (every definition visible there, exact
+/// first, then wildcards); `None` when nothing visible there defines it.
+fn ports_of(
+    hosts: &BTreeMap<String, Vec<Destination>>,
+    host: &str,
+    ns: &str,
+) -> Option<BTreeSet<u64>> {
+    let visible = |d: &&Destination| d.visible.as_ref().is_none_or(|v| v.contains(ns));
+    let found = |list: &Vec<Destination>| -> Option<BTreeSet<u64>> {
+        let mut seen = list.iter().filter(visible).peekable();
+        seen.peek()?;
+        Some(seen.flat_map(|d| d.ports.iter().copied()).collect())
+    };
+    if let Some(ports) = hosts.get(host).and_then(found) {
+        return Some(ports);
+    }
+    hosts
+        .iter()
+        .filter_map(|(h, list)| Some((h.strip_prefix('*')?, list)))
+        .filter(|(suffix, _)| host.trim_start_matches('*').ends_with(suffix))
+        .find_map(|(_, list)| found(list))
+}
+
+/// Whether a VirtualService is bound to gateways only (not to the mesh's sidecars).
+fn gateways_only(vs: &Object) -> bool {
+    vs.spec()["gateways"]
+        .as_array()
+        .is_some_and(|g| !g.is_empty() && !g.iter().any(|g| g.as_str() == Some("mesh")))
+}
+
+/// IST0101 and IST0112: a route or mirror to a host no Service or ServiceEntry visible in the
+/// VirtualService's namespace defines, or to a port that host does not have; and a gateway's
+/// route without a port to a host with several, which the gateway cannot choose between (a
+/// sidecar sends to the port the request was made on, so the mesh's routes need none). Then
+/// IST0140.
+fn destination_hosts(snapshot: &Snapshot, out: &mut Vec<Message>) {
+    let hosts = defined_hosts(snapshot);
+    for vs in snapshot.of_kind("VirtualService") {
+        for (field, d) in destinations(vs) {
+            let Some(written) = d["host"].as_str() else {
+                continue;
+            };
+            let host = fqdn(written, vs.ns());
+            let Some(ports) = ports_of(&hosts, &host, vs.ns()) else {
+                out.push(vs.message(
+                    IST0101,
+                    format!("{field}.host: {written:?} ({host}) is defined by no Service or ServiceEntry visible in namespace {}", vs.ns()),
+                    "create the Service (or a ServiceEntry for a host outside the cluster), fix the name, or export it to this namespace",
+                ));
+                continue;
+            };
+            match d["port"]["number"].as_u64() {
+                Some(port) if !ports.is_empty() && !ports.contains(&port) => {
+                    out.push(vs.message(
+                        IST0101,
+                        format!(
+                            "{field}.port: {host} has no port {port} (it has {})",
+                            ports.iter().map(u64::to_string).collect::<Vec<_>>().join(", ")
+                        ),
+                        "route to one of the host's ports",
+                    ));
+                }
+                None if ports.len() > 1 && gateways_only(vs) => out.push(vs.message(
+                    IST0112,
+                    format!(
+                        "{field}: {host} has ports {}, and the route names none: which one the gateway sends to is undefined",
+                        ports.iter().map(u64::to_string).collect::<Vec<_>>().join(", ")
+                    ),
+                    format!("add `port: {{number: N}}` to {field}"),
+                )),
+                _ => {}
+            }
+        }
+    }
+    ingress_bypasses_mesh_routes(snapshot, out);
+}
+
+/// Whether a workload gets (or has) a sidecar: a Pod with an `istio-proxy` container, or one
+/// whose namespace or own annotation asks for injection; a pod template as [`meshed`] says.
+fn workload_meshed(snapshot: &Snapshot, w: &super::Workload<'_>) -> bool {
+    let o = w.object;
+    if o.kind != "Pod" {
+        return meshed(snapshot, o);
+    }
+    let has_proxy = o.spec()["containers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|c| c["name"].as_str() == Some("istio-proxy"));
+    if has_proxy {
+        return true;
+    }
+    // A pod as a file gives it, before injection: judged as its template would be.
+    let as_template = serde_json::json!({"spec": {"template": {"metadata": o.value["metadata"]}}});
+    let template = Object {
+        kind: "Deployment".into(),
+        namespace: o.namespace.clone(),
+        name: o.name.clone(),
+        value: as_template,
+        file: None,
+        line: 0,
+    };
+    o.value["status"].is_null() && meshed(snapshot, &template)
+}
+
+/// Whether an AuthorizationPolicy's `namespaces` entry names a namespace of the snapshot
+/// (`*`, `prefix*` and `*suffix` as Istio matches them).
+fn namespace_named(pattern: &str, namespaces: &BTreeSet<&str>) -> bool {
+    if pattern == "*" {
+        return true;
+    }
+    if let Some(prefix) = pattern.strip_suffix('*') {
+        return namespaces.iter().any(|n| n.starts_with(prefix));
+    }
+    if let Some(suffix) = pattern.strip_prefix('*') {
+        return namespaces.iter().any(|n| n.ends_with(suffix));
+    }
+    namespaces.contains(pattern)
+}
+
+/// IST0127 and IST0101: an AuthorizationPolicy that applies to no meshed workload (its
+/// selector, in its namespace or the whole mesh from the root namespace; a namespace-wide one
+/// in a namespace with none), and `from.source.namespaces` naming namespaces that do not exist
+/// (when the snapshot holds Namespaces at all).
+fn authorization_policies(snapshot: &Snapshot, out: &mut Vec<Message>) {
+    let workloads = snapshot.workloads();
+    let meshed: Vec<&super::Workload<'_>> = workloads
+        .iter()
+        .filter(|w| workload_meshed(snapshot, w))
+        .collect();
+    let namespaces: BTreeSet<&str> = snapshot
+        .of_kind("Namespace")
+        .map(|n| n.name.as_str())
+        .collect();
+    for ap in snapshot.of_kind("AuthorizationPolicy") {
+        let spec = ap.spec();
+        let mesh_wide = ap.ns() == snapshot.root_namespace;
+        let has_target = !spec["targetRef"].is_null()
+            || spec["targetRefs"].as_array().is_some_and(|t| !t.is_empty());
+        let selector = string_map(&spec["selector"]["matchLabels"]);
+        // A targetRef policy is for a gateway or Service; a mesh-wide one without a selector
+        // is for every workload.
+        let applies_to_all = has_target || (mesh_wide && selector.is_empty());
+        if !applies_to_all {
+            let any = meshed
+                .iter()
+                .any(|w| (mesh_wide || w.object.ns() == ap.ns()) && selects(&selector, &w.labels));
+            if !any {
+                let (what, hint) = if selector.is_empty() {
+                    (
+                        format!(
+                            "namespace {} has no meshed workload for it to apply to",
+                            ap.ns()
+                        ),
+                        "deploy the workloads with sidecars (label the namespace istio-injection=enabled), or remove the policy",
+                    )
+                } else {
+                    (
+                        format!(
+                            "its selector ({}) selects no meshed workload {}",
+                            selector_text(&selector),
+                            if mesh_wide {
+                                "in the mesh".to_string()
+                            } else {
+                                format!("in namespace {}", ap.ns())
+                            }
+                        ),
+                        "change the selector to the labels of a workload with a sidecar",
+                    )
+                };
+                out.push(ap.message(IST0127, what, hint));
+            }
+        }
+        if namespaces.is_empty() {
+            continue;
+        }
+        for (i, rule) in spec["rules"].as_array().into_iter().flatten().enumerate() {
+            for (j, from) in rule["from"].as_array().into_iter().flatten().enumerate() {
+                for key in ["namespaces", "notNamespaces"] {
+                    for ns in from["source"][key]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(Value::as_str)
+                    {
+                        if !namespace_named(ns, &namespaces) {
+                            out.push(ap.message(
+                                IST0101,
+                                format!("spec.rules[{i}].from[{j}].source.{key}: namespace {ns:?} does not exist"),
+                                "fix the namespace's name, or create the namespace",
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A PeerAuthentication's mode (`STRICT`, `PERMISSIVE`, `DISABLE`; `None` for `UNSET` or none).
+fn pa_mode(v: &Value) -> Option<&str> {
+    v["mode"]
+        .as_str()
+        .filter(|m| !m.is_empty() && *m != "UNSET")
+}
+
+/// The mTLS mode a workload in `ns` with `labels` accepts on target port `port`, and the
+/// PeerAuthentication that decides it: the workload's own (and its port-level setting), else
+/// its namespace's, else the mesh's; PERMISSIVE when none says.
+fn server_mode<'a>(
+    snapshot: &'a Snapshot,
+    ns: &str,
+    labels: &BTreeMap<String, String>,
+    port: Option<u64>,
+) -> (String, Option<&'a Object>) {
+    let pas: Vec<&Object> = snapshot.of_kind("PeerAuthentication").collect();
+    let workload = pas.iter().find(|p| {
+        p.ns() == ns && {
+            let sel = string_map(&p.spec()["selector"]["matchLabels"]);
+            !sel.is_empty() && selects(&sel, labels)
+        }
+    });
+    let unselected = |p: &&&Object| string_map(&p.spec()["selector"]["matchLabels"]).is_empty();
+    let namespace = pas.iter().filter(unselected).find(|p| p.ns() == ns);
+    let mesh = pas
+        .iter()
+        .filter(unselected)
+        .find(|p| p.ns() == snapshot.root_namespace);
+    if let Some(p) = workload {
+        let port_level = port.and_then(|n| pa_mode(&p.spec()["portLevelMtls"][n.to_string()]));
+        if let Some(m) = port_level.or_else(|| pa_mode(&p.spec()["mtls"])) {
+            return (m.to_string(), Some(p));
+        }
+    }
+    for p in [namespace, mesh].into_iter().flatten() {
+        if let Some(m) = pa_mode(&p.spec()["mtls"]) {
+            return (m.to_string(), Some(p));
+        }
+    }
+    ("PERMISSIVE".into(), None)
+}
+
+/// IST0113: a DestinationRule that sends to a Service's port without the mesh's mutual TLS
+/// (`tls.mode` DISABLE, SIMPLE or MUTUAL, for the host or that port), where a PeerAuthentication
+/// makes a workload behind it (or, with none known, its namespace) accept only mutual TLS: those
+/// requests are refused.
+fn mtls_conflicts(snapshot: &Snapshot, out: &mut Vec<Message>) {
+    let workloads = snapshot.workloads();
+    for dr in snapshot.of_kind("DestinationRule") {
+        let Some(host) = dr.spec()["host"].as_str().map(|h| fqdn(h, dr.ns())) else {
+            continue;
+        };
+        let policy = &dr.spec()["trafficPolicy"];
+        let Some(svc) = snapshot
+            .of_kind("Service")
+            .find(|s| format!("{}.{}.{DOMAIN}", s.name, s.ns()) == host)
+        else {
+            continue;
+        };
+        let selector = string_map(&svc.spec()["selector"]);
+        let behind: Vec<&super::Workload<'_>> = workloads
+            .iter()
+            .filter(|w| {
+                w.object.ns() == svc.ns()
+                    && !selector.is_empty()
+                    && selects(&selector, &w.labels)
+                    && workload_meshed(snapshot, w)
+            })
+            .collect();
+        let mut reported = false;
+        for p in svc.spec()["ports"].as_array().into_iter().flatten() {
+            let Some(number) = p["port"].as_u64() else {
+                continue;
+            };
+            let target = p["targetPort"].as_u64().unwrap_or(number);
+            let port_level = policy["portLevelSettings"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|s| s["port"]["number"].as_u64() == Some(number));
+            let (mode, field) = match port_level.and_then(|s| s["tls"]["mode"].as_str()) {
+                Some(m) => (m, "spec.trafficPolicy.portLevelSettings[].tls.mode"),
+                None => match policy["tls"]["mode"].as_str() {
+                    Some(m) => (m, "spec.trafficPolicy.tls.mode"),
+                    None => continue,
+                },
+            };
+            if !matches!(mode, "DISABLE" | "SIMPLE" | "MUTUAL") || reported {
+                continue;
+            }
+            let strict = if behind.is_empty() {
+                let (m, pa) = server_mode(snapshot, svc.ns(), &BTreeMap::new(), None);
+                (m == "STRICT").then(|| (format!("namespace {}", svc.ns()), pa))
+            } else {
+                behind.iter().find_map(|w| {
+                    let (m, pa) = server_mode(snapshot, svc.ns(), &w.labels, Some(target));
+                    (m == "STRICT").then(|| (format!("{} {}", w.object.kind, w.object.name), pa))
+                })
+            };
+            if let Some((who, pa)) = strict {
+                reported = true;
+                out.push(dr.message(
+                    IST0113,
+                    format!(
+                        "{field} is {mode}: requests to {host} port {number} go without the mesh's mutual TLS, but {} makes {who} accept only mutual TLS (STRICT): they are refused",
+                        pa.map_or_else(|| "a PeerAuthentication".to_string(), |p| format!("PeerAuthentication {}", p.origin().trim_start_matches("PeerAuthentication ")))
+                    ),
+                    "drop the tls setting (the mesh's mutual TLS is automatic) or set it to ISTIO_MUTUAL; or make the PeerAuthentication PERMISSIVE",
+                ));
+            }
         }
     }
 }
