@@ -160,6 +160,48 @@ fn the_seed_require_jwt_with_keys_served_in_the_mesh() {
         bad.ok == 0 && bad.failures.keys().all(|k| k.starts_with("401")),
         "{bad:?}"
     );
+
+    // `meshctl why` tells each of those fates, with booking's sidecar checking the token.
+    if let Some(local) = c.as_local() {
+        let why = |headers: &[String]| {
+            let dir = local.dir().to_str().unwrap().to_string();
+            let mut args = vec!["why", "--dir", &dir, "client-v1-0", url];
+            for h in headers {
+                args.extend(["-H", h.as_str()]);
+            }
+            let bin = meshctl::local::find_binary("meshctl", "meshctl").unwrap();
+            let out = std::process::Command::new(bin)
+                .args(&args)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        };
+        let text = why(&[]);
+        for line in [
+            "no JWT where RequestAuthentication default/booking-jwt looks: unauthenticated",
+            "Verdict: 100%: 403 from booking-service-v1-0's sidecar: denied: no ALLOW policy matched (ALLOW policies there: default/require-jwt)",
+            "(the request carries no JWT)",
+        ] {
+            assert!(text.contains(line), "{line}: {text}");
+        }
+        let text = why(&[bearer(&valid)]);
+        for line in [
+            "JWT verified by its sidecar (RequestAuthentication default/booking-jwt): principal testing@secure.istio.io/testing@secure.istio.io",
+            "Verdict: 100%: booking-service-v1-0 answers.",
+        ] {
+            assert!(text.contains(line), "{line}: {text}");
+        }
+        let text = why(&[bearer(&foreign)]);
+        assert!(
+            text.contains("Verdict: 100%: 401 from booking-service-v1-0's sidecar: Jwt issuer is not configured (RequestAuthentication default/booking-jwt)."),
+            "{text}"
+        );
+    }
 }
 
 const DENY_ALL_SHIPPING: &str = "

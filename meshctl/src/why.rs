@@ -2,8 +2,9 @@
 //! proxy's own code on the states the sidecars hold: the service the host resolves to, the
 //! route that matches (and the VirtualService it came from), the subsets and endpoints it may
 //! go to with their health, timeouts, retries and faults, mutual TLS on both sides, and which
-//! AuthorizationPolicy allows or denies it at each destination; then a verdict in plain words.
-//! The local mesh only for now.
+//! AuthorizationPolicy allows or denies it at each destination, after the destination's sidecar
+//! has checked the request's JWT (its admin `/authn`, with the keys it holds); then a verdict in
+//! plain words. The local mesh only for now.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -73,6 +74,74 @@ fn sidecar(pod: &meshctl::local::state::PodRecord) -> Result<Sidecar, String> {
     let state = State::compile(source)
         .map_err(|e| format!("the state of {}'s sidecar does not compile: {e}", pod.name))?;
     Ok(Sidecar { state, ejected })
+}
+
+/// What a destination's sidecar makes of the request's JWT.
+enum Jwt {
+    /// No RequestAuthentication applies there.
+    NotChecked,
+    /// None carried (where the rules look): unauthenticated.
+    Absent(String),
+    /// Verified: what it proves.
+    Verified(String, mesh_proxy::authn::Verified),
+    /// Refused with 401, and why.
+    Refused(String, String),
+}
+
+/// Asks `pod`'s sidecar what its RequestAuthentications make of a request with `headers` and
+/// `query`.
+fn jwt_at(
+    pod: &meshctl::local::state::PodRecord,
+    headers: &hyper::HeaderMap,
+    query: &str,
+) -> Result<Jwt, String> {
+    let addr = SocketAddr::from(([127, 0, 0, 1], 15000));
+    let path = if query.is_empty() {
+        "/authn".to_string()
+    } else {
+        format!("/authn?{query}")
+    };
+    let (status, body) = meshctl::local::pods::http_get_with(&pod.netns, addr, &path, headers)
+        .map_err(|e| format!("the sidecar of {}: {e}", pod.name))?;
+    if status != 200 {
+        return Err(format!(
+            "the sidecar of {} answered {status}: {body}",
+            pod.name
+        ));
+    }
+    let v: Value = serde_json::from_str(&body).map_err(|e| {
+        format!(
+            "the sidecar of {} answered something unexpected: {e}",
+            pod.name
+        )
+    })?;
+    let policies: Vec<String> = v["policies"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .map(|p| format!("RequestAuthentication {p}"))
+        .collect();
+    let policies = policies.join(", ");
+    Ok(match v["outcome"].as_str() {
+        _ if policies.is_empty() => Jwt::NotChecked,
+        Some("verified") => Jwt::Verified(
+            policies,
+            mesh_proxy::authn::Verified {
+                principal: v["principal"].as_str().unwrap_or("").to_string(),
+                audiences: v["audiences"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|a| a.as_str().map(str::to_string))
+                    .collect(),
+                presenter: v["claims"]["azp"].as_str().map(str::to_string),
+                claims: v["claims"].clone(),
+            },
+        ),
+        Some("refused") => Jwt::Refused(policies, v["reason"].as_str().unwrap_or("").to_string()),
+        _ => Jwt::Absent(policies),
+    })
 }
 
 /// `meshctl why`.
@@ -518,6 +587,46 @@ fn explain(args: &Args) -> Result<String, String> {
                 ));
                 continue;
             }
+            let jwt = if server.state.source.request_authentications.is_empty() {
+                Jwt::NotChecked
+            } else {
+                match jwt_at(pod, &headers, &query) {
+                    Ok(j) => j,
+                    Err(e) => {
+                        let _ = writeln!(out, "   {who}: its sidecar cannot check the JWT: {e}");
+                        continue;
+                    }
+                }
+            };
+            let auth = match &jwt {
+                Jwt::NotChecked => None,
+                Jwt::Absent(policies) => {
+                    let _ = writeln!(
+                        out,
+                        "   {who}: no JWT where {policies} looks: unauthenticated"
+                    );
+                    None
+                }
+                Jwt::Verified(policies, v) => {
+                    let _ = writeln!(
+                        out,
+                        "   {who}: JWT verified by its sidecar ({policies}): principal {}",
+                        v.principal
+                    );
+                    Some(v)
+                }
+                Jwt::Refused(policies, reason) => {
+                    let _ = writeln!(
+                        out,
+                        "   {who}: JWT refused by its sidecar ({policies}): {reason}"
+                    );
+                    outcomes.push(format!(
+                        "{share:.0}%: 401 from {}'s sidecar: {reason} ({policies})",
+                        pod.name
+                    ));
+                    continue;
+                }
+            };
             let principal = mtls.then_some(client_id.as_str());
             let source = SocketAddr::new(client.address.parse().unwrap_or([0, 0, 0, 0].into()), 0);
             let destination = SocketAddr::new(
@@ -535,14 +644,32 @@ fn explain(args: &Args) -> Result<String, String> {
                     method: &method,
                     path: &path,
                     headers: &headers,
-                    auth: None,
+                    auth,
                 }),
             };
             let decision = server.state.authz.evaluate(&attributes);
+            // "No ALLOW policy matched" names the policies that did not.
+            let allows: Vec<String> = server
+                .state
+                .source
+                .authorization_policies
+                .iter()
+                .filter(|p| {
+                    serde_json::from_str::<Value>(&p.spec_json)
+                        .is_ok_and(|v| v["action"].as_str().is_none_or(|a| a == "ALLOW"))
+                })
+                .map(|p| format!("{}/{}", p.namespace, p.name))
+                .collect();
+            let reason = match decision.reason() {
+                r if decision.denied && !r.contains('/') && !allows.is_empty() => {
+                    format!("{r} (ALLOW policies there: {})", allows.join(", "))
+                }
+                r => r,
+            };
             let authz = if server.state.authz.is_empty() {
                 "no AuthorizationPolicy: allowed".to_string()
             } else {
-                decision.reason()
+                reason.clone()
             };
             let mode_name = match mode {
                 PeerMode::Strict => "STRICT",
@@ -551,15 +678,14 @@ fn explain(args: &Args) -> Result<String, String> {
             };
             let _ = writeln!(out, "   {who}: HEALTHY; {tls}, {mode_name} there; {authz}");
             if decision.denied {
-                let jwt = if !server.state.source.request_authentications.is_empty() {
-                    " (the request carries no JWT `meshctl why` can verify)"
+                let jwt = if matches!(jwt, Jwt::Absent(_)) {
+                    " (the request carries no JWT)"
                 } else {
                     ""
                 };
                 outcomes.push(format!(
                     "{share:.0}%: 403 from {}'s sidecar: {}{jwt}",
-                    pod.name,
-                    decision.reason()
+                    pod.name, reason
                 ));
             } else {
                 answers.push(format!("{} answers", pod.name));

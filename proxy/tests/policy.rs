@@ -2,7 +2,7 @@
 //! the connection is closed) at once when applied and stops when removed; principals rules
 //! hold the caller to the identity its certificate proves; RequestAuthentication with the
 //! seed's `require-jwt.yaml` shape, its key set fetched through the mesh: no token 403, a
-//! valid one 200, another issuer's 401.
+//! valid one 200, another issuer's 401, and the admin port's `/authn` saying the same.
 
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
@@ -301,6 +301,42 @@ async fn the_seed_jwt_policy_with_keys_fetched_through_the_mesh() {
     let (status, body, _) = call(out, Some(&foreign)).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED, "another issuer: {body}");
     assert_eq!(body.trim(), "Jwt issuer is not configured");
+
+    // B's admin port says the same of each token, with the keys B holds (`meshctl why`).
+    let admin = p.b.bound.admin;
+    let none = admin_authn(admin, None).await;
+    assert_eq!(none["outcome"], "none", "{none}");
+    assert_eq!(none["policies"], json!(["default/booking-jwt"]));
+    let verified = admin_authn(admin, Some(&valid)).await;
+    assert_eq!(verified["outcome"], "verified", "{verified}");
+    assert_eq!(
+        verified["principal"],
+        format!("{SEED_ISSUER}/{SEED_ISSUER}")
+    );
+    assert_eq!(verified["claims"]["aud"], "booking", "{verified}");
+    let refused = admin_authn(admin, Some(&foreign)).await;
+    assert_eq!(refused["outcome"], "refused", "{refused}");
+    assert_eq!(refused["reason"], "Jwt issuer is not configured");
+}
+
+/// What `GET /authn` on the admin port `addr` answers for a request bearing `token`.
+async fn admin_authn(addr: SocketAddr, token: Option<&str>) -> serde_json::Value {
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let mut req = Request::builder().uri("/authn").header("host", "localhost");
+    if let Some(t) = token {
+        req = req.header("authorization", format!("Bearer {t}"));
+    }
+    let resp = sender
+        .send_request(req.body(Full::new(Bytes::new())).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    serde_json::from_slice(&body).unwrap()
 }
 
 #[tokio::test]

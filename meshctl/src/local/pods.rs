@@ -565,6 +565,16 @@ fn app_path() -> std::ffi::OsString {
 
 /// One HTTP/1.1 GET from inside network namespace `netns`: (status, body).
 pub fn http_get(netns: &str, addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+    http_get_with(netns, addr, path, &hyper::HeaderMap::new())
+}
+
+/// [`http_get`] with `headers` on the request too.
+pub fn http_get_with(
+    netns: &str,
+    addr: SocketAddr,
+    path: &str,
+    headers: &hyper::HeaderMap,
+) -> std::io::Result<(u16, String)> {
     use http_body_util::BodyExt;
     let stream = net::in_netns(netns, || {
         std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))
@@ -580,10 +590,15 @@ pub fn http_get(netns: &str, addr: SocketAddr, path: &str) -> std::io::Result<(u
             .await
             .map_err(std::io::Error::other)?;
         tokio::spawn(conn);
-        let req = hyper::Request::get(path)
+        let mut req = hyper::Request::get(path)
             .header(hyper::header::HOST, addr.to_string())
             .body(http_body_util::Empty::<bytes::Bytes>::new())
             .map_err(std::io::Error::other)?;
+        for (name, value) in headers {
+            if name != hyper::header::HOST {
+                req.headers_mut().append(name, value.clone());
+            }
+        }
         let fut = async {
             let resp = sender
                 .send_request(req)

@@ -1,5 +1,5 @@
 //! Admin (127.0.0.1:15000: `/ready`, `/config_dump`, `/stats`, `/clusters`, `/stats/prometheus`,
-//! `/tap`, `/certs`, `/drain`),
+//! `/tap`, `/certs`, `/authn`, `/drain`),
 //! readiness (`/healthz/ready` on 15021) and metrics (`/stats/prometheus` and
 //! `/healthz/ready` on 15020, where Prometheus scrapes), served with hyper.
 
@@ -223,6 +223,14 @@ async fn route(
             );
             r
         }
+        (&Method::GET, "/authn") => {
+            let mut r = text(StatusCode::OK, authenticate(&req, inputs).await.to_string());
+            r.headers_mut().insert(
+                hyper::header::CONTENT_TYPE,
+                hyper::header::HeaderValue::from_static("application/json"),
+            );
+            r
+        }
         (&Method::GET, "/stats") => text(StatusCode::OK, cluster_stats(inputs)),
         (&Method::GET, "/clusters") => text(StatusCode::OK, cluster_endpoints(inputs)),
         (&Method::POST, "/drain") => {
@@ -232,14 +240,14 @@ async fn route(
         (
             _,
             "/ready" | "/healthz/ready" | "/config_dump" | "/stats" | "/clusters"
-            | "/stats/prometheus" | "/certs" | "/drain",
+            | "/stats/prometheus" | "/certs" | "/authn" | "/drain",
         ) => text(
             StatusCode::METHOD_NOT_ALLOWED,
             "use GET (POST for /drain)\n",
         ),
         _ => text(
             StatusCode::NOT_FOUND,
-            "admin paths: /ready, /config_dump, /stats, /clusters, /stats/prometheus, /tap, /certs, POST /drain\n",
+            "admin paths: /ready, /config_dump, /stats, /clusters, /stats/prometheus, /tap, /certs, /authn, POST /drain\n",
         ),
     }
 }
@@ -590,4 +598,40 @@ fn cluster_endpoints(inputs: &Inputs) -> String {
         }
     }
     out
+}
+
+/// `GET /authn`: what the workload's RequestAuthentications make of the token this request
+/// carries (in its headers or query, where the rules look), checked as an inbound request's
+/// would be, with the key sets the proxy holds: `none` (no rule applies, or no token),
+/// `verified` (with the principal and claims), or `refused` (the 401's reason). For `meshctl
+/// why`.
+async fn authenticate(req: &Request<Incoming>, inputs: &Inputs) -> serde_json::Value {
+    let state = inputs.state.borrow().clone();
+    let policies: Vec<String> = state
+        .source
+        .request_authentications
+        .iter()
+        .map(|p| format!("{}/{}", p.namespace, p.name))
+        .collect();
+    if state.authn.is_empty() {
+        return serde_json::json!({"outcome": "none", "policies": policies});
+    }
+    let mut headers = req.headers().clone();
+    let query = req.uri().query().unwrap_or("");
+    let cache = inputs.jwks.get().map(AsRef::as_ref);
+    match state.authn.authenticate(&mut headers, query, cache).await {
+        Ok(None) => serde_json::json!({"outcome": "none", "policies": policies}),
+        Ok(Some(v)) => serde_json::json!({
+            "outcome": "verified",
+            "policies": policies,
+            "principal": v.principal,
+            "audiences": v.audiences,
+            "claims": v.claims,
+        }),
+        Err(refused) => serde_json::json!({
+            "outcome": "refused",
+            "policies": policies,
+            "reason": refused.0,
+        }),
+    }
 }
