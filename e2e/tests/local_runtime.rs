@@ -922,6 +922,68 @@ spec:
         why("http://inventory-service:8080/stock/7")
             .contains("Verdict: 100%: inventory-v1-0 answers.")
     );
+
+    // A TCP port with a TCP route: told as a connection, and a DENY on the port closes it.
+    c.apply_yaml(
+        "apiVersion: v1
+kind: Service
+metadata: {name: stock-tcp, namespace: default}
+spec:
+  selector: {app: inventory}
+  ports: [{name: tcp-stock, port: 9000, targetPort: 8080}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: stock-tcp, namespace: default}
+spec:
+  hosts: [stock-tcp]
+  tcp: [{match: [{port: 9000}], route: [{destination: {host: inventory-service, port: {number: 8080}}}]}]
+",
+    )
+    .unwrap();
+    let routed = "2. Route: tcp[0] of VirtualService default/stock-tcp (port 9000); a TCP connection, so no retries, timeouts or faults";
+    wait_until(DEADLINE, || {
+        text = why("tcp://stock-tcp:9000");
+        text.contains(routed) && text.contains("Verdict: 100%: inventory-v1-0 answers.")
+    });
+    assert!(text.contains(routed), "{text}");
+    // The seed's circuit breaker on inventory holds for its TCP connections too: one at a time.
+    for line in [
+        "circuit breaker (DestinationRule default/inventory-service): at most 1 connection(s), 1 pending request(s); beyond them order-v1-0 answers 503 (flag UO) or closes the connection",
+        "outlier detection (DestinationRule default/inventory-service): an endpoint is ejected after 1 consecutive 5xx, for 180 s at first",
+        "Verdict: 100%: inventory-v1-0 answers.",
+    ] {
+        assert!(text.contains(line), "{line}: {text}");
+    }
+    let report = c
+        .load(
+            "order-v1-0",
+            "http://stock-tcp:9000/stock",
+            &["-n", "20", "-c", "1"],
+        )
+        .unwrap();
+    assert_all_ok(&report);
+    c.apply_yaml(
+        "apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: deny-order-tcp, namespace: default}
+spec:
+  selector: {matchLabels: {app: inventory}}
+  action: DENY
+  rules: [{from: [{source: {principals: [cluster.local/ns/default/sa/order]}}]}]
+",
+    )
+    .unwrap();
+    let closed = "Verdict: 100%: the connection closed by inventory-v1-0's sidecar: denied by default/deny-order-tcp rules[0] (DENY).";
+    wait_until(DEADLINE, || {
+        text = why("tcp://stock-tcp:9000");
+        text.contains(closed)
+    });
+    assert!(text.contains(closed), "{text}");
+    let report = c
+        .load("order-v1-0", "http://stock-tcp:9000/stock", &["-n", "5"])
+        .unwrap();
+    assert_eq!(report.ok, 0, "{report:?}");
 }
 
 /// Requests of `report` that failed with `status`.

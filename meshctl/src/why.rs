@@ -4,7 +4,8 @@
 //! go to with their health, timeouts, retries and faults, mutual TLS on both sides, and which
 //! AuthorizationPolicy allows or denies it at each destination, after the destination's sidecar
 //! has checked the request's JWT (its admin `/authn`, with the keys it holds); then a verdict in
-//! plain words. The local mesh only for now.
+//! plain words. TCP and TLS ports are explained as connections (their `tcp` and `tls` routes).
+//! The local mesh only for now.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -276,29 +277,6 @@ fn explain(args: &Args) -> Result<String, String> {
             .unwrap_or_default()
     );
 
-    // 2. The route.
-    let facts = mesh_proxy::route::http::RequestFacts {
-        method: &method,
-        path: &path,
-        query: &query,
-        authority: &authority,
-        scheme,
-        headers: &headers,
-        port,
-        claims: None,
-    };
-    let labels: BTreeMap<String, String> = from
-        .state
-        .source
-        .workload_labels
-        .clone()
-        .into_iter()
-        .collect();
-    let src = mesh_proxy::route::http::SourceFacts {
-        labels: Some(&labels),
-        namespace: ns,
-    };
-    let routes = &svc.spec.http_routes;
     let vs_names: Vec<String> = snapshot
         .of_kind("VirtualService")
         .filter(|vs| {
@@ -320,7 +298,100 @@ fn explain(args: &Args) -> Result<String, String> {
         [one] => format!(" of {one}"),
         many => format!(" of one of {}", many.join(", ")),
     };
-    let (destinations, route) = if routes.is_empty() {
+    let routes = &svc.spec.http_routes;
+
+    // 2. The route: a TCP or TLS connection by port (and SNI), HTTP by the request.
+    let l4 = match (scheme, svc_port.protocol()) {
+        ("tcp", _) => Some("tcp"),
+        ("tls", _) => Some("tls"),
+        (_, proto::Protocol::Tcp) => Some("tcp"),
+        (_, proto::Protocol::Tls) => Some("tls"),
+        _ => None,
+    };
+    let facts = mesh_proxy::route::http::RequestFacts {
+        method: &method,
+        path: &path,
+        query: &query,
+        authority: &authority,
+        scheme,
+        headers: &headers,
+        port,
+        claims: None,
+    };
+    let labels: BTreeMap<String, String> = from
+        .state
+        .source
+        .workload_labels
+        .clone()
+        .into_iter()
+        .collect();
+    let src = mesh_proxy::route::http::SourceFacts {
+        labels: Some(&labels),
+        namespace: ns,
+    };
+    let (destinations, route) = if let Some(kind) = l4 {
+        let found = if kind == "tcp" {
+            svc.spec
+                .tcp_routes
+                .iter()
+                .position(|r| r.port == 0 || r.port == u32::from(port))
+                .map(|i| {
+                    (
+                        i,
+                        svc.spec.tcp_routes[i].destinations.clone(),
+                        String::new(),
+                    )
+                })
+        } else {
+            svc.spec
+                .tls_routes
+                .iter()
+                .position(|r| {
+                    (r.port == 0 || r.port == u32::from(port))
+                        && r.sni_hosts
+                            .iter()
+                            .any(|h| mesh_proxy::tls::sni_matches(h, &host))
+                })
+                .map(|i| {
+                    let r = &svc.spec.tls_routes[i];
+                    (
+                        i,
+                        r.destinations.clone(),
+                        format!(", SNI {host} among {}", r.sni_hosts.join(", ")),
+                    )
+                })
+        };
+        match found {
+            Some((i, destinations, sni)) => {
+                let _ = writeln!(
+                    out,
+                    "2. Route: {kind}[{i}]{from_vs} (port {port}{sni}); a {} connection, so no retries, timeouts or faults",
+                    kind.to_ascii_uppercase()
+                );
+                (destinations, None)
+            }
+            None => {
+                let _ = writeln!(
+                    out,
+                    "2. Route: no {} route{from_vs} for port {port}{}: every endpoint of the service",
+                    kind.to_ascii_uppercase(),
+                    if kind == "tls" {
+                        format!(" and SNI {host}")
+                    } else {
+                        String::new()
+                    }
+                );
+                (
+                    vec![proto::WeightedDestination {
+                        host: hostname.clone(),
+                        weight: 100,
+                        ..Default::default()
+                    }],
+                    None,
+                )
+            }
+        }
+    } else if routes.is_empty() {
         let _ = writeln!(
             out,
             "2. Route: no VirtualService routes {hostname}: every endpoint, Istio's default retries"
@@ -525,6 +596,57 @@ fn explain(args: &Args) -> Result<String, String> {
             endpoints.len()
         );
         step += 1;
+        let service_dr = snapshot
+            .of_kind("DestinationRule")
+            .find(|dr| {
+                dr.spec()["host"]
+                    .as_str()
+                    .is_some_and(|h| fqdn(h, dr.ns()) == d.host)
+            })
+            .map(|dr| format!(" (DestinationRule {}/{})", dr.ns(), dr.name))
+            .unwrap_or_default();
+        let policy = subset
+            .and_then(|s| s.traffic_policy.as_ref())
+            .or(dest.spec.traffic_policy.as_ref());
+        if let Some(cp) = policy.and_then(|p| p.connection_pool.as_ref()) {
+            let limits: Vec<String> = [
+                (cp.max_connections, "connection(s)"),
+                (cp.http1_max_pending_requests, "pending request(s)"),
+                (cp.http2_max_requests, "active request(s)"),
+            ]
+            .into_iter()
+            .filter(|(n, _)| *n > 0)
+            .map(|(n, what)| format!("{n} {what}"))
+            .collect();
+            if !limits.is_empty() {
+                let _ = writeln!(
+                    out,
+                    "   circuit breaker{service_dr}: at most {}; beyond them {} answers 503 (flag UO){}",
+                    limits.join(", "),
+                    client.name,
+                    if l4.is_some() {
+                        " or closes the connection"
+                    } else {
+                        ""
+                    }
+                );
+            }
+        }
+        if let Some(od) = policy.and_then(|p| p.outlier_detection.as_ref()) {
+            let after = match (od.consecutive_5xx_errors, od.consecutive_gateway_errors) {
+                (0, 0) => None,
+                (n, 0) => Some(format!("{n} consecutive 5xx")),
+                (0, g) => Some(format!("{g} consecutive gateway errors")),
+                (n, g) => Some(format!("{n} consecutive 5xx or {g} gateway errors")),
+            };
+            if let Some(after) = after {
+                let _ = writeln!(
+                    out,
+                    "   outlier detection{service_dr}: an endpoint is ejected after {after}, for {} s at first",
+                    od.base_ejection_time_ms / 1000
+                );
+            }
+        }
         if endpoints.is_empty() {
             let _ = writeln!(out, "   no endpoint: {} answers 503 (flag UH)", client.name);
             outcomes.push(format!("{share:.0}%: 503, no endpoint of {label}"));
@@ -587,7 +709,7 @@ fn explain(args: &Args) -> Result<String, String> {
                 ));
                 continue;
             }
-            let jwt = if server.state.source.request_authentications.is_empty() {
+            let jwt = if l4.is_some() || server.state.source.request_authentications.is_empty() {
                 Jwt::NotChecked
             } else {
                 match jwt_at(pod, &headers, &query) {
@@ -638,8 +760,8 @@ fn explain(args: &Args) -> Result<String, String> {
                 remote_ip: source.ip(),
                 principal,
                 destination,
-                sni: None,
-                http: Some(mesh_proxy::authz::HttpAttributes {
+                sni: (l4 == Some("tls")).then_some(host.as_str()),
+                http: l4.is_none().then_some(mesh_proxy::authz::HttpAttributes {
                     host: &authority,
                     method: &method,
                     path: &path,
@@ -683,8 +805,13 @@ fn explain(args: &Args) -> Result<String, String> {
                 } else {
                     ""
                 };
+                let refusal = if l4.is_some() {
+                    "the connection closed by"
+                } else {
+                    "403 from"
+                };
                 outcomes.push(format!(
-                    "{share:.0}%: 403 from {}'s sidecar: {}{jwt}",
+                    "{share:.0}%: {refusal} {}'s sidecar: {}{jwt}",
                     pod.name, reason
                 ));
             } else {
