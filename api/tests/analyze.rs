@@ -470,3 +470,32 @@ spec: {{host: orders, trafficPolicy: {{tls: {{mode: DISABLE}}}}}}
     assert!(text.contains("(shop.yaml:"), "{text}");
     assert!(text.contains("→ drop the tls setting"), "{text}");
 }
+
+#[test]
+fn service_entries_giving_one_port_two_protocols_conflict_where_both_are_seen() {
+    let se = |name: &str, ns: &str, protocol: &str, export: &str| {
+        format!(
+            "---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: {name}, namespace: {ns}}}\nspec:\n  hosts: [api.example.com]\n  ports: [{{number: 443, name: p, protocol: {protocol}}}]\n  resolution: DNS\n  exportTo: [{export}]\n"
+        )
+    };
+    let yaml = [
+        se("api-http", "shop", "HTTP", "'*'"),
+        se("api-tls", "shop", "TLS", "'*'"),
+        // Seen only in its own namespace, where the exported HTTP one is seen too.
+        se("api-tcp", "billing", "TCP", "'.'"),
+        se("api-tls-again", "other", "TLS", "'.'"),
+    ]
+    .concat();
+    assert_eq!(
+        found(
+            "serviceentry.ConflictingServiceEntryProtocolAnalyzer",
+            &yaml
+        ),
+        pairs(&[
+            ("IST0177", "ServiceEntry billing/api-tcp"),
+            ("IST0177", "ServiceEntry other/api-tls-again"),
+            ("IST0177", "ServiceEntry shop/api-http"),
+            ("IST0177", "ServiceEntry shop/api-tls"),
+        ])
+    );
+}

@@ -86,6 +86,26 @@ pub(super) const ALL: &[Analyzer] = &[
         run: authorization_policies,
     },
     Analyzer {
+        name: "injection.Analyzer",
+        about: "namespaces not labelled for injection or labelled twice, and pods of injected namespaces without a sidecar",
+        run: injection,
+    },
+    Analyzer {
+        name: "deprecation.FieldAnalyzer",
+        about: "fields Istio has deprecated, with what replaces them",
+        run: deprecated_fields,
+    },
+    Analyzer {
+        name: "conditions.ConditionAnalyzer",
+        about: "objects whose status holds a negative condition",
+        run: negative_conditions,
+    },
+    Analyzer {
+        name: "serviceentry.ConflictingServiceEntryProtocolAnalyzer",
+        about: "ServiceEntries giving one host and port different protocols where both are visible",
+        run: service_entry_protocols,
+    },
+    Analyzer {
         name: "auth.MTLSAnalyzer",
         about: "DestinationRules sending without the mesh's mTLS to workloads whose PeerAuthentication is STRICT",
         run: mtls_conflicts,
@@ -255,6 +275,41 @@ const IST0113: Code = Code {
 const IST0127: Code = Code {
     code: "IST0127",
     name: "NoMatchingWorkloadsFound",
+    level: Level::Warning,
+};
+const IST0102: Code = Code {
+    code: "IST0102",
+    name: "NamespaceNotInjected",
+    level: Level::Info,
+};
+const IST0103: Code = Code {
+    code: "IST0103",
+    name: "PodMissingProxy",
+    level: Level::Warning,
+};
+const IST0123: Code = Code {
+    code: "IST0123",
+    name: "NamespaceMultipleInjectionLabels",
+    level: Level::Warning,
+};
+const IST0148: Code = Code {
+    code: "IST0148",
+    name: "NamespaceInjectionEnabledByDefault",
+    level: Level::Info,
+};
+const IST0002: Code = Code {
+    code: "IST0002",
+    name: "Deprecated",
+    level: Level::Warning,
+};
+const IST0171: Code = Code {
+    code: "IST0171",
+    name: "NegativeConditionStatus",
+    level: Level::Warning,
+};
+const IST0177: Code = Code {
+    code: "IST0177",
+    name: "ConflictingServiceEntryProtocol",
     level: Level::Warning,
 };
 const IST0144: Code = Code {
@@ -1782,6 +1837,253 @@ fn mtls_conflicts(snapshot: &Snapshot, out: &mut Vec<Message>) {
                     "drop the tls setting (the mesh's mutual TLS is automatic) or set it to ISTIO_MUTUAL; or make the PeerAuthentication PERMISSIVE",
                 ));
             }
+        }
+    }
+}
+
+/// Whether the injector's ConfigMap (`istio-sidecar-injector*` in the root namespace) injects
+/// every namespace that says nothing (`sidecarInjectorWebhook.enableNamespacesByDefault`).
+fn injects_by_default(snapshot: &Snapshot) -> bool {
+    snapshot
+        .of_kind("ConfigMap")
+        .filter(|c| {
+            c.ns() == snapshot.root_namespace && c.name.starts_with("istio-sidecar-injector")
+        })
+        .filter_map(|c| c.value["data"]["values"].as_str())
+        .filter_map(|v| serde_json::from_str::<Value>(v).ok())
+        .any(|v| v["sidecarInjectorWebhook"]["enableNamespacesByDefault"].as_bool() == Some(true))
+}
+
+/// IST0102, IST0148, IST0123 and IST0103: a namespace (not the system's) that says nothing of
+/// injection is not injected (or is, by the injector's default); one labelled for more than one
+/// data plane (`istio-injection`, `istio.io/rev`, ambient) is ambiguous; and a pod of an
+/// injected namespace that does not opt out runs without a sidecar.
+fn injection(snapshot: &Snapshot, out: &mut Vec<Message>) {
+    let by_default = injects_by_default(snapshot);
+    let mut injected = BTreeSet::new();
+    for ns in snapshot.of_kind("Namespace") {
+        let name = ns.name.as_str();
+        if system_namespace(name, snapshot) {
+            continue;
+        }
+        let labels = ns.labels();
+        let legacy = labels
+            .get("istio-injection")
+            .or_else(|| labels.get("mesh-injection"));
+        let revision = labels.get("istio.io/rev");
+        let ambient = labels.get("istio.io/dataplane-mode").map(String::as_str) == Some("ambient");
+        let said = usize::from(legacy.is_some_and(|v| v != "disabled"))
+            + usize::from(revision.is_some())
+            + usize::from(ambient);
+        if said > 1 {
+            out.push(ns.message(
+                IST0123,
+                format!("namespace {name} is labelled for more than one data plane (istio-injection, istio.io/rev, istio.io/dataplane-mode): which one its pods get is undefined"),
+                "keep one of the labels",
+            ));
+            continue;
+        }
+        if ambient {
+            continue;
+        }
+        match (legacy.map(String::as_str), revision) {
+            (None, None) if by_default => out.push(ns.message(
+                IST0148,
+                format!("namespace {name} has no injection label, and the injector injects such namespaces by default"),
+                "label it istio-injection=enabled to say so, or =disabled to keep sidecars out",
+            )),
+            (None, None) => out.push(ns.message(
+                IST0102,
+                format!("namespace {name} is not labelled for injection: its pods get no sidecar"),
+                format!("kubectl label namespace {name} istio-injection=enabled (or =disabled to say it is meant)"),
+            )),
+            (Some("enabled"), _) | (None, Some(_)) => {
+                injected.insert(name);
+            }
+            _ => {}
+        }
+    }
+    for pod in snapshot.of_kind("Pod") {
+        if !injected.contains(pod.ns()) {
+            continue;
+        }
+        let meta = &pod.value["metadata"];
+        // The label says first, then the annotation.
+        let opted_out = meta["labels"]["sidecar.istio.io/inject"]
+            .as_str()
+            .or_else(|| meta["annotations"]["sidecar.istio.io/inject"].as_str())
+            .is_some_and(|v| v.eq_ignore_ascii_case("false"));
+        if opted_out || pod.spec()["hostNetwork"].as_bool() == Some(true) {
+            continue;
+        }
+        let has_proxy = ["containers", "initContainers"].iter().any(|k| {
+            pod.spec()[*k]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|c| c["name"].as_str() == Some("istio-proxy"))
+        });
+        if !has_proxy {
+            out.push(pod.message(
+                IST0103,
+                format!("pod {}/{} runs without a sidecar though its namespace is injected", pod.ns(), pod.name),
+                "restart it so the injector adds the sidecar (kubectl rollout restart of its Deployment)",
+            ));
+        }
+    }
+}
+
+/// IST0002: fields Istio deprecated: a VirtualService fault's `delay.percent` (use
+/// `percentage`), `mirrorPercent` (use `mirrorPercentage`) and `corsPolicy.allowOrigin` (use
+/// `allowOrigins`); a Sidecar's `outboundTrafficPolicy.egressProxy`, which is ignored.
+fn deprecated_fields(snapshot: &Snapshot, out: &mut Vec<Message>) {
+    for vs in snapshot.of_kind("VirtualService") {
+        for (i, rule) in vs.spec()["http"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .enumerate()
+        {
+            let at = format!("spec.http[{i}]");
+            let found = [
+                (
+                    !rule["fault"]["delay"]["percent"].is_null(),
+                    "fault.delay.percent",
+                    "fault.delay.percentage",
+                ),
+                (
+                    !rule["mirrorPercent"].is_null(),
+                    "mirrorPercent",
+                    "mirrorPercentage",
+                ),
+                (
+                    !rule["corsPolicy"]["allowOrigin"].is_null(),
+                    "corsPolicy.allowOrigin",
+                    "corsPolicy.allowOrigins",
+                ),
+            ];
+            for (_, field, instead) in found.into_iter().filter(|(set, _, _)| *set) {
+                out.push(vs.message(
+                    IST0002,
+                    format!("{at}.{field} is deprecated"),
+                    format!("use {at}.{instead}"),
+                ));
+            }
+        }
+    }
+    for sc in snapshot.of_kind("Sidecar") {
+        if !sc.spec()["outboundTrafficPolicy"]["egressProxy"].is_null() {
+            out.push(sc.message(
+                IST0002,
+                "spec.outboundTrafficPolicy.egressProxy is deprecated and ignored".into(),
+                "remove it; route traffic to an egress gateway with a VirtualService instead",
+            ));
+        }
+    }
+}
+
+/// IST0171: an object whose status holds a negative condition of Istio's or the Gateway API's
+/// (status False, or accepted only in part), on the object or on one of a route's parents:
+/// what the controller said is not in effect. Other controllers' condition types (with a domain
+/// of their own) are left alone.
+fn negative_conditions(snapshot: &Snapshot, out: &mut Vec<Message>) {
+    let ours = |t: &str| !t.contains('/') || t.starts_with("istio.io/");
+    for o in &snapshot.objects {
+        let status = &o.value["status"];
+        let mut lists: Vec<&Value> = vec![&status["conditions"]];
+        lists.extend(
+            status["parents"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|p| &p["conditions"]),
+        );
+        let negative = lists
+            .into_iter()
+            .filter_map(Value::as_array)
+            .flatten()
+            .find(|c| {
+                c["type"].as_str().is_some_and(ours)
+                    && (c["status"].as_str() == Some("False")
+                        || c["reason"].as_str() == Some("PartiallyInvalid"))
+            });
+        if let Some(c) = negative {
+            out.push(o.message(
+                IST0171,
+                format!(
+                    "its status says {} is {} ({}): {}",
+                    c["type"].as_str().unwrap_or(""),
+                    c["status"].as_str().unwrap_or(""),
+                    c["reason"].as_str().unwrap_or(""),
+                    c["message"].as_str().unwrap_or("")
+                ),
+                "fix what the condition's message names",
+            ));
+        }
+    }
+}
+
+/// IST0177: ServiceEntries that give one host and port different protocols where both are
+/// visible (in one namespace, or one of them everywhere): only one protocol can apply.
+fn service_entry_protocols(snapshot: &Snapshot, out: &mut Vec<Message>) {
+    /// Where a host's port is seen ("*": every namespace), the host, the port.
+    type Key = (String, String, u64);
+    // Each key's protocols, with the ServiceEntry giving each.
+    let mut index: BTreeMap<Key, Vec<(String, &Object)>> = BTreeMap::new();
+    for se in snapshot.of_kind("ServiceEntry") {
+        let scopes: Vec<String> = match visible_in(se) {
+            None => vec!["*".into()],
+            Some(set) => set.into_iter().collect(),
+        };
+        for scope in &scopes {
+            for h in se.spec()["hosts"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str)
+            {
+                for p in se.spec()["ports"].as_array().into_iter().flatten() {
+                    let Some(number) = p["number"].as_u64() else {
+                        continue;
+                    };
+                    let protocol = p["protocol"].as_str().unwrap_or("").to_ascii_uppercase();
+                    index
+                        .entry((scope.clone(), h.to_string(), number))
+                        .or_default()
+                        .push((protocol, se));
+                }
+            }
+        }
+    }
+    let mut reported = BTreeSet::new();
+    for ((scope, host, port), entries) in &index {
+        let mut entries = entries.clone();
+        if scope != "*"
+            && let Some(everywhere) = index.get(&("*".to_string(), host.clone(), *port))
+        {
+            entries.extend(everywhere.iter().cloned());
+        }
+        let protocols: BTreeSet<&str> = entries.iter().map(|(p, _)| p.as_str()).collect();
+        if protocols.len() < 2 {
+            continue;
+        }
+        let names: BTreeSet<String> = entries
+            .iter()
+            .map(|(_, se)| format!("{}/{}", se.ns(), se.name))
+            .collect();
+        for (_, se) in &entries {
+            if !reported.insert(se.origin()) {
+                continue;
+            }
+            out.push(se.message(
+                IST0177,
+                format!(
+                    "ServiceEntries {} give host {host:?} port {port} different protocols ({}): only one can apply",
+                    names.iter().cloned().collect::<Vec<_>>().join(", "),
+                    protocols.iter().copied().collect::<Vec<_>>().join(", ")
+                ),
+                "give the port one protocol in every ServiceEntry, or keep the host in one ServiceEntry",
+            ));
         }
     }
 }
