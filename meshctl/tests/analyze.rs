@@ -136,7 +136,12 @@ fn list(items: serde_json::Value) -> serde_json::Value {
 fn a_cluster_is_analyzed_with_files_applied_over_it_and_its_proxies_reports() {
     use hyper::StatusCode;
     use serde_json::json;
-    let url = common::api_server(|seen| {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    // Whether the API server lets the caller list Secrets.
+    let secrets_allowed = Arc::new(AtomicBool::new(true));
+    let allowed = secrets_allowed.clone();
+    let url = common::api_server(move |seen| {
         let ok = |v| (StatusCode::OK, v);
         match seen.path {
             "/api/v1/namespaces" => ok(list(json!([
@@ -158,6 +163,23 @@ fn a_cluster_is_analyzed_with_files_applied_over_it_and_its_proxies_reports() {
                  "spec": {"hosts": ["orders.example.com"], "gateways": ["shop-gateway"],
                           "http": [{"route": [{"destination": {"host": "orders"}}]}]}},
             ]))),
+            "/apis/networking.istio.io/v1/gateways" => ok(list(json!([
+                {"apiVersion": "networking.istio.io/v1", "kind": "Gateway",
+                 "metadata": {"name": "tls-edge", "namespace": "shop"},
+                 "spec": {"selector": {"app": "orders"},
+                          "servers": [{"port": {"number": 8080, "name": "https", "protocol": "HTTPS"},
+                                       "hosts": ["secure.example.com"],
+                                       "tls": {"mode": "SIMPLE", "credentialName": "shop-cert"}}]}},
+            ]))),
+            "/api/v1/secrets" if allowed.load(Ordering::SeqCst) => ok(list(json!([
+                {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "unrelated", "namespace": "shop"},
+                 "data": {"password": "aHVzaA=="}},
+            ]))),
+            "/api/v1/secrets" => (
+                StatusCode::FORBIDDEN,
+                json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "Forbidden", "code": 403,
+                       "message": "secrets is forbidden: User \"dev\" cannot list resource \"secrets\""}),
+            ),
             // The mesh's own kind is not installed in this cluster.
             "/apis/policy.mesh.dev/v1alpha1/ratelimitpolicies" => {
                 (StatusCode::NOT_FOUND, common::not_found())
@@ -200,8 +222,25 @@ fn a_cluster_is_analyzed_with_files_applied_over_it_and_its_proxies_reports() {
         err.contains("ratelimitpolicies") && err.contains("CRD is not installed"),
         "{err}"
     );
+    // The Gateway's credential is looked for where its pods run.
+    assert!(
+        text.contains("Error [IST0101] (Gateway shop/tls-edge) spec.servers[0].tls.credentialName: no Secret shop/shop-cert"),
+        "{text}"
+    );
+    // A user who may not list Secrets is told so, and gets no message that would be untrue.
+    secrets_allowed.store(false, Ordering::SeqCst);
+    let out = run(&["analyze", "--kube"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("cannot list Secrets") && err.contains("gateway.SecretAnalyzer left out"),
+        "{err}"
+    );
+    assert!(!text.contains("shop-cert"), "{text}");
+    secrets_allowed.store(true, Ordering::SeqCst);
 
-    // The file's version replaces the cluster's: the Gateway is there now.
+    // The file's version replaces the cluster's: the Gateway is there now, and the other one
+    // serves plain HTTP.
     let fix = dir.path().join("fix.yaml");
     std::fs::write(
         &fix,
@@ -212,6 +251,13 @@ metadata: {name: shop-gateway, namespace: shop}
 spec:
   selector: {app: orders}
   servers: [{port: {number: 8080, name: http, protocol: HTTP}, hosts: [orders.example.com]}]
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: tls-edge, namespace: shop}
+spec:
+  selector: {app: orders}
+  servers: [{port: {number: 8080, name: http, protocol: HTTP}, hosts: [secure.example.com]}]
 ---
 apiVersion: v1
 kind: Service

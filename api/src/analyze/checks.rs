@@ -106,6 +106,11 @@ pub(super) const ALL: &[Analyzer] = &[
         run: service_entry_protocols,
     },
     Analyzer {
+        name: "gateway.SecretAnalyzer",
+        about: "Gateway credentialName Secrets missing from the gateway's namespace, or holding no valid certificate and key",
+        run: gateway_secrets,
+    },
+    Analyzer {
         name: "auth.MTLSAnalyzer",
         about: "DestinationRules sending without the mesh's mTLS to workloads whose PeerAuthentication is STRICT",
         run: mtls_conflicts,
@@ -311,6 +316,11 @@ const IST0177: Code = Code {
     code: "IST0177",
     name: "ConflictingServiceEntryProtocol",
     level: Level::Warning,
+};
+const IST0161: Code = Code {
+    code: "IST0161",
+    name: "InvalidGatewayCredential",
+    level: Level::Error,
 };
 const IST0144: Code = Code {
     code: "IST0144",
@@ -2084,6 +2094,115 @@ fn service_entry_protocols(snapshot: &Snapshot, out: &mut Vec<Message>) {
                 ),
                 "give the port one protocol in every ServiceEntry, or keep the host in one ServiceEntry",
             ));
+        }
+    }
+}
+
+/// What is wrong with a gateway credential Secret, if anything: it must hold a PEM certificate
+/// that has not expired and a PEM private key, as `tls.crt` and `tls.key` (or `cert` and `key`).
+fn credential_fault(secret: &Object) -> Option<String> {
+    let parsed: k8s_openapi::api::core::v1::Secret =
+        match serde_json::from_value(secret.value.clone()) {
+            Ok(s) => s,
+            Err(e) => return Some(format!("it does not read as a Secret: {e}")),
+        };
+    let get = |names: &[&str]| -> Option<Vec<u8>> {
+        names.iter().find_map(|n| {
+            parsed
+                .data
+                .as_ref()
+                .and_then(|d| d.get(*n))
+                .map(|b| b.0.clone())
+                .or_else(|| {
+                    parsed
+                        .string_data
+                        .as_ref()
+                        .and_then(|d| d.get(*n))
+                        .map(|s| s.as_bytes().to_vec())
+                })
+        })
+    };
+    let (Some(cert), Some(key)) = (get(&["tls.crt", "cert"]), get(&["tls.key", "key"])) else {
+        return Some("it has no tls.crt and tls.key (nor cert and key)".into());
+    };
+    let pem = match x509_parser::pem::parse_x509_pem(&cert) {
+        Ok((_, pem)) if pem.label == "CERTIFICATE" => pem,
+        _ => return Some("its certificate is not a PEM certificate".into()),
+    };
+    let Ok(x509) = pem.parse_x509() else {
+        return Some("its certificate does not parse".into());
+    };
+    if !x509.validity().is_valid() {
+        return Some(format!(
+            "its certificate is valid from {} to {}, not now",
+            x509.validity().not_before,
+            x509.validity().not_after
+        ));
+    }
+    match x509_parser::pem::parse_x509_pem(&key) {
+        Ok((_, pem)) if pem.label.ends_with("PRIVATE KEY") => None,
+        _ => Some("its key is not a PEM private key".into()),
+    }
+}
+
+/// IST0101 and IST0161: a Gateway server's `credentialName` names a Secret that must be in the
+/// namespace of the gateway's pods (the first its selector selects), holding a valid
+/// certificate and key.
+fn gateway_secrets(snapshot: &Snapshot, out: &mut Vec<Message>) {
+    let workloads = snapshot.workloads();
+    for gw in snapshot.of_kind("Gateway") {
+        let selector = string_map(&gw.spec()["selector"]);
+        let pods_ns = workloads
+            .iter()
+            .find(|w| selects(&selector, &w.labels))
+            .map(|w| w.object.ns());
+        let credentials: Vec<(usize, &str)> = gw.spec()["servers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .enumerate()
+            .filter_map(|(i, s)| {
+                s["tls"]["credentialName"]
+                    .as_str()
+                    .filter(|c| !c.is_empty())
+                    .map(|c| (i, c))
+            })
+            .collect();
+        if credentials.is_empty() {
+            continue;
+        }
+        let Some(ns) = pods_ns else {
+            out.push(gw.message(
+                IST0101,
+                format!(
+                    "its selector ({}) selects no pod, so no namespace holds its credentialName Secrets",
+                    selector_text(&selector)
+                ),
+                "change the selector to the labels of the gateway's pods",
+            ));
+            continue;
+        };
+        for (i, name) in credentials {
+            let field = format!("spec.servers[{i}].tls.credentialName");
+            match snapshot
+                .of_kind("Secret")
+                .find(|s| s.ns() == ns && s.name == name)
+            {
+                None => out.push(gw.message(
+                    IST0101,
+                    format!("{field}: no Secret {ns}/{name}: the gateway's pods run in {ns}, where it must be"),
+                    format!("kubectl create -n {ns} secret tls {name} --cert=CERT --key=KEY"),
+                )),
+                Some(secret) => {
+                    if let Some(fault) = credential_fault(secret) {
+                        out.push(gw.message(
+                            IST0161,
+                            format!("{field}: Secret {ns}/{name}: {fault}"),
+                            "put a current PEM certificate and its key in the Secret (kubectl create secret tls)",
+                        ));
+                    }
+                }
+            }
         }
     }
 }

@@ -442,12 +442,16 @@ fn snapshot(
     mem.accepted = accepted;
     // The certificates of Gateways' HTTPS servers: only the Secrets they name.
     let named = crate::translate::gateway::credential_names(&resources);
+    analysis.secrets = stores
+        .secrets
+        .state()
+        .into_iter()
+        .filter(|s| s.metadata.name.as_ref().is_some_and(|n| named.contains(n)))
+        .collect();
     resources.extend(
-        stores
+        analysis
             .secrets
-            .state()
             .iter()
-            .filter(|s| s.metadata.name.as_ref().is_some_and(|n| named.contains(n)))
             .map(|s| Arc::new(Resource::Secret(Box::new((**s).clone())))),
     );
     let mesh = stores.mesh.state().first().map(|cm| (**cm).clone());

@@ -17,7 +17,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Secret, Service};
 use kube::api::{DynamicObject, Patch, PatchParams};
 use kube::{Api, Client};
 use mesh_api::Kind;
@@ -60,6 +60,8 @@ pub struct Input {
     pub namespaces: Vec<Arc<Namespace>>,
     /// The mesh configuration's ConfigMap.
     pub mesh: Option<Arc<ConfigMap>>,
+    /// The Secrets Gateways name as credentials (no other Secret is read).
+    pub secrets: Vec<Arc<Secret>>,
     /// The root namespace.
     pub root_namespace: String,
     /// One per Istio object whose status pilot owns.
@@ -122,6 +124,10 @@ pub fn messages(input: &Input) -> BTreeMap<String, Vec<Value>> {
         .mesh
         .iter()
         .for_each(|m| add(serde_json::to_value(&**m)));
+    input
+        .secrets
+        .iter()
+        .for_each(|s| add(serde_json::to_value(&**s)));
     for o in &input.objects {
         snapshot.add_value(o.clone(), None, 0);
     }
