@@ -35,10 +35,12 @@ spec:
 ";
 
 /// Analyzers the upstream folder has no case for: each has cases of ours below.
-const WITHOUT_UPSTREAM_CASES: [&str; 3] = [
+const WITHOUT_UPSTREAM_CASES: [&str; 4] = [
     "schema.ValidationAnalyzer",
     "auth.AuthorizationPoliciesAnalyzer",
     "auth.MTLSAnalyzer",
+    // The mesh's own RateLimitPolicy.
+    "ratelimit.SelectorAnalyzer",
 ];
 
 struct Case {
@@ -497,5 +499,23 @@ fn service_entries_giving_one_port_two_protocols_conflict_where_both_are_seen() 
             ("IST0177", "ServiceEntry shop/api-http"),
             ("IST0177", "ServiceEntry shop/api-tls"),
         ])
+    );
+}
+
+#[test]
+fn a_rate_limit_policy_for_no_workload_limits_nothing() {
+    let rl = |name: &str, selector: &str| {
+        format!(
+            "---\napiVersion: policy.mesh.dev/v1alpha1\nkind: RateLimitPolicy\nmetadata: {{name: {name}, namespace: shop}}\nspec:\n  selector: {{matchLabels: {selector}}}\n  limits: [{{tokenBucket: {{maxTokens: 3, fillInterval: 1s}}}}]\n"
+        )
+    };
+    let yaml = format!(
+        "{SHOP}{}{}",
+        rl("orders", "{app: orders}"),
+        rl("typo", "{app: ordrs}")
+    );
+    assert_eq!(
+        found("ratelimit.SelectorAnalyzer", &yaml),
+        pairs(&[("MESH0004", "RateLimitPolicy shop/typo")])
     );
 }

@@ -111,6 +111,11 @@ pub(super) const ALL: &[Analyzer] = &[
         run: gateway_secrets,
     },
     Analyzer {
+        name: "ratelimit.SelectorAnalyzer",
+        about: "the mesh's RateLimitPolicies that apply to no workload with a sidecar",
+        run: rate_limit_selectors,
+    },
+    Analyzer {
         name: "auth.MTLSAnalyzer",
         about: "DestinationRules sending without the mesh's mTLS to workloads whose PeerAuthentication is STRICT",
         run: mtls_conflicts,
@@ -321,6 +326,12 @@ const IST0161: Code = Code {
     code: "IST0161",
     name: "InvalidGatewayCredential",
     level: Level::Error,
+};
+/// The mesh's own: a RateLimitPolicy that applies to no workload.
+const MESH0004: Code = Code {
+    code: "MESH0004",
+    name: "RateLimitPolicyNoMatchingWorkloads",
+    level: Level::Warning,
 };
 const IST0144: Code = Code {
     code: "IST0144",
@@ -1673,42 +1684,8 @@ fn authorization_policies(snapshot: &Snapshot, out: &mut Vec<Message>) {
         .collect();
     for ap in snapshot.of_kind("AuthorizationPolicy") {
         let spec = ap.spec();
-        let mesh_wide = ap.ns() == snapshot.root_namespace;
-        let has_target = !spec["targetRef"].is_null()
-            || spec["targetRefs"].as_array().is_some_and(|t| !t.is_empty());
-        let selector = string_map(&spec["selector"]["matchLabels"]);
-        // A targetRef policy is for a gateway or Service; a mesh-wide one without a selector
-        // is for every workload.
-        let applies_to_all = has_target || (mesh_wide && selector.is_empty());
-        if !applies_to_all {
-            let any = meshed
-                .iter()
-                .any(|w| (mesh_wide || w.object.ns() == ap.ns()) && selects(&selector, &w.labels));
-            if !any {
-                let (what, hint) = if selector.is_empty() {
-                    (
-                        format!(
-                            "namespace {} has no meshed workload for it to apply to",
-                            ap.ns()
-                        ),
-                        "deploy the workloads with sidecars (label the namespace istio-injection=enabled), or remove the policy",
-                    )
-                } else {
-                    (
-                        format!(
-                            "its selector ({}) selects no meshed workload {}",
-                            selector_text(&selector),
-                            if mesh_wide {
-                                "in the mesh".to_string()
-                            } else {
-                                format!("in namespace {}", ap.ns())
-                            }
-                        ),
-                        "change the selector to the labels of a workload with a sidecar",
-                    )
-                };
-                out.push(ap.message(IST0127, what, hint));
-            }
+        if let Some((what, hint)) = applies_to_nothing(snapshot, ap, &meshed) {
+            out.push(ap.message(IST0127, what, hint));
         }
         if namespaces.is_empty() {
             continue;
@@ -2203,6 +2180,67 @@ fn gateway_secrets(snapshot: &Snapshot, out: &mut Vec<Message>) {
                     }
                 }
             }
+        }
+    }
+}
+
+/// Why a policy selecting workloads as AuthorizationPolicy does (its `selector.matchLabels` in
+/// its namespace, or in the whole mesh from the root namespace; a namespace-wide one without)
+/// applies to none of the `meshed` workloads, with what to do; `None` when it applies to some,
+/// names a `targetRef`, or is mesh-wide without a selector.
+fn applies_to_nothing(
+    snapshot: &Snapshot,
+    policy: &Object,
+    meshed: &[&super::Workload<'_>],
+) -> Option<(String, &'static str)> {
+    let spec = policy.spec();
+    let mesh_wide = policy.ns() == snapshot.root_namespace;
+    let has_target = !spec["targetRef"].is_null()
+        || spec["targetRefs"].as_array().is_some_and(|t| !t.is_empty());
+    let selector = string_map(&spec["selector"]["matchLabels"]);
+    if has_target || (mesh_wide && selector.is_empty()) {
+        return None;
+    }
+    let any = meshed
+        .iter()
+        .any(|w| (mesh_wide || w.object.ns() == policy.ns()) && selects(&selector, &w.labels));
+    if any {
+        return None;
+    }
+    Some(if selector.is_empty() {
+        (
+            format!(
+                "namespace {} has no meshed workload for it to apply to",
+                policy.ns()
+            ),
+            "deploy the workloads with sidecars (label the namespace istio-injection=enabled), or remove the policy",
+        )
+    } else {
+        (
+            format!(
+                "its selector ({}) selects no meshed workload {}",
+                selector_text(&selector),
+                if mesh_wide {
+                    "in the mesh".to_string()
+                } else {
+                    format!("in namespace {}", policy.ns())
+                }
+            ),
+            "change the selector to the labels of a workload with a sidecar",
+        )
+    })
+}
+
+/// MESH0004: a RateLimitPolicy that applies to no meshed workload limits nothing.
+fn rate_limit_selectors(snapshot: &Snapshot, out: &mut Vec<Message>) {
+    let workloads = snapshot.workloads();
+    let meshed: Vec<&super::Workload<'_>> = workloads
+        .iter()
+        .filter(|w| workload_meshed(snapshot, w))
+        .collect();
+    for rl in snapshot.of_kind("RateLimitPolicy") {
+        if let Some((what, hint)) = applies_to_nothing(snapshot, rl, &meshed) {
+            out.push(rl.message(MESH0004, format!("{what}: it limits nothing"), hint));
         }
     }
 }
