@@ -588,23 +588,10 @@ fn explain(args: &Args) -> Result<String, String> {
         let _ = writeln!(
             out,
             "{step}. Destination {label} ({share:.0}%){}: {} endpoint(s)",
-            if d.subset.is_empty() {
-                String::new()
-            } else {
-                dr
-            },
+            if d.subset.is_empty() { "" } else { &dr },
             endpoints.len()
         );
         step += 1;
-        let service_dr = snapshot
-            .of_kind("DestinationRule")
-            .find(|dr| {
-                dr.spec()["host"]
-                    .as_str()
-                    .is_some_and(|h| fqdn(h, dr.ns()) == d.host)
-            })
-            .map(|dr| format!(" (DestinationRule {}/{})", dr.ns(), dr.name))
-            .unwrap_or_default();
         let policy = subset
             .and_then(|s| s.traffic_policy.as_ref())
             .or(dest.spec.traffic_policy.as_ref());
@@ -621,7 +608,7 @@ fn explain(args: &Args) -> Result<String, String> {
             if !limits.is_empty() {
                 let _ = writeln!(
                     out,
-                    "   circuit breaker{service_dr}: at most {}; beyond them {} answers 503 (flag UO){}",
+                    "   circuit breaker{dr}: at most {}; beyond them {} answers 503 (flag UO){}",
                     limits.join(", "),
                     client.name,
                     if l4.is_some() {
@@ -642,7 +629,7 @@ fn explain(args: &Args) -> Result<String, String> {
             if let Some(after) = after {
                 let _ = writeln!(
                     out,
-                    "   outlier detection{service_dr}: an endpoint is ejected after {after}, for {} s at first",
+                    "   outlier detection{dr}: an endpoint is ejected after {after}, for {} s at first",
                     od.base_ejection_time_ms / 1000
                 );
             }

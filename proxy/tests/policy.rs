@@ -62,15 +62,26 @@ fn b_with(
     )
 }
 
-/// GET / through `addr` (A's outbound listener, or a proxy's inbound), with `token` as a
+/// GET /orders through `addr` (A's outbound listener, or a proxy's inbound), with `token` as a
 /// bearer token when given: the status, the body and the `x-mesh-authz` header.
 async fn call(addr: SocketAddr, token: Option<&str>) -> (StatusCode, String, Option<String>) {
+    get(addr, "/orders", "shipping", token).await
+}
+
+/// GET `path` of `host` at `addr`, with `token` as a bearer token when given: the status, the
+/// body and the `x-mesh-authz` header.
+async fn get(
+    addr: SocketAddr,
+    path: &str,
+    host: &str,
+    token: Option<&str>,
+) -> (StatusCode, String, Option<String>) {
     let stream = TcpStream::connect(addr).await.unwrap();
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .unwrap();
     tokio::spawn(conn);
-    let mut req = Request::builder().uri("/orders").header("host", "shipping");
+    let mut req = Request::builder().uri(path).header("host", host);
     if let Some(t) = token {
         req = req.header("authorization", format!("Bearer {t}"));
     }
@@ -321,22 +332,9 @@ async fn the_seed_jwt_policy_with_keys_fetched_through_the_mesh() {
 
 /// What `GET /authn` on the admin port `addr` answers for a request bearing `token`.
 async fn admin_authn(addr: SocketAddr, token: Option<&str>) -> serde_json::Value {
-    let stream = TcpStream::connect(addr).await.unwrap();
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    let mut req = Request::builder().uri("/authn").header("host", "localhost");
-    if let Some(t) = token {
-        req = req.header("authorization", format!("Bearer {t}"));
-    }
-    let resp = sender
-        .send_request(req.body(Full::new(Bytes::new())).unwrap())
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), StatusCode::OK);
-    let body = resp.into_body().collect().await.unwrap().to_bytes();
-    serde_json::from_slice(&body).unwrap()
+    let (status, body, _) = get(addr, "/authn", "localhost", token).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    serde_json::from_str(&body).unwrap()
 }
 
 #[tokio::test]
