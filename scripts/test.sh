@@ -44,3 +44,5 @@ fi
 # `cargo test` elsewhere lists them as not run; here they all run, and fail with the reason
 # when what they need is missing.
 cargo nextest run --workspace --locked --no-fail-fast --run-ignored all
+echo "== fuzz: a short pass over every target (the corpus and every crash found are replayed by the tests above)"
+scripts/fuzz.sh --seconds 10

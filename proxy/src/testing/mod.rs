@@ -6,6 +6,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 pub mod ext_authz;
+pub mod fuzz;
 pub mod jwt;
 pub mod otlp;
 pub mod tls;
