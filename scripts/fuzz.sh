@@ -32,9 +32,9 @@ if ! cargo fuzz --version >/dev/null 2>&1; then
   cargo install cargo-fuzz --locked
 fi
 # libFuzzer's instrumentation uses compiler flags the stable toolchain accepts only when told
-# to; a nightly one, when installed, is used as is.
+# to; a nightly one, when installed, is used as is (MESH_FUZZ_STABLE=1: the pinned one anyway).
 cargo_fuzz=(cargo fuzz)
-if rustup toolchain list 2>/dev/null | grep -q '^nightly'; then
+if [ "${MESH_FUZZ_STABLE:-}" != 1 ] && rustup toolchain list 2>/dev/null | grep -q '^nightly'; then
   cargo_fuzz=(cargo +nightly fuzz)
 elif [ "$sanitizer" != none ]; then
   echo "fuzz: --asan needs a nightly toolchain (rustup toolchain install nightly)" >&2
