@@ -250,8 +250,31 @@ pub async fn serve_gateway<I>(
     serve_until_drained(conn, svc, drain, "gateway", peer).await;
 }
 
+/// The most an HTTP/1 request's line and headers may take: more is answered 431. Envoy's
+/// `max_request_headers_kb` default is 60 KiB; hyper's read buffer bounds the head, and is
+/// given 64 KiB (the whole buffer, of which the head is most).
+pub const MAX_HEADER_BYTES: usize = 64 * 1024;
+
+/// The most headers an HTTP/1 request may have: more is answered 431. Envoy's
+/// `max_headers_count` default is 100.
+pub const MAX_HEADERS: usize = 100;
+
+/// The most header bytes an HTTP/2 request may have (`SETTINGS_MAX_HEADER_LIST_SIZE`), as
+/// Envoy's 60 KiB.
+pub const MAX_H2_HEADER_LIST_BYTES: u32 = 60 * 1024;
+
+/// Streams an HTTP/2 client may have open at once on one connection: more are refused
+/// (REFUSED_STREAM). Envoy's default is 2^31-1; Istio's sidecars keep it; a sidecar's caller
+/// that wants more parallelism opens another connection.
+pub const MAX_H2_CONCURRENT_STREAMS: u32 = 1024;
+
+/// Streams an HTTP/2 client may reset before the server accepted them, at once, before the
+/// connection is closed with GOAWAY (the rapid-reset attack, CVE-2023-44487). hyper's default.
+pub const MAX_H2_PENDING_RESETS: usize = 20;
+
 /// Serves one HTTP connection; when a drain begins, asks the client to stop (Connection: close
-/// on HTTP/1.1, GOAWAY on HTTP/2) and lets requests in flight finish.
+/// on HTTP/1.1, GOAWAY on HTTP/2) and lets requests in flight finish. The limits above hold on
+/// every connection the proxy serves.
 pub(crate) async fn serve_until_drained<S, I>(
     conn: I,
     svc: S,
@@ -265,7 +288,19 @@ pub(crate) async fn serve_until_drained<S, I>(
     S::Future: Send + 'static,
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    // No header read timeout: hyper's also times a kept-alive connection between requests, and
+    // apps' pools keep theirs idle far longer (Envoy's idle timeout is an hour). A slow client
+    // is bounded by a timer of our own on the request head (issue 22, not yet).
+    builder
+        .http1()
+        .max_buf_size(MAX_HEADER_BYTES)
+        .max_headers(MAX_HEADERS);
+    builder
+        .http2()
+        .max_header_list_size(MAX_H2_HEADER_LIST_BYTES)
+        .max_concurrent_streams(MAX_H2_CONCURRENT_STREAMS)
+        .max_pending_accept_reset_streams(MAX_H2_PENDING_RESETS);
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(conn), svc);
     tokio::pin!(conn);
     let result = tokio::select! {
