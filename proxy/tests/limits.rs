@@ -98,3 +98,42 @@ async fn an_idle_keep_alive_connection_stays_open() {
         String::from_utf8_lossy(&answer[..n])
     );
 }
+
+#[tokio::test]
+async fn an_http2_client_is_told_the_stream_and_header_limits() {
+    use mesh_proxy::http::{MAX_H2_CONCURRENT_STREAMS, MAX_H2_HEADER_LIST_BYTES};
+    let app = common::http_app().await;
+    let (_proxy, inbound) = sidecar_for(app).await;
+    let mut c = TcpStream::connect(inbound).await.unwrap();
+    // The client preface and an empty SETTINGS frame (h2c with prior knowledge).
+    c.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+        .await
+        .unwrap();
+    // The server's first frame is its SETTINGS: 9 bytes of header, then (id, value) pairs.
+    let mut head = [0u8; 9];
+    c.read_exact(&mut head).await.unwrap();
+    assert_eq!(head[3], 0x4, "the server's first frame is SETTINGS");
+    let len = usize::from(head[0]) << 16 | usize::from(head[1]) << 8 | usize::from(head[2]);
+    let mut payload = vec![0u8; len];
+    c.read_exact(&mut payload).await.unwrap();
+    let settings: std::collections::BTreeMap<u16, u32> = payload
+        .chunks_exact(6)
+        .map(|s| {
+            (
+                u16::from_be_bytes([s[0], s[1]]),
+                u32::from_be_bytes([s[2], s[3], s[4], s[5]]),
+            )
+        })
+        .collect();
+    // SETTINGS_MAX_CONCURRENT_STREAMS (3) and SETTINGS_MAX_HEADER_LIST_SIZE (6).
+    assert_eq!(
+        settings.get(&3),
+        Some(&MAX_H2_CONCURRENT_STREAMS),
+        "{settings:?}"
+    );
+    assert_eq!(
+        settings.get(&6),
+        Some(&MAX_H2_HEADER_LIST_BYTES),
+        "{settings:?}"
+    );
+}
