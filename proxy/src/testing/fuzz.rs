@@ -108,6 +108,11 @@ fn http_pair() -> std::net::SocketAddr {
             .build()
             .expect("a runtime for the http1 target");
         let outbound = runtime.block_on(async {
+            // A fuzzer's process is not started by Rust's `main`, which ignores SIGPIPE: a
+            // write to a connection the peer closed would kill it. Handled here, it is not.
+            if let Ok(pipe) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::pipe()) {
+                std::mem::forget(pipe);
+            }
             let app = tokio::net::TcpListener::bind("127.0.0.1:0")
                 .await
                 .expect("the app binds loopback");
