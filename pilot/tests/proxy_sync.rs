@@ -181,6 +181,7 @@ async fn sidecar(pilot: SocketAddr, id: &str, vip: &str) -> Sidecar {
         debug_authz: false,
         jwks_ca_pem: None,
         gateway: None,
+        limits: Default::default(),
     };
     Sidecar {
         proxy: Proxy::launch(&listeners, setup).await.unwrap(),

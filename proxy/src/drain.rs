@@ -115,32 +115,50 @@ impl Watch {
 
 /// Accepts connections on `listener` until a drain begins, running `handle` for each in its own
 /// task with a drain watch of its own (which holds the drain open until the connection ends).
+/// Past `max` open at once on this listener, a new connection is closed as accepted and
+/// counted in `overflow`.
 pub async fn accept_loop<H, F>(
     listener: tokio::net::TcpListener,
     mut drain: Watch,
     side: &'static str,
+    (max, overflow): (usize, &std::sync::atomic::AtomicU64),
     handle: H,
 ) where
     H: Fn(tokio::net::TcpStream, std::net::SocketAddr, Watch) -> F,
     F: std::future::Future<Output = ()> + Send + 'static,
 {
+    let here = Arc::new(AtomicUsize::new(0));
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((conn, peer)) => {
-                    let open = Open::new(&drain.open);
+                    if here.load(Ordering::Relaxed) >= max {
+                        overflow.fetch_add(1, Ordering::Relaxed);
+                        tracing::debug!("{side}: {max} connections open; closing the one from {peer}");
+                        drop(conn);
+                        continue;
+                    }
+                    let open = (Open::new(&drain.open), Open::new(&here));
                     let work = handle(conn, peer, drain.clone());
                     tokio::spawn(async move {
                         work.await;
                         drop(open);
                     });
                 }
-                Err(e) => tracing::warn!("{side} accept: {e}"),
+                Err(e) => {
+                    // Out of file descriptors, most likely: accepting again at once would spin
+                    // (and log) as fast as the core goes, so wait a little for some to close.
+                    tracing::warn!("{side} accept: {e}");
+                    tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
+                }
             },
             () = drain.signaled() => return,
         }
     }
 }
+
+/// How long a listener waits after a failed accept before accepting again.
+const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
 
 /// One open connection, counted until dropped.
 struct Open(Arc<AtomicUsize>);

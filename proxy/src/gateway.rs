@@ -14,6 +14,7 @@ use tokio::task::JoinHandle;
 
 use crate::drain;
 use crate::inputs::Inputs;
+use crate::metrics::{Listener, Refusal};
 
 /// How long a client may take to complete its TLS handshake.
 const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
@@ -60,80 +61,100 @@ pub async fn serve(ip: IpAddr, inputs: Arc<Inputs>, mut drain: drain::Watch) {
 }
 
 async fn accept(listener: TcpListener, inputs: Arc<Inputs>, drain: drain::Watch) {
-    drain::accept_loop(listener, drain, "gateway", move |conn, peer, watch| {
-        let inputs = inputs.clone();
-        async move {
-            let Ok(local) = conn.local_addr() else { return };
-            let _ = conn.set_nodelay(true);
-            let (protocol, tls) = {
-                let state = inputs.state.borrow();
-                state
-                    .gateway
-                    .get(&local.port())
-                    .map_or((crate::state::Protocol::Http, false), |p| {
-                        (p.protocol, !p.tls.is_empty())
-                    })
-            };
-            if matches!(
-                protocol,
-                crate::state::Protocol::Tls | crate::state::Protocol::Tcp
-            ) {
-                // Passed through by SNI, or TCP: the listener's routes pick the destination.
-                let sni = if protocol == crate::state::Protocol::Tls {
-                    crate::tls::peek_sni(&conn, HANDSHAKE_TIMEOUT).await
-                } else {
-                    None
+    let limits_from = inputs.clone();
+    drain::accept_loop(
+        listener,
+        drain,
+        "gateway",
+        limits_from.connection_limit(Listener::Gateway),
+        move |conn, peer, watch| {
+            let inputs = inputs.clone();
+            async move {
+                let Ok(local) = conn.local_addr() else { return };
+                let _ = conn.set_nodelay(true);
+                let (protocol, tls) = {
+                    let state = inputs.state.borrow();
+                    state
+                        .gateway
+                        .get(&local.port())
+                        .map_or((crate::state::Protocol::Http, false), |p| {
+                            (p.protocol, !p.tls.is_empty())
+                        })
                 };
-                let state = inputs.state.borrow().clone();
-                // Never without routes: the passthrough it would fall back to is this listener.
-                let Some(routes) = state
-                    .gateway
-                    .get(&local.port())
-                    .and_then(|p| p.hosts.first())
-                    .map(|h| h.routes.clone())
-                else {
+                if matches!(
+                    protocol,
+                    crate::state::Protocol::Tls | crate::state::Protocol::Tcp
+                ) {
+                    // Passed through by SNI, or TCP: the listener's routes pick the destination.
+                    let sni = if protocol == crate::state::Protocol::Tls {
+                        crate::tls::peek_sni(&conn, HANDSHAKE_TIMEOUT).await
+                    } else {
+                        None
+                    };
+                    let state = inputs.state.borrow().clone();
+                    // Never without routes: the passthrough it would fall back to is this listener.
+                    let Some(routes) = state
+                        .gateway
+                        .get(&local.port())
+                        .and_then(|p| p.hosts.first())
+                        .map(|h| h.routes.clone())
+                    else {
+                        return;
+                    };
+                    crate::tcp::outbound::forward_to(
+                        conn,
+                        peer,
+                        local,
+                        &inputs,
+                        &state,
+                        Some(&routes),
+                        sni.as_deref(),
+                    )
+                    .await;
+                    return;
+                }
+                if !tls {
+                    crate::http::serve_gateway(conn, peer, local, false, inputs, watch).await;
+                    return;
+                }
+                let acceptor = tokio_rustls::LazyConfigAcceptor::new(
+                    rustls::server::Acceptor::default(),
+                    conn,
+                );
+                let Ok(Ok(start)) = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor).await else {
+                    refused(&inputs, Refusal::TlsHandshake);
+                    tracing::debug!(%peer, "gateway: no TLS ClientHello");
                     return;
                 };
-                crate::tcp::outbound::forward_to(
-                    conn,
-                    peer,
-                    local,
-                    &inputs,
-                    &state,
-                    Some(&routes),
-                    sni.as_deref(),
-                )
-                .await;
-                return;
-            }
-            if !tls {
-                crate::http::serve_gateway(conn, peer, local, false, inputs, watch).await;
-                return;
-            }
-            let acceptor =
-                tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), conn);
-            let Ok(Ok(start)) = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor).await else {
-                tracing::debug!(%peer, "gateway: no TLS ClientHello");
-                return;
-            };
-            let config = {
-                let state = inputs.state.borrow();
-                let sni = start.client_hello().server_name().map(str::to_string);
-                state
-                    .gateway
-                    .get(&local.port())
-                    .and_then(|p| crate::tls::terminate::pick(&p.tls, sni.as_deref()))
-                    .map(|t| t.config.clone())
-            };
-            let Some(config) = config else { return };
-            match tokio::time::timeout(HANDSHAKE_TIMEOUT, start.into_stream(config)).await {
-                Ok(Ok(stream)) => {
-                    crate::http::serve_gateway(stream, peer, local, true, inputs, watch).await;
+                let config = {
+                    let state = inputs.state.borrow();
+                    let sni = start.client_hello().server_name().map(str::to_string);
+                    state
+                        .gateway
+                        .get(&local.port())
+                        .and_then(|p| crate::tls::terminate::pick(&p.tls, sni.as_deref()))
+                        .map(|t| t.config.clone())
+                };
+                let Some(config) = config else { return };
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, start.into_stream(config)).await {
+                    Ok(Ok(stream)) => {
+                        crate::http::serve_gateway(stream, peer, local, true, inputs, watch).await;
+                    }
+                    Ok(Err(e)) => {
+                        refused(&inputs, Refusal::TlsHandshake);
+                        tracing::debug!(%peer, "gateway: TLS handshake: {e}");
+                    }
+                    Err(_) => {
+                        refused(&inputs, Refusal::TlsHandshake);
+                        tracing::debug!(%peer, "gateway: TLS handshake timed out");
+                    }
                 }
-                Ok(Err(e)) => tracing::debug!(%peer, "gateway: TLS handshake: {e}"),
-                Err(_) => tracing::debug!(%peer, "gateway: TLS handshake timed out"),
             }
-        }
-    })
+        },
+    )
     .await;
+}
+
+fn refused(inputs: &Inputs, why: Refusal) {
+    inputs.metrics.refused().count(Listener::Gateway, why);
 }

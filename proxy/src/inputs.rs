@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::watch;
 
@@ -42,6 +43,8 @@ pub struct Inputs {
     /// Where spans go, kept across states; set once the proxy runs (spans are sent through the
     /// proxy's own outbound path).
     pub tracers: std::sync::OnceLock<crate::telemetry::trace::Tracers>,
+    /// The limits of the traffic listeners' connections.
+    pub limits: Limits,
 }
 
 impl Inputs {
@@ -83,6 +86,7 @@ impl Inputs {
             debug_authz: false,
             rate_limits: Default::default(),
             tracers: std::sync::OnceLock::new(),
+            limits: Limits::default(),
         }
     }
 
@@ -96,6 +100,19 @@ impl Inputs {
         w
     }
 
+    /// How many connections `listener` may hold open at once, and the counter of those it
+    /// closed past that.
+    pub fn connection_limit(
+        &self,
+        listener: metrics::Listener,
+    ) -> (usize, &std::sync::atomic::AtomicU64) {
+        let counter = self
+            .metrics
+            .refused()
+            .counter(listener, metrics::Refusal::ConnectionLimit);
+        (self.limits.max_connections, counter)
+    }
+
     /// True once the proxy has a state to serve with (and its certificate, when it has an
     /// identity).
     pub fn ready(&self) -> bool {
@@ -103,5 +120,42 @@ impl Inputs {
             || self.state.has_changed().unwrap_or(false);
         let identity = self.svids.as_ref().is_none_or(|s| s.borrow().is_some());
         state && identity
+    }
+}
+
+/// How long a request's line and headers may take to arrive, from their first byte: longer, and
+/// the connection is closed. Envoy leaves `request_headers_timeout` off by default and its edge
+/// guidance sets 10 s; ours is on everywhere, as a sidecar's callers are not all well behaved.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a served connection may carry nothing, either way, before it is closed (HTTP/1:
+/// closed when between requests; HTTP/2: GOAWAY, then closed once its streams are done).
+/// Envoy's `idle_timeout` default (and Istio's) is an hour.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
+
+/// The most connections each traffic listener holds open at once, unless told otherwise
+/// (`mesh-proxy run --max-connections`). Envoy sets no limit per listener by default (Istio
+/// sets its overload manager's global one to 2^31-1); past the open-file limit accepting
+/// fails anyway, so `mesh-proxy run` lowers this to a quarter of that limit when it is smaller.
+pub const MAX_CONNECTIONS: usize = 100_000;
+
+/// The limits of the traffic listeners' connections that can be set per proxy.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Connections open at once per listener; more are closed as they are accepted.
+    pub max_connections: usize,
+    /// How long an HTTP/1 request's headers may take from their first byte.
+    pub header_read_timeout: Duration,
+    /// How long a served HTTP connection may carry nothing before it is closed.
+    pub idle_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_connections: MAX_CONNECTIONS,
+            header_read_timeout: HEADER_READ_TIMEOUT,
+            idle_timeout: IDLE_TIMEOUT,
+        }
     }
 }

@@ -99,6 +99,8 @@ pub struct Setup {
     /// Gateway mode: the address the gateway's listeners bind (their ports come with the
     /// state); `None` for a sidecar.
     pub gateway: Option<std::net::IpAddr>,
+    /// The limits of the traffic listeners' connections.
+    pub limits: http::Limits,
 }
 
 /// A running proxy.
@@ -165,6 +167,7 @@ impl Proxy {
             debug_authz: false,
             jwks_ca_pem: None,
             gateway: None,
+            limits: http::Limits::default(),
         };
         Self::launch(listeners, setup).await
     }
@@ -182,6 +185,7 @@ impl Proxy {
             debug_authz,
             jwks_ca_pem,
             gateway,
+            limits,
         } = setup;
         let outbound = bind(listeners.outbound, "outbound").await?;
         let inbound = bind(listeners.inbound, "inbound").await?;
@@ -207,6 +211,7 @@ impl Proxy {
             bound.metrics,
         ];
         inputs.debug_authz = debug_authz;
+        inputs.limits = limits;
         let inputs = Arc::new(inputs);
         let fetch = http::fetch::MeshFetch::new(Arc::downgrade(&inputs), jwks_ca_pem);
         let _ = inputs
@@ -244,6 +249,7 @@ impl Proxy {
                 app.clone(),
             )),
         ];
+        tasks.push(tokio::spawn(close_idle_upstreams(inputs.clone())));
         if let Some(ip) = gateway {
             tasks.push(tokio::spawn(gateway::serve(ip, inputs, watch)));
         }
@@ -283,6 +289,19 @@ impl Proxy {
             t.abort();
         }
         finished
+    }
+}
+
+/// How often pooled upstream connections idle past their timeout are closed.
+const UPSTREAM_IDLE_SWEEP: Duration = Duration::from_secs(15);
+
+/// Closes pooled upstream connections idle past their timeout, every [`UPSTREAM_IDLE_SWEEP`].
+async fn close_idle_upstreams(inputs: Arc<Inputs>) {
+    let mut every = tokio::time::interval(UPSTREAM_IDLE_SWEEP);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        inputs.upstreams.close_idle();
     }
 }
 

@@ -141,6 +141,12 @@ struct RunArgs {
     /// How long connections in flight may take to finish after a drain begins, in seconds.
     #[arg(long, default_value_t = 5)]
     drain_timeout_secs: u64,
+    /// The most connections each traffic listener (outbound, inbound, gateway) holds open at
+    /// once; more are closed as they are accepted, and counted in
+    /// `mesh_proxy_refused_total{reason="connection_limit"}`. By default a quarter of the
+    /// open-file limit (raised to its hard limit at start), at most 100000.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    max_connections: Option<u64>,
     /// The CA to get the workload certificate from: `https://PILOT:15012` (with
     /// --ca-root-file), or `http://` to a CA on loopback only. Without it the proxy has no
     /// identity: no mTLS, plaintext between proxies.
@@ -459,6 +465,9 @@ fn run_config(args: &RunArgs) -> anyhow::Result<RunConfig> {
         app_probers: args.app_probers.clone(),
         app_metrics: args.app_metrics.clone(),
         gateway: matches!(args.mode, Mode::Gateway).then_some(bind),
+        max_connections: args
+            .max_connections
+            .map(|n| usize::try_from(n).unwrap_or(usize::MAX)),
     })
 }
 

@@ -131,6 +131,9 @@ pub struct RunConfig {
     /// Gateway mode: the address the gateway's listeners bind (their ports come from pilot);
     /// `None` for a sidecar.
     pub gateway: Option<std::net::IpAddr>,
+    /// The most connections each traffic listener holds open at once; `None`: the smaller of
+    /// [`crate::http::MAX_CONNECTIONS`] and a quarter of the open-file limit.
+    pub max_connections: Option<usize>,
 }
 
 /// Why the proxy could not start (once started it only stops by draining).
@@ -251,6 +254,12 @@ async fn serve(config: &RunConfig) -> Result<(), RunError> {
         debug_authz: config.debug_authz,
         jwks_ca_pem,
         gateway: config.gateway,
+        limits: crate::http::Limits {
+            max_connections: config
+                .max_connections
+                .unwrap_or_else(max_connections_for_files),
+            ..Default::default()
+        },
     };
     let probers = config
         .app_probers
@@ -316,6 +325,25 @@ fn pod_name(w: &WorkloadConfig) -> String {
 
 /// The workload as metrics label it: its workload name (else the pod's), namespace, identity
 /// (when the proxy has one) and labels.
+/// Raises the open-file limit to its hard limit (as Envoy's and Linkerd's images run with a
+/// high one), and returns how many connections a listener may hold open under it: a quarter
+/// (a proxied connection takes two descriptors, and three listeners share them), at most
+/// [`crate::http::MAX_CONNECTIONS`], so a flood is refused by count before accepting fails.
+fn max_connections_for_files() -> usize {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        return crate::http::MAX_CONNECTIONS;
+    };
+    let files = if hard > soft && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_ok() {
+        hard
+    } else {
+        soft
+    };
+    usize::try_from(files / 4)
+        .unwrap_or(usize::MAX)
+        .clamp(64, crate::http::MAX_CONNECTIONS)
+}
+
 fn workload_of(config: &RunConfig) -> metrics::Workload {
     let w = &config.workload;
     let name = if w.workload.is_empty() {

@@ -73,6 +73,7 @@ async fn gateway(state: watch::Receiver<Arc<State>>) -> Proxy {
             debug_authz: false,
             jwks_ca_pem: None,
             gateway: Some([127, 0, 0, 1].into()),
+            limits: Default::default(),
         },
     )
     .await

@@ -372,6 +372,7 @@ async fn lone_proxy(state: Arc<State>, app: SocketAddr, adjust: impl FnOnce(&mut
         debug_authz: false,
         jwks_ca_pem: None,
         gateway: None,
+        limits: Default::default(),
     };
     adjust(&mut setup);
     Proxy::launch(&testing::loopback(), setup).await.unwrap()

@@ -188,6 +188,33 @@ async fn a_body_is_sent_again_whole() {
 }
 
 #[tokio::test]
+async fn a_body_larger_than_the_retry_buffer_goes_once_whole() {
+    const OVER: usize = 64 * 1024 + 1;
+    assert_eq!(
+        OVER as u64,
+        mesh_proxy::http::RETRY_BODY_LIMIT + 1,
+        "the test's body is one byte over the buffer"
+    );
+    let (flaky, count) = app(|n| match n {
+        0 | 1 => (StatusCode::SERVICE_UNAVAILABLE, Duration::ZERO),
+        _ => (StatusCode::OK, Duration::ZERO),
+    })
+    .await;
+    let (proxy, _tx) = proxy_for(state(&[flaky], retry_on(1, &["5xx"], 0), 0, None)).await;
+    // Not kept for a retry: streamed through once, and the app's answer is the caller's.
+    let (status, body) = send(proxy.bound.outbound, Method::PUT, &[b'x'; OVER]).await;
+    assert_eq!(
+        (status, body.as_str()),
+        (StatusCode::SERVICE_UNAVAILABLE, OVER.to_string().as_str())
+    );
+    assert_eq!(count.load(Ordering::SeqCst), 1);
+    // At the limit, it is kept and sent again (the app's second 503, then its 200).
+    let (status, body) = send(proxy.bound.outbound, Method::PUT, &[b'x'; OVER - 1]).await;
+    assert_eq!((status, body), (StatusCode::OK, (OVER - 1).to_string()));
+    assert_eq!(count.load(Ordering::SeqCst), 3);
+}
+
+#[tokio::test]
 async fn a_slow_try_is_cut_and_tried_again_and_the_route_timeout_bounds_all_tries() {
     // The first answer would take 10 s; the per-try timeout cuts it at 100 ms.
     let (slow_first, count) = app(|n| match n {

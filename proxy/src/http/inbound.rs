@@ -8,6 +8,7 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use crate::metrics::Listener;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::header::HeaderValue;
@@ -41,13 +42,14 @@ pub async fn serve_inbound<I>(
         .map(|peer| forwarded_client_cert(&inputs, peer));
     let peer_ip = HeaderValue::from_str(&peer.ip().to_string()).ok();
     let caller = Arc::new((client_cert, peer_ip, peer_identity, sni));
-    let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+    let served = inputs.clone();
+    let svc = move |req: Request<Incoming>| {
         let inputs = inputs.clone();
         let caller = caller.clone();
         // Boxed: over HTTP/2 hyper spawns a task per request, and the task's future (this one
         // inside) is copied several times on the way; a box is copied as one pointer.
         Box::pin(async move {
-            let mut req = req.map(super::boxed);
+            let mut req = super::guard::into_proxy_body(req);
             let (client_cert, peer_ip, identity, sni) = caller.as_ref();
             // What a calling sidecar says of its workload is taken only over mTLS, and never
             // passed to the app.
@@ -75,8 +77,8 @@ pub async fn serve_inbound<I>(
             };
             Ok::<_, Infallible>(inbound_request(req, caller, dst, &inputs, app).await)
         })
-    });
-    super::serve_until_drained(conn, svc, drain, "inbound", peer).await;
+    };
+    super::serve_until_drained(conn, svc, drain, Listener::Inbound, peer, &served).await;
 }
 
 /// What a caller's mesh mTLS proved (nothing for plaintext).

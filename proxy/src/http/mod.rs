@@ -8,6 +8,7 @@ pub mod ext_authz;
 mod fault;
 pub mod fetch;
 mod forward;
+pub mod guard;
 pub mod headers;
 mod inbound;
 mod mirror;
@@ -15,6 +16,9 @@ mod outbound;
 pub mod policy;
 mod retry;
 
+pub use retry::BODY_LIMIT as RETRY_BODY_LIMIT;
+
+pub use crate::inputs::{HEADER_READ_TIMEOUT, IDLE_TIMEOUT, Limits, MAX_CONNECTIONS};
 pub use inbound::{PeerTls, serve_inbound};
 
 pub use crate::body::{Body, BoxError, boxed, full};
@@ -24,12 +28,12 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode, Uri};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpStream;
 
 use crate::inputs::Inputs;
+use crate::metrics::{Listener, Refusal};
 
 /// What the metrics need of a request, taken before it is sent on: whether it is gRPC, and
 /// its body's declared size (Content-Length, or an HTTP/2 body's known length; a streamed body
@@ -217,11 +221,12 @@ pub async fn serve_outbound(
         gateway: false,
         https: false,
     });
-    let svc = hyper::service::service_fn(move |req| {
+    let inputs = ctx.inputs.clone();
+    let svc = move |req| {
         let ctx = ctx.clone();
         async move { Ok::<_, Infallible>(outbound::request(req, &ctx).await) }
-    });
-    serve_until_drained(conn, svc, drain, "outbound", peer).await;
+    };
+    serve_until_drained(conn, svc, drain, Listener::Outbound, peer, &inputs).await;
 }
 
 /// Serves HTTP/1.1 or HTTP/2 on a connection a gateway listener (`local`) accepted: `conn`
@@ -243,11 +248,12 @@ pub async fn serve_gateway<I>(
         gateway: true,
         https,
     });
-    let svc = hyper::service::service_fn(move |req| {
+    let inputs = ctx.inputs.clone();
+    let svc = move |req| {
         let ctx = ctx.clone();
         async move { Ok::<_, Infallible>(outbound::request(req, &ctx).await) }
-    });
-    serve_until_drained(conn, svc, drain, "gateway", peer).await;
+    };
+    serve_until_drained(conn, svc, drain, Listener::Gateway, peer, &inputs).await;
 }
 
 /// The most an HTTP/1 request's line and headers may take: more is answered 431. Envoy's
@@ -274,24 +280,33 @@ pub const MAX_H2_PENDING_RESETS: usize = 20;
 
 /// Serves one HTTP connection; when a drain begins, asks the client to stop (Connection: close
 /// on HTTP/1.1, GOAWAY on HTTP/2) and lets requests in flight finish. The limits above hold on
-/// every connection the proxy serves.
+/// every connection the proxy serves, and `inputs.limits`' timers (`guard`).
 pub(crate) async fn serve_until_drained<S, I>(
     conn: I,
     svc: S,
     mut drain: crate::drain::Watch,
-    side: &str,
+    side: Listener,
     peer: SocketAddr,
+    inputs: &Inputs,
 ) where
-    S: hyper::service::Service<Request<Incoming>, Response = Response<Body>, Error = Infallible>
-        + Send
+    guard::Tracked<S>: hyper::service::Service<
+            Request<hyper::body::Incoming>,
+            Response = Response<Body>,
+            Error = Infallible,
+        > + Send
         + 'static,
-    S::Future: Send + 'static,
+    <guard::Tracked<S> as hyper::service::Service<Request<hyper::body::Incoming>>>::Future:
+        Send + 'static,
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
+    let limits = inputs.limits;
+    let tracker = Arc::new(guard::Tracker::default());
+    let io = guard::Guarded::new(conn, tracker.clone(), limits);
+    let svc = guard::Tracked::new(svc, tracker.clone());
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-    // No header read timeout: hyper's also times a kept-alive connection between requests, and
-    // apps' pools keep theirs idle far longer (Envoy's idle timeout is an hour). A slow client
-    // is bounded by a timer of our own on the request head (issue 22, not yet).
+    // No hyper header read timeout: hyper's also times a kept-alive connection between
+    // requests, and apps' pools keep theirs idle far longer; `guard` times a head from its
+    // first byte instead.
     // MAX_HEADERS is hyper's own default, left unset: set, hyper parses into a heap array
     // per request instead of one on the stack (5% more instructions per request).
     builder.http1().max_buf_size(MAX_HEADER_BYTES);
@@ -300,18 +315,49 @@ pub(crate) async fn serve_until_drained<S, I>(
         .max_header_list_size(MAX_H2_HEADER_LIST_BYTES)
         .max_concurrent_streams(MAX_H2_CONCURRENT_STREAMS)
         .max_pending_accept_reset_streams(MAX_H2_PENDING_RESETS);
-    let conn = builder.serve_connection_with_upgrades(TokioIo::new(conn), svc);
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
     tokio::pin!(conn);
     let result = tokio::select! {
+        biased;
         r = conn.as_mut() => r,
         () = drain.signaled() => {
             conn.as_mut().graceful_shutdown();
             conn.await
         }
+        () = tracker.idle() => {
+            inputs.metrics.refused().count(side, Refusal::IdleTimeout);
+            tracing::debug!("{side} http connection from {peer}: idle for {:?}, closing", limits.idle_timeout);
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
     };
     if let Err(e) = result {
+        if let Some(why) = refusal_of(e.as_ref()) {
+            inputs.metrics.refused().count(side, why);
+        }
         tracing::debug!("{side} http connection from {peer}: {e}");
     }
+}
+
+/// What a served connection's error says the proxy refused: a head that timed out (`guard`), or
+/// an HTTP/2 client that broke the connection's limits (h2 closed it with GOAWAY).
+fn refusal_of(e: &(dyn std::error::Error + 'static)) -> Option<Refusal> {
+    let mut cause = Some(e);
+    while let Some(c) = cause {
+        if let Some(io) = c.downcast_ref::<std::io::Error>()
+            && io.kind() == std::io::ErrorKind::TimedOut
+        {
+            return Some(Refusal::HeaderTimeout);
+        }
+        if let Some(h2) = c.downcast_ref::<h2::Error>()
+            && h2.is_go_away()
+            && h2.is_library()
+        {
+            return Some(Refusal::Http2Abuse);
+        }
+        cause = c.source();
+    }
+    None
 }
 /// The request's URI with a new path and query.
 pub fn with_path(uri: &Uri, path_and_query: &str) -> Option<Uri> {

@@ -5,20 +5,20 @@
 use std::sync::Arc;
 
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
 
 use super::forward::forward;
 use super::retry::Policy;
-use super::{Body, Conn, boxed, full, headers, reply};
+use super::{Body, Conn, full, headers, reply};
 use crate::inputs::Inputs;
 use crate::route::http::{self as route, request_hash_key as hash_key};
 use crate::route::{Target, choose_weighted, endpoint_in, to_destination};
 use crate::state::{OutboundPolicy, Port, Protocol, Service, State, proto};
+use hyper::body::Incoming;
 
 /// Routes and forwards one request.
 pub(super) async fn request(req: Request<Incoming>, ctx: &Conn) -> Response<Body> {
-    let mut req = req.map(boxed);
+    let mut req = super::guard::into_proxy_body(req);
     let state = ctx.inputs.state.borrow().clone();
     let started = tokio::time::Instant::now();
     // Outbound requests and every request of a gateway are the CLIENT side's.

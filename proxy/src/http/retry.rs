@@ -19,7 +19,7 @@ use crate::state::proto;
 
 /// The largest request body kept so it can be sent again (Envoy buffers up to its
 /// per-connection buffer limit; a larger body goes once).
-pub(super) const BODY_LIMIT: u64 = 64 * 1024;
+pub const BODY_LIMIT: u64 = 64 * 1024;
 
 /// Envoy's base back-off interval when a route sets none; the most is ten times the base.
 const BACKOFF_BASE: Duration = Duration::from_millis(25);

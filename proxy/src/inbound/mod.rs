@@ -12,6 +12,7 @@ use tokio::net::{TcpListener, TcpStream};
 
 use crate::drain;
 use crate::inputs::Inputs;
+use crate::metrics::{Listener, Refusal};
 use crate::socket::OriginalDst;
 use crate::state::{PeerMode, Protocol};
 
@@ -22,10 +23,17 @@ pub async fn serve(
     dst: Arc<dyn OriginalDst>,
     drain: drain::Watch,
 ) {
-    drain::accept_loop(listener, drain, "inbound", move |conn, peer, watch| {
-        let (inputs, dst) = (inputs.clone(), dst.clone());
-        async move { handle(conn, peer, &inputs, dst.as_ref(), watch).await }
-    })
+    let limits_from = inputs.clone();
+    drain::accept_loop(
+        listener,
+        drain,
+        "inbound",
+        limits_from.connection_limit(Listener::Inbound),
+        move |conn, peer, watch| {
+            let (inputs, dst) = (inputs.clone(), dst.clone());
+            async move { handle(conn, peer, &inputs, dst.as_ref(), watch).await }
+        },
+    )
     .await;
 }
 
@@ -64,6 +72,7 @@ async fn handle(
             return;
         }
         if mode == PeerMode::Strict {
+            refused(inputs, Refusal::PlaintextToStrict);
             tracing::info!(target: "access", "inbound {peer} -> {dst} flags=UAEX plaintext refused: mutual TLS is STRICT on this port");
             return;
         }
@@ -112,10 +121,12 @@ async fn mtls_inbound(
     {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
+            refused(inputs, Refusal::TlsHandshake);
             tracing::info!(target: "access", "inbound {peer} -> {dst} flags=UAEX mTLS handshake refused: {e}");
             return;
         }
         Err(_) => {
+            refused(inputs, Refusal::TlsHandshake);
             tracing::info!(target: "access", "inbound {peer} -> {dst} flags=UAEX mTLS handshake timed out");
             return;
         }
@@ -140,4 +151,8 @@ async fn mtls_inbound(
     }
     let tls = crate::http::PeerTls { identity, sni };
     crate::http::serve_inbound(stream, peer, dst, inputs.clone(), declared, drain, tls).await;
+}
+
+fn refused(inputs: &Inputs, why: Refusal) {
+    inputs.metrics.refused().count(Listener::Inbound, why);
 }

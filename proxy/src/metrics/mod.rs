@@ -9,6 +9,9 @@
 //! adds. The label text is only put together when Prometheus scrapes.
 
 mod labels;
+mod refused;
+
+pub use refused::{Listener, Refusal, Refusals};
 
 pub use labels::{UNKNOWN, Workload};
 
@@ -433,6 +436,7 @@ pub struct Metrics {
     peer_header: hyper::header::HeaderValue,
     requests: Series<RequestSeries>,
     tcp: Series<TcpSeries>,
+    refused: Refusals,
 }
 
 impl Default for Metrics {
@@ -451,7 +455,13 @@ impl Metrics {
             peer_header,
             requests: RwLock::default(),
             tcp: RwLock::default(),
+            refused: Refusals::default(),
         }
+    }
+
+    /// What the proxy refused or closed to protect itself, by listener and reason.
+    pub fn refused(&self) -> &Refusals {
+        &self.refused
     }
 
     /// The workload this proxy runs beside.
@@ -811,6 +821,17 @@ impl Collector for Metrics {
                 MetricType::Info,
             )?
             .encode_info(&info)?;
+        let mut family = encoder.encode_descriptor(
+            "mesh_proxy_refused",
+            "Connections the proxy refused or closed to protect itself, by listener and reason",
+            None,
+            MetricType::Counter,
+        )?;
+        for (listener, why, n) in self.refused.all() {
+            family
+                .encode_family(&[("listener", listener.as_str()), ("reason", why.as_str())])?
+                .encode_counter::<NoLabelSet, _, u64>(&n, None)?;
+        }
         let sinks = crate::telemetry::access_log::sinks();
         if !sinks.is_empty() {
             let mut family = encoder.encode_descriptor(

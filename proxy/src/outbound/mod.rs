@@ -26,10 +26,17 @@ pub async fn serve(
     dst: Arc<dyn OriginalDst>,
     drain: drain::Watch,
 ) {
-    drain::accept_loop(listener, drain, "outbound", move |conn, peer, watch| {
-        let (inputs, dst) = (inputs.clone(), dst.clone());
-        async move { handle(conn, peer, &inputs, dst.as_ref(), watch).await }
-    })
+    let limits_from = inputs.clone();
+    drain::accept_loop(
+        listener,
+        drain,
+        "outbound",
+        limits_from.connection_limit(crate::metrics::Listener::Outbound),
+        move |conn, peer, watch| {
+            let (inputs, dst) = (inputs.clone(), dst.clone());
+            async move { handle(conn, peer, &inputs, dst.as_ref(), watch).await }
+        },
+    )
     .await;
 }
 

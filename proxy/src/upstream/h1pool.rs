@@ -25,7 +25,7 @@ use super::breaker::{Breaker, ConnPermit, Overflow, Room};
 use crate::body::{Body, BoxError, boxed};
 
 /// How long an idle connection is kept (as hyper-util's pool was configured).
-const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+pub(crate) const IDLE_TIMEOUT: Duration = super::POOL_IDLE_TIMEOUT;
 /// Idle connections kept per address; more are closed when they come back.
 const MAX_IDLE_PER_ADDR: usize = 1024;
 
@@ -182,6 +182,15 @@ impl H1Pool {
                 }
             }
         }
+    }
+
+    /// Closes the idle connections that have idled out.
+    pub fn close_idle(&self) {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        idle.retain(|_, stack| {
+            stack.retain(|i| i.since.elapsed() <= self.idle_timeout);
+            !stack.is_empty()
+        });
     }
 
     /// An idle connection to `addr` that has not idled out (dropping one closes it).

@@ -36,7 +36,7 @@ use crate::tls::connect::{MtlsClient, tcp_within};
 use crate::tls::mtls::ALPN_MESH_H2;
 
 /// A connection unused this long is closed (as hyper-util's pool was configured).
-const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+const IDLE_TIMEOUT: Duration = super::POOL_IDLE_TIMEOUT;
 
 /// Flow-control windows and limits: hyper's defaults for its HTTP/2 client, kept as they were.
 const STREAM_WINDOW: u32 = 2 * 1024 * 1024;
@@ -195,6 +195,17 @@ impl H2Pool {
             list.swap_remove(at);
         }
         Some(sender)
+    }
+
+    /// Closes the connections unused for the idle timeout (a connection goes once the
+    /// streams still on it finish, as they hold their own handles).
+    pub fn close_idle(&self) {
+        let now = Instant::now();
+        let mut conns = self.conns.lock().unwrap_or_else(|e| e.into_inner());
+        conns.retain(|_, list| {
+            list.retain(|c| !c.is_closed() && now.duration_since(c.used) <= self.idle_timeout);
+            !list.is_empty()
+        });
     }
 
     /// Whether a connection that carried `streams` may take no more.

@@ -17,6 +17,12 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
 use crate::body::{Body, boxed};
+
+/// How long a pooled upstream connection may idle before it is closed, unless a
+/// DestinationRule's `connectionPool.http.idleTimeout` says otherwise. Envoy's default (and
+/// Istio's) is an hour; apps commonly close theirs sooner (60 s is common), and a pool that
+/// outlives the app's own timeout sends requests into connections the app is closing.
+pub const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 use crate::socket::PASSTHROUGH_SOURCE;
 use crate::state::PoolLimits;
 use crate::tls::connect::{MeshConnector, MtlsClient, Originations};
@@ -59,8 +65,11 @@ impl Clients {
     fn client(connector: MeshConnector, h2: bool) -> Client<MeshConnector, Body> {
         let mut builder = Client::builder(TokioExecutor::new());
         builder
-            .pool_idle_timeout(Duration::from_secs(90))
-            .pool_max_idle_per_host(usize::MAX);
+            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+            .pool_max_idle_per_host(usize::MAX)
+            // With a timer, the pool closes connections idle past the timeout by itself (else
+            // it only skips them when it next looks for one).
+            .pool_timer(hyper_util::rt::TokioTimer::new());
         if h2 {
             builder.http2_only(true);
         }
@@ -184,6 +193,27 @@ impl Upstreams {
             .collect();
         out.sort_by(|a, b| a.0.cmp(&b.0));
         out
+    }
+
+    /// Closes the pooled connections that have idled past their pool's idle timeout (90 s,
+    /// or a DestinationRule's `idleTimeout`): the pools skip them anyway, and this lets their
+    /// sockets go.
+    pub fn close_idle(&self) {
+        self.outbound_h1.close_idle();
+        self.outbound_h2.close_idle();
+        self.app_h1.close_idle();
+        let clusters: Vec<_> = self
+            .limited
+            .by_name
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        for c in clusters {
+            c.h1.close_idle();
+            c.h2.close_idle();
+        }
     }
 
     /// Mesh mTLS, when the proxy has an identity.

@@ -192,6 +192,7 @@ pub async fn pair(
             debug_authz: false,
             jwks_ca_pem: None,
             gateway: None,
+            limits: Default::default(),
         },
     )
     .await
@@ -211,6 +212,7 @@ pub async fn pair(
             debug_authz: false,
             jwks_ca_pem: None,
             gateway: None,
+            limits: Default::default(),
         },
     )
     .await
