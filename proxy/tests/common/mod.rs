@@ -23,6 +23,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
+pub mod raw_h2;
+
 pub const ORDER: &str = "spiffe://cluster.local/ns/default/sa/order";
 pub const SHIPPING: &str = "spiffe://cluster.local/ns/default/sa/shipping";
 
