@@ -33,6 +33,10 @@ pub trait Cluster: Sync {
     fn pilot_debug(&self, path: &str) -> anyhow::Result<serde_json::Value>;
     /// Kills the control plane as a crash would (SIGKILL) and waits until it serves again.
     fn restart_control_plane(&self) -> anyhow::Result<()>;
+    /// Takes a pod away: `kill` as a crash would (SIGKILL to its app and sidecar at once),
+    /// else as a rollout does (SIGTERM, the sidecar drains, then the rest); either way its
+    /// endpoint leaves the mesh.
+    fn remove_pod(&self, pod: &str, kill: bool) -> anyhow::Result<()>;
     /// A pod's address.
     fn pod_ip(&self, pod: &str) -> anyhow::Result<String>;
     /// Where the ingress gateway's port 80 is reached from a pod: `address:80`.
@@ -259,6 +263,20 @@ impl Cluster for LocalCluster {
             "the control plane survived SIGKILL"
         );
         self.mesh.up()?;
+        Ok(())
+    }
+
+    fn remove_pod(&self, pod: &str, kill: bool) -> anyhow::Result<()> {
+        if kill {
+            let record = self.mesh.pod(pod)?;
+            for p in record.app.iter().chain(record.proxy.iter()) {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(p.pid as i32),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
+        self.mesh.remove(pod)?;
         Ok(())
     }
 

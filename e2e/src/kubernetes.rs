@@ -532,6 +532,25 @@ impl Cluster for KubeCluster {
         self.ingress_service()
     }
 
+    fn remove_pod(&self, pod: &str, kill: bool) -> anyhow::Result<()> {
+        let name = self
+            .resolve(pod)?
+            .metadata
+            .name
+            .context("the pod has no name")?;
+        self.runtime.block_on(async {
+            let pods: Api<Pod> = Api::namespaced(self.client.clone(), NAMESPACE);
+            // Grace period 0: killed at once, as a crash; else the pod's own grace period,
+            // in which its sidecar drains.
+            let params = DeleteParams {
+                grace_period_seconds: kill.then_some(0),
+                ..DeleteParams::default()
+            };
+            pods.delete(&name, &params).await?;
+            Ok(())
+        })
+    }
+
     fn pod_ip(&self, pod: &str) -> anyhow::Result<String> {
         self.resolve(pod)?
             .status

@@ -962,12 +962,18 @@ fn wait_until_v3_answered(c: &dyn Cluster, url: &str) {
 /// Runs 3000 requests from order to shipping at 300 rps (10 s) and, once traffic flows,
 /// `during`; returns the load's report.
 fn under_load(c: &dyn Cluster, during: impl FnOnce()) -> Report {
+    under_load_n(c, 3000, during)
+}
+
+/// As [`under_load`], `n` requests at 300 rps.
+fn under_load_n(c: &dyn Cluster, n: usize, during: impl FnOnce()) -> Report {
+    let n = n.to_string();
     std::thread::scope(|s| {
         let load = s.spawn(|| {
             c.load(
                 "order-v1-0",
                 "http://shipping-service:8080/",
-                &["-n", "3000", "-c", "4", "--rate", "300"],
+                &["-n", &n, "-c", "4", "--rate", "300"],
             )
         });
         assert!(
@@ -990,6 +996,190 @@ fn switch_to_v2_and_see_it(c: &dyn Cluster) {
     );
 }
 
+/// Prints what a fault scenario measured, for docs/reliability.md (run with `--no-capture`).
+fn fault_figures(fault: &str, report: &Report) {
+    eprintln!(
+        "fault {fault}: {} requests, {} failed {:?}, p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        report.requests,
+        report.requests - report.ok,
+        report.failures,
+        report.p50_ms,
+        report.p99_ms,
+        report.max_ms
+    );
+}
+
+/// The seed's split of shipping (90/10).
+const SHIPPING_SEED_SPLIT: &str = "
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: shipping-service, namespace: default}
+spec:
+  hosts: [shipping-service]
+  http:
+  - route:
+    - destination: {host: shipping-service, subset: v1}
+      weight: 90
+    - destination: {host: shipping-service, subset: v2}
+      weight: 10
+";
+
+#[test]
+#[ignore = "needs root: runs a mesh in network namespaces"]
+fn a_config_push_every_second_for_30_s_fails_no_request() {
+    let c = seed("pushes");
+    // 35 s of traffic at 300 rps; thirty changes, one a second, while it runs.
+    let report = under_load_n(&*c, 10_500, || {
+        let pushes_before = c.pilot_debug("/debug/syncz").ok();
+        for i in 0..30 {
+            let yaml = if i % 2 == 0 {
+                SHIPPING_HALF
+            } else {
+                SHIPPING_SEED_SPLIT
+            };
+            c.apply_yaml(yaml).unwrap();
+            // The scenario's pace (a change a second), not a wait for anything.
+            std::thread::sleep(Duration::from_secs(1));
+        }
+        assert!(pushes_before.is_some(), "pilot answers its debug endpoint");
+    });
+    fault_figures("config push every second for 30 s", &report);
+    assert_eq!(report.requests, 10_500);
+    assert_all_ok(&report);
+    // Both versions answered all along: the changes reached traffic.
+    let v2 = report.by_version.get("v2").copied().unwrap_or(0);
+    assert!(v2 > 10_500 / 10, "{report:?}");
+}
+
+/// Starts a second v1 shipping pod and waits until order's sidecar knows all three.
+fn second_v1_shipping_pod(c: &dyn Cluster) {
+    c.run(&harness::echo_pod(
+        "shipping-v1-1",
+        "shipping",
+        "v1",
+        "shipping",
+    ))
+    .unwrap();
+    c.wait_endpoints("order-v1-0", "shipping-service.default", 3)
+        .expect("order knows the second v1 pod");
+}
+
+/// Waits until the v1 pod left has answered `n` more requests (the load still runs).
+fn survivor_answers(c: &dyn Cluster, n: usize) {
+    let before = inbound_requests(c, "shipping-v1-1");
+    assert!(
+        wait_until(DEADLINE, || inbound_requests(c, "shipping-v1-1")
+            >= before + n),
+        "the remaining v1 pod never took the traffic"
+    );
+}
+
+#[test]
+#[ignore = "needs root: runs a mesh in network namespaces"]
+fn an_upstream_pod_killed_fails_at_most_its_requests_in_flight() {
+    let c = seed("kill");
+    second_v1_shipping_pod(&*c);
+    let report = under_load(&*c, || {
+        c.remove_pod("shipping-v1-0", true).unwrap();
+        survivor_answers(&*c, 300);
+    });
+    fault_figures("upstream pod killed (SIGKILL)", &report);
+    assert_eq!(report.requests, 3000);
+    // The load keeps 4 requests in flight: at most those can have been on the killed pod;
+    // the rest (refused connections) were tried again elsewhere.
+    assert!(report.requests - report.ok <= 4, "{report:?}");
+}
+
+#[test]
+#[ignore = "needs root: runs a mesh in network namespaces"]
+fn a_sidecar_drained_and_replaced_fails_no_request() {
+    let c = seed("drain");
+    // The replacement first, as a rollout starts it; then the old pod goes gracefully: its
+    // sidecar drains (Connection: close, GOAWAY) and finishes what it has.
+    second_v1_shipping_pod(&*c);
+    let report = under_load(&*c, || {
+        c.remove_pod("shipping-v1-0", false).unwrap();
+        survivor_answers(&*c, 300);
+    });
+    fault_figures("sidecar drained and replaced", &report);
+    assert_eq!(report.requests, 3000);
+    assert_all_ok(&report);
+}
+
+#[test]
+#[ignore = "needs root: runs a mesh in network namespaces"]
+fn a_config_the_proxy_must_nack_fails_no_request_and_is_reported() {
+    let c = seed("nack");
+    let local = c
+        .as_local()
+        .expect("this scenario needs the local backend: pilot reads the PEM file from its disk");
+    // Pilot takes this (the file reads); order's sidecar cannot (it is not a certificate), so
+    // it refuses the state and keeps routing with the last one it took.
+    let bad = local.dir().join("not-a-ca.pem");
+    std::fs::write(&bad, "not a certificate").unwrap();
+    let dr = format!(
+        "
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: shipping-service, namespace: default}}
+spec:
+  host: shipping-service
+  trafficPolicy:
+    tls: {{mode: SIMPLE, caCertificates: {}}}
+  subsets:
+  - {{name: v1, labels: {{version: v1}}}}
+  - {{name: v2, labels: {{version: v2}}}}
+",
+        bad.display()
+    );
+    let nacked = |v: &serde_json::Value| {
+        v["proxies"].as_array().is_some_and(|ps| {
+            ps.iter().any(|p| {
+                p["node"]["id"]
+                    .as_str()
+                    .is_some_and(|id| id.contains("order-v1-0"))
+                    && p["nack"].as_str().is_some_and(|n| !n.is_empty())
+            })
+        })
+    };
+    let report = under_load(&*c, || {
+        c.apply_yaml(&dr).unwrap();
+        let seen = wait_until(DEADLINE, || {
+            c.pilot_debug("/debug/syncz").is_ok_and(|v| nacked(&v))
+        });
+        assert!(
+            seen,
+            "pilot never recorded order's NACK: {:?}",
+            c.pilot_debug("/debug/syncz")
+        );
+        // Fixed: taken again.
+        c.apply_yaml(
+            "
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: shipping-service, namespace: default}
+spec:
+  host: shipping-service
+  subsets:
+  - {name: v1, labels: {version: v1}}
+  - {name: v2, labels: {version: v2}}
+",
+        )
+        .unwrap();
+        let cleared = wait_until(DEADLINE, || {
+            c.pilot_debug("/debug/syncz").is_ok_and(|v| !nacked(&v))
+        });
+        assert!(
+            cleared,
+            "the NACK never cleared once the rule was fixed: {:?}",
+            c.pilot_debug("/debug/syncz")
+        );
+    });
+    fault_figures("config the proxy must NACK", &report);
+    assert_eq!(report.requests, 3000);
+    assert_all_ok(&report);
+}
+
 #[test]
 #[ignore = "needs root: runs a mesh in network namespaces"]
 fn config_change_under_traffic_fails_no_request() {
@@ -998,6 +1188,7 @@ fn config_change_under_traffic_fails_no_request() {
         c.apply_yaml(SHIPPING_HALF).unwrap();
         switch_to_v2_and_see_it(&*c);
     });
+    fault_figures("config change", &report);
     assert_eq!(report.requests, 3000);
     assert_all_ok(&report);
     assert!(
@@ -1024,6 +1215,7 @@ fn pilot_killed_and_restarted_under_traffic_fails_no_request() {
         // ...and a change made after the restart reaches traffic.
         switch_to_v2_and_see_it(&*c);
     });
+    fault_figures("pilot killed (SIGKILL) and restarted", &report);
     assert_eq!(report.requests, 3000);
     assert_all_ok(&report);
 }

@@ -319,6 +319,13 @@ spec:
         .unwrap();
     assert!(refused >= 1, "{page}");
     assert_eq!(call(sc.proxy.bound.outbound).await.as_deref(), Ok("v2"));
+    // Undone: the proxy already holds what pilot now wants (nothing is sent), and the NACK is
+    // no longer reported.
+    std::fs::write(dir.path().join("mesh.yaml"), mesh_yaml(v1, v2, far)).unwrap();
+    tokio::time::timeout(DEADLINE, pilot.status.wait_for(|s| s[0].nack.is_none()))
+        .await
+        .expect("the NACK clears once the refused change is undone");
+    assert_eq!(call(sc.proxy.bound.outbound).await.as_deref(), Ok("v2"));
     pilot.stop().await;
 }
 

@@ -28,6 +28,10 @@ pub const SIDECAR_PORTS: [u16; 6] = [15000, 15001, 15006, 15020, 15021, 15090];
 pub const SECRETS_DIR: &str = "/run/mesh";
 /// How long `run` waits for a pod to be ready.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// The longest a pod's removal waits for its endpoint to leave every sidecar.
+const PUSH_WAIT: Duration = Duration::from_secs(5);
+/// How long after pilot's generation moves its pushes are taken to have started.
+const PUSH_SETTLE: Duration = Duration::from_millis(200);
 
 /// What to run.
 #[derive(Clone, Debug, Default)]
@@ -405,16 +409,52 @@ impl Mesh {
         Ok(())
     }
 
+    /// Takes a pod away as Kubernetes does in a rollout: its endpoint leaves the mesh first
+    /// (and every sidecar has taken that in), then its processes get SIGTERM (the sidecar
+    /// drains), and only then does its address go. Removed the other way round, callers would
+    /// still send to an address that no longer answers at all, and wait out a connect timeout.
     fn remove_pod_locked(&self, st: &mut state::RuntimeState, name: &str) {
         if let Some(pod) = st.pods.remove(name) {
             let procs: Vec<_> = pod.app.iter().chain(pod.proxy.iter()).copied().collect();
+            let before = self.pilot_generation();
+            let _ = config::unregister_pod(&self.layout, name);
+            self.wait_pushed(before);
             process::terminate_netns(&pod.netns, Duration::from_secs(2));
             process::terminate(&procs, Duration::from_secs(2));
-            let _ = config::unregister_pod(&self.layout, name);
             let _ = net::delete_netns(&pod.netns);
             let _ = std::fs::remove_dir_all(PathBuf::from(SECRETS_DIR).join(&pod.netns));
             let _ = state::save(&self.layout, st);
         }
+    }
+
+    /// Pilot's current generation, when it runs.
+    fn pilot_generation(&self) -> Option<u64> {
+        self.pilot_debug("/debug/syncz").ok()?["generation"].as_u64()
+    }
+
+    /// Waits (at most [`PUSH_WAIT`]) until pilot has moved past generation `before` and no
+    /// connected sidecar has a response outstanding: what changed has reached every sidecar
+    /// it concerns. Nothing to wait for when pilot does not run.
+    fn wait_pushed(&self, before: Option<u64>) {
+        let Some(before) = before else { return };
+        let mut moved_at = None;
+        wait_until(PUSH_WAIT, || {
+            let Ok(v) = self.pilot_debug("/debug/syncz") else {
+                return false;
+            };
+            if v["generation"].as_u64().is_none_or(|g| g <= before) {
+                return false;
+            }
+            // Pushes follow the new generation within a moment: settle before trusting that
+            // none is outstanding.
+            let since = *moved_at.get_or_insert_with(std::time::Instant::now);
+            since.elapsed() >= PUSH_SETTLE
+                && v["proxies"].as_array().is_some_and(|ps| {
+                    ps.iter()
+                        .filter(|p| p["connected"] == true)
+                        .all(|p| p["sent_version"] == p["acked_version"] || !p["nack"].is_null())
+                })
+        });
     }
 
     /// Stops a pod and removes its namespace and registration.

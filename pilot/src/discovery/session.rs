@@ -50,6 +50,9 @@ struct TypeState {
     dirty: bool,
     /// The last response was refused; wait for a change.
     refused: bool,
+    /// The proxy's last word on this type was a NACK (cleared by an ACK, or once the proxy
+    /// already holds what pilot wants: a change that undoes the refused one sends nothing).
+    nacked: bool,
     /// A first response was sent.
     answered: bool,
 }
@@ -103,6 +106,7 @@ impl Session {
                 Some(err) => {
                     t.client = t.acked.clone();
                     t.refused = true;
+                    t.nacked = true;
                     self.status
                         .metrics
                         .rejects
@@ -113,6 +117,7 @@ impl Session {
                 }
                 None => {
                     t.acked = t.client.clone();
+                    t.nacked = false;
                     self.status.update(&id, |s| {
                         s.acked_version = Some(carried);
                         s.nack = None;
@@ -276,6 +281,15 @@ impl Session {
         });
         let t = self.types.get_mut(type_url)?;
         if resources.is_empty() && removed.is_empty() && t.answered {
+            if std::mem::take(&mut t.nacked) {
+                // The proxy holds what pilot now wants: its refusal is no longer the latest word.
+                let prefix = format!("{}: ", short(type_url));
+                self.status.update(&self.node.id, |s| {
+                    if s.nack.as_deref().is_some_and(|n| n.starts_with(&prefix)) {
+                        s.nack = None;
+                    }
+                });
+            }
             return None;
         }
         t.answered = true;
