@@ -416,7 +416,9 @@ impl Mesh {
     fn remove_pod_locked(&self, st: &mut state::RuntimeState, name: &str) {
         if let Some(pod) = st.pods.remove(name) {
             let procs: Vec<_> = pod.app.iter().chain(pod.proxy.iter()).copied().collect();
-            let before = self.pilot_generation();
+            // A pod that never started (its start failed) has no callers to wait for.
+            let started = !procs.is_empty();
+            let before = started.then(|| self.pilot_generation()).flatten();
             let _ = config::unregister_pod(&self.layout, name);
             self.wait_pushed(before);
             process::terminate_netns(&pod.netns, Duration::from_secs(2));
