@@ -13,6 +13,9 @@ use meshctl::local::{Mesh, PodSpec};
 
 use crate::load::Report;
 
+/// The longest a scenario keeps the control plane down.
+const OUTAGE_MOST: Duration = Duration::from_secs(60);
+
 /// A mesh the scenarios drive.
 pub trait Cluster: Sync {
     /// Applies a file or folder of configuration (validated; Deployments start pods).
@@ -32,7 +35,13 @@ pub trait Cluster: Sync {
     /// What pilot's debug endpoint `path` (`/debug/syncz`) answers.
     fn pilot_debug(&self, path: &str) -> anyhow::Result<serde_json::Value>;
     /// Kills the control plane as a crash would (SIGKILL) and waits until it serves again.
-    fn restart_control_plane(&self) -> anyhow::Result<()>;
+    fn restart_control_plane(&self) -> anyhow::Result<()> {
+        self.restart_control_plane_when(&|| true)
+    }
+    /// Kills the control plane (pilot and the CA) as a crash would, keeps it down until `back`
+    /// says (asked again and again, for at most a minute), then starts it and waits until it
+    /// serves again.
+    fn restart_control_plane_when(&self, back: &dyn Fn() -> bool) -> anyhow::Result<()>;
     /// Takes a pod away: `kill` as a crash would (SIGKILL to its app and sidecar at once),
     /// else as a rollout does (SIGTERM, the sidecar drains, then the rest); either way its
     /// endpoint leaves the mesh.
@@ -251,7 +260,7 @@ impl Cluster for LocalCluster {
         Ok(self.mesh.pilot_debug(path)?)
     }
 
-    fn restart_control_plane(&self) -> anyhow::Result<()> {
+    fn restart_control_plane_when(&self, back: &dyn Fn() -> bool) -> anyhow::Result<()> {
         let st = self.mesh.state()?;
         let cp = st.control_plane.context("no control plane recorded")?;
         let _ = nix::sys::signal::kill(
@@ -261,6 +270,10 @@ impl Cluster for LocalCluster {
         anyhow::ensure!(
             meshctl::local::wait_until(Duration::from_secs(10), || !cp.alive()),
             "the control plane survived SIGKILL"
+        );
+        anyhow::ensure!(
+            meshctl::local::wait_until(OUTAGE_MOST, back),
+            "the outage's end never came within {OUTAGE_MOST:?}"
         );
         self.mesh.up()?;
         Ok(())

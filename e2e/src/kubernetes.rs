@@ -486,9 +486,28 @@ impl Cluster for KubeCluster {
         serde_json::from_str(&text).with_context(|| format!("pilot answered {path} with {text}"))
     }
 
-    fn restart_control_plane(&self) -> anyhow::Result<()> {
+    fn restart_control_plane_when(&self, back: &dyn Fn() -> bool) -> anyhow::Result<()> {
+        let held = !back();
         self.runtime.block_on(async {
             let pods: Api<Pod> = Api::namespaced(self.client.clone(), MESH_NAMESPACE);
+            let deployments: Api<Deployment> = Api::namespaced(self.client.clone(), MESH_NAMESPACE);
+            let scale = |n: i32| {
+                let deployments = deployments.clone();
+                async move {
+                    let patch = serde_json::json!({"spec": {"replicas": n}});
+                    deployments
+                        .patch_scale(
+                            PILOT,
+                            &kube::api::PatchParams::default(),
+                            &kube::api::Patch::Merge(&patch),
+                        )
+                        .await
+                }
+            };
+            if held {
+                // Held down: no replica, so Kubernetes does not start one meanwhile.
+                scale(0).await?;
+            }
             let selector = format!("app.kubernetes.io/name={PILOT}");
             let old = pods
                 .list(&ListParams::default().labels(&selector))
@@ -503,6 +522,18 @@ impl Cluster for KubeCluster {
             let old: Vec<String> = old.into_iter().filter_map(|p| p.metadata.name).collect();
             for name in &old {
                 pods.delete(name, &now).await?;
+            }
+            if held {
+                let until = tokio::time::Instant::now() + Duration::from_secs(60);
+                let mut pace = tokio::time::interval(Duration::from_millis(100));
+                while !back() {
+                    anyhow::ensure!(
+                        tokio::time::Instant::now() < until,
+                        "the outage's end never came within a minute"
+                    );
+                    pace.tick().await;
+                }
+                scale(1).await?;
             }
             let deadline = tokio::time::Instant::now() + self.within;
             let mut pace = tokio::time::interval(Duration::from_millis(500));

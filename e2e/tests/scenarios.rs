@@ -1180,6 +1180,101 @@ spec:
     assert_all_ok(&report);
 }
 
+/// The serial number of the workload certificate `pod`'s sidecar holds (its admin `/certs`).
+fn cert_serial(c: &dyn Cluster, pod: &str) -> Option<String> {
+    let certs: serde_json::Value =
+        serde_json::from_str(&c.sidecar_get(pod, 15000, "/certs").ok()?).ok()?;
+    certs["certificates"][0]["serialNumber"]
+        .as_str()
+        .map(str::to_string)
+}
+
+/// Renewals that failed so far in `pod`'s sidecar (each is retried after a backoff).
+fn failed_renewals(c: &dyn Cluster, pod: &str) -> usize {
+    c.proxy_log(pod)
+        .unwrap_or_default()
+        .matches("cannot get a certificate")
+        .count()
+}
+
+#[test]
+#[ignore = "needs root: runs a mesh in network namespaces"]
+fn certificates_renewed_under_load_and_the_ca_down_past_a_backoff_fail_no_request() {
+    let c = harness::cluster("renewal");
+    c.apply_yaml(
+        "
+apiVersion: v1
+kind: Service
+metadata: {name: echo, namespace: default}
+spec:
+  selector: {app: echo}
+  ports:
+  - {name: http, port: 8080}
+---
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: default, namespace: istio-system}
+spec:
+  mtls: {mode: STRICT}
+",
+    )
+    .unwrap();
+    // 30 s certificates (Istio's SECRET_TTL), renewed 12-18 s after each arrives.
+    let short_lived = |name: &str, app: &str| {
+        let mut pod = echo_pod(name, app, "v1", app);
+        pod.proxy_env.push(("SECRET_TTL".into(), "30s".into()));
+        pod
+    };
+    let pods = ["client", "echo-0"];
+    c.run(&short_lived("client", "client")).unwrap();
+    c.run(&short_lived("echo-0", "echo")).unwrap();
+    c.wait_endpoints("client", "echo.default", 1).unwrap();
+    let first: Vec<_> = pods.iter().map(|p| cert_serial(&*c, p)).collect();
+    assert!(first.iter().all(Option::is_some), "{first:?}");
+    let report = std::thread::scope(|s| {
+        let load = s.spawn(|| {
+            c.load(
+                "client",
+                "http://echo:8080/",
+                &["-n", "15000", "-c", "4", "--rate", "300"],
+            )
+        });
+        // Renewed under load: both sidecars take a new certificate.
+        let renewed = |before: &[Option<String>]| {
+            pods.iter()
+                .zip(before)
+                .all(|(p, old)| cert_serial(&*c, p).is_some_and(|now| Some(now) != *old))
+        };
+        assert!(
+            wait_until(Duration::from_secs(40), || renewed(&first)),
+            "the sidecars never renewed their certificates"
+        );
+        let second: Vec<_> = pods.iter().map(|p| cert_serial(&*c, p)).collect();
+        // Then the CA (with pilot) goes down, and stays down until a renewal has failed and
+        // been tried again after its backoff, in either sidecar.
+        let failed_before: Vec<usize> = pods.iter().map(|p| failed_renewals(&*c, p)).collect();
+        c.restart_control_plane_when(&|| {
+            pods.iter()
+                .zip(&failed_before)
+                .any(|(p, n)| failed_renewals(&*c, p) >= n + 2)
+        })
+        .unwrap();
+        // Back: both renew again, before their certificates run out.
+        assert!(
+            wait_until(Duration::from_secs(30), || renewed(&second)),
+            "the sidecars never renewed once the CA was back"
+        );
+        load.join().unwrap().unwrap()
+    });
+    fault_figures(
+        "certificates renewed, then the CA down past a renewal backoff",
+        &report,
+    );
+    assert_eq!(report.requests, 15_000);
+    assert_all_ok(&report);
+    assert!(report.all_mtls(), "{report:?}");
+}
+
 #[test]
 #[ignore = "needs root: runs a mesh in network namespaces"]
 fn config_change_under_traffic_fails_no_request() {

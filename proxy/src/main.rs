@@ -179,6 +179,10 @@ struct RunArgs {
     /// Lifetime asked for the workload certificate, in hours (the CA may cap it).
     #[arg(long, default_value_t = 24)]
     cert_ttl_hours: u64,
+    /// Lifetime asked for the workload certificate as a duration (`24h`, `90m`, `30s`), read
+    /// from `SECRET_TTL` as Istio's agent reads it; overrides --cert-ttl-hours.
+    #[arg(long, env = "SECRET_TTL", value_name = "DURATION", value_parser = cert_ttl)]
+    cert_ttl: Option<Duration>,
     /// Address the outbound, inbound and readiness listeners bind (the admin port is always
     /// on 127.0.0.1).
     #[arg(long, default_value = "0.0.0.0")]
@@ -420,7 +424,9 @@ fn run_config(args: &RunArgs) -> anyhow::Result<RunConfig> {
                 CaCredential::Bootstrap => CredentialKind::Bootstrap,
                 CaCredential::Kubernetes => CredentialKind::Kubernetes,
             },
-            cert_ttl: Duration::from_secs(args.cert_ttl_hours * 3600),
+            cert_ttl: args
+                .cert_ttl
+                .unwrap_or(Duration::from_secs(args.cert_ttl_hours * 3600)),
             ca_tls: args.ca_root_file.as_ref().map(|f| CaTls {
                 root_file: f.clone(),
                 identity: args.ca_identity.clone().unwrap_or_else(|| {
@@ -469,6 +475,15 @@ fn run_config(args: &RunArgs) -> anyhow::Result<RunConfig> {
             .max_connections
             .map(|n| usize::try_from(n).unwrap_or(usize::MAX)),
     })
+}
+
+/// A certificate lifetime: a duration as Istio writes them, at least a second.
+fn cert_ttl(text: &str) -> Result<Duration, String> {
+    let ttl = mesh_api::validate::parse_duration(text).map_err(|e| e.to_string())?;
+    if ttl < Duration::from_secs(1) {
+        return Err(format!("{text:?} is shorter than a second"));
+    }
+    Ok(ttl)
 }
 
 /// Parses `k=v,k=v`.

@@ -174,8 +174,8 @@ async fn plaintext_is_refused_by_the_mtls_server() {
 #[tokio::test(start_paused = true)]
 async fn certificates_are_renewed_at_half_life_and_retried_while_the_ca_is_away() {
     let ca = TestCa::self_signed("renew", CaConfig::default());
-    // 100 s certificates (+ the CA's minute of clock grace before now): renewal is due 4-36 s
-    // from now, whatever the jitter.
+    // 100 s certificates (the CA's minute of clock grace before now does not count): renewal
+    // is due 40-60 s from now, whatever the jitter.
     let src = source(&ca, "order", Duration::from_secs(100));
     let (tx, mut rx) = watch::channel(None);
     let task = tokio::spawn(keep_fresh(src.clone(), src.identity.uri(), tx));
@@ -183,9 +183,9 @@ async fn certificates_are_renewed_at_half_life_and_retried_while_the_ca_is_away(
     assert_eq!(src.calls.load(Ordering::SeqCst), 1);
     let first = rx.borrow_and_update().clone().unwrap();
 
-    // Half-life with ±10% jitter, computed from the certificate's own validity.
+    // Half of the life left with ±10% jitter.
     let now = std::time::SystemTime::now();
-    let life = first.not_after.duration_since(first.not_before).unwrap();
+    let life = Duration::from_secs(100);
     let synthetic = Svid {
         not_before: now,
         not_after: now + life,
@@ -203,10 +203,16 @@ async fn certificates_are_renewed_at_half_life_and_retried_while_the_ca_is_away(
         );
     }
 
-    tokio::time::sleep(Duration::from_secs(37)).await;
+    tokio::time::sleep(Duration::from_secs(39)).await;
+    assert_eq!(
+        src.calls.load(Ordering::SeqCst),
+        1,
+        "not renewed before 40 s (the backdated notBefore is not life)"
+    );
+    tokio::time::sleep(Duration::from_secs(22)).await;
     assert!(
         src.calls.load(Ordering::SeqCst) >= 2,
-        "renewed before 36 s had passed"
+        "renewed before 61 s had passed"
     );
     let second = rx.borrow_and_update().clone().unwrap();
     assert_ne!(

@@ -12,18 +12,17 @@ use super::{CertificateSource, Svid, renew_svid, request_svid};
 /// First and longest pause between attempts while the CA fails.
 const BACKOFF: (Duration, Duration) = (Duration::from_millis(500), Duration::from_secs(60));
 
-/// How long to wait before renewing `svid` as of `now`: half its lifetime after it started,
-/// moved by up to ±10% of the lifetime at random.
+/// How long to wait before renewing `svid`, which arrived at `now`: half of the life it has
+/// left, moved by up to ±10% of that at random (as Istio's agent rotates at a ratio of the
+/// lifetime from when it got the certificate). Counted from its arrival, not from its
+/// `notBefore`, which the CA backdates by a minute for clocks that run behind: counted from
+/// there, a certificate asked for a few minutes (`SECRET_TTL`) would be renewed at once, again
+/// and again.
 pub fn renew_delay(svid: &Svid, now: SystemTime) -> Duration {
-    let life = svid
-        .not_after
-        .duration_since(svid.not_before)
-        .unwrap_or_default();
-    let tenth = life.as_secs_f64() / 10.0;
+    let left = svid.not_after.duration_since(now).unwrap_or_default();
+    let tenth = left.as_secs_f64() / 10.0;
     let jitter = (fastrand::f64() * 2.0 - 1.0) * tenth;
-    let at = life.as_secs_f64() / 2.0 + jitter;
-    let renew_at = svid.not_before + Duration::from_secs_f64(at.max(0.0));
-    renew_at.duration_since(now).unwrap_or_default()
+    Duration::from_secs_f64((left.as_secs_f64() / 2.0 + jitter).max(0.0))
 }
 
 /// Fetches the workload's certificate and keeps `tx` current until every receiver is gone.
