@@ -27,14 +27,7 @@ use tokio::net::TcpStream;
 
 /// `mesh_proxy_refused_total` of the inbound listener for `reason`.
 async fn refused(proxy: &Proxy, reason: &str) -> u64 {
-    let page = testing::admin_get(proxy.bound.admin, "/stats/prometheus").await;
-    let series = format!("mesh_proxy_refused_total{{listener=\"inbound\",reason=\"{reason}\"}} ");
-    page.lines()
-        .find_map(|l| l.strip_prefix(&series))
-        .unwrap_or_else(|| panic!("no {series} in\n{page}"))
-        .trim()
-        .parse()
-        .unwrap()
+    common::refused(proxy.bound.admin, "inbound", reason).await
 }
 
 /// What the server sends before it closes, after `hello` was written on `stream`.

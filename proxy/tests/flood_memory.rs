@@ -145,16 +145,6 @@ async fn good_requests(addr: SocketAddr, count: usize) -> usize {
     ok
 }
 
-/// The value of `mesh_proxy_refused_total` for the outbound listener and `reason`.
-async fn refused(admin: SocketAddr, reason: &str) -> u64 {
-    let page = mesh_proxy::testing::admin_get(admin, "/stats/prometheus").await;
-    let series = format!("mesh_proxy_refused_total{{listener=\"outbound\",reason=\"{reason}\"}} ");
-    page.lines()
-        .find_map(|l| l.strip_prefix(&series))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flood_of_bad_clients_leaves_memory_bounded_and_good_requests_served() {
     use raw_h2::*;
@@ -236,7 +226,7 @@ async fn a_flood_of_bad_clients_leaves_memory_bounded_and_good_requests_served()
     peak = peak.max(rss_kib(pid));
     let resets = mesh_proxy::testing::poll_until(
         Duration::from_secs(10),
-        || refused(proxy.admin, "http2_abuse"),
+        || common::refused(proxy.admin, "outbound", "http2_abuse"),
         |n| *n >= RESETTERS as u64,
     )
     .await;

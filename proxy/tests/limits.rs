@@ -59,16 +59,9 @@ async fn sidecar_with(app: SocketAddr, limits: Limits) -> (mesh_proxy::Proxy, So
     (proxy, inbound)
 }
 
-/// The count of `mesh_proxy_refused_total` for the inbound listener and `reason`.
+/// `mesh_proxy_refused_total` of the inbound listener for `reason`.
 async fn refused(proxy: &Proxy, reason: &str) -> u64 {
-    let page = testing::admin_get(proxy.bound.admin, "/stats/prometheus").await;
-    let series = format!("mesh_proxy_refused_total{{listener=\"inbound\",reason=\"{reason}\"}} ");
-    page.lines()
-        .find_map(|l| l.strip_prefix(&series))
-        .unwrap_or_else(|| panic!("no {series} in\n{page}"))
-        .trim()
-        .parse()
-        .unwrap()
+    common::refused(proxy.bound.admin, "inbound", reason).await
 }
 
 /// An app that reads a request's whole body before answering `got N bytes`.

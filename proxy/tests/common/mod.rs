@@ -255,3 +255,16 @@ pub async fn get(addr: SocketAddr) -> (StatusCode, String) {
         String::from_utf8_lossy(&resp.into_body().collect().await.unwrap().to_bytes()).into_owned(),
     )
 }
+
+/// `mesh_proxy_refused_total` of `listener` for `reason`, from the admin port at `admin`.
+pub async fn refused(admin: SocketAddr, listener: &str, reason: &str) -> u64 {
+    let page = testing::admin_get(admin, "/stats/prometheus").await;
+    let series =
+        format!("mesh_proxy_refused_total{{listener=\"{listener}\",reason=\"{reason}\"}} ");
+    page.lines()
+        .find_map(|l| l.strip_prefix(&series))
+        .unwrap_or_else(|| panic!("no {series} in\n{page}"))
+        .trim()
+        .parse()
+        .unwrap()
+}
