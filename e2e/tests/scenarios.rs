@@ -1180,6 +1180,23 @@ spec:
     assert_all_ok(&report);
 }
 
+/// Service `echo` (HTTP on 8080) and mesh-wide STRICT mutual TLS.
+const ECHO_STRICT: &str = "
+apiVersion: v1
+kind: Service
+metadata: {name: echo, namespace: default}
+spec:
+  selector: {app: echo}
+  ports:
+  - {name: http, port: 8080}
+---
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: default, namespace: istio-system}
+spec:
+  mtls: {mode: STRICT}
+";
+
 /// The serial number of the workload certificate `pod`'s sidecar holds (its admin `/certs`).
 fn cert_serial(c: &dyn Cluster, pod: &str) -> Option<String> {
     let certs: serde_json::Value =
@@ -1200,35 +1217,8 @@ fn failed_renewals(c: &dyn Cluster, pod: &str) -> usize {
 #[test]
 #[ignore = "needs root: runs a mesh in network namespaces"]
 fn certificates_renewed_under_load_and_the_ca_down_past_a_backoff_fail_no_request() {
-    let c = harness::cluster("renewal");
-    c.apply_yaml(
-        "
-apiVersion: v1
-kind: Service
-metadata: {name: echo, namespace: default}
-spec:
-  selector: {app: echo}
-  ports:
-  - {name: http, port: 8080}
----
-apiVersion: security.istio.io/v1
-kind: PeerAuthentication
-metadata: {name: default, namespace: istio-system}
-spec:
-  mtls: {mode: STRICT}
-",
-    )
-    .unwrap();
-    // 30 s certificates (Istio's SECRET_TTL), renewed 12-18 s after each arrives.
-    let short_lived = |name: &str, app: &str| {
-        let mut pod = echo_pod(name, app, "v1", app);
-        pod.proxy_env.push(("SECRET_TTL".into(), "30s".into()));
-        pod
-    };
+    let c = seed_less_echo("renewal");
     let pods = ["client", "echo-0"];
-    c.run(&short_lived("client", "client")).unwrap();
-    c.run(&short_lived("echo-0", "echo")).unwrap();
-    c.wait_endpoints("client", "echo.default", 1).unwrap();
     let first: Vec<_> = pods.iter().map(|p| cert_serial(&*c, p)).collect();
     assert!(first.iter().all(Option::is_some), "{first:?}");
     let report = std::thread::scope(|s| {
@@ -1273,6 +1263,128 @@ spec:
     assert_eq!(report.requests, 15_000);
     assert_all_ok(&report);
     assert!(report.all_mtls(), "{report:?}");
+}
+
+/// The roots `pod`'s sidecar trusts (their SHA-256, from its admin `/certs`).
+fn trusted_roots(c: &dyn Cluster, pod: &str) -> Vec<String> {
+    c.sidecar_get(pod, 15000, "/certs")
+        .ok()
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+        .and_then(|v| {
+            v["roots"].as_array().map(|rs| {
+                rs.iter()
+                    .filter_map(|r| r["sha256"].as_str().map(str::to_string))
+                    .collect()
+            })
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+#[ignore = "needs root: runs a mesh in network namespaces"]
+fn a_root_rotation_under_load_fails_no_request() {
+    let c = seed_less_echo("rotation");
+    let local = c
+        .as_local()
+        .expect("this scenario needs the local backend: it rewrites the CA's files");
+    let ca = local.dir().join("ca");
+    let pods = ["client", "echo-0"];
+    let old_root = trusted_roots(&*c, "client");
+    assert_eq!(old_root.len(), 1, "{old_root:?}");
+    let old_root = old_root[0].clone();
+    // The new root and an intermediate under it, made as the CA makes its own.
+    let fresh = tempfile::tempdir().unwrap();
+    mesh_ca::Authority::load_or_create(fresh.path(), mesh_ca::CaConfig::default()).unwrap();
+    let everyone = |want: &[&String]| {
+        pods.iter().all(|p| {
+            let mut have = trusted_roots(&*c, p);
+            have.sort();
+            let mut want: Vec<String> = want.iter().map(|s| (*s).clone()).collect();
+            want.sort();
+            have == want
+        })
+    };
+    let renewed_since = |before: &[Option<String>]| {
+        pods.iter()
+            .zip(before)
+            .all(|(p, old)| cert_serial(&*c, p).is_some_and(|now| Some(now) != *old))
+    };
+    let serials = || pods.iter().map(|p| cert_serial(&*c, p)).collect::<Vec<_>>();
+    let report = std::thread::scope(|s| {
+        let load = s.spawn(|| {
+            c.load(
+                "client",
+                "http://echo:8080/",
+                &["-n", "24000", "-c", "4", "--rate", "300"],
+            )
+        });
+        assert!(
+            wait_until(DEADLINE, || inbound_requests(&*c, "echo-0") >= 50),
+            "traffic never reached echo"
+        );
+        let (root_file, old_pem) = (
+            ca.join("root-cert.pem"),
+            std::fs::read_to_string(ca.join("root-cert.pem")).unwrap(),
+        );
+        let new_pem = std::fs::read_to_string(fresh.path().join("root-cert.pem")).unwrap();
+        // 1. The new root joins the bundle (the old one first); the CA restarts with it, and
+        //    every sidecar renews into trusting both.
+        std::fs::write(&root_file, format!("{old_pem}{new_pem}")).unwrap();
+        c.restart_control_plane().unwrap();
+        assert!(
+            wait_until(Duration::from_secs(40), || pods
+                .iter()
+                .all(|p| trusted_roots(&*c, p).len() == 2)),
+            "the sidecars never trusted both roots"
+        );
+        let both = trusted_roots(&*c, "client");
+        assert!(both.contains(&old_root), "{both:?}");
+        let new_root = both.iter().find(|r| **r != old_root).unwrap().clone();
+        assert!(everyone(&[&old_root, &new_root]));
+        // 2. The new root signs: its intermediate replaces the old one; the sidecars renew into
+        //    certificates from it (the CA's own serving certificate too).
+        for f in [
+            "ca-cert.pem",
+            "ca-key.pem",
+            "cert-chain.pem",
+            "root-key.pem",
+        ] {
+            std::fs::copy(fresh.path().join(f), ca.join(f)).unwrap();
+        }
+        let before = serials();
+        c.restart_control_plane().unwrap();
+        assert!(
+            wait_until(Duration::from_secs(40), || renewed_since(&before)),
+            "the sidecars never renewed from the new root"
+        );
+        // 3. The old root leaves the bundle.
+        std::fs::write(&root_file, &new_pem).unwrap();
+        c.restart_control_plane().unwrap();
+        assert!(
+            wait_until(Duration::from_secs(40), || everyone(&[&new_root])),
+            "the sidecars still trust the old root"
+        );
+        load.join().unwrap().unwrap()
+    });
+    fault_figures("root rotation (three steps, three CA restarts)", &report);
+    assert_all_ok(&report);
+    assert!(report.all_mtls(), "{report:?}");
+}
+
+/// A mesh of a client and an echo pod (service `echo`, STRICT mTLS) whose sidecars ask for
+/// 30 s certificates (Istio's `SECRET_TTL`), renewed 12-18 s after each arrives.
+fn seed_less_echo(scenario: &str) -> Box<dyn Cluster> {
+    let c = harness::cluster(scenario);
+    c.apply_yaml(ECHO_STRICT).unwrap();
+    let short_lived = |name: &str, app: &str| {
+        let mut pod = echo_pod(name, app, "v1", app);
+        pod.proxy_env.push(("SECRET_TTL".into(), "30s".into()));
+        pod
+    };
+    c.run(&short_lived("client", "client")).unwrap();
+    c.run(&short_lived("echo-0", "echo")).unwrap();
+    c.wait_endpoints("client", "echo.default", 1).unwrap();
+    c
 }
 
 #[test]

@@ -444,6 +444,7 @@ fn start_identity(w: &WorkloadConfig, id: &IdentitySource) -> Result<Svids, RunE
             CredentialKind::Kubernetes => Kind::KubernetesToken(token),
         }),
     };
+    let (tx, rx) = watch::channel(None);
     let tls = match &id.ca_tls {
         None => None,
         Some(t) => {
@@ -464,14 +465,17 @@ fn start_identity(w: &WorkloadConfig, id: &IdentitySource) -> Result<Svids, RunE
                 .into());
             }
             Some(
-                crate::tls::mtls::ca_client_config(roots, vec![t.identity.clone()])
-                    .map_err(|e| IdentityError::Ca(e.to_string()))?,
+                crate::tls::mtls::ca_client_config_following(
+                    roots,
+                    rx.clone(),
+                    vec![t.identity.clone()],
+                )
+                .map_err(|e| IdentityError::Ca(e.to_string()))?,
             )
         }
     };
     let client = CaClient::new(&id.ca_address, credential, id.cert_ttl, tls)?;
     let identity = Identity::new(&w.trust_domain, &w.namespace, &w.service_account).uri();
-    let (tx, rx) = watch::channel(None);
     tokio::spawn(crate::identity::keep_fresh(Arc::new(client), identity, tx));
     Ok(rx)
 }

@@ -77,6 +77,10 @@ enum Roots {
     Svids(Svids),
     /// A fixed bundle (the root file a workload holds before it has a certificate).
     Fixed(Vec<CertificateDer<'static>>),
+    /// The root file's bundle and, once the workload has a certificate, the roots that came
+    /// with it: the CA's own certificate moves to a new root during a rotation, and the file
+    /// read at start does not know that root.
+    FixedAndSvids(Vec<CertificateDer<'static>>, Svids),
 }
 
 fn verify_chain(
@@ -93,6 +97,13 @@ fn verify_chain(
             .map(|s| s.roots.clone())
             .unwrap_or_default(),
         Roots::Fixed(r) => r.clone(),
+        Roots::FixedAndSvids(fixed, svids) => {
+            let mut all = fixed.clone();
+            if let Some(s) = svids.borrow().as_ref() {
+                all.extend(s.roots.iter().filter(|r| !fixed.contains(r)).cloned());
+            }
+            all
+        }
     };
     if roots.is_empty() {
         return Err(rustls::Error::General(
@@ -318,12 +329,30 @@ pub fn ca_client_config(
     roots: Vec<CertificateDer<'static>>,
     expected: Vec<String>,
 ) -> Result<Arc<ClientConfig>, ConfigError> {
+    ca_client_config_with(Roots::Fixed(roots), expected)
+}
+
+/// As [`ca_client_config`], trusting also the roots that come with the workload's certificates
+/// in `svids` as they are renewed: renewals go on through a root rotation, when the CA's
+/// serving certificate comes from a root the root file read at start does not hold.
+pub fn ca_client_config_following(
+    roots: Vec<CertificateDer<'static>>,
+    svids: Svids,
+    expected: Vec<String>,
+) -> Result<Arc<ClientConfig>, ConfigError> {
+    ca_client_config_with(Roots::FixedAndSvids(roots, svids), expected)
+}
+
+fn ca_client_config_with(
+    roots: Roots,
+    expected: Vec<String>,
+) -> Result<Arc<ClientConfig>, ConfigError> {
     let provider = provider();
     let mut cfg = ClientConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(ServerIdentityVerifier {
-            roots: Roots::Fixed(roots),
+            roots,
             expected,
             provider,
         }))
