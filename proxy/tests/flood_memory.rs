@@ -230,6 +230,7 @@ async fn a_flood_of_bad_clients_leaves_memory_bounded_and_good_requests_served()
         |n| *n >= RESETTERS as u64,
     )
     .await;
+    let streams_refused = common::refused(proxy.admin, "outbound", "stream_limit").await;
     drop(held);
     drop(h2s);
     eprintln!(
@@ -242,6 +243,11 @@ async fn a_flood_of_bad_clients_leaves_memory_bounded_and_good_requests_served()
     assert_eq!(
         resets, RESETTERS as u64,
         "every rapid-reset flood is closed and counted"
+    );
+    assert_eq!(
+        streams_refused,
+        STREAM_FLOODERS as u64 * 100,
+        "every stream past the limit is refused and counted"
     );
     assert!(
         peak - before < BOUND_MIB * 1024,

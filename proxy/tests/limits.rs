@@ -368,7 +368,7 @@ async fn http2_streams_past_the_limit_are_refused_and_the_connection_kept() {
         },
     );
     let (_held, app) = silent_app().await;
-    let (_proxy, inbound) = sidecar_for(app).await;
+    let (proxy, inbound) = sidecar_for(app).await;
     let mut c = connect(inbound).await;
     let extra = 8;
     let total = MAX_H2_CONCURRENT_STREAMS + extra;
@@ -401,9 +401,13 @@ async fn http2_streams_past_the_limit_are_refused_and_the_connection_kept() {
             _ => {}
         }
     }
-    // The streams refused are those past the limit.
+    // The streams refused are those past the limit, and each is counted.
     let first_refused = 2 * MAX_H2_CONCURRENT_STREAMS + 1;
     assert!(refused.iter().all(|s| *s >= first_refused), "{refused:?}");
+    assert_eq!(
+        self::refused(&proxy, "stream_limit").await,
+        u64::from(extra)
+    );
 }
 
 #[tokio::test]

@@ -25,6 +25,7 @@ use tokio::time::{Instant, Sleep};
 
 use super::Body;
 use crate::inputs::Limits;
+use crate::metrics::{Listener, Metrics, Refusal};
 
 /// `Tracker::phase` once heads are no longer timed (HTTP/2, an upgraded connection).
 const UNTIMED: u32 = u32::MAX;
@@ -162,14 +163,27 @@ pub(crate) struct Guarded<I> {
     /// Ticks four times per idle timeout; made on the first read. Checked, not polled, on
     /// each read (it wakes the connection's task, whose read is pending while idle).
     idle_timer: Option<Pin<Box<Sleep>>>,
+    /// On an HTTP/2 connection (told by its preface): the frames the server writes, followed
+    /// to count the streams it refuses past the concurrency limit (the HTTP/2 library refuses
+    /// them on its own, with RST_STREAM REFUSED_STREAM, and says nothing to the proxy).
+    frames: Option<FrameScan>,
+    /// Where those refusals are counted (`mesh_proxy_refused_total{reason="stream_limit"}`).
+    refused: (Arc<Metrics>, Listener),
 }
 
 impl<I> Guarded<I> {
-    pub(crate) fn new(io: I, tracker: Arc<Tracker>, limits: Limits) -> Self {
+    pub(crate) fn new(
+        io: I,
+        tracker: Arc<Tracker>,
+        limits: Limits,
+        refused: (Arc<Metrics>, Listener),
+    ) -> Self {
         Guarded {
             io,
             tracker,
             limits,
+            frames: None,
+            refused,
             head: None,
             head_timer: None,
             moved: 0,
@@ -222,6 +236,78 @@ impl<I> Guarded<I> {
     }
 }
 
+impl<I> Guarded<I> {
+    /// Follows what the server wrote on an HTTP/2 connection, counting refused streams.
+    fn scan(&mut self, written: &[u8]) {
+        if let Some(frames) = &mut self.frames {
+            let refused = frames.feed(written);
+            if refused > 0 {
+                let (metrics, listener) = &self.refused;
+                metrics
+                    .refused()
+                    .counter(*listener, Refusal::StreamLimit)
+                    .fetch_add(refused, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+/// HTTP/2 frames followed through the bytes of one direction: only each frame's 9-byte header
+/// is read (and a RST_STREAM's error code); payloads are skipped.
+#[derive(Debug, Default)]
+pub(crate) struct FrameScan {
+    head: [u8; 9],
+    filled: usize,
+    /// Payload bytes of the current frame still to pass.
+    skip: usize,
+    /// Within a RST_STREAM's payload: its error code so far, and how many of its bytes.
+    code: Option<(u32, u8)>,
+}
+
+/// RST_STREAM's frame type, and REFUSED_STREAM's error code (RFC 9113).
+const RST_STREAM: u8 = 0x3;
+const REFUSED_STREAM: u32 = 0x7;
+
+impl FrameScan {
+    /// Takes the next bytes of the direction; returns how many RST_STREAM REFUSED_STREAM
+    /// frames ended in them.
+    pub(crate) fn feed(&mut self, mut data: &[u8]) -> u64 {
+        let mut refused = 0;
+        while !data.is_empty() {
+            if self.skip > 0 {
+                if let Some((code, got)) = &mut self.code {
+                    *code = (*code << 8) | u32::from(data[0]);
+                    *got += 1;
+                    if *got == 4 {
+                        refused += u64::from(*code == REFUSED_STREAM);
+                        self.code = None;
+                    }
+                    self.skip -= 1;
+                    data = &data[1..];
+                    continue;
+                }
+                let n = self.skip.min(data.len());
+                self.skip -= n;
+                data = &data[n..];
+                continue;
+            }
+            let n = (9 - self.filled).min(data.len());
+            self.head[self.filled..self.filled + n].copy_from_slice(&data[..n]);
+            self.filled += n;
+            data = &data[n..];
+            if self.filled == 9 {
+                self.filled = 0;
+                let h = &self.head;
+                self.skip = usize::from(h[0]) << 16 | usize::from(h[1]) << 8 | usize::from(h[2]);
+                if h[3] == RST_STREAM && self.skip == 4 {
+                    self.code = Some((0, 0));
+                }
+            }
+        }
+        refused
+    }
+}
+
 fn head_timed_out() -> io::Error {
     io::Error::new(
         io::ErrorKind::TimedOut,
@@ -260,8 +346,10 @@ impl<I: AsyncRead + Unpin> AsyncRead for Guarded<I> {
                 let read = &buf.filled()[before..];
                 if awaited && head.is_none() && !read.is_empty() {
                     if phase == 0 && read.starts_with(b"PRI ") {
-                        // HTTP/2's preface: its frames are bounded otherwise.
+                        // HTTP/2's preface: its frames are bounded otherwise, and the frames
+                        // the server writes are followed from the start.
                         this.tracker.phase.store(UNTIMED, Ordering::Relaxed);
+                        this.frames = Some(FrameScan::default());
                     } else {
                         this.head = Some((phase, None));
                     }
@@ -292,6 +380,7 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Guarded<I> {
     ) -> Poll<io::Result<usize>> {
         let n = ready!(Pin::new(&mut self.io).poll_write(cx, buf))?;
         self.moved = self.moved.wrapping_add(1);
+        self.scan(&buf[..n]);
         Poll::Ready(Ok(n))
     }
 
@@ -302,6 +391,17 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Guarded<I> {
     ) -> Poll<io::Result<usize>> {
         let n = ready!(Pin::new(&mut self.io).poll_write_vectored(cx, bufs))?;
         self.moved = self.moved.wrapping_add(1);
+        if self.frames.is_some() {
+            let mut left = n;
+            for b in bufs {
+                let take = left.min(b.len());
+                self.scan(&b[..take]);
+                left -= take;
+                if left == 0 {
+                    break;
+                }
+            }
+        }
         Poll::Ready(Ok(n))
     }
 
@@ -315,5 +415,33 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Guarded<I> {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::FrameScan;
+
+    fn frame(kind: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+        let len = u32::try_from(payload.len()).unwrap().to_be_bytes();
+        let mut f = vec![len[1], len[2], len[3], kind, 0];
+        f.extend_from_slice(&stream.to_be_bytes());
+        f.extend_from_slice(payload);
+        f
+    }
+
+    #[test]
+    fn refused_streams_are_counted_however_the_bytes_are_cut() {
+        let mut out = frame(0x4, 0, &[0, 3, 0, 0, 4, 0]); // SETTINGS
+        out.extend(frame(0x1, 1, &[0x88])); // HEADERS :status 200
+        out.extend(frame(0x3, 3, &7u32.to_be_bytes())); // RST_STREAM REFUSED_STREAM
+        out.extend(frame(0x0, 1, b"hello")); // DATA
+        out.extend(frame(0x3, 5, &8u32.to_be_bytes())); // RST_STREAM CANCEL
+        out.extend(frame(0x3, 7, &7u32.to_be_bytes())); // RST_STREAM REFUSED_STREAM
+        for cut in 1..=out.len() {
+            let mut scan = FrameScan::default();
+            let counted: u64 = out.chunks(cut).map(|c| scan.feed(c)).sum();
+            assert_eq!(counted, 2, "written {cut} bytes at a time");
+        }
     }
 }

@@ -301,7 +301,12 @@ pub(crate) async fn serve_until_drained<S, I>(
 {
     let limits = inputs.limits;
     let tracker = Arc::new(guard::Tracker::default());
-    let io = guard::Guarded::new(conn, tracker.clone(), limits);
+    let io = guard::Guarded::new(
+        conn,
+        tracker.clone(),
+        limits,
+        (inputs.metrics.clone(), side),
+    );
     let svc = guard::Tracked::new(svc, tracker.clone());
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     // No hyper header read timeout: hyper's also times a kept-alive connection between

@@ -48,18 +48,21 @@ pub enum Refusal {
     /// A TLS handshake that failed: no client certificate, one the mesh's roots do not vouch
     /// for, or a handshake that did not finish in time.
     TlsHandshake,
+    /// An HTTP/2 stream past the connection's concurrency limit, refused (REFUSED_STREAM).
+    StreamLimit,
     /// An HTTP/2 client broke the connection's limits (too many streams reset before they were
     /// served, a header list too large, a protocol error): closed with GOAWAY.
     Http2Abuse,
 }
 
 impl Refusal {
-    const ALL: [Refusal; 6] = [
+    const ALL: [Refusal; 7] = [
         Refusal::ConnectionLimit,
         Refusal::HeaderTimeout,
         Refusal::IdleTimeout,
         Refusal::PlaintextToStrict,
         Refusal::TlsHandshake,
+        Refusal::StreamLimit,
         Refusal::Http2Abuse,
     ];
 
@@ -71,6 +74,7 @@ impl Refusal {
             Refusal::IdleTimeout => "idle_timeout",
             Refusal::PlaintextToStrict => "plaintext_to_strict",
             Refusal::TlsHandshake => "tls_handshake",
+            Refusal::StreamLimit => "stream_limit",
             Refusal::Http2Abuse => "http2_abuse",
         }
     }
