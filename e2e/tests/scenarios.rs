@@ -281,6 +281,24 @@ fn strict_mtls_refuses_a_pod_without_sidecar() {
     let refused = c.load("plain", &url, &["-n", "5", "-c", "1"]).unwrap();
     assert_eq!(refused.ok, 0, "plaintext must be refused: {refused:?}");
     assert_eq!(refused.requests, 5);
+    // ...and counted by shipping's sidecar, once per connection (the load connects again
+    // after each refusal).
+    let counted = |c: &dyn Cluster| {
+        scrape(c, "shipping-v1-0")
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix(
+                    r#"mesh_proxy_refused_total{listener="inbound",reason="plaintext_to_strict"} "#,
+                )
+            })
+            .and_then(|n| n.trim().parse::<usize>().ok())
+            .unwrap_or(0)
+    };
+    assert!(
+        wait_until(DEADLINE, || counted(&*c) >= 5),
+        "{}",
+        scrape(&*c, "shipping-v1-0")
+    );
     // Through the service's address, plaintext is refused all the same. Locally a VIP means
     // nothing without a sidecar, so the connection is rejected inside the pod instead of
     // leaving it; on Kubernetes kube-proxy carries it to a pod, whose sidecar refuses it.
