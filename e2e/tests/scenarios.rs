@@ -93,19 +93,25 @@ spec:
     - destination: {host: shipping-service, subset: v2}
 ";
 
-const SHIPPING_HALF: &str = "
+/// Shipping's traffic split: `v1` percent to v1, the rest to v2 (the seed's is 90).
+fn shipping_split(v1: u32) -> String {
+    format!(
+        "
 apiVersion: networking.istio.io/v1
 kind: VirtualService
-metadata: {name: shipping-service, namespace: default}
+metadata: {{name: shipping-service, namespace: default}}
 spec:
   hosts: [shipping-service]
   http:
   - route:
-    - destination: {host: shipping-service, subset: v1}
-      weight: 50
-    - destination: {host: shipping-service, subset: v2}
-      weight: 50
-";
+    - destination: {{host: shipping-service, subset: v1}}
+      weight: {v1}
+    - destination: {{host: shipping-service, subset: v2}}
+      weight: {}
+",
+        100 - v1
+    )
+}
 
 #[test]
 #[ignore = "needs root: runs a mesh in network namespaces"]
@@ -1027,21 +1033,6 @@ fn fault_figures(fault: &str, report: &Report) {
     );
 }
 
-/// The seed's split of shipping (90/10).
-const SHIPPING_SEED_SPLIT: &str = "
-apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata: {name: shipping-service, namespace: default}
-spec:
-  hosts: [shipping-service]
-  http:
-  - route:
-    - destination: {host: shipping-service, subset: v1}
-      weight: 90
-    - destination: {host: shipping-service, subset: v2}
-      weight: 10
-";
-
 #[test]
 #[ignore = "needs root: runs a mesh in network namespaces"]
 fn a_config_push_every_second_for_30_s_fails_no_request() {
@@ -1050,12 +1041,8 @@ fn a_config_push_every_second_for_30_s_fails_no_request() {
     let report = under_load_n(&*c, 10_500, || {
         let pushes_before = c.pilot_debug("/debug/syncz").ok();
         for i in 0..30 {
-            let yaml = if i % 2 == 0 {
-                SHIPPING_HALF
-            } else {
-                SHIPPING_SEED_SPLIT
-            };
-            c.apply_yaml(yaml).unwrap();
+            c.apply_yaml(&shipping_split(if i % 2 == 0 { 50 } else { 90 }))
+                .unwrap();
             // The scenario's pace (a change a second), not a wait for anything.
             std::thread::sleep(Duration::from_secs(1));
         }
@@ -1410,7 +1397,7 @@ fn seed_less_echo(scenario: &str) -> Box<dyn Cluster> {
 fn config_change_under_traffic_fails_no_request() {
     let c = seed("change");
     let report = under_load(&*c, || {
-        c.apply_yaml(SHIPPING_HALF).unwrap();
+        c.apply_yaml(&shipping_split(50)).unwrap();
         switch_to_v2_and_see_it(&*c);
     });
     fault_figures("config change", &report);
