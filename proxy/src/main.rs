@@ -479,9 +479,12 @@ fn run_config(args: &RunArgs) -> anyhow::Result<RunConfig> {
 
 /// A certificate lifetime: a duration as Istio writes them, at least a second.
 fn cert_ttl(text: &str) -> Result<Duration, String> {
-    let ttl = mesh_api::validate::parse_duration(text).map_err(|e| e.to_string())?;
+    let ttl = mesh_api::validate::parse_duration(text)
+        .map_err(|e| format!("{e} (given by --cert-ttl or SECRET_TTL)"))?;
     if ttl < Duration::from_secs(1) {
-        return Err(format!("{text:?} is shorter than a second"));
+        return Err(format!(
+            "{text:?} is shorter than a second (given by --cert-ttl or SECRET_TTL)"
+        ));
     }
     Ok(ttl)
 }

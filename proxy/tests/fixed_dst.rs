@@ -112,3 +112,18 @@ fn zero_worker_threads_is_refused() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn a_certificate_lifetime_that_does_not_read_is_refused_naming_where_it_came_from() {
+    let out = Command::new(env!("CARGO_BIN_EXE_mesh-proxy"))
+        .args(["run", "--state-file", "/nonexistent"])
+        .env("SECRET_TTL", "a day")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("\"a day\" is not a duration") && err.contains("SECRET_TTL"),
+        "{err}"
+    );
+}
