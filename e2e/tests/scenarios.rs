@@ -1069,25 +1069,27 @@ fn second_v1_shipping_pod(c: &dyn Cluster) {
         .expect("order knows the second v1 pod");
 }
 
-/// Waits until the v1 pod left has answered `n` more requests (the load still runs).
-fn survivor_answers(c: &dyn Cluster, n: usize) {
-    let before = inbound_requests(c, "shipping-v1-1");
-    assert!(
-        wait_until(DEADLINE, || inbound_requests(c, "shipping-v1-1")
-            >= before + n),
-        "the remaining v1 pod never took the traffic"
-    );
+/// Under load, with a second v1 shipping pod running, takes `shipping-v1-0` away (`kill`: as
+/// a crash; else as a rollout, its sidecar draining) and waits until the v1 pod left has
+/// answered 300 more requests; returns the load's report.
+fn a_v1_pod_leaves_under_load(c: &dyn Cluster, kill: bool) -> Report {
+    second_v1_shipping_pod(c);
+    under_load(c, || {
+        c.remove_pod("shipping-v1-0", kill).unwrap();
+        let before = inbound_requests(c, "shipping-v1-1");
+        assert!(
+            wait_until(DEADLINE, || inbound_requests(c, "shipping-v1-1")
+                >= before + 300),
+            "the remaining v1 pod never took the traffic"
+        );
+    })
 }
 
 #[test]
 #[ignore = "needs root: runs a mesh in network namespaces"]
 fn an_upstream_pod_killed_fails_at_most_its_requests_in_flight() {
     let c = seed("kill");
-    second_v1_shipping_pod(&*c);
-    let report = under_load(&*c, || {
-        c.remove_pod("shipping-v1-0", true).unwrap();
-        survivor_answers(&*c, 300);
-    });
+    let report = a_v1_pod_leaves_under_load(&*c, true);
     fault_figures("upstream pod killed (SIGKILL)", &report);
     assert_eq!(report.requests, 3000);
     // The load keeps 4 requests in flight: at most those can have been on the killed pod;
@@ -1101,11 +1103,7 @@ fn a_sidecar_drained_and_replaced_fails_no_request() {
     let c = seed("drain");
     // The replacement first, as a rollout starts it; then the old pod goes gracefully: its
     // sidecar drains (Connection: close, GOAWAY) and finishes what it has.
-    second_v1_shipping_pod(&*c);
-    let report = under_load(&*c, || {
-        c.remove_pod("shipping-v1-0", false).unwrap();
-        survivor_answers(&*c, 300);
-    });
+    let report = a_v1_pod_leaves_under_load(&*c, false);
     fault_figures("sidecar drained and replaced", &report);
     assert_eq!(report.requests, 3000);
     assert_all_ok(&report);
