@@ -12,6 +12,11 @@ use mesh_pilot::model::MeshConfig;
 use mesh_pilot::run::{ConfigSource, Pilot, PilotConfig, SecureDiscovery};
 use tokio::signal::unix::{SignalKind, signal};
 
+/// mimalloc, as in the proxy: pilot holds a few small allocations per proxy per resource
+/// (session maps, HTTP/2 and gRPC buffers), which glibc's malloc spreads over more pages.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// The mesh's control plane.
 #[derive(Parser)]
 #[command(name = "mesh-pilot", version, about = "The mesh's control plane")]

@@ -20,6 +20,10 @@ pub use mesh_api::proto::names::{SERVICE_TYPE, WORKLOAD_NAME, WORKLOAD_TYPE};
 pub struct Built {
     /// The resource as sent.
     pub resource: pb::Resource,
+    /// Its name, shared with every session that records having sent it.
+    pub name: Arc<str>,
+    /// Its version as a number (`resource.version` is the same in hex).
+    pub version: u64,
     /// Hosts its routes send to (so the default view includes them).
     pub destinations: Vec<String>,
     /// What was left out of it, and why.
@@ -28,22 +32,38 @@ pub struct Built {
     pub unenforced: Vec<String>,
 }
 
-fn version_of(bytes: &[u8]) -> String {
+fn version_of(bytes: &[u8]) -> u64 {
     let mut h = DefaultHasher::new();
     bytes.hash(&mut h);
-    format!("{:016x}", h.finish())
+    h.finish()
 }
 
-fn encode(type_url: &str, name: &str, aliases: Vec<String>, bytes: Vec<u8>) -> pb::Resource {
-    pb::Resource {
+/// A version as the proxy holds it (what `Built::version` is, in hex); `None` for one that
+/// pilot did not write, which matches nothing.
+pub fn parse_version(version: &str) -> Option<u64> {
+    (version.len() == 16)
+        .then(|| u64::from_str_radix(version, 16).ok())
+        .flatten()
+}
+
+/// The resource, encoded once, with its name and version.
+fn encode(
+    type_url: &str,
+    name: &str,
+    aliases: Vec<String>,
+    bytes: Vec<u8>,
+) -> (pb::Resource, Arc<str>, u64) {
+    let version = version_of(&bytes);
+    let resource = pb::Resource {
         name: name.to_string(),
         aliases,
-        version: version_of(&bytes),
+        version: format!("{version:016x}"),
         resource: Some(prost_types::Any {
             type_url: type_url.to_string(),
             value: bytes,
         }),
-    }
+    };
+    (resource, Arc::from(name), version)
 }
 
 /// Who sees a service the same way.
@@ -117,8 +137,12 @@ impl Generation {
                     .chain(out.ports.iter().map(move |p| format!("{a}:{}", p.port)))
             })
             .collect();
+        let (resource, name, version) =
+            encode(SERVICE_TYPE, hostname, aliases, out.encode_to_vec());
         let built = Arc::new(Built {
-            resource: encode(SERVICE_TYPE, hostname, aliases, out.encode_to_vec()),
+            resource,
+            name,
+            version,
             destinations,
             rejections,
             unenforced: translate::unenforced::in_service(&self.model, svc, node),
@@ -132,13 +156,16 @@ impl Generation {
     /// The proxy's own settings.
     pub fn workload(&self, node: &ProxyNode, scope: &translate::Scope<'_>) -> Built {
         let state = translate::workload_state(&self.model, node, scope);
+        let (resource, name, version) = encode(
+            WORKLOAD_TYPE,
+            WORKLOAD_NAME,
+            Vec::new(),
+            state.encode_to_vec(),
+        );
         Built {
-            resource: encode(
-                WORKLOAD_TYPE,
-                WORKLOAD_NAME,
-                Vec::new(),
-                state.encode_to_vec(),
-            ),
+            resource,
+            name,
+            version,
             destinations: Vec::new(),
             rejections: Vec::new(),
             unenforced: translate::unenforced::in_workload(&self.model, node, scope),

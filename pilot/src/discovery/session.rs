@@ -13,7 +13,9 @@ use std::sync::Arc;
 use mesh_api::proto::discovery::v1 as pb;
 use prost::Message;
 
-use super::generation::{Generation, SERVICE_TYPE, WORKLOAD_NAME, WORKLOAD_TYPE};
+use super::generation::{
+    Built, Generation, SERVICE_TYPE, WORKLOAD_NAME, WORKLOAD_TYPE, parse_version,
+};
 use super::status::Status;
 use crate::model::host;
 use crate::translate::{self, ProxyNode};
@@ -40,10 +42,12 @@ struct TypeState {
     names: BTreeSet<String>,
     /// Lookups that found nothing, answered as removed names in the next response.
     not_found: Vec<String>,
-    /// Name → version the client holds (assumed as soon as a response is sent).
-    client: BTreeMap<String, String>,
+    /// Name → version the client holds (assumed as soon as a response is sent). Names are
+    /// shared with the generation's resources and versions are numbers: a pilot holds this
+    /// for every resource of every proxy.
+    client: BTreeMap<Arc<str>, Option<u64>>,
     /// Name → version the client last acknowledged.
-    acked: BTreeMap<String, String>,
+    acked: BTreeMap<Arc<str>, Option<u64>>,
     /// The nonce waiting for its ACK or NACK, and the generation it carried.
     pending: Option<(String, u64)>,
     /// Something changed since the last response.
@@ -135,7 +139,7 @@ impl Session {
             t.client = req
                 .initial_resource_versions
                 .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
+                .map(|(k, v)| (Arc::from(k.as_str()), parse_version(v)))
                 .collect();
             t.acked = t.client.clone();
             changed = true;
@@ -155,7 +159,7 @@ impl Session {
             match resolve(&generation, &self.node, lookup) {
                 Some(host) => {
                     // Already held: answer anyway, so the waiting connection is released.
-                    t.client.remove(&host);
+                    t.client.remove(host.as_str());
                     t.names.insert(host);
                 }
                 None => t.not_found.push(lookup_key(lookup)),
@@ -197,14 +201,16 @@ impl Session {
         if !t.subscribed || !t.dirty || t.pending.is_some() || t.refused {
             return None;
         }
-        let mut desired: BTreeMap<String, pb::Resource> = BTreeMap::new();
+        // What the proxy should hold, shared with the generation's cache: a resource is copied
+        // only when it is sent.
+        let mut desired: BTreeMap<String, Arc<Built>> = BTreeMap::new();
         let mut rejections = Vec::new();
         let mut unenforced = Vec::new();
         let mut missing = Vec::new();
         if type_url == WORKLOAD_TYPE {
-            let w = generation.workload(&self.node, &scope);
-            unenforced = w.unenforced;
-            desired.insert(WORKLOAD_NAME.to_string(), w.resource);
+            let mut w = generation.workload(&self.node, &scope);
+            unenforced = std::mem::take(&mut w.unenforced);
+            desired.insert(WORKLOAD_NAME.to_string(), Arc::new(w));
         } else {
             let mut queue: Vec<String> = t.names.iter().cloned().collect();
             let own = generation
@@ -222,7 +228,6 @@ impl Session {
                     &self.node,
                 ));
             }
-            let explicit: BTreeSet<String> = t.names.clone();
             while let Some(host) = queue.pop() {
                 if desired.contains_key(&host) {
                     continue;
@@ -232,9 +237,9 @@ impl Session {
                         queue.extend(b.destinations.iter().cloned());
                         rejections.extend(b.rejections.iter().map(ToString::to_string));
                         unenforced.extend(b.unenforced.iter().cloned());
-                        desired.insert(host, b.resource.clone());
+                        desired.insert(host, b);
                     }
-                    None if explicit.contains(&host) => missing.push(host),
+                    None if t.names.contains(&host) => missing.push(host),
                     None => {}
                 }
             }
@@ -244,27 +249,31 @@ impl Session {
         // message it sent, so one full view per stream would pin ~150 KB per proxy. What does
         // not fit follows in the next response, after this one is acknowledged.
         let mut budget = MAX_RESPONSE_BYTES;
-        let mut resources = Vec::new();
+        let mut sent: Vec<&Arc<Built>> = Vec::new();
         let mut more = false;
-        for r in desired
+        for b in desired
             .values()
-            .filter(|r| t.client.get(&r.name) != Some(&r.version))
+            .filter(|b| t.client.get(&*b.name) != Some(&Some(b.version)))
         {
-            let len = r.encoded_len();
-            if !resources.is_empty() && len > budget {
+            let len = b.resource.encoded_len();
+            if !sent.is_empty() && len > budget {
                 more = true;
                 break;
             }
             budget = budget.saturating_sub(len);
-            resources.push(r.clone());
+            sent.push(b);
         }
         let mut removed: Vec<String> = t
             .client
             .keys()
-            .filter(|k| !desired.contains_key(*k))
-            .cloned()
+            .filter(|k| !desired.contains_key(&***k))
+            .map(|k| k.to_string())
             .collect();
-        removed.extend(missing.into_iter().filter(|m| !t.client.contains_key(m)));
+        removed.extend(
+            missing
+                .into_iter()
+                .filter(|m| !t.client.contains_key(m.as_str())),
+        );
         removed.append(&mut t.not_found);
         t.dirty = more;
         // What the proxy will not enforce can change while the resources sent do not (a field
@@ -280,7 +289,7 @@ impl Session {
             }
         });
         let t = self.types.get_mut(type_url)?;
-        if resources.is_empty() && removed.is_empty() && t.answered {
+        if sent.is_empty() && removed.is_empty() && t.answered {
             if std::mem::take(&mut t.nacked) {
                 // The proxy holds what pilot now wants: its refusal is no longer the latest word.
                 let prefix = format!("{}: ", short(type_url));
@@ -294,11 +303,12 @@ impl Session {
         }
         t.answered = true;
         for name in &removed {
-            t.client.remove(name);
+            t.client.remove(name.as_str());
         }
-        for r in &resources {
-            t.client.insert(r.name.clone(), r.version.clone());
+        for b in &sent {
+            t.client.insert(b.name.clone(), Some(b.version));
         }
+        let resources = sent.iter().map(|b| b.resource.clone()).collect();
         self.nonces += 1;
         let nonce = format!("{}-{}", generation.version, self.nonces);
         t.pending = Some((nonce.clone(), generation.version));
