@@ -3,7 +3,7 @@
 
 use bytes::Bytes;
 use http_body_util::combinators::BoxBody;
-use http_body_util::{BodyExt, Full};
+use http_body_util::{BodyExt, Empty, Full};
 
 /// The body type the proxy moves around.
 pub type Body = BoxBody<Bytes, BoxError>;
@@ -20,11 +20,15 @@ where
     body.map_err(Into::into).boxed()
 }
 
-/// A fixed response body.
+/// A fixed body.
 pub fn full(body: impl Into<Bytes>) -> Body {
-    Full::new(body.into())
-        .map_err(|never| match never {})
-        .boxed()
+    let body = body.into();
+    if body.is_empty() {
+        // No bytes: a zero-sized body, which boxing does not allocate (a request without a
+        // body, the common case, is forwarded with one).
+        return Empty::new().map_err(|never| match never {}).boxed();
+    }
+    Full::new(body).map_err(|never| match never {}).boxed()
 }
 
 /// `body`, holding `guard` until the body has been read to its end or dropped: a count that

@@ -136,7 +136,13 @@ impl Drop for BodyDone {
 /// `req` with the proxy's body type, holding its [`BodyDone`] (when it has one) until the body
 /// has been read.
 pub(crate) fn into_proxy_body(req: Request<Incoming>) -> Request<Body> {
-    let mut req = req.map(super::boxed);
+    // A request without a body (most are) trades hyper's empty body for one that boxing does
+    // not allocate.
+    let mut req = if req.body().is_end_stream() {
+        req.map(|_| super::full(bytes::Bytes::new()))
+    } else {
+        req.map(super::boxed)
+    };
     if let Some(done) = req.extensions_mut().remove::<BodyDone>() {
         let body = std::mem::replace(req.body_mut(), super::full(bytes::Bytes::new()));
         *req.body_mut() = crate::body::holding(body, done);

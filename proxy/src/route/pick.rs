@@ -4,6 +4,8 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use smallvec::SmallVec;
+
 use super::balance::Loads;
 use crate::state::{Port, Service, State, proto};
 
@@ -257,7 +259,8 @@ fn pick_in(
     tried: &[SocketAddr],
 ) -> Option<Target> {
     let members = svc.subset_members(subset);
-    let mut addrs: Vec<SocketAddr> = members
+    // On the stack for the usual handful of endpoints: this runs for every request.
+    let mut addrs: SmallVec<[SocketAddr; 8]> = members
         .iter()
         .filter_map(|i| svc.endpoint_addr(*i, port))
         .collect();
@@ -267,7 +270,7 @@ fn pick_in(
         .and_then(|c| c.outlier.as_ref())
         .map(|o| loads.outliers.cluster(o));
     if let Some(health) = &outlier {
-        addrs = health.healthy(&addrs);
+        addrs = SmallVec::from_vec(health.healthy(&addrs));
     }
     let subset_policy = svc
         .spec
@@ -290,7 +293,7 @@ fn pick_in(
     };
     // Locality: the healthy endpoints of one rank (or weighted locality) of the subset.
     if let Some(plan) = cluster.and_then(|c| c.locality.as_ref()) {
-        addrs = by_locality(plan, svc, members, port, &addrs, hash, tried);
+        addrs = SmallVec::from_vec(by_locality(plan, svc, members, port, &addrs, hash, tried));
     }
     let hashed = hash.and_then(|h| rendezvous(h, &addrs));
     let addr = match hashed {
