@@ -20,15 +20,23 @@
 # one keep-alive connection. Everything listens on 127.0.0.1 ports 18000-18221.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-BIN=${1:-target/release/mesh-proxy}
+T=${CARGO_TARGET_DIR:-target}
+BIN=${1:-$T/release/mesh-proxy}
 WHAT=${2:-hop}
 for tool in valgrind callgrind_control nginx curl python3; do
   command -v "$tool" >/dev/null || { echo "callgrind.sh needs $tool (apt-get install -y valgrind nginx curl python3)" >&2; exit 2; }
 done
 [ -x "$BIN" ] || { echo "no proxy binary at $BIN (cargo build --release -p mesh-proxy)" >&2; exit 2; }
-CA=target/release/mesh-ca
-[ "$WHAT" = hop ] || [ -x "$CA" ] || CA=target/debug/mesh-ca
+CA=$T/release/mesh-ca
+[ "$WHAT" = hop ] || [ -x "$CA" ] || CA=$T/debug/mesh-ca
 [ "$WHAT" = hop ] || [ -x "$CA" ] || { echo "the pair needs mesh-ca (cargo build -p mesh-ca)" >&2; exit 2; }
+# A proxy left over on one of these ports would answer instead of the one measured.
+for port in 18012 18080 18099 18100 18101 18106 18120 18121 18200 18201 18206 18220 18221; do
+  if (echo > "/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+    echo "port $port on 127.0.0.1 is taken (a proxy left over from an earlier run?): free it first" >&2
+    exit 1
+  fi
+done
 D=$(mktemp -d)
 VG=
 # The measured proxy is started in a command substitution, so it is not one of this shell's
@@ -151,4 +159,9 @@ subprocess.run(["callgrind_control", "-d", pid], check=True, capture_output=True
 PY
 DUMP=$(ls -t "$D"/cg.out.* | head -1)
 TOTAL=$(grep -m1 "^summary:" "$DUMP" | awk '{print $2}')
+if [ "$((TOTAL / N))" -lt 1000 ]; then
+  echo "$WHAT: only $TOTAL instructions counted: the measured proxy did not serve the requests" >&2
+  cat "$D/measured.log" >&2
+  exit 1
+fi
 echo "$WHAT: $((TOTAL / N)) instructions per request ($N requests, $BIN)"

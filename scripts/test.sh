@@ -21,6 +21,10 @@ command -v setpriv >/dev/null 2>&1 || need_packages+=(util-linux)
 command -v kubectl >/dev/null 2>&1 || need_packages+=(kubernetes-client)
 # `meshctl dashboard` is checked in a headless browser.
 command -v chromium >/dev/null 2>&1 || [ -n "${MESH_CHROMIUM:-}" ] || need_packages+=(chromium)
+# The instruction-count check counts with valgrind, behind nginx, driven by curl and Python.
+command -v valgrind >/dev/null 2>&1 || need_packages+=(valgrind)
+command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need_packages+=(nginx)
+command -v curl >/dev/null 2>&1 || need_packages+=(curl)
 if ((${#need_packages[@]})); then
   apt-get update -qq && apt-get install -y -qq "${need_packages[@]}"
 fi
@@ -44,5 +48,7 @@ fi
 # `cargo test` elsewhere lists them as not run; here they all run, and fail with the reason
 # when what they need is missing.
 cargo nextest run --workspace --locked --no-fail-fast --run-ignored all
+echo "== callgrind: instructions per request of one hop and of each sidecar of the mTLS pair, within 3% of scripts/callgrind-baseline.txt"
+scripts/callgrind-check.sh
 echo "== fuzz: a short pass over every target (the corpus and every crash found are replayed by the tests above)"
 scripts/fuzz.sh --seconds 10
