@@ -58,7 +58,13 @@ http { access_log off; keepalive_requests 1000000;
 NG
 nginx -c "$D/nginx.conf" -e stderr &
 common="--bind-address 127.0.0.1 --worker-threads 1 --drain-timeout-secs 0"
-vg() { valgrind --tool=callgrind --callgrind-out-file="$D/cg.out" "$@" > "$D/measured.log" 2>&1 & echo $!; }
+if [ -n "${TRAIN:-}" ]; then
+  # scripts/pgo.sh: the same load on an instrumented proxy, no valgrind; its profile is
+  # written when it exits.
+  vg() { "$@" > "$D/measured.log" 2>&1 & echo $!; }
+else
+  vg() { valgrind --tool=callgrind --callgrind-out-file="$D/cg.out" "$@" > "$D/measured.log" 2>&1 & echo $!; }
+fi
 ready() { for _ in $(seq 1 600); do curl -fs -o /dev/null "http://127.0.0.1:$1/healthz/ready" && return; sleep 0.2; done; echo "port $1 never ready" >&2; exit 1; }
 case "$WHAT" in
   hop|hop-route|hop-policy|hop-log|hop-trace)
@@ -141,9 +147,9 @@ ST
     N=10000 ;;
   *) echo "usage: scripts/callgrind.sh [PROXY_BINARY] hop|hop-route|hop-policy|client|server" >&2; exit 2 ;;
 esac
-python3 - "$VG" "$N" <<'PY'
+python3 - "$VG" "$N" "${TRAIN:-}" <<'PY'
 import http.client, subprocess, sys
-pid, n = sys.argv[1], int(sys.argv[2])
+pid, n, train = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 c = http.client.HTTPConnection("127.0.0.1", 18201)
 def go(count, warm=False):
     for _ in range(count):
@@ -153,10 +159,14 @@ def go(count, warm=False):
         assert warm or r.status == 200, (r.status, body)
 go(200, warm=True)
 go(1800)
-subprocess.run(["callgrind_control", "-z", pid], check=True, capture_output=True)
+if not train: subprocess.run(["callgrind_control", "-z", pid], check=True, capture_output=True)
 go(n)
-subprocess.run(["callgrind_control", "-d", pid], check=True, capture_output=True)
+if not train: subprocess.run(["callgrind_control", "-d", pid], check=True, capture_output=True)
 PY
+if [ -n "${TRAIN:-}" ]; then
+  echo "$WHAT: $N requests served by $BIN (training run)"
+  exit 0
+fi
 DUMP=$(ls -t "$D"/cg.out.* | head -1)
 TOTAL=$(grep -m1 "^summary:" "$DUMP" | awk '{print $2}')
 if [ "$((TOTAL / N))" -lt 1000 ]; then
