@@ -356,12 +356,34 @@ fn main() {
         "| clients | change→ACK p50 | p99 | max | delta bytes | full state bytes | pilot RSS | pilot peak RSS |"
     );
     println!("|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let mut targets = Vec::new();
     for n in clients {
         let r = measure(&binary, &dir, n);
         println!(
             "| {} | {:.0} ms | {:.0} ms | {:.0} ms | {} | {} | {:.0} MiB | {:.0} MiB |",
             r.clients, r.p50, r.p99, r.max, r.delta, r.full, r.rss_mib, r.hwm_mib
         );
+        // The targets of docs/performance.md, for the sizes they are set at.
+        if n == 1000 {
+            targets.push(target("change→ACK p99 at 1000 proxies", r.p99, 500.0, "ms"));
+        }
+        if n == 2000 {
+            let peak_mb = r.hwm_mib * 1024.0 * 1024.0 / 1e6;
+            targets.push(target(
+                "pilot peak RSS at 2000 proxies",
+                peak_mb,
+                250.0,
+                "MB",
+            ));
+        }
+    }
+    if !targets.is_empty() {
+        println!("\n{}", targets.join("\n"));
     }
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn target(what: &str, got: f64, at_most: f64, unit: &str) -> String {
+    let verdict = if got <= at_most { "met" } else { "NOT met" };
+    format!("target: {what} ≤ {at_most:.0} {unit}: {got:.0} {unit}, {verdict}")
 }

@@ -152,6 +152,8 @@ fn start(dir: &Path) -> anyhow::Result<Setup> {
     let nginx = bench::which("nginx").ok_or_else(|| anyhow::anyhow!("nginx is missing"))?;
     let haproxy = bench::which("haproxy").ok_or_else(|| anyhow::anyhow!("haproxy is missing"))?;
     let proxy = meshctl::local::find_binary("mesh-proxy", "mesh-proxy")?;
+    // Which build is measured matters (`release`, or `dist` with MESH_BIN_DIR=target/dist).
+    eprintln!("mesh-bench: measuring {}", proxy.display());
     let mut procs = BTreeMap::new();
     let mut cases = BTreeMap::new();
     let port = bench::free_port;
