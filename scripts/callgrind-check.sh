@@ -32,6 +32,9 @@ esac
 cargo build --release --locked -p mesh-proxy
 BIN=$T/release/mesh-proxy
 
+# Counts follow the code paths the CPU's features select (valgrind shows the program what it
+# can emulate of the host's); the baseline names the CPU it was measured on.
+cpu=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1)
 cases=(hop client server)
 declare -A measured
 for c in "${cases[@]}"; do
@@ -47,6 +50,7 @@ if [ -n "$update" ]; then
     echo "# mesh-proxy built alone (toolchain of rust-toolchain.toml, Cargo.lock of this commit)."
     echo "# scripts/callgrind-check.sh fails when a case costs more than ${LIMIT_PCT}% above its figure;"
     echo "# scripts/callgrind-check.sh --update rewrites this file."
+    echo "# Measured on: $cpu"
     for c in "${cases[@]}"; do echo "$c ${measured[$c]}"; done
   } > "$BASELINE"
   echo "callgrind check: baseline written to $BASELINE"
@@ -54,6 +58,7 @@ if [ -n "$update" ]; then
   exit 0
 fi
 
+echo "callgrind check on: $cpu ($(sed -n 's/^# Measured on: //p' "$BASELINE" | sed 's/^/baseline: /'))"
 failed=0
 for c in "${cases[@]}"; do
   base=$(awk -v c="$c" '$1 == c { print $2 }' "$BASELINE")
