@@ -253,7 +253,7 @@ impl Session {
         let mut more = false;
         for b in desired
             .values()
-            .filter(|b| t.client.get(&*b.name) != Some(&Some(b.version)))
+            .filter(|b| t.client.get(b.name.as_ref()) != Some(&Some(b.version)))
         {
             let len = b.resource.encoded_len();
             if !sent.is_empty() && len > budget {
@@ -266,7 +266,7 @@ impl Session {
         let mut removed: Vec<String> = t
             .client
             .keys()
-            .filter(|k| !desired.contains_key(&***k))
+            .filter(|k| !desired.contains_key(k.as_ref()))
             .map(|k| k.to_string())
             .collect();
         removed.extend(
